@@ -1,0 +1,1 @@
+"""The gRPC surface: servicers that validate, convert and delegate to the executor."""

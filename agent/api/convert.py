@@ -1,0 +1,183 @@
+"""Conversions between protobuf messages and domain types; nothing else crosses the layer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from jobagent.v1 import job_service_pb2 as service_pb
+from jobagent.v1 import jobs_pb2 as pb
+
+from agent.domain import (
+    CommandSpec,
+    Execution,
+    ExecutionEvent,
+    FailureReason,
+    ImageSpec,
+    Job,
+    JobKind,
+    JobSpec,
+    LogLine,
+    LogStream,
+    PullPolicy,
+    Status,
+    Trigger,
+    TriggerKind,
+)
+
+STATUS_TO_PROTO = {
+    Status.PENDING: pb.EXECUTION_STATUS_PENDING,
+    Status.INITIALIZING: pb.EXECUTION_STATUS_INITIALIZING,
+    Status.RUNNING: pb.EXECUTION_STATUS_RUNNING,
+    Status.COMPLETED: pb.EXECUTION_STATUS_COMPLETED,
+    Status.FAILED: pb.EXECUTION_STATUS_FAILED,
+    Status.CANCELLED: pb.EXECUTION_STATUS_CANCELLED,
+}
+REASON_TO_PROTO = {
+    FailureReason.IMAGE_PULL: pb.FAILURE_REASON_IMAGE_PULL,
+    FailureReason.CREATE: pb.FAILURE_REASON_CREATE,
+    FailureReason.START: pb.FAILURE_REASON_START,
+    FailureReason.INIT: pb.FAILURE_REASON_INIT,
+    FailureReason.EXIT_CODE: pb.FAILURE_REASON_EXIT_CODE,
+    FailureReason.OOM_KILLED: pb.FAILURE_REASON_OOM_KILLED,
+    FailureReason.DEADLINE_EXCEEDED: pb.FAILURE_REASON_DEADLINE_EXCEEDED,
+    FailureReason.AGENT_LOST: pb.FAILURE_REASON_AGENT_LOST,
+}
+TRIGGER_TO_PROTO = {
+    TriggerKind.ENDPOINT: pb.TRIGGER_KIND_ENDPOINT,
+    TriggerKind.CLI: pb.TRIGGER_KIND_CLI,
+    TriggerKind.SCHEDULER: pb.TRIGGER_KIND_SCHEDULER,
+    TriggerKind.INTERNAL: pb.TRIGGER_KIND_INTERNAL,
+}
+POLICY_TO_PROTO = {
+    PullPolicy.ALWAYS: pb.PULL_POLICY_ALWAYS,
+    PullPolicy.NEWER: pb.PULL_POLICY_NEWER,
+    PullPolicy.IF_NOT_PRESENT: pb.PULL_POLICY_IF_NOT_PRESENT,
+    PullPolicy.NEVER: pb.PULL_POLICY_NEVER,
+}
+POLICY_FROM_PROTO = {value: key for key, value in POLICY_TO_PROTO.items()}
+KIND_TO_PROTO = {JobKind.JOB: pb.JOB_KIND_JOB, JobKind.CRON: pb.JOB_KIND_CRON}
+KIND_FROM_PROTO = {value: key for key, value in KIND_TO_PROTO.items()}
+STREAM_TO_PROTO = {LogStream.STDOUT: pb.LOG_STREAM_STDOUT, LogStream.STDERR: pb.LOG_STREAM_STDERR}
+STREAM_FROM_PROTO = {value: key for key, value in STREAM_TO_PROTO.items()}
+
+
+def timestamp(value: datetime) -> Timestamp:
+    """A protobuf Timestamp of an aware datetime."""
+    message = Timestamp()
+    message.FromDatetime(value.astimezone(UTC))
+    return message
+
+
+def from_timestamp(message: Timestamp) -> datetime:
+    """An aware UTC datetime of a protobuf Timestamp."""
+    return message.ToDatetime(tzinfo=UTC)
+
+
+def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
+    """Domain JobSpec -> proto."""
+    return pb.JobSpec(
+        name=spec.name,
+        deployment=spec.deployment,
+        kind=KIND_TO_PROTO[spec.kind],
+        image=pb.ImageSpec(
+            name=spec.image.name, pull_policy=POLICY_TO_PROTO[spec.image.pull_policy]
+        ),
+        command=pb.CommandSpec(
+            entrypoint=spec.command.entrypoint,
+            args=spec.command.args,
+            workdir=spec.command.workdir,
+        ),
+        env=dict(spec.env),
+        schedule=spec.schedule,
+    )
+
+
+def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
+    """Proto JobSpec -> domain (validated afterwards by agent.spec)."""
+    return JobSpec(
+        name=message.name,
+        deployment=message.deployment,
+        kind=KIND_FROM_PROTO.get(message.kind, JobKind.JOB),
+        image=ImageSpec(
+            name=message.image.name,
+            pull_policy=POLICY_FROM_PROTO.get(message.image.pull_policy, PullPolicy.IF_NOT_PRESENT),
+        ),
+        command=CommandSpec(
+            entrypoint=tuple(message.command.entrypoint),
+            args=tuple(message.command.args),
+            workdir=message.command.workdir,
+        ),
+        env=dict(message.env),
+        schedule=message.schedule,
+    )
+
+
+def job_to_proto(job: Job) -> pb.Job:
+    """Domain Job -> proto."""
+    return pb.Job(
+        name=job.name,
+        spec=job_spec_to_proto(job.spec),
+        spec_yaml=job.spec_yaml,
+        created_at=timestamp(job.created_at),
+        updated_at=timestamp(job.updated_at),
+    )
+
+
+def execution_to_proto(execution: Execution) -> pb.Execution:
+    """Domain Execution -> proto."""
+    message = pb.Execution(
+        id=execution.id,
+        job_name=execution.job_name,
+        status=STATUS_TO_PROTO[execution.status],
+        message=execution.message,
+        trigger=pb.Trigger(
+            kind=TRIGGER_TO_PROTO[execution.trigger.kind],
+            remote_address=execution.trigger.remote_address,
+            reason=execution.trigger.reason,
+        ),
+        container_id=execution.container_id,
+        created_at=timestamp(execution.created_at),
+        image=execution.image,
+    )
+    if execution.exit_code is not None:
+        message.exit_code = execution.exit_code
+    if execution.failure_reason is not None:
+        message.failure_reason = REASON_TO_PROTO[execution.failure_reason]
+    if execution.started_at is not None:
+        message.started_at.CopyFrom(timestamp(execution.started_at))
+    if execution.finished_at is not None:
+        message.finished_at.CopyFrom(timestamp(execution.finished_at))
+    duration = execution.duration
+    if duration is not None:
+        message.duration.CopyFrom(Duration(seconds=0))
+        message.duration.FromTimedelta(duration)
+    return message
+
+
+def event_to_proto(event: ExecutionEvent) -> pb.ExecutionEvent:
+    """Domain ExecutionEvent -> proto."""
+    return pb.ExecutionEvent(
+        sequence=event.sequence,
+        time=timestamp(event.time),
+        execution=execution_to_proto(event.execution),
+    )
+
+
+def log_line_to_proto(line: LogLine) -> pb.LogLine:
+    """Domain LogLine -> proto."""
+    return pb.LogLine(
+        time=timestamp(line.time),
+        stream=STREAM_TO_PROTO[line.stream],
+        message=line.message,
+        partial=line.partial,
+    )
+
+
+def trigger_from_request(request: service_pb.TriggerJobRequest, peer: str) -> Trigger:
+    """The trigger of a TriggerJob call, with the caller's peer address."""
+    kind = (
+        TriggerKind.CLI if request.origin == service_pb.TRIGGER_ORIGIN_CLI else TriggerKind.ENDPOINT
+    )
+    return Trigger(kind=kind, remote_address=peer)

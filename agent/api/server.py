@@ -1,0 +1,42 @@
+"""The grpc.aio server: JobService, grpc.health.v1 and server reflection."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from jobagent.v1 import job_service_pb2, job_service_pb2_grpc
+
+from agent.api.service import JobService
+from agent.executor import Executor
+
+SERVICE_NAME = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+
+
+class AgentServer:
+    """The agent's gRPC server and its health status."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.server = grpc.aio.server()
+        # The stubs of grpcio-health-checking do not declare its aio servicer.
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(executor), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+
+    def listen(self, address: str) -> int:
+        """Binds a plain-text port (loopback is checked by the caller); returns the port."""
+        return self.server.add_insecure_port(address)
+
+    async def start(self) -> None:
+        """Starts serving and reports SERVING."""
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Reports NOT_SERVING, then stops, giving calls `grace` seconds to finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)

@@ -1,0 +1,131 @@
+"""JobService: validates requests, converts messages and delegates to the executor."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from jobagent.v1 import job_service_pb2 as service_pb
+from jobagent.v1 import job_service_pb2_grpc as service_grpc
+from jobagent.v1 import jobs_pb2 as pb
+
+from agent.api import convert
+from agent.api.errors import maps_errors
+from agent.errors import InvalidSpec
+from agent.executor import Executor
+from agent.executor.logs import LogQuery
+from agent.spec import parse_document, validate_job_spec
+
+MAX_GRACE_SECONDS = 3600
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class JobService(service_grpc.JobServiceServicer):
+    """The jobagent.v1.JobService servicer."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+
+    @maps_errors
+    async def RegisterJob(
+        self, request: service_pb.RegisterJobRequest, context: Context
+    ) -> service_pb.RegisterJobResponse:
+        source = request.WhichOneof("source")
+        if source == "spec_yaml":
+            specs = parse_document(request.spec_yaml)
+        elif source == "spec":
+            spec = convert.job_spec_from_proto(request.spec)
+            validate_job_spec(spec)
+            specs = [spec]
+        else:
+            raise InvalidSpec("source", "set spec_yaml or spec")
+        jobs = self._executor.register_jobs(specs, request.spec_yaml, request.replace)
+        return service_pb.RegisterJobResponse(jobs=[convert.job_to_proto(job) for job in jobs])
+
+    @maps_errors
+    async def GetJob(self, request: service_pb.GetJobRequest, context: Context) -> pb.Job:
+        _require("name", request.name)
+        return convert.job_to_proto(self._executor.get_job(request.name))
+
+    @maps_errors
+    async def ListJobs(
+        self, request: service_pb.ListJobsRequest, context: Context
+    ) -> service_pb.ListJobsResponse:
+        jobs = self._executor.list_jobs()
+        return service_pb.ListJobsResponse(jobs=[convert.job_to_proto(job) for job in jobs])
+
+    @maps_errors
+    async def UnregisterJob(
+        self, request: service_pb.UnregisterJobRequest, context: Context
+    ) -> service_pb.UnregisterJobResponse:
+        _require("name", request.name)
+        self._executor.unregister_job(request.name)
+        return service_pb.UnregisterJobResponse()
+
+    @maps_errors
+    async def TriggerJob(
+        self, request: service_pb.TriggerJobRequest, context: Context
+    ) -> pb.Execution:
+        _require("job_name", request.job_name)
+        trigger = convert.trigger_from_request(request, context.peer())
+        execution = await self._executor.trigger(request.job_name, trigger)
+        return convert.execution_to_proto(execution)
+
+    @maps_errors
+    async def GetExecution(
+        self, request: service_pb.GetExecutionRequest, context: Context
+    ) -> pb.Execution:
+        _require("id", request.id)
+        return convert.execution_to_proto(self._executor.get_execution(request.id))
+
+    @maps_errors
+    async def ListExecutions(
+        self, request: service_pb.ListExecutionsRequest, context: Context
+    ) -> service_pb.ListExecutionsResponse:
+        executions = self._executor.list_executions(job_name=request.job_name)
+        return service_pb.ListExecutionsResponse(
+            executions=[convert.execution_to_proto(execution) for execution in executions]
+        )
+
+    @maps_errors
+    async def CancelExecution(
+        self, request: service_pb.CancelExecutionRequest, context: Context
+    ) -> pb.Execution:
+        _require("id", request.id)
+        grace = None
+        if request.HasField("grace_period"):
+            grace = request.grace_period.ToTimedelta().total_seconds()
+            if not 0 <= grace <= MAX_GRACE_SECONDS:
+                raise InvalidSpec("grace_period", f"must be between 0 and {MAX_GRACE_SECONDS}s")
+        return convert.execution_to_proto(await self._executor.cancel(request.id, grace))
+
+    @maps_errors
+    async def WatchExecution(
+        self, request: service_pb.WatchExecutionRequest, context: Context
+    ) -> AsyncIterator[pb.ExecutionEvent]:
+        _require("id", request.id)
+        async for event in self._executor.watch(request.id):
+            yield convert.event_to_proto(event)
+
+    @maps_errors
+    async def StreamLogs(
+        self, request: service_pb.StreamLogsRequest, context: Context
+    ) -> AsyncIterator[pb.LogLine]:
+        _require("execution_id", request.execution_id)
+        if request.tail_lines < 0:
+            raise InvalidSpec("tail_lines", "must not be negative")
+        query = LogQuery(
+            follow=request.follow,
+            tail_lines=request.tail_lines,
+            stream=convert.STREAM_FROM_PROTO.get(request.stream),
+            since=convert.from_timestamp(request.since) if request.HasField("since") else None,
+        )
+        self._executor.get_execution(request.execution_id)
+        async for line in self._executor.stream_logs(request.execution_id, query):
+            yield convert.log_line_to_proto(line)
+
+
+def _require(field: str, value: str) -> None:
+    if not value:
+        raise InvalidSpec(field, "is required")

@@ -1,0 +1,63 @@
+"""Wiring: builds the store, the runtime, the executor and the server from a config."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from agent.api.server import AgentServer
+from agent.config import AgentConfig
+from agent.executor import Executor
+from agent.runtime.images import ImageStore
+from agent.runtime.manager import ContainerManager, RuntimePaths
+from agent.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """One running agent: store, runtime manager, executor and gRPC server."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        config.check_listen()
+        self.config = config
+        self.store = Store(config.database)
+        paths = RuntimePaths.under(config.data_dir, config.runtime_name)
+        self.runtime = ContainerManager(
+            paths,
+            runtime_binary=config.runtime_binary(),
+            conmon=config.conmon,
+            images=ImageStore(paths.images, insecure_registries=config.insecure_registries),
+        )
+        self.executor = Executor(
+            self.store, self.runtime, config.log_dir, stop_grace=config.stop_grace_seconds
+        )
+        self.server = AgentServer(self.executor)
+        self.port = 0
+
+    async def start(self) -> None:
+        """Recovers what was running, then starts serving."""
+        await self.executor.start()
+        self.port = self.server.listen(self.config.listen)
+        await self.server.start()
+        log.info("serving on %s (runtime %s)", self.config.listen, self.config.runtime_name)
+
+    async def stop(self) -> None:
+        """Stops serving; running containers keep running and are re-adopted at next start."""
+        await self.server.stop(grace=2.0)
+        await self.executor.close()
+        self.store.close()
+
+
+async def serve(config: AgentConfig) -> None:
+    """Runs the agent until SIGINT or SIGTERM."""
+    agent = Agent(config)
+    await agent.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("stopping")
+    await agent.stop()

@@ -1,0 +1,88 @@
+"""The `jobagent` command: `serve` runs the agent, `image-import` preloads an image."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from agent.app import serve
+from agent.config import AgentConfig
+from agent.errors import InvalidSpec
+from agent.runtime.errors import RuntimeLayerError
+from agent.runtime.images import ImageStore
+from agent.runtime.manager import RuntimePaths
+
+DEFAULTS = AgentConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="jobagent", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("serve", help="run the agent")
+    run.add_argument("--data-dir", type=Path, default=DEFAULTS.data_dir)
+    run.add_argument("--listen", default=DEFAULTS.listen, help="host:port (loopback by default)")
+    run.add_argument("--runtime", default=DEFAULTS.runtime, help="youki, runc, crun or a path")
+    run.add_argument("--conmon", default=DEFAULTS.conmon)
+    run.add_argument(
+        "--stop-grace",
+        type=float,
+        default=DEFAULTS.stop_grace_seconds,
+        help="seconds between the stop signal and SIGKILL",
+    )
+    run.add_argument(
+        "--insecure", action="store_true", help="allow plain TCP on a non-loopback address"
+    )
+    _registry_flag(run)
+
+    load = commands.add_parser("image-import", help="copy an image into the agent's store")
+    load.add_argument("--data-dir", type=Path, default=DEFAULTS.data_dir)
+    load.add_argument("source", help="a skopeo source: oci:PATH:TAG, docker://REF, ...")
+    load.add_argument("name", help="the name jobs use for it, e.g. busybox:latest")
+    _registry_flag(load)
+    return parser
+
+
+def _registry_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a registry reached over plain HTTP (repeatable)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "serve":
+            config = AgentConfig(
+                data_dir=args.data_dir,
+                listen=args.listen,
+                runtime=args.runtime,
+                conmon=args.conmon,
+                stop_grace_seconds=args.stop_grace,
+                insecure=args.insecure,
+                insecure_registries=frozenset(args.insecure_registry),
+            )
+            asyncio.run(serve(config))
+        else:
+            store = ImageStore(
+                RuntimePaths.under(args.data_dir, "").images,
+                insecure_registries=frozenset(args.insecure_registry),
+            )
+            image = asyncio.run(store.import_image(args.source, args.name))
+            print(f"{image.reference} {image.digest}")
+    except (InvalidSpec, RuntimeLayerError) as error:
+        print(f"jobagent: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,63 @@
+"""The agent's configuration: embedded defaults, overridden by command-line flags."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import InvalidSpec
+
+KNOWN_RUNTIMES = ("youki", "runc", "crun")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs to start."""
+
+    data_dir: Path = Path("/var/lib/jobagent")
+    listen: str = "127.0.0.1:50051"
+    runtime: str = "youki"
+    conmon: str = "conmon"
+    stop_grace_seconds: float = 10.0
+    insecure: bool = False
+    insecure_registries: frozenset[str] = frozenset()
+
+    @property
+    def database(self) -> Path:
+        """The SQLite file."""
+        return self.data_dir / "agent.db"
+
+    @property
+    def log_dir(self) -> Path:
+        """Where attempt log files are kept."""
+        return self.data_dir / "logs"
+
+    @property
+    def runtime_name(self) -> str:
+        """youki, runc, crun, or the file name of a runtime given by path."""
+        return Path(self.runtime).name
+
+    def runtime_binary(self) -> str:
+        """The absolute path of the OCI runtime; raises InvalidSpec when it is missing."""
+        found = shutil.which(self.runtime)
+        if found is None:
+            raise InvalidSpec("runtime", f"{self.runtime!r} is not an executable on PATH")
+        return found
+
+    def check_listen(self) -> None:
+        """Plain TCP is allowed on loopback only, unless insecure is set explicitly."""
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidSpec("listen", f"{self.listen!r} is not host:port")
+        if self.insecure:
+            return
+        try:
+            loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise InvalidSpec(
+                "listen", f"{host} is not loopback: plain TCP needs --insecure (TLS comes later)"
+            )

@@ -1,0 +1,174 @@
+"""Domain types shared by every layer: plain, typed, immutable dataclasses.
+
+Protobuf classes never appear below agent/api; these types do.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+
+class JobKind(enum.Enum):
+    """How a job is started."""
+
+    JOB = "job"
+    CRON = "cron"
+
+
+class PullPolicy(enum.Enum):
+    """When the agent pulls a job's image (the seed's policies)."""
+
+    ALWAYS = "always"
+    NEWER = "newer"
+    IF_NOT_PRESENT = "if_not_present"
+    NEVER = "never"
+
+
+class Status(enum.Enum):
+    """The lifecycle of an execution."""
+
+    PENDING = "pending"
+    INITIALIZING = "initializing"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """True for Completed, Failed and Cancelled: states that never change again."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+ACTIVE_STATUSES = frozenset(Status) - TERMINAL_STATUSES
+
+
+class FailureReason(enum.Enum):
+    """Why an execution failed, for machines."""
+
+    IMAGE_PULL = "image_pull"
+    CREATE = "create"
+    START = "start"
+    INIT = "init"
+    EXIT_CODE = "exit_code"
+    OOM_KILLED = "oom_killed"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    AGENT_LOST = "agent_lost"
+
+
+class TriggerKind(enum.Enum):
+    """Where an execution's trigger came from."""
+
+    ENDPOINT = "endpoint"
+    CLI = "cli"
+    SCHEDULER = "scheduler"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Who or what started an execution."""
+
+    kind: TriggerKind
+    remote_address: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """The image a job runs and when to pull it."""
+
+    name: str
+    pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """The process to run; empty parts fall back to the image's config."""
+
+    entrypoint: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    workdir: str = ""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job: a service with rtype job or cron of a deployment document."""
+
+    name: str
+    image: ImageSpec
+    deployment: str = ""
+    kind: JobKind = JobKind.JOB
+    command: CommandSpec = field(default_factory=CommandSpec)
+    env: Mapping[str, str] = field(default_factory=dict)
+    schedule: str = ""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A registered job."""
+
+    spec: JobSpec
+    created_at: datetime
+    updated_at: datetime
+    spec_yaml: str = ""
+
+    @property
+    def name(self) -> str:
+        """The job's name."""
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One run of a job, as recorded in the store."""
+
+    id: str
+    job_name: str
+    status: Status
+    trigger: Trigger
+    container_id: str
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    failure_reason: FailureReason | None = None
+    message: str = ""
+    image: str = ""
+
+    @property
+    def duration(self) -> timedelta | None:
+        """Run time: finish minus start (or minus creation when it never started)."""
+        if self.finished_at is None:
+            return None
+        return self.finished_at - (self.started_at or self.created_at)
+
+
+@dataclass(frozen=True)
+class ExecutionEvent:
+    """One recorded transition, with its node-wide sequence number."""
+
+    sequence: int
+    time: datetime
+    execution: Execution
+
+
+class LogStream(enum.Enum):
+    """The output stream of a log line."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a container's output, as the monitor recorded it."""
+
+    time: datetime
+    stream: LogStream
+    message: str
+    partial: bool = False

@@ -1,0 +1,32 @@
+"""Typed domain errors. agent/api maps each to one gRPC status code, in one place."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of the errors a caller can cause or observe."""
+
+
+class NotFound(AgentError):
+    """The named job or execution does not exist."""
+
+
+class AlreadyExists(AgentError):
+    """A job of that name exists with a different spec."""
+
+
+class InvalidSpec(AgentError):
+    """A spec or request field is invalid; `field` is its path (services.backup.image)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class FailedPrecondition(AgentError):
+    """The request is valid but the target is in the wrong state for it."""
+
+
+class Unavailable(AgentError):
+    """The agent cannot take the request now (shutting down)."""

@@ -1,0 +1,5 @@
+"""The executor: the execution state machine and everything that drives it."""
+
+from agent.executor.executor import Executor
+
+__all__ = ["Executor"]

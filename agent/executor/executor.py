@@ -1,0 +1,373 @@
+"""The executor: runs executions through the state machine and records every transition.
+
+It knows nothing of gRPC, subprocesses or SQL: it drives a ContainerRuntime and a Store,
+and publishes every recorded transition to watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.domain import (
+    ACTIVE_STATUSES,
+    Execution,
+    ExecutionEvent,
+    FailureReason,
+    ImageSpec,
+    Job,
+    JobSpec,
+    LogLine,
+    Status,
+    Trigger,
+)
+from agent.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from agent.executor.events import EventBus
+from agent.executor.logs import LogQuery, read_log
+from agent.executor.machine import check_transition
+from agent.runtime.errors import ContainerCreateError, ContainerStartError, ImagePullError
+from agent.runtime.images import Image
+from agent.runtime.manager import ContainerRequest, ExitStatus
+from agent.store import StaleTransition, Store
+
+log = logging.getLogger(__name__)
+
+
+class ContainerRuntime(Protocol):
+    """What the executor needs of the runtime layer (ContainerManager, or a fake in tests)."""
+
+    async def pull(self, image: ImageSpec) -> Image: ...
+    async def create(self, request: ContainerRequest, image: Image) -> None: ...
+    async def start(self, container_id: str) -> None: ...
+    async def wait(self, container_id: str) -> ExitStatus: ...
+    def exit_status(self, container_id: str) -> ExitStatus | None: ...
+    async def is_alive(self, container_id: str) -> bool: ...
+    async def stop(self, container_id: str, grace_seconds: float) -> None: ...
+    async def remove(self, container_id: str) -> None: ...
+    def forget(self, container_id: str) -> None: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Executor:
+    """Owns every execution of the node from trigger to terminal state."""
+
+    def __init__(
+        self, store: Store, runtime: ContainerRuntime, log_dir: Path, stop_grace: float = 10.0
+    ) -> None:
+        self._store = store
+        self._runtime = runtime
+        self._log_dir = log_dir
+        self._stop_grace = stop_grace
+        self._bus = EventBus()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancel_requested: set[str] = set()
+        self._closing = False
+
+    # Jobs
+
+    def register_jobs(
+        self, specs: Sequence[JobSpec], spec_yaml: str, replace_existing: bool
+    ) -> list[Job]:
+        """Registers jobs; an existing job with another spec needs `replace_existing`.
+
+        Either every job is registered or none is.
+        """
+        now = _now()
+        jobs = []
+        for spec in specs:
+            existing = self._find_job(spec.name)
+            if existing is not None and existing.spec != spec and not replace_existing:
+                raise AlreadyExists(f"job {spec.name!r} exists with another spec (use replace)")
+            created = existing.created_at if existing is not None else now
+            updated = now if existing is None or existing.spec != spec else existing.updated_at
+            jobs.append(Job(spec=spec, created_at=created, updated_at=updated, spec_yaml=spec_yaml))
+        for job in jobs:
+            self._store.put_job(job)
+        return jobs
+
+    def get_job(self, name: str) -> Job:
+        """Returns a job; raises NotFound."""
+        return self._store.get_job(name)
+
+    def list_jobs(self) -> list[Job]:
+        """Returns every job, by name."""
+        return self._store.list_jobs()
+
+    def unregister_job(self, name: str) -> None:
+        """Removes a job that has no active execution."""
+        self._store.get_job(name)
+        if self._store.list_executions(job_name=name, statuses=ACTIVE_STATUSES):
+            raise FailedPrecondition(f"job {name!r} has active executions; cancel them first")
+        self._store.delete_job(name)
+
+    def _find_job(self, name: str) -> Job | None:
+        return next((job for job in self._store.list_jobs() if job.name == name), None)
+
+    # Executions
+
+    async def trigger(self, job_name: str, trigger: Trigger) -> Execution:
+        """Creates a Pending execution of the job and starts running it."""
+        if self._closing:
+            raise Unavailable("the agent is shutting down")
+        job = self._store.get_job(job_name)
+        execution_id = uuid.uuid4().hex
+        execution = Execution(
+            id=execution_id,
+            job_name=job.name,
+            status=Status.PENDING,
+            trigger=trigger,
+            container_id=f"ja-{execution_id}",
+            created_at=_now(),
+            image=job.spec.image.name,
+        )
+        self._bus.publish(self._store.insert_execution(execution))
+        self._spawn(execution, self._run(execution, job.spec))
+        return execution
+
+    def get_execution(self, execution_id: str) -> Execution:
+        """Returns an execution; raises NotFound."""
+        return self._store.get_execution(execution_id)
+
+    def list_executions(self, job_name: str = "") -> list[Execution]:
+        """Returns executions newest first."""
+        return self._store.list_executions(job_name=job_name)
+
+    async def cancel(self, execution_id: str, grace_seconds: float | None = None) -> Execution:
+        """Stops an active execution and returns it once it is terminal."""
+        execution = self._store.get_execution(execution_id)
+        if execution.status.terminal:
+            raise FailedPrecondition(
+                f"execution {execution_id} already finished ({execution.status.value})"
+            )
+        self._cancel_requested.add(execution_id)
+        task = self._tasks.get(execution_id)
+        grace = self._stop_grace if grace_seconds is None else grace_seconds
+        if execution.status is Status.RUNNING:
+            await self._runtime.stop(execution.container_id, grace)
+        elif task is not None:
+            task.cancel()
+        if task is not None:
+            await asyncio.wait([task])
+        return self._store.get_execution(execution_id)
+
+    async def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
+        """Yields the execution's latest event, then each later one; ends after the terminal one."""
+        queue = self._bus.subscribe(execution_id)
+        try:
+            event = self._store.last_event(execution_id)
+            yield event
+            sequence = event.sequence
+            while not event.execution.status.terminal:
+                event = await queue.get()
+                if event.sequence > sequence:
+                    sequence = event.sequence
+                    yield event
+        finally:
+            self._bus.unsubscribe(execution_id, queue)
+
+    async def stream_logs(self, execution_id: str, query: LogQuery) -> AsyncIterator[LogLine]:
+        """Yields the execution's output lines; with follow, until it ends."""
+        queue = self._bus.subscribe(execution_id)
+        ended = asyncio.Event()
+
+        async def watch_end() -> None:
+            while True:
+                event = await queue.get()
+                if event.execution.status.terminal:
+                    ended.set()
+                    return
+
+        watcher = asyncio.create_task(watch_end())
+        try:
+            if self._store.get_execution(execution_id).status.terminal:
+                ended.set()
+            async for line in read_log(self.log_file(execution_id), query, ended):
+                yield line
+        finally:
+            watcher.cancel()
+            self._bus.unsubscribe(execution_id, queue)
+
+    def log_file(self, execution_id: str) -> Path:
+        """The CRI-format log file of the execution's (first) attempt."""
+        return self._log_dir / execution_id / "1.log"
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        """Picks up what the store says was active when the agent last stopped."""
+        for execution in reversed(self._store.list_executions(statuses=ACTIVE_STATUSES)):
+            await self._recover(execution)
+
+    async def close(self) -> None:
+        """Stops accepting triggers and lets go of running containers (they keep running)."""
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _recover(self, execution: Execution) -> None:
+        if execution.status is Status.RUNNING:
+            if self._runtime.exit_status(execution.container_id) is not None or (
+                await self._runtime.is_alive(execution.container_id)
+            ):
+                log.info("re-adopting execution %s", execution.id)
+                self._spawn(execution, self._await_exit(execution))
+                return
+            await self._runtime.remove(execution.container_id)
+            self._record(
+                execution,
+                Status.FAILED,
+                failure_reason=FailureReason.AGENT_LOST,
+                message="the container was gone when the agent restarted",
+                finished_at=_now(),
+            )
+            return
+        # Pending or initializing: nothing of the job's process ran yet, so start afresh.
+        await self._runtime.remove(execution.container_id)
+        try:
+            spec = self._store.get_job(execution.job_name).spec
+        except NotFound:
+            self._record(
+                execution,
+                Status.FAILED,
+                failure_reason=FailureReason.AGENT_LOST,
+                message="the job was unregistered while the agent was down",
+                finished_at=_now(),
+            )
+            return
+        self._spawn(execution, self._run(execution, spec))
+
+    def _spawn(self, execution: Execution, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks[execution.id] = task
+        task.add_done_callback(lambda _: self._forget(execution.id, task))
+
+    def _forget(self, execution_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(execution_id) is task:
+            del self._tasks[execution_id]
+        self._cancel_requested.discard(execution_id)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("execution %s: %s", execution_id, task.exception())
+
+    async def _run(self, execution: Execution, spec: JobSpec) -> None:
+        """Pending -> Initializing -> Running -> terminal, for one execution."""
+        container_id = execution.container_id
+        try:
+            if execution.status is Status.PENDING:
+                execution = self._record(execution, Status.INITIALIZING)
+            try:
+                image = await self._runtime.pull(spec.image)
+            except ImagePullError as error:
+                self._fail(execution, FailureReason.IMAGE_PULL, str(error))
+                return
+            request = ContainerRequest(
+                container_id=container_id,
+                image=spec.image,
+                log_file=self.log_file(execution.id),
+                command=spec.command,
+                env=spec.env,
+                hostname=spec.name,
+            )
+            try:
+                await self._runtime.create(request, image)
+            except ContainerCreateError as error:
+                self._fail(execution, FailureReason.CREATE, str(error))
+                return
+            try:
+                await self._runtime.start(container_id)
+            except ContainerStartError as error:
+                await self._runtime.remove(container_id)
+                self._fail(execution, FailureReason.START, str(error))
+                return
+            execution = self._record(
+                execution,
+                Status.RUNNING,
+                started_at=_now(),
+                image=f"{image.reference}@{image.digest}",
+            )
+        except asyncio.CancelledError:
+            if self._closing:
+                raise
+            await self._runtime.remove(container_id)
+            self._record_cancelled(execution)
+            return
+        await self._await_exit(execution)
+
+    async def _await_exit(self, execution: Execution) -> None:
+        """Waits for the container to end, removes it, then records the outcome.
+
+        A terminal execution has no container left. The exit file outlives the removal
+        until the outcome is recorded, so a crash in between loses nothing.
+        """
+        exit_status = await self._runtime.wait(execution.container_id)
+        await self._runtime.remove(execution.container_id)
+        self._finish(execution, exit_status)
+        self._runtime.forget(execution.container_id)
+
+    def _finish(self, execution: Execution, exit_status: ExitStatus) -> None:
+        code = exit_status.exit_code
+        if execution.id in self._cancel_requested:
+            self._record_cancelled(execution, exit_code=code)
+        elif exit_status.oom_killed:
+            self._fail(
+                execution,
+                FailureReason.OOM_KILLED,
+                "the process was killed by its memory limit",
+                exit_code=code,
+            )
+        elif code == 0:
+            self._record(execution, Status.COMPLETED, exit_code=0, finished_at=_now())
+        else:
+            self._fail(
+                execution,
+                FailureReason.EXIT_CODE,
+                f"the process exited with code {code}",
+                exit_code=code,
+            )
+
+    def _record_cancelled(self, execution: Execution, exit_code: int | None = None) -> None:
+        self._record(
+            execution,
+            Status.CANCELLED,
+            exit_code=exit_code,
+            message="cancelled on request",
+            finished_at=_now(),
+        )
+
+    def _fail(
+        self,
+        execution: Execution,
+        reason: FailureReason,
+        message: str,
+        exit_code: int | None = None,
+    ) -> None:
+        self._record(
+            execution,
+            Status.FAILED,
+            failure_reason=reason,
+            message=message,
+            exit_code=exit_code,
+            finished_at=_now(),
+        )
+
+    def _record(self, execution: Execution, status: Status, **changes: Any) -> Execution:
+        """Checks the transition against the table, writes it, and publishes the event."""
+        check_transition(execution.status, status)
+        updated = replace(execution, status=status, **changes)
+        try:
+            event = self._store.transition(execution.status, updated)
+        except StaleTransition:
+            log.warning("execution %s: dropped late transition to %s", execution.id, status.value)
+            return self._store.get_execution(execution.id)
+        self._bus.publish(event)
+        return updated

@@ -1,0 +1,203 @@
+"""OCI bundles: the container's config.json and its copy-on-write root filesystem."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.domain import CommandSpec
+from agent.runtime.images import ImageConfig
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# containerd's default capability set.
+DEFAULT_CAPABILITIES = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
+MASKED_PATHS = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """The container's process: argv, environment, working directory and user."""
+
+    args: tuple[str, ...]
+    env: tuple[str, ...]
+    cwd: str
+    uid: int = 0
+    gid: int = 0
+
+
+def resolve_process(
+    image: ImageConfig, command: CommandSpec, env: Mapping[str, str], rootfs: Path
+) -> ProcessSpec:
+    """Combines the image's config with the job's command and env, as Docker does.
+
+    An entrypoint from the spec replaces the image's and drops the image's CMD; args from
+    the spec replace CMD. The spec's env is layered over the image's.
+    """
+    entrypoint = command.entrypoint or image.entrypoint
+    if command.args:
+        args = command.args
+    elif command.entrypoint:
+        args = ()
+    else:
+        args = image.cmd
+    argv = (*entrypoint, *args)
+    if not argv:
+        raise ValueError("neither the spec nor the image names a command to run")
+    merged: dict[str, str] = {}
+    for item in image.env or (DEFAULT_PATH,):
+        key, _, value = item.partition("=")
+        merged[key] = value
+    merged.update(env)
+    merged.setdefault("PATH", DEFAULT_PATH.partition("=")[2])
+    uid, gid = _resolve_user(image.user, rootfs)
+    return ProcessSpec(
+        args=argv,
+        env=tuple(f"{key}={value}" for key, value in merged.items()),
+        cwd=command.workdir or image.workdir or "/",
+        uid=uid,
+        gid=gid,
+    )
+
+
+def build_config(
+    process: ProcessSpec, rootfs: Path, hostname: str, cgroups_path: str
+) -> dict[str, Any]:
+    """Returns a runtime-spec config.json: unprivileged, no network but loopback."""
+    capabilities = {
+        name: list(DEFAULT_CAPABILITIES) for name in ("bounding", "effective", "permitted")
+    }
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": process.uid, "gid": process.gid},
+            "args": list(process.args),
+            "env": list(process.env),
+            "cwd": process.cwd,
+            "capabilities": capabilities,
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(rootfs), "readonly": False},
+        "hostname": hostname,
+        "mounts": _default_mounts(),
+        "linux": {
+            "cgroupsPath": cgroups_path,
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")],
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+        },
+    }
+
+
+def _default_mounts() -> list[dict[str, Any]]:
+    def mount(destination: str, kind: str, source: str, *options: str) -> dict[str, Any]:
+        return {
+            "destination": destination,
+            "type": kind,
+            "source": source,
+            "options": list(options),
+        }
+
+    return [
+        mount("/proc", "proc", "proc", "nosuid", "noexec", "nodev"),
+        mount("/dev", "tmpfs", "tmpfs", "nosuid", "strictatime", "mode=755", "size=65536k"),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620",
+            "gid=5",
+        ),
+        mount("/dev/shm", "tmpfs", "shm", "nosuid", "noexec", "nodev", "mode=1777", "size=65536k"),
+        mount("/dev/mqueue", "mqueue", "mqueue", "nosuid", "noexec", "nodev"),
+        mount("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro"),
+        mount("/tmp", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=1777"),
+    ]
+
+
+def _resolve_user(user: str, rootfs: Path) -> tuple[int, int]:
+    """Resolves an image's User ("1000", "1000:1000", "app", "app:app") against its rootfs."""
+    if not user:
+        return 0, 0
+    name, _, group = user.partition(":")
+    if name.isdigit():
+        uid, gid = int(name), 0
+    else:
+        entry = _find_entry(rootfs / "etc" / "passwd", name)
+        uid, gid = int(entry[2]), int(entry[3])
+    if group:
+        gid = (
+            int(group) if group.isdigit() else int(_find_entry(rootfs / "etc" / "group", group)[2])
+        )
+    return uid, gid
+
+
+def _find_entry(table: Path, name: str) -> list[str]:
+    try:
+        lines = table.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        fields = line.split(":")
+        if fields[0] == name and len(fields) > 3:
+            return fields
+    raise ValueError(f"{name!r} is not in the image's /etc/{table.name}")
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+MNT_DETACH = 2
+
+
+def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
+    """Mounts a writable overlay of the read-only image rootfs for one container."""
+    for directory in (upper, work, merged):
+        directory.mkdir(parents=True, exist_ok=True)
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}".encode()
+    if _libc.mount(b"overlay", str(merged).encode(), b"overlay", 0, options) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"overlay mount on {merged}: {os.strerror(error)}")
+
+
+def unmount(path: Path) -> None:
+    """Lazily unmounts `path` if something is mounted there."""
+    if os.path.ismount(path) and _libc.umount2(str(path).encode(), MNT_DETACH) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"unmount {path}: {os.strerror(error)}")

@@ -1,0 +1,184 @@
+"""The local image store: one OCI layout of shared blobs, one unpacked rootfs per digest.
+
+skopeo copies images into the layout (tagged by their normalised reference); umoci
+unpacks each manifest digest once into a read-only rootfs that containers overlay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.domain import PullPolicy
+from agent.runtime.errors import CommandError, ImagePullError
+from agent.runtime.process import run
+
+DEFAULT_REGISTRY = "docker.io"
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The parts of an image's config that shape the container's process."""
+
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    workdir: str = ""
+    user: str = ""
+    stop_signal: str = ""
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image present in the store, unpacked and ready to run."""
+
+    reference: str
+    digest: str
+    rootfs: Path
+    config: ImageConfig
+
+
+def normalize_reference(name: str) -> str:
+    """Returns the canonical form of an image name: busybox -> docker.io/library/busybox:latest.
+
+    Local OCI layouts (oci:PATH[:TAG]) keep their form with the tag defaulting to latest.
+    """
+    if name.startswith("oci:"):
+        path, _, tag = name[4:].partition(":")
+        return f"oci:{Path(path).resolve()}:{tag or 'latest'}"
+    repository, at, digest = name.partition("@")
+    first, slash, _ = repository.partition("/")
+    if not slash or ("." not in first and ":" not in first and first != "localhost"):
+        repository = f"{DEFAULT_REGISTRY}/{repository}"
+        if repository.count("/") == 1:
+            repository = f"{DEFAULT_REGISTRY}/library/{repository[len(DEFAULT_REGISTRY) + 1 :]}"
+    if at:
+        return f"{repository}@{digest}"
+    if ":" not in repository.rsplit("/", 1)[-1]:
+        repository += ":latest"
+    return repository
+
+
+class ImageStore:
+    """Pulls, keeps and unpacks images under one directory."""
+
+    def __init__(
+        self,
+        root: Path,
+        skopeo: str = "skopeo",
+        umoci: str = "umoci",
+        pull_timeout: float = 300.0,
+        insecure_registries: frozenset[str] = frozenset(),
+    ) -> None:
+        self._layout = root / "oci"
+        self._rootfs_dir = root / "rootfs"
+        self._skopeo = skopeo
+        self._umoci = umoci
+        self._pull_timeout = pull_timeout
+        self._insecure_registries = insecure_registries
+        self._lock = asyncio.Lock()
+        self._rootfs_dir.mkdir(parents=True, exist_ok=True)
+
+    async def ensure(self, name: str, policy: PullPolicy) -> Image:
+        """Makes the image present (pulling as the policy says) and unpacked; returns it."""
+        reference = normalize_reference(name)
+        async with self._lock:
+            present = self._digest_of(reference) is not None
+            if policy is PullPolicy.NEVER and not present:
+                raise ImagePullError(f"image {name} is not present and pull_policy is never")
+            if not present or policy in (PullPolicy.ALWAYS, PullPolicy.NEWER):
+                await self._copy(_source_of(reference), reference)
+            digest = self._digest_of(reference)
+            if digest is None:
+                raise ImagePullError(f"image {name} is missing from the store after the pull")
+            return await self._unpacked(reference, digest)
+
+    async def import_image(self, source: str, name: str) -> Image:
+        """Copies an image from any skopeo source (oci:..., docker://...) under `name`."""
+        reference = normalize_reference(name)
+        async with self._lock:
+            await self._copy(source, reference)
+            digest = self._digest_of(reference)
+            assert digest is not None
+            return await self._unpacked(reference, digest)
+
+    async def _copy(self, source: str, reference: str) -> None:
+        self._layout.mkdir(parents=True, exist_ok=True)
+        argv = [self._skopeo, "copy", "--quiet"]
+        if _registry_of(source) in self._insecure_registries:
+            argv.append("--src-tls-verify=false")
+        argv += [source, f"oci:{self._layout}:{_tag_of(reference)}"]
+        try:
+            await run(argv, timeout=self._pull_timeout)
+        except CommandError as error:
+            raise ImagePullError(f"pulling {source}: {error.stderr.strip() or error}") from None
+
+    async def _unpacked(self, reference: str, digest: str) -> Image:
+        target = self._rootfs_dir / digest.replace(":", "-")
+        if not (target / "rootfs").is_dir():
+            work = Path(tempfile.mkdtemp(dir=self._rootfs_dir, prefix=".unpack-"))
+            try:
+                await run(
+                    [
+                        self._umoci,
+                        "unpack",
+                        "--image",
+                        f"{self._layout}:{_tag_of(reference)}",
+                        str(work / "bundle"),
+                    ]
+                )
+                shutil.rmtree(target, ignore_errors=True)
+                (work / "bundle").rename(target)
+            except CommandError as error:
+                raise ImagePullError(f"unpacking {reference}: {error}") from None
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        return Image(reference, digest, target / "rootfs", self._config_of(digest))
+
+    def _digest_of(self, reference: str) -> str | None:
+        index_path = self._layout / "index.json"
+        if not index_path.exists():
+            return None
+        tag = _tag_of(reference)
+        for manifest in json.loads(index_path.read_text()).get("manifests", []):
+            if manifest.get("annotations", {}).get(REF_NAME) == tag:
+                return str(manifest["digest"])
+        return None
+
+    def _blob(self, digest: str) -> Any:
+        algorithm, _, hex_digest = digest.partition(":")
+        return json.loads((self._layout / "blobs" / algorithm / hex_digest).read_text())
+
+    def _config_of(self, manifest_digest: str) -> ImageConfig:
+        manifest = self._blob(manifest_digest)
+        config = self._blob(manifest["config"]["digest"]).get("config") or {}
+        return ImageConfig(
+            entrypoint=tuple(config.get("Entrypoint") or ()),
+            cmd=tuple(config.get("Cmd") or ()),
+            env=tuple(config.get("Env") or ()),
+            workdir=config.get("WorkingDir") or "",
+            user=config.get("User") or "",
+            stop_signal=config.get("StopSignal") or "",
+        )
+
+
+def _source_of(reference: str) -> str:
+    return reference if reference.startswith("oci:") else f"docker://{reference}"
+
+
+def _registry_of(source: str) -> str:
+    """The registry host of a docker:// source ("" for other transports)."""
+    if not source.startswith("docker://"):
+        return ""
+    return source.removeprefix("docker://").split("/", 1)[0]
+
+
+def _tag_of(reference: str) -> str:
+    """The layout tag of a reference: the reference itself, without the oci: prefix's slash."""
+    return reference.replace("oci:/", "oci/", 1)

@@ -1,0 +1,184 @@
+"""ContainerManager: the runtime layer's one entry point for the executor.
+
+It turns a ContainerRequest into a running container (image, bundle, conmon, start),
+waits for it, stops it and removes it, keeping the log file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.domain import CommandSpec, ImageSpec
+from agent.runtime import bundle
+from agent.runtime.errors import (
+    CommandError,
+    ContainerCreateError,
+    ContainerStartError,
+)
+from agent.runtime.images import Image, ImageStore
+from agent.runtime.monitor import ConmonMonitor, MonitorPaths
+from agent.runtime.oci import OciRuntime
+
+KILL_SIGNAL = "SIGKILL"
+DEFAULT_STOP_SIGNAL = "SIGTERM"
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """What the executor asks for: one container of a job's image and command."""
+
+    container_id: str
+    image: ImageSpec
+    log_file: Path
+    command: CommandSpec = field(default_factory=CommandSpec)
+    env: Mapping[str, str] = field(default_factory=dict)
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a container's process ended."""
+
+    exit_code: int
+    oom_killed: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimePaths:
+    """The directories of the runtime layer under the agent's data directory."""
+
+    images: Path
+    containers: Path
+    runtime_state: Path
+    exits: Path
+    sockets: Path
+
+    @classmethod
+    def under(cls, data_dir: Path, runtime_name: str) -> RuntimePaths:
+        """The standard layout below one data directory."""
+        # Attach sockets have a short path limit, so they live under /run, keyed by data dir.
+        key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+        return cls(
+            images=data_dir / "images",
+            containers=data_dir / "containers",
+            runtime_state=data_dir / "state" / runtime_name,
+            exits=data_dir / "exits",
+            sockets=Path("/run/jobagent") / key,
+        )
+
+
+class ContainerManager:
+    """Creates, starts, waits for, stops and removes containers."""
+
+    def __init__(
+        self,
+        paths: RuntimePaths,
+        runtime_binary: str,
+        conmon: str = "conmon",
+        images: ImageStore | None = None,
+    ) -> None:
+        self.paths = paths
+        self.images = images or ImageStore(paths.images)
+        self.runtime = OciRuntime(runtime_binary, paths.runtime_state)
+        self.monitor = ConmonMonitor(conmon, self.runtime, paths.exits, paths.sockets)
+        self._stop_signals: dict[str, str] = {}
+        paths.containers.mkdir(parents=True, exist_ok=True)
+
+    async def pull(self, image: ImageSpec) -> Image:
+        """Makes the image present as its pull policy says; raises ImagePullError."""
+        return await self.images.ensure(image.name, image.pull_policy)
+
+    async def create(self, request: ContainerRequest, image: Image) -> None:
+        """Prepares the bundle and creates the container under conmon.
+
+        Raises ContainerCreateError, after removing whatever was prepared.
+        """
+        directory = self._directory(request.container_id)
+        rootfs = directory / "rootfs"
+        try:
+            process = bundle.resolve_process(
+                image.config, request.command, request.env, image.rootfs
+            )
+            directory.mkdir(parents=True, exist_ok=True)
+            bundle.mount_overlay(image.rootfs, directory / "upper", directory / "work", rootfs)
+            config = bundle.build_config(
+                process,
+                rootfs,
+                request.hostname or request.container_id,
+                f"/jobagent/{request.container_id}",
+            )
+            (directory / "config.json").write_text(json.dumps(config))
+        except (ValueError, OSError) as error:
+            await self.remove(request.container_id)
+            raise ContainerCreateError(str(error)) from None
+        request.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._stop_signals[request.container_id] = image.config.stop_signal or DEFAULT_STOP_SIGNAL
+        try:
+            await self.monitor.create(request.container_id, self._monitor_paths(request))
+        except ContainerCreateError:
+            await self.remove(request.container_id)
+            raise
+
+    async def start(self, container_id: str) -> None:
+        """Starts a created container's process; raises ContainerStartError."""
+        try:
+            await self.runtime.start(container_id, self._directory(container_id) / "runtime.log")
+        except CommandError as error:
+            raise ContainerStartError(str(error)) from None
+
+    async def wait(self, container_id: str) -> ExitStatus:
+        """Waits for the container's process to end."""
+        code = await self.monitor.wait(container_id)
+        return ExitStatus(exit_code=code, oom_killed=self.monitor.oom_killed(container_id))
+
+    def exit_status(self, container_id: str) -> ExitStatus | None:
+        """The recorded exit of a container, or None while it runs (or never ran)."""
+        code = self.monitor.exit_code(container_id)
+        if code is None:
+            return None
+        return ExitStatus(code, self.monitor.oom_killed(container_id))
+
+    async def is_alive(self, container_id: str) -> bool:
+        """True when the runtime knows the container and it has not stopped."""
+        return await self.runtime.state(container_id) in ("created", "running")
+
+    async def stop(self, container_id: str, grace_seconds: float) -> None:
+        """Sends the stop signal, waits up to the grace period, then SIGKILL."""
+        if self.monitor.exit_code(container_id) is not None:
+            return
+        signal = self._stop_signals.get(container_id, DEFAULT_STOP_SIGNAL)
+        await self.runtime.kill(container_id, signal)
+        try:
+            await asyncio.wait_for(self.monitor.wait(container_id), grace_seconds)
+        except TimeoutError:
+            await self.runtime.kill(container_id, KILL_SIGNAL)
+            await self.monitor.wait(container_id)
+
+    async def remove(self, container_id: str) -> None:
+        """Deletes the container and its bundle; keeps its log and exit files. Safe to repeat."""
+        await self.runtime.delete(container_id)
+        directory = self._directory(container_id)
+        bundle.unmount(directory / "rootfs")
+        shutil.rmtree(directory, ignore_errors=True)
+        self._stop_signals.pop(container_id, None)
+
+    def forget(self, container_id: str) -> None:
+        """Drops the exit record of a removed container once its outcome is stored."""
+        self.monitor.forget(container_id)
+
+    def _directory(self, container_id: str) -> Path:
+        return self.paths.containers / container_id
+
+    def _monitor_paths(self, request: ContainerRequest) -> MonitorPaths:
+        directory = self._directory(request.container_id)
+        return MonitorPaths(
+            bundle=directory,
+            log_file=request.log_file,
+            runtime_log=directory / "runtime.log",
+        )

@@ -1,0 +1,168 @@
+"""conmon holds each container: its stdio, its log file and its exit code.
+
+As in podman and CRI-O, conmon runs `<runtime> create`, reports the container's pid on
+a sync pipe, relays stdout and stderr into a CRI-format log file, and writes the exit
+code to <exit-dir>/<container-id>. The container and those files outlive the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.runtime.errors import ContainerCreateError
+from agent.runtime.oci import OciRuntime
+
+EXIT_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class MonitorPaths:
+    """Where conmon keeps the files of one container."""
+
+    bundle: Path
+    log_file: Path
+    runtime_log: Path
+
+
+class ConmonMonitor:
+    """Starts conmon for containers and reads back what it recorded."""
+
+    def __init__(
+        self, conmon: str, runtime: OciRuntime, exits_dir: Path, sockets_dir: Path
+    ) -> None:
+        self._conmon = conmon
+        self._runtime = runtime
+        self._exits_dir = exits_dir
+        self._sockets_dir = sockets_dir
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        exits_dir.mkdir(parents=True, exist_ok=True)
+        sockets_dir.mkdir(parents=True, exist_ok=True)
+
+    async def create(self, container_id: str, paths: MonitorPaths) -> int:
+        """Creates the container under a new conmon; returns the container's pid."""
+        self.forget(container_id)
+        self.persist_dir(container_id).mkdir(parents=True)
+        read_end, write_end = os.pipe()
+        argv = [
+            self._conmon, "--api-version", "1", "--sync",
+            "--cid", container_id, "--cuuid", container_id, "--name", container_id,
+            "--runtime", self._runtime.binary,
+            "--bundle", str(paths.bundle),
+            "--container-pidfile", str(paths.bundle / "pidfile"),
+            "--exit-dir", str(self._exits_dir),
+            "--persist-dir", str(self.persist_dir(container_id)),
+            "--socket-dir-path", str(self._sockets_dir),
+            "--log-path", f"k8s-file:{paths.log_file}",
+            "--log-level", "error",
+        ]  # fmt: skip
+        for arg in self._runtime.global_args(paths.runtime_log):
+            argv += ["--runtime-arg", arg]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                pass_fds=(write_end,),
+                env={**os.environ, "_OCI_SYNCPIPE": str(write_end)},
+                start_new_session=True,
+            )
+        except OSError as error:
+            os.close(read_end)
+            raise ContainerCreateError(f"cannot start conmon: {error}") from None
+        finally:
+            os.close(write_end)
+        self._processes[container_id] = process
+        reply = asyncio.get_running_loop().run_in_executor(None, _read_all, read_end)
+        try:
+            message = await asyncio.shield(reply)
+        except asyncio.CancelledError:
+            # conmon goes on creating the container: let it finish, so that the caller's
+            # cleanup deletes a container that exists instead of racing its creation.
+            await reply
+            raise
+        pid, detail = _parse_sync(message)
+        if pid <= 0:
+            await process.wait()
+            self._processes.pop(container_id, None)
+            raise ContainerCreateError(_runtime_error(detail, paths.runtime_log))
+        return pid
+
+    def persist_dir(self, container_id: str) -> Path:
+        """Where conmon keeps what outlives the container besides the exit file (oom)."""
+        return self._exits_dir / f"{container_id}.d"
+
+    def exit_file(self, container_id: str) -> Path:
+        """The file conmon writes the container's exit code to."""
+        return self._exits_dir / container_id
+
+    def exit_code(self, container_id: str) -> int | None:
+        """The recorded exit code, or None while the container runs."""
+        try:
+            text = self.exit_file(container_id).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text else None
+
+    async def wait(self, container_id: str) -> int:
+        """Waits until conmon has recorded the container's exit; returns the exit code."""
+        process = self._processes.get(container_id)
+        if process is not None:
+            await process.wait()
+        while (code := self.exit_code(container_id)) is None:
+            # Re-adopted containers are not our children: watch the exit file instead.
+            await asyncio.sleep(EXIT_POLL_SECONDS)
+        return code
+
+    def forget(self, container_id: str) -> None:
+        """Drops what the monitor holds for a container: its process, exit and oom files."""
+        self._processes.pop(container_id, None)
+        self.exit_file(container_id).unlink(missing_ok=True)
+        shutil.rmtree(self.persist_dir(container_id), ignore_errors=True)
+
+    def oom_killed(self, container_id: str) -> bool:
+        """True when conmon saw the container's memory cgroup kill a process."""
+        return (self.persist_dir(container_id) / "oom").exists()
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+            if chunk.endswith(b"\n"):
+                break
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _parse_sync(message: bytes) -> tuple[int, str]:
+    """conmon writes {"data": pid} or {"data": -1, "message": "..."} (older: "pid")."""
+    try:
+        document = json.loads(message.decode(errors="replace").splitlines()[0])
+    except (ValueError, IndexError):
+        return -1, "conmon exited without reporting the container"
+    pid = document.get("data", document.get("pid", -1))
+    return int(pid), str(document.get("message", ""))
+
+
+def _runtime_error(detail: str, runtime_log: Path) -> str:
+    """The most useful line: the runtime's last JSON error, else conmon's message."""
+    try:
+        lines = runtime_log.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level", "").lower() == "error":
+            return str(entry.get("message") or entry.get("msg") or line).split("\n")[0]
+    return detail.split("\n")[0] or "the runtime could not create the container"

@@ -1,0 +1,224 @@
+"""The seed's deployment YAML: parsing and validation into JobSpecs.
+
+A document looks like ZLayer's (version v1, deployment, services). Services with
+rtype job or cron become jobs; long-running services (rtype service) are not this
+agent's to run and are skipped. Every error names the field path that caused it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from croniter import croniter
+
+from agent.domain import CommandSpec, ImageSpec, JobKind, JobSpec, PullPolicy
+from agent.errors import InvalidSpec
+
+NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IMAGE_PATTERN = re.compile(r"^[^\s]+$")
+
+DOCUMENT_FIELDS = {"version", "deployment", "services", "tunnels", "api"}
+# Fields of a ZLayer service that only mean something for long-running services:
+# accepted so that a ZLayer file works unchanged, and without effect on a job.
+SERVICE_ONLY_FIELDS = {
+    "network",
+    "endpoints",
+    "scale",
+    "depends",
+    "health",
+    "node_mode",
+    "node_selector",
+    "service_type",
+    "wasm_http",
+}
+JOB_FIELDS = {"rtype", "schedule", "image", "command", "env"}
+# Fields of the seed's format that this agent does not run yet: rejected rather than ignored.
+NOT_YET_SUPPORTED_FIELDS = {
+    "resources",
+    "init",
+    "errors",
+    "devices",
+    "storage",
+    "capabilities",
+    "privileged",
+    "labels",
+    "user",
+    "timeout",
+    "max_concurrent",
+    "logs",
+}
+IMAGE_FIELDS = {"name", "pull_policy"}
+COMMAND_FIELDS = {"entrypoint", "args", "workdir"}
+
+
+def parse_document(text: str) -> list[JobSpec]:
+    """Parses a deployment document into the jobs it declares.
+
+    Raises InvalidSpec naming the field path of the first problem found.
+    """
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InvalidSpec("spec_yaml", f"not valid YAML: {error}") from None
+    root = _mapping(document, "spec_yaml")
+    _check_fields(root, DOCUMENT_FIELDS, "")
+    version = _required(root, "version", "")
+    if version != "v1":
+        raise InvalidSpec("version", f"must be v1, got {version!r}")
+    deployment = _string(_required(root, "deployment", ""), "deployment")
+    if not NAME_PATTERN.match(deployment):
+        raise InvalidSpec("deployment", _name_rule(deployment))
+    services = _mapping(_required(root, "services", ""), "services")
+    jobs = []
+    for name, body in services.items():
+        path = f"services.{name}"
+        service = _mapping(body, path)
+        rtype = service.get("rtype", "service")
+        if rtype == "service":
+            continue
+        jobs.append(parse_service(str(name), service, deployment, path))
+    if not jobs:
+        raise InvalidSpec("services", "declares no service with rtype job or cron")
+    return jobs
+
+
+def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: str) -> JobSpec:
+    """Parses one service with rtype job or cron; `path` prefixes error fields."""
+    if not NAME_PATTERN.match(name):
+        raise InvalidSpec(path, _name_rule(name))
+    for key in service:
+        if key in NOT_YET_SUPPORTED_FIELDS:
+            raise InvalidSpec(f"{path}.{key}", "is not supported by this agent yet")
+    _check_fields(service, JOB_FIELDS | SERVICE_ONLY_FIELDS, path)
+    rtype = service.get("rtype")
+    try:
+        kind = JobKind(rtype)
+    except ValueError:
+        raise InvalidSpec(f"{path}.rtype", f"must be job or cron, got {rtype!r}") from None
+    schedule = _optional_string(service, "schedule", path)
+    validate_schedule(kind, schedule, f"{path}.schedule")
+    return JobSpec(
+        name=name,
+        deployment=deployment,
+        kind=kind,
+        image=_image(_required(service, "image", path), f"{path}.image"),
+        command=_command(service.get("command", {}), f"{path}.command"),
+        env=_env(service.get("env", {}), f"{path}.env"),
+        schedule=schedule,
+    )
+
+
+def validate_job_spec(spec: JobSpec, path: str = "spec") -> None:
+    """Checks a JobSpec that arrived as a structured message (not YAML)."""
+    if not NAME_PATTERN.match(spec.name):
+        raise InvalidSpec(f"{path}.name", _name_rule(spec.name))
+    if spec.deployment and not NAME_PATTERN.match(spec.deployment):
+        raise InvalidSpec(f"{path}.deployment", _name_rule(spec.deployment))
+    if not IMAGE_PATTERN.match(spec.image.name):
+        raise InvalidSpec(f"{path}.image.name", "is required and may not contain spaces")
+    for key in spec.env:
+        if not ENV_NAME_PATTERN.match(key):
+            raise InvalidSpec(f"{path}.env.{key}", "is not a valid environment variable name")
+    validate_schedule(spec.kind, spec.schedule, f"{path}.schedule")
+
+
+def validate_schedule(kind: JobKind, schedule: str, path: str) -> None:
+    """A cron job needs a valid schedule (5 fields, or 6/7 with seconds first); a job none."""
+    if kind is JobKind.JOB:
+        if schedule:
+            raise InvalidSpec(path, "a schedule is only allowed with rtype cron")
+        return
+    if not schedule:
+        raise InvalidSpec(path, "is required with rtype cron")
+    if not croniter.is_valid(schedule, second_at_beginning=True):
+        raise InvalidSpec(path, f"{schedule!r} is not a cron expression")
+
+
+def _image(value: Any, path: str) -> ImageSpec:
+    image = _mapping(value, path)
+    _check_fields(image, IMAGE_FIELDS, path)
+    name = _string(_required(image, "name", path), f"{path}.name")
+    if not IMAGE_PATTERN.match(name):
+        raise InvalidSpec(f"{path}.name", "is required and may not contain spaces")
+    policy_text = _optional_string(image, "pull_policy", path) or PullPolicy.IF_NOT_PRESENT.value
+    try:
+        policy = PullPolicy(policy_text)
+    except ValueError:
+        choices = ", ".join(p.value for p in PullPolicy)
+        raise InvalidSpec(f"{path}.pull_policy", f"must be one of {choices}") from None
+    return ImageSpec(name=name, pull_policy=policy)
+
+
+def _command(value: Any, path: str) -> CommandSpec:
+    command = _mapping(value, path)
+    _check_fields(command, COMMAND_FIELDS, path)
+    return CommandSpec(
+        entrypoint=_string_list(command.get("entrypoint", []), f"{path}.entrypoint"),
+        args=_string_list(command.get("args", []), f"{path}.args"),
+        workdir=_optional_string(command, "workdir", path),
+    )
+
+
+def _env(value: Any, path: str) -> dict[str, str]:
+    env = _mapping(value, path)
+    result = {}
+    for key, item in env.items():
+        if not isinstance(key, str) or not ENV_NAME_PATTERN.match(key):
+            raise InvalidSpec(f"{path}.{key}", "is not a valid environment variable name")
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise InvalidSpec(f"{path}.{key}", "must be a string")
+        result[key] = str(item)
+    return result
+
+
+def _check_fields(mapping: Mapping[str, Any], known: set[str], path: str) -> None:
+    for key in mapping:
+        if key not in known:
+            raise InvalidSpec(_join(path, str(key)), "unknown field")
+
+
+def _required(mapping: Mapping[str, Any], key: str, path: str) -> Any:
+    if key not in mapping or mapping[key] is None:
+        raise InvalidSpec(_join(path, key), "is required")
+    return mapping[key]
+
+
+def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidSpec(path, "must be a mapping")
+    return value
+
+
+def _string(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidSpec(path, "must be a non-empty string")
+    return value
+
+
+def _optional_string(mapping: Mapping[str, Any], key: str, path: str) -> str:
+    value = mapping.get(key)
+    return "" if value is None else _string(value, _join(path, key))
+
+
+def _string_list(value: Any, path: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidSpec(path, "must be a list of strings")
+    return tuple(value)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _name_rule(name: str) -> str:
+    return (
+        f"{name!r} must be 1-63 lowercase letters, digits or '-', starting and ending alphanumeric"
+    )

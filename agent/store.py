@@ -1,0 +1,340 @@
+"""SQLite store: jobs, executions and their events, with a node-wide event sequence.
+
+Every state change is one transaction that also appends an event, so a watcher that
+resumes from a sequence number sees every later change once and in order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.domain import (
+    CommandSpec,
+    Execution,
+    ExecutionEvent,
+    FailureReason,
+    ImageSpec,
+    Job,
+    JobKind,
+    JobSpec,
+    PullPolicy,
+    Status,
+    Trigger,
+    TriggerKind,
+)
+from agent.errors import FailedPrecondition, NotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    spec_yaml TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY,
+    job_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    container_id TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    exit_code INTEGER,
+    failure_reason TEXT,
+    message TEXT NOT NULL,
+    image TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS executions_by_job ON executions (job_name, created_at);
+CREATE INDEX IF NOT EXISTS executions_by_status ON executions (status);
+CREATE TABLE IF NOT EXISTS events (
+    sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    execution TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_execution ON events (execution_id, sequence);
+"""
+
+EXECUTION_COLUMNS = (
+    "id, job_name, status, trigger, container_id, created_at, started_at, finished_at, "
+    "exit_code, failure_reason, message, image"
+)
+
+
+class StaleTransition(FailedPrecondition):
+    """The execution was no longer in the status the transition started from."""
+
+
+class Store:
+    """The agent's embedded database (one file, WAL mode)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Closes the database."""
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # Jobs
+
+    def put_job(self, job: Job) -> None:
+        """Inserts or replaces a job."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO jobs (name, spec, spec_yaml, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "spec = excluded.spec, spec_yaml = excluded.spec_yaml, "
+                "updated_at = excluded.updated_at",
+                (
+                    job.name,
+                    json.dumps(_spec_to_json(job.spec)),
+                    job.spec_yaml,
+                    _time(job.created_at),
+                    _time(job.updated_at),
+                ),
+            )
+
+    def get_job(self, name: str) -> Job:
+        """Returns the job; raises NotFound."""
+        row = self._db.execute("SELECT * FROM jobs WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"job {name!r} is not registered")
+        return _job_from_row(row)
+
+    def list_jobs(self) -> list[Job]:
+        """Returns every job, by name."""
+        rows = self._db.execute("SELECT * FROM jobs ORDER BY name").fetchall()
+        return [_job_from_row(row) for row in rows]
+
+    def delete_job(self, name: str) -> None:
+        """Removes a job; raises NotFound."""
+        with self._transaction() as db:
+            if db.execute("DELETE FROM jobs WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFound(f"job {name!r} is not registered")
+
+    # Executions
+
+    def insert_execution(self, execution: Execution) -> ExecutionEvent:
+        """Records a new execution and its first event."""
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT INTO executions ({EXECUTION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _execution_row(execution),
+            )
+            return _append_event(db, execution)
+
+    def transition(self, expected: Status, execution: Execution) -> ExecutionEvent:
+        """Writes `execution` if the stored one is still in `expected` status.
+
+        Raises StaleTransition otherwise: a late writer can never overwrite a newer state.
+        """
+        with self._transaction() as db:
+            row = _execution_row(execution)
+            updated = db.execute(
+                "UPDATE executions SET status = ?, started_at = ?, finished_at = ?, "
+                "exit_code = ?, failure_reason = ?, message = ?, image = ? "
+                "WHERE id = ? AND status = ?",
+                (*row[2:3], *row[6:], execution.id, expected.value),
+            ).rowcount
+            if updated == 0:
+                current = self.get_execution(execution.id)
+                raise StaleTransition(
+                    f"execution {execution.id} is {current.status.value}, not {expected.value}"
+                )
+            return _append_event(db, execution)
+
+    def get_execution(self, execution_id: str) -> Execution:
+        """Returns the execution; raises NotFound."""
+        row = self._db.execute(
+            f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = ?", (execution_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"execution {execution_id!r} does not exist")
+        return _execution_from_row(row)
+
+    def list_executions(
+        self, job_name: str = "", statuses: frozenset[Status] | None = None
+    ) -> list[Execution]:
+        """Returns executions newest first, optionally of one job and in some statuses."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if job_name:
+            clauses.append("job_name = ?")
+            params.append(job_name)
+        if statuses is not None:
+            clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params.extend(status.value for status in statuses)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT {EXECUTION_COLUMNS} FROM executions {where} "
+            "ORDER BY created_at DESC, rowid DESC",
+            params,
+        ).fetchall()
+        return [_execution_from_row(row) for row in rows]
+
+    def events_since(self, execution_id: str, sequence: int) -> list[ExecutionEvent]:
+        """Returns the execution's events after `sequence`, in order."""
+        rows = self._db.execute(
+            "SELECT sequence, time, execution FROM events "
+            "WHERE execution_id = ? AND sequence > ? ORDER BY sequence",
+            (execution_id, sequence),
+        ).fetchall()
+        return [_event_from_row(row) for row in rows]
+
+    def last_event(self, execution_id: str) -> ExecutionEvent:
+        """Returns the execution's newest event; raises NotFound."""
+        row = self._db.execute(
+            "SELECT sequence, time, execution FROM events WHERE execution_id = ? "
+            "ORDER BY sequence DESC LIMIT 1",
+            (execution_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"execution {execution_id!r} does not exist")
+        return _event_from_row(row)
+
+
+def _append_event(db: sqlite3.Connection, execution: Execution) -> ExecutionEvent:
+    now = datetime.now(UTC)
+    cursor = db.execute(
+        "INSERT INTO events (time, execution_id, execution) VALUES (?, ?, ?)",
+        (_time(now), execution.id, json.dumps(_execution_to_json(execution))),
+    )
+    assert cursor.lastrowid is not None
+    return ExecutionEvent(sequence=cursor.lastrowid, time=now, execution=execution)
+
+
+def _event_from_row(row: sqlite3.Row) -> ExecutionEvent:
+    return ExecutionEvent(
+        sequence=row["sequence"],
+        time=_parse_time(row["time"]),
+        execution=_execution_from_json(json.loads(row["execution"])),
+    )
+
+
+def _time(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def _optional_time(value: str | None) -> datetime | None:
+    return None if value is None else _parse_time(value)
+
+
+def _spec_to_json(spec: JobSpec) -> dict[str, Any]:
+    data = asdict(spec)
+    data["kind"] = spec.kind.value
+    data["image"]["pull_policy"] = spec.image.pull_policy.value
+    data["env"] = dict(spec.env)
+    return data
+
+
+def _spec_from_json(data: dict[str, Any]) -> JobSpec:
+    command = data["command"]
+    return JobSpec(
+        name=data["name"],
+        deployment=data["deployment"],
+        kind=JobKind(data["kind"]),
+        image=ImageSpec(data["image"]["name"], PullPolicy(data["image"]["pull_policy"])),
+        command=CommandSpec(
+            entrypoint=tuple(command["entrypoint"]),
+            args=tuple(command["args"]),
+            workdir=command["workdir"],
+        ),
+        env=dict(data["env"]),
+        schedule=data["schedule"],
+    )
+
+
+def _job_from_row(row: sqlite3.Row) -> Job:
+    return Job(
+        spec=_spec_from_json(json.loads(row["spec"])),
+        created_at=_parse_time(row["created_at"]),
+        updated_at=_parse_time(row["updated_at"]),
+        spec_yaml=row["spec_yaml"],
+    )
+
+
+def _trigger_to_json(trigger: Trigger) -> str:
+    return json.dumps(
+        {
+            "kind": trigger.kind.value,
+            "remote_address": trigger.remote_address,
+            "reason": trigger.reason,
+        }
+    )
+
+
+def _trigger_from_json(text: str) -> Trigger:
+    data = json.loads(text)
+    return Trigger(TriggerKind(data["kind"]), data["remote_address"], data["reason"])
+
+
+def _execution_row(execution: Execution) -> tuple[Any, ...]:
+    return (
+        execution.id,
+        execution.job_name,
+        execution.status.value,
+        _trigger_to_json(execution.trigger),
+        execution.container_id,
+        _time(execution.created_at),
+        None if execution.started_at is None else _time(execution.started_at),
+        None if execution.finished_at is None else _time(execution.finished_at),
+        execution.exit_code,
+        None if execution.failure_reason is None else execution.failure_reason.value,
+        execution.message,
+        execution.image,
+    )
+
+
+def _execution_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Execution:
+    return Execution(
+        id=row[0],
+        job_name=row[1],
+        status=Status(row[2]),
+        trigger=_trigger_from_json(row[3]),
+        container_id=row[4],
+        created_at=_parse_time(row[5]),
+        started_at=_optional_time(row[6]),
+        finished_at=_optional_time(row[7]),
+        exit_code=row[8],
+        failure_reason=None if row[9] is None else FailureReason(row[9]),
+        message=row[10],
+        image=row[11],
+    )
+
+
+def _execution_to_json(execution: Execution) -> list[Any]:
+    return list(_execution_row(execution))
+
+
+def _execution_from_json(data: list[Any]) -> Execution:
+    return _execution_from_row(tuple(data))

@@ -1,0 +1,6 @@
+"""Python client of the jobagent node agent: a typed layer over the generated stubs."""
+
+from jobagent_client.client import ClientError, JobAgentClient
+from jobagent_client.models import Execution, ExecutionEvent, Job, LogLine
+
+__all__ = ["ClientError", "Execution", "ExecutionEvent", "Job", "JobAgentClient", "LogLine"]

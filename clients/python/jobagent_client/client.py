@@ -1,0 +1,174 @@
+"""JobAgentClient: an idiomatic, typed client of jobagent.v1.JobService."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from jobagent.v1 import job_service_pb2 as service_pb
+from jobagent.v1 import job_service_pb2_grpc as service_grpc
+from jobagent.v1 import jobs_pb2 as pb
+
+from jobagent_client.models import Execution, ExecutionEvent, Job, LogLine
+
+Response = TypeVar("Response")
+STREAMS = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
+
+
+@dataclass
+class ClientError(Exception):
+    """A call failed: the gRPC code, the server's message and any field it named."""
+
+    code: grpc.StatusCode
+    message: str
+    field: str = ""
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> ClientError:
+        """Reads the status, with BadRequest and ErrorInfo details when present."""
+        call: grpc.Call = error  # type: ignore[assignment]
+        status = rpc_status.from_call(call)
+        field = reason = ""
+        for detail in status.details if status is not None else ():
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                if bad_request.field_violations:
+                    field = bad_request.field_violations[0].field
+            elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason
+        return cls(call.code(), call.details() or "", field, reason)
+
+
+class JobAgentClient:
+    """Talks to one agent. Methods raise ClientError when a call fails."""
+
+    def __init__(self, channel: grpc.Channel, timeout: float | None = 30.0) -> None:
+        self._channel = channel
+        self._stub = service_grpc.JobServiceStub(channel)
+        self._timeout = timeout
+
+    @classmethod
+    def connect(
+        cls, target: str = "127.0.0.1:50051", timeout: float | None = 30.0
+    ) -> JobAgentClient:
+        """A client over a plain-text channel (loopback agents)."""
+        return cls(grpc.insecure_channel(target), timeout)
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> JobAgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def register(self, spec_yaml: str, replace: bool = False) -> list[Job]:
+        """Registers the jobs of a deployment document."""
+        request = service_pb.RegisterJobRequest(spec_yaml=spec_yaml, replace=replace)
+        response = self._call(self._stub.RegisterJob, request)
+        return [Job.from_proto(job) for job in response.jobs]
+
+    def get_job(self, name: str) -> Job:
+        """Returns one job."""
+        return Job.from_proto(self._call(self._stub.GetJob, service_pb.GetJobRequest(name=name)))
+
+    def list_jobs(self) -> list[Job]:
+        """Returns every job."""
+        response = self._call(self._stub.ListJobs, service_pb.ListJobsRequest())
+        return [Job.from_proto(job) for job in response.jobs]
+
+    def unregister(self, name: str) -> None:
+        """Removes a job."""
+        self._call(self._stub.UnregisterJob, service_pb.UnregisterJobRequest(name=name))
+
+    def trigger(self, job_name: str, from_cli: bool = False) -> Execution:
+        """Starts a new execution of the job."""
+        origin = (
+            service_pb.TRIGGER_ORIGIN_CLI if from_cli else service_pb.TRIGGER_ORIGIN_UNSPECIFIED
+        )
+        request = service_pb.TriggerJobRequest(job_name=job_name, origin=origin)
+        return Execution.from_proto(self._call(self._stub.TriggerJob, request))
+
+    def get_execution(self, execution_id: str) -> Execution:
+        """Returns one execution."""
+        request = service_pb.GetExecutionRequest(id=execution_id)
+        return Execution.from_proto(self._call(self._stub.GetExecution, request))
+
+    def list_executions(self, job_name: str = "") -> list[Execution]:
+        """Returns executions, newest first."""
+        request = service_pb.ListExecutionsRequest(job_name=job_name)
+        response = self._call(self._stub.ListExecutions, request)
+        return [Execution.from_proto(execution) for execution in response.executions]
+
+    def cancel(self, execution_id: str, grace: timedelta | None = None) -> Execution:
+        """Cancels an execution and returns it once it is terminal."""
+        request = service_pb.CancelExecutionRequest(id=execution_id)
+        if grace is not None:
+            request.grace_period.CopyFrom(Duration())
+            request.grace_period.FromTimedelta(grace)
+        return Execution.from_proto(self._call(self._stub.CancelExecution, request, unbounded=True))
+
+    def watch(self, execution_id: str) -> Iterator[ExecutionEvent]:
+        """Yields the execution's current state, then every transition to the terminal one."""
+        request = service_pb.WatchExecutionRequest(id=execution_id)
+        try:
+            for event in self._stub.WatchExecution(request):
+                yield ExecutionEvent.from_proto(event)
+        except grpc.RpcError as error:
+            raise ClientError.from_rpc_error(error) from None
+
+    def wait(self, execution_id: str) -> Execution:
+        """Blocks until the execution is terminal and returns it."""
+        last = None
+        for event in self.watch(execution_id):
+            last = event.execution
+        assert last is not None
+        return last
+
+    def logs(
+        self,
+        execution_id: str,
+        follow: bool = False,
+        tail_lines: int = 0,
+        stream: str = "",
+        since: datetime | None = None,
+    ) -> Iterator[LogLine]:
+        """Yields the execution's output lines; with follow, until it ends."""
+        request = service_pb.StreamLogsRequest(
+            execution_id=execution_id,
+            follow=follow,
+            tail_lines=tail_lines,
+            stream=STREAMS.get(stream, pb.LOG_STREAM_UNSPECIFIED),
+        )
+        if since is not None:
+            request.since.CopyFrom(Timestamp())
+            request.since.FromDatetime(since)
+        try:
+            for line in self._stub.StreamLogs(request):
+                yield LogLine.from_proto(line)
+        except grpc.RpcError as error:
+            raise ClientError.from_rpc_error(error) from None
+
+    def _call(
+        self, method: Callable[..., Response], request: object, *, unbounded: bool = False
+    ) -> Response:
+        try:
+            return method(request, timeout=None if unbounded else self._timeout)
+        except grpc.RpcError as error:
+            raise ClientError.from_rpc_error(error) from None

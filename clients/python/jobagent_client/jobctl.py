@@ -1,0 +1,215 @@
+"""jobctl: the command line of the jobagent node agent."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from jobagent_client.client import ClientError, JobAgentClient
+from jobagent_client.models import Execution, Job, LogLine
+
+EXECUTION_COLUMNS = ("id", "job_name", "status", "exit_code", "failure_reason", "created_at")
+JOB_COLUMNS = ("name", "kind", "deployment", "image", "schedule")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="jobctl", description=__doc__)
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("JOBAGENT_ADDR", "127.0.0.1:50051"),
+        help="agent address (default $JOBAGENT_ADDR or 127.0.0.1:50051)",
+    )
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    register = commands.add_parser("register", help="register the jobs of a deployment file")
+    register.add_argument("file", type=Path)
+    register.add_argument("--replace", action="store_true", help="replace changed jobs")
+    commands.add_parser("jobs", help="list jobs")
+    commands.add_parser("job", help="show a job").add_argument("name")
+    commands.add_parser("unregister", help="remove a job").add_argument("name")
+
+    trigger = commands.add_parser("trigger", help="start an execution of a job")
+    trigger.add_argument("name")
+    trigger.add_argument(
+        "--wait", action="store_true", help="wait for the end and exit with its code"
+    )
+    trigger.add_argument("--follow", action="store_true", help="print its output while it runs")
+
+    commands.add_parser("get", help="show an execution").add_argument("id")
+    listing = commands.add_parser("list", help="list executions, newest first")
+    listing.add_argument("--job", default="")
+    cancel = commands.add_parser("cancel", help="cancel an execution")
+    cancel.add_argument("id")
+    cancel.add_argument("--grace", type=float, help="seconds before SIGKILL")
+    commands.add_parser("watch", help="print an execution's transitions").add_argument("id")
+
+    logs = commands.add_parser("logs", help="print an execution's output")
+    logs.add_argument("id")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("--tail", type=int, default=0)
+    logs.add_argument("--stream", choices=("stdout", "stderr"), default="")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    printer = Printer(args.output)
+    try:
+        with JobAgentClient.connect(args.target) as client:
+            return COMMANDS[args.command](client, args, printer)
+    except ClientError as error:
+        where = f" (field {error.field})" if error.field else ""
+        print(f"jobctl: {error}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+class Printer:
+    """Prints records as an aligned table or as JSON lines."""
+
+    def __init__(self, output: str) -> None:
+        self.json = output == "json"
+
+    def records(self, items: Sequence[Execution | Job], columns: Sequence[str]) -> None:
+        """Prints a list of records."""
+        if self.json:
+            print(json.dumps([_plain(item) for item in items], default=str, indent=2))
+            return
+        rows = [[str(_cell(getattr(item, column))) for column in columns] for item in items]
+        widths = [
+            max([len(column), *(len(row[i]) for row in rows)]) for i, column in enumerate(columns)
+        ]
+        for row in [[column.upper() for column in columns], *rows]:
+            print(
+                "  ".join(
+                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+                ).rstrip()
+            )
+
+    def record(self, item: Execution | Job) -> None:
+        """Prints one record, a field a line."""
+        data = _plain(item)
+        if self.json:
+            print(json.dumps(data, default=str, indent=2))
+            return
+        for key, value in data.items():
+            print(f"{key + ':':<16}{_cell(value)}")
+
+    def log_line(self, line: LogLine) -> None:
+        """Prints one output line (stderr lines go to stderr)."""
+        if self.json:
+            print(json.dumps(asdict(line), default=str))
+            return
+        stream = sys.stderr if line.stream == "stderr" else sys.stdout
+        print(line.message, file=stream, end="" if line.partial else "\n", flush=True)
+
+
+def _plain(item: Execution | Job) -> dict[str, Any]:
+    data = asdict(item)
+    for key, value in data.items():
+        if isinstance(value, timedelta):
+            data[key] = value.total_seconds()
+    return data
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    return value
+
+
+def _register(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    printer.records(client.register(args.file.read_text(), replace=args.replace), JOB_COLUMNS)
+    return 0
+
+
+def _jobs(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    printer.records(client.list_jobs(), JOB_COLUMNS)
+    return 0
+
+
+def _job(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    printer.record(client.get_job(args.name))
+    return 0
+
+
+def _unregister(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    client.unregister(args.name)
+    return 0
+
+
+def _trigger(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    execution = client.trigger(args.name, from_cli=True)
+    if args.follow:
+        for line in client.logs(execution.id, follow=True):
+            printer.log_line(line)
+    if args.wait or args.follow:
+        execution = client.wait(execution.id)
+        printer.record(execution)
+        return 0 if execution.status == "completed" else (execution.exit_code or 1)
+    printer.record(execution)
+    return 0
+
+
+def _get(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    printer.record(client.get_execution(args.id))
+    return 0
+
+
+def _list(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    printer.records(client.list_executions(job_name=args.job), EXECUTION_COLUMNS)
+    return 0
+
+
+def _cancel(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    grace = None if args.grace is None else timedelta(seconds=args.grace)
+    printer.record(client.cancel(args.id, grace))
+    return 0
+
+
+def _watch(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    for event in client.watch(args.id):
+        execution = event.execution
+        if printer.json:
+            print(json.dumps({"sequence": event.sequence, **_plain(execution)}, default=str))
+        else:
+            code = "" if execution.exit_code is None else f" exit_code={execution.exit_code}"
+            print(f"{event.sequence:>8}  {_cell(event.time)}  {execution.status}{code}")
+    return 0
+
+
+def _logs(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    for line in client.logs(args.id, follow=args.follow, tail_lines=args.tail, stream=args.stream):
+        printer.log_line(line)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[JobAgentClient, argparse.Namespace, Printer], int]] = {
+    "register": _register,
+    "jobs": _jobs,
+    "job": _job,
+    "unregister": _unregister,
+    "trigger": _trigger,
+    "get": _get,
+    "list": _list,
+    "cancel": _cancel,
+    "watch": _watch,
+    "logs": _logs,
+}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

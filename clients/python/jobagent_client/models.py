@@ -1,0 +1,135 @@
+"""The client's own types: what callers see instead of protobuf messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from jobagent.v1 import jobs_pb2 as pb
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    """EXECUTION_STATUS_RUNNING -> "running"; the unspecified value -> ""."""
+    name: str = enum.Name(value)
+    short = name.removeprefix(prefix).lower()
+    return "" if short == "unspecified" else short
+
+
+def _time(message: Any, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    stamp: Timestamp = getattr(message, field)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One run of a job."""
+
+    id: str
+    job_name: str
+    status: str
+    exit_code: int | None
+    failure_reason: str
+    message: str
+    trigger: str
+    remote_address: str
+    container_id: str
+    image: str
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration: timedelta | None
+
+    @property
+    def terminal(self) -> bool:
+        """True once the execution has completed, failed or been cancelled."""
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_proto(cls, message: pb.Execution) -> Execution:
+        """Builds the client type from the wire message."""
+        return cls(
+            id=message.id,
+            job_name=message.job_name,
+            status=_enum_name(pb.ExecutionStatus, message.status, "EXECUTION_STATUS_"),
+            exit_code=message.exit_code if message.HasField("exit_code") else None,
+            failure_reason=_enum_name(pb.FailureReason, message.failure_reason, "FAILURE_REASON_"),
+            message=message.message,
+            trigger=_enum_name(pb.TriggerKind, message.trigger.kind, "TRIGGER_KIND_"),
+            remote_address=message.trigger.remote_address,
+            container_id=message.container_id,
+            image=message.image,
+            created_at=_time(message, "created_at"),
+            started_at=_time(message, "started_at"),
+            finished_at=_time(message, "finished_at"),
+            duration=message.duration.ToTimedelta() if message.HasField("duration") else None,
+        )
+
+
+@dataclass(frozen=True)
+class ExecutionEvent:
+    """One recorded transition of an execution."""
+
+    sequence: int
+    time: datetime | None
+    execution: Execution
+
+    @classmethod
+    def from_proto(cls, message: pb.ExecutionEvent) -> ExecutionEvent:
+        """Builds the client type from the wire message."""
+        return cls(
+            sequence=message.sequence,
+            time=_time(message, "time"),
+            execution=Execution.from_proto(message.execution),
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """A registered job."""
+
+    name: str
+    kind: str
+    deployment: str
+    image: str
+    schedule: str
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    @classmethod
+    def from_proto(cls, message: pb.Job) -> Job:
+        """Builds the client type from the wire message."""
+        return cls(
+            name=message.name,
+            kind=_enum_name(pb.JobKind, message.spec.kind, "JOB_KIND_"),
+            deployment=message.spec.deployment,
+            image=message.spec.image.name,
+            schedule=message.spec.schedule,
+            created_at=_time(message, "created_at"),
+            updated_at=_time(message, "updated_at"),
+        )
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a container's output."""
+
+    time: datetime | None
+    stream: str
+    message: str
+    partial: bool
+
+    @classmethod
+    def from_proto(cls, message: pb.LogLine) -> LogLine:
+        """Builds the client type from the wire message."""
+        return cls(
+            time=_time(message, "time"),
+            stream=_enum_name(pb.LogStream, message.stream, "LOG_STREAM_"),
+            message=message.message,
+            partial=message.partial,
+        )

@@ -1,0 +1,65 @@
+"""Fixtures of the end-to-end suite: every test here runs real containers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jobagent_client import JobAgentClient
+
+from tests.e2e.harness import AgentProcess, Registry, build_example_image, missing_requirements
+
+RUNTIMES = ("youki", "runc")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    reason = missing_requirements()
+    for item in items:
+        if "tests/e2e" in str(item.path):
+            item.add_marker(pytest.mark.e2e)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def example_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The busybox-static OCI layout, built by the project's script."""
+    return build_example_image(tmp_path_factory.mktemp("image") / "busybox")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory, example_image: Path) -> Iterator[Registry]:
+    """A loopback registry holding busybox:latest."""
+    registry = Registry(tmp_path_factory.mktemp("registry"))
+    registry.start()
+    registry.push(example_image, "busybox:latest")
+    yield registry
+    registry.stop()
+
+
+def start_agent(data_dir: Path, runtime: str, registry: Registry) -> AgentProcess:
+    """An agent whose store has busybox:latest, pulled from the loopback registry."""
+    agent = AgentProcess(data_dir, runtime, registry.host)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    agent.import_image(f"docker://{registry.host}/busybox:latest", "busybox:latest")
+    agent.start()
+    return agent
+
+
+@pytest.fixture(scope="session", params=RUNTIMES)
+def agent(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, registry: Registry
+) -> Iterator[AgentProcess]:
+    """One agent per runtime, shared by the tests that do not stop it."""
+    runtime: str = request.param
+    agent = start_agent(tmp_path_factory.mktemp(f"agent-{runtime}"), runtime, registry)
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def client(agent: AgentProcess) -> Iterator[JobAgentClient]:
+    """A client of the shared agent."""
+    with agent.client() as client:
+        yield client

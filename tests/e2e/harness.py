@@ -1,0 +1,205 @@
+"""Real parts for end-to-end tests: the example image, a loopback registry, agent processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from jobagent_client import JobAgentClient
+
+REPO = Path(__file__).resolve().parents[2]
+REQUIRED_BINARIES = ("conmon", "skopeo", "umoci", "docker-registry", "youki", "runc")
+
+
+def missing_requirements() -> str:
+    """Why the end-to-end tests cannot run here, or "" when they can."""
+    if os.geteuid() != 0:
+        return "end-to-end tests run containers and need root"
+    missing = [name for name in REQUIRED_BINARIES if shutil.which(name) is None]
+    return f"missing binaries: {', '.join(missing)} (run `make deps`)" if missing else ""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: object, timeout: float, what: str) -> None:
+    """Polls `condition()` until it is true; fails the test with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def build_example_image(target: Path) -> Path:
+    """Builds the busybox-static OCI layout with the project's own script."""
+    subprocess.run(
+        ["bash", str(REPO / "examples" / "build-busybox-image.sh"), str(target)],
+        check=True,
+        capture_output=True,
+    )
+    return target
+
+
+@dataclass
+class Registry:
+    """Debian's docker-registry serving plain HTTP on 127.0.0.1."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        """host:port of the registry."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Starts the registry and waits until it answers."""
+        config = self.root / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
+            f"http:\n  addr: {self.host}\n"
+            "log:\n  level: error\n"
+        )
+        self.process = subprocess.Popen(
+            ["docker-registry", "serve", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, 20, "the registry to answer")
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def push(self, layout: Path, name: str) -> str:
+        """Pushes an OCI layout's `latest` as `name`; returns the pull reference."""
+        reference = f"{self.host}/{name}"
+        subprocess.run(
+            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+             f"oci:{layout}:latest", f"docker://{reference}"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        return reference
+
+    def stop(self) -> None:
+        """Stops the registry."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@dataclass
+class AgentProcess:
+    """The real agent, as a child process serving on a loopback port."""
+
+    data_dir: Path
+    runtime: str
+    registry: str
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        """The agent's address."""
+        return f"127.0.0.1:{self.port}"
+
+    def python(self, *args: str) -> list[str]:
+        """argv of `python -m agent ARGS`."""
+        return [sys.executable, "-m", "agent", *args]
+
+    def import_image(self, source: str, name: str) -> None:
+        """Preloads an image into the agent's store."""
+        subprocess.run(
+            self.python("image-import", "--data-dir", str(self.data_dir),
+                        "--insecure-registry", self.registry, source, name),
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        """Starts the agent and waits until its health service says SERVING."""
+        log = (self.data_dir / "agent.log").open("ab")
+        self.process = subprocess.Popen(
+            self.python("serve", "--data-dir", str(self.data_dir), "--listen", self.target,
+                        "--runtime", self.runtime, "--insecure-registry", self.registry,
+                        "--stop-grace", "5"),
+            stdout=log,
+            stderr=log,
+            cwd=REPO,
+        )  # fmt: skip
+        wait_until(self.serving, 30, f"the agent on {self.target}")
+
+    def serving(self) -> bool:
+        """True when the agent's health check answers SERVING."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            log = (self.data_dir / "agent.log").read_text()
+            raise AssertionError(f"the agent exited: {log[-2000:]}")
+        with grpc.insecure_channel(self.target) as channel:
+            try:
+                response = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+            except grpc.RpcError:
+                return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def client(self) -> JobAgentClient:
+        """A client connected to this agent."""
+        return JobAgentClient.connect(self.target)
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """Stops the agent with `signum` and waits for it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+            self.process.wait(30)
+        self.process = None
+
+
+def leftovers(agent: AgentProcess, container_id: str) -> list[str]:
+    """What is left of a container: processes, mounts, runtime state, bundle."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if container_id.encode() in cmdline:
+            command = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"process {entry.name}: {command}")
+    if container_id in Path("/proc/self/mounts").read_text():
+        found.append("a mount")
+    if (agent.data_dir / "containers" / container_id).exists():
+        found.append("the bundle directory")
+    state = subprocess.run(
+        [agent.runtime, "--root", str(agent.data_dir / "state" / agent.runtime),
+         "state", container_id],
+        capture_output=True,
+    )  # fmt: skip
+    if state.returncode == 0:
+        found.append("runtime state")
+    return found

@@ -1,0 +1,82 @@
+"""A scriptable in-memory runtime for unit tests of the executor's logic."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from agent.domain import ImageSpec
+from agent.runtime.errors import ContainerCreateError, ContainerStartError, ImagePullError
+from agent.runtime.images import Image, ImageConfig
+from agent.runtime.manager import ContainerRequest, ExitStatus
+
+
+class FakeRuntime:
+    """Records calls; containers end when a test calls `exit()` (or when stopped)."""
+
+    def __init__(self) -> None:
+        self.pull_error: str | None = None
+        self.create_error: str | None = None
+        self.start_error: str | None = None
+        self.pull_gate: asyncio.Event | None = None
+        self.created: list[str] = []
+        self.started: list[str] = []
+        self.removed: list[str] = []
+        self.forgotten: list[str] = []
+        self.stopped: list[tuple[str, float]] = []
+        self.alive: set[str] = set()
+        self.exits: dict[str, asyncio.Future[ExitStatus]] = {}
+        self.started_event = asyncio.Event()
+
+    def _future(self, container_id: str) -> asyncio.Future[ExitStatus]:
+        if container_id not in self.exits:
+            self.exits[container_id] = asyncio.get_running_loop().create_future()
+        return self.exits[container_id]
+
+    def exit(self, container_id: str, code: int, oom: bool = False) -> None:
+        """Makes the container's process end."""
+        self.alive.discard(container_id)
+        future = self._future(container_id)
+        if not future.done():
+            future.set_result(ExitStatus(code, oom))
+
+    async def pull(self, image: ImageSpec) -> Image:
+        if self.pull_gate is not None:
+            await self.pull_gate.wait()
+        if self.pull_error:
+            raise ImagePullError(self.pull_error)
+        return Image(image.name, "sha256:" + "0" * 64, Path("/nonexistent"), ImageConfig())
+
+    async def create(self, request: ContainerRequest, image: Image) -> None:
+        if self.create_error:
+            raise ContainerCreateError(self.create_error)
+        self.created.append(request.container_id)
+        self._future(request.container_id)
+
+    async def start(self, container_id: str) -> None:
+        if self.start_error:
+            raise ContainerStartError(self.start_error)
+        self.started.append(container_id)
+        self.alive.add(container_id)
+        self.started_event.set()
+
+    async def wait(self, container_id: str) -> ExitStatus:
+        return await asyncio.shield(self._future(container_id))
+
+    def exit_status(self, container_id: str) -> ExitStatus | None:
+        future = self.exits.get(container_id)
+        return future.result() if future is not None and future.done() else None
+
+    async def is_alive(self, container_id: str) -> bool:
+        return container_id in self.alive
+
+    async def stop(self, container_id: str, grace_seconds: float) -> None:
+        self.stopped.append((container_id, grace_seconds))
+        self.exit(container_id, 143)
+
+    async def remove(self, container_id: str) -> None:
+        self.removed.append(container_id)
+        self.alive.discard(container_id)
+
+    def forget(self, container_id: str) -> None:
+        self.forgotten.append(container_id)

@@ -1,0 +1,253 @@
+"""The executor's logic against a fake runtime and a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.domain import (
+    Execution,
+    FailureReason,
+    ImageSpec,
+    JobSpec,
+    Status,
+    Trigger,
+    TriggerKind,
+)
+from agent.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from agent.executor import Executor
+from agent.runtime.manager import ExitStatus
+from agent.store import Store
+from tests.unit.fake_runtime import FakeRuntime
+
+SPEC = JobSpec(name="backup", image=ImageSpec("busybox:latest"))
+TRIGGER = Trigger(TriggerKind.ENDPOINT, remote_address="ipv4:127.0.0.1:1")
+
+
+@pytest.fixture
+def runtime() -> FakeRuntime:
+    return FakeRuntime()
+
+
+@pytest.fixture
+async def executor(tmp_path: Path, runtime: FakeRuntime) -> AsyncIterator[Executor]:
+    store = Store(tmp_path / "agent.db")
+    executor = Executor(store, runtime, tmp_path / "logs", stop_grace=2.0)
+    executor.register_jobs([SPEC], "", replace_existing=False)
+    yield executor
+    await executor.close()
+    store.close()
+
+
+async def statuses_until_terminal(executor: Executor, execution_id: str) -> list[Status]:
+    return [event.execution.status async for event in executor.watch(execution_id)]
+
+
+async def running(executor: Executor, runtime: FakeRuntime) -> Execution:
+    execution = await executor.trigger("backup", TRIGGER)
+    await asyncio.wait_for(runtime.started_event.wait(), 5)
+    await asyncio.sleep(0)
+    return executor.get_execution(execution.id)
+
+
+async def test_exit_zero_completes_and_removes_the_container(
+    executor: Executor, runtime: FakeRuntime
+) -> None:
+    execution = await running(executor, runtime)
+    assert execution.status is Status.RUNNING
+    assert execution.started_at is not None
+    runtime.exit(execution.container_id, 0)
+    await statuses_until_terminal(executor, execution.id)
+    await asyncio.sleep(0.01)
+    final = executor.get_execution(execution.id)
+    assert final.status is Status.COMPLETED
+    assert final.exit_code == 0
+    assert final.finished_at is not None and final.started_at is not None
+    assert final.duration is not None and final.duration.total_seconds() >= 0
+    assert runtime.removed == [execution.container_id]
+
+
+async def test_nonzero_exit_fails_with_exit_code_reason(
+    executor: Executor, runtime: FakeRuntime
+) -> None:
+    execution = await running(executor, runtime)
+    runtime.exit(execution.container_id, 3)
+    await statuses_until_terminal(executor, execution.id)
+    final = executor.get_execution(execution.id)
+    assert (final.status, final.exit_code, final.failure_reason) == (
+        Status.FAILED,
+        3,
+        FailureReason.EXIT_CODE,
+    )
+
+
+async def test_oom_is_reported_as_its_own_reason(executor: Executor, runtime: FakeRuntime) -> None:
+    execution = await running(executor, runtime)
+    runtime.exit(execution.container_id, 137, oom=True)
+    await statuses_until_terminal(executor, execution.id)
+    assert executor.get_execution(execution.id).failure_reason is FailureReason.OOM_KILLED
+
+
+@pytest.mark.parametrize(
+    ("attribute", "reason"),
+    [
+        ("pull_error", FailureReason.IMAGE_PULL),
+        ("create_error", FailureReason.CREATE),
+        ("start_error", FailureReason.START),
+    ],
+)
+async def test_each_phase_failure_has_its_reason_and_message(
+    executor: Executor, runtime: FakeRuntime, attribute: str, reason: FailureReason
+) -> None:
+    setattr(runtime, attribute, "it broke")
+    execution = await executor.trigger("backup", TRIGGER)
+    statuses = await statuses_until_terminal(executor, execution.id)
+    final = executor.get_execution(execution.id)
+    assert statuses[-1] is Status.FAILED
+    assert final.failure_reason is reason
+    assert final.message == "it broke"
+    assert Status.RUNNING not in statuses
+
+
+async def test_watch_sees_every_transition_once_in_order(
+    executor: Executor, runtime: FakeRuntime
+) -> None:
+    runtime.pull_gate = asyncio.Event()
+    execution = await executor.trigger("backup", TRIGGER)
+    watched: list[tuple[int, Status]] = []
+
+    async def watch() -> None:
+        async for event in executor.watch(execution.id):
+            watched.append((event.sequence, event.execution.status))
+
+    task = asyncio.create_task(watch())
+    await asyncio.sleep(0.01)
+    runtime.pull_gate.set()
+    await asyncio.wait_for(runtime.started_event.wait(), 5)
+    runtime.exit(execution.container_id, 0)
+    await asyncio.wait_for(task, 5)
+    statuses = [status for _, status in watched]
+    assert statuses == [Status.INITIALIZING, Status.RUNNING, Status.COMPLETED]
+    sequences = [sequence for sequence, _ in watched]
+    assert sequences == sorted(set(sequences))
+
+
+async def test_cancel_while_running_stops_with_grace_and_ends_cancelled(
+    executor: Executor, runtime: FakeRuntime
+) -> None:
+    execution = await running(executor, runtime)
+    final = await executor.cancel(execution.id, grace_seconds=1.5)
+    assert final.status is Status.CANCELLED
+    assert final.exit_code == 143
+    assert runtime.stopped == [(execution.container_id, 1.5)]
+    assert execution.container_id in runtime.removed
+
+
+async def test_cancel_while_initializing_removes_what_was_made(
+    executor: Executor, runtime: FakeRuntime
+) -> None:
+    runtime.pull_gate = asyncio.Event()
+    execution = await executor.trigger("backup", TRIGGER)
+    await asyncio.sleep(0.01)
+    assert executor.get_execution(execution.id).status is Status.INITIALIZING
+    final = await executor.cancel(execution.id)
+    assert final.status is Status.CANCELLED
+    assert runtime.started == []
+    assert execution.container_id in runtime.removed
+
+
+async def test_cancel_of_a_finished_execution_is_a_failed_precondition(
+    executor: Executor, runtime: FakeRuntime
+) -> None:
+    execution = await running(executor, runtime)
+    runtime.exit(execution.container_id, 0)
+    await statuses_until_terminal(executor, execution.id)
+    with pytest.raises(FailedPrecondition):
+        await executor.cancel(execution.id)
+
+
+async def test_a_late_runtime_result_never_overwrites_cancelled(
+    executor: Executor, runtime: FakeRuntime
+) -> None:
+    execution = await running(executor, runtime)
+    await executor.cancel(execution.id)
+    cancelled = executor.get_execution(execution.id)
+    # The executor's own path refuses the transition; the store refuses a stale writer.
+    executor._finish(execution, ExitStatus(0))
+    assert executor.get_execution(execution.id) == cancelled
+
+
+async def test_unknown_job_and_execution_are_not_found(executor: Executor) -> None:
+    with pytest.raises(NotFound):
+        await executor.trigger("nope", TRIGGER)
+    with pytest.raises(NotFound):
+        executor.get_execution("0" * 32)
+    with pytest.raises(NotFound):
+        await executor.cancel("0" * 32)
+    with pytest.raises(NotFound):
+        async for _ in executor.watch("0" * 32):
+            pass
+
+
+async def test_container_ids_are_unique_per_execution(
+    executor: Executor, runtime: FakeRuntime
+) -> None:
+    executions = [await executor.trigger("backup", TRIGGER) for _ in range(20)]
+    assert len({execution.container_id for execution in executions}) == 20
+    for execution in executions:
+        await executor.cancel(execution.id)
+
+
+async def test_register_refuses_a_changed_spec_unless_replace(executor: Executor) -> None:
+    changed = JobSpec(name="backup", image=ImageSpec("busybox:1.36"))
+    executor.register_jobs([SPEC], "", replace_existing=False)
+    with pytest.raises(AlreadyExists):
+        executor.register_jobs([changed], "", replace_existing=False)
+    (job,) = executor.register_jobs([changed], "", replace_existing=True)
+    assert executor.get_job("backup").spec.image.name == "busybox:1.36"
+    assert job.updated_at >= job.created_at
+
+
+async def test_unregister_refuses_while_an_execution_is_active(
+    executor: Executor, runtime: FakeRuntime
+) -> None:
+    execution = await running(executor, runtime)
+    with pytest.raises(FailedPrecondition):
+        executor.unregister_job("backup")
+    runtime.exit(execution.container_id, 0)
+    await statuses_until_terminal(executor, execution.id)
+    executor.unregister_job("backup")
+    with pytest.raises(NotFound):
+        executor.get_job("backup")
+    assert executor.get_execution(execution.id).status is Status.COMPLETED
+
+
+async def test_restart_readopts_running_and_fails_lost_containers(
+    tmp_path: Path, runtime: FakeRuntime
+) -> None:
+    store = Store(tmp_path / "agent.db")
+    first = Executor(store, runtime, tmp_path / "logs")
+    first.register_jobs([SPEC], "", replace_existing=False)
+    kept = await first.trigger("backup", TRIGGER)
+    await asyncio.wait_for(runtime.started_event.wait(), 5)
+    runtime.started_event.clear()
+    lost = await first.trigger("backup", TRIGGER)
+    await asyncio.wait_for(runtime.started_event.wait(), 5)
+    await asyncio.sleep(0.01)
+    await first.close()
+    runtime.alive.discard(lost.container_id)
+
+    second = Executor(store, runtime, tmp_path / "logs")
+    with pytest.raises(Unavailable):
+        await first.trigger("backup", TRIGGER)
+    await second.start()
+    assert second.get_execution(lost.id).failure_reason is FailureReason.AGENT_LOST
+    assert second.get_execution(kept.id).status is Status.RUNNING
+    runtime.exit(kept.container_id, 0)
+    await statuses_until_terminal(second, kept.id)
+    assert second.get_execution(kept.id).status is Status.COMPLETED
+    await second.close()
+    store.close()

@@ -1,0 +1,93 @@
+"""Pure parts of the runtime layer: references, process resolution, CRI log lines."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agent.domain import CommandSpec, LogStream
+from agent.runtime.bundle import build_config, resolve_process
+from agent.runtime.crilog import parse_line
+from agent.runtime.images import ImageConfig, normalize_reference
+
+IMAGE = ImageConfig(
+    entrypoint=("/entry",), cmd=("default-arg",), env=("PATH=/bin", "A=image"), workdir="/srv"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "reference"),
+    [
+        ("busybox", "docker.io/library/busybox:latest"),
+        ("busybox:1.36", "docker.io/library/busybox:1.36"),
+        ("org/app:2", "docker.io/org/app:2"),
+        ("127.0.0.1:5000/busybox", "127.0.0.1:5000/busybox:latest"),
+        ("localhost/app:1", "localhost/app:1"),
+        ("ghcr.io/org/app@sha256:" + "a" * 64, "ghcr.io/org/app@sha256:" + "a" * 64),
+        ("oci:/images/busybox", "oci:/images/busybox:latest"),
+        ("oci:/images/busybox:v1", "oci:/images/busybox:v1"),
+    ],
+)
+def test_references_are_normalized_as_docker_does(name: str, reference: str) -> None:
+    assert normalize_reference(name) == reference
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "cwd"),
+    [
+        (CommandSpec(), ("/entry", "default-arg"), "/srv"),
+        (CommandSpec(args=("x",)), ("/entry", "x"), "/srv"),
+        (CommandSpec(entrypoint=("/bin/sh",)), ("/bin/sh",), "/srv"),
+        (
+            CommandSpec(entrypoint=("/bin/sh", "-c"), args=("echo",), workdir="/"),
+            ("/bin/sh", "-c", "echo"),
+            "/",
+        ),
+    ],
+)
+def test_the_command_falls_back_to_the_image_config(
+    command: CommandSpec, argv: tuple[str, ...], cwd: str, tmp_path: Path
+) -> None:
+    process = resolve_process(IMAGE, command, {"A": "spec", "B": "2"}, tmp_path)
+    assert process.args == argv
+    assert process.cwd == cwd
+    assert process.env == ("PATH=/bin", "A=spec", "B=2")
+
+
+def test_users_resolve_against_the_image(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\napp:x:1000:1001::/:/bin/sh\n")
+    (tmp_path / "etc" / "group").write_text("root:x:0:\nstaff:x:50:\n")
+    for user, ids in [("app", (1000, 1001)), ("app:staff", (1000, 50)), ("7:8", (7, 8))]:
+        process = resolve_process(ImageConfig(cmd=("/x",), user=user), CommandSpec(), {}, tmp_path)
+        assert (process.uid, process.gid) == ids
+    with pytest.raises(ValueError):
+        resolve_process(ImageConfig(cmd=("/x",), user="ghost"), CommandSpec(), {}, tmp_path)
+
+
+def test_no_command_anywhere_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        resolve_process(ImageConfig(), CommandSpec(), {}, tmp_path)
+
+
+def test_config_is_unprivileged_with_its_own_cgroup(tmp_path: Path) -> None:
+    process = resolve_process(IMAGE, CommandSpec(), {}, tmp_path)
+    config = build_config(process, tmp_path, "host", "/jobagent/c1")
+    assert config["process"]["noNewPrivileges"] is True
+    assert "CAP_SYS_ADMIN" not in config["process"]["capabilities"]["bounding"]
+    assert config["linux"]["cgroupsPath"] == "/jobagent/c1"
+    assert {"type": "network"} in config["linux"]["namespaces"]
+    assert config["root"]["path"] == str(tmp_path)
+
+
+def test_cri_lines_parse_with_nanoseconds_and_partials() -> None:
+    line = parse_line(b"2026-11-26T11:35:25.141277578+00:00 stderr P half a line")
+    assert line is not None
+    assert line.time == datetime(2026, 11, 26, 11, 35, 25, 141277, tzinfo=UTC)
+    assert (line.stream, line.message, line.partial) == (LogStream.STDERR, "half a line", True)
+    empty = parse_line(b"2026-11-26T11:35:25Z stdout F")
+    assert empty is not None and empty.message == "" and not empty.partial
+    assert parse_line(b"garbage") is None
+    assert parse_line(b"2026-11-26T11:35:25Z stdin F x") is None

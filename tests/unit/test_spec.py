@@ -1,0 +1,114 @@
+"""Parsing the seed's deployment YAML, and the field path of every rejection."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.domain import CommandSpec, ImageSpec, JobKind, JobSpec, PullPolicy
+from agent.errors import InvalidSpec
+from agent.spec import parse_document, validate_job_spec
+
+BACKUP = """
+version: v1
+deployment: nightly-ops
+services:
+  backup:
+    rtype: job
+    image:
+      name: busybox:latest
+      pull_policy: if_not_present
+    command:
+      entrypoint: ["/bin/sh", "-c"]
+      args: ["echo backup done"]
+      workdir: /
+    env:
+      TARGET: /data
+      RETRIES: 3
+  web:
+    image: {name: nginx}
+    endpoints: []
+"""
+
+
+def test_a_job_document_becomes_a_job_spec_and_services_are_skipped() -> None:
+    (spec,) = parse_document(BACKUP)
+    assert spec == JobSpec(
+        name="backup",
+        deployment="nightly-ops",
+        kind=JobKind.JOB,
+        image=ImageSpec("busybox:latest", PullPolicy.IF_NOT_PRESENT),
+        command=CommandSpec(("/bin/sh", "-c"), ("echo backup done",), "/"),
+        env={"TARGET": "/data", "RETRIES": "3"},
+    )
+
+
+@pytest.mark.parametrize(
+    "schedule", ["30 2 * * *", "*/2 * * * * * *", "0 0 12 * * MON-FRI *", "@daily"]
+)
+def test_cron_schedules_of_five_six_and_seven_fields_are_accepted(schedule: str) -> None:
+    document = f"""
+version: v1
+deployment: reports
+services:
+  report:
+    rtype: cron
+    schedule: "{schedule}"
+    image: {{name: busybox:latest}}
+"""
+    (spec,) = parse_document(document)
+    assert (spec.kind, spec.schedule) == (JobKind.CRON, schedule)
+
+
+def service(body: str) -> str:
+    indented = "\n".join("    " + line for line in body.strip().splitlines())
+    return f"version: v1\ndeployment: typo\nservices:\n  once:\n{indented}\n"
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        ("version: v2\ndeployment: a\nservices: {}", "version"),
+        ("deployment: a\nservices: {}", "version"),
+        ("version: v1\ndeployment: Bad_Name\nservices: {}", "deployment"),
+        ("version: v1\ndeployment: a\nservices: {}", "services"),
+        ("version: v1\ndeployment: a\nextra: 1\nservices: {}", "extra"),
+        ("version: v1\ndeployment: a\nservices:\n  Bad_Job:\n    rtype: job", "services.Bad_Job"),
+        (service("rtype: job"), "services.once.image"),
+        (service("rtype: job\nimage: {name: ''}"), "services.once.image.name"),
+        (
+            service("rtype: job\nimage: {name: a, pull_policy: sometimes}"),
+            "services.once.image.pull_policy",
+        ),
+        (service("rtype: job\nimage: {name: a, tag: b}"), "services.once.image.tag"),
+        (service("rtype: job\nimagee: {name: a}"), "services.once.imagee"),
+        (
+            service("rtype: job\nimage: {name: a}\ncommand: {entrypoint: 3}"),
+            "services.once.command.entrypoint",
+        ),
+        (service("rtype: job\nimage: {name: a}\nenv: {1BAD: x}"), "services.once.env.1BAD"),
+        (service("rtype: job\nimage: {name: a}\nschedule: '* * * * *'"), "services.once.schedule"),
+        (service("rtype: cron\nimage: {name: a}"), "services.once.schedule"),
+        (
+            service("rtype: cron\nimage: {name: a}\nschedule: every tuesday"),
+            "services.once.schedule",
+        ),
+        (service("rtype: batch\nimage: {name: a}"), "services.once.rtype"),
+        (service("rtype: job\nimage: {name: a}\ninit: {steps: []}"), "services.once.init"),
+        ("version: v1\ndeployment: [", "spec_yaml"),
+        ("- a list", "spec_yaml"),
+    ],
+)
+def test_bad_documents_name_the_field(document: str, field: str) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        parse_document(document)
+    assert caught.value.field == field
+
+
+def test_structured_specs_are_validated_like_yaml() -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        validate_job_spec(JobSpec(name="ok", image=ImageSpec("")))
+    assert caught.value.field == "spec.image.name"
+    with pytest.raises(InvalidSpec) as caught:
+        validate_job_spec(JobSpec(name="-bad", image=ImageSpec("a")))
+    assert caught.value.field == "spec.name"
+    validate_job_spec(JobSpec(name="ok", image=ImageSpec("a")))

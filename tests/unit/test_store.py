@@ -1,0 +1,104 @@
+"""The SQLite store: persistence, compare-and-set transitions, event sequence."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agent.domain import (
+    CommandSpec,
+    Execution,
+    FailureReason,
+    ImageSpec,
+    Job,
+    JobKind,
+    JobSpec,
+    PullPolicy,
+    Status,
+    Trigger,
+    TriggerKind,
+)
+from agent.errors import NotFound
+from agent.store import StaleTransition, Store
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+def make_execution(execution_id: str = "a" * 32) -> Execution:
+    return Execution(
+        id=execution_id,
+        job_name="backup",
+        status=Status.PENDING,
+        trigger=Trigger(TriggerKind.INTERNAL, reason="test"),
+        container_id=f"ja-{execution_id}",
+        created_at=NOW,
+    )
+
+
+def test_jobs_and_executions_survive_reopening(tmp_path: Path) -> None:
+    spec = JobSpec(
+        name="report",
+        deployment="reports",
+        kind=JobKind.CRON,
+        image=ImageSpec("busybox:latest", PullPolicy.NEVER),
+        command=CommandSpec(("/bin/echo",), ("report",), "/tmp"),
+        env={"A": "1"},
+        schedule="30 2 * * *",
+    )
+    store = Store(tmp_path / "db")
+    store.put_job(Job(spec, NOW, NOW, "yaml"))
+    execution = make_execution()
+    store.insert_execution(execution)
+    failed = replace(
+        execution,
+        status=Status.FAILED,
+        exit_code=3,
+        failure_reason=FailureReason.EXIT_CODE,
+        message="exited 3",
+        finished_at=NOW,
+    )
+    store.transition(Status.PENDING, failed)
+    store.close()
+
+    reopened = Store(tmp_path / "db")
+    assert reopened.get_job("report") == Job(spec, NOW, NOW, "yaml")
+    assert reopened.get_execution(execution.id) == failed
+    assert reopened.list_executions(job_name="backup") == [failed]
+    assert reopened.list_executions(statuses=frozenset({Status.RUNNING})) == []
+
+
+def test_a_transition_from_a_stale_status_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    execution = make_execution()
+    store.insert_execution(execution)
+    cancelled = replace(execution, status=Status.CANCELLED)
+    store.transition(Status.PENDING, cancelled)
+    with pytest.raises(StaleTransition):
+        store.transition(Status.PENDING, replace(execution, status=Status.INITIALIZING))
+    assert store.get_execution(execution.id).status is Status.CANCELLED
+
+
+def test_events_have_increasing_sequences_and_replay(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    first = store.insert_execution(make_execution("a" * 32))
+    second = store.insert_execution(make_execution("b" * 32))
+    third = store.transition(Status.PENDING, replace(first.execution, status=Status.INITIALIZING))
+    assert first.sequence < second.sequence < third.sequence
+    replay = store.events_since("a" * 32, 0)
+    assert [event.sequence for event in replay] == [first.sequence, third.sequence]
+    assert store.last_event("a" * 32).execution.status is Status.INITIALIZING
+
+
+def test_missing_records_are_not_found(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    with pytest.raises(NotFound):
+        store.get_job("x")
+    with pytest.raises(NotFound):
+        store.get_execution("x")
+    with pytest.raises(NotFound):
+        store.delete_job("x")
+    with pytest.raises(NotFound):
+        store.last_event("x")
