@@ -73,7 +73,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check agent clients/python/jobagent_client tests bench
 	$(VENV)/bin/mypy
 
-test: deps image proto-check lint
+test: deps proto-check lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 unit: venv

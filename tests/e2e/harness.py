@@ -116,7 +116,7 @@ class AgentProcess:
 
     data_dir: Path
     runtime: str
-    registry: str
+    registry: str = ""
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -129,11 +129,15 @@ class AgentProcess:
         """argv of `python -m agent ARGS`."""
         return [sys.executable, "-m", "agent", *args]
 
+    def registry_flags(self) -> list[str]:
+        """--insecure-registry for the loopback registry, when there is one."""
+        return ["--insecure-registry", self.registry] if self.registry else []
+
     def import_image(self, source: str, name: str) -> None:
         """Preloads an image into the agent's store."""
         subprocess.run(
             self.python("image-import", "--data-dir", str(self.data_dir),
-                        "--insecure-registry", self.registry, source, name),
+                        *self.registry_flags(), source, name),
             check=True,
             capture_output=True,
         )  # fmt: skip
@@ -143,7 +147,7 @@ class AgentProcess:
         log = (self.data_dir / "agent.log").open("ab")
         self.process = subprocess.Popen(
             self.python("serve", "--data-dir", str(self.data_dir), "--listen", self.target,
-                        "--runtime", self.runtime, "--insecure-registry", self.registry,
+                        "--runtime", self.runtime, *self.registry_flags(),
                         "--stop-grace", "5"),
             stdout=log,
             stderr=log,

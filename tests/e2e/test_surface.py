@@ -1,0 +1,136 @@
+"""The agent's surface as callers meet it: reflection, health, errors, jobctl."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool, message_factory
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from grpc_status import rpc_status
+
+from jobagent.v1 import job_service_pb2 as service_pb
+from jobagent.v1 import job_service_pb2_grpc as service_grpc
+from jobagent.v1 import jobs_pb2 as pb
+from tests.e2e.harness import AgentProcess
+
+RPCS = {
+    "RegisterJob", "GetJob", "ListJobs", "UnregisterJob", "TriggerJob", "GetExecution",
+    "ListExecutions", "CancelExecution", "WatchExecution", "StreamLogs",
+}  # fmt: skip
+
+
+def test_reflection_describes_and_calls_the_service_without_proto_files(
+    agent: AgentProcess,
+) -> None:
+    with grpc.insecure_channel(agent.target) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = set(database.get_services())
+        assert {"jobagent.v1.JobService", "grpc.health.v1.Health"} <= services
+        pool = descriptor_pool.DescriptorPool(database)
+        service = pool.FindServiceByName("jobagent.v1.JobService")
+        assert {method.name for method in service.methods} == RPCS
+        method = service.methods_by_name["GetExecution"]
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        call = channel.unary_unary(
+            "/jobagent.v1.JobService/GetExecution",
+            request_serializer=lambda message: message.SerializeToString(),
+            response_deserializer=response_class.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request_class(id="0" * 32), timeout=5)
+        assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_health_reports_serving_for_the_node_and_the_service(agent: AgentProcess) -> None:
+    with grpc.insecure_channel(agent.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "jobagent.v1.JobService"):
+            response = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_bad_input_names_the_field_in_bad_request_details(agent: AgentProcess) -> None:
+    with grpc.insecure_channel(agent.target) as channel:
+        stub = service_grpc.JobServiceStub(channel)
+        cases = [
+            (service_pb.RegisterJobRequest(spec_yaml="version: v1\ndeployment: x\nservices:\n"
+                                           "  a:\n    rtype: job\n    imagee: {name: b}\n"),
+             "services.a.imagee"),
+            (service_pb.RegisterJobRequest(spec=pb.JobSpec(name="Bad Name")), "spec.name"),
+            (service_pb.RegisterJobRequest(), "source"),
+        ]  # fmt: skip
+        for request, field in cases:
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.RegisterJob(request, timeout=5)
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            status = rpc_status.from_call(caught.value)
+            assert status is not None
+            bad_request = error_details_pb2.BadRequest()
+            assert any(detail.Unpack(bad_request) for detail in status.details)
+            assert bad_request.field_violations[0].field == field
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.TriggerJob(service_pb.TriggerJobRequest(), timeout=5)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_structured_spec_registers_and_runs(agent: AgentProcess) -> None:
+    spec = pb.JobSpec(
+        name="structured",
+        kind=pb.JOB_KIND_JOB,
+        image=pb.ImageSpec(name="busybox:latest", pull_policy=pb.PULL_POLICY_NEVER),
+        command=pb.CommandSpec(entrypoint=["/bin/echo"], args=["from", "proto"]),
+    )
+    with agent.client() as client, grpc.insecure_channel(agent.target) as channel:
+        stub = service_grpc.JobServiceStub(channel)
+        response = stub.RegisterJob(service_pb.RegisterJobRequest(spec=spec, replace=True))
+        assert response.jobs[0].spec.image.pull_policy == pb.PULL_POLICY_NEVER
+        execution = client.wait(client.trigger("structured").id)
+        assert execution.status == "completed"
+        assert [line.message for line in client.logs(execution.id)] == ["from proto"]
+
+
+def jobctl(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jobagent_client.jobctl", "--target", agent.target, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_jobctl_registers_triggers_follows_and_lists(agent: AgentProcess, tmp_path: Path) -> None:
+    spec = tmp_path / "cli.yaml"
+    spec.write_text(
+        "version: v1\ndeployment: cli\nservices:\n  from-cli:\n    rtype: job\n"
+        "    image: {name: busybox:latest}\n"
+        "    command: {entrypoint: [/bin/sh, -c, 'echo hello; echo oops >&2; exit 4']}\n"
+    )
+    registered = jobctl(agent, "register", str(spec), "--replace")
+    assert registered.returncode == 0, registered.stderr
+    assert "from-cli" in registered.stdout
+
+    triggered = jobctl(agent, "trigger", "from-cli", "--follow")
+    assert triggered.returncode == 4
+    assert triggered.stdout.startswith("hello\n")
+    assert "oops" in triggered.stderr
+    assert "failed" in triggered.stdout
+
+    listed = jobctl(agent, "-o", "json", "list", "--job", "from-cli")
+    executions = json.loads(listed.stdout)
+    assert executions[0]["status"] == "failed" and executions[0]["exit_code"] == 4
+    assert executions[0]["trigger"] == "cli"
+
+    logs = jobctl(agent, "logs", executions[0]["id"], "--stream", "stdout")
+    assert logs.stdout == "hello\n"
+    missing = jobctl(agent, "get", "0" * 32)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
