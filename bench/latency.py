@@ -17,10 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from jobagent_client import JobAgentClient
+
 from agent.domain import CommandSpec
 from agent.runtime.bundle import build_config, resolve_process
 from agent.runtime.images import ImageConfig
-from jobagent_client import JobAgentClient
 from tests.e2e.harness import AgentProcess, build_example_image, missing_requirements
 
 JOB = """version: v1
@@ -89,14 +90,13 @@ def main() -> int:
                 agent_ms: list[float] = []
                 raw_ms: list[float] = []
                 for index in range(args.warmup + args.runs):
-                    pair = [
-                        lambda: agent_round(client),
-                        lambda: raw_round(args.runtime, root / "state", root / "bundle", index),
-                    ]
-                    if index % 2:
-                        pair.reverse()
-                    first, second = (measure() for measure in pair)
-                    agent_time, raw_time = (first, second) if index % 2 == 0 else (second, first)
+                    raw = (args.runtime, root / "state", root / "bundle", index)
+                    if index % 2 == 0:
+                        agent_time = agent_round(client)
+                        raw_time = raw_round(*raw)
+                    else:
+                        raw_time = raw_round(*raw)
+                        agent_time = agent_round(client)
                     if index >= args.warmup:
                         agent_ms.append(agent_time)
                         raw_ms.append(raw_time)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from jobagent_client import ClientError, JobAgentClient
 from jobagent_client.models import Execution
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import grpc
 import pytest
@@ -16,10 +17,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from grpc_status import rpc_status
-
 from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import job_service_pb2_grpc as service_grpc
 from jobagent.v1 import jobs_pb2 as pb
+
 from tests.e2e.harness import AgentProcess
 
 RPCS = {
@@ -73,7 +74,7 @@ def test_bad_input_names_the_field_in_bad_request_details(agent: AgentProcess) -
             with pytest.raises(grpc.RpcError) as caught:
                 stub.RegisterJob(request, timeout=5)
             assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-            status = rpc_status.from_call(caught.value)
+            status = rpc_status.from_call(cast(grpc.Call, caught.value))
             assert status is not None
             bad_request = error_details_pb2.BadRequest()
             assert any(detail.Unpack(bad_request) for detail in status.details)
