@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 
@@ -21,6 +22,8 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         config.check_listen()
+        # conmon and the runtime run with other working directories: paths must be absolute.
+        config = dataclasses.replace(config, data_dir=config.data_dir.resolve())
         self.config = config
         self.store = Store(config.database)
         paths = RuntimePaths.under(config.data_dir, config.runtime_name)

@@ -62,16 +62,18 @@ class ConmonMonitor:
         ]  # fmt: skip
         for arg in self._runtime.global_args(paths.runtime_log):
             argv += ["--runtime-arg", arg]
+        conmon_log = paths.bundle / "conmon.log"
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-                pass_fds=(write_end,),
-                env={**os.environ, "_OCI_SYNCPIPE": str(write_end)},
-                start_new_session=True,
-            )
+            with conmon_log.open("wb") as log:
+                process = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(write_end,),
+                    env={**os.environ, "_OCI_SYNCPIPE": str(write_end)},
+                    start_new_session=True,
+                )
         except OSError as error:
             os.close(read_end)
             raise ContainerCreateError(f"cannot start conmon: {error}") from None
@@ -90,7 +92,7 @@ class ConmonMonitor:
         if pid <= 0:
             await process.wait()
             self._processes.pop(container_id, None)
-            raise ContainerCreateError(_runtime_error(detail, paths.runtime_log))
+            raise ContainerCreateError(_runtime_error(detail, paths.runtime_log, conmon_log))
         return pid
 
     def persist_dir(self, container_id: str) -> Path:
@@ -147,13 +149,13 @@ def _parse_sync(message: bytes) -> tuple[int, str]:
     try:
         document = json.loads(message.decode(errors="replace").splitlines()[0])
     except (ValueError, IndexError):
-        return -1, "conmon exited without reporting the container"
+        return -1, ""
     pid = document.get("data", document.get("pid", -1))
     return int(pid), str(document.get("message", ""))
 
 
-def _runtime_error(detail: str, runtime_log: Path) -> str:
-    """The most useful line: the runtime's last JSON error, else conmon's message."""
+def _runtime_error(detail: str, runtime_log: Path, conmon_log: Path) -> str:
+    """The most useful line: the runtime's last JSON error, else conmon's own words."""
     try:
         lines = runtime_log.read_text().splitlines()
     except OSError:
@@ -165,4 +167,10 @@ def _runtime_error(detail: str, runtime_log: Path) -> str:
             continue
         if entry.get("level", "").lower() == "error":
             return str(entry.get("message") or entry.get("msg") or line).split("\n")[0]
-    return detail.split("\n")[0] or "the runtime could not create the container"
+    if detail:
+        return detail.split("\n")[0]
+    try:
+        said = conmon_log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        said = []
+    return f"conmon: {said[-1]}" if said else "conmon exited without reporting the container"

@@ -38,10 +38,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory, example_image: Path) -> I
     registry.stop()
 
 
-def start_agent(data_dir: Path, runtime: str, registry: Registry) -> AgentProcess:
+def start_agent(
+    data_dir: Path, runtime: str, registry: Registry, cwd: Path | None = None
+) -> AgentProcess:
     """An agent whose store has busybox:latest, pulled from the loopback registry."""
-    agent = AgentProcess(data_dir, runtime, registry.host)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    agent = AgentProcess(data_dir, runtime, registry.host, cwd=cwd or Path.cwd())
+    (agent.cwd / data_dir).mkdir(parents=True, exist_ok=True)
     agent.import_image(f"docker://{registry.host}/busybox:latest", "busybox:latest")
     agent.start()
     return agent

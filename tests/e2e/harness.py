@@ -117,8 +117,14 @@ class AgentProcess:
     data_dir: Path
     runtime: str
     registry: str = ""
+    cwd: Path = REPO
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_file(self) -> Path:
+        """The agent's own output."""
+        return self.cwd / self.data_dir / "agent.log"
 
     @property
     def target(self) -> str:
@@ -140,18 +146,19 @@ class AgentProcess:
                         *self.registry_flags(), source, name),
             check=True,
             capture_output=True,
+            cwd=self.cwd,
         )  # fmt: skip
 
     def start(self) -> None:
         """Starts the agent and waits until its health service says SERVING."""
-        log = (self.data_dir / "agent.log").open("ab")
+        log = self.log_file.open("ab")
         self.process = subprocess.Popen(
             self.python("serve", "--data-dir", str(self.data_dir), "--listen", self.target,
                         "--runtime", self.runtime, *self.registry_flags(),
                         "--stop-grace", "5"),
             stdout=log,
             stderr=log,
-            cwd=REPO,
+            cwd=self.cwd,
         )  # fmt: skip
         wait_until(self.serving, 30, f"the agent on {self.target}")
 
@@ -159,7 +166,7 @@ class AgentProcess:
         """True when the agent's health check answers SERVING."""
         assert self.process is not None
         if self.process.poll() is not None:
-            log = (self.data_dir / "agent.log").read_text()
+            log = self.log_file.read_text()
             raise AssertionError(f"the agent exited: {log[-2000:]}")
         with grpc.insecure_channel(self.target) as channel:
             try:
@@ -197,10 +204,11 @@ def leftovers(agent: AgentProcess, container_id: str) -> list[str]:
             found.append(f"process {entry.name}: {command}")
     if container_id in Path("/proc/self/mounts").read_text():
         found.append("a mount")
-    if (agent.data_dir / "containers" / container_id).exists():
+    data_dir = agent.cwd / agent.data_dir
+    if (data_dir / "containers" / container_id).exists():
         found.append("the bundle directory")
     state = subprocess.run(
-        [agent.runtime, "--root", str(agent.data_dir / "state" / agent.runtime),
+        [agent.runtime, "--root", str(data_dir / "state" / agent.runtime),
          "state", container_id],
         capture_output=True,
     )  # fmt: skip

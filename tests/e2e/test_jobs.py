@@ -239,3 +239,16 @@ def test_records_survive_a_restart_and_running_jobs_are_readopted(
             assert leftovers(own, running.container_id) == []
     finally:
         own.stop()
+
+
+def test_a_relative_data_dir_works_as_make_run_uses_it(
+    tmp_path: Path, registry: Registry, agent: AgentProcess
+) -> None:
+    own = start_agent(Path(".data"), agent.runtime, registry, cwd=tmp_path)
+    try:
+        with own.client() as client:
+            execution = run(client, "relative", "echo relative")
+            assert execution.status == "completed", execution.message
+            assert [line.message for line in client.logs(execution.id)] == ["relative"]
+    finally:
+        own.stop()
