@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 YOUKI_VERSION := 0.7.0
+GRPCURL_VERSION := v1.9.3
+TOOLS := .tools/bin
 APT_PACKAGES := conmon umoci skopeo docker-registry busybox-static libseccomp-dev pkg-config runc
 DATA_DIR ?= .data
 LISTEN ?= 127.0.0.1:50051
@@ -14,7 +16,7 @@ EXAMPLE_IMAGE := build/images/busybox
 GEN_DIR := clients/python/jobagent/v1
 PROTOS := $(wildcard protos/jobagent/v1/*.proto)
 
-.PHONY: help deps apt youki venv proto proto-check image run test lint unit e2e bench clean
+.PHONY: help deps apt youki grpcurl venv proto proto-check image run test lint unit e2e bench clean
 
 help:
 	@echo "make run    install what is missing, build the example image, start the agent on $(LISTEN)"
@@ -23,6 +25,12 @@ help:
 	@echo "make bench  run the benchmarks"
 
 deps: apt youki venv
+
+# grpcurl, for the tests that call the agent through reflection as a person would.
+$(TOOLS)/grpcurl:
+	GOBIN=$(abspath $(TOOLS)) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
+grpcurl: $(TOOLS)/grpcurl
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -73,13 +81,13 @@ lint: venv
 	$(VENV)/bin/ruff format --check agent clients/python/jobagent_client tests bench
 	$(VENV)/bin/mypy
 
-test: deps proto-check lint
+test: deps grpcurl proto-check lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
-e2e: deps image
+e2e: deps grpcurl
 	$(VENV)/bin/pytest -q tests/e2e
 
 bench: deps image

@@ -252,3 +252,12 @@ def test_a_relative_data_dir_works_as_make_run_uses_it(
             assert [line.message for line in client.logs(execution.id)] == ["relative"]
     finally:
         own.stop()
+
+
+def test_a_local_oci_layout_runs_by_reference(client: JobAgentClient, example_image: Path) -> None:
+    document = job("from-layout", "echo from layout", image=f"oci:{example_image}:latest")
+    client.register(document, replace=True)
+    execution = client.wait(client.trigger("from-layout").id)
+    assert execution.status == "completed", execution.message
+    assert execution.image.startswith(f"oci:{example_image}:latest@sha256:")
+    assert [line.message for line in client.logs(execution.id)] == ["from layout"]

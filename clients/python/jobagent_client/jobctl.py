@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with JobAgentClient.connect(args.target) as client:
             return COMMANDS[args.command](client, args, printer)
     except ClientError as error:
-        where = f" (field {error.field})" if error.field else ""
+        named = error.field and error.field not in error.message
+        where = f" (field {error.field})" if named else ""
         print(f"jobctl: {error}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
