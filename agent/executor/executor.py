@@ -110,7 +110,10 @@ class Executor:
         self._store.delete_job(name)
 
     def _find_job(self, name: str) -> Job | None:
-        return next((job for job in self._store.list_jobs() if job.name == name), None)
+        try:
+            return self._store.get_job(name)
+        except NotFound:
+            return None
 
     # Executions
 
@@ -157,7 +160,12 @@ class Executor:
             task.cancel()
         if task is not None:
             await asyncio.wait([task])
-        return self._store.get_execution(execution_id)
+        execution = self._store.get_execution(execution_id)
+        if not execution.status.terminal:
+            # The task was cancelled before its first step, so it could record nothing.
+            await self._runtime.remove(execution.container_id)
+            execution = self._record_cancelled(execution)
+        return execution
 
     async def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
         """Yields the execution's latest event, then each later one; ends after the terminal one."""
@@ -296,9 +304,11 @@ class Executor:
                 image=f"{image.reference}@{image.digest}",
             )
         except asyncio.CancelledError:
+            # Nothing of the job ran yet: take back what was prepared. On shutdown the
+            # execution stays as it is and starts afresh when the agent comes back.
+            await self._runtime.remove(container_id)
             if self._closing:
                 raise
-            await self._runtime.remove(container_id)
             self._record_cancelled(execution)
             return
         await self._await_exit(execution)
@@ -335,8 +345,8 @@ class Executor:
                 exit_code=code,
             )
 
-    def _record_cancelled(self, execution: Execution, exit_code: int | None = None) -> None:
-        self._record(
+    def _record_cancelled(self, execution: Execution, exit_code: int | None = None) -> Execution:
+        return self._record(
             execution,
             Status.CANCELLED,
             exit_code=exit_code,

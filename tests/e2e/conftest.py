@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from jobagent_client import JobAgentClient
 
-from tests.e2e.harness import AgentProcess, Registry, build_example_image, missing_requirements
+from tests.e2e.harness import (
+    AgentProcess,
+    Registry,
+    build_example_image,
+    missing_requirements,
+    sweep,
+)
 
 RUNTIMES = ("youki", "runc")
 
@@ -58,6 +64,7 @@ def agent(
     agent = start_agent(tmp_path_factory.mktemp(f"agent-{runtime}"), runtime, registry)
     yield agent
     agent.stop()
+    sweep(agent)
 
 
 @pytest.fixture

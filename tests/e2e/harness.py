@@ -189,6 +189,21 @@ class AgentProcess:
         self.process = None
 
 
+def sweep(agent: AgentProcess) -> None:
+    """Ends whatever a failed test left running under the agent's data directory."""
+    data_dir = str((agent.cwd / agent.data_dir).resolve())
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and data_dir.encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:
+            continue
+    for line in reversed(Path("/proc/self/mounts").read_text().splitlines()):
+        target = line.split()[1]
+        if target.startswith(data_dir):
+            subprocess.run(["umount", "-l", target], check=False)
+
+
 def leftovers(agent: AgentProcess, container_id: str) -> list[str]:
     """What is left of a container: processes, mounts, runtime state, bundle."""
     found = []

@@ -14,7 +14,7 @@ from jobagent_client import ClientError, JobAgentClient
 from jobagent_client.models import Execution
 
 from tests.e2e.conftest import start_agent
-from tests.e2e.harness import AgentProcess, Registry, leftovers, wait_until
+from tests.e2e.harness import AgentProcess, Registry, leftovers, sweep, wait_until
 
 ORDER = ["pending", "initializing", "running", "completed"]
 
@@ -239,6 +239,7 @@ def test_records_survive_a_restart_and_running_jobs_are_readopted(
             assert leftovers(own, running.container_id) == []
     finally:
         own.stop()
+        sweep(own)
 
 
 def test_a_relative_data_dir_works_as_make_run_uses_it(
@@ -252,6 +253,7 @@ def test_a_relative_data_dir_works_as_make_run_uses_it(
             assert [line.message for line in client.logs(execution.id)] == ["relative"]
     finally:
         own.stop()
+        sweep(own)
 
 
 def test_a_local_oci_layout_runs_by_reference(client: JobAgentClient, example_image: Path) -> None:

@@ -159,6 +159,16 @@ async def test_cancel_while_initializing_removes_what_was_made(
     assert execution.container_id in runtime.removed
 
 
+async def test_cancel_right_after_trigger_ends_cancelled(
+    executor: Executor, runtime: FakeRuntime
+) -> None:
+    execution = await executor.trigger("backup", TRIGGER)
+    final = await executor.cancel(execution.id)
+    assert final.status is Status.CANCELLED
+    assert executor.get_execution(execution.id).status is Status.CANCELLED
+    assert runtime.started == []
+
+
 async def test_cancel_of_a_finished_execution_is_a_failed_precondition(
     executor: Executor, runtime: FakeRuntime
 ) -> None:
@@ -249,5 +259,28 @@ async def test_restart_readopts_running_and_fails_lost_containers(
     runtime.exit(kept.container_id, 0)
     await statuses_until_terminal(second, kept.id)
     assert second.get_execution(kept.id).status is Status.COMPLETED
+    await second.close()
+    store.close()
+
+
+async def test_shutdown_while_initializing_takes_back_the_container_and_restarts_later(
+    tmp_path: Path, runtime: FakeRuntime
+) -> None:
+    store = Store(tmp_path / "agent.db")
+    first = Executor(store, runtime, tmp_path / "logs")
+    first.register_jobs([SPEC], "", replace_existing=False)
+    runtime.pull_gate = asyncio.Event()
+    execution = await first.trigger("backup", TRIGGER)
+    await asyncio.sleep(0.01)
+    await first.close()
+    assert execution.container_id in runtime.removed
+    assert store.get_execution(execution.id).status is Status.INITIALIZING
+
+    runtime.pull_gate.set()
+    second = Executor(store, runtime, tmp_path / "logs")
+    await second.start()
+    await asyncio.wait_for(runtime.started_event.wait(), 5)
+    runtime.exit(execution.container_id, 0)
+    assert (await statuses_until_terminal(second, execution.id))[-1] is Status.COMPLETED
     await second.close()
     store.close()
