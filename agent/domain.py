@@ -96,6 +96,15 @@ class CommandSpec:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """Upper bounds enforced through the container's cgroup; None means unlimited."""
+
+    cpu: float | None = None
+    memory_bytes: int | None = None
+    pids_limit: int | None = None
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """One job: a service with rtype job or cron of a deployment document."""
 
@@ -106,6 +115,9 @@ class JobSpec:
     command: CommandSpec = field(default_factory=CommandSpec)
     env: Mapping[str, str] = field(default_factory=dict)
     schedule: str = ""
+    resources: Resources = field(default_factory=Resources)
+    user: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

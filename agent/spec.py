@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from croniter import croniter
 
-from agent.domain import CommandSpec, ImageSpec, JobKind, JobSpec, PullPolicy
+from agent.domain import CommandSpec, ImageSpec, JobKind, JobSpec, PullPolicy, Resources
 from agent.errors import InvalidSpec
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -35,23 +35,29 @@ SERVICE_ONLY_FIELDS = {
     "service_type",
     "wasm_http",
 }
-JOB_FIELDS = {"rtype", "schedule", "image", "command", "env"}
+JOB_FIELDS = {"rtype", "schedule", "image", "command", "env", "resources", "user", "labels"}
 # Fields of the seed's format that this agent does not run yet: rejected rather than ignored.
 NOT_YET_SUPPORTED_FIELDS = {
-    "resources",
     "init",
     "errors",
     "devices",
     "storage",
     "capabilities",
     "privileged",
-    "labels",
-    "user",
     "timeout",
     "max_concurrent",
     "logs",
 }
 IMAGE_FIELDS = {"name", "pull_policy"}
+RESOURCE_FIELDS = {"cpu", "memory", "pids_limit", "gpu"}
+MEMORY_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+MEMORY_UNITS = {
+    None: 1,
+    "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+    "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4,
+}  # fmt: skip
+MIN_MEMORY_BYTES = 4 * 1024**2
+USER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 COMMAND_FIELDS = {"entrypoint", "args", "workdir"}
 
 
@@ -109,6 +115,9 @@ def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: 
         command=_command(service.get("command", {}), f"{path}.command"),
         env=_env(service.get("env", {}), f"{path}.env"),
         schedule=schedule,
+        resources=_resources(service.get("resources", {}), f"{path}.resources"),
+        user=_user(service.get("user"), f"{path}.user"),
+        labels=_labels(service.get("labels", {}), f"{path}.labels"),
     )
 
 
@@ -124,6 +133,15 @@ def validate_job_spec(spec: JobSpec, path: str = "spec") -> None:
         if not ENV_NAME_PATTERN.match(key):
             raise InvalidSpec(f"{path}.env.{key}", "is not a valid environment variable name")
     validate_schedule(spec.kind, spec.schedule, f"{path}.schedule")
+    resources = spec.resources
+    if resources.cpu is not None and resources.cpu <= 0:
+        raise InvalidSpec(f"{path}.resources.cpu", "must be a positive number of cores")
+    if resources.memory_bytes is not None and resources.memory_bytes < MIN_MEMORY_BYTES:
+        raise InvalidSpec(f"{path}.resources.memory_bytes", "must be at least 4Mi")
+    if resources.pids_limit is not None and resources.pids_limit <= 0:
+        raise InvalidSpec(f"{path}.resources.pids_limit", "must be a positive integer")
+    if spec.user:
+        _user(spec.user, f"{path}.user")
 
 
 def validate_schedule(kind: JobKind, schedule: str, path: str) -> None:
@@ -151,6 +169,54 @@ def _image(value: Any, path: str) -> ImageSpec:
         choices = ", ".join(p.value for p in PullPolicy)
         raise InvalidSpec(f"{path}.pull_policy", f"must be one of {choices}") from None
     return ImageSpec(name=name, pull_policy=policy)
+
+
+def _resources(value: Any, path: str) -> Resources:
+    resources = _mapping(value, path)
+    _check_fields(resources, RESOURCE_FIELDS, path)
+    if resources.get("gpu") is not None:
+        raise InvalidSpec(f"{path}.gpu", "is not supported by this agent")
+    cpu = resources.get("cpu")
+    if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, int | float) or cpu <= 0):
+        raise InvalidSpec(f"{path}.cpu", "must be a positive number of cores")
+    pids = resources.get("pids_limit")
+    if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int) or pids <= 0):
+        raise InvalidSpec(f"{path}.pids_limit", "must be a positive integer")
+    memory = resources.get("memory")
+    return Resources(
+        cpu=None if cpu is None else float(cpu),
+        memory_bytes=None if memory is None else parse_memory(memory, f"{path}.memory"),
+        pids_limit=pids,
+    )
+
+
+def parse_memory(value: Any, path: str) -> int:
+    """Parses a memory size: bytes, or a number with K/M/G/T or Ki/Mi/Gi/Ti."""
+    match = MEMORY_PATTERN.match(str(value).strip()) if not isinstance(value, bool) else None
+    if match is None:
+        raise InvalidSpec(path, f"{value!r} is not a size such as 512Mi or 1Gi")
+    size = int(float(match.group(1)) * MEMORY_UNITS[match.group(2)])
+    if size < MIN_MEMORY_BYTES:
+        raise InvalidSpec(path, "must be at least 4Mi")
+    return size
+
+
+def _user(value: Any, path: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not USER_PATTERN.match(value):
+        raise InvalidSpec(path, "must be a user name or id, optionally with :group")
+    return value
+
+
+def _labels(value: Any, path: str) -> dict[str, str]:
+    labels = _mapping(value, path)
+    for key, item in labels.items():
+        if not isinstance(item, str | int | float) or isinstance(item, bool):
+            raise InvalidSpec(f"{path}.{key}", "must be a string")
+    return {str(key): str(item) for key, item in labels.items()}
 
 
 def _command(value: Any, path: str) -> CommandSpec:

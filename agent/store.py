@@ -25,6 +25,7 @@ from agent.domain import (
     JobKind,
     JobSpec,
     PullPolicy,
+    Resources,
     Status,
     Trigger,
     TriggerKind,
@@ -254,6 +255,7 @@ def _spec_to_json(spec: JobSpec) -> dict[str, Any]:
     data["kind"] = spec.kind.value
     data["image"]["pull_policy"] = spec.image.pull_policy.value
     data["env"] = dict(spec.env)
+    data["labels"] = dict(spec.labels)
     return data
 
 
@@ -271,6 +273,9 @@ def _spec_from_json(data: dict[str, Any]) -> JobSpec:
         ),
         env=dict(data["env"]),
         schedule=data["schedule"],
+        resources=Resources(**data.get("resources", {})),
+        user=data.get("user", ""),
+        labels=dict(data.get("labels", {})),
     )
 
 

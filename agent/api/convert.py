@@ -21,6 +21,7 @@ from agent.domain import (
     LogLine,
     LogStream,
     PullPolicy,
+    Resources,
     Status,
     Trigger,
     TriggerKind,
@@ -91,6 +92,13 @@ def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         ),
         env=dict(spec.env),
         schedule=spec.schedule,
+        resources=pb.Resources(
+            cpu=spec.resources.cpu,
+            memory_bytes=spec.resources.memory_bytes,
+            pids_limit=spec.resources.pids_limit,
+        ),
+        user=spec.user,
+        labels=dict(spec.labels),
     )
 
 
@@ -111,6 +119,19 @@ def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
         ),
         env=dict(message.env),
         schedule=message.schedule,
+        resources=Resources(
+            cpu=message.resources.cpu if message.resources.HasField("cpu") else None,
+            memory_bytes=(
+                message.resources.memory_bytes
+                if message.resources.HasField("memory_bytes")
+                else None
+            ),
+            pids_limit=(
+                message.resources.pids_limit if message.resources.HasField("pids_limit") else None
+            ),
+        ),
+        user=message.user,
+        labels=dict(message.labels),
     )
 
 

@@ -285,6 +285,9 @@ class Executor:
                 command=spec.command,
                 env=spec.env,
                 hostname=spec.name,
+                resources=spec.resources,
+                user=spec.user,
+                labels=spec.labels,
             )
             try:
                 await self._runtime.create(request, image)

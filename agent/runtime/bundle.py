@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.domain import CommandSpec
+from agent.domain import CommandSpec, Resources
 from agent.runtime.images import ImageConfig
 
+CPU_PERIOD = 100_000
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # containerd's default capability set.
 DEFAULT_CAPABILITIES = [
@@ -58,7 +59,11 @@ class ProcessSpec:
 
 
 def resolve_process(
-    image: ImageConfig, command: CommandSpec, env: Mapping[str, str], rootfs: Path
+    image: ImageConfig,
+    command: CommandSpec,
+    env: Mapping[str, str],
+    rootfs: Path,
+    user: str = "",
 ) -> ProcessSpec:
     """Combines the image's config with the job's command and env, as Docker does.
 
@@ -81,7 +86,7 @@ def resolve_process(
         merged[key] = value
     merged.update(env)
     merged.setdefault("PATH", DEFAULT_PATH.partition("=")[2])
-    uid, gid = _resolve_user(image.user, rootfs)
+    uid, gid = _resolve_user(user or image.user, rootfs)
     return ProcessSpec(
         args=argv,
         env=tuple(f"{key}={value}" for key, value in merged.items()),
@@ -92,7 +97,12 @@ def resolve_process(
 
 
 def build_config(
-    process: ProcessSpec, rootfs: Path, hostname: str, cgroups_path: str
+    process: ProcessSpec,
+    rootfs: Path,
+    hostname: str,
+    cgroups_path: str,
+    resources: Resources | None = None,
+    annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Returns a runtime-spec config.json: unprivileged, no network but loopback."""
     capabilities = {
@@ -113,14 +123,30 @@ def build_config(
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": hostname,
         "mounts": _default_mounts(),
+        "annotations": dict(annotations or {}),
         "linux": {
             "cgroupsPath": cgroups_path,
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "resources": _linux_resources(resources or Resources()),
             "namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")],
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },
     }
+
+
+def _linux_resources(resources: Resources) -> dict[str, Any]:
+    """The cgroup settings: CPU quota per 100 ms period, memory without swap, pids."""
+    limits: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    if resources.cpu is not None:
+        limits["cpu"] = {
+            "quota": max(1000, round(resources.cpu * CPU_PERIOD)),
+            "period": CPU_PERIOD,
+        }
+    if resources.memory_bytes is not None:
+        limits["memory"] = {"limit": resources.memory_bytes, "swap": resources.memory_bytes}
+    if resources.pids_limit is not None:
+        limits["pids"] = {"limit": resources.pids_limit}
+    return limits
 
 
 def _default_mounts() -> list[dict[str, Any]]:

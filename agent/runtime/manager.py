@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.domain import CommandSpec, ImageSpec
+from agent.domain import CommandSpec, ImageSpec, Resources
 from agent.runtime import bundle
+from agent.runtime.cgroups import oom_kill_count
 from agent.runtime.errors import (
     CommandError,
     ContainerCreateError,
@@ -39,6 +40,9 @@ class ContainerRequest:
     command: CommandSpec = field(default_factory=CommandSpec)
     env: Mapping[str, str] = field(default_factory=dict)
     hostname: str = ""
+    resources: Resources = field(default_factory=Resources)
+    user: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ class ContainerManager:
         rootfs = directory / "rootfs"
         try:
             process = bundle.resolve_process(
-                image.config, request.command, request.env, image.rootfs
+                image.config, request.command, request.env, image.rootfs, request.user
             )
             directory.mkdir(parents=True, exist_ok=True)
             bundle.mount_overlay(image.rootfs, directory / "upper", directory / "work", rootfs)
@@ -111,7 +115,9 @@ class ContainerManager:
                 process,
                 rootfs,
                 request.hostname or request.container_id,
-                f"/jobagent/{request.container_id}",
+                _cgroups_path(request.container_id),
+                request.resources,
+                request.labels,
             )
             (directory / "config.json").write_text(json.dumps(config))
         except (ValueError, OSError) as error:
@@ -133,16 +139,22 @@ class ContainerManager:
             raise ContainerStartError(str(error)) from None
 
     async def wait(self, container_id: str) -> ExitStatus:
-        """Waits for the container's process to end."""
+        """Waits for the container's process to end (call before remove: it reads the cgroup)."""
         code = await self.monitor.wait(container_id)
-        return ExitStatus(exit_code=code, oom_killed=self.monitor.oom_killed(container_id))
+        return ExitStatus(code, self._oom_killed(container_id))
 
     def exit_status(self, container_id: str) -> ExitStatus | None:
         """The recorded exit of a container, or None while it runs (or never ran)."""
         code = self.monitor.exit_code(container_id)
         if code is None:
             return None
-        return ExitStatus(code, self.monitor.oom_killed(container_id))
+        return ExitStatus(code, self._oom_killed(container_id))
+
+    def _oom_killed(self, container_id: str) -> bool:
+        """The kernel's OOM kill count of the container's cgroup, or conmon's record of it."""
+        if oom_kill_count(_cgroups_path(container_id)) > 0:
+            return True
+        return self.monitor.oom_killed(container_id)
 
     async def is_alive(self, container_id: str) -> bool:
         """True when the runtime knows the container and it has not stopped."""
@@ -182,3 +194,7 @@ class ContainerManager:
             log_file=request.log_file,
             runtime_log=directory / "runtime.log",
         )
+
+
+def _cgroups_path(container_id: str) -> str:
+    return f"/jobagent/{container_id}"

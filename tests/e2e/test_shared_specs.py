@@ -18,7 +18,6 @@ SPECS_DIR = Path(os.environ.get("JOBAGENT_SPECS_DIR", REPO.parent / "shared" / "
 SPECS = sorted(SPECS_DIR.glob("*.yaml")) if SPECS_DIR.is_dir() else []
 NOT_YET = {
     "init-steps.yaml": "init steps come with the full job contract (issue 3)",
-    "resources.yaml": "resource limits and OOM come with the full job contract (issue 3)",
 }
 
 
@@ -40,9 +39,15 @@ def failing(client: JobAgentClient, execution: Execution) -> None:
     assert "schema locked" in stdout_of(client, execution, "stderr")
 
 
+def out_of_memory(client: JobAgentClient, execution: Execution) -> None:
+    assert (execution.status, execution.failure_reason) == ("failed", "oom_killed")
+    assert execution.exit_code == 137
+
+
 OUTCOMES: dict[str, Callable[[JobAgentClient, Execution], None]] = {
     "backup-job.yaml": backup,
     "failing-job.yaml": failing,
+    "resources.yaml": out_of_memory,
 }
 
 

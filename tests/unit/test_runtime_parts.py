@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.domain import CommandSpec, LogStream
+from agent.domain import CommandSpec, LogStream, Resources
 from agent.runtime.bundle import build_config, resolve_process
+from agent.runtime.cgroups import oom_kill_count
 from agent.runtime.crilog import parse_line
 from agent.runtime.images import ImageConfig, normalize_reference
 
@@ -91,3 +92,30 @@ def test_cri_lines_parse_with_nanoseconds_and_partials() -> None:
     assert empty is not None and empty.message == "" and not empty.partial
     assert parse_line(b"garbage") is None
     assert parse_line(b"2026-11-26T11:35:25Z stdin F x") is None
+
+
+def test_oom_kills_are_read_from_either_cgroup_hierarchy(tmp_path: Path) -> None:
+    v1 = tmp_path / "memory" / "jobagent" / "c1"
+    v1.mkdir(parents=True)
+    (v1 / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    v2 = tmp_path / "jobagent" / "c2"
+    v2.mkdir(parents=True)
+    (v2 / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
+    assert oom_kill_count("/jobagent/c1", tmp_path) == 2
+    assert oom_kill_count("/jobagent/c2", tmp_path) == 1
+    assert oom_kill_count("/jobagent/gone", tmp_path) == 0
+
+
+def test_limits_become_cgroup_settings(tmp_path: Path) -> None:
+    process = resolve_process(IMAGE, CommandSpec(), {}, tmp_path)
+    config = build_config(
+        process,
+        tmp_path,
+        "h",
+        "/jobagent/c",
+        Resources(cpu=0.5, memory_bytes=1 << 26, pids_limit=9),
+    )
+    resources = config["linux"]["resources"]
+    assert resources["cpu"] == {"quota": 50000, "period": 100000}
+    assert resources["memory"] == {"limit": 1 << 26, "swap": 1 << 26}
+    assert resources["pids"] == {"limit": 9}

@@ -112,3 +112,43 @@ def test_structured_specs_are_validated_like_yaml() -> None:
         validate_job_spec(JobSpec(name="-bad", image=ImageSpec("a")))
     assert caught.value.field == "spec.name"
     validate_job_spec(JobSpec(name="ok", image=ImageSpec("a")))
+
+
+@pytest.mark.parametrize(
+    ("memory", "size"),
+    [("32Mi", 32 << 20), ("1Gi", 1 << 30), ("512M", 512_000_000), (8388608, 8 << 20),
+     ("1.5Gi", 3 << 29)],
+)  # fmt: skip
+def test_memory_sizes_parse_with_their_units(memory: object, size: int) -> None:
+    (spec,) = parse_document(
+        service(f"rtype: job\nimage: {{name: a}}\nresources: {{memory: {memory}}}")
+    )
+    assert spec.resources.memory_bytes == size
+
+
+@pytest.mark.parametrize(
+    ("resources", "field"),
+    [
+        ("{memory: lots}", "services.once.resources.memory"),
+        ("{memory: 1Ki}", "services.once.resources.memory"),
+        ("{cpu: 0}", "services.once.resources.cpu"),
+        ("{cpu: fast}", "services.once.resources.cpu"),
+        ("{pids_limit: -1}", "services.once.resources.pids_limit"),
+        ("{gpu: {count: 1}}", "services.once.resources.gpu"),
+        ("{disk: 1Gi}", "services.once.resources.disk"),
+    ],
+)
+def test_bad_resources_name_the_field(resources: str, field: str) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        parse_document(service(f"rtype: job\nimage: {{name: a}}\nresources: {resources}"))
+    assert caught.value.field == field
+
+
+def test_user_and_labels_are_kept() -> None:
+    (spec,) = parse_document(
+        service("rtype: job\nimage: {name: a}\nuser: 'app:staff'\nlabels: {team: ops, n: 1}")
+    )
+    assert (spec.user, dict(spec.labels)) == ("app:staff", {"team": "ops", "n": "1"})
+    with pytest.raises(InvalidSpec) as caught:
+        parse_document(service("rtype: job\nimage: {name: a}\nuser: 'a b'"))
+    assert caught.value.field == "services.once.user"

@@ -274,6 +274,47 @@ class CommandSpec(_message.Message):
 Global___CommandSpec: _TypeAlias = CommandSpec  # noqa: Y015
 
 @_typing.final
+class Resources(_message.Message):
+    """Upper bounds enforced through the container's cgroup; unset means unlimited."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    PIDS_LIMIT_FIELD_NUMBER: _builtins.int
+    cpu: _builtins.float
+    """CPU time in cores (0.5 = half of one core), as a CFS quota."""
+    memory_bytes: _builtins.int
+    """Memory limit in bytes (swap included); at least 4 MiB."""
+    pids_limit: _builtins.int
+    """Maximum number of processes and threads."""
+    def __init__(
+        self,
+        *,
+        cpu: _builtins.float | None = ...,
+        memory_bytes: _builtins.int | None = ...,
+        pids_limit: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "_memory_bytes", b"_memory_bytes", "_pids_limit", b"_pids_limit", "cpu", b"cpu", "memory_bytes", b"memory_bytes", "pids_limit", b"pids_limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "_memory_bytes", b"_memory_bytes", "_pids_limit", b"_pids_limit", "cpu", b"cpu", "memory_bytes", b"memory_bytes", "pids_limit", b"pids_limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cpu: _TypeAlias = _typing.Literal["cpu"]  # noqa: Y015
+    _WhichOneofArgType__cpu: _TypeAlias = _typing.Literal["_cpu", b"_cpu"]  # noqa: Y015
+    _WhichOneofReturnType__memory_bytes: _TypeAlias = _typing.Literal["memory_bytes"]  # noqa: Y015
+    _WhichOneofArgType__memory_bytes: _TypeAlias = _typing.Literal["_memory_bytes", b"_memory_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__pids_limit: _TypeAlias = _typing.Literal["pids_limit"]  # noqa: Y015
+    _WhichOneofArgType__pids_limit: _TypeAlias = _typing.Literal["_pids_limit", b"_pids_limit"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu) -> _WhichOneofReturnType__cpu | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_bytes) -> _WhichOneofReturnType__memory_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pids_limit) -> _WhichOneofReturnType__pids_limit | None: ...
+
+Global___Resources: _TypeAlias = Resources  # noqa: Y015
+
+@_typing.final
 class JobSpec(_message.Message):
     """A job as registered: one service of a deployment document."""
 
@@ -299,6 +340,26 @@ class JobSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
@@ -306,6 +367,9 @@ class JobSpec(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     SCHEDULE_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Job name, unique on the node: lowercase letters, digits and '-', at most 63."""
     deployment: _builtins.str
@@ -314,6 +378,8 @@ class JobSpec(_message.Message):
     """Job or cron job."""
     schedule: _builtins.str
     """Cron schedule (only with kind CRON): 5 fields, or 6/7 with seconds first."""
+    user: _builtins.str
+    """User to run as ("1000", "1000:1000", "app", "app:staff"); the image's when empty."""
     @_builtins.property
     def image(self) -> Global___ImageSpec:
         """The image to run."""
@@ -326,6 +392,14 @@ class JobSpec(_message.Message):
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Environment variables, layered over the image's."""
 
+    @_builtins.property
+    def resources(self) -> Global___Resources:
+        """Resource limits."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels, passed to the runtime as the container's annotations."""
+
     def __init__(
         self,
         *,
@@ -336,10 +410,13 @@ class JobSpec(_message.Message):
         command: Global___CommandSpec | None = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         schedule: _builtins.str = ...,
+        resources: Global___Resources | None = ...,
+        user: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "image", b"image"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "image", b"image", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "deployment", b"deployment", "env", b"env", "image", b"image", "kind", b"kind", "name", b"name", "schedule", b"schedule"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "deployment", b"deployment", "env", b"env", "image", b"image", "kind", b"kind", "labels", b"labels", "name", b"name", "resources", b"resources", "schedule", b"schedule", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
