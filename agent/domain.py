@@ -118,6 +118,9 @@ class JobSpec:
     resources: Resources = field(default_factory=Resources)
     user: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    timeout_seconds: float | None = None
+    stop_signal: str = ""
+    stop_grace_seconds: float | None = None
 
 
 @dataclass(frozen=True)

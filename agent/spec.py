@@ -8,6 +8,7 @@ agent's to run and are skipped. Every error names the field path that caused it.
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,13 @@ SERVICE_ONLY_FIELDS = {
     "service_type",
     "wasm_http",
 }
-JOB_FIELDS = {"rtype", "schedule", "image", "command", "env", "resources", "user", "labels"}
+JOB_FIELDS = {
+    "rtype", "schedule", "image", "command", "env", "resources", "user", "labels",
+    "timeout", "stop_signal", "stop_grace_period",
+}  # fmt: skip
+DURATION_PATTERN = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_GRACE_SECONDS = 3600.0
 # Fields of the seed's format that this agent does not run yet: rejected rather than ignored.
 NOT_YET_SUPPORTED_FIELDS = {
     "init",
@@ -44,7 +51,6 @@ NOT_YET_SUPPORTED_FIELDS = {
     "storage",
     "capabilities",
     "privileged",
-    "timeout",
     "max_concurrent",
     "logs",
 }
@@ -118,6 +124,11 @@ def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: 
         resources=_resources(service.get("resources", {}), f"{path}.resources"),
         user=_user(service.get("user"), f"{path}.user"),
         labels=_labels(service.get("labels", {}), f"{path}.labels"),
+        timeout_seconds=_optional_duration(service, "timeout", path),
+        stop_signal=_signal(service.get("stop_signal"), f"{path}.stop_signal"),
+        stop_grace_seconds=_grace(
+            _optional_duration(service, "stop_grace_period", path), f"{path}.stop_grace_period"
+        ),
     )
 
 
@@ -142,6 +153,11 @@ def validate_job_spec(spec: JobSpec, path: str = "spec") -> None:
         raise InvalidSpec(f"{path}.resources.pids_limit", "must be a positive integer")
     if spec.user:
         _user(spec.user, f"{path}.user")
+    if spec.timeout_seconds is not None and spec.timeout_seconds <= 0:
+        raise InvalidSpec(f"{path}.timeout", "must be positive")
+    if spec.stop_signal:
+        normalize_signal(spec.stop_signal, f"{path}.stop_signal")
+    _grace(spec.stop_grace_seconds, f"{path}.stop_grace_period")
 
 
 def validate_schedule(kind: JobKind, schedule: str, path: str) -> None:
@@ -199,6 +215,53 @@ def parse_memory(value: Any, path: str) -> int:
     if size < MIN_MEMORY_BYTES:
         raise InvalidSpec(path, "must be at least 4Mi")
     return size
+
+
+def parse_duration(value: Any, path: str) -> float:
+    """Seconds of a duration: a number of seconds, or "500ms", "30s", "5m", "1h30m", "1d"."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif (
+        isinstance(value, str) and value and DURATION_PATTERN.sub("", value.replace(" ", "")) == ""
+    ):
+        seconds = sum(
+            float(number) * DURATION_UNITS[unit]
+            for number, unit in DURATION_PATTERN.findall(value.replace(" ", ""))
+        )
+    else:
+        raise InvalidSpec(path, f"{value!r} is not a duration such as 30s, 5m or 1h30m")
+    if seconds < 0:
+        raise InvalidSpec(path, "must not be negative")
+    return seconds
+
+
+def _optional_duration(mapping: Mapping[str, Any], key: str, path: str) -> float | None:
+    value = mapping.get(key)
+    return None if value is None else parse_duration(value, _join(path, key))
+
+
+def _grace(seconds: float | None, path: str) -> float | None:
+    if seconds is not None and seconds > MAX_GRACE_SECONDS:
+        raise InvalidSpec(path, f"must be at most {MAX_GRACE_SECONDS:g}s")
+    return seconds
+
+
+def normalize_signal(value: Any, path: str) -> str:
+    """A signal by name or number ("TERM", "SIGTERM", 15) -> "SIGTERM"."""
+    text = str(value).strip().upper()
+    try:
+        found = (
+            signal.Signals(int(text))
+            if text.isdigit()
+            else signal.Signals[text if text.startswith("SIG") else f"SIG{text}"]
+        )
+    except (KeyError, ValueError):
+        raise InvalidSpec(path, f"{value!r} is not a signal") from None
+    return found.name
+
+
+def _signal(value: Any, path: str) -> str:
+    return "" if value is None else normalize_signal(value, path)
 
 
 def _user(value: Any, path: str) -> str:

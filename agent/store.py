@@ -260,22 +260,22 @@ def _spec_to_json(spec: JobSpec) -> dict[str, Any]:
 
 
 def _spec_from_json(data: dict[str, Any]) -> JobSpec:
-    command = data["command"]
+    """The inverse of _spec_to_json; fields added since a row was written take defaults."""
+    fields = dict(data)
+    command = fields.pop("command")
+    image = fields.pop("image")
+    kind = JobKind(fields.pop("kind"))
+    resources = Resources(**fields.pop("resources", {}))
     return JobSpec(
-        name=data["name"],
-        deployment=data["deployment"],
-        kind=JobKind(data["kind"]),
-        image=ImageSpec(data["image"]["name"], PullPolicy(data["image"]["pull_policy"])),
+        **fields,
+        kind=kind,
+        image=ImageSpec(image["name"], PullPolicy(image["pull_policy"])),
         command=CommandSpec(
             entrypoint=tuple(command["entrypoint"]),
             args=tuple(command["args"]),
             workdir=command["workdir"],
         ),
-        env=dict(data["env"]),
-        schedule=data["schedule"],
-        resources=Resources(**data.get("resources", {})),
-        user=data.get("user", ""),
-        labels=dict(data.get("labels", {})),
+        resources=resources,
     )
 
 

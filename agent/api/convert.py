@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -99,7 +100,25 @@ def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         ),
         user=spec.user,
         labels=dict(spec.labels),
+        timeout=_duration(spec.timeout_seconds),
+        stop_signal=spec.stop_signal,
+        stop_grace_period=_duration(spec.stop_grace_seconds),
     )
+
+
+def _duration(seconds: float | None) -> Duration | None:
+    if seconds is None:
+        return None
+    message = Duration()
+    message.FromTimedelta(timedelta(seconds=seconds))
+    return message
+
+
+def _seconds(message: Any, field: str) -> float | None:
+    if not message.HasField(field):
+        return None
+    value: Duration = getattr(message, field)
+    return float(value.ToTimedelta().total_seconds())
 
 
 def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
@@ -132,6 +151,9 @@ def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
         ),
         user=message.user,
         labels=dict(message.labels),
+        timeout_seconds=_seconds(message, "timeout"),
+        stop_signal=message.stop_signal,
+        stop_grace_seconds=_seconds(message, "stop_grace_period"),
     )
 
 
@@ -172,7 +194,6 @@ def execution_to_proto(execution: Execution) -> pb.Execution:
         message.finished_at.CopyFrom(timestamp(execution.finished_at))
     duration = execution.duration
     if duration is not None:
-        message.duration.CopyFrom(Duration(seconds=0))
         message.duration.FromTimedelta(duration)
     return message
 

@@ -57,6 +57,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _monotonic() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _deadline_message(spec: JobSpec) -> str:
+    return f"the job's timeout of {spec.timeout_seconds:g}s passed"
+
+
 class Executor:
     """Owns every execution of the node from trigger to terminal state."""
 
@@ -70,6 +78,8 @@ class Executor:
         self._bus = EventBus()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
+        self._deadline_passed: set[str] = set()
+        self._specs: dict[str, JobSpec] = {}
         self._closing = False
 
     # Jobs
@@ -153,7 +163,7 @@ class Executor:
             )
         self._cancel_requested.add(execution_id)
         task = self._tasks.get(execution_id)
-        grace = self._stop_grace if grace_seconds is None else grace_seconds
+        grace = self._grace_of(execution_id) if grace_seconds is None else grace_seconds
         if execution.status is Status.RUNNING:
             await self._runtime.stop(execution.container_id, grace)
         elif task is not None:
@@ -229,7 +239,8 @@ class Executor:
                 await self._runtime.is_alive(execution.container_id)
             ):
                 log.info("re-adopting execution %s", execution.id)
-                self._spawn(execution, self._await_exit(execution))
+                deadline = self._adopt_spec(execution)
+                self._spawn(execution, self._await_exit(execution, deadline))
                 return
             await self._runtime.remove(execution.container_id)
             self._record(
@@ -260,52 +271,47 @@ class Executor:
         self._tasks[execution.id] = task
         task.add_done_callback(lambda _: self._forget(execution.id, task))
 
+    def _adopt_spec(self, execution: Execution) -> float | None:
+        """Remembers the job's spec for a re-adopted execution; returns its deadline."""
+        spec = self._find_job(execution.job_name)
+        if spec is None:
+            return None
+        self._specs[execution.id] = spec.spec
+        if spec.spec.timeout_seconds is None:
+            return None
+        elapsed = (_now() - execution.created_at).total_seconds()
+        return _monotonic() + spec.spec.timeout_seconds - elapsed
+
+    def _grace_of(self, execution_id: str) -> float:
+        """The job's stop grace period, else the agent's."""
+        spec = self._specs.get(execution_id)
+        if spec is not None and spec.stop_grace_seconds is not None:
+            return spec.stop_grace_seconds
+        return self._stop_grace
+
     def _forget(self, execution_id: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(execution_id) is task:
             del self._tasks[execution_id]
         self._cancel_requested.discard(execution_id)
+        self._deadline_passed.discard(execution_id)
+        self._specs.pop(execution_id, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("execution %s: %s", execution_id, task.exception())
 
     async def _run(self, execution: Execution, spec: JobSpec) -> None:
         """Pending -> Initializing -> Running -> terminal, for one execution."""
         container_id = execution.container_id
+        self._specs[execution.id] = spec
+        deadline = None if spec.timeout_seconds is None else _monotonic() + spec.timeout_seconds
         try:
             if execution.status is Status.PENDING:
                 execution = self._record(execution, Status.INITIALIZING)
-            try:
-                image = await self._runtime.pull(spec.image)
-            except ImagePullError as error:
-                self._fail(execution, FailureReason.IMAGE_PULL, str(error))
-                return
-            request = ContainerRequest(
-                container_id=container_id,
-                image=spec.image,
-                log_file=self.log_file(execution.id),
-                command=spec.command,
-                env=spec.env,
-                hostname=spec.name,
-                resources=spec.resources,
-                user=spec.user,
-                labels=spec.labels,
-            )
-            try:
-                await self._runtime.create(request, image)
-            except ContainerCreateError as error:
-                self._fail(execution, FailureReason.CREATE, str(error))
-                return
-            try:
-                await self._runtime.start(container_id)
-            except ContainerStartError as error:
-                await self._runtime.remove(container_id)
-                self._fail(execution, FailureReason.START, str(error))
-                return
-            execution = self._record(
-                execution,
-                Status.RUNNING,
-                started_at=_now(),
-                image=f"{image.reference}@{image.digest}",
-            )
+            async with asyncio.timeout_at(deadline):
+                execution = await self._initialize(execution, spec)
+        except TimeoutError:
+            await self._runtime.remove(container_id)
+            self._fail(execution, FailureReason.DEADLINE_EXCEEDED, _deadline_message(spec))
+            return
         except asyncio.CancelledError:
             # Nothing of the job ran yet: take back what was prepared. On shutdown the
             # execution stays as it is and starts afresh when the agent comes back.
@@ -314,23 +320,74 @@ class Executor:
                 raise
             self._record_cancelled(execution)
             return
-        await self._await_exit(execution)
+        if execution.status is Status.RUNNING:
+            await self._await_exit(execution, deadline)
 
-    async def _await_exit(self, execution: Execution) -> None:
+    async def _initialize(self, execution: Execution, spec: JobSpec) -> Execution:
+        """Pulls, creates and starts the container; returns the execution as it ends up."""
+        container_id = execution.container_id
+        try:
+            image = await self._runtime.pull(spec.image)
+        except ImagePullError as error:
+            return self._fail(execution, FailureReason.IMAGE_PULL, str(error))
+        request = ContainerRequest(
+            container_id=container_id,
+            image=spec.image,
+            log_file=self.log_file(execution.id),
+            command=spec.command,
+            env=spec.env,
+            hostname=spec.name,
+            resources=spec.resources,
+            user=spec.user,
+            labels=spec.labels,
+            stop_signal=spec.stop_signal,
+        )
+        try:
+            await self._runtime.create(request, image)
+        except ContainerCreateError as error:
+            return self._fail(execution, FailureReason.CREATE, str(error))
+        try:
+            await self._runtime.start(container_id)
+        except ContainerStartError as error:
+            await self._runtime.remove(container_id)
+            return self._fail(execution, FailureReason.START, str(error))
+        return self._record(
+            execution,
+            Status.RUNNING,
+            started_at=_now(),
+            image=f"{image.reference}@{image.digest}",
+        )
+
+    async def _await_exit(self, execution: Execution, deadline: float | None = None) -> None:
         """Waits for the container to end, removes it, then records the outcome.
 
-        A terminal execution has no container left. The exit file outlives the removal
-        until the outcome is recorded, so a crash in between loses nothing.
+        At the deadline the container is stopped as a cancel would. A terminal execution
+        has no container left; the exit file outlives the removal until the outcome is
+        recorded, so a crash in between loses nothing.
         """
-        exit_status = await self._runtime.wait(execution.container_id)
-        await self._runtime.remove(execution.container_id)
+        container_id = execution.container_id
+        waiting = asyncio.ensure_future(self._runtime.wait(container_id))
+        try:
+            timeout = None if deadline is None else max(0.0, deadline - _monotonic())
+            done, _ = await asyncio.wait([waiting], timeout=timeout)
+            if not done:
+                self._deadline_passed.add(execution.id)
+                await self._runtime.stop(container_id, self._grace_of(execution.id))
+            exit_status = await waiting
+        finally:
+            waiting.cancel()
+        await self._runtime.remove(container_id)
         self._finish(execution, exit_status)
-        self._runtime.forget(execution.container_id)
+        self._runtime.forget(container_id)
 
     def _finish(self, execution: Execution, exit_status: ExitStatus) -> None:
         code = exit_status.exit_code
         if execution.id in self._cancel_requested:
             self._record_cancelled(execution, exit_code=code)
+        elif execution.id in self._deadline_passed:
+            spec = self._specs.get(execution.id)
+            message = _deadline_message(spec) if spec else "the deadline passed"
+            self._fail(execution, FailureReason.DEADLINE_EXCEEDED, message, exit_code=code)
         elif exit_status.oom_killed:
             self._fail(
                 execution,
@@ -363,8 +420,8 @@ class Executor:
         reason: FailureReason,
         message: str,
         exit_code: int | None = None,
-    ) -> None:
-        self._record(
+    ) -> Execution:
+        return self._record(
             execution,
             Status.FAILED,
             failure_reason=reason,

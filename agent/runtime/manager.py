@@ -28,6 +28,8 @@ from agent.runtime.oci import OciRuntime
 
 KILL_SIGNAL = "SIGKILL"
 DEFAULT_STOP_SIGNAL = "SIGTERM"
+# Where the stop signal is kept, so that a restarted agent stops a container the same way.
+STOP_SIGNAL_ANNOTATION = "org.opencontainers.image.stopSignal"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class ContainerRequest:
     resources: Resources = field(default_factory=Resources)
     user: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    stop_signal: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,6 @@ class ContainerManager:
         self.images = images or ImageStore(paths.images)
         self.runtime = OciRuntime(runtime_binary, paths.runtime_state)
         self.monitor = ConmonMonitor(conmon, self.runtime, paths.exits, paths.sockets)
-        self._stop_signals: dict[str, str] = {}
         paths.containers.mkdir(parents=True, exist_ok=True)
 
     async def pull(self, image: ImageSpec) -> Image:
@@ -117,14 +119,18 @@ class ContainerManager:
                 request.hostname or request.container_id,
                 _cgroups_path(request.container_id),
                 request.resources,
-                request.labels,
+                {
+                    **request.labels,
+                    STOP_SIGNAL_ANNOTATION: request.stop_signal
+                    or image.config.stop_signal
+                    or DEFAULT_STOP_SIGNAL,
+                },
             )
             (directory / "config.json").write_text(json.dumps(config))
         except (ValueError, OSError) as error:
             await self.remove(request.container_id)
             raise ContainerCreateError(str(error)) from None
         request.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._stop_signals[request.container_id] = image.config.stop_signal or DEFAULT_STOP_SIGNAL
         try:
             await self.monitor.create(request.container_id, self._monitor_paths(request))
         except ContainerCreateError:
@@ -164,7 +170,7 @@ class ContainerManager:
         """Sends the stop signal, waits up to the grace period, then SIGKILL."""
         if self.monitor.exit_code(container_id) is not None:
             return
-        signal = self._stop_signals.get(container_id, DEFAULT_STOP_SIGNAL)
+        signal = self._stop_signal(container_id)
         await self.runtime.kill(container_id, signal)
         try:
             await asyncio.wait_for(self.monitor.wait(container_id), grace_seconds)
@@ -178,11 +184,17 @@ class ContainerManager:
         directory = self._directory(container_id)
         bundle.unmount(directory / "rootfs")
         shutil.rmtree(directory, ignore_errors=True)
-        self._stop_signals.pop(container_id, None)
 
     def forget(self, container_id: str) -> None:
         """Drops the exit record of a removed container once its outcome is stored."""
         self.monitor.forget(container_id)
+
+    def _stop_signal(self, container_id: str) -> str:
+        try:
+            config = json.loads((self._directory(container_id) / "config.json").read_text())
+        except (OSError, ValueError):
+            return DEFAULT_STOP_SIGNAL
+        return str(config.get("annotations", {}).get(STOP_SIGNAL_ANNOTATION, DEFAULT_STOP_SIGNAL))
 
     def _directory(self, container_id: str) -> Path:
         return self.paths.containers / container_id

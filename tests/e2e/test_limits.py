@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jobagent_client import JobAgentClient
 
-from tests.e2e.harness import AgentProcess, wait_until
+from tests.e2e.harness import AgentProcess, leftovers, wait_until
 
 CGROUP = Path("/sys/fs/cgroup")
 
@@ -51,7 +51,7 @@ def test_limits_are_set_on_the_cgroup_and_labels_on_the_bundle(
         assert cgroup_value(cid, "pids", "pids.max", "pids.max") == "32"
         bundle = agent.cwd / agent.data_dir / "containers" / cid / "config.json"
         annotations = json.loads(bundle.read_text())["annotations"]
-        assert annotations == {"team": "ops", "tier": "batch"}
+        assert (annotations["team"], annotations["tier"]) == ("ops", "batch")
     finally:
         client.cancel(execution.id)
 
@@ -81,3 +81,25 @@ def test_the_user_of_the_spec_runs_the_process(client: JobAgentClient) -> None:
     execution = client.wait(client.trigger("as-user").id)
     assert execution.status == "completed"
     assert [line.message for line in client.logs(execution.id)] == ["1000", "1001"]
+
+
+def test_the_timeout_stops_the_job_with_deadline_exceeded(
+    client: JobAgentClient, agent: AgentProcess
+) -> None:
+    register(client, "overdue", "    timeout: 1s\n    stop_grace_period: 10s\n",
+             "trap 'exit 143' TERM; sleep 300 & wait")  # fmt: skip
+    execution = client.wait(client.trigger("overdue").id)
+    assert (execution.status, execution.failure_reason, execution.exit_code) == (
+        "failed",
+        "deadline_exceeded",
+        143,
+    )
+    assert leftovers(agent, execution.container_id) == []
+
+
+def test_cancel_sends_the_jobs_stop_signal(client: JobAgentClient) -> None:
+    register(client, "usr1", "    stop_signal: SIGUSR1\n",
+             "trap 'exit 42' USR1; sleep 300 & wait")  # fmt: skip
+    execution = client.trigger("usr1")
+    wait_until(lambda: client.get_execution(execution.id).status == "running", 30, "running")
+    assert client.cancel(execution.id).exit_code == 42

@@ -284,3 +284,61 @@ async def test_shutdown_while_initializing_takes_back_the_container_and_restarts
     assert (await statuses_until_terminal(second, execution.id))[-1] is Status.COMPLETED
     await second.close()
     store.close()
+
+
+async def test_the_deadline_stops_a_running_container(tmp_path: Path, runtime: FakeRuntime) -> None:
+    store = Store(tmp_path / "agent.db")
+    executor = Executor(store, runtime, tmp_path / "logs")
+    spec = JobSpec(
+        name="slow", image=ImageSpec("busybox"), timeout_seconds=0.05, stop_grace_seconds=7
+    )
+    executor.register_jobs([spec], "", replace_existing=False)
+    execution = await executor.trigger("slow", TRIGGER)
+    statuses = await statuses_until_terminal(executor, execution.id)
+    final = executor.get_execution(execution.id)
+    assert statuses[-2:] == [Status.RUNNING, Status.FAILED]
+    assert (final.failure_reason, final.exit_code) == (FailureReason.DEADLINE_EXCEEDED, 143)
+    assert runtime.stopped == [(execution.container_id, 7)]
+    await executor.close()
+    store.close()
+
+
+async def test_the_deadline_also_bounds_initialization(
+    tmp_path: Path, runtime: FakeRuntime
+) -> None:
+    store = Store(tmp_path / "agent.db")
+    executor = Executor(store, runtime, tmp_path / "logs")
+    executor.register_jobs(
+        [JobSpec(name="stuck", image=ImageSpec("busybox"), timeout_seconds=0.05)], "", False
+    )
+    runtime.pull_gate = asyncio.Event()
+    execution = await executor.trigger("stuck", TRIGGER)
+    await statuses_until_terminal(executor, execution.id)
+    final = executor.get_execution(execution.id)
+    assert final.failure_reason is FailureReason.DEADLINE_EXCEEDED
+    assert "timeout of 0.05s" in final.message
+    assert runtime.started == []
+    await executor.close()
+    store.close()
+
+
+async def test_cancel_uses_the_jobs_grace_period_unless_the_request_names_one(
+    tmp_path: Path, runtime: FakeRuntime
+) -> None:
+    store = Store(tmp_path / "agent.db")
+    executor = Executor(store, runtime, tmp_path / "logs", stop_grace=10)
+    executor.register_jobs(
+        [JobSpec(name="graceful", image=ImageSpec("busybox"), stop_grace_seconds=3)], "", False
+    )
+    first = await executor.trigger("graceful", TRIGGER)
+    await asyncio.wait_for(runtime.started_event.wait(), 5)
+    await asyncio.sleep(0)
+    await executor.cancel(first.id)
+    runtime.started_event.clear()
+    second = await executor.trigger("graceful", TRIGGER)
+    await asyncio.wait_for(runtime.started_event.wait(), 5)
+    await asyncio.sleep(0)
+    await executor.cancel(second.id, grace_seconds=0.5)
+    assert runtime.stopped == [(first.container_id, 3), (second.container_id, 0.5)]
+    await executor.close()
+    store.close()

@@ -152,3 +152,32 @@ def test_user_and_labels_are_kept() -> None:
     with pytest.raises(InvalidSpec) as caught:
         parse_document(service("rtype: job\nimage: {name: a}\nuser: 'a b'"))
     assert caught.value.field == "services.once.user"
+
+
+def test_timeout_and_stop_settings_parse() -> None:
+    (spec,) = parse_document(
+        service(
+            "rtype: job\nimage: {name: a}\ntimeout: 1h30m\n"
+            "stop_signal: usr1\nstop_grace_period: 500ms"
+        )
+    )
+    assert (spec.timeout_seconds, spec.stop_signal, spec.stop_grace_seconds) == (
+        5400.0,
+        "SIGUSR1",
+        0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ("timeout: soon", "services.once.timeout"),
+        ("timeout: -5", "services.once.timeout"),
+        ("stop_signal: SIGNOPE", "services.once.stop_signal"),
+        ("stop_grace_period: 2h", "services.once.stop_grace_period"),
+    ],
+)
+def test_bad_timeouts_and_signals_name_the_field(line: str, field: str) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        parse_document(service(f"rtype: job\nimage: {{name: a}}\n{line}"))
+    assert caught.value.field == field

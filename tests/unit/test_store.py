@@ -17,6 +17,7 @@ from agent.domain import (
     JobKind,
     JobSpec,
     PullPolicy,
+    Resources,
     Status,
     Trigger,
     TriggerKind,
@@ -102,3 +103,19 @@ def test_missing_records_are_not_found(tmp_path: Path) -> None:
         store.delete_job("x")
     with pytest.raises(NotFound):
         store.last_event("x")
+
+
+def test_every_spec_field_round_trips(tmp_path: Path) -> None:
+    spec = JobSpec(
+        name="full",
+        image=ImageSpec("busybox"),
+        resources=Resources(cpu=0.5, memory_bytes=1 << 26, pids_limit=7),
+        user="1:2",
+        labels={"a": "b"},
+        timeout_seconds=3.5,
+        stop_signal="SIGUSR1",
+        stop_grace_seconds=2.0,
+    )
+    store = Store(tmp_path / "db")
+    store.put_job(Job(spec, NOW, NOW))
+    assert store.get_job("full").spec == spec

@@ -370,6 +370,9 @@ class JobSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    STOP_SIGNAL_FIELD_NUMBER: _builtins.int
+    STOP_GRACE_PERIOD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Job name, unique on the node: lowercase letters, digits and '-', at most 63."""
     deployment: _builtins.str
@@ -380,6 +383,8 @@ class JobSpec(_message.Message):
     """Cron schedule (only with kind CRON): 5 fields, or 6/7 with seconds first."""
     user: _builtins.str
     """User to run as ("1000", "1000:1000", "app", "app:staff"); the image's when empty."""
+    stop_signal: _builtins.str
+    """Signal that asks the process to stop ("SIGTERM" when empty, or the image's)."""
     @_builtins.property
     def image(self) -> Global___ImageSpec:
         """The image to run."""
@@ -400,6 +405,14 @@ class JobSpec(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels, passed to the runtime as the container's annotations."""
 
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Deadline of an execution from its trigger (like activeDeadlineSeconds); none when unset."""
+
+    @_builtins.property
+    def stop_grace_period(self) -> _duration_pb2.Duration:
+        """Time between the stop signal and SIGKILL; the agent's default when unset."""
+
     def __init__(
         self,
         *,
@@ -413,10 +426,13 @@ class JobSpec(_message.Message):
         resources: Global___Resources | None = ...,
         user: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        stop_signal: _builtins.str = ...,
+        stop_grace_period: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "image", b"image", "resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "image", b"image", "resources", b"resources", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "deployment", b"deployment", "env", b"env", "image", b"image", "kind", b"kind", "labels", b"labels", "name", b"name", "resources", b"resources", "schedule", b"schedule", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "deployment", b"deployment", "env", b"env", "image", b"image", "kind", b"kind", "labels", b"labels", "name", b"name", "resources", b"resources", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
