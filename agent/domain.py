@@ -9,6 +9,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 
 class JobKind(enum.Enum):
@@ -104,6 +105,48 @@ class Resources:
     pids_limit: int | None = None
 
 
+class InitAction(enum.Enum):
+    """The seed's init actions, plus init.sleep."""
+
+    WAIT_TCP = "init.wait_tcp"
+    WAIT_HTTP = "init.wait_http"
+    RUN = "init.run"
+    SLEEP = "init.sleep"
+
+
+class StepFailure(enum.Enum):
+    """What a failed init step does to the execution."""
+
+    FAIL = "fail"
+    WARN = "warn"
+    CONTINUE = "continue"
+
+
+class InitFailurePolicy(enum.Enum):
+    """errors.on_init_failure: what a failed init sequence does (fail, or run it again)."""
+
+    FAIL = "fail"
+    RESTART = "restart"
+    BACKOFF = "backoff"
+
+
+@dataclass(frozen=True)
+class InitStep:
+    """One step run before the job's container starts.
+
+    `params` holds the action's `with:` settings, already validated: wait_tcp has host
+    and port, wait_http has url and expect_status, run has command (an argv), sleep has
+    seconds; waits may have a timeout in seconds.
+    """
+
+    id: str
+    action: InitAction
+    params: Mapping[str, Any] = field(default_factory=dict)
+    retry: int = 0
+    timeout_seconds: float | None = None
+    on_failure: StepFailure = StepFailure.FAIL
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One job: a service with rtype job or cron of a deployment document."""
@@ -121,6 +164,8 @@ class JobSpec:
     timeout_seconds: float | None = None
     stop_signal: str = ""
     stop_grace_seconds: float | None = None
+    init_steps: tuple[InitStep, ...] = ()
+    on_init_failure: InitFailurePolicy = InitFailurePolicy.FAIL
 
 
 @dataclass(frozen=True)
@@ -163,13 +208,29 @@ class Execution:
         return self.finished_at - (self.started_at or self.created_at)
 
 
+class EventKind(enum.Enum):
+    """What an execution event records."""
+
+    TRANSITION = "transition"
+    INIT_STEP_STARTED = "init_step_started"
+    INIT_STEP_SUCCEEDED = "init_step_succeeded"
+    INIT_STEP_FAILED = "init_step_failed"
+
+
 @dataclass(frozen=True)
 class ExecutionEvent:
-    """One recorded transition, with its node-wide sequence number."""
+    """One recorded event of an execution, with its node-wide sequence number.
+
+    `execution` is the execution as it was when the event was recorded; for an init step
+    event, `step_id` names the step and `message` says what happened.
+    """
 
     sequence: int
     time: datetime
     execution: Execution
+    kind: EventKind = EventKind.TRANSITION
+    step_id: str = ""
+    message: str = ""
 
 
 class LogStream(enum.Enum):

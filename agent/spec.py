@@ -15,7 +15,18 @@ from typing import Any
 import yaml
 from croniter import croniter
 
-from agent.domain import CommandSpec, ImageSpec, JobKind, JobSpec, PullPolicy, Resources
+from agent.domain import (
+    CommandSpec,
+    ImageSpec,
+    InitAction,
+    InitFailurePolicy,
+    InitStep,
+    JobKind,
+    JobSpec,
+    PullPolicy,
+    Resources,
+    StepFailure,
+)
 from agent.errors import InvalidSpec
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -38,15 +49,21 @@ SERVICE_ONLY_FIELDS = {
 }
 JOB_FIELDS = {
     "rtype", "schedule", "image", "command", "env", "resources", "user", "labels",
-    "timeout", "stop_signal", "stop_grace_period",
+    "timeout", "stop_signal", "stop_grace_period", "init", "errors",
 }  # fmt: skip
+STEP_FIELDS = {"id", "uses", "with", "retry", "timeout", "on_failure"}
+ACTION_PARAMS: dict[InitAction, set[str]] = {
+    InitAction.WAIT_TCP: {"host", "port", "timeout"},
+    InitAction.WAIT_HTTP: {"url", "expect_status", "timeout"},
+    InitAction.RUN: {"command", "timeout"},
+    InitAction.SLEEP: {"duration"},
+}
+DEFAULT_WAIT_SECONDS = 30.0
 DURATION_PATTERN = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_GRACE_SECONDS = 3600.0
 # Fields of the seed's format that this agent does not run yet: rejected rather than ignored.
 NOT_YET_SUPPORTED_FIELDS = {
-    "init",
-    "errors",
     "devices",
     "storage",
     "capabilities",
@@ -129,6 +146,8 @@ def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: 
         stop_grace_seconds=_grace(
             _optional_duration(service, "stop_grace_period", path), f"{path}.stop_grace_period"
         ),
+        init_steps=_init_steps(service.get("init"), f"{path}.init"),
+        on_init_failure=_on_init_failure(service.get("errors"), f"{path}.errors"),
     )
 
 
@@ -215,6 +234,98 @@ def parse_memory(value: Any, path: str) -> int:
     if size < MIN_MEMORY_BYTES:
         raise InvalidSpec(path, "must be at least 4Mi")
     return size
+
+
+def _init_steps(value: Any, path: str) -> tuple[InitStep, ...]:
+    init = _mapping(value, path)
+    _check_fields(init, {"steps"}, path)
+    steps = init.get("steps") or []
+    if not isinstance(steps, list):
+        raise InvalidSpec(f"{path}.steps", "must be a list")
+    parsed: list[InitStep] = []
+    for index, item in enumerate(steps):
+        step = parse_init_step(item, f"{path}.steps[{index}]")
+        if any(other.id == step.id for other in parsed):
+            raise InvalidSpec(f"{path}.steps[{index}].id", f"{step.id!r} is used twice")
+        parsed.append(step)
+    return tuple(parsed)
+
+
+def parse_init_step(value: Any, path: str) -> InitStep:
+    """One init step: id, uses (the action), with (its settings), retry, timeout, on_failure."""
+    step = _mapping(value, path)
+    _check_fields(step, STEP_FIELDS, path)
+    step_id = _string(_required(step, "id", path), f"{path}.id")
+    if not NAME_PATTERN.match(step_id):
+        raise InvalidSpec(f"{path}.id", _name_rule(step_id))
+    uses = _required(step, "uses", path)
+    try:
+        action = InitAction(uses)
+    except ValueError:
+        choices = ", ".join(action.value for action in InitAction)
+        raise InvalidSpec(f"{path}.uses", f"{uses!r} is not one of {choices}") from None
+    retry = step.get("retry", 0) or 0
+    if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
+        raise InvalidSpec(f"{path}.retry", "must be a non-negative integer")
+    try:
+        failure = StepFailure(step.get("on_failure", StepFailure.FAIL.value))
+    except ValueError:
+        raise InvalidSpec(f"{path}.on_failure", "must be fail, warn or continue") from None
+    return InitStep(
+        id=step_id,
+        action=action,
+        params=_action_params(action, _mapping(step.get("with"), f"{path}.with"), f"{path}.with"),
+        retry=retry,
+        timeout_seconds=_optional_duration(step, "timeout", path),
+        on_failure=failure,
+    )
+
+
+def _action_params(action: InitAction, params: Mapping[str, Any], path: str) -> dict[str, Any]:
+    _check_fields(params, ACTION_PARAMS[action], path)
+    result: dict[str, Any] = {}
+    if "timeout" in ACTION_PARAMS[action]:
+        result["timeout"] = _optional_duration(params, "timeout", path) or DEFAULT_WAIT_SECONDS
+    if action is InitAction.WAIT_TCP:
+        result["host"] = _string(_required(params, "host", path), f"{path}.host")
+        port = _required(params, "port", path)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise InvalidSpec(f"{path}.port", "must be a port number (1-65535)")
+        result["port"] = port
+    elif action is InitAction.WAIT_HTTP:
+        url = _string(_required(params, "url", path), f"{path}.url")
+        if not url.startswith(("http://", "https://")):
+            raise InvalidSpec(f"{path}.url", "must be an http:// or https:// URL")
+        status = params.get("expect_status", 200)
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status < 600:
+            raise InvalidSpec(f"{path}.expect_status", "must be an HTTP status code")
+        result.update(url=url, expect_status=status)
+    elif action is InitAction.RUN:
+        command = _required(params, "command", path)
+        if isinstance(command, str):
+            result["command"] = ["/bin/sh", "-c", command]
+        else:
+            result["command"] = list(_string_list(command, f"{path}.command"))
+        if not result["command"]:
+            raise InvalidSpec(f"{path}.command", "must not be empty")
+    else:
+        result["seconds"] = parse_duration(_required(params, "duration", path), f"{path}.duration")
+    return result
+
+
+def _on_init_failure(value: Any, path: str) -> InitFailurePolicy:
+    errors = _mapping(value, path)
+    _check_fields(errors, {"on_init_failure", "on_panic"}, path)
+    if errors.get("on_panic") is not None:
+        raise InvalidSpec(f"{path}.on_panic", "applies to services; a job ends instead")
+    policy = _mapping(errors.get("on_init_failure"), f"{path}.on_init_failure")
+    _check_fields(policy, {"action"}, f"{path}.on_init_failure")
+    try:
+        return InitFailurePolicy(policy.get("action", InitFailurePolicy.FAIL.value))
+    except ValueError:
+        raise InvalidSpec(
+            f"{path}.on_init_failure.action", "must be fail, restart or backoff"
+        ) from None
 
 
 def parse_duration(value: Any, path: str) -> float:

@@ -17,16 +17,21 @@ from typing import Any
 
 from agent.domain import (
     CommandSpec,
+    EventKind,
     Execution,
     ExecutionEvent,
     FailureReason,
     ImageSpec,
+    InitAction,
+    InitFailurePolicy,
+    InitStep,
     Job,
     JobKind,
     JobSpec,
     PullPolicy,
     Resources,
     Status,
+    StepFailure,
     Trigger,
     TriggerKind,
 )
@@ -60,11 +65,16 @@ CREATE TABLE IF NOT EXISTS events (
     sequence INTEGER PRIMARY KEY AUTOINCREMENT,
     time TEXT NOT NULL,
     execution_id TEXT NOT NULL,
-    execution TEXT NOT NULL
+    execution TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_execution ON events (execution_id, sequence);
 """
 
+EVENT_COLUMNS = "sequence, time, execution_id, execution, kind, step_id, message"
+EVENT_COLUMN_DEFAULTS = {"kind": EventKind.TRANSITION.value, "step_id": "", "message": ""}
 EXECUTION_COLUMNS = (
     "id, job_name, status, trigger, container_id, created_at, started_at, finished_at, "
     "exit_code, failure_reason, message, image"
@@ -86,6 +96,16 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Adds the columns that a database written by an older agent lacks."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(events)")}
+        for name, default in EVENT_COLUMN_DEFAULTS.items():
+            if name not in columns:
+                self._db.execute(
+                    f"ALTER TABLE events ADD COLUMN {name} TEXT NOT NULL DEFAULT '{default}'"
+                )
 
     def close(self) -> None:
         """Closes the database."""
@@ -199,10 +219,17 @@ class Store:
         ).fetchall()
         return [_execution_from_row(row) for row in rows]
 
+    def append_event(
+        self, execution: Execution, kind: EventKind, step_id: str = "", message: str = ""
+    ) -> ExecutionEvent:
+        """Records an event that changes nothing of the execution (an init step's progress)."""
+        with self._transaction() as db:
+            return _append_event(db, execution, kind, step_id, message)
+
     def events_since(self, execution_id: str, sequence: int) -> list[ExecutionEvent]:
         """Returns the execution's events after `sequence`, in order."""
         rows = self._db.execute(
-            "SELECT sequence, time, execution FROM events "
+            f"SELECT {EVENT_COLUMNS} FROM events "
             "WHERE execution_id = ? AND sequence > ? ORDER BY sequence",
             (execution_id, sequence),
         ).fetchall()
@@ -211,7 +238,7 @@ class Store:
     def last_event(self, execution_id: str) -> ExecutionEvent:
         """Returns the execution's newest event; raises NotFound."""
         row = self._db.execute(
-            "SELECT sequence, time, execution FROM events WHERE execution_id = ? "
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE execution_id = ? "
             "ORDER BY sequence DESC LIMIT 1",
             (execution_id,),
         ).fetchone()
@@ -220,14 +247,22 @@ class Store:
         return _event_from_row(row)
 
 
-def _append_event(db: sqlite3.Connection, execution: Execution) -> ExecutionEvent:
+def _append_event(
+    db: sqlite3.Connection,
+    execution: Execution,
+    kind: EventKind = EventKind.TRANSITION,
+    step_id: str = "",
+    message: str = "",
+) -> ExecutionEvent:
     now = datetime.now(UTC)
     cursor = db.execute(
-        "INSERT INTO events (time, execution_id, execution) VALUES (?, ?, ?)",
-        (_time(now), execution.id, json.dumps(_execution_to_json(execution))),
-    )
+        "INSERT INTO events (time, execution_id, execution, kind, step_id, message) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (_time(now), execution.id, json.dumps(_execution_to_json(execution)), kind.value,
+         step_id, message),
+    )  # fmt: skip
     assert cursor.lastrowid is not None
-    return ExecutionEvent(sequence=cursor.lastrowid, time=now, execution=execution)
+    return ExecutionEvent(cursor.lastrowid, now, execution, kind, step_id, message)
 
 
 def _event_from_row(row: sqlite3.Row) -> ExecutionEvent:
@@ -235,6 +270,9 @@ def _event_from_row(row: sqlite3.Row) -> ExecutionEvent:
         sequence=row["sequence"],
         time=_parse_time(row["time"]),
         execution=_execution_from_json(json.loads(row["execution"])),
+        kind=EventKind(row["kind"]),
+        step_id=row["step_id"],
+        message=row["message"],
     )
 
 
@@ -256,6 +294,12 @@ def _spec_to_json(spec: JobSpec) -> dict[str, Any]:
     data["image"]["pull_policy"] = spec.image.pull_policy.value
     data["env"] = dict(spec.env)
     data["labels"] = dict(spec.labels)
+    data["init_steps"] = [
+        {**asdict(step), "action": step.action.value, "on_failure": step.on_failure.value,
+         "params": dict(step.params)}
+        for step in spec.init_steps
+    ]  # fmt: skip
+    data["on_init_failure"] = spec.on_init_failure.value
     return data
 
 
@@ -266,9 +310,19 @@ def _spec_from_json(data: dict[str, Any]) -> JobSpec:
     image = fields.pop("image")
     kind = JobKind(fields.pop("kind"))
     resources = Resources(**fields.pop("resources", {}))
+    init_steps = tuple(
+        InitStep(
+            **{**step, "action": InitAction(step["action"]),
+               "on_failure": StepFailure(step["on_failure"])}
+        )
+        for step in fields.pop("init_steps", [])
+    )  # fmt: skip
+    on_init_failure = InitFailurePolicy(fields.pop("on_init_failure", "fail"))
     return JobSpec(
         **fields,
         kind=kind,
+        init_steps=init_steps,
+        on_init_failure=on_init_failure,
         image=ImageSpec(image["name"], PullPolicy(image["pull_policy"])),
         command=CommandSpec(
             entrypoint=tuple(command["entrypoint"]),

@@ -12,6 +12,7 @@ from jobagent.v1 import jobs_pb2 as pb
 
 from agent.domain import (
     CommandSpec,
+    EventKind,
     Execution,
     ExecutionEvent,
     FailureReason,
@@ -61,6 +62,12 @@ POLICY_TO_PROTO = {
 POLICY_FROM_PROTO = {value: key for key, value in POLICY_TO_PROTO.items()}
 KIND_TO_PROTO = {JobKind.JOB: pb.JOB_KIND_JOB, JobKind.CRON: pb.JOB_KIND_CRON}
 KIND_FROM_PROTO = {value: key for key, value in KIND_TO_PROTO.items()}
+EVENT_TO_PROTO = {
+    EventKind.TRANSITION: pb.EVENT_TYPE_TRANSITION,
+    EventKind.INIT_STEP_STARTED: pb.EVENT_TYPE_INIT_STEP_STARTED,
+    EventKind.INIT_STEP_SUCCEEDED: pb.EVENT_TYPE_INIT_STEP_SUCCEEDED,
+    EventKind.INIT_STEP_FAILED: pb.EVENT_TYPE_INIT_STEP_FAILED,
+}
 STREAM_TO_PROTO = {LogStream.STDOUT: pb.LOG_STREAM_STDOUT, LogStream.STDERR: pb.LOG_STREAM_STDERR}
 STREAM_FROM_PROTO = {value: key for key, value in STREAM_TO_PROTO.items()}
 
@@ -204,6 +211,9 @@ def event_to_proto(event: ExecutionEvent) -> pb.ExecutionEvent:
         sequence=event.sequence,
         time=timestamp(event.time),
         execution=execution_to_proto(event.execution),
+        type=EVENT_TO_PROTO[event.kind],
+        step_id=event.step_id,
+        message=event.message,
     )
 
 

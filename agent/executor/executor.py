@@ -17,10 +17,14 @@ from typing import Any, Protocol
 
 from agent.domain import (
     ACTIVE_STATUSES,
+    CommandSpec,
+    EventKind,
     Execution,
     ExecutionEvent,
     FailureReason,
     ImageSpec,
+    InitFailurePolicy,
+    InitStep,
     Job,
     JobSpec,
     LogLine,
@@ -29,6 +33,7 @@ from agent.domain import (
 )
 from agent.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from agent.executor.events import EventBus
+from agent.executor.init_steps import StepFailed, run_steps
 from agent.executor.logs import LogQuery, read_log
 from agent.executor.machine import check_transition
 from agent.runtime.errors import ContainerCreateError, ContainerStartError, ImagePullError
@@ -37,6 +42,9 @@ from agent.runtime.manager import ContainerRequest, ExitStatus
 from agent.store import StaleTransition, Store
 
 log = logging.getLogger(__name__)
+# errors.on_init_failure restart and backoff run the init steps at most this many times.
+INIT_RUN_LIMIT = 3
+INIT_BACKOFF_SECONDS = 1.0
 
 
 class ContainerRuntime(Protocol):
@@ -330,18 +338,12 @@ class Executor:
             image = await self._runtime.pull(spec.image)
         except ImagePullError as error:
             return self._fail(execution, FailureReason.IMAGE_PULL, str(error))
-        request = ContainerRequest(
-            container_id=container_id,
-            image=spec.image,
-            log_file=self.log_file(execution.id),
-            command=spec.command,
-            env=spec.env,
-            hostname=spec.name,
-            resources=spec.resources,
-            user=spec.user,
-            labels=spec.labels,
-            stop_signal=spec.stop_signal,
-        )
+        if spec.init_steps:
+            failure = await self._run_init(execution, spec, image)
+            if failure is not None:
+                return self._fail(execution, FailureReason.INIT, failure)
+        request = self._request(execution, spec, container_id, spec.command,
+                                self.log_file(execution.id))  # fmt: skip
         try:
             await self._runtime.create(request, image)
         except ContainerCreateError as error:
@@ -357,6 +359,68 @@ class Executor:
             started_at=_now(),
             image=f"{image.reference}@{image.digest}",
         )
+
+    def _request(
+        self,
+        execution: Execution,
+        spec: JobSpec,
+        container_id: str,
+        command: CommandSpec,
+        log_file: Path,
+    ) -> ContainerRequest:
+        return ContainerRequest(
+            container_id=container_id,
+            image=spec.image,
+            log_file=log_file,
+            command=command,
+            env=spec.env,
+            hostname=spec.name,
+            resources=spec.resources,
+            user=spec.user,
+            labels=spec.labels,
+            stop_signal=spec.stop_signal,
+        )
+
+    async def _run_init(self, execution: Execution, spec: JobSpec, image: Image) -> str | None:
+        """Runs the init steps as errors.on_init_failure says; returns why they failed."""
+
+        def report(kind: EventKind, step_id: str, message: str) -> None:
+            event = self._store.append_event(execution, kind, step_id, message)
+            self._bus.publish(event)
+
+        async def run_in_container(step: InitStep, argv: Sequence[str], timeout: float) -> int:
+            index = spec.init_steps.index(step)
+            container_id = f"{execution.container_id}-init{index}"
+            log_file = self.log_file(execution.id).with_name(f"init-{step.id}.log")
+            request = self._request(
+                execution, spec, container_id, CommandSpec(entrypoint=tuple(argv)), log_file
+            )
+            try:
+                await self._runtime.create(request, image)
+                await self._runtime.start(container_id)
+                waiting = asyncio.ensure_future(self._runtime.wait(container_id))
+                try:
+                    done, _ = await asyncio.wait([waiting], timeout=timeout)
+                    if not done:
+                        await self._runtime.stop(container_id, self._grace_of(execution.id))
+                    return (await waiting).exit_code
+                finally:
+                    waiting.cancel()
+            except (ContainerCreateError, ContainerStartError) as error:
+                raise StepFailed(str(error)) from None
+            finally:
+                await self._runtime.remove(container_id)
+                self._runtime.forget(container_id)
+
+        runs = 1 if spec.on_init_failure is InitFailurePolicy.FAIL else INIT_RUN_LIMIT
+        failure = None
+        for run in range(runs):
+            failure = await run_steps(spec.init_steps, run_in_container, report)
+            if failure is None:
+                return None
+            if spec.on_init_failure is InitFailurePolicy.BACKOFF and run + 1 < runs:
+                await asyncio.sleep(INIT_BACKOFF_SECONDS * 2**run)
+        return failure
 
     async def _await_exit(self, execution: Execution, deadline: float | None = None) -> None:
         """Waits for the container to end, removes it, then records the outcome.

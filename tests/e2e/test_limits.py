@@ -103,3 +103,37 @@ def test_cancel_sends_the_jobs_stop_signal(client: JobAgentClient) -> None:
     execution = client.trigger("usr1")
     wait_until(lambda: client.get_execution(execution.id).status == "running", 30, "running")
     assert client.cancel(execution.id).exit_code == 42
+
+
+def test_init_run_runs_in_a_container_of_the_jobs_image(client: JobAgentClient) -> None:
+    steps = (
+        "    init:\n      steps:\n"
+        # /usr/bin/python3 exists on the host, never in the busybox image.
+        "        - {id: in-image, uses: init.run, with: {command: 'test ! -e /usr/bin/python3'}}\n"
+        "        - {id: optional, uses: init.run, with: {command: 'exit 3'}, on_failure: warn}\n"
+    )
+    register(client, "prepared", steps, "echo main")
+    execution = client.trigger("prepared")
+    events = list(client.watch(execution.id))
+    outcomes = [(event.type, event.step_id) for event in events if event.step_id]
+    assert outcomes == [
+        ("init_step_started", "in-image"),
+        ("init_step_succeeded", "in-image"),
+        ("init_step_started", "optional"),
+        ("init_step_failed", "optional"),
+    ]
+    (failed,) = [event for event in events if event.type == "init_step_failed"]
+    assert "exited with code 3" in failed.message and "warning" in failed.message
+    assert events[-1].execution.status == "completed"
+    assert [line.message for line in client.logs(execution.id)] == ["main"]
+
+
+def test_a_failing_init_step_fails_the_execution_with_init(client: JobAgentClient) -> None:
+    steps = (
+        "    init:\n      steps:\n        - {id: gate, uses: init.run, with: {command: 'exit 4'}}\n"
+    )
+    register(client, "gated", steps, "echo never")
+    execution = client.wait(client.trigger("gated").id)
+    assert (execution.status, execution.failure_reason) == ("failed", "init")
+    assert "init step gate failed: the command exited with code 4" in execution.message
+    assert list(client.logs(execution.id)) == []

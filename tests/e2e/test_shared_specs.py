@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,9 +17,6 @@ from tests.e2e.harness import REPO
 
 SPECS_DIR = Path(os.environ.get("JOBAGENT_SPECS_DIR", REPO.parent / "shared" / "specs"))
 SPECS = sorted(SPECS_DIR.glob("*.yaml")) if SPECS_DIR.is_dir() else []
-NOT_YET = {
-    "init-steps.yaml": "init steps come with the full job contract (issue 3)",
-}
 
 
 def stdout_of(client: JobAgentClient, execution: Execution, stream: str) -> list[str]:
@@ -44,10 +42,37 @@ def out_of_memory(client: JobAgentClient, execution: Execution) -> None:
     assert execution.exit_code == 137
 
 
-OUTCOMES: dict[str, Callable[[JobAgentClient, Execution], None]] = {
-    "backup-job.yaml": backup,
-    "failing-job.yaml": failing,
-    "resources.yaml": out_of_memory,
+def waits_for_the_port(client: JobAgentClient, job_name: str) -> None:
+    """The job waits in its init step until the test opens 127.0.0.1:15432, then runs."""
+    execution = client.trigger(job_name)
+    events = client.watch(execution.id)
+    seen = []
+    for event in events:
+        seen.append(event)
+        if event.type == "init_step_started":
+            break
+    with socket.create_server(("127.0.0.1", 15432)):
+        seen.extend(events)
+    steps = [(event.type, event.step_id) for event in seen if event.step_id]
+    assert steps == [("init_step_started", "wait-db"), ("init_step_succeeded", "wait-db")]
+    final = seen[-1].execution
+    assert (final.status, final.exit_code) == ("completed", 0)
+    assert [line.message for line in client.logs(execution.id)] == ["loaded"]
+
+
+def run_and_check(check: Callable[[JobAgentClient, Execution], None]) -> Runner:
+    def runner(client: JobAgentClient, job_name: str) -> None:
+        check(client, client.wait(client.trigger(job_name).id))
+
+    return runner
+
+
+Runner = Callable[[JobAgentClient, str], None]
+OUTCOMES: dict[str, Runner] = {
+    "backup-job.yaml": run_and_check(backup),
+    "failing-job.yaml": run_and_check(failing),
+    "resources.yaml": run_and_check(out_of_memory),
+    "init-steps.yaml": waits_for_the_port,
 }
 
 
@@ -59,16 +84,7 @@ def verdict(path: Path) -> tuple[str, str]:
     return match.group(1), match.group(2) or ""
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(path, marks=pytest.mark.xfail(strict=True, reason=NOT_YET[path.name]))
-        if path.name in NOT_YET
-        else path
-        for path in SPECS
-    ],
-    ids=[path.name for path in SPECS],
-)
+@pytest.mark.parametrize("path", SPECS, ids=[path.name for path in SPECS])
 def test_shared_spec(path: Path, client: JobAgentClient) -> None:
     kind, field = verdict(path)
     if kind == "reject":
@@ -83,9 +99,9 @@ def test_shared_spec(path: Path, client: JobAgentClient) -> None:
         if job.kind == "cron":
             assert client.get_job(job.name).schedule
             continue
-        check = OUTCOMES.get(path.name)
-        assert check is not None, f"{path.name}: add its expected outcome to OUTCOMES"
-        check(client, client.wait(client.trigger(job.name).id))
+        runner = OUTCOMES.get(path.name)
+        assert runner is not None, f"{path.name}: add its expected outcome to OUTCOMES"
+        runner(client, job.name)
 
 
 def test_the_shared_specs_are_there() -> None:

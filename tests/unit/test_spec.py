@@ -93,7 +93,25 @@ def service(body: str) -> str:
             "services.once.schedule",
         ),
         (service("rtype: batch\nimage: {name: a}"), "services.once.rtype"),
-        (service("rtype: job\nimage: {name: a}\ninit: {steps: []}"), "services.once.init"),
+        (
+            service("rtype: job\nimage: {name: a}\ninit: {steps: [{id: a, uses: init.nope}]}"),
+            "services.once.init.steps[0].uses",
+        ),
+        (
+            service("rtype: job\nimage: {name: a}\ninit: {steps: [{id: a, uses: init.wait_tcp}]}"),
+            "services.once.init.steps[0].with.host",
+        ),
+        (
+            service(
+                "rtype: job\nimage: {name: a}\ninit: {steps: [{id: a, uses: init.sleep, "
+                "with: {duration: 1s}, on_failure: explode}]}"
+            ),
+            "services.once.init.steps[0].on_failure",
+        ),
+        (
+            service("rtype: job\nimage: {name: a}\nerrors: {on_panic: {action: restart}}"),
+            "services.once.errors.on_panic",
+        ),
         ("version: v1\ndeployment: [", "spec_yaml"),
         ("- a list", "spec_yaml"),
     ],

@@ -188,7 +188,8 @@ def _watch(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -
             print(json.dumps({"sequence": event.sequence, **_plain(execution)}, default=str))
         else:
             code = "" if execution.exit_code is None else f" exit_code={execution.exit_code}"
-            print(f"{event.sequence:>8}  {_cell(event.time)}  {execution.status}{code}")
+            what = execution.status if event.type == "transition" else event.message
+            print(f"{event.sequence:>8}  {_cell(event.time)}  {what}{code}")
     return 0
 
 

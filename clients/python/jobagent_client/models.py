@@ -78,6 +78,9 @@ class ExecutionEvent:
     sequence: int
     time: datetime | None
     execution: Execution
+    type: str = "transition"
+    step_id: str = ""
+    message: str = ""
 
     @classmethod
     def from_proto(cls, message: pb.ExecutionEvent) -> ExecutionEvent:
@@ -86,6 +89,9 @@ class ExecutionEvent:
             sequence=message.sequence,
             time=_time(message, "time"),
             execution=Execution.from_proto(message.execution),
+            type=_enum_name(pb.EventType, message.type, "EVENT_TYPE_"),
+            step_id=message.step_id,
+            message=message.message,
         )
 
 

@@ -191,6 +191,36 @@ TRIGGER_KIND_INTERNAL: TriggerKind.ValueType  # 4
 """The agent itself; reason says why."""
 Global___TriggerKind: _TypeAlias = TriggerKind  # noqa: Y015
 
+class _EventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_TYPE_UNSPECIFIED: _EventType.ValueType  # 0
+    EVENT_TYPE_TRANSITION: _EventType.ValueType  # 1
+    """The execution's status changed."""
+    EVENT_TYPE_INIT_STEP_STARTED: _EventType.ValueType  # 2
+    """An init step started."""
+    EVENT_TYPE_INIT_STEP_SUCCEEDED: _EventType.ValueType  # 3
+    """An init step succeeded."""
+    EVENT_TYPE_INIT_STEP_FAILED: _EventType.ValueType  # 4
+    """An init step failed (message says why, and whether the job goes on)."""
+
+class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
+    """What an execution event records."""
+
+EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
+EVENT_TYPE_TRANSITION: EventType.ValueType  # 1
+"""The execution's status changed."""
+EVENT_TYPE_INIT_STEP_STARTED: EventType.ValueType  # 2
+"""An init step started."""
+EVENT_TYPE_INIT_STEP_SUCCEEDED: EventType.ValueType  # 3
+"""An init step succeeded."""
+EVENT_TYPE_INIT_STEP_FAILED: EventType.ValueType  # 4
+"""An init step failed (message says why, and whether the job goes on)."""
+Global___EventType: _TypeAlias = EventType  # noqa: Y015
+
 class _LogStream:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -596,22 +626,31 @@ Global___Execution: _TypeAlias = Execution  # noqa: Y015
 
 @_typing.final
 class ExecutionEvent(_message.Message):
-    """One transition of an execution, as recorded."""
+    """One recorded event of an execution."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     EXECUTION_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """Node-wide sequence number of the event, increasing by one per event."""
+    """Node-wide sequence number of the event; later events have larger numbers."""
+    type: Global___EventType.ValueType
+    """What happened."""
+    step_id: _builtins.str
+    """The init step the event is about (init step events only)."""
+    message: _builtins.str
+    """What happened, for people."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
-        """When the transition was recorded."""
+        """When the event was recorded."""
 
     @_builtins.property
     def execution(self) -> Global___Execution:
-        """The execution as it was right after the transition."""
+        """The execution as it was right after the event."""
 
     def __init__(
         self,
@@ -619,10 +658,13 @@ class ExecutionEvent(_message.Message):
         sequence: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         execution: Global___Execution | None = ...,
+        type: Global___EventType.ValueType = ...,
+        step_id: _builtins.str = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution", "sequence", b"sequence", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution", "message", b"message", "sequence", b"sequence", "step_id", b"step_id", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
