@@ -21,7 +21,7 @@ class Agent:
     """One running agent: store, runtime manager, executor and gRPC server."""
 
     def __init__(self, config: AgentConfig) -> None:
-        config.check_listen()
+        config.check()
         # conmon and the runtime run with other working directories: paths must be absolute.
         config = dataclasses.replace(config, data_dir=config.data_dir.resolve())
         self.config = config
@@ -34,7 +34,11 @@ class Agent:
             images=ImageStore(paths.images, insecure_registries=config.insecure_registries),
         )
         self.executor = Executor(
-            self.store, self.runtime, config.log_dir, stop_grace=config.stop_grace_seconds
+            self.store,
+            self.runtime,
+            config.log_dir,
+            stop_grace=config.stop_grace_seconds,
+            node_limit=config.max_concurrent,
         )
         self.server = AgentServer(self.executor)
         self.port = 0

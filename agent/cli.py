@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--insecure", action="store_true", help="allow plain TCP on a non-loopback address"
     )
+    run.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=DEFAULTS.max_concurrent,
+        help="executions active at once on this node; more wait in Pending",
+    )
     _registry_flag(run)
 
     load = commands.add_parser("image-import", help="copy an image into the agent's store")
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 stop_grace_seconds=args.stop_grace,
                 insecure=args.insecure,
                 insecure_registries=frozenset(args.insecure_registry),
+                max_concurrent=args.max_concurrent,
             )
             asyncio.run(serve(config))
         else:

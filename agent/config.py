@@ -23,6 +23,7 @@ class AgentConfig:
     stop_grace_seconds: float = 10.0
     insecure: bool = False
     insecure_registries: frozenset[str] = frozenset()
+    max_concurrent: int = 64
 
     @property
     def database(self) -> Path:
@@ -45,6 +46,12 @@ class AgentConfig:
         if found is None:
             raise InvalidSpec("runtime", f"{self.runtime!r} is not an executable on PATH")
         return found
+
+    def check(self) -> None:
+        """Raises InvalidSpec naming the first setting that cannot work."""
+        if self.max_concurrent < 1:
+            raise InvalidSpec("max_concurrent", "must be at least 1")
+        self.check_listen()
 
     def check_listen(self) -> None:
         """Plain TCP is allowed on loopback only, unless insecure is set explicitly."""

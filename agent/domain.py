@@ -166,6 +166,7 @@ class JobSpec:
     stop_grace_seconds: float | None = None
     init_steps: tuple[InitStep, ...] = ()
     on_init_failure: InitFailurePolicy = InitFailurePolicy.FAIL
+    max_concurrent: int | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,8 @@ class Execution:
     failure_reason: FailureReason | None = None
     message: str = ""
     image: str = ""
+    # Derived, never stored: 1 for the next execution to start, 0 when not waiting.
+    queue_position: int = 0
 
     @property
     def duration(self) -> timedelta | None:
@@ -212,6 +215,7 @@ class EventKind(enum.Enum):
     """What an execution event records."""
 
     TRANSITION = "transition"
+    QUEUED = "queued"
     INIT_STEP_STARTED = "init_step_started"
     INIT_STEP_SUCCEEDED = "init_step_succeeded"
     INIT_STEP_FAILED = "init_step_failed"

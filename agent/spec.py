@@ -49,7 +49,7 @@ SERVICE_ONLY_FIELDS = {
 }
 JOB_FIELDS = {
     "rtype", "schedule", "image", "command", "env", "resources", "user", "labels",
-    "timeout", "stop_signal", "stop_grace_period", "init", "errors",
+    "timeout", "stop_signal", "stop_grace_period", "init", "errors", "max_concurrent",
 }  # fmt: skip
 STEP_FIELDS = {"id", "uses", "with", "retry", "timeout", "on_failure"}
 ACTION_PARAMS: dict[InitAction, set[str]] = {
@@ -68,7 +68,6 @@ NOT_YET_SUPPORTED_FIELDS = {
     "storage",
     "capabilities",
     "privileged",
-    "max_concurrent",
     "logs",
 }
 IMAGE_FIELDS = {"name", "pull_policy"}
@@ -147,6 +146,7 @@ def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: 
             _optional_duration(service, "stop_grace_period", path), f"{path}.stop_grace_period"
         ),
         init_steps=_init_steps(service.get("init"), f"{path}.init"),
+        max_concurrent=_positive_int(service.get("max_concurrent"), f"{path}.max_concurrent"),
         on_init_failure=_on_init_failure(service.get("errors"), f"{path}.errors"),
     )
 
@@ -177,6 +177,7 @@ def validate_job_spec(spec: JobSpec, path: str = "spec") -> None:
     if spec.stop_signal:
         normalize_signal(spec.stop_signal, f"{path}.stop_signal")
     _grace(spec.stop_grace_seconds, f"{path}.stop_grace_period")
+    _positive_int(spec.max_concurrent, f"{path}.max_concurrent")
 
 
 def validate_schedule(kind: JobKind, schedule: str, path: str) -> None:
@@ -234,6 +235,14 @@ def parse_memory(value: Any, path: str) -> int:
     if size < MIN_MEMORY_BYTES:
         raise InvalidSpec(path, "must be at least 4Mi")
     return size
+
+
+def _positive_int(value: Any, path: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidSpec(path, "must be a positive integer")
+    return value
 
 
 def _init_steps(value: Any, path: str) -> tuple[InitStep, ...]:

@@ -64,6 +64,7 @@ KIND_TO_PROTO = {JobKind.JOB: pb.JOB_KIND_JOB, JobKind.CRON: pb.JOB_KIND_CRON}
 KIND_FROM_PROTO = {value: key for key, value in KIND_TO_PROTO.items()}
 EVENT_TO_PROTO = {
     EventKind.TRANSITION: pb.EVENT_TYPE_TRANSITION,
+    EventKind.QUEUED: pb.EVENT_TYPE_QUEUED,
     EventKind.INIT_STEP_STARTED: pb.EVENT_TYPE_INIT_STEP_STARTED,
     EventKind.INIT_STEP_SUCCEEDED: pb.EVENT_TYPE_INIT_STEP_SUCCEEDED,
     EventKind.INIT_STEP_FAILED: pb.EVENT_TYPE_INIT_STEP_FAILED,
@@ -110,6 +111,7 @@ def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         timeout=_duration(spec.timeout_seconds),
         stop_signal=spec.stop_signal,
         stop_grace_period=_duration(spec.stop_grace_seconds),
+        max_concurrent=spec.max_concurrent,
     )
 
 
@@ -161,6 +163,7 @@ def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
         timeout_seconds=_seconds(message, "timeout"),
         stop_signal=message.stop_signal,
         stop_grace_seconds=_seconds(message, "stop_grace_period"),
+        max_concurrent=message.max_concurrent if message.HasField("max_concurrent") else None,
     )
 
 
@@ -190,6 +193,7 @@ def execution_to_proto(execution: Execution) -> pb.Execution:
         container_id=execution.container_id,
         created_at=timestamp(execution.created_at),
         image=execution.image,
+        queue_position=execution.queue_position,
     )
     if execution.exit_code is not None:
         message.exit_code = execution.exit_code

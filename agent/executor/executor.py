@@ -32,6 +32,7 @@ from agent.domain import (
     Trigger,
 )
 from agent.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from agent.executor.admission import Admission
 from agent.executor.events import EventBus
 from agent.executor.init_steps import StepFailed, run_steps
 from agent.executor.logs import LogQuery, read_log
@@ -77,7 +78,12 @@ class Executor:
     """Owns every execution of the node from trigger to terminal state."""
 
     def __init__(
-        self, store: Store, runtime: ContainerRuntime, log_dir: Path, stop_grace: float = 10.0
+        self,
+        store: Store,
+        runtime: ContainerRuntime,
+        log_dir: Path,
+        stop_grace: float = 10.0,
+        node_limit: int = 64,
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -89,6 +95,9 @@ class Executor:
         self._deadline_passed: set[str] = set()
         self._specs: dict[str, JobSpec] = {}
         self._closing = False
+        self._node_limit = node_limit
+        self._admission = Admission(node_limit)
+        self._waiting: dict[str, tuple[Execution, JobSpec]] = {}
 
     # Jobs
 
@@ -151,16 +160,40 @@ class Executor:
             image=job.spec.image.name,
         )
         self._bus.publish(self._store.insert_execution(execution))
-        self._spawn(execution, self._run(execution, job.spec))
+        self._enqueue(execution, job.spec)
+        position = self._admission.position(execution.id)
+        if position:
+            limit = "the node's" if self._admission.active >= self._node_limit else "the job's"
+            message = f"waiting for a slot: {limit} concurrency limit is reached"
+            self._bus.publish(self._store.append_event(execution, EventKind.QUEUED, "", message))
+            return replace(execution, queue_position=position)
         return execution
 
     def get_execution(self, execution_id: str) -> Execution:
-        """Returns an execution; raises NotFound."""
-        return self._store.get_execution(execution_id)
+        """Returns an execution (with its queue position while it waits); raises NotFound."""
+        return self._with_position(self._store.get_execution(execution_id))
+
+    def _with_position(self, execution: Execution) -> Execution:
+        if execution.status is not Status.PENDING:
+            return execution
+        return replace(execution, queue_position=self._admission.position(execution.id))
+
+    def _enqueue(self, execution: Execution, spec: JobSpec) -> None:
+        self._waiting[execution.id] = (execution, spec)
+        self._admission.enqueue(execution.id, execution.job_name, spec.max_concurrent)
+        self._admit()
+
+    def _admit(self) -> None:
+        """Starts every waiting execution that a free slot now allows, in FIFO order."""
+        if self._closing:
+            return
+        for execution_id in self._admission.admit():
+            execution, spec = self._waiting.pop(execution_id)
+            self._spawn(execution, self._run(execution, spec))
 
     def list_executions(self, job_name: str = "") -> list[Execution]:
         """Returns executions newest first."""
-        return self._store.list_executions(job_name=job_name)
+        return [self._with_position(e) for e in self._store.list_executions(job_name=job_name)]
 
     async def cancel(self, execution_id: str, grace_seconds: float | None = None) -> Execution:
         """Stops an active execution and returns it once it is terminal."""
@@ -169,6 +202,9 @@ class Executor:
             raise FailedPrecondition(
                 f"execution {execution_id} already finished ({execution.status.value})"
             )
+        if self._admission.withdraw(execution_id):
+            del self._waiting[execution_id]
+            return self._record_cancelled(execution)
         self._cancel_requested.add(execution_id)
         task = self._tasks.get(execution_id)
         grace = self._grace_of(execution_id) if grace_seconds is None else grace_seconds
@@ -232,6 +268,7 @@ class Executor:
         """Picks up what the store says was active when the agent last stopped."""
         for execution in reversed(self._store.list_executions(statuses=ACTIVE_STATUSES)):
             await self._recover(execution)
+        self._admit()
 
     async def close(self) -> None:
         """Stops accepting triggers and lets go of running containers (they keep running)."""
@@ -248,6 +285,7 @@ class Executor:
             ):
                 log.info("re-adopting execution %s", execution.id)
                 deadline = self._adopt_spec(execution)
+                self._admission.occupy(execution.id, execution.job_name)
                 self._spawn(execution, self._await_exit(execution, deadline))
                 return
             await self._runtime.remove(execution.container_id)
@@ -260,7 +298,8 @@ class Executor:
             )
             return
         # Pending or initializing: nothing of the job's process ran yet, so start afresh.
-        await self._runtime.remove(execution.container_id)
+        if execution.status is Status.INITIALIZING:
+            await self._runtime.remove(execution.container_id)
         try:
             spec = self._store.get_job(execution.job_name).spec
         except NotFound:
@@ -272,7 +311,11 @@ class Executor:
                 finished_at=_now(),
             )
             return
-        self._spawn(execution, self._run(execution, spec))
+        if execution.status is Status.PENDING:
+            self._enqueue(execution, spec)
+        else:
+            self._admission.occupy(execution.id, execution.job_name)
+            self._spawn(execution, self._run(execution, spec))
 
     def _spawn(self, execution: Execution, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -303,6 +346,8 @@ class Executor:
         self._cancel_requested.discard(execution_id)
         self._deadline_passed.discard(execution_id)
         self._specs.pop(execution_id, None)
+        self._admission.release(execution_id)
+        self._admit()
         if not task.cancelled() and task.exception() is not None:
             log.error("execution %s: %s", execution_id, task.exception())
 

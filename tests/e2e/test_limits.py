@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -137,3 +138,17 @@ def test_a_failing_init_step_fails_the_execution_with_init(client: JobAgentClien
     assert (execution.status, execution.failure_reason) == ("failed", "init")
     assert "init step gate failed: the command exited with code 4" in execution.message
     assert list(client.logs(execution.id)) == []
+
+
+def test_max_concurrent_runs_one_at_a_time_in_trigger_order(client: JobAgentClient) -> None:
+    register(client, "serial", "    max_concurrent: 1\n", "sleep 0.4")
+    executions = [client.trigger("serial") for _ in range(3)]
+    assert [execution.queue_position for execution in executions] == [0, 1, 2]
+    waiting = client.get_execution(executions[2].id)
+    assert (waiting.status, waiting.queue_position) in {("pending", 2), ("pending", 1)}
+    finals = [client.wait(execution.id) for execution in executions]
+    assert [final.status for final in finals] == ["completed"] * 3
+    for before, after in itertools.pairwise(finals):
+        assert before.finished_at and after.started_at and before.finished_at <= after.started_at
+    events = list(client.watch(executions[1].id))
+    assert events[-1].execution.status == "completed"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.domain import (
+    EventKind,
     Execution,
     FailureReason,
     ImageSpec,
@@ -340,5 +341,30 @@ async def test_cancel_uses_the_jobs_grace_period_unless_the_request_names_one(
     await asyncio.sleep(0)
     await executor.cancel(second.id, grace_seconds=0.5)
     assert runtime.stopped == [(first.container_id, 3), (second.container_id, 0.5)]
+    await executor.close()
+    store.close()
+
+
+async def test_executions_beyond_the_job_limit_wait_in_fifo_order(
+    tmp_path: Path, runtime: FakeRuntime
+) -> None:
+    store = Store(tmp_path / "agent.db")
+    executor = Executor(store, runtime, tmp_path / "logs")
+    executor.register_jobs([JobSpec("one", ImageSpec("busybox"), max_concurrent=1)], "", False)
+    first, second, third = [await executor.trigger("one", TRIGGER) for _ in range(3)]
+    assert (first.queue_position, second.queue_position, third.queue_position) == (0, 1, 2)
+    await asyncio.wait_for(runtime.started_event.wait(), 5)
+    assert executor.get_execution(third.id).queue_position == 2
+    assert executor.get_execution(second.id).status is Status.PENDING
+    assert store.events_since(second.id, 0)[-1].kind is EventKind.QUEUED
+
+    assert (await executor.cancel(third.id)).status is Status.CANCELLED
+    runtime.started_event.clear()
+    runtime.exit(first.container_id, 0)
+    await asyncio.wait_for(runtime.started_event.wait(), 5)
+    assert runtime.started == [first.container_id, second.container_id]
+    runtime.exit(second.container_id, 0)
+    await statuses_until_terminal(executor, second.id)
+    assert third.container_id not in runtime.created
     await executor.close()
     store.close()

@@ -44,6 +44,7 @@ class Execution:
     started_at: datetime | None
     finished_at: datetime | None
     duration: timedelta | None
+    queue_position: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -68,6 +69,7 @@ class Execution:
             started_at=_time(message, "started_at"),
             finished_at=_time(message, "finished_at"),
             duration=message.duration.ToTimedelta() if message.HasField("duration") else None,
+            queue_position=message.queue_position,
         )
 
 

@@ -206,6 +206,8 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """An init step succeeded."""
     EVENT_TYPE_INIT_STEP_FAILED: _EventType.ValueType  # 4
     """An init step failed (message says why, and whether the job goes on)."""
+    EVENT_TYPE_QUEUED: _EventType.ValueType  # 5
+    """The execution waits for a slot under a concurrency limit (message says which)."""
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """What an execution event records."""
@@ -219,6 +221,8 @@ EVENT_TYPE_INIT_STEP_SUCCEEDED: EventType.ValueType  # 3
 """An init step succeeded."""
 EVENT_TYPE_INIT_STEP_FAILED: EventType.ValueType  # 4
 """An init step failed (message says why, and whether the job goes on)."""
+EVENT_TYPE_QUEUED: EventType.ValueType  # 5
+"""The execution waits for a slot under a concurrency limit (message says which)."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 class _LogStream:
@@ -403,6 +407,7 @@ class JobSpec(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     STOP_SIGNAL_FIELD_NUMBER: _builtins.int
     STOP_GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Job name, unique on the node: lowercase letters, digits and '-', at most 63."""
     deployment: _builtins.str
@@ -415,6 +420,8 @@ class JobSpec(_message.Message):
     """User to run as ("1000", "1000:1000", "app", "app:staff"); the image's when empty."""
     stop_signal: _builtins.str
     """Signal that asks the process to stop ("SIGTERM" when empty, or the image's)."""
+    max_concurrent: _builtins.int
+    """At most this many executions of the job are active at once; more wait in Pending."""
     @_builtins.property
     def image(self) -> Global___ImageSpec:
         """The image to run."""
@@ -459,12 +466,15 @@ class JobSpec(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         stop_signal: _builtins.str = ...,
         stop_grace_period: _duration_pb2.Duration | None = ...,
+        max_concurrent: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "image", b"image", "resources", b"resources", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "command", b"command", "image", b"image", "max_concurrent", b"max_concurrent", "resources", b"resources", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "deployment", b"deployment", "env", b"env", "image", b"image", "kind", b"kind", "labels", b"labels", "name", b"name", "resources", b"resources", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "command", b"command", "deployment", b"deployment", "env", b"env", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "name", b"name", "resources", b"resources", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_concurrent: _TypeAlias = _typing.Literal["max_concurrent"]  # noqa: Y015
+    _WhichOneofArgType__max_concurrent: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent) -> _WhichOneofReturnType__max_concurrent | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
 
@@ -561,6 +571,7 @@ class Execution(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique execution id (32 hex characters)."""
     job_name: _builtins.str
@@ -577,6 +588,8 @@ class Execution(_message.Message):
     """The container id used with the runtime; unique per execution."""
     image: _builtins.str
     """The image reference the execution ran, with the digest it resolved to."""
+    queue_position: _builtins.int
+    """While Pending: 1 for the next execution to start on the node; 0 when not waiting."""
     @_builtins.property
     def trigger(self) -> Global___Trigger:
         """Who or what started the execution."""
@@ -613,10 +626,11 @@ class Execution(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         duration: _duration_pb2.Duration | None = ...,
         image: _builtins.str = ...,
+        queue_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "created_at", b"created_at", "duration", b"duration", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at", "trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "container_id", b"container_id", "created_at", b"created_at", "duration", b"duration", "exit_code", b"exit_code", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "id", b"id", "image", b"image", "job_name", b"job_name", "message", b"message", "started_at", b"started_at", "status", b"status", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "container_id", b"container_id", "created_at", b"created_at", "duration", b"duration", "exit_code", b"exit_code", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "id", b"id", "image", b"image", "job_name", b"job_name", "message", b"message", "queue_position", b"queue_position", "started_at", b"started_at", "status", b"status", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
