@@ -148,6 +148,31 @@ class InitStep:
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """How failed attempts are retried (like a Kubernetes Job's backoffLimit and
+    podFailurePolicy): up to backoff_limit retries, the delay doubling from initial_delay
+    up to max_delay. An exit code in fail_exit_codes fails at once; when retry_exit_codes
+    is set, only those codes are retried.
+    """
+
+    backoff_limit: int = 0
+    initial_delay_seconds: float = 1.0
+    max_delay_seconds: float = 60.0
+    fail_exit_codes: tuple[int, ...] = ()
+    retry_exit_codes: tuple[int, ...] = ()
+
+    def retries(self, exit_code: int) -> bool:
+        """True when a failed attempt with this exit code may be retried at all."""
+        if exit_code in self.fail_exit_codes:
+            return False
+        return not self.retry_exit_codes or exit_code in self.retry_exit_codes
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1 for the first retry)."""
+        return float(min(self.max_delay_seconds, self.initial_delay_seconds * 2 ** (retry - 1)))
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """One job: a service with rtype job or cron of a deployment document."""
 
@@ -167,6 +192,7 @@ class JobSpec:
     init_steps: tuple[InitStep, ...] = ()
     on_init_failure: InitFailurePolicy = InitFailurePolicy.FAIL
     max_concurrent: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 @dataclass(frozen=True)
@@ -200,6 +226,7 @@ class Execution:
     failure_reason: FailureReason | None = None
     message: str = ""
     image: str = ""
+    attempt: int = 1
     # Derived, never stored: 1 for the next execution to start, 0 when not waiting.
     queue_position: int = 0
 
@@ -216,9 +243,24 @@ class EventKind(enum.Enum):
 
     TRANSITION = "transition"
     QUEUED = "queued"
+    ATTEMPT_FAILED = "attempt_failed"
+    ATTEMPT_STARTED = "attempt_started"
     INIT_STEP_STARTED = "init_step_started"
     INIT_STEP_SUCCEEDED = "init_step_succeeded"
     INIT_STEP_FAILED = "init_step_failed"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run of an execution's container; retries make more than one."""
+
+    number: int
+    container_id: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    failure_reason: FailureReason | None = None
+    message: str = ""
 
 
 @dataclass(frozen=True)

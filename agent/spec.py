@@ -25,6 +25,7 @@ from agent.domain import (
     JobSpec,
     PullPolicy,
     Resources,
+    RetryPolicy,
     StepFailure,
 )
 from agent.errors import InvalidSpec
@@ -50,6 +51,7 @@ SERVICE_ONLY_FIELDS = {
 JOB_FIELDS = {
     "rtype", "schedule", "image", "command", "env", "resources", "user", "labels",
     "timeout", "stop_signal", "stop_grace_period", "init", "errors", "max_concurrent",
+    "backoff_limit", "retry_policy",
 }  # fmt: skip
 STEP_FIELDS = {"id", "uses", "with", "retry", "timeout", "on_failure"}
 ACTION_PARAMS: dict[InitAction, set[str]] = {
@@ -147,6 +149,7 @@ def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: 
         ),
         init_steps=_init_steps(service.get("init"), f"{path}.init"),
         max_concurrent=_positive_int(service.get("max_concurrent"), f"{path}.max_concurrent"),
+        retry=_retry(service, path),
         on_init_failure=_on_init_failure(service.get("errors"), f"{path}.errors"),
     )
 
@@ -178,6 +181,8 @@ def validate_job_spec(spec: JobSpec, path: str = "spec") -> None:
         normalize_signal(spec.stop_signal, f"{path}.stop_signal")
     _grace(spec.stop_grace_seconds, f"{path}.stop_grace_period")
     _positive_int(spec.max_concurrent, f"{path}.max_concurrent")
+    if spec.retry.backoff_limit < 0:
+        raise InvalidSpec(f"{path}.retry_policy.backoff_limit", "must not be negative")
 
 
 def validate_schedule(kind: JobKind, schedule: str, path: str) -> None:
@@ -235,6 +240,43 @@ def parse_memory(value: Any, path: str) -> int:
     if size < MIN_MEMORY_BYTES:
         raise InvalidSpec(path, "must be at least 4Mi")
     return size
+
+
+RETRY_POLICY_FIELDS = {"initial_delay", "max_delay", "fail_exit_codes", "retry_exit_codes"}
+
+
+def _retry(service: Mapping[str, Any], path: str) -> RetryPolicy:
+    """backoff_limit and retry_policy (like a Kubernetes Job's backoffLimit, podFailurePolicy)."""
+    limit = service.get("backoff_limit", 0)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidSpec(f"{path}.backoff_limit", "must be a non-negative integer")
+    policy_path = f"{path}.retry_policy"
+    policy = _mapping(service.get("retry_policy"), policy_path)
+    _check_fields(policy, RETRY_POLICY_FIELDS, policy_path)
+    defaults = RetryPolicy()
+    initial = _optional_duration(policy, "initial_delay", policy_path)
+    maximum = _optional_duration(policy, "max_delay", policy_path)
+    return RetryPolicy(
+        backoff_limit=limit,
+        initial_delay_seconds=defaults.initial_delay_seconds if initial is None else initial,
+        max_delay_seconds=defaults.max_delay_seconds if maximum is None else maximum,
+        fail_exit_codes=_exit_codes(
+            policy.get("fail_exit_codes"), f"{policy_path}.fail_exit_codes"
+        ),
+        retry_exit_codes=_exit_codes(
+            policy.get("retry_exit_codes"), f"{policy_path}.retry_exit_codes"
+        ),
+    )
+
+
+def _exit_codes(value: Any, path: str) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(
+        isinstance(code, int) and not isinstance(code, bool) and 1 <= code <= 255 for code in value
+    ):
+        raise InvalidSpec(path, "must be a list of exit codes (1-255)")
+    return tuple(value)
 
 
 def _positive_int(value: Any, path: str) -> int | None:

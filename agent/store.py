@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.domain import (
+    Attempt,
     CommandSpec,
     EventKind,
     Execution,
@@ -30,6 +31,7 @@ from agent.domain import (
     JobSpec,
     PullPolicy,
     Resources,
+    RetryPolicy,
     Status,
     StepFailure,
     Trigger,
@@ -57,7 +59,8 @@ CREATE TABLE IF NOT EXISTS executions (
     exit_code INTEGER,
     failure_reason TEXT,
     message TEXT NOT NULL,
-    image TEXT NOT NULL
+    image TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS executions_by_job ON executions (job_name, created_at);
 CREATE INDEX IF NOT EXISTS executions_by_status ON executions (status);
@@ -71,13 +74,31 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_execution ON events (execution_id, sequence);
+CREATE TABLE IF NOT EXISTS attempts (
+    execution_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    container_id TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    exit_code INTEGER,
+    failure_reason TEXT,
+    message TEXT NOT NULL,
+    PRIMARY KEY (execution_id, number)
+);
 """
 
 EVENT_COLUMNS = "sequence, time, execution_id, execution, kind, step_id, message"
-EVENT_COLUMN_DEFAULTS = {"kind": EventKind.TRANSITION.value, "step_id": "", "message": ""}
+ADDED_COLUMNS = {
+    "events": {
+        "kind": f"TEXT NOT NULL DEFAULT '{EventKind.TRANSITION.value}'",
+        "step_id": "TEXT NOT NULL DEFAULT ''",
+        "message": "TEXT NOT NULL DEFAULT ''",
+    },
+    "executions": {"attempt": "INTEGER NOT NULL DEFAULT 1"},
+}
 EXECUTION_COLUMNS = (
     "id, job_name, status, trigger, container_id, created_at, started_at, finished_at, "
-    "exit_code, failure_reason, message, image"
+    "exit_code, failure_reason, message, image, attempt"
 )
 
 
@@ -100,12 +121,11 @@ class Store:
 
     def _migrate(self) -> None:
         """Adds the columns that a database written by an older agent lacks."""
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(events)")}
-        for name, default in EVENT_COLUMN_DEFAULTS.items():
-            if name not in columns:
-                self._db.execute(
-                    f"ALTER TABLE events ADD COLUMN {name} TEXT NOT NULL DEFAULT '{default}'"
-                )
+        for table, added in ADDED_COLUMNS.items():
+            columns = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, definition in added.items():
+                if name not in columns:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         """Closes the database."""
@@ -165,30 +185,65 @@ class Store:
         with self._transaction() as db:
             db.execute(
                 f"INSERT INTO executions ({EXECUTION_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _execution_row(execution),
             )
             return _append_event(db, execution)
 
-    def transition(self, expected: Status, execution: Execution) -> ExecutionEvent:
-        """Writes `execution` if the stored one is still in `expected` status.
+    def transition(
+        self,
+        expected: Status,
+        execution: Execution,
+        kind: EventKind = EventKind.TRANSITION,
+        message: str = "",
+        attempt: Attempt | None = None,
+    ) -> ExecutionEvent:
+        """Writes `execution` (and `attempt`) if the stored one is still in `expected` status.
 
         Raises StaleTransition otherwise: a late writer can never overwrite a newer state.
         """
         with self._transaction() as db:
             row = _execution_row(execution)
             updated = db.execute(
-                "UPDATE executions SET status = ?, started_at = ?, finished_at = ?, "
-                "exit_code = ?, failure_reason = ?, message = ?, image = ? "
-                "WHERE id = ? AND status = ?",
-                (*row[2:3], *row[6:], execution.id, expected.value),
+                "UPDATE executions SET status = ?, container_id = ?, started_at = ?, "
+                "finished_at = ?, exit_code = ?, failure_reason = ?, message = ?, image = ?, "
+                "attempt = ? WHERE id = ? AND status = ?",
+                (row[2], row[4], *row[6:], execution.id, expected.value),
             ).rowcount
             if updated == 0:
                 current = self.get_execution(execution.id)
                 raise StaleTransition(
                     f"execution {execution.id} is {current.status.value}, not {expected.value}"
                 )
-            return _append_event(db, execution)
+            if attempt is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO attempts (execution_id, number, container_id, "
+                    "started_at, finished_at, exit_code, failure_reason, message) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    _attempt_row(execution.id, attempt),
+                )
+            return _append_event(db, execution, kind, "", message)
+
+    def list_attempts(self, execution_id: str) -> list[Attempt]:
+        """The execution's attempts, first to last."""
+        rows = self._db.execute(
+            "SELECT number, container_id, started_at, finished_at, exit_code, failure_reason, "
+            "message FROM attempts WHERE execution_id = ? ORDER BY number",
+            (execution_id,),
+        ).fetchall()
+        return [
+            Attempt(
+                number=row["number"],
+                container_id=row["container_id"],
+                started_at=_parse_time(row["started_at"]),
+                finished_at=_optional_time(row["finished_at"]),
+                exit_code=row["exit_code"],
+                failure_reason=None if row["failure_reason"] is None
+                else FailureReason(row["failure_reason"]),
+                message=row["message"],
+            )
+            for row in rows
+        ]  # fmt: skip
 
     def get_execution(self, execution_id: str) -> Execution:
         """Returns the execution; raises NotFound."""
@@ -310,6 +365,11 @@ def _spec_from_json(data: dict[str, Any]) -> JobSpec:
     image = fields.pop("image")
     kind = JobKind(fields.pop("kind"))
     resources = Resources(**fields.pop("resources", {}))
+    retry = fields.pop("retry", {})
+    retry_policy = RetryPolicy(
+        **{**retry, "fail_exit_codes": tuple(retry.get("fail_exit_codes", ())),
+           "retry_exit_codes": tuple(retry.get("retry_exit_codes", ()))}
+    )  # fmt: skip
     init_steps = tuple(
         InitStep(
             **{**step, "action": InitAction(step["action"]),
@@ -323,6 +383,7 @@ def _spec_from_json(data: dict[str, Any]) -> JobSpec:
         kind=kind,
         init_steps=init_steps,
         on_init_failure=on_init_failure,
+        retry=retry_policy,
         image=ImageSpec(image["name"], PullPolicy(image["pull_policy"])),
         command=CommandSpec(
             entrypoint=tuple(command["entrypoint"]),
@@ -357,6 +418,19 @@ def _trigger_from_json(text: str) -> Trigger:
     return Trigger(TriggerKind(data["kind"]), data["remote_address"], data["reason"])
 
 
+def _attempt_row(execution_id: str, attempt: Attempt) -> tuple[Any, ...]:
+    return (
+        execution_id,
+        attempt.number,
+        attempt.container_id,
+        _time(attempt.started_at),
+        None if attempt.finished_at is None else _time(attempt.finished_at),
+        attempt.exit_code,
+        None if attempt.failure_reason is None else attempt.failure_reason.value,
+        attempt.message,
+    )
+
+
 def _execution_row(execution: Execution) -> tuple[Any, ...]:
     return (
         execution.id,
@@ -371,6 +445,7 @@ def _execution_row(execution: Execution) -> tuple[Any, ...]:
         None if execution.failure_reason is None else execution.failure_reason.value,
         execution.message,
         execution.image,
+        execution.attempt,
     )
 
 
@@ -388,6 +463,7 @@ def _execution_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Execution:
         failure_reason=None if row[9] is None else FailureReason(row[9]),
         message=row[10],
         image=row[11],
+        attempt=row[12] if len(row) > 12 else 1,
     )
 
 

@@ -11,6 +11,7 @@ from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import jobs_pb2 as pb
 
 from agent.domain import (
+    Attempt,
     CommandSpec,
     EventKind,
     Execution,
@@ -24,6 +25,7 @@ from agent.domain import (
     LogStream,
     PullPolicy,
     Resources,
+    RetryPolicy,
     Status,
     Trigger,
     TriggerKind,
@@ -65,6 +67,8 @@ KIND_FROM_PROTO = {value: key for key, value in KIND_TO_PROTO.items()}
 EVENT_TO_PROTO = {
     EventKind.TRANSITION: pb.EVENT_TYPE_TRANSITION,
     EventKind.QUEUED: pb.EVENT_TYPE_QUEUED,
+    EventKind.ATTEMPT_FAILED: pb.EVENT_TYPE_ATTEMPT_FAILED,
+    EventKind.ATTEMPT_STARTED: pb.EVENT_TYPE_ATTEMPT_STARTED,
     EventKind.INIT_STEP_STARTED: pb.EVENT_TYPE_INIT_STEP_STARTED,
     EventKind.INIT_STEP_SUCCEEDED: pb.EVENT_TYPE_INIT_STEP_SUCCEEDED,
     EventKind.INIT_STEP_FAILED: pb.EVENT_TYPE_INIT_STEP_FAILED,
@@ -112,6 +116,13 @@ def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         stop_signal=spec.stop_signal,
         stop_grace_period=_duration(spec.stop_grace_seconds),
         max_concurrent=spec.max_concurrent,
+        retry_policy=pb.RetryPolicy(
+            backoff_limit=spec.retry.backoff_limit,
+            initial_delay=_duration(spec.retry.initial_delay_seconds),
+            max_delay=_duration(spec.retry.max_delay_seconds),
+            fail_exit_codes=spec.retry.fail_exit_codes,
+            retry_exit_codes=spec.retry.retry_exit_codes,
+        ),
     )
 
 
@@ -164,7 +175,38 @@ def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
         stop_signal=message.stop_signal,
         stop_grace_seconds=_seconds(message, "stop_grace_period"),
         max_concurrent=message.max_concurrent if message.HasField("max_concurrent") else None,
+        retry=_retry_from_proto(message.retry_policy),
     )
+
+
+def _retry_from_proto(message: pb.RetryPolicy) -> RetryPolicy:
+    defaults = RetryPolicy()
+    initial = _seconds(message, "initial_delay")
+    maximum = _seconds(message, "max_delay")
+    return RetryPolicy(
+        backoff_limit=message.backoff_limit,
+        initial_delay_seconds=defaults.initial_delay_seconds if initial is None else initial,
+        max_delay_seconds=defaults.max_delay_seconds if maximum is None else maximum,
+        fail_exit_codes=tuple(message.fail_exit_codes),
+        retry_exit_codes=tuple(message.retry_exit_codes),
+    )
+
+
+def attempt_to_proto(attempt: Attempt) -> pb.Attempt:
+    """Domain Attempt -> proto."""
+    message = pb.Attempt(
+        number=attempt.number,
+        container_id=attempt.container_id,
+        started_at=timestamp(attempt.started_at),
+        message=attempt.message,
+    )
+    if attempt.finished_at is not None:
+        message.finished_at.CopyFrom(timestamp(attempt.finished_at))
+    if attempt.exit_code is not None:
+        message.exit_code = attempt.exit_code
+    if attempt.failure_reason is not None:
+        message.failure_reason = REASON_TO_PROTO[attempt.failure_reason]
+    return message
 
 
 def job_to_proto(job: Job) -> pb.Job:
@@ -194,6 +236,7 @@ def execution_to_proto(execution: Execution) -> pb.Execution:
         created_at=timestamp(execution.created_at),
         image=execution.image,
         queue_position=execution.queue_position,
+        attempt=execution.attempt,
     )
     if execution.exit_code is not None:
         message.exit_code = execution.exit_code

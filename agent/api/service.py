@@ -77,7 +77,10 @@ class JobService(service_grpc.JobServiceServicer):
         self, request: service_pb.GetExecutionRequest, context: Context
     ) -> pb.Execution:
         _require("id", request.id)
-        return convert.execution_to_proto(self._executor.get_execution(request.id))
+        message = convert.execution_to_proto(self._executor.get_execution(request.id))
+        attempts = self._executor.list_attempts(request.id)
+        message.attempts.extend(convert.attempt_to_proto(attempt) for attempt in attempts)
+        return message
 
     @maps_errors
     async def ListExecutions(
@@ -122,7 +125,8 @@ class JobService(service_grpc.JobServiceServicer):
             since=convert.from_timestamp(request.since) if request.HasField("since") else None,
         )
         self._executor.get_execution(request.execution_id)
-        async for line in self._executor.stream_logs(request.execution_id, query):
+        lines = self._executor.stream_logs(request.execution_id, query, request.attempt)
+        async for line in lines:
             yield convert.log_line_to_proto(line)
 
 

@@ -152,3 +152,29 @@ def test_max_concurrent_runs_one_at_a_time_in_trigger_order(client: JobAgentClie
         assert before.finished_at and after.started_at and before.finished_at <= after.started_at
     events = list(client.watch(executions[1].id))
     assert events[-1].execution.status == "completed"
+
+
+def test_failed_attempts_are_retried_in_new_containers_with_their_own_logs(
+    client: JobAgentClient, agent: AgentProcess
+) -> None:
+    retry = "    backoff_limit: 2\n    retry_policy: {initial_delay: 100ms}\n"
+    register(client, "flaky", retry, "echo attempt on $HOSTNAME; exit 7")
+    execution = client.trigger("flaky")
+    events = list(client.watch(execution.id))
+    types = [event.type for event in events]
+    assert types.count("attempt_failed") == 2 and types.count("attempt_started") == 2
+    final = client.get_execution(execution.id)
+    assert (final.status, final.attempt, final.exit_code) == ("failed", 3, 7)
+    assert [attempt.exit_code for attempt in final.attempts] == [7, 7, 7]
+    assert len({attempt.container_id for attempt in final.attempts}) == 3
+    for number in (1, 2, 3):
+        lines = [line.message for line in client.logs(execution.id, attempt=number)]
+        assert lines == ["attempt on flaky"]
+        assert leftovers(agent, final.attempts[number - 1].container_id) == []
+
+
+def test_a_fail_exit_code_is_never_retried(client: JobAgentClient) -> None:
+    retry = "    backoff_limit: 5\n    retry_policy: {fail_exit_codes: [3]}\n"
+    register(client, "fatal", retry, "exit 3")
+    final = client.wait(client.trigger("fatal").id)
+    assert (final.status, final.attempt, final.exit_code) == ("failed", 1, 3)

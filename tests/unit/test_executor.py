@@ -20,7 +20,8 @@ from agent.domain import (
 )
 from agent.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from agent.executor import Executor
-from agent.runtime.manager import ExitStatus
+from agent.executor.events import EventBus
+from agent.executor.recorder import Recorder
 from agent.store import Store
 from tests.unit.fake_runtime import FakeRuntime
 
@@ -181,14 +182,19 @@ async def test_cancel_of_a_finished_execution_is_a_failed_precondition(
 
 
 async def test_a_late_runtime_result_never_overwrites_cancelled(
-    executor: Executor, runtime: FakeRuntime
+    tmp_path: Path, runtime: FakeRuntime
 ) -> None:
+    store = Store(tmp_path / "agent.db")
+    executor = Executor(store, runtime, tmp_path / "logs")
+    executor.register_jobs([SPEC], "", replace_existing=False)
     execution = await running(executor, runtime)
     await executor.cancel(execution.id)
     cancelled = executor.get_execution(execution.id)
-    # The executor's own path refuses the transition; the store refuses a stale writer.
-    executor._finish(execution, ExitStatus(0))
-    assert executor.get_execution(execution.id) == cancelled
+    # A writer holding the Running snapshot comes late: the store refuses it.
+    late = Recorder(store, EventBus()).transition(execution, Status.COMPLETED, exit_code=0)
+    assert late == cancelled == executor.get_execution(execution.id)
+    await executor.close()
+    store.close()
 
 
 async def test_unknown_job_and_execution_are_not_found(executor: Executor) -> None:

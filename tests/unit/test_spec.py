@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.domain import CommandSpec, ImageSpec, JobKind, JobSpec, PullPolicy
+from agent.domain import CommandSpec, ImageSpec, JobKind, JobSpec, PullPolicy, RetryPolicy
 from agent.errors import InvalidSpec
 from agent.spec import parse_document, validate_job_spec
 
@@ -196,6 +196,31 @@ def test_timeout_and_stop_settings_parse() -> None:
     ],
 )
 def test_bad_timeouts_and_signals_name_the_field(line: str, field: str) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        parse_document(service(f"rtype: job\nimage: {{name: a}}\n{line}"))
+    assert caught.value.field == field
+
+
+def test_retry_settings_parse() -> None:
+    (spec,) = parse_document(
+        service(
+            "rtype: job\nimage: {name: a}\nbackoff_limit: 4\nretry_policy: "
+            "{initial_delay: 2s, max_delay: 1m, fail_exit_codes: [2], retry_exit_codes: [1]}"
+        )
+    )
+    assert spec.retry == RetryPolicy(4, 2.0, 60.0, (2,), (1,))
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ("backoff_limit: -1", "services.once.backoff_limit"),
+        ("retry_policy: {fail_exit_codes: [0]}", "services.once.retry_policy.fail_exit_codes"),
+        ("retry_policy: {initial_delay: soon}", "services.once.retry_policy.initial_delay"),
+        ("retry_policy: {jitter: 1}", "services.once.retry_policy.jitter"),
+    ],
+)
+def test_bad_retry_settings_name_the_field(line: str, field: str) -> None:
     with pytest.raises(InvalidSpec) as caught:
         parse_document(service(f"rtype: job\nimage: {{name: a}}\n{line}"))
     assert caught.value.field == field

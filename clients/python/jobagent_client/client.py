@@ -148,13 +148,15 @@ class JobAgentClient:
         tail_lines: int = 0,
         stream: str = "",
         since: datetime | None = None,
+        attempt: int = 0,
     ) -> Iterator[LogLine]:
-        """Yields the execution's output lines; with follow, until it ends."""
+        """Yields an attempt's output lines (the latest's when 0); with follow, until it ends."""
         request = service_pb.StreamLogsRequest(
             execution_id=execution_id,
             follow=follow,
             tail_lines=tail_lines,
             stream=STREAMS.get(stream, pb.LOG_STREAM_UNSPECIFIED),
+            attempt=attempt,
         )
         if since is not None:
             request.since.CopyFrom(Timestamp())

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--tail", type=int, default=0)
     logs.add_argument("--stream", choices=("stdout", "stderr"), default="")
+    logs.add_argument("--attempt", type=int, default=0, help="which attempt (latest when 0)")
     return parser
 
 
@@ -105,6 +106,12 @@ class Printer:
             print(json.dumps(data, default=str, indent=2))
             return
         for key, value in data.items():
+            if key == "attempts":
+                for attempt in value:
+                    code = _cell(attempt["exit_code"])
+                    print(f"{'attempt:':<16}#{attempt['number']} exit_code={code} "
+                          f"{attempt['message']}")  # fmt: skip
+                continue
             print(f"{key + ':':<16}{_cell(value)}")
 
     def log_line(self, line: LogLine) -> None:
@@ -194,7 +201,10 @@ def _watch(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -
 
 
 def _logs(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
-    for line in client.logs(args.id, follow=args.follow, tail_lines=args.tail, stream=args.stream):
+    lines = client.logs(
+        args.id, follow=args.follow, tail_lines=args.tail, stream=args.stream, attempt=args.attempt
+    )
+    for line in lines:
         printer.log_line(line)
     return 0
 

@@ -27,6 +27,32 @@ def _time(message: Any, field: str) -> datetime | None:
 
 
 @dataclass(frozen=True)
+class AttemptInfo:
+    """One run of an execution's container."""
+
+    number: int
+    container_id: str
+    exit_code: int | None
+    failure_reason: str
+    message: str
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_proto(cls, message: pb.Attempt) -> AttemptInfo:
+        """Builds the client type from the wire message."""
+        return cls(
+            number=message.number,
+            container_id=message.container_id,
+            exit_code=message.exit_code if message.HasField("exit_code") else None,
+            failure_reason=_enum_name(pb.FailureReason, message.failure_reason, "FAILURE_REASON_"),
+            message=message.message,
+            started_at=_time(message, "started_at"),
+            finished_at=_time(message, "finished_at"),
+        )
+
+
+@dataclass(frozen=True)
 class Execution:
     """One run of a job."""
 
@@ -45,6 +71,8 @@ class Execution:
     finished_at: datetime | None
     duration: timedelta | None
     queue_position: int = 0
+    attempt: int = 1
+    attempts: tuple[AttemptInfo, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -70,6 +98,8 @@ class Execution:
             finished_at=_time(message, "finished_at"),
             duration=message.duration.ToTimedelta() if message.HasField("duration") else None,
             queue_position=message.queue_position,
+            attempt=message.attempt,
+            attempts=tuple(AttemptInfo.from_proto(attempt) for attempt in message.attempts),
         )
 
 

@@ -329,6 +329,7 @@ class StreamLogsRequest(_message.Message):
     TAIL_LINES_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     """The execution's id."""
     follow: _builtins.bool
@@ -337,6 +338,8 @@ class StreamLogsRequest(_message.Message):
     """Start with the last N lines (0: from the start)."""
     stream: _jobs_pb2.LogStream.ValueType
     """Only this stream (both when unspecified)."""
+    attempt: _builtins.int
+    """The attempt whose output to read (1 for the first); the latest when 0."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """Only lines written at or after this time."""
@@ -349,10 +352,11 @@ class StreamLogsRequest(_message.Message):
         tail_lines: _builtins.int = ...,
         stream: _jobs_pb2.LogStream.ValueType = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "follow", b"follow", "since", b"since", "stream", b"stream", "tail_lines", b"tail_lines"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "execution_id", b"execution_id", "follow", b"follow", "since", b"since", "stream", b"stream", "tail_lines", b"tail_lines"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

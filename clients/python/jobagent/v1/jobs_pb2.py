@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16jobagent/v1/jobs.proto\x12\x0bjobagent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\tImageSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x0bpull_policy\x18\x02 \x01(\x0e\x32\x17.jobagent.v1.PullPolicy\"@\n\x0b\x43ommandSpec\x12\x12\n\nentrypoint\x18\x01 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12\x0f\n\x07workdir\x18\x03 \x01(\t\"y\n\tResources\x12\x10\n\x03\x63pu\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x17\n\npids_limit\x18\x03 \x01(\x03H\x02\x88\x01\x01\x42\x06\n\x04_cpuB\x0f\n\r_memory_bytesB\r\n\x0b_pids_limit\"\xcc\x04\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.jobagent.v1.JobKind\x12%\n\x05image\x18\x04 \x01(\x0b\x32\x16.jobagent.v1.ImageSpec\x12)\n\x07\x63ommand\x18\x05 \x01(\x0b\x32\x18.jobagent.v1.CommandSpec\x12*\n\x03\x65nv\x18\x06 \x03(\x0b\x32\x1d.jobagent.v1.JobSpec.EnvEntry\x12\x10\n\x08schedule\x18\x07 \x01(\t\x12)\n\tresources\x18\x08 \x01(\x0b\x32\x16.jobagent.v1.Resources\x12\x0c\n\x04user\x18\t \x01(\t\x12\x30\n\x06labels\x18\n \x03(\x0b\x32 .jobagent.v1.JobSpec.LabelsEntry\x12*\n\x07timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bstop_signal\x18\x0c \x01(\t\x12\x34\n\x11stop_grace_period\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x0emax_concurrent\x18\x0e \x01(\rH\x00\x88\x01\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_max_concurrent\"\xaa\x01\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04spec\x18\x02 \x01(\x0b\x32\x14.jobagent.v1.JobSpec\x12\x11\n\tspec_yaml\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x07Trigger\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.jobagent.v1.TriggerKind\x12\x16\n\x0eremote_address\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xe4\x03\n\tExecution\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12,\n\x06status\x18\x03 \x01(\x0e\x32\x1c.jobagent.v1.ExecutionStatus\x12\x16\n\texit_code\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x32\n\x0e\x66\x61ilure_reason\x18\x05 \x01(\x0e\x32\x1a.jobagent.v1.FailureReason\x12\x0f\n\x07message\x18\x06 \x01(\t\x12%\n\x07trigger\x18\x07 \x01(\x0b\x32\x14.jobagent.v1.Trigger\x12\x14\n\x0c\x63ontainer_id\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05image\x18\r \x01(\t\x12\x16\n\x0equeue_position\x18\x0e \x01(\rB\x0c\n\n_exit_code\"\xbf\x01\n\x0e\x45xecutionEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\texecution\x18\x03 \x01(\x0b\x32\x16.jobagent.v1.Execution\x12$\n\x04type\x18\x04 \x01(\x0e\x32\x16.jobagent.v1.EventType\x12\x0f\n\x07step_id\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"}\n\x07LogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06stream\x18\x02 \x01(\x0e\x32\x16.jobagent.v1.LogStream\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07partial\x18\x04 \x01(\x08*H\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cJOB_KIND_JOB\x10\x01\x12\x11\n\rJOB_KIND_CRON\x10\x02*\x8f\x01\n\nPullPolicy\x12\x1b\n\x17PULL_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12PULL_POLICY_ALWAYS\x10\x01\x12\x15\n\x11PULL_POLICY_NEWER\x10\x02\x12\x1e\n\x1aPULL_POLICY_IF_NOT_PRESENT\x10\x03\x12\x15\n\x11PULL_POLICY_NEVER\x10\x04*\xef\x01\n\x0f\x45xecutionStatus\x12 \n\x1c\x45XECUTION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XECUTION_STATUS_PENDING\x10\x01\x12!\n\x1d\x45XECUTION_STATUS_INITIALIZING\x10\x02\x12\x1c\n\x18\x45XECUTION_STATUS_RUNNING\x10\x03\x12\x1e\n\x1a\x45XECUTION_STATUS_COMPLETED\x10\x04\x12\x1b\n\x17\x45XECUTION_STATUS_FAILED\x10\x05\x12\x1e\n\x1a\x45XECUTION_STATUS_CANCELLED\x10\x06*\x9e\x02\n\rFailureReason\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x46\x41ILURE_REASON_IMAGE_PULL\x10\x01\x12\x19\n\x15\x46\x41ILURE_REASON_CREATE\x10\x02\x12\x17\n\x13\x46\x41ILURE_REASON_INIT\x10\x03\x12\x1c\n\x18\x46\x41ILURE_REASON_EXIT_CODE\x10\x04\x12\x1d\n\x19\x46\x41ILURE_REASON_OOM_KILLED\x10\x05\x12$\n FAILURE_REASON_DEADLINE_EXCEEDED\x10\x06\x12\x1d\n\x19\x46\x41ILURE_REASON_AGENT_LOST\x10\x07\x12\x18\n\x14\x46\x41ILURE_REASON_START\x10\x08*\x93\x01\n\x0bTriggerKind\x12\x1c\n\x18TRIGGER_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15TRIGGER_KIND_ENDPOINT\x10\x01\x12\x14\n\x10TRIGGER_KIND_CLI\x10\x02\x12\x1a\n\x16TRIGGER_KIND_SCHEDULER\x10\x03\x12\x19\n\x15TRIGGER_KIND_INTERNAL\x10\x04*\xc0\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_TRANSITION\x10\x01\x12 \n\x1c\x45VENT_TYPE_INIT_STEP_STARTED\x10\x02\x12\"\n\x1e\x45VENT_TYPE_INIT_STEP_SUCCEEDED\x10\x03\x12\x1f\n\x1b\x45VENT_TYPE_INIT_STEP_FAILED\x10\x04\x12\x15\n\x11\x45VENT_TYPE_QUEUED\x10\x05*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x42\x30Z.jobagent/clients/go/gen/jobagent/v1;jobagentv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16jobagent/v1/jobs.proto\x12\x0bjobagent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\tImageSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x0bpull_policy\x18\x02 \x01(\x0e\x32\x17.jobagent.v1.PullPolicy\"@\n\x0b\x43ommandSpec\x12\x12\n\nentrypoint\x18\x01 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12\x0f\n\x07workdir\x18\x03 \x01(\t\"y\n\tResources\x12\x10\n\x03\x63pu\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x17\n\npids_limit\x18\x03 \x01(\x03H\x02\x88\x01\x01\x42\x06\n\x04_cpuB\x0f\n\r_memory_bytesB\r\n\x0b_pids_limit\"\xb7\x01\n\x0bRetryPolicy\x12\x15\n\rbackoff_limit\x18\x01 \x01(\r\x12\x30\n\rinitial_delay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tmax_delay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0f\x66\x61il_exit_codes\x18\x04 \x03(\x05\x12\x18\n\x10retry_exit_codes\x18\x05 \x03(\x05\"\xfc\x04\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.jobagent.v1.JobKind\x12%\n\x05image\x18\x04 \x01(\x0b\x32\x16.jobagent.v1.ImageSpec\x12)\n\x07\x63ommand\x18\x05 \x01(\x0b\x32\x18.jobagent.v1.CommandSpec\x12*\n\x03\x65nv\x18\x06 \x03(\x0b\x32\x1d.jobagent.v1.JobSpec.EnvEntry\x12\x10\n\x08schedule\x18\x07 \x01(\t\x12)\n\tresources\x18\x08 \x01(\x0b\x32\x16.jobagent.v1.Resources\x12\x0c\n\x04user\x18\t \x01(\t\x12\x30\n\x06labels\x18\n \x03(\x0b\x32 .jobagent.v1.JobSpec.LabelsEntry\x12*\n\x07timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bstop_signal\x18\x0c \x01(\t\x12\x34\n\x11stop_grace_period\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x0emax_concurrent\x18\x0e \x01(\rH\x00\x88\x01\x01\x12.\n\x0cretry_policy\x18\x0f \x01(\x0b\x32\x18.jobagent.v1.RetryPolicy\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_max_concurrent\"\xfb\x01\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\r\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\texit_code\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x32\n\x0e\x66\x61ilure_reason\x18\x06 \x01(\x0e\x32\x1a.jobagent.v1.FailureReason\x12\x0f\n\x07message\x18\x07 \x01(\tB\x0c\n\n_exit_code\"\xaa\x01\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04spec\x18\x02 \x01(\x0b\x32\x14.jobagent.v1.JobSpec\x12\x11\n\tspec_yaml\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x07Trigger\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.jobagent.v1.TriggerKind\x12\x16\n\x0eremote_address\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9d\x04\n\tExecution\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12,\n\x06status\x18\x03 \x01(\x0e\x32\x1c.jobagent.v1.ExecutionStatus\x12\x16\n\texit_code\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x32\n\x0e\x66\x61ilure_reason\x18\x05 \x01(\x0e\x32\x1a.jobagent.v1.FailureReason\x12\x0f\n\x07message\x18\x06 \x01(\t\x12%\n\x07trigger\x18\x07 \x01(\x0b\x32\x14.jobagent.v1.Trigger\x12\x14\n\x0c\x63ontainer_id\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05image\x18\r \x01(\t\x12\x16\n\x0equeue_position\x18\x0e \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x0f \x01(\r\x12&\n\x08\x61ttempts\x18\x10 \x03(\x0b\x32\x14.jobagent.v1.AttemptB\x0c\n\n_exit_code\"\xbf\x01\n\x0e\x45xecutionEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\texecution\x18\x03 \x01(\x0b\x32\x16.jobagent.v1.Execution\x12$\n\x04type\x18\x04 \x01(\x0e\x32\x16.jobagent.v1.EventType\x12\x0f\n\x07step_id\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"}\n\x07LogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06stream\x18\x02 \x01(\x0e\x32\x16.jobagent.v1.LogStream\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07partial\x18\x04 \x01(\x08*H\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cJOB_KIND_JOB\x10\x01\x12\x11\n\rJOB_KIND_CRON\x10\x02*\x8f\x01\n\nPullPolicy\x12\x1b\n\x17PULL_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12PULL_POLICY_ALWAYS\x10\x01\x12\x15\n\x11PULL_POLICY_NEWER\x10\x02\x12\x1e\n\x1aPULL_POLICY_IF_NOT_PRESENT\x10\x03\x12\x15\n\x11PULL_POLICY_NEVER\x10\x04*\xef\x01\n\x0f\x45xecutionStatus\x12 \n\x1c\x45XECUTION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XECUTION_STATUS_PENDING\x10\x01\x12!\n\x1d\x45XECUTION_STATUS_INITIALIZING\x10\x02\x12\x1c\n\x18\x45XECUTION_STATUS_RUNNING\x10\x03\x12\x1e\n\x1a\x45XECUTION_STATUS_COMPLETED\x10\x04\x12\x1b\n\x17\x45XECUTION_STATUS_FAILED\x10\x05\x12\x1e\n\x1a\x45XECUTION_STATUS_CANCELLED\x10\x06*\x9e\x02\n\rFailureReason\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x46\x41ILURE_REASON_IMAGE_PULL\x10\x01\x12\x19\n\x15\x46\x41ILURE_REASON_CREATE\x10\x02\x12\x17\n\x13\x46\x41ILURE_REASON_INIT\x10\x03\x12\x1c\n\x18\x46\x41ILURE_REASON_EXIT_CODE\x10\x04\x12\x1d\n\x19\x46\x41ILURE_REASON_OOM_KILLED\x10\x05\x12$\n FAILURE_REASON_DEADLINE_EXCEEDED\x10\x06\x12\x1d\n\x19\x46\x41ILURE_REASON_AGENT_LOST\x10\x07\x12\x18\n\x14\x46\x41ILURE_REASON_START\x10\x08*\x93\x01\n\x0bTriggerKind\x12\x1c\n\x18TRIGGER_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15TRIGGER_KIND_ENDPOINT\x10\x01\x12\x14\n\x10TRIGGER_KIND_CLI\x10\x02\x12\x1a\n\x16TRIGGER_KIND_SCHEDULER\x10\x03\x12\x19\n\x15TRIGGER_KIND_INTERNAL\x10\x04*\xff\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_TRANSITION\x10\x01\x12 \n\x1c\x45VENT_TYPE_INIT_STEP_STARTED\x10\x02\x12\"\n\x1e\x45VENT_TYPE_INIT_STEP_SUCCEEDED\x10\x03\x12\x1f\n\x1b\x45VENT_TYPE_INIT_STEP_FAILED\x10\x04\x12\x15\n\x11\x45VENT_TYPE_QUEUED\x10\x05\x12\x1d\n\x19\x45VENT_TYPE_ATTEMPT_FAILED\x10\x06\x12\x1e\n\x1a\x45VENT_TYPE_ATTEMPT_STARTED\x10\x07*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x42\x30Z.jobagent/clients/go/gen/jobagent/v1;jobagentv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,40 +38,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSPEC_ENVENTRY']._serialized_options = b'8\001'
   _globals['_JOBSPEC_LABELSENTRY']._loaded_options = None
   _globals['_JOBSPEC_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBKIND']._serialized_start=2029
-  _globals['_JOBKIND']._serialized_end=2101
-  _globals['_PULLPOLICY']._serialized_start=2104
-  _globals['_PULLPOLICY']._serialized_end=2247
-  _globals['_EXECUTIONSTATUS']._serialized_start=2250
-  _globals['_EXECUTIONSTATUS']._serialized_end=2489
-  _globals['_FAILUREREASON']._serialized_start=2492
-  _globals['_FAILUREREASON']._serialized_end=2778
-  _globals['_TRIGGERKIND']._serialized_start=2781
-  _globals['_TRIGGERKIND']._serialized_end=2928
-  _globals['_EVENTTYPE']._serialized_start=2931
-  _globals['_EVENTTYPE']._serialized_end=3123
-  _globals['_LOGSTREAM']._serialized_start=3125
-  _globals['_LOGSTREAM']._serialized_end=3210
+  _globals['_JOBKIND']._serialized_start=2574
+  _globals['_JOBKIND']._serialized_end=2646
+  _globals['_PULLPOLICY']._serialized_start=2649
+  _globals['_PULLPOLICY']._serialized_end=2792
+  _globals['_EXECUTIONSTATUS']._serialized_start=2795
+  _globals['_EXECUTIONSTATUS']._serialized_end=3034
+  _globals['_FAILUREREASON']._serialized_start=3037
+  _globals['_FAILUREREASON']._serialized_end=3323
+  _globals['_TRIGGERKIND']._serialized_start=3326
+  _globals['_TRIGGERKIND']._serialized_end=3473
+  _globals['_EVENTTYPE']._serialized_start=3476
+  _globals['_EVENTTYPE']._serialized_end=3731
+  _globals['_LOGSTREAM']._serialized_start=3733
+  _globals['_LOGSTREAM']._serialized_end=3818
   _globals['_IMAGESPEC']._serialized_start=104
   _globals['_IMAGESPEC']._serialized_end=175
   _globals['_COMMANDSPEC']._serialized_start=177
   _globals['_COMMANDSPEC']._serialized_end=241
   _globals['_RESOURCES']._serialized_start=243
   _globals['_RESOURCES']._serialized_end=364
-  _globals['_JOBSPEC']._serialized_start=367
-  _globals['_JOBSPEC']._serialized_end=955
-  _globals['_JOBSPEC_ENVENTRY']._serialized_start=847
-  _globals['_JOBSPEC_ENVENTRY']._serialized_end=889
-  _globals['_JOBSPEC_LABELSENTRY']._serialized_start=891
-  _globals['_JOBSPEC_LABELSENTRY']._serialized_end=936
-  _globals['_JOB']._serialized_start=958
-  _globals['_JOB']._serialized_end=1128
-  _globals['_TRIGGER']._serialized_start=1130
-  _globals['_TRIGGER']._serialized_end=1219
-  _globals['_EXECUTION']._serialized_start=1222
-  _globals['_EXECUTION']._serialized_end=1706
-  _globals['_EXECUTIONEVENT']._serialized_start=1709
-  _globals['_EXECUTIONEVENT']._serialized_end=1900
-  _globals['_LOGLINE']._serialized_start=1902
-  _globals['_LOGLINE']._serialized_end=2027
+  _globals['_RETRYPOLICY']._serialized_start=367
+  _globals['_RETRYPOLICY']._serialized_end=550
+  _globals['_JOBSPEC']._serialized_start=553
+  _globals['_JOBSPEC']._serialized_end=1189
+  _globals['_JOBSPEC_ENVENTRY']._serialized_start=1081
+  _globals['_JOBSPEC_ENVENTRY']._serialized_end=1123
+  _globals['_JOBSPEC_LABELSENTRY']._serialized_start=1125
+  _globals['_JOBSPEC_LABELSENTRY']._serialized_end=1170
+  _globals['_ATTEMPT']._serialized_start=1192
+  _globals['_ATTEMPT']._serialized_end=1443
+  _globals['_JOB']._serialized_start=1446
+  _globals['_JOB']._serialized_end=1616
+  _globals['_TRIGGER']._serialized_start=1618
+  _globals['_TRIGGER']._serialized_end=1707
+  _globals['_EXECUTION']._serialized_start=1710
+  _globals['_EXECUTION']._serialized_end=2251
+  _globals['_EXECUTIONEVENT']._serialized_start=2254
+  _globals['_EXECUTIONEVENT']._serialized_end=2445
+  _globals['_LOGLINE']._serialized_start=2447
+  _globals['_LOGLINE']._serialized_end=2572
 # @@protoc_insertion_point(module_scope)

@@ -208,6 +208,10 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """An init step failed (message says why, and whether the job goes on)."""
     EVENT_TYPE_QUEUED: _EventType.ValueType  # 5
     """The execution waits for a slot under a concurrency limit (message says which)."""
+    EVENT_TYPE_ATTEMPT_FAILED: _EventType.ValueType  # 6
+    """An attempt failed and will be retried (message says how and when)."""
+    EVENT_TYPE_ATTEMPT_STARTED: _EventType.ValueType  # 7
+    """A retry started a new attempt (execution.attempt and container_id tell which)."""
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """What an execution event records."""
@@ -223,6 +227,10 @@ EVENT_TYPE_INIT_STEP_FAILED: EventType.ValueType  # 4
 """An init step failed (message says why, and whether the job goes on)."""
 EVENT_TYPE_QUEUED: EventType.ValueType  # 5
 """The execution waits for a slot under a concurrency limit (message says which)."""
+EVENT_TYPE_ATTEMPT_FAILED: EventType.ValueType  # 6
+"""An attempt failed and will be retried (message says how and when)."""
+EVENT_TYPE_ATTEMPT_STARTED: EventType.ValueType  # 7
+"""A retry started a new attempt (execution.attempt and container_id tell which)."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 class _LogStream:
@@ -349,6 +357,52 @@ class Resources(_message.Message):
 Global___Resources: _TypeAlias = Resources  # noqa: Y015
 
 @_typing.final
+class RetryPolicy(_message.Message):
+    """How failed attempts are retried (like a Kubernetes Job's backoffLimit and podFailurePolicy)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKOFF_LIMIT_FIELD_NUMBER: _builtins.int
+    INITIAL_DELAY_FIELD_NUMBER: _builtins.int
+    MAX_DELAY_FIELD_NUMBER: _builtins.int
+    FAIL_EXIT_CODES_FIELD_NUMBER: _builtins.int
+    RETRY_EXIT_CODES_FIELD_NUMBER: _builtins.int
+    backoff_limit: _builtins.int
+    """Retries after the first attempt; 0 means no retry."""
+    @_builtins.property
+    def initial_delay(self) -> _duration_pb2.Duration:
+        """Delay before the first retry, doubling for each next one (1s when unset)."""
+
+    @_builtins.property
+    def max_delay(self) -> _duration_pb2.Duration:
+        """Longest delay between retries (60s when unset)."""
+
+    @_builtins.property
+    def fail_exit_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Exit codes that fail the execution at once, never retried."""
+
+    @_builtins.property
+    def retry_exit_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """When not empty, only these exit codes are retried."""
+
+    def __init__(
+        self,
+        *,
+        backoff_limit: _builtins.int = ...,
+        initial_delay: _duration_pb2.Duration | None = ...,
+        max_delay: _duration_pb2.Duration | None = ...,
+        fail_exit_codes: _abc.Iterable[_builtins.int] | None = ...,
+        retry_exit_codes: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_delay", b"initial_delay", "max_delay", b"max_delay"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_limit", b"backoff_limit", "fail_exit_codes", b"fail_exit_codes", "initial_delay", b"initial_delay", "max_delay", b"max_delay", "retry_exit_codes", b"retry_exit_codes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
+
+@_typing.final
 class JobSpec(_message.Message):
     """A job as registered: one service of a deployment document."""
 
@@ -408,6 +462,7 @@ class JobSpec(_message.Message):
     STOP_SIGNAL_FIELD_NUMBER: _builtins.int
     STOP_GRACE_PERIOD_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
+    RETRY_POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Job name, unique on the node: lowercase letters, digits and '-', at most 63."""
     deployment: _builtins.str
@@ -450,6 +505,10 @@ class JobSpec(_message.Message):
     def stop_grace_period(self) -> _duration_pb2.Duration:
         """Time between the stop signal and SIGKILL; the agent's default when unset."""
 
+    @_builtins.property
+    def retry_policy(self) -> Global___RetryPolicy:
+        """Retries of failed attempts."""
+
     def __init__(
         self,
         *,
@@ -467,16 +526,69 @@ class JobSpec(_message.Message):
         stop_signal: _builtins.str = ...,
         stop_grace_period: _duration_pb2.Duration | None = ...,
         max_concurrent: _builtins.int | None = ...,
+        retry_policy: Global___RetryPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "command", b"command", "image", b"image", "max_concurrent", b"max_concurrent", "resources", b"resources", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "command", b"command", "image", b"image", "max_concurrent", b"max_concurrent", "resources", b"resources", "retry_policy", b"retry_policy", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "command", b"command", "deployment", b"deployment", "env", b"env", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "name", b"name", "resources", b"resources", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "command", b"command", "deployment", b"deployment", "env", b"env", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "name", b"name", "resources", b"resources", "retry_policy", b"retry_policy", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_concurrent: _TypeAlias = _typing.Literal["max_concurrent"]  # noqa: Y015
     _WhichOneofArgType__max_concurrent: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent) -> _WhichOneofReturnType__max_concurrent | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class Attempt(_message.Message):
+    """One run of an execution's container; retries make more than one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    number: _builtins.int
+    """1 for the first attempt."""
+    container_id: _builtins.str
+    """The attempt's container id."""
+    exit_code: _builtins.int
+    """Its exit code, once it ended."""
+    failure_reason: Global___FailureReason.ValueType
+    """Why it failed, when it did."""
+    message: _builtins.str
+    """What happened, for people."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the attempt's process started."""
+
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """When it ended."""
+
+    def __init__(
+        self,
+        *,
+        number: _builtins.int = ...,
+        container_id: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        exit_code: _builtins.int | None = ...,
+        failure_reason: Global___FailureReason.ValueType = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "container_id", b"container_id", "exit_code", b"exit_code", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "message", b"message", "number", b"number", "started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
+    _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
+
+Global___Attempt: _TypeAlias = Attempt  # noqa: Y015
 
 @_typing.final
 class Job(_message.Message):
@@ -572,6 +684,8 @@ class Execution(_message.Message):
     DURATION_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique execution id (32 hex characters)."""
     job_name: _builtins.str
@@ -590,6 +704,8 @@ class Execution(_message.Message):
     """The image reference the execution ran, with the digest it resolved to."""
     queue_position: _builtins.int
     """While Pending: 1 for the next execution to start on the node; 0 when not waiting."""
+    attempt: _builtins.int
+    """The current (or last) attempt, 1 for the first."""
     @_builtins.property
     def trigger(self) -> Global___Trigger:
         """Who or what started the execution."""
@@ -610,6 +726,10 @@ class Execution(_message.Message):
     def duration(self) -> _duration_pb2.Duration:
         """finished_at - started_at (or - created_at when it never started)."""
 
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
+        """Every attempt, first to last (GetExecution only; empty in lists)."""
+
     def __init__(
         self,
         *,
@@ -627,10 +747,12 @@ class Execution(_message.Message):
         duration: _duration_pb2.Duration | None = ...,
         image: _builtins.str = ...,
         queue_position: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        attempts: _abc.Iterable[Global___Attempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "created_at", b"created_at", "duration", b"duration", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at", "trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "container_id", b"container_id", "created_at", b"created_at", "duration", b"duration", "exit_code", b"exit_code", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "id", b"id", "image", b"image", "job_name", b"job_name", "message", b"message", "queue_position", b"queue_position", "started_at", b"started_at", "status", b"status", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempt", b"attempt", "attempts", b"attempts", "container_id", b"container_id", "created_at", b"created_at", "duration", b"duration", "exit_code", b"exit_code", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "id", b"id", "image", b"image", "job_name", b"job_name", "message", b"message", "queue_position", b"queue_position", "started_at", b"started_at", "status", b"status", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

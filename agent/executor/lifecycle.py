@@ -1,0 +1,365 @@
+"""One execution's life: prepare, attempts (with retries), deadline, cancel, outcome.
+
+An ExecutionRun is driven by one asyncio task. It knows which phase it is in, so a
+cancel stops the container while a process runs and interrupts the task otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.domain import (
+    Attempt,
+    CommandSpec,
+    EventKind,
+    Execution,
+    FailureReason,
+    InitFailurePolicy,
+    InitStep,
+    JobSpec,
+    Status,
+)
+from agent.executor.init_steps import StepFailed, run_steps
+from agent.executor.ports import ContainerRuntime
+from agent.executor.recorder import Recorder
+from agent.runtime.errors import ContainerCreateError, ContainerStartError, ImagePullError
+from agent.runtime.images import Image
+from agent.runtime.manager import ContainerRequest, ExitStatus
+
+# errors.on_init_failure restart and backoff run the init steps at most this many times.
+INIT_RUN_LIMIT = 3
+INIT_BACKOFF_SECONDS = 1.0
+
+
+class Phase(enum.Enum):
+    """Where a run is; it decides what a cancel does."""
+
+    PREPARING = "preparing"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    ENDING = "ending"
+
+
+def now() -> datetime:
+    """The wall time, in UTC."""
+    return datetime.now(UTC)
+
+
+def container_id_of(execution_id: str, attempt: int) -> str:
+    """The container of an attempt: unique per execution and attempt."""
+    return f"ja-{execution_id}" if attempt == 1 else f"ja-{execution_id}-{attempt}"
+
+
+def log_file_of(log_dir: Path, execution_id: str, attempt: int) -> Path:
+    """The CRI-format log file of an attempt."""
+    return log_dir / execution_id / f"{attempt}.log"
+
+
+class ExecutionRun:
+    """Drives one execution from Pending (or a re-adopted Running) to its terminal state."""
+
+    def __init__(
+        self,
+        execution: Execution,
+        spec: JobSpec,
+        runtime: ContainerRuntime,
+        recorder: Recorder,
+        log_dir: Path,
+        default_grace: float,
+        closing: Callable[[], bool],
+    ) -> None:
+        self.execution = execution
+        self.spec = spec
+        self._runtime = runtime
+        self._recorder = recorder
+        self._log_dir = log_dir
+        self._default_grace = default_grace
+        self._closing = closing
+        self._phase = Phase.PREPARING
+        self._cancel_requested = False
+        self._deadline_passed = False
+        self._deadline: float | None = None
+        self._attempt_started = execution.started_at or now()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def grace(self) -> float:
+        """The job's stop grace period, else the agent's."""
+        if self.spec.stop_grace_seconds is not None:
+            return self.spec.stop_grace_seconds
+        return self._default_grace
+
+    async def cancel(self, grace: float | None) -> None:
+        """Stops the running process (stop signal, grace, SIGKILL) or interrupts the task."""
+        self._cancel_requested = True
+        if self._phase is Phase.RUNNING:
+            await self._runtime.stop(self.execution.container_id, self.grace if grace is None
+                                     else grace)  # fmt: skip
+        elif self._phase is not Phase.ENDING and self.task is not None:
+            self.task.cancel()
+
+    async def run(self) -> None:
+        """Pending (or Initializing after a restart) -> ... -> terminal."""
+        self._deadline = self._deadline_from(self.execution.created_at)
+        image: Image | None = None
+        try:
+            if self.execution.status is Status.PENDING:
+                self._record(Status.INITIALIZING)
+            async with asyncio.timeout_at(self._deadline):
+                image = await self._prepare()
+                if image is None or not await self._start_attempt(image, 1):
+                    return
+        except TimeoutError:
+            await self._remove_current()
+            self._fail(FailureReason.DEADLINE_EXCEEDED, self._deadline_message())
+            return
+        except asyncio.CancelledError:
+            # Nothing of the job ran yet: take back what was prepared. On shutdown the
+            # execution stays as it is and starts afresh when the agent comes back.
+            await self._remove_current()
+            if self._closing():
+                raise
+            self._record_cancelled()
+            return
+        await self._attempts(image)
+
+    async def adopt(self) -> None:
+        """Follows a container that was running when the agent restarted."""
+        self._deadline = self._deadline_from(self.execution.created_at)
+        attempts = self._recorder.store.list_attempts(self.execution.id)
+        if attempts:
+            self._attempt_started = attempts[-1].started_at
+        await self._attempts(None)
+
+    def _deadline_from(self, start: datetime) -> float | None:
+        if self.spec.timeout_seconds is None:
+            return None
+        elapsed = (now() - start).total_seconds()
+        return asyncio.get_running_loop().time() + self.spec.timeout_seconds - elapsed
+
+    def _deadline_message(self) -> str:
+        return f"the job's timeout of {self.spec.timeout_seconds:g}s passed"
+
+    # Preparing: image, init steps.
+
+    async def _prepare(self) -> Image | None:
+        """Pulls the image and runs the init steps; None when that failed (and is recorded)."""
+        try:
+            image = await self._runtime.pull(self.spec.image)
+        except ImagePullError as error:
+            self._fail(FailureReason.IMAGE_PULL, str(error))
+            return None
+        if self.spec.init_steps:
+            failure = await self._run_init(image)
+            if failure is not None:
+                self._fail(FailureReason.INIT, failure)
+                return None
+        return image
+
+    async def _run_init(self, image: Image) -> str | None:
+        """Runs the init steps as errors.on_init_failure says; returns why they failed."""
+
+        def report(kind: EventKind, step_id: str, message: str) -> None:
+            self._recorder.event(self.execution, kind, step_id, message)
+
+        async def run_in_container(step: InitStep, argv: Sequence[str], timeout: float) -> int:
+            index = self.spec.init_steps.index(step)
+            container_id = f"{container_id_of(self.execution.id, 1)}-init{index}"
+            log_file = self._log_dir / self.execution.id / f"init-{step.id}.log"
+            request = self._request(container_id, CommandSpec(entrypoint=tuple(argv)), log_file)
+            try:
+                await self._runtime.create(request, image)
+                await self._runtime.start(container_id)
+                return (await self._wait(container_id, timeout)).exit_code
+            except (ContainerCreateError, ContainerStartError) as error:
+                raise StepFailed(str(error)) from None
+            finally:
+                await self._runtime.remove(container_id)
+                self._runtime.forget(container_id)
+
+        policy = self.spec.on_init_failure
+        runs = 1 if policy is InitFailurePolicy.FAIL else INIT_RUN_LIMIT
+        failure = None
+        for run in range(runs):
+            failure = await run_steps(self.spec.init_steps, run_in_container, report)
+            if failure is None:
+                return None
+            if policy is InitFailurePolicy.BACKOFF and run + 1 < runs:
+                await asyncio.sleep(INIT_BACKOFF_SECONDS * 2**run)
+        return failure
+
+    # Attempts.
+
+    def _request(self, container_id: str, command: CommandSpec, log_file: Path) -> ContainerRequest:
+        spec = self.spec
+        return ContainerRequest(
+            container_id=container_id,
+            image=spec.image,
+            log_file=log_file,
+            command=command,
+            env=spec.env,
+            hostname=spec.name,
+            resources=spec.resources,
+            user=spec.user,
+            labels=spec.labels,
+            stop_signal=spec.stop_signal,
+        )
+
+    async def _start_attempt(self, image: Image, number: int) -> bool:
+        """Creates and starts the attempt's container; False when that failed (recorded)."""
+        container_id = container_id_of(self.execution.id, number)
+        request = self._request(
+            container_id, self.spec.command, log_file_of(self._log_dir, self.execution.id, number)
+        )
+        # The new container is the execution's from now on (for a cancel and for cleanup).
+        self.execution = replace(self.execution, container_id=container_id, attempt=number)
+        try:
+            await self._runtime.create(request, image)
+        except ContainerCreateError as error:
+            self._fail(FailureReason.CREATE, str(error))
+            return False
+        try:
+            await self._runtime.start(container_id)
+        except ContainerStartError as error:
+            await self._runtime.remove(container_id)
+            self._fail(FailureReason.START, str(error))
+            return False
+        self._attempt_started = now()
+        attempt = Attempt(number, container_id, self._attempt_started)
+        if number == 1:
+            self._record(Status.RUNNING, attempt, started_at=self._attempt_started,
+                         image=f"{image.reference}@{image.digest}")  # fmt: skip
+        else:
+            self.execution = self._recorder.update(
+                self.execution, EventKind.ATTEMPT_STARTED, f"attempt {number} started", attempt
+            )
+        self._phase = Phase.RUNNING
+        return True
+
+    async def _attempts(self, image: Image | None) -> None:
+        """Waits for each attempt; retries as the policy allows; records the outcome."""
+        policy = self.spec.retry
+        while True:
+            self._phase = Phase.RUNNING
+            container_id = self.execution.container_id
+            remaining = None
+            if self._deadline is not None:
+                remaining = max(0.0, self._deadline - asyncio.get_running_loop().time())
+            exit_status = await self._wait(container_id, remaining, deadline=True)
+            self._phase = Phase.ENDING
+            await self._runtime.remove(container_id)
+            attempt = self._finished_attempt(exit_status)
+            number = self.execution.attempt
+            retry = (
+                attempt.failure_reason is not None
+                and not self._cancel_requested
+                and not self._deadline_passed
+                and number <= policy.backoff_limit
+                and policy.retries(exit_status.exit_code)
+            )
+            if not retry:
+                self._finish(exit_status, attempt)
+                self._runtime.forget(container_id)
+                return
+            delay = policy.delay(number)
+            self.execution = self._recorder.update(
+                self.execution, EventKind.ATTEMPT_FAILED,
+                f"attempt {number} {attempt.message}; retrying in {delay:g}s", attempt,
+            )  # fmt: skip
+            self._runtime.forget(container_id)
+            self._phase = Phase.BACKOFF
+            try:
+                image = await self._retry(delay, image, number + 1)
+            except asyncio.CancelledError:
+                await self._remove_current()
+                if self._closing():
+                    raise
+                self._record_cancelled()
+                return
+            if image is None:
+                return
+
+    async def _retry(self, delay: float, image: Image | None, number: int) -> Image | None:
+        """Waits out the backoff and starts the next attempt; None when the execution ended."""
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                await asyncio.sleep(delay)
+                if self._cancel_requested:
+                    raise asyncio.CancelledError
+                image = image or await self._runtime.pull(self.spec.image)
+                started = await self._start_attempt(image, number)
+        except TimeoutError:
+            await self._remove_current()
+            self._fail(FailureReason.DEADLINE_EXCEEDED, self._deadline_message())
+            return None
+        except ImagePullError as error:
+            self._fail(FailureReason.IMAGE_PULL, str(error))
+            return None
+        return image if started else None
+
+    async def _wait(
+        self, container_id: str, timeout: float | None, deadline: bool = False
+    ) -> ExitStatus:
+        """Waits for the container's end; past `timeout` stops it (and notes the deadline)."""
+        waiting = asyncio.ensure_future(self._runtime.wait(container_id))
+        try:
+            done, _ = await asyncio.wait([waiting], timeout=timeout)
+            if not done:
+                self._deadline_passed = self._deadline_passed or deadline
+                await self._runtime.stop(container_id, self.grace)
+            return await waiting
+        finally:
+            waiting.cancel()
+
+    def _finished_attempt(self, exit_status: ExitStatus) -> Attempt:
+        code = exit_status.exit_code
+        reason = None
+        message = "succeeded"
+        if exit_status.oom_killed:
+            reason, message = FailureReason.OOM_KILLED, "was killed by its memory limit"
+        elif code != 0:
+            reason, message = FailureReason.EXIT_CODE, f"exited with code {code}"
+        return Attempt(self.execution.attempt, self.execution.container_id,
+                       self._attempt_started, now(), code, reason, message)  # fmt: skip
+
+    # Outcomes.
+
+    def _finish(self, exit_status: ExitStatus, attempt: Attempt) -> None:
+        code = exit_status.exit_code
+        if self._cancel_requested:
+            self._record_cancelled(exit_code=code, attempt=attempt)
+        elif self._deadline_passed:
+            self._fail(FailureReason.DEADLINE_EXCEEDED, self._deadline_message(), code, attempt)
+        elif attempt.failure_reason is None:
+            self._record(Status.COMPLETED, attempt, exit_code=0, finished_at=now())
+        else:
+            tries = self.execution.attempt
+            prefix = "the process" if tries == 1 else f"after {tries} attempts, the process"
+            self._fail(attempt.failure_reason, f"{prefix} {attempt.message}", code, attempt)
+
+    def _record(self, status: Status, attempt: Attempt | None = None, **changes: object) -> None:
+        self.execution = self._recorder.transition(self.execution, status, attempt, **changes)
+
+    def _record_cancelled(
+        self, exit_code: int | None = None, attempt: Attempt | None = None
+    ) -> None:
+        self._record(Status.CANCELLED, attempt, exit_code=exit_code,
+                     message="cancelled on request", finished_at=now())  # fmt: skip
+
+    def _fail(
+        self,
+        reason: FailureReason,
+        message: str,
+        exit_code: int | None = None,
+        attempt: Attempt | None = None,
+    ) -> None:
+        self._record(Status.FAILED, attempt, failure_reason=reason, message=message,
+                     exit_code=exit_code, finished_at=now())  # fmt: skip
+
+    async def _remove_current(self) -> None:
+        await self._runtime.remove(self.execution.container_id)
