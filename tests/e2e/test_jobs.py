@@ -222,7 +222,7 @@ def test_records_survive_a_restart_and_running_jobs_are_readopted(
     own = start_agent(tmp_path / "agent", agent.runtime, registry)
     try:
         with own.client() as client:
-            finished = run(client, "before", "echo before")
+            finished = client.get_execution(run(client, "before", "echo before").id)
             client.register(job("across", "sleep 1; echo survived"), replace=True)
             running = client.trigger("across")
             wait_until(lambda: client.get_execution(running.id).status == "running", 30,
