@@ -39,6 +39,7 @@ class Agent:
             config.log_dir,
             stop_grace=config.stop_grace_seconds,
             node_limit=config.max_concurrent,
+            max_log_bytes=config.max_log_bytes,
         )
         self.server = AgentServer(self.executor)
         self.port = 0

@@ -14,6 +14,7 @@ from agent.errors import InvalidSpec
 from agent.runtime.errors import RuntimeLayerError
 from agent.runtime.images import ImageStore
 from agent.runtime.manager import RuntimePaths
+from agent.spec import MIN_LOG_BYTES, parse_memory
 
 DEFAULTS = AgentConfig()
 
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULTS.max_concurrent,
         help="executions active at once on this node; more wait in Pending",
+    )
+    run.add_argument(
+        "--max-log-size",
+        default="10Mi",
+        help="newest bytes of output kept per attempt, unless a job says otherwise",
     )
     _registry_flag(run)
 
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 insecure=args.insecure,
                 insecure_registries=frozenset(args.insecure_registry),
                 max_concurrent=args.max_concurrent,
+                max_log_bytes=parse_memory(args.max_log_size, "max_log_size", MIN_LOG_BYTES),
             )
             asyncio.run(serve(config))
         else:

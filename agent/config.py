@@ -24,6 +24,7 @@ class AgentConfig:
     insecure: bool = False
     insecure_registries: frozenset[str] = frozenset()
     max_concurrent: int = 64
+    max_log_bytes: int = 10 * 1024**2
 
     @property
     def database(self) -> Path:

@@ -193,6 +193,7 @@ class JobSpec:
     on_init_failure: InitFailurePolicy = InitFailurePolicy.FAIL
     max_concurrent: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_log_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -294,3 +295,4 @@ class LogLine:
     stream: LogStream
     message: str
     partial: bool = False
+    truncated: bool = False

@@ -51,7 +51,7 @@ SERVICE_ONLY_FIELDS = {
 JOB_FIELDS = {
     "rtype", "schedule", "image", "command", "env", "resources", "user", "labels",
     "timeout", "stop_signal", "stop_grace_period", "init", "errors", "max_concurrent",
-    "backoff_limit", "retry_policy",
+    "backoff_limit", "retry_policy", "max_log_size",
 }  # fmt: skip
 STEP_FIELDS = {"id", "uses", "with", "retry", "timeout", "on_failure"}
 ACTION_PARAMS: dict[InitAction, set[str]] = {
@@ -70,7 +70,6 @@ NOT_YET_SUPPORTED_FIELDS = {
     "storage",
     "capabilities",
     "privileged",
-    "logs",
 }
 IMAGE_FIELDS = {"name", "pull_policy"}
 RESOURCE_FIELDS = {"cpu", "memory", "pids_limit", "gpu"}
@@ -81,6 +80,7 @@ MEMORY_UNITS = {
     "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4,
 }  # fmt: skip
 MIN_MEMORY_BYTES = 4 * 1024**2
+MIN_LOG_BYTES = 1024
 USER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 COMMAND_FIELDS = {"entrypoint", "args", "workdir"}
 
@@ -150,6 +150,7 @@ def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: 
         init_steps=_init_steps(service.get("init"), f"{path}.init"),
         max_concurrent=_positive_int(service.get("max_concurrent"), f"{path}.max_concurrent"),
         retry=_retry(service, path),
+        max_log_bytes=_optional_size(service, "max_log_size", path),
         on_init_failure=_on_init_failure(service.get("errors"), f"{path}.errors"),
     )
 
@@ -181,6 +182,8 @@ def validate_job_spec(spec: JobSpec, path: str = "spec") -> None:
         normalize_signal(spec.stop_signal, f"{path}.stop_signal")
     _grace(spec.stop_grace_seconds, f"{path}.stop_grace_period")
     _positive_int(spec.max_concurrent, f"{path}.max_concurrent")
+    if spec.max_log_bytes is not None and spec.max_log_bytes < MIN_LOG_BYTES:
+        raise InvalidSpec(f"{path}.max_log_bytes", f"must be at least {MIN_LOG_BYTES}")
     if spec.retry.backoff_limit < 0:
         raise InvalidSpec(f"{path}.retry_policy.backoff_limit", "must not be negative")
 
@@ -231,14 +234,14 @@ def _resources(value: Any, path: str) -> Resources:
     )
 
 
-def parse_memory(value: Any, path: str) -> int:
-    """Parses a memory size: bytes, or a number with K/M/G/T or Ki/Mi/Gi/Ti."""
+def parse_memory(value: Any, path: str, minimum: int = MIN_MEMORY_BYTES) -> int:
+    """Parses a size: bytes, or a number with K/M/G/T or Ki/Mi/Gi/Ti; at least `minimum`."""
     match = MEMORY_PATTERN.match(str(value).strip()) if not isinstance(value, bool) else None
     if match is None:
         raise InvalidSpec(path, f"{value!r} is not a size such as 512Mi or 1Gi")
     size = int(float(match.group(1)) * MEMORY_UNITS[match.group(2)])
-    if size < MIN_MEMORY_BYTES:
-        raise InvalidSpec(path, "must be at least 4Mi")
+    if size < minimum:
+        raise InvalidSpec(path, f"must be at least {minimum} bytes")
     return size
 
 
@@ -277,6 +280,11 @@ def _exit_codes(value: Any, path: str) -> tuple[int, ...]:
     ):
         raise InvalidSpec(path, "must be a list of exit codes (1-255)")
     return tuple(value)
+
+
+def _optional_size(mapping: Mapping[str, Any], key: str, path: str) -> int | None:
+    value = mapping.get(key)
+    return None if value is None else parse_memory(value, _join(path, key), MIN_LOG_BYTES)
 
 
 def _positive_int(value: Any, path: str) -> int | None:

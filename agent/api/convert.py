@@ -116,6 +116,7 @@ def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         stop_signal=spec.stop_signal,
         stop_grace_period=_duration(spec.stop_grace_seconds),
         max_concurrent=spec.max_concurrent,
+        max_log_bytes=spec.max_log_bytes,
         retry_policy=pb.RetryPolicy(
             backoff_limit=spec.retry.backoff_limit,
             initial_delay=_duration(spec.retry.initial_delay_seconds),
@@ -176,6 +177,7 @@ def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
         stop_grace_seconds=_seconds(message, "stop_grace_period"),
         max_concurrent=message.max_concurrent if message.HasField("max_concurrent") else None,
         retry=_retry_from_proto(message.retry_policy),
+        max_log_bytes=message.max_log_bytes if message.HasField("max_log_bytes") else None,
     )
 
 
@@ -271,6 +273,7 @@ def log_line_to_proto(line: LogLine) -> pb.LogLine:
         stream=STREAM_TO_PROTO[line.stream],
         message=line.message,
         partial=line.partial,
+        truncated=line.truncated,
     )
 
 

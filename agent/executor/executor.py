@@ -50,11 +50,13 @@ class Executor:
         log_dir: Path,
         stop_grace: float = 10.0,
         node_limit: int = 64,
+        max_log_bytes: int = 10 * 1024**2,
     ) -> None:
         self._store = store
         self._runtime = runtime
         self._log_dir = log_dir
         self._stop_grace = stop_grace
+        self._max_log_bytes = max_log_bytes
         self._bus = EventBus()
         self._recorder = Recorder(store, self._bus)
         self._runs: dict[str, ExecutionRun] = {}
@@ -196,6 +198,8 @@ class Executor:
         if number > execution.attempt:
             self._bus.unsubscribe(execution_id, queue)
             raise NotFound(f"execution {execution_id} has no attempt {number}")
+        job = self._find_job(execution.job_name)
+        query = replace(query, max_bytes=self._log_cap(job.spec if job else None))
         ended = asyncio.Event()
         if execution.status.terminal or execution.attempt > number:
             ended.set()
@@ -255,7 +259,14 @@ class Executor:
 
     def _new_run(self, execution: Execution, spec: JobSpec) -> ExecutionRun:
         return ExecutionRun(execution, spec, self._runtime, self._recorder, self._log_dir,
-                            self._stop_grace, lambda: self._closing)  # fmt: skip
+                            self._stop_grace, lambda: self._closing,
+                            self._log_cap(spec))  # fmt: skip
+
+    def _log_cap(self, spec: JobSpec | None) -> int:
+        """The job's log size cap, else the agent's."""
+        if spec is not None and spec.max_log_bytes is not None:
+            return spec.max_log_bytes
+        return self._max_log_bytes
 
     async def _recover(self, execution: Execution) -> None:
         job = self._find_job(execution.job_name)

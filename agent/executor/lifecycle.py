@@ -72,6 +72,7 @@ class ExecutionRun:
         log_dir: Path,
         default_grace: float,
         closing: Callable[[], bool],
+        log_cap: int,
     ) -> None:
         self.execution = execution
         self.spec = spec
@@ -79,6 +80,7 @@ class ExecutionRun:
         self._recorder = recorder
         self._log_dir = log_dir
         self._default_grace = default_grace
+        self._log_cap = log_cap
         self._closing = closing
         self._phase = Phase.PREPARING
         self._cancel_requested = False
@@ -208,6 +210,8 @@ class ExecutionRun:
             user=spec.user,
             labels=spec.labels,
             stop_signal=spec.stop_signal,
+            # Twice the cap, so that the newest `cap` bytes are there when the reader looks.
+            log_size_max=2 * self._log_cap,
         )
 
     async def _start_attempt(self, image: Image, number: int) -> bool:

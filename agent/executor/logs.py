@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -25,6 +25,8 @@ class LogQuery:
     tail_lines: int = 0
     stream: LogStream | None = None
     since: datetime | None = None
+    # The attempt's size cap: output older than the newest max_bytes is not shown.
+    max_bytes: int | None = None
 
     def wants(self, line: LogLine) -> bool:
         """True when the line passes the stream and time filters."""
@@ -42,8 +44,19 @@ async def read_log(path: Path, query: LogQuery, ended: asyncio.Event) -> AsyncIt
     offset = 0
     pending = b""
     first = True
+    truncated = False
+    size = _size(path)
+    if query.max_bytes is not None and size > query.max_bytes:
+        # Only the newest max_bytes are kept: start at the first whole line within them.
+        offset, truncated = size - query.max_bytes, True
+        head, _ = _read_from(path, offset, limit=query.max_bytes)
+        newline = head.find(b"\n")
+        offset += newline + 1 if newline >= 0 else len(head)
     while True:
         finished = ended.is_set()
+        if _size(path) < offset:
+            # The monitor rotated the file under its size cap: read the new one from its start.
+            offset, pending, truncated = 0, b"", True
         chunk, offset = _read_from(path, offset)
         data = pending + chunk
         *complete, pending = data.split(b"\n")
@@ -52,6 +65,9 @@ async def read_log(path: Path, query: LogQuery, ended: asyncio.Event) -> AsyncIt
             lines = list(deque(lines, maxlen=query.tail_lines))
         first = False
         for line in lines:
+            if truncated:
+                line = replace(line, truncated=True)
+                truncated = False
             yield line
         if finished or not query.follow:
             return
@@ -59,11 +75,18 @@ async def read_log(path: Path, query: LogQuery, ended: asyncio.Event) -> AsyncIt
             await asyncio.wait_for(ended.wait(), FOLLOW_POLL_SECONDS)
 
 
-def _read_from(path: Path, offset: int) -> tuple[bytes, int]:
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _read_from(path: Path, offset: int, limit: int = -1) -> tuple[bytes, int]:
     try:
         with path.open("rb") as file:
             file.seek(offset)
-            data = file.read()
+            data = file.read(limit)
     except FileNotFoundError:
         return b"", offset
     return data, offset + len(data)

@@ -46,6 +46,8 @@ class ContainerRequest:
     user: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     stop_signal: str = ""
+    # conmon starts the log file over past this size (None: no cap).
+    log_size_max: int | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,9 @@ class ContainerManager:
             raise ContainerCreateError(str(error)) from None
         request.log_file.parent.mkdir(parents=True, exist_ok=True)
         try:
-            await self.monitor.create(request.container_id, self._monitor_paths(request))
+            await self.monitor.create(
+                request.container_id, self._monitor_paths(request), request.log_size_max
+            )
         except ContainerCreateError:
             await self.remove(request.container_id)
             raise

@@ -43,7 +43,9 @@ class ConmonMonitor:
         exits_dir.mkdir(parents=True, exist_ok=True)
         sockets_dir.mkdir(parents=True, exist_ok=True)
 
-    async def create(self, container_id: str, paths: MonitorPaths) -> int:
+    async def create(
+        self, container_id: str, paths: MonitorPaths, log_size_max: int | None = None
+    ) -> int:
         """Creates the container under a new conmon; returns the container's pid."""
         self.forget(container_id)
         self.persist_dir(container_id).mkdir(parents=True)
@@ -60,6 +62,8 @@ class ConmonMonitor:
             "--log-path", f"k8s-file:{paths.log_file}",
             "--log-level", "error",
         ]  # fmt: skip
+        if log_size_max is not None:
+            argv += ["--log-size-max", str(log_size_max)]
         for arg in self._runtime.global_args(paths.runtime_log):
             argv += ["--runtime-arg", arg]
         conmon_log = paths.bundle / "conmon.log"

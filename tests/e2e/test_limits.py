@@ -178,3 +178,17 @@ def test_a_fail_exit_code_is_never_retried(client: JobAgentClient) -> None:
     register(client, "fatal", retry, "exit 3")
     final = client.wait(client.trigger("fatal").id)
     assert (final.status, final.attempt, final.exit_code) == ("failed", 1, 3)
+
+
+def test_the_log_cap_keeps_the_newest_output(client: JobAgentClient, agent: AgentProcess) -> None:
+    register(client, "chatty", "    max_log_size: 2Ki\n",
+             "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line $i; done")  # fmt: skip
+    execution = client.wait(client.trigger("chatty").id)
+    assert execution.status == "completed"
+    lines = list(client.logs(execution.id))
+    assert lines[-1].message == "line 300"
+    assert lines[0].truncated and not any(line.truncated for line in lines[1:])
+    numbers = [int(line.message.split()[1]) for line in lines]
+    assert numbers == list(range(numbers[0], 301))
+    log_file = agent.cwd / agent.data_dir / "logs" / execution.id / "1.log"
+    assert log_file.stat().st_size <= 2 * 2048 + 100

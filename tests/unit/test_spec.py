@@ -224,3 +224,11 @@ def test_bad_retry_settings_name_the_field(line: str, field: str) -> None:
     with pytest.raises(InvalidSpec) as caught:
         parse_document(service(f"rtype: job\nimage: {{name: a}}\n{line}"))
     assert caught.value.field == field
+
+
+def test_the_log_cap_parses_with_a_small_minimum() -> None:
+    (spec,) = parse_document(service("rtype: job\nimage: {name: a}\nmax_log_size: 2Ki"))
+    assert spec.max_log_bytes == 2048
+    with pytest.raises(InvalidSpec) as caught:
+        parse_document(service("rtype: job\nimage: {name: a}\nmax_log_size: 10"))
+    assert caught.value.field == "services.once.max_log_size"

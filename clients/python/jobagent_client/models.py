@@ -161,6 +161,7 @@ class LogLine:
     stream: str
     message: str
     partial: bool
+    truncated: bool = False
 
     @classmethod
     def from_proto(cls, message: pb.LogLine) -> LogLine:
@@ -170,4 +171,5 @@ class LogLine:
             stream=_enum_name(pb.LogStream, message.stream, "LOG_STREAM_"),
             message=message.message,
             partial=message.partial,
+            truncated=message.truncated,
         )

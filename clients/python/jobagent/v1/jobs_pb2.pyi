@@ -463,6 +463,7 @@ class JobSpec(_message.Message):
     STOP_GRACE_PERIOD_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
     RETRY_POLICY_FIELD_NUMBER: _builtins.int
+    MAX_LOG_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Job name, unique on the node: lowercase letters, digits and '-', at most 63."""
     deployment: _builtins.str
@@ -477,6 +478,8 @@ class JobSpec(_message.Message):
     """Signal that asks the process to stop ("SIGTERM" when empty, or the image's)."""
     max_concurrent: _builtins.int
     """At most this many executions of the job are active at once; more wait in Pending."""
+    max_log_bytes: _builtins.int
+    """Newest bytes of output kept per attempt; the agent's default when unset."""
     @_builtins.property
     def image(self) -> Global___ImageSpec:
         """The image to run."""
@@ -527,14 +530,20 @@ class JobSpec(_message.Message):
         stop_grace_period: _duration_pb2.Duration | None = ...,
         max_concurrent: _builtins.int | None = ...,
         retry_policy: Global___RetryPolicy | None = ...,
+        max_log_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "command", b"command", "image", b"image", "max_concurrent", b"max_concurrent", "resources", b"resources", "retry_policy", b"retry_policy", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "image", b"image", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "resources", b"resources", "retry_policy", b"retry_policy", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "command", b"command", "deployment", b"deployment", "env", b"env", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "name", b"name", "resources", b"resources", "retry_policy", b"retry_policy", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "deployment", b"deployment", "env", b"env", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "name", b"name", "resources", b"resources", "retry_policy", b"retry_policy", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_concurrent: _TypeAlias = _typing.Literal["max_concurrent"]  # noqa: Y015
     _WhichOneofArgType__max_concurrent: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent"]  # noqa: Y015
+    _WhichOneofReturnType__max_log_bytes: _TypeAlias = _typing.Literal["max_log_bytes"]  # noqa: Y015
+    _WhichOneofArgType__max_log_bytes: _TypeAlias = _typing.Literal["_max_log_bytes", b"_max_log_bytes"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent) -> _WhichOneofReturnType__max_concurrent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_log_bytes) -> _WhichOneofReturnType__max_log_bytes | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
 
@@ -816,12 +825,15 @@ class LogLine(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     PARTIAL_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     stream: Global___LogStream.ValueType
     """stdout or stderr."""
     message: _builtins.str
     """The line's text without its newline (invalid UTF-8 is replaced)."""
     partial: _builtins.bool
     """True when the line is a fragment: the process wrote no newline yet."""
+    truncated: _builtins.bool
+    """True when older output was dropped before this line (the attempt's size cap)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the monitor read the line from the container."""
@@ -833,10 +845,11 @@ class LogLine(_message.Message):
         stream: Global___LogStream.ValueType = ...,
         message: _builtins.str = ...,
         partial: _builtins.bool = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "partial", b"partial", "stream", b"stream", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "partial", b"partial", "stream", b"stream", "time", b"time", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
