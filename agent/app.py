@@ -40,6 +40,7 @@ class Agent:
             stop_grace=config.stop_grace_seconds,
             node_limit=config.max_concurrent,
             max_log_bytes=config.max_log_bytes,
+            retention=config.retention,
         )
         self.server = AgentServer(self.executor)
         self.port = 0

@@ -11,10 +11,11 @@ from pathlib import Path
 from agent.app import serve
 from agent.config import AgentConfig
 from agent.errors import InvalidSpec
+from agent.executor.retention import RetentionPolicy
 from agent.runtime.errors import RuntimeLayerError
 from agent.runtime.images import ImageStore
 from agent.runtime.manager import RuntimePaths
-from agent.spec import MIN_LOG_BYTES, parse_memory
+from agent.spec import MIN_LOG_BYTES, parse_duration, parse_memory
 
 DEFAULTS = AgentConfig()
 
@@ -49,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="10Mi",
         help="newest bytes of output kept per attempt, unless a job says otherwise",
     )
+    run.add_argument(
+        "--retention-max-age",
+        default="7d",
+        help="finished executions older than this are removed (e.g. 7d, 12h)",
+    )
+    run.add_argument(
+        "--retention-per-job",
+        type=int,
+        default=100,
+        help="finished executions kept per job, newest first",
+    )
+    run.add_argument("--retention-interval", default="60s", help="how often retention runs")
     _registry_flag(run)
 
     load = commands.add_parser("image-import", help="copy an image into the agent's store")
@@ -87,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
                 insecure_registries=frozenset(args.insecure_registry),
                 max_concurrent=args.max_concurrent,
                 max_log_bytes=parse_memory(args.max_log_size, "max_log_size", MIN_LOG_BYTES),
+                retention=RetentionPolicy(
+                    max_age_seconds=parse_duration(args.retention_max_age, "retention_max_age"),
+                    per_job=args.retention_per_job,
+                    interval_seconds=parse_duration(args.retention_interval, "retention_interval"),
+                ),
             )
             asyncio.run(serve(config))
         else:

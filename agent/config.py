@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import InvalidSpec
+from agent.executor.retention import RetentionPolicy
 
 KNOWN_RUNTIMES = ("youki", "runc", "crun")
 
@@ -25,6 +26,7 @@ class AgentConfig:
     insecure_registries: frozenset[str] = frozenset()
     max_concurrent: int = 64
     max_log_bytes: int = 10 * 1024**2
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     @property
     def database(self) -> Path:
@@ -52,6 +54,10 @@ class AgentConfig:
         """Raises InvalidSpec naming the first setting that cannot work."""
         if self.max_concurrent < 1:
             raise InvalidSpec("max_concurrent", "must be at least 1")
+        if self.retention.per_job < 0:
+            raise InvalidSpec("retention_per_job", "must not be negative")
+        if self.retention.interval_seconds <= 0:
+            raise InvalidSpec("retention_interval", "must be positive")
         self.check_listen()
 
     def check_listen(self) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.domain import (
+    TERMINAL_STATUSES,
     Attempt,
     CommandSpec,
     EventKind,
@@ -280,6 +281,29 @@ class Store:
         """Records an event that changes nothing of the execution (an init step's progress)."""
         with self._transaction() as db:
             return _append_event(db, execution, kind, step_id, message)
+
+    def expired_executions(self, older_than: datetime, keep_per_job: int) -> list[str]:
+        """Finished executions finished before `older_than`, or beyond the newest
+        `keep_per_job` finished ones of their job; never active ones."""
+        terminal = tuple(status.value for status in TERMINAL_STATUSES)
+        rows = self._db.execute(
+            "SELECT id FROM ("
+            "  SELECT id, finished_at, ROW_NUMBER() OVER ("
+            "    PARTITION BY job_name ORDER BY finished_at DESC, rowid DESC) AS newer"
+            "  FROM executions WHERE status IN (?, ?, ?)"
+            ") WHERE finished_at < ? OR newer > ?",
+            (*terminal, _time(older_than), keep_per_job),
+        ).fetchall()
+        return [row["id"] for row in rows]
+
+    def delete_executions(self, execution_ids: list[str]) -> None:
+        """Removes executions with their events and attempts."""
+        with self._transaction() as db:
+            for table, column in (("events", "execution_id"), ("attempts", "execution_id"),
+                                  ("executions", "id")):  # fmt: skip
+                db.executemany(
+                    f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in execution_ids]
+                )
 
     def events_since(self, execution_id: str, sequence: int) -> list[ExecutionEvent]:
         """Returns the execution's events after `sequence`, in order."""

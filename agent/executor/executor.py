@@ -35,6 +35,7 @@ from agent.executor.lifecycle import ExecutionRun, container_id_of, log_file_of,
 from agent.executor.logs import LogQuery, read_log
 from agent.executor.ports import ContainerRuntime
 from agent.executor.recorder import Recorder
+from agent.executor.retention import Retention, RetentionPolicy
 from agent.store import Store
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Executor:
         stop_grace: float = 10.0,
         node_limit: int = 64,
         max_log_bytes: int = 10 * 1024**2,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -64,6 +66,8 @@ class Executor:
         self._node_limit = node_limit
         self._admission = Admission(node_limit)
         self._waiting: dict[str, tuple[Execution, JobSpec]] = {}
+        self.retention = Retention(store, log_dir, retention or RetentionPolicy())
+        self._pruner: asyncio.Task[None] | None = None
 
     # Jobs
 
@@ -229,10 +233,13 @@ class Executor:
         for execution in reversed(self._store.list_executions(statuses=ACTIVE_STATUSES)):
             await self._recover(execution)
         self._admit()
+        self._pruner = asyncio.create_task(self.retention.run_forever())
 
     async def close(self) -> None:
         """Stops accepting triggers and lets go of running containers (they keep running)."""
         self._closing = True
+        if self._pruner is not None:
+            self._pruner.cancel()
         tasks = [run.task for run in self._runs.values() if run.task is not None]
         for task in tasks:
             task.cancel()

@@ -45,10 +45,15 @@ def registry(tmp_path_factory: pytest.TempPathFactory, example_image: Path) -> I
 
 
 def start_agent(
-    data_dir: Path, runtime: str, registry: Registry, cwd: Path | None = None
+    data_dir: Path,
+    runtime: str,
+    registry: Registry,
+    cwd: Path | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> AgentProcess:
     """An agent whose store has busybox:latest, pulled from the loopback registry."""
-    agent = AgentProcess(data_dir, runtime, registry.host, cwd=cwd or Path.cwd())
+    agent = AgentProcess(data_dir, runtime, registry.host, cwd=cwd or Path.cwd(),
+                         extra_args=extra_args)  # fmt: skip
     (agent.cwd / data_dir).mkdir(parents=True, exist_ok=True)
     agent.import_image(f"docker://{registry.host}/busybox:latest", "busybox:latest")
     agent.start()

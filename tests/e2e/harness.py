@@ -118,6 +118,7 @@ class AgentProcess:
     runtime: str
     registry: str = ""
     cwd: Path = REPO
+    extra_args: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -155,7 +156,7 @@ class AgentProcess:
         self.process = subprocess.Popen(
             self.python("serve", "--data-dir", str(self.data_dir), "--listen", self.target,
                         "--runtime", self.runtime, *self.registry_flags(),
-                        "--stop-grace", "5"),
+                        "--stop-grace", "5", *self.extra_args),
             stdout=log,
             stderr=log,
             cwd=self.cwd,

@@ -263,3 +263,29 @@ def test_a_local_oci_layout_runs_by_reference(client: JobAgentClient, example_im
     assert execution.status == "completed", execution.message
     assert execution.image.startswith(f"oci:{example_image}:latest@sha256:")
     assert [line.message for line in client.logs(execution.id)] == ["from layout"]
+
+
+def test_retention_removes_old_records_and_logs_but_never_active_ones(
+    tmp_path: Path, registry: Registry, agent: AgentProcess
+) -> None:
+    args = ("--retention-per-job", "2", "--retention-interval", "200ms")
+    own = start_agent(tmp_path / "agent", agent.runtime, registry, extra_args=args)
+    try:
+        with own.client() as client:
+            client.register(job("kept", "echo $HOSTNAME"), replace=True)
+            client.register(job("long", "sleep 30"), replace=True)
+            active = client.trigger("long")
+            finished = [client.wait(client.trigger("kept").id) for _ in range(4)]
+            logs = own.data_dir / "logs"
+            wait_until(lambda: not (logs / finished[1].id).exists(), 10, "retention")
+            remaining = {execution.id for execution in client.list_executions(job_name="kept")}
+            assert remaining == {finished[2].id, finished[3].id}
+            assert not (logs / finished[0].id).exists()
+            with pytest.raises(ClientError) as caught:
+                client.get_execution(finished[0].id)
+            assert caught.value.code is grpc.StatusCode.NOT_FOUND
+            assert client.get_execution(active.id).status in ("initializing", "running")
+            client.cancel(active.id, grace=timedelta(seconds=1))
+    finally:
+        own.stop()
+        sweep(own)

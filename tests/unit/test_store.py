@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -119,3 +119,25 @@ def test_every_spec_field_round_trips(tmp_path: Path) -> None:
     store = Store(tmp_path / "db")
     store.put_job(Job(spec, NOW, NOW))
     assert store.get_job("full").spec == spec
+
+
+def test_expired_executions_by_age_and_count_never_active(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+
+    def finished(execution_id: str, job: str, minutes_ago: int) -> None:
+        execution = replace(make_execution(execution_id), job_name=job)
+        store.insert_execution(execution)
+        at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+        store.transition(Status.PENDING, replace(execution, status=Status.COMPLETED,
+                                                 finished_at=at))  # fmt: skip
+
+    finished("a1", "a", 1)
+    finished("a2", "a", 2)
+    finished("a3", "a", 3)
+    finished("b1", "b", 600)
+    store.insert_execution(replace(make_execution("r1"), job_name="a"))
+    expired = store.expired_executions(datetime.now(UTC) - timedelta(minutes=60), keep_per_job=2)
+    assert sorted(expired) == ["a3", "b1"]
+    store.delete_executions(expired)
+    assert {e.id for e in store.list_executions()} == {"a1", "a2", "r1"}
+    assert store.events_since("a3", 0) == []

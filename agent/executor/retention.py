@@ -1,0 +1,49 @@
+"""Retention: finished executions go, with their records and logs, by age and by count."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from agent.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How long finished executions are kept; active ones are always kept."""
+
+    max_age_seconds: float = 7 * 86400
+    per_job: int = 100
+    interval_seconds: float = 60.0
+
+
+class Retention:
+    """Removes what the policy no longer keeps: records, events, attempts and log files."""
+
+    def __init__(self, store: Store, log_dir: Path, policy: RetentionPolicy) -> None:
+        self._store = store
+        self._log_dir = log_dir
+        self.policy = policy
+
+    def prune(self) -> list[str]:
+        """Removes every expired execution now; returns their ids."""
+        older_than = datetime.now(UTC) - timedelta(seconds=self.policy.max_age_seconds)
+        expired = self._store.expired_executions(older_than, self.policy.per_job)
+        if expired:
+            self._store.delete_executions(expired)
+            for execution_id in expired:
+                shutil.rmtree(self._log_dir / execution_id, ignore_errors=True)
+            log.info("retention removed %d finished executions", len(expired))
+        return expired
+
+    async def run_forever(self) -> None:
+        """Prunes at start and then every interval, until cancelled."""
+        while True:
+            self.prune()
+            await asyncio.sleep(self.policy.interval_seconds)
