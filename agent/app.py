@@ -41,6 +41,7 @@ class Agent:
             node_limit=config.max_concurrent,
             max_log_bytes=config.max_log_bytes,
             retention=config.retention,
+            host_policy=config.host_policy,
         )
         self.server = AgentServer(self.executor)
         self.port = 0

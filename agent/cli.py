@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agent.app import serve
 from agent.config import AgentConfig
+from agent.domain import HostPolicy
 from agent.errors import InvalidSpec
 from agent.executor.retention import RetentionPolicy
 from agent.runtime.errors import RuntimeLayerError
@@ -62,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="finished executions kept per job, newest first",
     )
     run.add_argument("--retention-interval", default="60s", help="how often retention runs")
+    run.add_argument(
+        "--bind-allow",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a host path under which jobs may bind-mount (repeatable)",
+    )
+    run.add_argument(
+        "--allow-host-network",
+        action="store_true",
+        help="let jobs with host_network: true share the host's network",
+    )
     _registry_flag(run)
 
     load = commands.add_parser("image-import", help="copy an image into the agent's store")
@@ -100,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                 insecure_registries=frozenset(args.insecure_registry),
                 max_concurrent=args.max_concurrent,
                 max_log_bytes=parse_memory(args.max_log_size, "max_log_size", MIN_LOG_BYTES),
+                host_policy=HostPolicy(
+                    bind_allowlist=tuple(args.bind_allow),
+                    allow_host_network=args.allow_host_network,
+                ),
                 retention=RetentionPolicy(
                     max_age_seconds=parse_duration(args.retention_max_age, "retention_max_age"),
                     per_job=args.retention_per_job,

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.domain import HostPolicy
 from agent.errors import InvalidSpec
 from agent.executor.retention import RetentionPolicy
 
@@ -27,6 +28,7 @@ class AgentConfig:
     max_concurrent: int = 64
     max_log_bytes: int = 10 * 1024**2
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    host_policy: HostPolicy = field(default_factory=HostPolicy)
 
     @property
     def database(self) -> Path:

@@ -172,6 +172,40 @@ class RetryPolicy:
         return float(min(self.max_delay_seconds, self.initial_delay_seconds * 2 ** (retry - 1)))
 
 
+class MountKind(enum.Enum):
+    """The seed's storage types that a job can use."""
+
+    BIND = "bind"
+    NAMED = "named"
+    ANONYMOUS = "anonymous"
+    TMPFS = "tmpfs"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One storage mount of a job's container.
+
+    `source` is the host path of a bind mount or the name of a named volume; named
+    volumes live under the agent's data directory and outlive executions, anonymous
+    ones live and die with the container.
+    """
+
+    kind: MountKind
+    target: str
+    source: str = ""
+    readonly: bool = False
+    size_bytes: int | None = None
+    mode: int | None = None
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """What the agent lets a job reach on the host."""
+
+    bind_allowlist: tuple[str, ...] = ()
+    allow_host_network: bool = False
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One job: a service with rtype job or cron of a deployment document."""
@@ -194,6 +228,8 @@ class JobSpec:
     max_concurrent: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_log_bytes: int | None = None
+    storage: tuple[Mount, ...] = ()
+    host_network: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from croniter import croniter
 
 from agent.domain import (
     CommandSpec,
+    HostPolicy,
     ImageSpec,
     InitAction,
     InitFailurePolicy,
@@ -29,6 +30,7 @@ from agent.domain import (
     StepFailure,
 )
 from agent.errors import InvalidSpec
+from agent.mounts import check_host_access, check_mounts, parse_storage
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -51,7 +53,7 @@ SERVICE_ONLY_FIELDS = {
 JOB_FIELDS = {
     "rtype", "schedule", "image", "command", "env", "resources", "user", "labels",
     "timeout", "stop_signal", "stop_grace_period", "init", "errors", "max_concurrent",
-    "backoff_limit", "retry_policy", "max_log_size",
+    "backoff_limit", "retry_policy", "max_log_size", "storage", "host_network",
 }  # fmt: skip
 STEP_FIELDS = {"id", "uses", "with", "retry", "timeout", "on_failure"}
 ACTION_PARAMS: dict[InitAction, set[str]] = {
@@ -67,7 +69,6 @@ MAX_GRACE_SECONDS = 3600.0
 # Fields of the seed's format that this agent does not run yet: rejected rather than ignored.
 NOT_YET_SUPPORTED_FIELDS = {
     "devices",
-    "storage",
     "capabilities",
     "privileged",
 }
@@ -85,7 +86,7 @@ USER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9
 COMMAND_FIELDS = {"entrypoint", "args", "workdir"}
 
 
-def parse_document(text: str) -> list[JobSpec]:
+def parse_document(text: str, policy: HostPolicy | None = None) -> list[JobSpec]:
     """Parses a deployment document into the jobs it declares.
 
     Raises InvalidSpec naming the field path of the first problem found.
@@ -110,7 +111,9 @@ def parse_document(text: str) -> list[JobSpec]:
         rtype = service.get("rtype", "service")
         if rtype == "service":
             continue
-        jobs.append(parse_service(str(name), service, deployment, path))
+        job = parse_service(str(name), service, deployment, path)
+        check_host_access(job.storage, job.host_network, policy or HostPolicy(), path)
+        jobs.append(job)
     if not jobs:
         raise InvalidSpec("services", "declares no service with rtype job or cron")
     return jobs
@@ -152,11 +155,23 @@ def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: 
         retry=_retry(service, path),
         max_log_bytes=_optional_size(service, "max_log_size", path),
         on_init_failure=_on_init_failure(service.get("errors"), f"{path}.errors"),
+        storage=parse_storage(service.get("storage"), f"{path}.storage", parse_memory),
+        host_network=_flag(service.get("host_network"), f"{path}.host_network"),
     )
 
 
-def validate_job_spec(spec: JobSpec, path: str = "spec") -> None:
+def _flag(value: Any, path: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidSpec(path, "must be true or false")
+    return value
+
+
+def validate_job_spec(spec: JobSpec, policy: HostPolicy | None = None, path: str = "spec") -> None:
     """Checks a JobSpec that arrived as a structured message (not YAML)."""
+    check_mounts(spec.storage, f"{path}.storage")
+    check_host_access(spec.storage, spec.host_network, policy or HostPolicy(), path)
     if not NAME_PATTERN.match(spec.name):
         raise InvalidSpec(f"{path}.name", _name_rule(spec.name))
     if spec.deployment and not NAME_PATTERN.match(spec.deployment):

@@ -30,6 +30,8 @@ from agent.domain import (
     Job,
     JobKind,
     JobSpec,
+    Mount,
+    MountKind,
     PullPolicy,
     Resources,
     RetryPolicy,
@@ -379,6 +381,7 @@ def _spec_to_json(spec: JobSpec) -> dict[str, Any]:
         for step in spec.init_steps
     ]  # fmt: skip
     data["on_init_failure"] = spec.on_init_failure.value
+    data["storage"] = [{**asdict(mount), "kind": mount.kind.value} for mount in spec.storage]
     return data
 
 
@@ -402,12 +405,16 @@ def _spec_from_json(data: dict[str, Any]) -> JobSpec:
         for step in fields.pop("init_steps", [])
     )  # fmt: skip
     on_init_failure = InitFailurePolicy(fields.pop("on_init_failure", "fail"))
+    storage = tuple(
+        Mount(**{**mount, "kind": MountKind(mount["kind"])}) for mount in fields.pop("storage", [])
+    )
     return JobSpec(
         **fields,
         kind=kind,
         init_steps=init_steps,
         on_init_failure=on_init_failure,
         retry=retry_policy,
+        storage=storage,
         image=ImageSpec(image["name"], PullPolicy(image["pull_policy"])),
         command=CommandSpec(
             entrypoint=tuple(command["entrypoint"]),

@@ -23,6 +23,8 @@ from agent.domain import (
     JobSpec,
     LogLine,
     LogStream,
+    Mount,
+    MountKind,
     PullPolicy,
     Resources,
     RetryPolicy,
@@ -30,6 +32,7 @@ from agent.domain import (
     Trigger,
     TriggerKind,
 )
+from agent.errors import InvalidSpec
 
 STATUS_TO_PROTO = {
     Status.PENDING: pb.EXECUTION_STATUS_PENDING,
@@ -73,6 +76,13 @@ EVENT_TO_PROTO = {
     EventKind.INIT_STEP_SUCCEEDED: pb.EVENT_TYPE_INIT_STEP_SUCCEEDED,
     EventKind.INIT_STEP_FAILED: pb.EVENT_TYPE_INIT_STEP_FAILED,
 }
+MOUNT_TO_PROTO = {
+    MountKind.BIND: pb.MOUNT_TYPE_BIND,
+    MountKind.NAMED: pb.MOUNT_TYPE_NAMED,
+    MountKind.ANONYMOUS: pb.MOUNT_TYPE_ANONYMOUS,
+    MountKind.TMPFS: pb.MOUNT_TYPE_TMPFS,
+}
+MOUNT_FROM_PROTO = {value: key for key, value in MOUNT_TO_PROTO.items()}
 STREAM_TO_PROTO = {LogStream.STDOUT: pb.LOG_STREAM_STDOUT, LogStream.STDERR: pb.LOG_STREAM_STDERR}
 STREAM_FROM_PROTO = {value: key for key, value in STREAM_TO_PROTO.items()}
 
@@ -117,6 +127,18 @@ def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         stop_grace_period=_duration(spec.stop_grace_seconds),
         max_concurrent=spec.max_concurrent,
         max_log_bytes=spec.max_log_bytes,
+        storage=[
+            pb.Mount(
+                type=MOUNT_TO_PROTO[m.kind],
+                target=m.target,
+                source=m.source,
+                readonly=m.readonly,
+                size_bytes=m.size_bytes,
+                mode=m.mode,
+            )
+            for m in spec.storage
+        ],
+        host_network=spec.host_network,
         retry_policy=pb.RetryPolicy(
             backoff_limit=spec.retry.backoff_limit,
             initial_delay=_duration(spec.retry.initial_delay_seconds),
@@ -178,6 +200,24 @@ def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
         max_concurrent=message.max_concurrent if message.HasField("max_concurrent") else None,
         retry=_retry_from_proto(message.retry_policy),
         max_log_bytes=message.max_log_bytes if message.HasField("max_log_bytes") else None,
+        storage=tuple(
+            _mount_from_proto(mount, f"spec.storage[{index}]")
+            for index, mount in enumerate(message.storage)
+        ),
+        host_network=message.host_network,
+    )
+
+
+def _mount_from_proto(message: pb.Mount, path: str) -> Mount:
+    if message.type not in MOUNT_FROM_PROTO:
+        raise InvalidSpec(f"{path}.type", "is required")
+    return Mount(
+        kind=MOUNT_FROM_PROTO[message.type],
+        target=message.target,
+        source=message.source,
+        readonly=message.readonly,
+        size_bytes=message.size_bytes if message.HasField("size_bytes") else None,
+        mode=message.mode if message.HasField("mode") else None,
     )
 
 

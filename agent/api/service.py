@@ -33,10 +33,10 @@ class JobService(service_grpc.JobServiceServicer):
     ) -> service_pb.RegisterJobResponse:
         source = request.WhichOneof("source")
         if source == "spec_yaml":
-            specs = parse_document(request.spec_yaml)
+            specs = parse_document(request.spec_yaml, self._executor.host_policy)
         elif source == "spec":
             spec = convert.job_spec_from_proto(request.spec)
-            validate_job_spec(spec)
+            validate_job_spec(spec, self._executor.host_policy)
             specs = [spec]
         else:
             raise InvalidSpec("source", "set spec_yaml or spec")

@@ -22,6 +22,7 @@ from agent.domain import (
     Execution,
     ExecutionEvent,
     FailureReason,
+    HostPolicy,
     Job,
     JobSpec,
     LogLine,
@@ -53,11 +54,13 @@ class Executor:
         node_limit: int = 64,
         max_log_bytes: int = 10 * 1024**2,
         retention: RetentionPolicy | None = None,
+        host_policy: HostPolicy | None = None,
     ) -> None:
         self._store = store
         self._runtime = runtime
         self._log_dir = log_dir
         self._stop_grace = stop_grace
+        self.host_policy = host_policy or HostPolicy()
         self._max_log_bytes = max_log_bytes
         self._bus = EventBus()
         self._recorder = Recorder(store, self._bus)

@@ -212,6 +212,8 @@ class ExecutionRun:
             stop_signal=spec.stop_signal,
             # Twice the cap, so that the newest `cap` bytes are there when the reader looks.
             log_size_max=2 * self._log_cap,
+            mounts=spec.storage,
+            host_network=spec.host_network,
         )
 
     async def _start_attempt(self, image: Image, number: int) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from agent.domain import CommandSpec, Resources
 from agent.runtime.images import ImageConfig
 
 CPU_PERIOD = 100_000
+NAMESPACES = ["pid", "network", "ipc", "uts", "mount"]
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # containerd's default capability set.
 DEFAULT_CAPABILITIES = [
@@ -103,8 +104,12 @@ def build_config(
     cgroups_path: str,
     resources: Resources | None = None,
     annotations: Mapping[str, str] | None = None,
+    mounts: Sequence[Mapping[str, Any]] = (),
+    host_network: bool = False,
 ) -> dict[str, Any]:
-    """Returns a runtime-spec config.json: unprivileged, no network but loopback."""
+    """Returns a runtime-spec config.json: unprivileged, no network but loopback (unless
+    `host_network`), with the job's `mounts` after the standard ones."""
+    namespaces = ["pid", "ipc", "uts", "mount"] if host_network else NAMESPACES
     capabilities = {
         name: list(DEFAULT_CAPABILITIES) for name in ("bounding", "effective", "permitted")
     }
@@ -122,12 +127,12 @@ def build_config(
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": hostname,
-        "mounts": _default_mounts(),
+        "mounts": [*_default_mounts(), *(dict(mount) for mount in mounts)],
         "annotations": dict(annotations or {}),
         "linux": {
             "cgroupsPath": cgroups_path,
             "resources": _linux_resources(resources or Resources()),
-            "namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")],
+            "namespaces": [{"type": kind} for kind in namespaces],
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },

@@ -13,8 +13,9 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from agent.domain import CommandSpec, ImageSpec, Resources
+from agent.domain import CommandSpec, ImageSpec, Mount, MountKind, Resources
 from agent.runtime import bundle
 from agent.runtime.cgroups import oom_kill_count
 from agent.runtime.errors import (
@@ -48,6 +49,8 @@ class ContainerRequest:
     stop_signal: str = ""
     # conmon starts the log file over past this size (None: no cap).
     log_size_max: int | None = None
+    mounts: tuple[Mount, ...] = ()
+    host_network: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class RuntimePaths:
     runtime_state: Path
     exits: Path
     sockets: Path
+    volumes: Path
 
     @classmethod
     def under(cls, data_dir: Path, runtime_name: str) -> RuntimePaths:
@@ -78,6 +82,7 @@ class RuntimePaths:
             containers=data_dir / "containers",
             runtime_state=data_dir / "state" / runtime_name,
             exits=data_dir / "exits",
+            volumes=data_dir / "volumes",
             sockets=Path("/run/jobagent") / key,
         )
 
@@ -115,6 +120,8 @@ class ContainerManager:
             )
             directory.mkdir(parents=True, exist_ok=True)
             bundle.mount_overlay(image.rootfs, directory / "upper", directory / "work", rootfs)
+            mounts = [self._oci_mount(mount, directory, index)
+                      for index, mount in enumerate(request.mounts)]  # fmt: skip
             config = bundle.build_config(
                 process,
                 rootfs,
@@ -127,6 +134,8 @@ class ContainerManager:
                     or image.config.stop_signal
                     or DEFAULT_STOP_SIGNAL,
                 },
+                mounts,
+                request.host_network,
             )
             (directory / "config.json").write_text(json.dumps(config))
         except (ValueError, OSError) as error:
@@ -192,6 +201,27 @@ class ContainerManager:
     def forget(self, container_id: str) -> None:
         """Drops the exit record of a removed container once its outcome is stored."""
         self.monitor.forget(container_id)
+
+    def _oci_mount(self, mount: Mount, directory: Path, index: int) -> dict[str, Any]:
+        """The runtime-spec mount of a job's storage entry (volumes are made on first use)."""
+        if mount.kind is MountKind.TMPFS:
+            options = ["nosuid", "nodev"]
+            if mount.size_bytes is not None:
+                options.append(f"size={mount.size_bytes}")
+            if mount.mode is not None:
+                options.append(f"mode={mount.mode:o}")
+            return {"destination": mount.target, "type": "tmpfs", "source": "tmpfs",
+                    "options": options}  # fmt: skip
+        if mount.kind is MountKind.BIND:
+            source = Path(mount.source)
+        elif mount.kind is MountKind.NAMED:
+            source = self.paths.volumes / mount.source
+        else:
+            source = directory / "anonymous" / str(index)
+        source.mkdir(parents=True, exist_ok=True)
+        access = "ro" if mount.readonly else "rw"
+        return {"destination": mount.target, "type": "bind", "source": str(source),
+                "options": ["rbind", access, "nosuid", "nodev"]}  # fmt: skip
 
     def _stop_signal(self, container_id: str) -> str:
         try:

@@ -77,6 +77,36 @@ PULL_POLICY_NEVER: PullPolicy.ValueType  # 4
 """Never pull: the image must already be in the local store."""
 Global___PullPolicy: _TypeAlias = PullPolicy  # noqa: Y015
 
+class _MountType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MountTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MountType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MOUNT_TYPE_UNSPECIFIED: _MountType.ValueType  # 0
+    MOUNT_TYPE_BIND: _MountType.ValueType  # 1
+    """A host path; only under the agent's allowlist."""
+    MOUNT_TYPE_NAMED: _MountType.ValueType  # 2
+    """A volume kept under the agent's data directory across executions."""
+    MOUNT_TYPE_ANONYMOUS: _MountType.ValueType  # 3
+    """A directory that lives and dies with the container."""
+    MOUNT_TYPE_TMPFS: _MountType.ValueType  # 4
+    """A memory-backed tmpfs."""
+
+class MountType(_MountType, metaclass=_MountTypeEnumTypeWrapper):
+    """The storage types a job can mount."""
+
+MOUNT_TYPE_UNSPECIFIED: MountType.ValueType  # 0
+MOUNT_TYPE_BIND: MountType.ValueType  # 1
+"""A host path; only under the agent's allowlist."""
+MOUNT_TYPE_NAMED: MountType.ValueType  # 2
+"""A volume kept under the agent's data directory across executions."""
+MOUNT_TYPE_ANONYMOUS: MountType.ValueType  # 3
+"""A directory that lives and dies with the container."""
+MOUNT_TYPE_TMPFS: MountType.ValueType  # 4
+"""A memory-backed tmpfs."""
+Global___MountType: _TypeAlias = MountType  # noqa: Y015
+
 class _ExecutionStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -403,6 +433,55 @@ class RetryPolicy(_message.Message):
 Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
 
 @_typing.final
+class Mount(_message.Message):
+    """One storage mount of a job's container."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    READONLY_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    type: Global___MountType.ValueType
+    """The storage type."""
+    target: _builtins.str
+    """Absolute path inside the container."""
+    source: _builtins.str
+    """The host path (bind) or the volume name (named)."""
+    readonly: _builtins.bool
+    """Mount read-only."""
+    size_bytes: _builtins.int
+    """Size limit (tmpfs) or expected size (named), in bytes."""
+    mode: _builtins.int
+    """File mode of a tmpfs mount's root."""
+    def __init__(
+        self,
+        *,
+        type: Global___MountType.ValueType = ...,
+        target: _builtins.str = ...,
+        source: _builtins.str = ...,
+        readonly: _builtins.bool = ...,
+        size_bytes: _builtins.int | None = ...,
+        mode: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mode", b"_mode", "_size_bytes", b"_size_bytes", "mode", b"mode", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mode", b"_mode", "_size_bytes", b"_size_bytes", "mode", b"mode", "readonly", b"readonly", "size_bytes", b"size_bytes", "source", b"source", "target", b"target", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__mode: _TypeAlias = _typing.Literal["mode"]  # noqa: Y015
+    _WhichOneofArgType__mode: _TypeAlias = _typing.Literal["_mode", b"_mode"]  # noqa: Y015
+    _WhichOneofReturnType__size_bytes: _TypeAlias = _typing.Literal["size_bytes"]  # noqa: Y015
+    _WhichOneofArgType__size_bytes: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mode) -> _WhichOneofReturnType__mode | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__size_bytes) -> _WhichOneofReturnType__size_bytes | None: ...
+
+Global___Mount: _TypeAlias = Mount  # noqa: Y015
+
+@_typing.final
 class JobSpec(_message.Message):
     """A job as registered: one service of a deployment document."""
 
@@ -464,6 +543,8 @@ class JobSpec(_message.Message):
     MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
     RETRY_POLICY_FIELD_NUMBER: _builtins.int
     MAX_LOG_BYTES_FIELD_NUMBER: _builtins.int
+    STORAGE_FIELD_NUMBER: _builtins.int
+    HOST_NETWORK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Job name, unique on the node: lowercase letters, digits and '-', at most 63."""
     deployment: _builtins.str
@@ -480,6 +561,8 @@ class JobSpec(_message.Message):
     """At most this many executions of the job are active at once; more wait in Pending."""
     max_log_bytes: _builtins.int
     """Newest bytes of output kept per attempt; the agent's default when unset."""
+    host_network: _builtins.bool
+    """Share the host's network namespace (only when the agent allows it)."""
     @_builtins.property
     def image(self) -> Global___ImageSpec:
         """The image to run."""
@@ -512,6 +595,10 @@ class JobSpec(_message.Message):
     def retry_policy(self) -> Global___RetryPolicy:
         """Retries of failed attempts."""
 
+    @_builtins.property
+    def storage(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mount]:
+        """Storage mounts."""
+
     def __init__(
         self,
         *,
@@ -531,10 +618,12 @@ class JobSpec(_message.Message):
         max_concurrent: _builtins.int | None = ...,
         retry_policy: Global___RetryPolicy | None = ...,
         max_log_bytes: _builtins.int | None = ...,
+        storage: _abc.Iterable[Global___Mount] | None = ...,
+        host_network: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "image", b"image", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "resources", b"resources", "retry_policy", b"retry_policy", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "deployment", b"deployment", "env", b"env", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "name", b"name", "resources", b"resources", "retry_policy", b"retry_policy", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "deployment", b"deployment", "env", b"env", "host_network", b"host_network", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "name", b"name", "resources", b"resources", "retry_policy", b"retry_policy", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "storage", b"storage", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_concurrent: _TypeAlias = _typing.Literal["max_concurrent"]  # noqa: Y015
     _WhichOneofArgType__max_concurrent: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent"]  # noqa: Y015
