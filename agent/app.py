@@ -31,7 +31,12 @@ class Agent:
             paths,
             runtime_binary=config.runtime_binary(),
             conmon=config.conmon,
-            images=ImageStore(paths.images, insecure_registries=config.insecure_registries),
+            images=ImageStore(
+                paths.images,
+                pull_timeout=config.pull_timeout_seconds,
+                insecure_registries=config.insecure_registries,
+                auth_file=config.registry_auth_file,
+            ),
         )
         self.executor = Executor(
             self.store,

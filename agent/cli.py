@@ -93,6 +93,12 @@ def _registry_flag(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="a registry reached over plain HTTP (repeatable)",
     )
+    parser.add_argument(
+        "--registry-auth-file",
+        type=Path,
+        help="registry credentials, in the containers auth.json format",
+    )
+    parser.add_argument("--pull-timeout", default="5m", help="longest time one pull may take")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 stop_grace_seconds=args.stop_grace,
                 insecure=args.insecure,
                 insecure_registries=frozenset(args.insecure_registry),
+                registry_auth_file=args.registry_auth_file,
+                pull_timeout_seconds=parse_duration(args.pull_timeout, "pull_timeout"),
                 max_concurrent=args.max_concurrent,
                 max_log_bytes=parse_memory(args.max_log_size, "max_log_size", MIN_LOG_BYTES),
                 host_policy=HostPolicy(
@@ -127,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             store = ImageStore(
                 RuntimePaths.under(args.data_dir, "").images,
+                pull_timeout=parse_duration(args.pull_timeout, "pull_timeout"),
                 insecure_registries=frozenset(args.insecure_registry),
+                auth_file=args.registry_auth_file,
             )
             image = asyncio.run(store.import_image(args.source, args.name))
             print(f"{image.reference} {image.digest}")

@@ -25,6 +25,8 @@ class AgentConfig:
     stop_grace_seconds: float = 10.0
     insecure: bool = False
     insecure_registries: frozenset[str] = frozenset()
+    registry_auth_file: Path | None = None
+    pull_timeout_seconds: float = 300.0
     max_concurrent: int = 64
     max_log_bytes: int = 10 * 1024**2
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)

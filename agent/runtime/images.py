@@ -75,6 +75,7 @@ class ImageStore:
         umoci: str = "umoci",
         pull_timeout: float = 300.0,
         insecure_registries: frozenset[str] = frozenset(),
+        auth_file: Path | None = None,
     ) -> None:
         self._layout = root / "oci"
         self._rootfs_dir = root / "rootfs"
@@ -82,6 +83,8 @@ class ImageStore:
         self._umoci = umoci
         self._pull_timeout = pull_timeout
         self._insecure_registries = insecure_registries
+        self._auth_file = auth_file
+        self._pulls_file = root / "pulls.json"
         self._lock = asyncio.Lock()
         self._rootfs_dir.mkdir(parents=True, exist_ok=True)
 
@@ -92,8 +95,15 @@ class ImageStore:
             present = self._digest_of(reference) is not None
             if policy is PullPolicy.NEVER and not present:
                 raise ImagePullError(f"image {name} is not present and pull_policy is never")
-            if not present or policy in (PullPolicy.ALWAYS, PullPolicy.NEWER):
-                await self._copy(_source_of(reference), reference)
+            source = _source_of(reference)
+            if not present or policy is PullPolicy.ALWAYS:
+                await self._copy(source, reference)
+            elif policy is PullPolicy.NEWER and source.startswith("docker://"):
+                # A tag that moved is seen by the registry's digest, not by the name.
+                remote = await self._remote_digest(source)
+                if remote != self._pulled_digests().get(reference):
+                    await self._copy(source, reference)
+                    self._remember_pull(reference, remote)
             digest = self._digest_of(reference)
             if digest is None:
                 raise ImagePullError(f"image {name} is missing from the store after the pull")
@@ -108,16 +118,46 @@ class ImageStore:
             assert digest is not None
             return await self._unpacked(reference, digest)
 
+    def _source_flags(self, source: str, prefix: str) -> list[str]:
+        """skopeo's TLS and credential flags for a source (prefix "src-" for copy)."""
+        flags = []
+        if _registry_of(source) in self._insecure_registries:
+            flags.append(f"--{prefix}tls-verify=false")
+        if self._auth_file is not None and source.startswith("docker://"):
+            flags.append(f"--{prefix}authfile={self._auth_file}")
+        return flags
+
     async def _copy(self, source: str, reference: str) -> None:
         self._layout.mkdir(parents=True, exist_ok=True)
-        argv = [self._skopeo, "copy", "--quiet"]
-        if _registry_of(source) in self._insecure_registries:
-            argv.append("--src-tls-verify=false")
-        argv += [source, f"oci:{self._layout}:{_tag_of(reference)}"]
+        argv = [self._skopeo, "copy", "--quiet", *self._source_flags(source, "src-"), source,
+                f"oci:{self._layout}:{_tag_of(reference)}"]  # fmt: skip
         try:
             await run(argv, timeout=self._pull_timeout)
         except CommandError as error:
             raise ImagePullError(f"pulling {source}: {error.stderr.strip() or error}") from None
+
+    async def _remote_digest(self, source: str) -> str:
+        argv = [self._skopeo, "inspect", "--format", "{{.Digest}}",
+                *self._source_flags(source, ""), source]  # fmt: skip
+        try:
+            return (await run(argv, timeout=self._pull_timeout)).strip()
+        except CommandError as error:
+            raise ImagePullError(f"checking {source}: {error.stderr.strip() or error}") from None
+
+    def _pulled_digests(self) -> dict[str, str]:
+        """The registry digest each reference had when it was last pulled for `newer`."""
+        try:
+            data: dict[str, str] = json.loads(self._pulls_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def _remember_pull(self, reference: str, digest: str) -> None:
+        pulls = self._pulled_digests()
+        pulls[reference] = digest
+        temporary = self._pulls_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(pulls))
+        temporary.replace(self._pulls_file)
 
     async def _unpacked(self, reference: str, digest: str) -> Image:
         target = self._rootfs_dir / digest.replace(":", "-")

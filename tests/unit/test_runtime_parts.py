@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.domain import CommandSpec, LogStream, Resources
+from agent.domain import CommandSpec, LogStream, PullPolicy, Resources
 from agent.runtime.bundle import build_config, resolve_process
 from agent.runtime.cgroups import oom_kill_count
 from agent.runtime.crilog import parse_line
-from agent.runtime.images import ImageConfig, normalize_reference
+from agent.runtime.errors import ImagePullError
+from agent.runtime.images import ImageConfig, ImageStore, normalize_reference
 
 IMAGE = ImageConfig(
     entrypoint=("/entry",), cmd=("default-arg",), env=("PATH=/bin", "A=image"), workdir="/srv"
@@ -119,3 +120,23 @@ def test_limits_become_cgroup_settings(tmp_path: Path) -> None:
     assert resources["cpu"] == {"quota": 50000, "period": 100000}
     assert resources["memory"] == {"limit": 1 << 26, "swap": 1 << 26}
     assert resources["pids"] == {"limit": 9}
+
+
+async def test_pulls_pass_tls_and_credentials_only_where_configured(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    async def fake_run(argv: list[str], timeout: float | None = None) -> str:
+        calls.append(argv)
+        return "sha256:" + "1" * 64
+
+    store = ImageStore(tmp_path, insecure_registries=frozenset({"127.0.0.1:5000"}),
+                       auth_file=tmp_path / "auth.json")  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("agent.runtime.images.run", fake_run)
+        with pytest.raises(ImagePullError):  # the fake copy leaves nothing in the layout
+            await store.ensure("127.0.0.1:5000/app:1", PullPolicy.ALWAYS)
+        with pytest.raises(ImagePullError):
+            await store.ensure("ghcr.io/org/app:1", PullPolicy.ALWAYS)
+    local, remote = calls
+    assert "--src-tls-verify=false" in local and f"--src-authfile={tmp_path / 'auth.json'}" in local
+    assert "--src-tls-verify=false" not in remote and "docker://ghcr.io/org/app:1" in remote

@@ -1,0 +1,81 @@
+"""Images from the loopback registry: pull policies, moved tags, digests, failures."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from jobagent_client import JobAgentClient
+
+from tests.e2e.harness import AgentProcess, Registry
+
+
+def variant(example_image: Path, tmp_path: Path, marker: str) -> Path:
+    """A copy of the example image whose config (and so digest) differs by one env var."""
+    layout = tmp_path / f"busybox-{marker}"
+    shutil.copytree(example_image, layout)
+    argv = ["umoci", "config", "--image", f"{layout}:latest", "--tag", "latest",
+            "--config.env", f"VARIANT={marker}"]  # fmt: skip
+    subprocess.run(argv, check=True, capture_output=True)
+    return layout
+
+
+def run(client: JobAgentClient, name: str, image: str, policy: str) -> tuple[str, list[str]]:
+    client.register(
+        f"version: v1\ndeployment: images\nservices:\n  {name}:\n    rtype: job\n"
+        f"    image: {{name: '{image}', pull_policy: {policy}}}\n"
+        "    command: {entrypoint: [/bin/sh, -c, 'echo ${VARIANT:-none}']}\n",
+        replace=True,
+    )
+    execution = client.wait(client.trigger(name).id)
+    assert execution.status == "completed", execution.message
+    return execution.image, [line.message for line in client.logs(execution.id)]
+
+
+def test_newer_follows_a_moved_tag_and_if_not_present_does_not(
+    client: JobAgentClient,
+    agent: AgentProcess,
+    registry: Registry,
+    example_image: Path,
+    tmp_path: Path,
+) -> None:
+    # Each runtime's agent has its own store, so each gets its own tag to move.
+    tag = f"moving-{agent.runtime}"
+    registry.push(variant(example_image, tmp_path, "one"), f"busybox:{tag}")
+    image = f"{registry.host}/busybox:{tag}"
+    first_digest, output = run(client, "newer", image, "newer")
+    assert output == ["one"]
+    registry.push(variant(example_image, tmp_path, "two"), f"busybox:{tag}")
+    assert run(client, "lazy", image, "if_not_present")[1] == ["one"]
+    second_digest, output = run(client, "newer", image, "newer")
+    assert output == ["two"] and second_digest != first_digest
+    assert run(client, "newer", image, "newer")[0] == second_digest
+
+
+def test_a_digest_pins_the_image(
+    client: JobAgentClient, registry: Registry, example_image: Path, tmp_path: Path
+) -> None:
+    registry.push(variant(example_image, tmp_path, "pinned"), "busybox:pin-source")
+    digest = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", "--format", "{{.Digest}}",
+         f"docker://{registry.host}/busybox:pin-source"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    registry.push(variant(example_image, tmp_path, "later"), "busybox:pin-source")
+    image, output = run(client, "pinned", f"{registry.host}/busybox@{digest}", "if_not_present")
+    assert output == ["pinned"]
+    assert image.startswith(f"{registry.host}/busybox@{digest}@")
+
+
+def test_never_refuses_an_image_that_is_not_present(
+    client: JobAgentClient, registry: Registry
+) -> None:
+    client.register(
+        "version: v1\ndeployment: images\nservices:\n  absent:\n    rtype: job\n"
+        f"    image: {{name: '{registry.host}/busybox:never-pushed', pull_policy: never}}\n",
+        replace=True,
+    )
+    execution = client.wait(client.trigger("absent").id)
+    assert (execution.status, execution.failure_reason) == ("failed", "image_pull")
+    assert "pull_policy is never" in execution.message
