@@ -59,6 +59,7 @@ class FailureReason(enum.Enum):
     OOM_KILLED = "oom_killed"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     AGENT_LOST = "agent_lost"
+    AGENT_ERROR = "agent_error"
 
 
 class TriggerKind(enum.Enum):

@@ -304,6 +304,15 @@ class Executor:
             run = self._new_run(execution, job.spec)
             self._spawn(run, run.run())
 
+    def _fail_unfinished(self, execution_id: str, error: BaseException) -> None:
+        """An execution whose run died of an agent error still gets a terminal state."""
+        execution = self._store.get_execution(execution_id)
+        if not execution.status.terminal:
+            self._recorder.transition(
+                execution, Status.FAILED, failure_reason=FailureReason.AGENT_ERROR,
+                message=f"the agent failed: {error}", finished_at=now(),
+            )  # fmt: skip
+
     def _lost(self, execution: Execution, message: str) -> None:
         self._recorder.transition(
             execution, Status.FAILED, failure_reason=FailureReason.AGENT_LOST,
@@ -321,7 +330,9 @@ class Executor:
         if self._runs.get(execution_id) is run:
             del self._runs[execution_id]
         assert run.task is not None
-        if not run.task.cancelled() and run.task.exception() is not None:
-            log.error("execution %s: %s", execution_id, run.task.exception())
+        error = None if run.task.cancelled() else run.task.exception()
+        if error is not None:
+            log.error("execution %s: %s", execution_id, error, exc_info=error)
+            self._fail_unfinished(execution_id, error)
         self._admission.release(execution_id)
         self._admit()

@@ -28,6 +28,8 @@ from agent.runtime.monitor import ConmonMonitor, MonitorPaths
 from agent.runtime.oci import OciRuntime
 
 KILL_SIGNAL = "SIGKILL"
+# A container does not start when its log disk has less room than this: its output would be lost.
+MIN_LOG_SPACE = 1 << 20
 DEFAULT_STOP_SIGNAL = "SIGTERM"
 # Where the stop signal is kept, so that a restarted agent stops a container the same way.
 STOP_SIGNAL_ANNOTATION = "org.opencontainers.image.stopSignal"
@@ -141,7 +143,17 @@ class ContainerManager:
         except (ValueError, OSError) as error:
             await self.remove(request.container_id)
             raise ContainerCreateError(str(error)) from None
-        request.log_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            request.log_file.parent.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(request.log_file.parent).free
+        except OSError as error:
+            await self.remove(request.container_id)
+            raise ContainerCreateError(f"cannot prepare the log file: {error}") from None
+        if free < MIN_LOG_SPACE:
+            await self.remove(request.container_id)
+            raise ContainerCreateError(
+                f"no space left for the log under {request.log_file.parent} ({free} bytes free)"
+            )
         try:
             await self.monitor.create(
                 request.container_id, self._monitor_paths(request), request.log_size_max

@@ -9,12 +9,15 @@ from agent.runtime.errors import CommandError
 
 async def run(argv: list[str], timeout: float | None = None) -> str:
     """Runs a command and returns its stdout; raises CommandError when it fails or times out."""
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as error:
+        raise CommandError(argv, -1, f"cannot run {argv[0]}: {error.strerror}") from None
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
     except TimeoutError:

@@ -223,11 +223,13 @@ def leftovers(agent: AgentProcess, container_id: str) -> list[str]:
     data_dir = agent.cwd / agent.data_dir
     if (data_dir / "containers" / container_id).exists():
         found.append("the bundle directory")
-    state = subprocess.run(
-        [agent.runtime, "--root", str(data_dir / "state" / agent.runtime),
-         "state", container_id],
-        capture_output=True,
-    )  # fmt: skip
-    if state.returncode == 0:
+    runtime = shutil.which(agent.runtime)
+    state_root = data_dir / "state" / Path(agent.runtime).name
+    if runtime is not None:
+        state = subprocess.run([runtime, "--root", str(state_root), "state", container_id],
+                               capture_output=True)  # fmt: skip
+        if state.returncode == 0:
+            found.append("runtime state")
+    elif (state_root / container_id).exists():
         found.append("runtime state")
     return found

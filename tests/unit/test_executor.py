@@ -374,3 +374,17 @@ async def test_executions_beyond_the_job_limit_wait_in_fifo_order(
     assert third.container_id not in runtime.created
     await executor.close()
     store.close()
+
+
+async def test_an_agent_error_still_ends_the_execution(
+    executor: Executor, runtime: FakeRuntime
+) -> None:
+    async def broken(request: object, image: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    runtime.create = broken  # type: ignore[method-assign,assignment]
+    execution = await executor.trigger("backup", TRIGGER)
+    await statuses_until_terminal(executor, execution.id)
+    final = executor.get_execution(execution.id)
+    assert (final.status, final.failure_reason) == (Status.FAILED, FailureReason.AGENT_ERROR)
+    assert "disk on fire" in final.message

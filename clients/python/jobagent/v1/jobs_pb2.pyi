@@ -168,6 +168,8 @@ class _FailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Failure
     """The agent lost track of the container (it was gone after a restart)."""
     FAILURE_REASON_START: _FailureReason.ValueType  # 8
     """The container was created but could not be started."""
+    FAILURE_REASON_AGENT_ERROR: _FailureReason.ValueType  # 9
+    """The agent itself failed while driving the execution (message says how)."""
 
 class FailureReason(_FailureReason, metaclass=_FailureReasonEnumTypeWrapper):
     """Why an execution failed, for machines; the message says it for people."""
@@ -189,6 +191,8 @@ FAILURE_REASON_AGENT_LOST: FailureReason.ValueType  # 7
 """The agent lost track of the container (it was gone after a restart)."""
 FAILURE_REASON_START: FailureReason.ValueType  # 8
 """The container was created but could not be started."""
+FAILURE_REASON_AGENT_ERROR: FailureReason.ValueType  # 9
+"""The agent itself failed while driving the execution (message says how)."""
 Global___FailureReason: _TypeAlias = FailureReason  # noqa: Y015
 
 class _TriggerKind:

@@ -1,0 +1,92 @@
+"""Faults: each ends the execution Failed with its reason, the agent keeps serving, and
+nothing is left running or mounted."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jobagent_client import JobAgentClient
+
+from tests.e2e.conftest import start_agent
+from tests.e2e.harness import AgentProcess, Registry, free_port, leftovers, sweep
+
+
+def job(name: str, image: str = "busybox:latest", extra: str = "") -> str:
+    return (
+        f"version: v1\ndeployment: faults\nservices:\n  {name}:\n    rtype: job\n"
+        f"    image: {{name: '{image}'}}\n{extra}    command: {{entrypoint: [/bin/echo, hi]}}\n"
+    )
+
+
+def fails(client: JobAgentClient, document: str, name: str) -> tuple[str, str]:
+    client.register(document, replace=True)
+    execution = client.wait(client.trigger(name).id)
+    assert execution.status == "failed"
+    # The agent still serves: a good job right after completes.
+    client.register(job("healthy"), replace=True)
+    assert client.wait(client.trigger("healthy").id).status == "completed"
+    return execution.failure_reason, execution.message
+
+
+def test_a_registry_that_is_down_fails_the_pull(client: JobAgentClient) -> None:
+    image = f"127.0.0.1:{free_port()}/busybox:1"
+    reason, message = fails(client, job("down", image), "down")
+    assert reason == "image_pull"
+    assert "connection refused" in message.lower()
+
+
+def test_a_bundle_that_cannot_be_made_fails_at_create(
+    client: JobAgentClient, agent: AgentProcess
+) -> None:
+    reason, message = fails(client, job("ghost-user", extra="    user: ghost\n"), "ghost-user")
+    assert reason == "create"
+    assert "'ghost' is not in the image's /etc/passwd" in message
+    assert not any((agent.cwd / agent.data_dir / "containers").iterdir())
+
+
+@pytest.fixture
+def fragile(
+    tmp_path: Path, registry: Registry, agent: AgentProcess
+) -> Iterator[tuple[AgentProcess, Path]]:
+    """An agent whose runtime binary can be taken away and whose log disk is tiny."""
+    binary = tmp_path / "bin" / agent.runtime
+    binary.parent.mkdir()
+    shutil.copy2(shutil.which(agent.runtime) or agent.runtime, binary)
+    logs = tmp_path / "agent" / "logs"
+    logs.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(logs)], check=True)
+    own = start_agent(tmp_path / "agent", str(binary), registry)
+    try:
+        yield own, binary
+    finally:
+        own.stop()
+        sweep(own)
+        subprocess.run(["umount", "-l", str(logs)], check=False)
+
+
+def test_a_missing_runtime_binary_fails_at_create(fragile: tuple[AgentProcess, Path]) -> None:
+    own, binary = fragile
+    binary.unlink()
+    with own.client() as client:
+        client.register(job("no-runtime"), replace=True)
+        execution = client.wait(client.trigger("no-runtime").id)
+        assert (execution.status, execution.failure_reason) == ("failed", "create")
+        assert execution.message
+        assert leftovers(own, execution.container_id) == []
+
+
+def test_a_full_log_disk_fails_at_create(fragile: tuple[AgentProcess, Path]) -> None:
+    own, _ = fragile
+    filler = own.data_dir / "logs" / "filler"
+    with filler.open("wb") as file, pytest.raises(OSError):
+        file.write(b"x" * (1 << 20))
+    with own.client() as client:
+        client.register(job("no-space"), replace=True)
+        execution = client.wait(client.trigger("no-space").id)
+        assert (execution.status, execution.failure_reason) == ("failed", "create")
+        assert "space" in execution.message.lower()
+        assert leftovers(own, execution.container_id) == []
