@@ -382,7 +382,7 @@ async def test_an_agent_error_still_ends_the_execution(
     async def broken(request: object, image: object) -> None:
         raise RuntimeError("disk on fire")
 
-    runtime.create = broken  # type: ignore[method-assign,assignment]
+    runtime.create = broken  # type: ignore[method-assign]
     execution = await executor.trigger("backup", TRIGGER)
     await statuses_until_terminal(executor, execution.id)
     final = executor.get_execution(execution.id)
