@@ -90,8 +90,10 @@ unit: venv
 e2e: deps grpcurl
 	$(VENV)/bin/pytest -q tests/e2e
 
-bench: deps image
-	$(PY) -m bench.latency $(if $(N),--runs $(N),)
+BENCHES := latency throughput image_size
+
+bench: deps
+	@for b in $(if $(ONLY),$(ONLY),$(BENCHES)); do $(PY) -m bench.$$b --runtime $(RUNTIME) || exit 1; done
 
 clean:
 	rm -rf build $(DATA_DIR)
