@@ -3,8 +3,11 @@ nothing is left running or mounted."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 from jobagent_client import JobAgentClient
 
 from tests.e2e.conftest import start_agent
-from tests.e2e.harness import AgentProcess, Registry, free_port, leftovers, sweep
+from tests.e2e.harness import AgentProcess, Registry, free_port, leftovers, sweep, wait_until
 
 
 def job(name: str, image: str = "busybox:latest", extra: str = "") -> str:
@@ -90,3 +93,43 @@ def test_a_full_log_disk_fails_at_create(fragile: tuple[AgentProcess, Path]) -> 
         assert (execution.status, execution.failure_reason) == ("failed", "create")
         assert "space" in execution.message.lower()
         assert leftovers(own, execution.container_id) == []
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """A registry address that accepts connections and never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for connection in accepted:
+        connection.close()
+
+
+def test_cancel_works_while_pulling(client: JobAgentClient, blackhole: str) -> None:
+    client.register(job("stuck-pull", f"{blackhole}/busybox:1"), replace=True)
+    execution = client.trigger("stuck-pull")
+    wait_until(lambda: client.get_execution(execution.id).status == "initializing", 10,
+               "initializing")  # fmt: skip
+    cancelled = client.cancel(execution.id)
+    assert cancelled.status == "cancelled"
+
+
+def test_cancel_works_during_init(client: JobAgentClient, agent: AgentProcess) -> None:
+    steps = "    init:\n      steps:\n        - {id: nap, uses: init.sleep, with: {duration: 5m}}\n"
+    client.register(job("napping", extra=steps), replace=True)
+    execution = client.trigger("napping")
+    events = client.watch(execution.id)
+    for event in events:
+        if event.type == "init_step_started":
+            break
+    cancelled = client.cancel(execution.id)
+    assert cancelled.status == "cancelled"
+    assert leftovers(agent, execution.container_id) == []
