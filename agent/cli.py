@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="finished executions kept per job, newest first",
     )
     run.add_argument("--retention-interval", default="60s", help="how often retention runs")
+    run.add_argument("--image-budget", help="unused images go, oldest use first, past this size")
     run.add_argument(
         "--bind-allow",
         action="append",
@@ -129,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                     max_age_seconds=parse_duration(args.retention_max_age, "retention_max_age"),
                     per_job=args.retention_per_job,
                     interval_seconds=parse_duration(args.retention_interval, "retention_interval"),
+                    image_budget_bytes=None
+                    if args.image_budget is None
+                    else parse_memory(args.image_budget, "image_budget", 0),
                 ),
             )
             asyncio.run(serve(config))

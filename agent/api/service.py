@@ -12,9 +12,10 @@ from jobagent.v1 import jobs_pb2 as pb
 
 from agent.api import convert
 from agent.api.errors import maps_errors
-from agent.errors import InvalidSpec
+from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
 from agent.executor.logs import LogQuery
+from agent.runtime.errors import RuntimeLayerError
 from agent.spec import parse_document, validate_job_spec
 
 MAX_GRACE_SECONDS = 3600
@@ -128,6 +129,18 @@ class JobService(service_grpc.JobServiceServicer):
         lines = self._executor.stream_logs(request.execution_id, query, request.attempt)
         async for line in lines:
             yield convert.log_line_to_proto(line)
+
+    @maps_errors
+    async def PruneImages(
+        self, request: service_pb.PruneImagesRequest, context: Context
+    ) -> service_pb.PruneImagesResponse:
+        try:
+            result = await self._executor.prune_images()
+        except RuntimeLayerError as error:
+            raise FailedPrecondition(str(error)) from None
+        return service_pb.PruneImagesResponse(
+            removed=result.removed, freed_bytes=result.freed_bytes
+        )
 
 
 def _require(field: str, value: str) -> None:

@@ -37,6 +37,8 @@ from agent.executor.logs import LogQuery, read_log
 from agent.executor.ports import ContainerRuntime
 from agent.executor.recorder import Recorder
 from agent.executor.retention import Retention, RetentionPolicy
+from agent.runtime.errors import RuntimeLayerError
+from agent.runtime.images import PruneResult
 from agent.store import Store
 
 log = logging.getLogger(__name__)
@@ -236,7 +238,7 @@ class Executor:
         for execution in reversed(self._store.list_executions(statuses=ACTIVE_STATUSES)):
             await self._recover(execution)
         self._admit()
-        self._pruner = asyncio.create_task(self.retention.run_forever())
+        self._pruner = asyncio.create_task(self._maintain_forever())
 
     async def close(self) -> None:
         """Stops accepting triggers and lets go of running containers (they keep running)."""
@@ -247,6 +249,25 @@ class Executor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def prune_images(self, budget_bytes: int | None = None) -> PruneResult:
+        """Removes images that no registered job and no active execution uses."""
+        in_use = {job.spec.image.name for job in self._store.list_jobs()}
+        in_use.update(run.spec.image.name for run in self._runs.values())
+        in_use.update(spec.image.name for _, spec in self._waiting.values())
+        return await self._runtime.prune_images(in_use, budget_bytes)
+
+    async def _maintain_forever(self) -> None:
+        """Retention and the image budget, at start and then every interval."""
+        policy = self.retention.policy
+        while True:
+            self.retention.prune()
+            if policy.image_budget_bytes is not None:
+                try:
+                    await self.prune_images(policy.image_budget_bytes)
+                except RuntimeLayerError as error:
+                    log.warning("image budget: %s", error)
+            await asyncio.sleep(policy.interval_seconds)
 
     def _with_position(self, execution: Execution) -> Execution:
         if execution.status is not Status.PENDING:

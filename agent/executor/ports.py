@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from agent.domain import ImageSpec
-from agent.runtime.images import Image
+from agent.runtime.images import Image, PruneResult
 from agent.runtime.manager import ContainerRequest, ExitStatus
 
 
@@ -21,3 +21,4 @@ class ContainerRuntime(Protocol):
     async def stop(self, container_id: str, grace_seconds: float) -> None: ...
     async def remove(self, container_id: str) -> None: ...
     def forget(self, container_id: str) -> None: ...
+    async def prune_images(self, in_use: set[str], budget_bytes: int | None) -> PruneResult: ...

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ class RetentionPolicy:
     max_age_seconds: float = 7 * 86400
     per_job: int = 100
     interval_seconds: float = 60.0
+    # Unused images go, least recently used first, while the image store is larger.
+    image_budget_bytes: int | None = None
 
 
 class Retention:
@@ -41,9 +42,3 @@ class Retention:
                 shutil.rmtree(self._log_dir / execution_id, ignore_errors=True)
             log.info("retention removed %d finished executions", len(expired))
         return expired
-
-    async def run_forever(self) -> None:
-        """Prunes at start and then every interval, until cancelled."""
-        while True:
-            self.prune()
-            await asyncio.sleep(self.policy.interval_seconds)

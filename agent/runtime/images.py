@@ -7,9 +7,12 @@ unpacks each manifest digest once into a read-only rootfs that containers overla
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,14 @@ class ImageConfig:
     workdir: str = ""
     user: str = ""
     stop_signal: str = ""
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What an image prune removed."""
+
+    removed: tuple[str, ...]
+    freed_bytes: int
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,7 @@ class ImageStore:
         self._insecure_registries = insecure_registries
         self._auth_file = auth_file
         self._pulls_file = root / "pulls.json"
+        self._usage_file = root / "usage.json"
         self._lock = asyncio.Lock()
         self._rootfs_dir.mkdir(parents=True, exist_ok=True)
 
@@ -107,7 +119,78 @@ class ImageStore:
             digest = self._digest_of(reference)
             if digest is None:
                 raise ImagePullError(f"image {name} is missing from the store after the pull")
+            usage = self._usage()
+            usage[reference] = time.time()
+            self._write_json(self._usage_file, usage)
             return await self._unpacked(reference, digest)
+
+    async def prune(self, in_use: set[str], budget_bytes: int | None = None) -> PruneResult:
+        """Removes images no job needs: all of them, or with a budget the least recently
+        used ones until the store fits. `in_use` holds image names (any form)."""
+        keep = {normalize_reference(name) for name in in_use}
+        async with self._lock:
+            before = self.size_bytes()
+            usage = self._usage()
+            unused = sorted(
+                (ref for ref in self._references() if ref not in keep),
+                key=lambda ref: usage.get(ref, 0.0),
+            )
+            removed: list[str] = []
+            for reference in unused:
+                if budget_bytes is not None and self.size_bytes() <= budget_bytes:
+                    break
+                await self._remove(reference)
+                removed.append(reference)
+            return PruneResult(tuple(removed), max(0, before - self.size_bytes()))
+
+    async def _remove(self, reference: str) -> None:
+        tag = _tag_of(reference)
+        try:
+            await run([self._umoci, "rm", "--image", f"{self._layout}:{tag}"])
+            await run([self._umoci, "gc", "--layout", str(self._layout)])
+        except CommandError as error:
+            raise ImagePullError(f"removing {reference}: {error}") from None
+        referenced = {d.replace(":", "-") for d in map(self._digest_of, self._references()) if d}
+        mounts = Path("/proc/self/mounts").read_text()
+        for unpacked in self._rootfs_dir.glob("sha256-*"):
+            # A rootfs under a running container's overlay stays until that container ends.
+            if unpacked.name not in referenced and str(unpacked) not in mounts:
+                shutil.rmtree(unpacked, ignore_errors=True)
+        usage = self._usage()
+        usage.pop(reference, None)
+        self._write_json(self._usage_file, usage)
+
+    def size_bytes(self) -> int:
+        """Bytes the store takes on disk: blobs and unpacked rootfs trees."""
+        total = 0
+        for directory in (self._layout, self._rootfs_dir):
+            for path, _, files in os.walk(directory):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        total += os.lstat(os.path.join(path, name)).st_size
+        return total
+
+    def _references(self) -> list[str]:
+        index_path = self._layout / "index.json"
+        if not index_path.exists():
+            return []
+        manifests = json.loads(index_path.read_text()).get("manifests", [])
+        tags = [m.get("annotations", {}).get(REF_NAME) for m in manifests]
+        return [tag.replace("oci/", "oci:/", 1) if tag.startswith("oci/") else tag
+                for tag in tags if tag]  # fmt: skip
+
+    def _usage(self) -> dict[str, float]:
+        """When each reference was last used to run something (epoch seconds)."""
+        try:
+            data: dict[str, float] = json.loads(self._usage_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def _write_json(self, path: Path, data: object) -> None:
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(data))
+        temporary.replace(path)
 
     async def import_image(self, source: str, name: str) -> Image:
         """Copies an image from any skopeo source (oci:..., docker://...) under `name`."""
@@ -155,9 +238,7 @@ class ImageStore:
     def _remember_pull(self, reference: str, digest: str) -> None:
         pulls = self._pulled_digests()
         pulls[reference] = digest
-        temporary = self._pulls_file.with_suffix(".tmp")
-        temporary.write_text(json.dumps(pulls))
-        temporary.replace(self._pulls_file)
+        self._write_json(self._pulls_file, pulls)
 
     async def _unpacked(self, reference: str, digest: str) -> Image:
         target = self._rootfs_dir / digest.replace(":", "-")

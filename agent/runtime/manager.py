@@ -23,7 +23,7 @@ from agent.runtime.errors import (
     ContainerCreateError,
     ContainerStartError,
 )
-from agent.runtime.images import Image, ImageStore
+from agent.runtime.images import Image, ImageStore, PruneResult
 from agent.runtime.monitor import ConmonMonitor, MonitorPaths
 from agent.runtime.oci import OciRuntime
 
@@ -108,6 +108,10 @@ class ContainerManager:
     async def pull(self, image: ImageSpec) -> Image:
         """Makes the image present as its pull policy says; raises ImagePullError."""
         return await self.images.ensure(image.name, image.pull_policy)
+
+    async def prune_images(self, in_use: set[str], budget_bytes: int | None) -> PruneResult:
+        """Removes unused images: all of them, or the least recently used over the budget."""
+        return await self.images.prune(in_use, budget_bytes)
 
     async def create(self, request: ContainerRequest, image: Image) -> None:
         """Prepares the bundle and creates the container under conmon.

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from jobagent_client import JobAgentClient
 
-from tests.e2e.harness import AgentProcess, Registry
+from tests.e2e.conftest import start_agent
+from tests.e2e.harness import AgentProcess, Registry, sweep
 
 
 def variant(example_image: Path, tmp_path: Path, marker: str) -> Path:
@@ -79,3 +80,30 @@ def test_never_refuses_an_image_that_is_not_present(
     execution = client.wait(client.trigger("absent").id)
     assert (execution.status, execution.failure_reason) == ("failed", "image_pull")
     assert "pull_policy is never" in execution.message
+
+
+def test_prune_removes_only_images_no_job_uses(
+    tmp_path: Path, registry: Registry, agent: AgentProcess, example_image: Path
+) -> None:
+    registry.push(variant(example_image, tmp_path, "spare"), "busybox:spare")
+    own = start_agent(tmp_path / "agent", agent.runtime, registry)
+    try:
+        with own.client() as client:
+            spare = f"{registry.host}/busybox:spare"
+            assert run(client, "spare", spare, "if_not_present")[1] == ["spare"]
+            client.register(
+                "version: v1\ndeployment: images\nservices:\n  busy:\n    rtype: job\n"
+                "    image: {name: busybox:latest}\n    command: {entrypoint: [sleep, '30']}\n",
+                replace=True,
+            )
+            busy = client.trigger("busy")
+            client.unregister("spare")
+            rootfs_dirs = set((own.data_dir / "images" / "rootfs").iterdir())
+            removed, freed = client.prune_images()
+            assert removed == [f"{spare}"] and freed > 0
+            assert len(set((own.data_dir / "images" / "rootfs").iterdir())) == len(rootfs_dirs) - 1
+            assert client.prune_images() == ([], 0)
+            client.cancel(busy.id)
+    finally:
+        own.stop()
+        sweep(own)

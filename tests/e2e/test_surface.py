@@ -25,7 +25,7 @@ from tests.e2e.harness import AgentProcess
 
 RPCS = {
     "RegisterJob", "GetJob", "ListJobs", "UnregisterJob", "TriggerJob", "GetExecution",
-    "ListExecutions", "CancelExecution", "WatchExecution", "StreamLogs",
+    "ListExecutions", "CancelExecution", "WatchExecution", "StreamLogs", "PruneImages",
 }  # fmt: skip
 
 

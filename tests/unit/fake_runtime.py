@@ -7,7 +7,7 @@ from pathlib import Path
 
 from agent.domain import ImageSpec
 from agent.runtime.errors import ContainerCreateError, ContainerStartError, ImagePullError
-from agent.runtime.images import Image, ImageConfig
+from agent.runtime.images import Image, ImageConfig, PruneResult
 from agent.runtime.manager import ContainerRequest, ExitStatus
 
 
@@ -23,6 +23,7 @@ class FakeRuntime:
         self.started: list[str] = []
         self.removed: list[str] = []
         self.forgotten: list[str] = []
+        self.pruned_with: tuple[frozenset[str], int | None] | None = None
         self.stopped: list[tuple[str, float]] = []
         self.alive: set[str] = set()
         self.exits: dict[str, asyncio.Future[ExitStatus]] = {}
@@ -80,3 +81,7 @@ class FakeRuntime:
 
     def forget(self, container_id: str) -> None:
         self.forgotten.append(container_id)
+
+    async def prune_images(self, in_use: set[str], budget_bytes: int | None) -> PruneResult:
+        self.pruned_with = (frozenset(in_use), budget_bytes)
+        return PruneResult((), 0)

@@ -22,6 +22,7 @@ from agent.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailabl
 from agent.executor import Executor
 from agent.executor.events import EventBus
 from agent.executor.recorder import Recorder
+from agent.executor.retention import RetentionPolicy
 from agent.store import Store
 from tests.unit.fake_runtime import FakeRuntime
 
@@ -388,3 +389,20 @@ async def test_an_agent_error_still_ends_the_execution(
     final = executor.get_execution(execution.id)
     assert (final.status, final.failure_reason) == (Status.FAILED, FailureReason.AGENT_ERROR)
     assert "disk on fire" in final.message
+
+
+async def test_images_of_registered_jobs_are_kept_by_the_image_budget(
+    tmp_path: Path, runtime: FakeRuntime
+) -> None:
+    store = Store(tmp_path / "agent.db")
+    policy = RetentionPolicy(image_budget_bytes=1 << 30, interval_seconds=3600)
+    executor = Executor(store, runtime, tmp_path / "logs", retention=policy)
+    executor.register_jobs([SPEC], "", replace_existing=False)
+    await executor.start()
+    for _ in range(100):
+        if runtime.pruned_with is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert runtime.pruned_with == (frozenset({"busybox:latest"}), 1 << 30)
+    await executor.close()
+    store.close()

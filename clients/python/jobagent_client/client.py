@@ -167,6 +167,12 @@ class JobAgentClient:
         except grpc.RpcError as error:
             raise ClientError.from_rpc_error(error) from None
 
+    def prune_images(self) -> tuple[list[str], int]:
+        """Removes images no job uses; returns the references removed and the bytes freed."""
+        response = self._call(self._stub.PruneImages, service_pb.PruneImagesRequest(),
+                              unbounded=True)  # fmt: skip
+        return list(response.removed), response.freed_bytes
+
     def _call(
         self, method: Callable[..., Response], request: object, *, unbounded: bool = False
     ) -> Response:

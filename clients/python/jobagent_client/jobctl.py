@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("id")
     cancel.add_argument("--grace", type=float, help="seconds before SIGKILL")
     commands.add_parser("watch", help="print an execution's transitions").add_argument("id")
+    commands.add_parser("prune-images", help="remove images that no job uses")
 
     logs = commands.add_parser("logs", help="print an execution's output")
     logs.add_argument("id")
@@ -209,6 +210,17 @@ def _logs(client: JobAgentClient, args: argparse.Namespace, printer: Printer) ->
     return 0
 
 
+def _prune_images(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    removed, freed = client.prune_images()
+    if printer.json:
+        print(json.dumps({"removed": removed, "freed_bytes": freed}))
+    else:
+        for reference in removed:
+            print(reference)
+        print(f"freed {freed} bytes")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[JobAgentClient, argparse.Namespace, Printer], int]] = {
     "register": _register,
     "jobs": _jobs,
@@ -220,6 +232,7 @@ COMMANDS: dict[str, Callable[[JobAgentClient, argparse.Namespace, Printer], int]
     "cancel": _cancel,
     "watch": _watch,
     "logs": _logs,
+    "prune-images": _prune_images,
 }
 
 

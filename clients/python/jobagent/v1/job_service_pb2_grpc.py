@@ -86,6 +86,11 @@ class JobServiceStub:
                 request_serializer=jobagent_dot_v1_dot_job__service__pb2.StreamLogsRequest.SerializeToString,
                 response_deserializer=jobagent_dot_v1_dot_jobs__pb2.LogLine.FromString,
                 _registered_method=True)
+        self.PruneImages = channel.unary_unary(
+                '/jobagent.v1.JobService/PruneImages',
+                request_serializer=jobagent_dot_v1_dot_job__service__pb2.PruneImagesRequest.SerializeToString,
+                response_deserializer=jobagent_dot_v1_dot_job__service__pb2.PruneImagesResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -167,6 +172,13 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PruneImages(self, request, context):
+        """Removes images that no registered job and no active execution uses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +231,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.StreamLogs,
                     request_deserializer=jobagent_dot_v1_dot_job__service__pb2.StreamLogsRequest.FromString,
                     response_serializer=jobagent_dot_v1_dot_jobs__pb2.LogLine.SerializeToString,
+            ),
+            'PruneImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneImages,
+                    request_deserializer=jobagent_dot_v1_dot_job__service__pb2.PruneImagesRequest.FromString,
+                    response_serializer=jobagent_dot_v1_dot_job__service__pb2.PruneImagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -492,6 +509,33 @@ class JobService:
             '/jobagent.v1.JobService/StreamLogs',
             jobagent_dot_v1_dot_job__service__pb2.StreamLogsRequest.SerializeToString,
             jobagent_dot_v1_dot_jobs__pb2.LogLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobagent.v1.JobService/PruneImages',
+            jobagent_dot_v1_dot_job__service__pb2.PruneImagesRequest.SerializeToString,
+            jobagent_dot_v1_dot_job__service__pb2.PruneImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

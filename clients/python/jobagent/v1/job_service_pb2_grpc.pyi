@@ -63,6 +63,8 @@ class JobServiceStub:
     """
     StreamLogs: _grpc.UnaryStreamMultiCallable[_job_service_pb2.StreamLogsRequest, _jobs_pb2.LogLine]
     """Streams the execution's output lines; with follow, until the execution ends."""
+    PruneImages: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.PruneImagesRequest, _job_service_pb2.PruneImagesResponse]
+    """Removes images that no registered job and no active execution uses."""
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -98,6 +100,8 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     StreamLogs: _aio.UnaryStreamMultiCallable[_job_service_pb2.StreamLogsRequest, _jobs_pb2.LogLine]  # type: ignore[assignment]
     """Streams the execution's output lines; with follow, until the execution ends."""
+    PruneImages: _aio.UnaryUnaryMultiCallable[_job_service_pb2.PruneImagesRequest, _job_service_pb2.PruneImagesResponse]  # type: ignore[assignment]
+    """Removes images that no registered job and no active execution uses."""
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService registers jobs, runs them and reports on their executions."""
@@ -190,5 +194,13 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_jobs_pb2.LogLine], _abc.AsyncIterator[_jobs_pb2.LogLine]]:
         """Streams the execution's output lines; with follow, until the execution ends."""
+
+    @_abc_1.abstractmethod
+    def PruneImages(
+        self,
+        request: _job_service_pb2.PruneImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.PruneImagesResponse, _abc.Awaitable[_job_service_pb2.PruneImagesResponse]]:
+        """Removes images that no registered job and no active execution uses."""
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
