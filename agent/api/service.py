@@ -16,7 +16,7 @@ from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
 from agent.executor.logs import LogQuery
 from agent.runtime.errors import RuntimeLayerError
-from agent.spec import parse_document, validate_job_spec
+from agent.spec import normalize_signal, parse_document, validate_job_spec
 
 MAX_GRACE_SECONDS = 3600
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -102,7 +102,10 @@ class JobService(service_grpc.JobServiceServicer):
             grace = request.grace_period.ToTimedelta().total_seconds()
             if not 0 <= grace <= MAX_GRACE_SECONDS:
                 raise InvalidSpec("grace_period", f"must be between 0 and {MAX_GRACE_SECONDS}s")
-        return convert.execution_to_proto(await self._executor.cancel(request.id, grace))
+        signal = (
+            normalize_signal(request.stop_signal, "stop_signal") if request.stop_signal else None
+        )
+        return convert.execution_to_proto(await self._executor.cancel(request.id, grace, signal))
 
     @maps_errors
     async def WatchExecution(

@@ -157,8 +157,11 @@ class Executor:
         self._store.get_execution(execution_id)
         return self._store.list_attempts(execution_id)
 
-    async def cancel(self, execution_id: str, grace_seconds: float | None = None) -> Execution:
-        """Stops an active execution and returns it once it is terminal."""
+    async def cancel(
+        self, execution_id: str, grace_seconds: float | None = None, signal: str | None = None
+    ) -> Execution:
+        """Stops an active execution and returns it once it is terminal; the grace period
+        and stop signal of the request win over the job's."""
         execution = self._store.get_execution(execution_id)
         if execution.status.terminal:
             raise FailedPrecondition(
@@ -171,7 +174,7 @@ class Executor:
             )
         run = self._runs.get(execution_id)
         if run is not None and run.task is not None:
-            await run.cancel(grace_seconds)
+            await run.cancel(grace_seconds, signal)
             await asyncio.wait([run.task])
         execution = self._store.get_execution(execution_id)
         if not execution.status.terminal:

@@ -96,12 +96,12 @@ class ExecutionRun:
             return self.spec.stop_grace_seconds
         return self._default_grace
 
-    async def cancel(self, grace: float | None) -> None:
+    async def cancel(self, grace: float | None, signal: str | None = None) -> None:
         """Stops the running process (stop signal, grace, SIGKILL) or interrupts the task."""
         self._cancel_requested = True
         if self._phase is Phase.RUNNING:
-            await self._runtime.stop(self.execution.container_id, self.grace if grace is None
-                                     else grace)  # fmt: skip
+            await self._runtime.stop(self.execution.container_id,
+                                     self.grace if grace is None else grace, signal)  # fmt: skip
         elif self._phase is not Phase.ENDING and self.task is not None:
             self.task.cancel()
 

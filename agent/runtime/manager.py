@@ -195,12 +195,15 @@ class ContainerManager:
         """True when the runtime knows the container and it has not stopped."""
         return await self.runtime.state(container_id) in ("created", "running")
 
-    async def stop(self, container_id: str, grace_seconds: float) -> None:
-        """Sends the stop signal, waits up to the grace period, then SIGKILL."""
+    async def stop(
+        self, container_id: str, grace_seconds: float, signal: str | None = None
+    ) -> None:
+        """Sends the stop signal (the container's own unless given), waits up to the grace
+        period, then SIGKILL."""
         if self.monitor.exit_code(container_id) is not None:
             return
-        signal = self._stop_signal(container_id)
-        await self.runtime.kill(container_id, signal)
+        if not await self.runtime.kill(container_id, signal or self._stop_signal(container_id)):
+            return
         try:
             await asyncio.wait_for(self.monitor.wait(container_id), grace_seconds)
         except TimeoutError:

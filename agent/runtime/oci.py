@@ -29,13 +29,15 @@ class OciRuntime:
         """Starts the process of a created container."""
         await run([self.binary, *self.global_args(log_file), "start", container_id], timeout=60)
 
-    async def kill(self, container_id: str, signal: str) -> None:
-        """Sends a signal to the container's process; a container that is gone is not an error."""
+    async def kill(self, container_id: str, signal: str) -> bool:
+        """Sends a signal to the container's process; False when the container is gone."""
         try:
             await run([self.binary, *self.global_args(), "kill", container_id, signal], timeout=30)
         except CommandError:
             if await self.state(container_id) not in (None, "stopped"):
                 raise
+            return False
+        return True
 
     async def delete(self, container_id: str) -> None:
         """Deletes the container (force: kills it first); a missing container is fine."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from datetime import timedelta
 from pathlib import Path
 
 from jobagent_client import JobAgentClient
@@ -192,3 +193,19 @@ def test_the_log_cap_keeps_the_newest_output(client: JobAgentClient, agent: Agen
     assert numbers == list(range(numbers[0], 301))
     log_file = agent.cwd / agent.data_dir / "logs" / execution.id / "1.log"
     assert log_file.stat().st_size <= 2 * 2048 + 100
+
+
+def test_the_cancel_request_can_name_the_stop_signal(client: JobAgentClient) -> None:
+    register(client, "interruptible", "", "trap 'exit 21' INT; sleep 300 & wait")
+    execution = client.trigger("interruptible")
+    wait_until(lambda: client.get_execution(execution.id).status == "running", 30, "running")
+    assert client.cancel(execution.id, signal="SIGINT").exit_code == 21
+
+
+def test_a_queued_execution_is_cancelled_without_a_container(client: JobAgentClient) -> None:
+    register(client, "one-slot", "    max_concurrent: 1\n", "sleep 30")
+    first, second = client.trigger("one-slot"), client.trigger("one-slot")
+    assert client.get_execution(second.id).queue_position == 1
+    cancelled = client.cancel(second.id)
+    assert (cancelled.status, cancelled.started_at) == ("cancelled", None)
+    assert client.cancel(first.id, grace=timedelta(seconds=1)).status == "cancelled"

@@ -23,6 +23,7 @@ class FakeRuntime:
         self.started: list[str] = []
         self.removed: list[str] = []
         self.forgotten: list[str] = []
+        self.stop_signals: list[str | None] = []
         self.pruned_with: tuple[frozenset[str], int | None] | None = None
         self.stopped: list[tuple[str, float]] = []
         self.alive: set[str] = set()
@@ -71,8 +72,11 @@ class FakeRuntime:
     async def is_alive(self, container_id: str) -> bool:
         return container_id in self.alive
 
-    async def stop(self, container_id: str, grace_seconds: float) -> None:
+    async def stop(
+        self, container_id: str, grace_seconds: float, signal: str | None = None
+    ) -> None:
         self.stopped.append((container_id, grace_seconds))
+        self.stop_signals.append(signal)
         self.exit(container_id, 143)
 
     async def remove(self, container_id: str) -> None:

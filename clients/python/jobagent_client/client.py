@@ -116,9 +116,11 @@ class JobAgentClient:
         response = self._call(self._stub.ListExecutions, request)
         return [Execution.from_proto(execution) for execution in response.executions]
 
-    def cancel(self, execution_id: str, grace: timedelta | None = None) -> Execution:
+    def cancel(
+        self, execution_id: str, grace: timedelta | None = None, signal: str = ""
+    ) -> Execution:
         """Cancels an execution and returns it once it is terminal."""
-        request = service_pb.CancelExecutionRequest(id=execution_id)
+        request = service_pb.CancelExecutionRequest(id=execution_id, stop_signal=signal)
         if grace is not None:
             request.grace_period.CopyFrom(Duration())
             request.grace_period.FromTimedelta(grace)

@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel an execution")
     cancel.add_argument("id")
     cancel.add_argument("--grace", type=float, help="seconds before SIGKILL")
+    cancel.add_argument("--signal", default="", help="stop signal (the job's when unset)")
     commands.add_parser("watch", help="print an execution's transitions").add_argument("id")
     commands.add_parser("prune-images", help="remove images that no job uses")
 
@@ -185,7 +186,7 @@ def _list(client: JobAgentClient, args: argparse.Namespace, printer: Printer) ->
 
 def _cancel(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
     grace = None if args.grace is None else timedelta(seconds=args.grace)
-    printer.record(client.cancel(args.id, grace))
+    printer.record(client.cancel(args.id, grace, args.signal))
     return 0
 
 

@@ -280,21 +280,25 @@ class CancelExecutionRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    STOP_SIGNAL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The execution's id."""
+    stop_signal: _builtins.str
+    """The stop signal ("SIGINT", "TERM", "15"); the job's (else the image's, else SIGTERM) when empty."""
     @_builtins.property
     def grace_period(self) -> _duration_pb2.Duration:
-        """Time between the stop signal and SIGKILL; the agent's default (10s) when unset."""
+        """Time between the stop signal and SIGKILL; the job's (else the agent's 10s) when unset."""
 
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         grace_period: _duration_pb2.Duration | None = ...,
+        stop_signal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "id", b"id", "stop_signal", b"stop_signal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
