@@ -121,12 +121,7 @@ class ExecutionRun:
             self._fail(FailureReason.DEADLINE_EXCEEDED, self._deadline_message())
             return
         except asyncio.CancelledError:
-            # Nothing of the job ran yet: take back what was prepared. On shutdown the
-            # execution stays as it is and starts afresh when the agent comes back.
-            await self._remove_current()
-            if self._closing():
-                raise
-            self._record_cancelled()
+            await self._take_back()
             return
         await self._attempts(image)
 
@@ -282,10 +277,7 @@ class ExecutionRun:
             try:
                 image = await self._retry(delay, image, number + 1)
             except asyncio.CancelledError:
-                await self._remove_current()
-                if self._closing():
-                    raise
-                self._record_cancelled()
+                await self._take_back()
                 return
             if image is None:
                 return
@@ -369,3 +361,14 @@ class ExecutionRun:
 
     async def _remove_current(self) -> None:
         await self._runtime.remove(self.execution.container_id)
+
+    async def _take_back(self) -> None:
+        """After a cancel while no process ran: remove what was prepared and record it.
+
+        On shutdown the execution stays as it is (re-raising the cancel), and starts
+        afresh or is found lost when the agent comes back.
+        """
+        await self._remove_current()
+        if self._closing():
+            raise asyncio.CancelledError
+        self._record_cancelled()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.domain import (
     EventKind,
     Execution,
+    ExecutionEvent,
     FailureReason,
     ImageSpec,
     JobSpec,
@@ -42,6 +44,27 @@ async def executor(tmp_path: Path, runtime: FakeRuntime) -> AsyncIterator[Execut
     executor.register_jobs([SPEC], "", replace_existing=False)
     yield executor
     await executor.close()
+    store.close()
+
+
+@pytest.fixture
+async def make_executor(
+    tmp_path: Path, runtime: FakeRuntime
+) -> AsyncIterator[Callable[..., Executor]]:
+    """Executors over one store in tmp_path, closed (with the store) after the test."""
+    store = Store(tmp_path / "shared.db")
+    made: list[Executor] = []
+
+    def make(*specs: JobSpec, **options: Any) -> Executor:
+        executor = Executor(store, runtime, tmp_path / "logs", **options)
+        if specs:
+            executor.register_jobs(list(specs), "", replace_existing=True)
+        made.append(executor)
+        return executor
+
+    yield make
+    for executor in made:
+        await executor.close()
     store.close()
 
 
@@ -185,7 +208,7 @@ async def test_cancel_of_a_finished_execution_is_a_failed_precondition(
 async def test_a_late_runtime_result_never_overwrites_cancelled(
     tmp_path: Path, runtime: FakeRuntime
 ) -> None:
-    store = Store(tmp_path / "agent.db")
+    store = Store(tmp_path / "late.db")
     executor = Executor(store, runtime, tmp_path / "logs")
     executor.register_jobs([SPEC], "", replace_existing=False)
     execution = await running(executor, runtime)
@@ -294,31 +317,24 @@ async def test_shutdown_while_initializing_takes_back_the_container_and_restarts
     store.close()
 
 
-async def test_the_deadline_stops_a_running_container(tmp_path: Path, runtime: FakeRuntime) -> None:
-    store = Store(tmp_path / "agent.db")
-    executor = Executor(store, runtime, tmp_path / "logs")
-    spec = JobSpec(
-        name="slow", image=ImageSpec("busybox"), timeout_seconds=0.05, stop_grace_seconds=7
+async def test_the_deadline_stops_a_running_container(
+    make_executor: Callable[..., Executor], runtime: FakeRuntime
+) -> None:
+    executor = make_executor(
+        JobSpec("slow", ImageSpec("busybox"), timeout_seconds=0.05, stop_grace_seconds=7)
     )
-    executor.register_jobs([spec], "", replace_existing=False)
     execution = await executor.trigger("slow", TRIGGER)
     statuses = await statuses_until_terminal(executor, execution.id)
     final = executor.get_execution(execution.id)
     assert statuses[-2:] == [Status.RUNNING, Status.FAILED]
     assert (final.failure_reason, final.exit_code) == (FailureReason.DEADLINE_EXCEEDED, 143)
     assert runtime.stopped == [(execution.container_id, 7)]
-    await executor.close()
-    store.close()
 
 
 async def test_the_deadline_also_bounds_initialization(
-    tmp_path: Path, runtime: FakeRuntime
+    make_executor: Callable[..., Executor], runtime: FakeRuntime
 ) -> None:
-    store = Store(tmp_path / "agent.db")
-    executor = Executor(store, runtime, tmp_path / "logs")
-    executor.register_jobs(
-        [JobSpec(name="stuck", image=ImageSpec("busybox"), timeout_seconds=0.05)], "", False
-    )
+    executor = make_executor(JobSpec("stuck", ImageSpec("busybox"), timeout_seconds=0.05))
     runtime.pull_gate = asyncio.Event()
     execution = await executor.trigger("stuck", TRIGGER)
     await statuses_until_terminal(executor, execution.id)
@@ -326,17 +342,13 @@ async def test_the_deadline_also_bounds_initialization(
     assert final.failure_reason is FailureReason.DEADLINE_EXCEEDED
     assert "timeout of 0.05s" in final.message
     assert runtime.started == []
-    await executor.close()
-    store.close()
 
 
 async def test_cancel_uses_the_jobs_grace_period_unless_the_request_names_one(
-    tmp_path: Path, runtime: FakeRuntime
+    make_executor: Callable[..., Executor], runtime: FakeRuntime
 ) -> None:
-    store = Store(tmp_path / "agent.db")
-    executor = Executor(store, runtime, tmp_path / "logs", stop_grace=10)
-    executor.register_jobs(
-        [JobSpec(name="graceful", image=ImageSpec("busybox"), stop_grace_seconds=3)], "", False
+    executor = make_executor(
+        JobSpec("graceful", ImageSpec("busybox"), stop_grace_seconds=3), stop_grace=10
     )
     first = await executor.trigger("graceful", TRIGGER)
     await asyncio.wait_for(runtime.started_event.wait(), 5)
@@ -348,22 +360,19 @@ async def test_cancel_uses_the_jobs_grace_period_unless_the_request_names_one(
     await asyncio.sleep(0)
     await executor.cancel(second.id, grace_seconds=0.5)
     assert runtime.stopped == [(first.container_id, 3), (second.container_id, 0.5)]
-    await executor.close()
-    store.close()
 
 
 async def test_executions_beyond_the_job_limit_wait_in_fifo_order(
-    tmp_path: Path, runtime: FakeRuntime
+    make_executor: Callable[..., Executor], runtime: FakeRuntime
 ) -> None:
-    store = Store(tmp_path / "agent.db")
-    executor = Executor(store, runtime, tmp_path / "logs")
-    executor.register_jobs([JobSpec("one", ImageSpec("busybox"), max_concurrent=1)], "", False)
+    executor = make_executor(JobSpec("one", ImageSpec("busybox"), max_concurrent=1))
     first, second, third = [await executor.trigger("one", TRIGGER) for _ in range(3)]
     assert (first.queue_position, second.queue_position, third.queue_position) == (0, 1, 2)
     await asyncio.wait_for(runtime.started_event.wait(), 5)
     assert executor.get_execution(third.id).queue_position == 2
     assert executor.get_execution(second.id).status is Status.PENDING
-    assert store.events_since(second.id, 0)[-1].kind is EventKind.QUEUED
+    events = [event async for event in _until(executor.watch(second.id), EventKind.QUEUED)]
+    assert events[-1].kind is EventKind.QUEUED
 
     assert (await executor.cancel(third.id)).status is Status.CANCELLED
     runtime.started_event.clear()
@@ -373,8 +382,16 @@ async def test_executions_beyond_the_job_limit_wait_in_fifo_order(
     runtime.exit(second.container_id, 0)
     await statuses_until_terminal(executor, second.id)
     assert third.container_id not in runtime.created
-    await executor.close()
-    store.close()
+
+
+async def _until(
+    events: AsyncIterator[ExecutionEvent], kind: EventKind
+) -> AsyncIterator[ExecutionEvent]:
+    """The events up to the first of `kind` (the watch starts at the latest one)."""
+    async for event in events:
+        yield event
+        if event.kind is kind:
+            return
 
 
 async def test_an_agent_error_still_ends_the_execution(
@@ -392,17 +409,13 @@ async def test_an_agent_error_still_ends_the_execution(
 
 
 async def test_images_of_registered_jobs_are_kept_by_the_image_budget(
-    tmp_path: Path, runtime: FakeRuntime
+    make_executor: Callable[..., Executor], runtime: FakeRuntime
 ) -> None:
-    store = Store(tmp_path / "agent.db")
     policy = RetentionPolicy(image_budget_bytes=1 << 30, interval_seconds=3600)
-    executor = Executor(store, runtime, tmp_path / "logs", retention=policy)
-    executor.register_jobs([SPEC], "", replace_existing=False)
+    executor = make_executor(SPEC, retention=policy)
     await executor.start()
     for _ in range(100):
         if runtime.pruned_with is not None:
             break
         await asyncio.sleep(0.01)
     assert runtime.pruned_with == (frozenset({"busybox:latest"}), 1 << 30)
-    await executor.close()
-    store.close()
