@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +63,8 @@ class Registry:
     """Debian's docker-registry serving plain HTTP on 127.0.0.1."""
 
     root: Path
+    # user:password that the registry demands (htpasswd), or None for an open registry.
+    credentials: str | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -72,11 +76,21 @@ class Registry:
     def start(self) -> None:
         """Starts the registry and waits until it answers."""
         config = self.root / "config.yml"
+        auth = ""
+        if self.credentials is not None:
+            user, _, password = self.credentials.partition(":")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import crypt
+
+                hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+            (self.root / "htpasswd").write_text(f"{user}:{hashed}\n")
+            auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {self.root / 'htpasswd'}\n"
         config.write_text(
             "version: 0.1\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
             f"http:\n  addr: {self.host}\n"
-            "log:\n  level: error\n"
+            "log:\n  level: error\n" + auth
         )
         self.process = subprocess.Popen(
             ["docker-registry", "serve", str(config)],
@@ -89,14 +103,17 @@ class Registry:
         try:
             with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1) as response:
                 return bool(response.status == 200)
+        except urllib.error.HTTPError as error:
+            return error.code == 401
         except OSError:
             return False
 
     def push(self, layout: Path, name: str) -> str:
         """Pushes an OCI layout's `latest` as `name`; returns the pull reference."""
         reference = f"{self.host}/{name}"
+        creds = [f"--dest-creds={self.credentials}"] if self.credentials else []
         subprocess.run(
-            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", *creds,
              f"oci:{layout}:latest", f"docker://{reference}"],
             check=True,
             capture_output=True,
@@ -220,6 +237,8 @@ def leftovers(agent: AgentProcess, container_id: str) -> list[str]:
             found.append(f"process {entry.name}: {command}")
     if container_id in Path("/proc/self/mounts").read_text():
         found.append("a mount")
+    cgroups = list(Path("/sys/fs/cgroup").glob(f"**/jobagent/{container_id}"))
+    found.extend(f"cgroup {path}" for path in cgroups)
     data_dir = agent.cwd / agent.data_dir
     if (data_dir / "containers" / container_id).exists():
         found.append("the bundle directory")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -107,3 +109,40 @@ def test_prune_removes_only_images_no_job_uses(
     finally:
         own.stop()
         sweep(own)
+
+
+def test_credentials_come_from_the_auth_file(
+    tmp_path: Path, agent: AgentProcess, registry: Registry, example_image: Path
+) -> None:
+    private = Registry(tmp_path / "private", credentials="puller:s3cret")
+    private.root.mkdir()
+    private.start()
+    try:
+        private.push(example_image, "busybox:private")
+        auth_file = tmp_path / "auth.json"
+        token = base64.b64encode(b"puller:s3cret").decode()
+        auth_file.write_text(json.dumps({"auths": {private.host: {"auth": token}}}))
+        image = f"{private.host}/busybox:private"
+        plain = ("--insecure-registry", private.host)
+        without = start_agent(tmp_path / "without", agent.runtime, registry, extra_args=plain)
+        try:
+            with without.client() as client:
+                client.register(
+                    "version: v1\ndeployment: images\nservices:\n  locked:\n    rtype: job\n"
+                    f"    image: {{name: '{image}'}}\n",
+                    replace=True,
+                )
+                refused = client.wait(client.trigger("locked").id)
+                assert (refused.status, refused.failure_reason) == ("failed", "image_pull")
+                assert "unauthorized" in refused.message.lower()
+        finally:
+            without.stop()
+        own = start_agent(tmp_path / "with", agent.runtime, registry,
+                          extra_args=(*plain, "--registry-auth-file", str(auth_file)))  # fmt: skip
+        try:
+            with own.client() as client:
+                assert run(client, "unlocked", image, "if_not_present")[1] == ["none"]
+        finally:
+            own.stop()
+    finally:
+        private.stop()
