@@ -10,6 +10,7 @@ import signal
 from agent.api.server import AgentServer
 from agent.config import AgentConfig
 from agent.executor import Executor
+from agent.executor.scheduler import CronScheduler
 from agent.runtime.images import ImageStore
 from agent.runtime.manager import ContainerManager, RuntimePaths
 from agent.store import Store
@@ -48,12 +49,15 @@ class Agent:
             retention=config.retention,
             host_policy=config.host_policy,
         )
-        self.server = AgentServer(self.executor)
+        self.scheduler = CronScheduler(self.executor, self.store)
+        self.server = AgentServer(self.executor, self.scheduler)
+        self._scheduling: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self) -> None:
         """Recovers what was running, then starts serving."""
         await self.executor.start()
+        self._scheduling = asyncio.create_task(self.scheduler.run_forever())
         self.port = self.server.listen(self.config.listen)
         await self.server.start()
         log.info("serving on %s (runtime %s)", self.config.listen, self.config.runtime_name)
@@ -61,6 +65,8 @@ class Agent:
     async def stop(self) -> None:
         """Stops serving; running containers keep running and are re-adopted at next start."""
         await self.server.stop(grace=2.0)
+        if self._scheduling is not None:
+            self._scheduling.cancel()
         await self.executor.close()
         self.store.close()
 

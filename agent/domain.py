@@ -207,6 +207,36 @@ class HostPolicy:
     allow_host_network: bool = False
 
 
+class ConcurrencyPolicy(enum.Enum):
+    """What a cron job does when its schedule fires while a run is still active."""
+
+    ALLOW = "allow"
+    FORBID = "forbid"
+    REPLACE = "replace"
+
+
+@dataclass(frozen=True)
+class CronPolicy:
+    """How a cron job's schedule turns into executions (as a Kubernetes CronJob)."""
+
+    time_zone: str = "UTC"
+    concurrency_policy: ConcurrencyPolicy = ConcurrencyPolicy.ALLOW
+    starting_deadline_seconds: float | None = None
+    suspend: bool = False
+    successful_history_limit: int = 3
+    failed_history_limit: int = 1
+
+
+@dataclass(frozen=True)
+class CronState:
+    """What the scheduler recorded of a cron job."""
+
+    last_schedule_time: datetime | None = None
+    last_execution_id: str = ""
+    skipped: int = 0
+    missed: int = 0
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One job: a service with rtype job or cron of a deployment document."""
@@ -231,6 +261,7 @@ class JobSpec:
     max_log_bytes: int | None = None
     storage: tuple[Mount, ...] = ()
     host_network: bool = False
+    cron: CronPolicy = field(default_factory=CronPolicy)
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,15 @@ import re
 import signal
 from collections.abc import Mapping
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from croniter import croniter
 
 from agent.domain import (
     CommandSpec,
+    ConcurrencyPolicy,
+    CronPolicy,
     HostPolicy,
     ImageSpec,
     InitAction,
@@ -50,10 +53,15 @@ SERVICE_ONLY_FIELDS = {
     "service_type",
     "wasm_http",
 }
+CRON_FIELDS = (
+    "time_zone", "concurrency_policy", "starting_deadline_seconds", "suspend",
+    "successful_jobs_history_limit", "failed_jobs_history_limit",
+)  # fmt: skip
 JOB_FIELDS = {
     "rtype", "schedule", "image", "command", "env", "resources", "user", "labels",
     "timeout", "stop_signal", "stop_grace_period", "init", "errors", "max_concurrent",
     "backoff_limit", "retry_policy", "max_log_size", "storage", "host_network",
+    *CRON_FIELDS,
 }  # fmt: skip
 STEP_FIELDS = {"id", "uses", "with", "retry", "timeout", "on_failure"}
 ACTION_PARAMS: dict[InitAction, set[str]] = {
@@ -157,7 +165,59 @@ def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: 
         on_init_failure=_on_init_failure(service.get("errors"), f"{path}.errors"),
         storage=parse_storage(service.get("storage"), f"{path}.storage", parse_memory),
         host_network=_flag(service.get("host_network"), f"{path}.host_network"),
+        cron=_cron(service, kind, path),
     )
+
+
+def _cron(service: Mapping[str, Any], kind: JobKind, path: str) -> CronPolicy:
+    """The cron settings, which only a cron job may have."""
+    if kind is JobKind.JOB:
+        for key in CRON_FIELDS:
+            if key in service:
+                raise InvalidSpec(f"{path}.{key}", "is only allowed with rtype cron")
+        return CronPolicy()
+    defaults = CronPolicy()
+    zone = _optional_string(service, "time_zone", path) or defaults.time_zone
+    check_time_zone(zone, f"{path}.time_zone")
+    policy_text = service.get("concurrency_policy", defaults.concurrency_policy.value)
+    try:
+        policy = ConcurrencyPolicy(policy_text)
+    except ValueError:
+        raise InvalidSpec(
+            f"{path}.concurrency_policy", "must be allow, forbid or replace"
+        ) from None
+    deadline = service.get("starting_deadline_seconds")
+    if deadline is not None and (
+        isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline <= 0
+    ):
+        raise InvalidSpec(f"{path}.starting_deadline_seconds", "must be a positive number")
+    limits = [
+        service.get(key, default)
+        for key, default in (
+            ("successful_jobs_history_limit", defaults.successful_history_limit),
+            ("failed_jobs_history_limit", defaults.failed_history_limit),
+        )
+    ]
+    for key, value in zip(("successful_jobs_history_limit", "failed_jobs_history_limit"),
+                          limits, strict=True):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidSpec(f"{path}.{key}", "must be a non-negative integer")
+    return CronPolicy(
+        time_zone=zone,
+        concurrency_policy=policy,
+        starting_deadline_seconds=None if deadline is None else float(deadline),
+        suspend=_flag(service.get("suspend"), f"{path}.suspend"),
+        successful_history_limit=limits[0],
+        failed_history_limit=limits[1],
+    )
+
+
+def check_time_zone(zone: str, path: str) -> None:
+    """An IANA time zone name (Europe/Berlin, UTC)."""
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidSpec(path, f"{zone!r} is not an IANA time zone") from None
 
 
 def _flag(value: Any, path: str) -> bool:

@@ -19,6 +19,9 @@ from agent.domain import (
     TERMINAL_STATUSES,
     Attempt,
     CommandSpec,
+    ConcurrencyPolicy,
+    CronPolicy,
+    CronState,
     EventKind,
     Execution,
     ExecutionEvent,
@@ -77,6 +80,13 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_execution ON events (execution_id, sequence);
+CREATE TABLE IF NOT EXISTS cron_state (
+    job_name TEXT PRIMARY KEY,
+    last_schedule_time TEXT,
+    last_execution_id TEXT NOT NULL DEFAULT '',
+    skipped INTEGER NOT NULL DEFAULT 0,
+    missed INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS attempts (
     execution_id TEXT NOT NULL,
     number INTEGER NOT NULL,
@@ -175,11 +185,39 @@ class Store:
         rows = self._db.execute("SELECT * FROM jobs ORDER BY name").fetchall()
         return [_job_from_row(row) for row in rows]
 
+    def get_cron_state(self, name: str) -> CronState:
+        """What the scheduler recorded of a cron job (empty before its first schedule)."""
+        row = self._db.execute("SELECT * FROM cron_state WHERE job_name = ?", (name,)).fetchone()
+        if row is None:
+            return CronState()
+        return CronState(
+            last_schedule_time=_optional_time(row["last_schedule_time"]),
+            last_execution_id=row["last_execution_id"],
+            skipped=row["skipped"],
+            missed=row["missed"],
+        )
+
+    def put_cron_state(self, name: str, state: CronState) -> None:
+        """Records what the scheduler did for a cron job."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO cron_state (job_name, last_schedule_time, "
+                "last_execution_id, skipped, missed) VALUES (?, ?, ?, ?, ?)",
+                (
+                    name,
+                    None if state.last_schedule_time is None else _time(state.last_schedule_time),
+                    state.last_execution_id,
+                    state.skipped,
+                    state.missed,
+                ),
+            )
+
     def delete_job(self, name: str) -> None:
         """Removes a job; raises NotFound."""
         with self._transaction() as db:
             if db.execute("DELETE FROM jobs WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFound(f"job {name!r} is not registered")
+            db.execute("DELETE FROM cron_state WHERE job_name = ?", (name,))
 
     # Executions
 
@@ -298,6 +336,10 @@ class Store:
         ).fetchall()
         return [row["id"] for row in rows]
 
+    def job_history(self, job_name: str) -> list[Execution]:
+        """The job's finished executions, newest first."""
+        return self.list_executions(job_name=job_name, statuses=TERMINAL_STATUSES)
+
     def delete_executions(self, execution_ids: list[str]) -> None:
         """Removes executions with their events and attempts."""
         with self._transaction() as db:
@@ -382,6 +424,7 @@ def _spec_to_json(spec: JobSpec) -> dict[str, Any]:
     ]  # fmt: skip
     data["on_init_failure"] = spec.on_init_failure.value
     data["storage"] = [{**asdict(mount), "kind": mount.kind.value} for mount in spec.storage]
+    data["cron"]["concurrency_policy"] = spec.cron.concurrency_policy.value
     return data
 
 
@@ -405,6 +448,9 @@ def _spec_from_json(data: dict[str, Any]) -> JobSpec:
         for step in fields.pop("init_steps", [])
     )  # fmt: skip
     on_init_failure = InitFailurePolicy(fields.pop("on_init_failure", "fail"))
+    cron_data = fields.pop("cron", {})
+    cron = CronPolicy(**{**cron_data, "concurrency_policy": ConcurrencyPolicy(
+        cron_data.get("concurrency_policy", "allow"))})  # fmt: skip
     storage = tuple(
         Mount(**{**mount, "kind": MountKind(mount["kind"])}) for mount in fields.pop("storage", [])
     )
@@ -415,6 +461,7 @@ def _spec_from_json(data: dict[str, Any]) -> JobSpec:
         on_init_failure=on_init_failure,
         retry=retry_policy,
         storage=storage,
+        cron=cron,
         image=ImageSpec(image["name"], PullPolicy(image["pull_policy"])),
         command=CommandSpec(
             entrypoint=tuple(command["entrypoint"]),

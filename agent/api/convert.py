@@ -13,6 +13,9 @@ from jobagent.v1 import jobs_pb2 as pb
 from agent.domain import (
     Attempt,
     CommandSpec,
+    ConcurrencyPolicy,
+    CronPolicy,
+    CronState,
     EventKind,
     Execution,
     ExecutionEvent,
@@ -77,6 +80,12 @@ EVENT_TO_PROTO = {
     EventKind.INIT_STEP_SUCCEEDED: pb.EVENT_TYPE_INIT_STEP_SUCCEEDED,
     EventKind.INIT_STEP_FAILED: pb.EVENT_TYPE_INIT_STEP_FAILED,
 }
+CONCURRENCY_TO_PROTO = {
+    ConcurrencyPolicy.ALLOW: pb.CONCURRENCY_POLICY_ALLOW,
+    ConcurrencyPolicy.FORBID: pb.CONCURRENCY_POLICY_FORBID,
+    ConcurrencyPolicy.REPLACE: pb.CONCURRENCY_POLICY_REPLACE,
+}
+CONCURRENCY_FROM_PROTO = {value: key for key, value in CONCURRENCY_TO_PROTO.items()}
 MOUNT_TO_PROTO = {
     MountKind.BIND: pb.MOUNT_TYPE_BIND,
     MountKind.NAMED: pb.MOUNT_TYPE_NAMED,
@@ -140,6 +149,14 @@ def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
             for m in spec.storage
         ],
         host_network=spec.host_network,
+        cron_policy=pb.CronPolicy(
+            time_zone=spec.cron.time_zone,
+            concurrency_policy=CONCURRENCY_TO_PROTO[spec.cron.concurrency_policy],
+            starting_deadline_seconds=spec.cron.starting_deadline_seconds,
+            suspend=spec.cron.suspend,
+            successful_jobs_history_limit=spec.cron.successful_history_limit,
+            failed_jobs_history_limit=spec.cron.failed_history_limit,
+        ),
         retry_policy=pb.RetryPolicy(
             backoff_limit=spec.retry.backoff_limit,
             initial_delay=_duration(spec.retry.initial_delay_seconds),
@@ -206,7 +223,45 @@ def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
             for index, mount in enumerate(message.storage)
         ),
         host_network=message.host_network,
+        cron=_cron_from_proto(message.cron_policy),
     )
+
+
+def _cron_from_proto(message: pb.CronPolicy) -> CronPolicy:
+    defaults = CronPolicy()
+    return CronPolicy(
+        time_zone=message.time_zone or defaults.time_zone,
+        concurrency_policy=CONCURRENCY_FROM_PROTO.get(
+            message.concurrency_policy, defaults.concurrency_policy
+        ),
+        starting_deadline_seconds=message.starting_deadline_seconds
+        if message.HasField("starting_deadline_seconds")
+        else None,
+        suspend=message.suspend,
+        successful_history_limit=message.successful_jobs_history_limit
+        if message.HasField("successful_jobs_history_limit")
+        else defaults.successful_history_limit,
+        failed_history_limit=message.failed_jobs_history_limit
+        if message.HasField("failed_jobs_history_limit")
+        else defaults.failed_history_limit,
+    )
+
+
+def cron_status_to_proto(
+    state: CronState, next_run: datetime | None, suspended: bool
+) -> pb.CronStatus:
+    """The scheduler's view of a cron job -> proto."""
+    message = pb.CronStatus(
+        last_execution_id=state.last_execution_id,
+        suspended=suspended,
+        skipped=state.skipped,
+        missed=state.missed,
+    )
+    if next_run is not None:
+        message.next_run_time.CopyFrom(timestamp(next_run))
+    if state.last_schedule_time is not None:
+        message.last_schedule_time.CopyFrom(timestamp(state.last_schedule_time))
+    return message
 
 
 def _mount_from_proto(message: pb.Mount, path: str) -> Mount:

@@ -9,6 +9,7 @@ from jobagent.v1 import job_service_pb2, job_service_pb2_grpc
 
 from agent.api.service import JobService
 from agent.executor import Executor
+from agent.executor.scheduler import CronScheduler
 
 SERVICE_NAME = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 
@@ -16,11 +17,13 @@ SERVICE_NAME = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_na
 class AgentServer:
     """The agent's gRPC server and its health status."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, scheduler: CronScheduler) -> None:
         self.server = grpc.aio.server()
         # The stubs of grpcio-health-checking do not declare its aio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(executor), self.server)
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(
+            JobService(executor, scheduler), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

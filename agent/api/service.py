@@ -12,9 +12,11 @@ from jobagent.v1 import jobs_pb2 as pb
 
 from agent.api import convert
 from agent.api.errors import maps_errors
+from agent.domain import Job, JobKind
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
 from agent.executor.logs import LogQuery
+from agent.executor.scheduler import CronScheduler
 from agent.runtime.errors import RuntimeLayerError
 from agent.spec import normalize_signal, parse_document, validate_job_spec
 
@@ -25,8 +27,19 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class JobService(service_grpc.JobServiceServicer):
     """The jobagent.v1.JobService servicer."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, scheduler: CronScheduler) -> None:
         self._executor = executor
+        self._scheduler = scheduler
+
+    def _job(self, job: Job) -> pb.Job:
+        message = convert.job_to_proto(job)
+        if job.spec.kind is JobKind.CRON:
+            state = self._executor.cron_state(job.name)
+            next_run = self._scheduler.next_run(job)
+            message.cron_status.CopyFrom(
+                convert.cron_status_to_proto(state, next_run, job.spec.cron.suspend)
+            )
+        return message
 
     @maps_errors
     async def RegisterJob(
@@ -42,19 +55,20 @@ class JobService(service_grpc.JobServiceServicer):
         else:
             raise InvalidSpec("source", "set spec_yaml or spec")
         jobs = self._executor.register_jobs(specs, request.spec_yaml, request.replace)
-        return service_pb.RegisterJobResponse(jobs=[convert.job_to_proto(job) for job in jobs])
+        self._scheduler.wake()
+        return service_pb.RegisterJobResponse(jobs=[self._job(job) for job in jobs])
 
     @maps_errors
     async def GetJob(self, request: service_pb.GetJobRequest, context: Context) -> pb.Job:
         _require("name", request.name)
-        return convert.job_to_proto(self._executor.get_job(request.name))
+        return self._job(self._executor.get_job(request.name))
 
     @maps_errors
     async def ListJobs(
         self, request: service_pb.ListJobsRequest, context: Context
     ) -> service_pb.ListJobsResponse:
         jobs = self._executor.list_jobs()
-        return service_pb.ListJobsResponse(jobs=[convert.job_to_proto(job) for job in jobs])
+        return service_pb.ListJobsResponse(jobs=[self._job(job) for job in jobs])
 
     @maps_errors
     async def UnregisterJob(
@@ -62,6 +76,7 @@ class JobService(service_grpc.JobServiceServicer):
     ) -> service_pb.UnregisterJobResponse:
         _require("name", request.name)
         self._executor.unregister_job(request.name)
+        self._scheduler.wake()
         return service_pb.UnregisterJobResponse()
 
     @maps_errors

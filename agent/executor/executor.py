@@ -18,6 +18,7 @@ from typing import Any
 from agent.domain import (
     ACTIVE_STATUSES,
     Attempt,
+    CronState,
     EventKind,
     Execution,
     ExecutionEvent,
@@ -110,6 +111,10 @@ class Executor:
         if self._store.list_executions(job_name=name, statuses=ACTIVE_STATUSES):
             raise FailedPrecondition(f"job {name!r} has active executions; cancel them first")
         self._store.delete_job(name)
+
+    def cron_state(self, name: str) -> CronState:
+        """What the scheduler recorded of a cron job."""
+        return self._store.get_cron_state(name)
 
     def _find_job(self, name: str) -> Job | None:
         try:

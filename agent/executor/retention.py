@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from agent.domain import Status
 from agent.store import Store
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,30 @@ class Retention:
         self._log_dir = log_dir
         self.policy = policy
 
-    def prune(self) -> list[str]:
-        """Removes every expired execution now; returns their ids."""
-        older_than = datetime.now(UTC) - timedelta(seconds=self.policy.max_age_seconds)
-        expired = self._store.expired_executions(older_than, self.policy.per_job)
+    def prune_history(self, job_name: str, succeeded: int, failed: int) -> list[str]:
+        """Keeps the newest `succeeded` completed and `failed` failed or cancelled runs."""
+        kept = {Status.COMPLETED: succeeded, Status.FAILED: failed, Status.CANCELLED: failed}
+        seen = {Status.COMPLETED: 0, Status.FAILED: 0}
+        expired = []
+        for execution in self._store.job_history(job_name):
+            bucket = Status.COMPLETED if execution.status is Status.COMPLETED else Status.FAILED
+            seen[bucket] += 1
+            if seen[bucket] > kept[execution.status]:
+                expired.append(execution.id)
+        self._remove(expired)
+        return expired
+
+    def _remove(self, expired: list[str]) -> None:
         if expired:
             self._store.delete_executions(expired)
             for execution_id in expired:
                 shutil.rmtree(self._log_dir / execution_id, ignore_errors=True)
+
+    def prune(self) -> list[str]:
+        """Removes every expired execution now; returns their ids."""
+        older_than = datetime.now(UTC) - timedelta(seconds=self.policy.max_age_seconds)
+        expired = self._store.expired_executions(older_than, self.policy.per_job)
+        self._remove(expired)
+        if expired:
             log.info("retention removed %d finished executions", len(expired))
         return expired

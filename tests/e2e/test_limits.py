@@ -209,3 +209,36 @@ def test_a_queued_execution_is_cancelled_without_a_container(client: JobAgentCli
     cancelled = client.cancel(second.id)
     assert (cancelled.status, cancelled.started_at) == ("cancelled", None)
     assert client.cancel(first.id, grace=timedelta(seconds=1)).status == "cancelled"
+
+
+def test_a_cron_job_every_second_runs_by_itself_with_overlap_and_history_rules(
+    client: JobAgentClient,
+) -> None:
+    client.register(
+        "version: v1\ndeployment: cron\nservices:\n  every-second:\n    rtype: cron\n"
+        "    schedule: '* * * * * *'\n    concurrency_policy: forbid\n"
+        "    successful_jobs_history_limit: 2\n"
+        "    image: {name: busybox:latest}\n"
+        "    command: {entrypoint: [/bin/sh, -c, 'sleep 1.2; echo tick']}\n",
+        replace=True,
+    )
+    job = client.get_job("every-second")
+    assert job.next_run_time is not None
+    wait_until(lambda: client.get_job("every-second").skipped >= 1
+               and len([e for e in client.list_executions("every-second")
+                        if e.status == "completed"]) >= 2, 30, "three runs")  # fmt: skip
+    client.register(
+        "version: v1\ndeployment: cron\nservices:\n  every-second:\n    rtype: cron\n"
+        "    schedule: '* * * * * *'\n    suspend: true\n    successful_jobs_history_limit: 2\n"
+        "    image: {name: busybox:latest}\n",
+        replace=True,
+    )
+    executions = client.list_executions("every-second")
+    assert {execution.trigger for execution in executions} == {"scheduler"}
+    for execution in executions:
+        if not execution.terminal:
+            client.wait(execution.id)
+    wait_until(lambda: len([e for e in client.list_executions("every-second")
+                            if e.status == "completed"]) == 2, 10, "history limit")  # fmt: skip
+    assert client.get_job("every-second").next_run_time is None
+    client.unregister("every-second")

@@ -16,7 +16,7 @@ from jobagent_client.client import ClientError, JobAgentClient
 from jobagent_client.models import Execution, Job, LogLine
 
 EXECUTION_COLUMNS = ("id", "job_name", "status", "exit_code", "failure_reason", "created_at")
-JOB_COLUMNS = ("name", "kind", "deployment", "image", "schedule")
+JOB_COLUMNS = ("name", "kind", "deployment", "image", "schedule", "next_run_time")
 
 
 def build_parser() -> argparse.ArgumentParser:

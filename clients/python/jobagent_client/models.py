@@ -138,6 +138,11 @@ class Job:
     schedule: str
     created_at: datetime | None
     updated_at: datetime | None
+    next_run_time: datetime | None = None
+    last_schedule_time: datetime | None = None
+    suspended: bool = False
+    skipped: int = 0
+    missed: int = 0
 
     @classmethod
     def from_proto(cls, message: pb.Job) -> Job:
@@ -150,6 +155,11 @@ class Job:
             schedule=message.spec.schedule,
             created_at=_time(message, "created_at"),
             updated_at=_time(message, "updated_at"),
+            next_run_time=_time(message.cron_status, "next_run_time"),
+            last_schedule_time=_time(message.cron_status, "last_schedule_time"),
+            suspended=message.cron_status.suspended,
+            skipped=message.cron_status.skipped,
+            missed=message.cron_status.missed,
         )
 
 

@@ -107,6 +107,34 @@ MOUNT_TYPE_TMPFS: MountType.ValueType  # 4
 """A memory-backed tmpfs."""
 Global___MountType: _TypeAlias = MountType  # noqa: Y015
 
+class _ConcurrencyPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConcurrencyPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConcurrencyPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONCURRENCY_POLICY_UNSPECIFIED: _ConcurrencyPolicy.ValueType  # 0
+    """allow."""
+    CONCURRENCY_POLICY_ALLOW: _ConcurrencyPolicy.ValueType  # 1
+    """Start the new run beside the active one."""
+    CONCURRENCY_POLICY_FORBID: _ConcurrencyPolicy.ValueType  # 2
+    """Skip the new run."""
+    CONCURRENCY_POLICY_REPLACE: _ConcurrencyPolicy.ValueType  # 3
+    """Cancel the active run, then start the new one."""
+
+class ConcurrencyPolicy(_ConcurrencyPolicy, metaclass=_ConcurrencyPolicyEnumTypeWrapper):
+    """What a cron job does when its schedule fires while a run is still active."""
+
+CONCURRENCY_POLICY_UNSPECIFIED: ConcurrencyPolicy.ValueType  # 0
+"""allow."""
+CONCURRENCY_POLICY_ALLOW: ConcurrencyPolicy.ValueType  # 1
+"""Start the new run beside the active one."""
+CONCURRENCY_POLICY_FORBID: ConcurrencyPolicy.ValueType  # 2
+"""Skip the new run."""
+CONCURRENCY_POLICY_REPLACE: ConcurrencyPolicy.ValueType  # 3
+"""Cancel the active run, then start the new one."""
+Global___ConcurrencyPolicy: _TypeAlias = ConcurrencyPolicy  # noqa: Y015
+
 class _ExecutionStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -486,6 +514,105 @@ class Mount(_message.Message):
 Global___Mount: _TypeAlias = Mount  # noqa: Y015
 
 @_typing.final
+class CronPolicy(_message.Message):
+    """How a cron job's schedule turns into executions (as a Kubernetes CronJob)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_POLICY_FIELD_NUMBER: _builtins.int
+    STARTING_DEADLINE_SECONDS_FIELD_NUMBER: _builtins.int
+    SUSPEND_FIELD_NUMBER: _builtins.int
+    SUCCESSFUL_JOBS_HISTORY_LIMIT_FIELD_NUMBER: _builtins.int
+    FAILED_JOBS_HISTORY_LIMIT_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    """IANA time zone of the schedule; UTC when empty."""
+    concurrency_policy: Global___ConcurrencyPolicy.ValueType
+    """What to do when a run is still active."""
+    starting_deadline_seconds: _builtins.float
+    """A run that cannot start within this many seconds of its time is missed, not late."""
+    suspend: _builtins.bool
+    """No new runs while true."""
+    successful_jobs_history_limit: _builtins.int
+    """Completed runs kept (3 when unset)."""
+    failed_jobs_history_limit: _builtins.int
+    """Failed or cancelled runs kept (1 when unset)."""
+    def __init__(
+        self,
+        *,
+        time_zone: _builtins.str = ...,
+        concurrency_policy: Global___ConcurrencyPolicy.ValueType = ...,
+        starting_deadline_seconds: _builtins.float | None = ...,
+        suspend: _builtins.bool = ...,
+        successful_jobs_history_limit: _builtins.int | None = ...,
+        failed_jobs_history_limit: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_failed_jobs_history_limit", b"_failed_jobs_history_limit", "_starting_deadline_seconds", b"_starting_deadline_seconds", "_successful_jobs_history_limit", b"_successful_jobs_history_limit", "failed_jobs_history_limit", b"failed_jobs_history_limit", "starting_deadline_seconds", b"starting_deadline_seconds", "successful_jobs_history_limit", b"successful_jobs_history_limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failed_jobs_history_limit", b"_failed_jobs_history_limit", "_starting_deadline_seconds", b"_starting_deadline_seconds", "_successful_jobs_history_limit", b"_successful_jobs_history_limit", "concurrency_policy", b"concurrency_policy", "failed_jobs_history_limit", b"failed_jobs_history_limit", "starting_deadline_seconds", b"starting_deadline_seconds", "successful_jobs_history_limit", b"successful_jobs_history_limit", "suspend", b"suspend", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__failed_jobs_history_limit: _TypeAlias = _typing.Literal["failed_jobs_history_limit"]  # noqa: Y015
+    _WhichOneofArgType__failed_jobs_history_limit: _TypeAlias = _typing.Literal["_failed_jobs_history_limit", b"_failed_jobs_history_limit"]  # noqa: Y015
+    _WhichOneofReturnType__starting_deadline_seconds: _TypeAlias = _typing.Literal["starting_deadline_seconds"]  # noqa: Y015
+    _WhichOneofArgType__starting_deadline_seconds: _TypeAlias = _typing.Literal["_starting_deadline_seconds", b"_starting_deadline_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__successful_jobs_history_limit: _TypeAlias = _typing.Literal["successful_jobs_history_limit"]  # noqa: Y015
+    _WhichOneofArgType__successful_jobs_history_limit: _TypeAlias = _typing.Literal["_successful_jobs_history_limit", b"_successful_jobs_history_limit"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__failed_jobs_history_limit) -> _WhichOneofReturnType__failed_jobs_history_limit | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__starting_deadline_seconds) -> _WhichOneofReturnType__starting_deadline_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__successful_jobs_history_limit) -> _WhichOneofReturnType__successful_jobs_history_limit | None: ...
+
+Global___CronPolicy: _TypeAlias = CronPolicy  # noqa: Y015
+
+@_typing.final
+class CronStatus(_message.Message):
+    """What the scheduler recorded of a cron job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEXT_RUN_TIME_FIELD_NUMBER: _builtins.int
+    LAST_SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    SUSPENDED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    MISSED_FIELD_NUMBER: _builtins.int
+    last_execution_id: _builtins.str
+    """The execution the last handled time started."""
+    suspended: _builtins.bool
+    """Whether the job is suspended."""
+    skipped: _builtins.int
+    """Runs skipped by concurrency_policy forbid."""
+    missed: _builtins.int
+    """Schedule times missed (agent down, or past the starting deadline)."""
+    @_builtins.property
+    def next_run_time(self) -> _timestamp_pb2.Timestamp:
+        """When the job runs next; unset while suspended."""
+
+    @_builtins.property
+    def last_schedule_time(self) -> _timestamp_pb2.Timestamp:
+        """The last schedule time the scheduler handled."""
+
+    def __init__(
+        self,
+        *,
+        next_run_time: _timestamp_pb2.Timestamp | None = ...,
+        last_schedule_time: _timestamp_pb2.Timestamp | None = ...,
+        last_execution_id: _builtins.str = ...,
+        suspended: _builtins.bool = ...,
+        skipped: _builtins.int = ...,
+        missed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_schedule_time", b"last_schedule_time", "next_run_time", b"next_run_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_execution_id", b"last_execution_id", "last_schedule_time", b"last_schedule_time", "missed", b"missed", "next_run_time", b"next_run_time", "skipped", b"skipped", "suspended", b"suspended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CronStatus: _TypeAlias = CronStatus  # noqa: Y015
+
+@_typing.final
 class JobSpec(_message.Message):
     """A job as registered: one service of a deployment document."""
 
@@ -549,6 +676,7 @@ class JobSpec(_message.Message):
     MAX_LOG_BYTES_FIELD_NUMBER: _builtins.int
     STORAGE_FIELD_NUMBER: _builtins.int
     HOST_NETWORK_FIELD_NUMBER: _builtins.int
+    CRON_POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Job name, unique on the node: lowercase letters, digits and '-', at most 63."""
     deployment: _builtins.str
@@ -603,6 +731,10 @@ class JobSpec(_message.Message):
     def storage(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mount]:
         """Storage mounts."""
 
+    @_builtins.property
+    def cron_policy(self) -> Global___CronPolicy:
+        """Cron settings (kind CRON only)."""
+
     def __init__(
         self,
         *,
@@ -624,10 +756,11 @@ class JobSpec(_message.Message):
         max_log_bytes: _builtins.int | None = ...,
         storage: _abc.Iterable[Global___Mount] | None = ...,
         host_network: _builtins.bool = ...,
+        cron_policy: Global___CronPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "image", b"image", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "resources", b"resources", "retry_policy", b"retry_policy", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "cron_policy", b"cron_policy", "image", b"image", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "resources", b"resources", "retry_policy", b"retry_policy", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "deployment", b"deployment", "env", b"env", "host_network", b"host_network", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "name", b"name", "resources", b"resources", "retry_policy", b"retry_policy", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "storage", b"storage", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "cron_policy", b"cron_policy", "deployment", b"deployment", "env", b"env", "host_network", b"host_network", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "name", b"name", "resources", b"resources", "retry_policy", b"retry_policy", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "storage", b"storage", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_concurrent: _TypeAlias = _typing.Literal["max_concurrent"]  # noqa: Y015
     _WhichOneofArgType__max_concurrent: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent"]  # noqa: Y015
@@ -703,6 +836,7 @@ class Job(_message.Message):
     SPEC_YAML_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    CRON_STATUS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The job's name (same as spec.name)."""
     spec_yaml: _builtins.str
@@ -719,6 +853,10 @@ class Job(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the job's spec last changed."""
 
+    @_builtins.property
+    def cron_status(self) -> Global___CronStatus:
+        """The scheduler's view of a cron job (kind CRON only)."""
+
     def __init__(
         self,
         *,
@@ -727,10 +865,11 @@ class Job(_message.Message):
         spec_yaml: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        cron_status: Global___CronStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "cron_status", b"cron_status", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "name", b"name", "spec", b"spec", "spec_yaml", b"spec_yaml", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "cron_status", b"cron_status", "name", b"name", "spec", b"spec", "spec_yaml", b"spec_yaml", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

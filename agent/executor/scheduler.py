@@ -1,0 +1,187 @@
+"""The cron scheduler: schedules become executions with trigger SCHEDULER.
+
+Each tick looks at every cron job: the schedule times since the last one it handled (or
+since registration), the starting deadline, the concurrency policy and the history limits.
+A time is handled once, whatever its outcome, so a failing trigger is never retried every
+second, and after downtime at most one missed time is run (never a burst).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from agent.domain import (
+    ACTIVE_STATUSES,
+    ConcurrencyPolicy,
+    CronState,
+    Job,
+    JobKind,
+    Trigger,
+    TriggerKind,
+)
+from agent.errors import AgentError
+from agent.executor.executor import Executor
+from agent.store import Store
+
+log = logging.getLogger(__name__)
+# More missed times than this are reported, never replayed.
+MISSED_REPORT_LIMIT = 100
+IDLE_SECONDS = 60.0
+
+
+class Clock(Protocol):
+    """Where the scheduler reads the time and waits (a controllable one in tests)."""
+
+    def now(self) -> datetime: ...
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The wall clock."""
+
+    def now(self) -> datetime:
+        """The current time, in UTC."""
+        return datetime.now(UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        """Waits `seconds`."""
+        await asyncio.sleep(seconds)
+
+
+def schedule_times(job: Job, after: datetime) -> Iterator[datetime]:
+    """The job's schedule times after `after`, in its time zone (UTC datetimes)."""
+    zone = ZoneInfo(job.spec.cron.time_zone)
+    times = croniter(job.spec.schedule, after.astimezone(zone), second_at_beginning=True)
+    while True:
+        yield times.get_next(datetime).astimezone(UTC)
+
+
+def latest_time(job: Job, now: datetime) -> datetime:
+    """The job's last schedule time at or before `now`."""
+    zone = ZoneInfo(job.spec.cron.time_zone)
+    previous = croniter(job.spec.schedule, now.astimezone(zone), second_at_beginning=True)
+    before = previous.get_prev(datetime).astimezone(UTC)
+    following = next(schedule_times(job, before))
+    return following if following <= now else before
+
+
+class CronScheduler:
+    """Runs cron jobs on their schedules through the executor."""
+
+    def __init__(self, executor: Executor, store: Store, clock: Clock | None = None) -> None:
+        self._executor = executor
+        self._store = store
+        self._clock = clock or SystemClock()
+        self._wake = asyncio.Event()
+
+    def next_run(self, job: Job) -> datetime | None:
+        """When the job runs next (None when suspended or not a cron job)."""
+        if job.spec.kind is not JobKind.CRON or job.spec.cron.suspend:
+            return None
+        state = self._store.get_cron_state(job.name)
+        after = max(self._clock.now(), state.last_schedule_time or job.updated_at)
+        return next(schedule_times(job, after))
+
+    def wake(self) -> None:
+        """Looks again now (a job was registered, changed or removed)."""
+        self._wake.set()
+
+    async def run_forever(self) -> None:
+        """Ticks at every schedule time until cancelled."""
+        while True:
+            await self.tick()
+            upcoming = [when for job in self._cron_jobs() if (when := self.next_run(job))]
+            delay = IDLE_SECONDS
+            if upcoming:
+                delay = max(0.0, (min(upcoming) - self._clock.now()).total_seconds())
+            self._wake.clear()
+            sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait([sleeper, waker], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+
+    async def tick(self) -> None:
+        """Handles every schedule time that is due now."""
+        for job in self._cron_jobs():
+            if not job.spec.cron.suspend:
+                await self._handle(job)
+            policy = job.spec.cron
+            self._executor.retention.prune_history(
+                job.name, policy.successful_history_limit, policy.failed_history_limit
+            )
+
+    def _cron_jobs(self) -> list[Job]:
+        return [job for job in self._store.list_jobs() if job.spec.kind is JobKind.CRON]
+
+    async def _handle(self, job: Job) -> None:
+        now = self._clock.now()
+        state = self._store.get_cron_state(job.name)
+        latest = latest_time(job, now)
+        since = state.last_schedule_time or job.updated_at
+        if latest <= since:
+            return
+        due = 0
+        for when in schedule_times(job, since):
+            if when > latest or due > MISSED_REPORT_LIMIT:
+                break
+            due += 1
+        if due > MISSED_REPORT_LIMIT:
+            log.warning("cron job %s missed more than %d schedules; they are not replayed",
+                        job.name, MISSED_REPORT_LIMIT)  # fmt: skip
+        missed = state.missed + due - 1
+        deadline = job.spec.cron.starting_deadline_seconds
+        if deadline is not None and (now - latest).total_seconds() > deadline:
+            log.info("cron job %s: the run of %s missed its starting deadline", job.name, latest)
+            self._save(job, state, latest, missed=missed + 1)
+            return
+        active = self._store.list_executions(job_name=job.name, statuses=ACTIVE_STATUSES)
+        policy = job.spec.cron.concurrency_policy
+        if active and policy is ConcurrencyPolicy.FORBID:
+            log.info("cron job %s: skipped the run of %s, one is still active", job.name, latest)
+            self._save(job, state, latest, missed=missed, skipped=state.skipped + 1)
+            return
+        if active and policy is ConcurrencyPolicy.REPLACE:
+            for execution in active:
+                try:
+                    await self._executor.cancel(execution.id)
+                except AgentError as error:
+                    log.info("cron job %s: replacing %s: %s", job.name, execution.id, error)
+        trigger = Trigger(TriggerKind.SCHEDULER, reason=f"schedule {job.spec.schedule} at "
+                          f"{latest.isoformat()}")  # fmt: skip
+        execution_id = state.last_execution_id
+        try:
+            execution_id = (await self._executor.trigger(job.name, trigger)).id
+        except AgentError as error:
+            # Handled all the same: the next try is at the next schedule time.
+            log.warning("cron job %s: the run of %s could not start: %s", job.name, latest, error)
+        self._save(job, state, latest, missed=missed, execution_id=execution_id)
+
+    def _save(
+        self,
+        job: Job,
+        state: CronState,
+        latest: datetime,
+        missed: int,
+        skipped: int | None = None,
+        execution_id: str | None = None,
+    ) -> None:
+        self._store.put_cron_state(
+            job.name,
+            CronState(
+                last_schedule_time=latest,
+                last_execution_id=state.last_execution_id if execution_id is None
+                else execution_id,
+                skipped=state.skipped if skipped is None else skipped,
+                missed=missed,
+            ),
+        )  # fmt: skip

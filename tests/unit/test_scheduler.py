@@ -1,0 +1,185 @@
+"""The cron scheduler against a controllable clock: no test waits for a schedule."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from agent.domain import (
+    ConcurrencyPolicy,
+    CronPolicy,
+    ImageSpec,
+    Job,
+    JobKind,
+    JobSpec,
+    Status,
+    TriggerKind,
+)
+from agent.executor import Executor
+from agent.executor.scheduler import CronScheduler, latest_time, schedule_times
+from agent.store import Store
+from tests.unit.fake_runtime import FakeRuntime
+
+
+class FakeClock:
+    """A clock that moves only when the test says so."""
+
+    def __init__(self, start: datetime) -> None:
+        self.current = start
+
+    def now(self) -> datetime:
+        return self.current
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(3600)
+
+    def advance(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+async def rig(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store]]:
+    runtime = FakeRuntime()
+    store = Store(tmp_path / "db")
+    executor = Executor(store, runtime, tmp_path / "logs")
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1))
+    yield executor, CronScheduler(executor, store, clock), clock, runtime, store
+    await executor.close()
+    store.close()
+
+
+def cron(schedule: str, **policy: object) -> JobSpec:
+    return JobSpec("tick", ImageSpec("busybox"), kind=JobKind.CRON, schedule=schedule,
+                   cron=CronPolicy(**policy))  # type: ignore[arg-type]  # fmt: skip
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_every_second_runs_once_per_tick_with_the_scheduler_trigger(
+    rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
+) -> None:
+    executor, scheduler, clock, _runtime, _ = rig
+    executor.register_jobs([cron("* * * * * *")], "", replace_existing=False)
+    for _ in range(3):
+        clock.advance(1)
+        await scheduler.tick()
+        await scheduler.tick()  # the same time is never handled twice
+    executions = executor.list_executions("tick")
+    assert len(executions) == 3
+    assert {e.trigger.kind for e in executions} == {TriggerKind.SCHEDULER}
+    assert all("schedule * * * * * * at" in e.trigger.reason for e in executions)
+
+
+async def test_forbid_skips_while_a_run_is_active_and_replace_cancels_it(
+    rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
+) -> None:
+    executor, scheduler, clock, runtime, store = rig
+    executor.register_jobs([cron("* * * * * *", concurrency_policy=ConcurrencyPolicy.FORBID)],
+                           "", replace_existing=False)  # fmt: skip
+    clock.advance(1)
+    await scheduler.tick()
+    await asyncio.wait_for(runtime.started_event.wait(), 5)
+    clock.advance(1)
+    await scheduler.tick()
+    assert len(executor.list_executions("tick")) == 1
+    assert store.get_cron_state("tick").skipped == 1
+
+    executor.register_jobs([cron("* * * * * *", concurrency_policy=ConcurrencyPolicy.REPLACE)],
+                           "", replace_existing=True)  # fmt: skip
+    clock.advance(1)
+    await scheduler.tick()
+    await settle()
+    statuses = sorted(e.status.value for e in executor.list_executions("tick"))
+    assert statuses[0] == "cancelled" and len(statuses) == 2
+
+
+async def test_a_run_past_its_starting_deadline_is_missed_not_late(
+    rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
+) -> None:
+    executor, scheduler, clock, _, store = rig
+    executor.register_jobs([cron("* * * * *", starting_deadline_seconds=5)], "", False)
+    due = next(schedule_times(executor.get_job("tick"), clock.now()))
+    clock.current = due + timedelta(seconds=30)
+    await scheduler.tick()
+    assert executor.list_executions("tick") == []
+    assert store.get_cron_state("tick").missed == 1
+
+
+async def test_after_downtime_at_most_one_catch_up_run(
+    rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
+) -> None:
+    executor, scheduler, clock, _, store = rig
+    executor.register_jobs([cron("* * * * * *")], "", False)
+    clock.advance(3600)
+    await scheduler.tick()
+    assert len(executor.list_executions("tick")) == 1
+    assert store.get_cron_state("tick").missed >= 100
+
+
+async def test_suspended_jobs_do_not_run_and_have_no_next_time(
+    rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
+) -> None:
+    executor, scheduler, clock, _, _ = rig
+    executor.register_jobs([cron("* * * * * *", suspend=True)], "", False)
+    clock.advance(5)
+    await scheduler.tick()
+    assert executor.list_executions("tick") == []
+    assert scheduler.next_run(executor.get_job("tick")) is None
+
+
+async def test_history_limits_keep_the_newest_runs(
+    rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
+) -> None:
+    executor, scheduler, clock, runtime, _ = rig
+    executor.register_jobs([cron("* * * * * *", successful_history_limit=2,
+                                 failed_history_limit=1)], "", False)  # fmt: skip
+    for code in (0, 0, 0, 1, 1):
+        clock.advance(1)
+        await scheduler.tick()
+        newest = executor.list_executions("tick")[0]
+        await asyncio.wait_for(_started(runtime, newest.container_id), 5)
+        runtime.exit(newest.container_id, code)
+        async for _ in executor.watch(newest.id):
+            pass
+    await scheduler.tick()
+    kept = [e.status for e in executor.list_executions("tick")]
+    assert sorted(s.value for s in kept) == ["completed", "completed", "failed"]
+
+
+async def _started(runtime: FakeRuntime, container_id: str) -> None:
+    while container_id not in runtime.started:
+        await asyncio.sleep(0.005)
+
+
+def test_time_zones_follow_daylight_saving() -> None:
+    spec = JobSpec("report", ImageSpec("busybox"), kind=JobKind.CRON, schedule="0 9 * * *",
+                   cron=CronPolicy(time_zone="Europe/Berlin"))  # fmt: skip
+    job = Job(spec, datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC))
+    before = next(schedule_times(job, datetime(2026, 3, 27, 12, tzinfo=UTC)))
+    after = next(schedule_times(job, before))
+    assert (before.hour, after.hour) == (8, 7)  # 09:00 CET, then 09:00 CEST
+    assert latest_time(job, after) == after
+
+
+async def test_a_failed_trigger_is_a_failed_execution_not_a_retry_every_second(
+    rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
+) -> None:
+    executor, scheduler, clock, runtime, _ = rig
+    runtime.pull_error = "registry down"
+    executor.register_jobs([cron("* * * * *")], "", False)
+    due = next(schedule_times(executor.get_job("tick"), clock.now()))
+    clock.current = due
+    for _ in range(3):
+        await scheduler.tick()
+        await settle()
+    (execution,) = executor.list_executions("tick")
+    assert execution.status is Status.FAILED
