@@ -149,6 +149,20 @@ class JobService(service_grpc.JobServiceServicer):
             yield convert.log_line_to_proto(line)
 
     @maps_errors
+    async def SuspendJob(self, request: service_pb.SuspendJobRequest, context: Context) -> pb.Job:
+        _require("name", request.name)
+        job = self._executor.set_suspended(request.name, True)
+        self._scheduler.wake()
+        return self._job(job)
+
+    @maps_errors
+    async def ResumeJob(self, request: service_pb.ResumeJobRequest, context: Context) -> pb.Job:
+        _require("name", request.name)
+        job = self._executor.set_suspended(request.name, False)
+        self._scheduler.wake()
+        return self._job(job)
+
+    @maps_errors
     async def PruneImages(
         self, request: service_pb.PruneImagesRequest, context: Context
     ) -> service_pb.PruneImagesResponse:

@@ -25,6 +25,7 @@ from agent.domain import (
     FailureReason,
     HostPolicy,
     Job,
+    JobKind,
     JobSpec,
     LogLine,
     Status,
@@ -111,6 +112,21 @@ class Executor:
         if self._store.list_executions(job_name=name, statuses=ACTIVE_STATUSES):
             raise FailedPrecondition(f"job {name!r} has active executions; cancel them first")
         self._store.delete_job(name)
+
+    def set_suspended(self, name: str, suspended: bool) -> Job:
+        """Suspends or resumes a cron job's schedule; resuming skips the times it missed."""
+        job = self._store.get_job(name)
+        if job.spec.kind is not JobKind.CRON:
+            raise FailedPrecondition(f"job {name!r} has no schedule to suspend or resume")
+        if job.spec.cron.suspend == suspended:
+            return job
+        spec = replace(job.spec, cron=replace(job.spec.cron, suspend=suspended))
+        updated = replace(job, spec=spec, updated_at=now())
+        self._store.put_job(updated)
+        if not suspended:
+            state = self._store.get_cron_state(name)
+            self._store.put_cron_state(name, replace(state, last_schedule_time=now()))
+        return updated
 
     def cron_state(self, name: str) -> CronState:
         """What the scheduler recorded of a cron job."""

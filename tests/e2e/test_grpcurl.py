@@ -57,7 +57,7 @@ def test_grpcurl_lists_describes_and_calls_every_rpc(
     assert SERVICE in listed.stdout.split()
     described = grpcurl(grpcurl_binary, agent, "describe", SERVICE).stdout
     methods = {line.split()[1].split("(")[0] for line in described.splitlines() if " rpc " in line}
-    assert len(methods) == 11
+    assert len(methods) == 13
 
     called = set()
 
@@ -82,6 +82,13 @@ def test_grpcurl_lists_describes_and_calls_every_rpc(
                       flags=("-d", json.dumps({"id": execution["id"]})))  # fmt: skip
     called.add("CancelExecution")
     assert refused.returncode != 0 and "FailedPrecondition" in refused.stderr
+    refused = grpcurl(grpcurl_binary, agent, f"{SERVICE}/SuspendJob",
+                      flags=("-d", json.dumps({"name": "curl-job"})))  # fmt: skip
+    assert refused.returncode != 0 and "FailedPrecondition" in refused.stderr
+    refused = grpcurl(grpcurl_binary, agent, f"{SERVICE}/ResumeJob",
+                      flags=("-d", json.dumps({"name": "curl-job"})))  # fmt: skip
+    assert refused.returncode != 0 and "FailedPrecondition" in refused.stderr
+    called.update({"SuspendJob", "ResumeJob"})
     # Pruned while curl-job still holds busybox:latest, which later tests need.
     rpc("PruneImages", {})
     rpc("UnregisterJob", {"name": "curl-job"})

@@ -7,7 +7,9 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from jobagent_client import JobAgentClient
+import grpc
+import pytest
+from jobagent_client import ClientError, JobAgentClient
 
 from tests.e2e.harness import AgentProcess, leftovers, wait_until
 
@@ -227,12 +229,8 @@ def test_a_cron_job_every_second_runs_by_itself_with_overlap_and_history_rules(
     wait_until(lambda: client.get_job("every-second").skipped >= 1
                and len([e for e in client.list_executions("every-second")
                         if e.status == "completed"]) >= 2, 30, "three runs")  # fmt: skip
-    client.register(
-        "version: v1\ndeployment: cron\nservices:\n  every-second:\n    rtype: cron\n"
-        "    schedule: '* * * * * *'\n    suspend: true\n    successful_jobs_history_limit: 2\n"
-        "    image: {name: busybox:latest}\n",
-        replace=True,
-    )
+    suspended = client.suspend("every-second")
+    assert suspended.suspended and suspended.next_run_time is None
     executions = client.list_executions("every-second")
     assert {execution.trigger for execution in executions} == {"scheduler"}
     for execution in executions:
@@ -242,3 +240,6 @@ def test_a_cron_job_every_second_runs_by_itself_with_overlap_and_history_rules(
                             if e.status == "completed"]) == 2, 10, "history limit")  # fmt: skip
     assert client.get_job("every-second").next_run_time is None
     client.unregister("every-second")
+    with pytest.raises(ClientError) as caught:
+        client.resume("every-second")
+    assert caught.value.code is grpc.StatusCode.NOT_FOUND

@@ -26,6 +26,7 @@ from tests.e2e.harness import AgentProcess
 RPCS = {
     "RegisterJob", "GetJob", "ListJobs", "UnregisterJob", "TriggerJob", "GetExecution",
     "ListExecutions", "CancelExecution", "WatchExecution", "StreamLogs", "PruneImages",
+    "SuspendJob", "ResumeJob",
 }  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from agent.domain import (
     Status,
     TriggerKind,
 )
+from agent.errors import FailedPrecondition
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler, latest_time, schedule_times
 from agent.store import Store
@@ -183,3 +184,21 @@ async def test_a_failed_trigger_is_a_failed_execution_not_a_retry_every_second(
         await settle()
     (execution,) = executor.list_executions("tick")
     assert execution.status is Status.FAILED
+
+
+async def test_suspend_and_resume_through_the_executor(
+    rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
+) -> None:
+    executor, scheduler, clock, _, _ = rig
+    executor.register_jobs([cron("* * * * * *")], "", False)
+    assert executor.set_suspended("tick", True).spec.cron.suspend
+    clock.advance(3)
+    await scheduler.tick()
+    assert executor.list_executions("tick") == []
+    executor.set_suspended("tick", False)
+    clock.advance(3)
+    await scheduler.tick()
+    assert len(executor.list_executions("tick")) == 1
+    executor.register_jobs([JobSpec("plain", ImageSpec("busybox"))], "", False)
+    with pytest.raises(FailedPrecondition):
+        executor.set_suspended("plain", True)

@@ -93,6 +93,16 @@ class JobAgentClient:
         response = self._call(self._stub.ListJobs, service_pb.ListJobsRequest())
         return [Job.from_proto(job) for job in response.jobs]
 
+    def suspend(self, name: str) -> Job:
+        """Suspends a cron job's schedule."""
+        request = service_pb.SuspendJobRequest(name=name)
+        return Job.from_proto(self._call(self._stub.SuspendJob, request))
+
+    def resume(self, name: str) -> Job:
+        """Resumes a cron job's schedule from its next time."""
+        request = service_pb.ResumeJobRequest(name=name)
+        return Job.from_proto(self._call(self._stub.ResumeJob, request))
+
     def unregister(self, name: str) -> None:
         """Removes a job."""
         self._call(self._stub.UnregisterJob, service_pb.UnregisterJobRequest(name=name))

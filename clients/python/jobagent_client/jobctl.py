@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("jobs", help="list jobs")
     commands.add_parser("job", help="show a job").add_argument("name")
     commands.add_parser("unregister", help="remove a job").add_argument("name")
+    commands.add_parser("suspend", help="suspend a cron job's schedule").add_argument("name")
+    commands.add_parser("resume", help="resume a cron job's schedule").add_argument("name")
 
     trigger = commands.add_parser("trigger", help="start an execution of a job")
     trigger.add_argument("name")
@@ -160,6 +162,16 @@ def _job(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> 
     return 0
 
 
+def _suspend(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    printer.record(client.suspend(args.name))
+    return 0
+
+
+def _resume(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    printer.record(client.resume(args.name))
+    return 0
+
+
 def _unregister(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
     client.unregister(args.name)
     return 0
@@ -231,6 +243,8 @@ COMMANDS: dict[str, Callable[[JobAgentClient, argparse.Namespace, Printer], int]
     "jobs": _jobs,
     "job": _job,
     "unregister": _unregister,
+    "suspend": _suspend,
+    "resume": _resume,
     "trigger": _trigger,
     "get": _get,
     "list": _list,

@@ -91,6 +91,16 @@ class JobServiceStub:
                 request_serializer=jobagent_dot_v1_dot_job__service__pb2.PruneImagesRequest.SerializeToString,
                 response_deserializer=jobagent_dot_v1_dot_job__service__pb2.PruneImagesResponse.FromString,
                 _registered_method=True)
+        self.SuspendJob = channel.unary_unary(
+                '/jobagent.v1.JobService/SuspendJob',
+                request_serializer=jobagent_dot_v1_dot_job__service__pb2.SuspendJobRequest.SerializeToString,
+                response_deserializer=jobagent_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/jobagent.v1.JobService/ResumeJob',
+                request_serializer=jobagent_dot_v1_dot_job__service__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=jobagent_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -179,6 +189,21 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SuspendJob(self, request, context):
+        """Stops a cron job's schedule from starting runs (active runs go on); FAILED_PRECONDITION
+        for a job that is not a cron job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """Lets a suspended cron job's schedule start runs again, from the next schedule time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +261,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.PruneImages,
                     request_deserializer=jobagent_dot_v1_dot_job__service__pb2.PruneImagesRequest.FromString,
                     response_serializer=jobagent_dot_v1_dot_job__service__pb2.PruneImagesResponse.SerializeToString,
+            ),
+            'SuspendJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendJob,
+                    request_deserializer=jobagent_dot_v1_dot_job__service__pb2.SuspendJobRequest.FromString,
+                    response_serializer=jobagent_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=jobagent_dot_v1_dot_job__service__pb2.ResumeJobRequest.FromString,
+                    response_serializer=jobagent_dot_v1_dot_jobs__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -536,6 +571,60 @@ class JobService:
             '/jobagent.v1.JobService/PruneImages',
             jobagent_dot_v1_dot_job__service__pb2.PruneImagesRequest.SerializeToString,
             jobagent_dot_v1_dot_job__service__pb2.PruneImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobagent.v1.JobService/SuspendJob',
+            jobagent_dot_v1_dot_job__service__pb2.SuspendJobRequest.SerializeToString,
+            jobagent_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobagent.v1.JobService/ResumeJob',
+            jobagent_dot_v1_dot_job__service__pb2.ResumeJobRequest.SerializeToString,
+            jobagent_dot_v1_dot_jobs__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,12 @@ class JobServiceStub:
     """Streams the execution's output lines; with follow, until the execution ends."""
     PruneImages: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.PruneImagesRequest, _job_service_pb2.PruneImagesResponse]
     """Removes images that no registered job and no active execution uses."""
+    SuspendJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.SuspendJobRequest, _jobs_pb2.Job]
+    """Stops a cron job's schedule from starting runs (active runs go on); FAILED_PRECONDITION
+    for a job that is not a cron job.
+    """
+    ResumeJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ResumeJobRequest, _jobs_pb2.Job]
+    """Lets a suspended cron job's schedule start runs again, from the next schedule time."""
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -102,6 +108,12 @@ class JobServiceAsyncStub(JobServiceStub):
     """Streams the execution's output lines; with follow, until the execution ends."""
     PruneImages: _aio.UnaryUnaryMultiCallable[_job_service_pb2.PruneImagesRequest, _job_service_pb2.PruneImagesResponse]  # type: ignore[assignment]
     """Removes images that no registered job and no active execution uses."""
+    SuspendJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.SuspendJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
+    """Stops a cron job's schedule from starting runs (active runs go on); FAILED_PRECONDITION
+    for a job that is not a cron job.
+    """
+    ResumeJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ResumeJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
+    """Lets a suspended cron job's schedule start runs again, from the next schedule time."""
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService registers jobs, runs them and reports on their executions."""
@@ -202,5 +214,23 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.PruneImagesResponse, _abc.Awaitable[_job_service_pb2.PruneImagesResponse]]:
         """Removes images that no registered job and no active execution uses."""
+
+    @_abc_1.abstractmethod
+    def SuspendJob(
+        self,
+        request: _job_service_pb2.SuspendJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
+        """Stops a cron job's schedule from starting runs (active runs go on); FAILED_PRECONDITION
+        for a job that is not a cron job.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeJob(
+        self,
+        request: _job_service_pb2.ResumeJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
+        """Lets a suspended cron job's schedule start runs again, from the next schedule time."""
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
