@@ -60,7 +60,7 @@ def test_exit_three_fails_with_its_code(client: JobAgentClient) -> None:
 
 
 def test_stdout_and_stderr_keep_their_order_and_stream(client: JobAgentClient) -> None:
-    script = "for i in 1 2 3; do echo out$i; sleep 0.05; echo err$i >&2; sleep 0.05; done"
+    script = "for i in 1 2 3; do echo out$i; sleep 0.1; echo err$i >&2; sleep 0.1; done"
     execution = run(client, "interleave", script)
     lines = [(line.stream, line.message) for line in client.logs(execution.id)]
     assert lines == [
