@@ -348,6 +348,13 @@ class ExecutionEvent:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class Bookmark:
+    """A quiet moment on a node watch: every event up to `sequence` was sent."""
+
+    sequence: int
+
+
 class LogStream(enum.Enum):
     """The output stream of a log line."""
 

@@ -30,3 +30,11 @@ class FailedPrecondition(AgentError):
 
 class Unavailable(AgentError):
     """The agent cannot take the request now (shutting down)."""
+
+
+class OutOfRange(AgentError):
+    """A resume point older than what the agent still holds: re-list, then watch."""
+
+
+class ResourceExhausted(AgentError):
+    """The caller fell too far behind (a slow watcher); it may resume from its last sequence."""

@@ -80,6 +80,10 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_execution ON events (execution_id, sequence);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cron_state (
     job_name TEXT PRIMARY KEY,
     last_schedule_time TEXT,
@@ -342,12 +346,44 @@ class Store:
 
     def delete_executions(self, execution_ids: list[str]) -> None:
         """Removes executions with their events and attempts."""
+        if not execution_ids:
+            return
         with self._transaction() as db:
+            placeholders = ", ".join("?" for _ in execution_ids)
+            row = db.execute(
+                f"SELECT MAX(sequence) AS last FROM events WHERE execution_id IN ({placeholders})",
+                execution_ids,
+            ).fetchone()
+            if row["last"] is not None:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('compacted_through', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), "
+                    "excluded.value)",
+                    (row["last"],),
+                )
             for table, column in (("events", "execution_id"), ("attempts", "execution_id"),
                                   ("executions", "id")):  # fmt: skip
                 db.executemany(
                     f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in execution_ids]
                 )
+
+    def node_events_after(self, sequence: int, limit: int = 1000) -> list[ExecutionEvent]:
+        """Events of every execution after `sequence`, in order, at most `limit`."""
+        rows = self._db.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?",
+            (sequence, limit),
+        ).fetchall()
+        return [_event_from_row(row) for row in rows]
+
+    def compacted_through(self) -> int:
+        """The highest sequence that retention removed: resuming below it would miss events."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'compacted_through'").fetchone()
+        return int(row["value"]) if row else 0
+
+    def last_sequence(self) -> int:
+        """The newest event's sequence (0 before the first)."""
+        row = self._db.execute("SELECT MAX(sequence) AS last FROM events").fetchone()
+        return int(row["last"] or 0)
 
     def events_since(self, execution_id: str, sequence: int) -> list[ExecutionEvent]:
         """Returns the execution's events after `sequence`, in order."""

@@ -17,6 +17,8 @@ from agent.errors import (
     FailedPrecondition,
     InvalidSpec,
     NotFound,
+    OutOfRange,
+    ResourceExhausted,
     Unavailable,
 )
 
@@ -27,6 +29,8 @@ CODES: list[tuple[type[AgentError], grpc.StatusCode, str]] = [
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION, "FAILED_PRECONDITION"),
     (Unavailable, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE"),
+    (OutOfRange, grpc.StatusCode.OUT_OF_RANGE, "OUT_OF_RANGE"),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"),
 ]
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])

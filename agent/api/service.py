@@ -12,7 +12,7 @@ from jobagent.v1 import jobs_pb2 as pb
 
 from agent.api import convert
 from agent.api.errors import maps_errors
-from agent.domain import Job, JobKind
+from agent.domain import Bookmark, Job, JobKind
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
 from agent.executor.logs import LogQuery
@@ -147,6 +147,27 @@ class JobService(service_grpc.JobServiceServicer):
         lines = self._executor.stream_logs(request.execution_id, query, request.attempt)
         async for line in lines:
             yield convert.log_line_to_proto(line)
+
+    @maps_errors
+    async def WatchEvents(
+        self, request: service_pb.WatchEventsRequest, context: Context
+    ) -> AsyncIterator[service_pb.WatchEventsResponse]:
+        kinds = frozenset(convert.EVENT_FROM_PROTO[t] for t in request.types
+                          if t in convert.EVENT_FROM_PROTO)  # fmt: skip
+        interval = 30.0
+        if request.HasField("bookmark_interval"):
+            interval = request.bookmark_interval.ToTimedelta().total_seconds()
+            if interval <= 0:
+                raise InvalidSpec("bookmark_interval", "must be positive")
+        items = self._executor.watch_events(request.since_sequence, request.job_name, kinds,
+                                            interval)  # fmt: skip
+        async for item in items:
+            if isinstance(item, Bookmark):
+                yield service_pb.WatchEventsResponse(
+                    bookmark=service_pb.Bookmark(sequence=item.sequence)
+                )
+            else:
+                yield service_pb.WatchEventsResponse(event=convert.event_to_proto(item))
 
     @maps_errors
     async def SuspendJob(self, request: service_pb.SuspendJobRequest, context: Context) -> pb.Job:

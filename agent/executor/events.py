@@ -17,6 +17,17 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subscribers: defaultdict[str, set[asyncio.Queue[ExecutionEvent]]] = defaultdict(set)
+        self._node_watchers: set[NodeSubscription] = set()
+
+    def subscribe_node(self, capacity: int) -> NodeSubscription:
+        """A subscription to every event of the node, ended when it falls `capacity` behind."""
+        subscription = NodeSubscription(capacity)
+        self._node_watchers.add(subscription)
+        return subscription
+
+    def unsubscribe_node(self, subscription: NodeSubscription) -> None:
+        """Stops delivering to a node subscription."""
+        self._node_watchers.discard(subscription)
 
     def subscribe(self, execution_id: str) -> asyncio.Queue[ExecutionEvent]:
         """Returns a queue that receives the execution's events from now on."""
@@ -33,6 +44,28 @@ class EventBus:
                 del self._subscribers[execution_id]
 
     def publish(self, event: ExecutionEvent) -> None:
-        """Hands the event to every current subscriber of its execution."""
+        """Hands the event to every current subscriber of its execution and of the node."""
         for queue in self._subscribers.get(event.execution.id, ()):
             queue.put_nowait(event)
+        for subscription in list(self._node_watchers):
+            if not subscription.offer(event):
+                # A slow consumer never holds up the executor: it is cut off and resumes.
+                self._node_watchers.discard(subscription)
+
+
+class NodeSubscription:
+    """A bounded queue of node events; `overflowed` once it could not keep up."""
+
+    def __init__(self, capacity: int) -> None:
+        self.queue: asyncio.Queue[ExecutionEvent | None] = asyncio.Queue()
+        self._capacity = capacity
+        self.overflowed = False
+
+    def offer(self, event: ExecutionEvent) -> bool:
+        """Queues the event; False (and a wake-up) when the consumer is too far behind."""
+        if self.queue.qsize() >= self._capacity:
+            self.overflowed = True
+            self.queue.put_nowait(None)
+            return False
+        self.queue.put_nowait(event)
+        return True

@@ -18,6 +18,7 @@ from typing import Any
 from agent.domain import (
     ACTIVE_STATUSES,
     Attempt,
+    Bookmark,
     CronState,
     EventKind,
     Execution,
@@ -31,7 +32,14 @@ from agent.domain import (
     Status,
     Trigger,
 )
-from agent.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from agent.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+    Unavailable,
+)
 from agent.executor.admission import Admission
 from agent.executor.events import EventBus
 from agent.executor.lifecycle import ExecutionRun, container_id_of, log_file_of, now
@@ -44,6 +52,9 @@ from agent.runtime.images import PruneResult
 from agent.store import Store
 
 log = logging.getLogger(__name__)
+# A node watcher this many events behind is cut off (RESOURCE_EXHAUSTED) and resumes.
+NODE_WATCH_CAPACITY = 10_000
+WATCH_PAGE = 1000
 
 
 class Executor:
@@ -220,6 +231,51 @@ class Executor:
                     yield event
         finally:
             self._bus.unsubscribe(execution_id, queue)
+
+    async def watch_events(
+        self,
+        since: int,
+        job_name: str = "",
+        kinds: frozenset[EventKind] = frozenset(),
+        bookmark_seconds: float = 30.0,
+    ) -> AsyncIterator[ExecutionEvent | Bookmark]:
+        """Yields every event of the node after `since` (optionally of one job or some kinds),
+        then each new one, once and in order, with a Bookmark after each quiet interval.
+
+        Raises OutOfRange when retention already removed events after `since`, and
+        ResourceExhausted when the watcher falls too far behind; it resumes from the last
+        sequence it saw.
+        """
+        if since < self._store.compacted_through():
+            raise OutOfRange(f"events up to {self._store.compacted_through()} are gone; re-list")
+
+        def wanted(event: ExecutionEvent) -> bool:
+            return (not job_name or event.execution.job_name == job_name) and (
+                not kinds or event.kind in kinds
+            )
+
+        subscription = self._bus.subscribe_node(NODE_WATCH_CAPACITY)
+        try:
+            last = since
+            while page := self._store.node_events_after(last, WATCH_PAGE):
+                for event in page:
+                    last = event.sequence
+                    if wanted(event):
+                        yield event
+            while True:
+                try:
+                    item = await asyncio.wait_for(subscription.queue.get(), bookmark_seconds)
+                except TimeoutError:
+                    yield Bookmark(last)
+                    continue
+                if item is None:
+                    raise ResourceExhausted(f"the watcher fell behind; resume after {last}")
+                if item.sequence > last:
+                    last = item.sequence
+                    if wanted(item):
+                        yield item
+        finally:
+            self._bus.unsubscribe_node(subscription)
 
     async def stream_logs(
         self, execution_id: str, query: LogQuery, attempt: int = 0

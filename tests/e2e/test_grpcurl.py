@@ -57,7 +57,7 @@ def test_grpcurl_lists_describes_and_calls_every_rpc(
     assert SERVICE in listed.stdout.split()
     described = grpcurl(grpcurl_binary, agent, "describe", SERVICE).stdout
     methods = {line.split()[1].split("(")[0] for line in described.splitlines() if " rpc " in line}
-    assert len(methods) == 13
+    assert len(methods) == 14
 
     called = set()
 
@@ -89,6 +89,11 @@ def test_grpcurl_lists_describes_and_calls_every_rpc(
                       flags=("-d", json.dumps({"name": "curl-job"})))  # fmt: skip
     assert refused.returncode != 0 and "FailedPrecondition" in refused.stderr
     called.update({"SuspendJob", "ResumeJob"})
+    # A watch never ends by itself: grpcurl stops it after two seconds.
+    watch_flags = ("-d", json.dumps({"job_name": "curl-job"}), "-max-time", "2")
+    streamed = grpcurl(grpcurl_binary, agent, f"{SERVICE}/WatchEvents", flags=watch_flags)
+    assert execution["id"] in streamed.stdout
+    called.add("WatchEvents")
     # Pruned while curl-job still holds busybox:latest, which later tests need.
     rpc("PruneImages", {})
     rpc("UnregisterJob", {"name": "curl-job"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
@@ -20,13 +21,14 @@ from grpc_status import rpc_status
 from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import job_service_pb2_grpc as service_grpc
 from jobagent.v1 import jobs_pb2 as pb
+from jobagent_client.models import Bookmark, ExecutionEvent
 
 from tests.e2e.harness import AgentProcess
 
 RPCS = {
     "RegisterJob", "GetJob", "ListJobs", "UnregisterJob", "TriggerJob", "GetExecution",
     "ListExecutions", "CancelExecution", "WatchExecution", "StreamLogs", "PruneImages",
-    "SuspendJob", "ResumeJob",
+    "SuspendJob", "ResumeJob", "WatchEvents",
 }  # fmt: skip
 
 
@@ -136,3 +138,29 @@ def test_jobctl_registers_triggers_follows_and_lists(agent: AgentProcess, tmp_pa
     assert logs.stdout == "hello\n"
     missing = jobctl(agent, "get", "0" * 32)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_watch_events_follows_the_node_and_resumes_without_gap(agent: AgentProcess) -> None:
+    with agent.client() as client:
+        client.register(
+            "version: v1\ndeployment: events\nservices:\n  node-watch:\n    rtype: job\n"
+            "    image: {name: busybox:latest}\n    command: {entrypoint: [/bin/true]}\n",
+            replace=True,
+        )
+        items = client.watch_events(0, job_name="node-watch",
+                                    bookmark_interval=timedelta(milliseconds=200))  # fmt: skip
+        bookmark = next(item for item in items if isinstance(item, Bookmark))
+        execution = client.trigger("node-watch")
+        seen: list[ExecutionEvent] = []
+        for item in items:
+            if isinstance(item, ExecutionEvent) and item.execution.id == execution.id:
+                seen.append(item)
+                if item.execution.terminal:
+                    break
+        assert [event.execution.status for event in seen] == [
+            "pending", "initializing", "running", "completed",
+        ]  # fmt: skip
+        assert bookmark.sequence < seen[0].sequence
+        resumed = client.watch_events(seen[1].sequence, job_name="node-watch")
+        again = [next(resumed) for _ in range(2)]
+        assert [item.sequence for item in again] == [event.sequence for event in seen[2:]]

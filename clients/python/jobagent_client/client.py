@@ -16,7 +16,7 @@ from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import job_service_pb2_grpc as service_grpc
 from jobagent.v1 import jobs_pb2 as pb
 
-from jobagent_client.models import Execution, ExecutionEvent, Job, LogLine
+from jobagent_client.models import Bookmark, Execution, ExecutionEvent, Job, LogLine
 
 Response = TypeVar("Response")
 STREAMS = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
@@ -142,6 +142,31 @@ class JobAgentClient:
         try:
             for event in self._stub.WatchExecution(request):
                 yield ExecutionEvent.from_proto(event)
+        except grpc.RpcError as error:
+            raise ClientError.from_rpc_error(error) from None
+
+    def watch_events(
+        self,
+        since_sequence: int = 0,
+        job_name: str = "",
+        types: tuple[str, ...] = (),
+        bookmark_interval: timedelta | None = None,
+    ) -> Iterator[ExecutionEvent | Bookmark]:
+        """Yields every event of the node after `since_sequence`, then each new one, with
+        bookmarks when quiet; resume with the last sequence seen."""
+        request = service_pb.WatchEventsRequest(
+            since_sequence=since_sequence,
+            job_name=job_name,
+            types=[pb.EventType.Value(f"EVENT_TYPE_{name.upper()}") for name in types],
+        )
+        if bookmark_interval is not None:
+            request.bookmark_interval.FromTimedelta(bookmark_interval)
+        try:
+            for item in self._stub.WatchEvents(request):
+                if item.HasField("bookmark"):
+                    yield Bookmark(item.bookmark.sequence)
+                else:
+                    yield ExecutionEvent.from_proto(item.event)
         except grpc.RpcError as error:
             raise ClientError.from_rpc_error(error) from None
 

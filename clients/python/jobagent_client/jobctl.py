@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jobagent_client.client import ClientError, JobAgentClient
-from jobagent_client.models import Execution, Job, LogLine
+from jobagent_client.models import Bookmark, Execution, Job, LogLine
 
 EXECUTION_COLUMNS = ("id", "job_name", "status", "exit_code", "failure_reason", "created_at")
 JOB_COLUMNS = ("name", "kind", "deployment", "image", "schedule", "next_run_time")
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--signal", default="", help="stop signal (the job's when unset)")
     commands.add_parser("watch", help="print an execution's transitions").add_argument("id")
     commands.add_parser("prune-images", help="remove images that no job uses")
+    events = commands.add_parser("events", help="follow every event of the node")
+    events.add_argument("--since", type=int, default=0, help="resume after this sequence")
+    events.add_argument("--job", default="")
 
     logs = commands.add_parser("logs", help="print an execution's output")
     logs.add_argument("id")
@@ -227,6 +230,20 @@ def _logs(client: JobAgentClient, args: argparse.Namespace, printer: Printer) ->
     return 0
 
 
+def _events(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    for item in client.watch_events(args.since, args.job):
+        if isinstance(item, Bookmark):
+            continue
+        execution = item.execution
+        if printer.json:
+            print(json.dumps({"sequence": item.sequence, "type": item.type,
+                              **_plain(execution)}, default=str), flush=True)  # fmt: skip
+        else:
+            what = execution.status if item.type == "transition" else item.message
+            print(f"{item.sequence:>8}  {execution.job_name}  {execution.id}  {what}", flush=True)
+    return 0
+
+
 def _prune_images(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
     removed, freed = client.prune_images()
     if printer.json:
@@ -252,6 +269,7 @@ COMMANDS: dict[str, Callable[[JobAgentClient, argparse.Namespace, Printer], int]
     "watch": _watch,
     "logs": _logs,
     "prune-images": _prune_images,
+    "events": _events,
 }
 
 

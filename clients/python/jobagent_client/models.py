@@ -183,3 +183,10 @@ class LogLine:
             partial=message.partial,
             truncated=message.truncated,
         )
+
+
+@dataclass(frozen=True)
+class Bookmark:
+    """A quiet moment on a node watch: every event up to `sequence` was sent."""
+
+    sequence: int

@@ -86,6 +86,11 @@ class JobServiceStub:
                 request_serializer=jobagent_dot_v1_dot_job__service__pb2.StreamLogsRequest.SerializeToString,
                 response_deserializer=jobagent_dot_v1_dot_jobs__pb2.LogLine.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/jobagent.v1.JobService/WatchEvents',
+                request_serializer=jobagent_dot_v1_dot_job__service__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=jobagent_dot_v1_dot_job__service__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
         self.PruneImages = channel.unary_unary(
                 '/jobagent.v1.JobService/PruneImages',
                 request_serializer=jobagent_dot_v1_dot_job__service__pb2.PruneImagesRequest.SerializeToString,
@@ -182,6 +187,16 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Streams every event of the node after since_sequence, once and in order, then each new
+        one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
+        since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
+        (resume from the last sequence it saw).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PruneImages(self, request, context):
         """Removes images that no registered job and no active execution uses.
         """
@@ -256,6 +271,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.StreamLogs,
                     request_deserializer=jobagent_dot_v1_dot_job__service__pb2.StreamLogsRequest.FromString,
                     response_serializer=jobagent_dot_v1_dot_jobs__pb2.LogLine.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=jobagent_dot_v1_dot_job__service__pb2.WatchEventsRequest.FromString,
+                    response_serializer=jobagent_dot_v1_dot_job__service__pb2.WatchEventsResponse.SerializeToString,
             ),
             'PruneImages': grpc.unary_unary_rpc_method_handler(
                     servicer.PruneImages,
@@ -544,6 +564,33 @@ class JobService:
             '/jobagent.v1.JobService/StreamLogs',
             jobagent_dot_v1_dot_job__service__pb2.StreamLogsRequest.SerializeToString,
             jobagent_dot_v1_dot_jobs__pb2.LogLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jobagent.v1.JobService/WatchEvents',
+            jobagent_dot_v1_dot_job__service__pb2.WatchEventsRequest.SerializeToString,
+            jobagent_dot_v1_dot_job__service__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

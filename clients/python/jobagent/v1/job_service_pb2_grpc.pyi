@@ -63,6 +63,12 @@ class JobServiceStub:
     """
     StreamLogs: _grpc.UnaryStreamMultiCallable[_job_service_pb2.StreamLogsRequest, _jobs_pb2.LogLine]
     """Streams the execution's output lines; with follow, until the execution ends."""
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchEventsRequest, _job_service_pb2.WatchEventsResponse]
+    """Streams every event of the node after since_sequence, once and in order, then each new
+    one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
+    since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
+    (resume from the last sequence it saw).
+    """
     PruneImages: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.PruneImagesRequest, _job_service_pb2.PruneImagesResponse]
     """Removes images that no registered job and no active execution uses."""
     SuspendJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.SuspendJobRequest, _jobs_pb2.Job]
@@ -106,6 +112,12 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     StreamLogs: _aio.UnaryStreamMultiCallable[_job_service_pb2.StreamLogsRequest, _jobs_pb2.LogLine]  # type: ignore[assignment]
     """Streams the execution's output lines; with follow, until the execution ends."""
+    WatchEvents: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchEventsRequest, _job_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """Streams every event of the node after since_sequence, once and in order, then each new
+    one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
+    since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
+    (resume from the last sequence it saw).
+    """
     PruneImages: _aio.UnaryUnaryMultiCallable[_job_service_pb2.PruneImagesRequest, _job_service_pb2.PruneImagesResponse]  # type: ignore[assignment]
     """Removes images that no registered job and no active execution uses."""
     SuspendJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.SuspendJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
@@ -206,6 +218,18 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_jobs_pb2.LogLine], _abc.AsyncIterator[_jobs_pb2.LogLine]]:
         """Streams the execution's output lines; with follow, until the execution ends."""
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _job_service_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_job_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_job_service_pb2.WatchEventsResponse]]:
+        """Streams every event of the node after since_sequence, once and in order, then each new
+        one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
+        since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
+        (resume from the last sequence it saw).
+        """
 
     @_abc_1.abstractmethod
     def PruneImages(

@@ -1,0 +1,120 @@
+"""The node-wide event stream: resume without gap or duplicate, out of range, slow consumers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.domain import (
+    Bookmark,
+    EventKind,
+    ExecutionEvent,
+    ImageSpec,
+    JobSpec,
+    Trigger,
+    TriggerKind,
+)
+from agent.errors import OutOfRange, ResourceExhausted
+from agent.executor import Executor
+from agent.executor import executor as executor_module
+from agent.store import Store
+from tests.unit.fake_runtime import FakeRuntime
+
+TRIGGER = Trigger(TriggerKind.CLI)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[tuple[Executor, Store]]:
+    runtime = FakeRuntime()
+    runtime.pull_error = "no registry"  # every execution: pending, initializing, failed
+    store = Store(tmp_path / "db")
+    executor = Executor(store, runtime, tmp_path / "logs")
+    executor.register_jobs([JobSpec("a", ImageSpec("x")), JobSpec("b", ImageSpec("x"))], "", False)
+    yield executor, store
+    await executor.close()
+    store.close()
+
+
+async def finish(executor: Executor) -> None:
+    while any(e.status.value in ("pending", "initializing") for e in executor.list_executions()):
+        await asyncio.sleep(0.01)
+
+
+async def take(items: AsyncIterator[ExecutionEvent | Bookmark], count: int) -> list[ExecutionEvent]:
+    events: list[ExecutionEvent] = []
+    async for item in items:
+        if isinstance(item, ExecutionEvent):
+            events.append(item)
+            if len(events) == count:
+                break
+    return events
+
+
+async def test_a_resumed_watch_sees_every_event_once_in_order(
+    rig: tuple[Executor, Store],
+) -> None:
+    executor, store = rig
+    for _ in range(400):
+        await executor.trigger("a", TRIGGER)
+    await finish(executor)
+    first = await take(executor.watch_events(0, bookmark_seconds=5), 700)
+    for _ in range(400):
+        await executor.trigger("b", TRIGGER)
+    await finish(executor)
+    total = store.last_sequence()
+    rest = await take(executor.watch_events(first[-1].sequence, bookmark_seconds=5),
+                      total - len(first))  # fmt: skip
+    sequences = [event.sequence for event in first + rest]
+    assert sequences == list(range(1, total + 1))
+    assert total >= 2400
+
+
+async def test_filters_and_live_events_after_the_backlog(rig: tuple[Executor, Store]) -> None:
+    executor, _ = rig
+    await executor.trigger("a", TRIGGER)
+    await finish(executor)
+    watch = executor.watch_events(0, job_name="b", kinds=frozenset({EventKind.TRANSITION}),
+                                  bookmark_seconds=0.05)  # fmt: skip
+    bookmark = await anext(watch)
+    assert isinstance(bookmark, Bookmark) and bookmark.sequence == 3
+    await executor.trigger("b", TRIGGER)
+    live = await take(watch, 3)
+    assert {event.execution.job_name for event in live} == {"b"}
+    assert [event.execution.status.value for event in live] == ["pending", "initializing",
+                                                                "failed"]  # fmt: skip
+
+
+async def test_a_resume_point_that_retention_removed_is_out_of_range(
+    rig: tuple[Executor, Store],
+) -> None:
+    executor, store = rig
+    first = await executor.trigger("a", TRIGGER)
+    await executor.trigger("a", TRIGGER)
+    await finish(executor)
+    store.delete_executions([first.id])
+    with pytest.raises(OutOfRange):
+        await anext(executor.watch_events(0))
+    held = store.node_events_after(store.compacted_through())
+    remaining = await take(executor.watch_events(store.compacted_through()), len(held))
+    assert remaining == held and held
+    assert all(event.execution.id != first.id for event in remaining)
+
+
+async def test_a_slow_watcher_is_cut_off_not_waited_for(
+    rig: tuple[Executor, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor, _ = rig
+    monkeypatch.setattr(executor_module, "NODE_WATCH_CAPACITY", 5)
+    watch = executor.watch_events(0, bookmark_seconds=5)
+    waiting = asyncio.ensure_future(anext(watch))
+    await asyncio.sleep(0.01)
+    for _ in range(10):
+        await executor.trigger("a", TRIGGER)
+    await finish(executor)
+    await waiting
+    with pytest.raises(ResourceExhausted):
+        while True:
+            await anext(watch)
