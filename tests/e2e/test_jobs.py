@@ -216,9 +216,11 @@ def test_a_missing_executable_fails_at_create_with_the_runtime_message(
     assert "/no/such/binary" in execution.message or "no such file" in execution.message.lower()
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
 def test_records_survive_a_restart_and_running_jobs_are_readopted(
-    tmp_path: Path, registry: Registry, agent: AgentProcess
+    tmp_path: Path, registry: Registry, agent: AgentProcess, stop_signal: signal.Signals
 ) -> None:
+    """A crash (SIGKILL) or a graceful stop (SIGTERM) leaves the job running under conmon."""
     own = start_agent(tmp_path / "agent", agent.runtime, registry)
     try:
         with own.client() as client:
@@ -228,7 +230,7 @@ def test_records_survive_a_restart_and_running_jobs_are_readopted(
             wait_until(lambda: client.get_execution(running.id).status == "running", 30,
                        "running")  # fmt: skip
             listed = client.list_executions()
-        own.stop(signal.SIGKILL)
+        own.stop(stop_signal)
         own.start()
         with own.client() as client:
             assert client.get_execution(finished.id) == finished
