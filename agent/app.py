@@ -8,6 +8,7 @@ import logging
 import signal
 
 from agent.api.server import AgentServer
+from agent.api.service import NodeFacts
 from agent.config import AgentConfig
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
@@ -50,12 +51,14 @@ class Agent:
             host_policy=config.host_policy,
         )
         self.scheduler = CronScheduler(self.executor, self.store)
-        self.server = AgentServer(self.executor, self.scheduler)
+        self.server: AgentServer | None = None
         self._scheduling: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self) -> None:
         """Recovers what was running, then starts serving."""
+        node = NodeFacts(self.config.runtime_name, await self.runtime.runtime_version())
+        self.server = AgentServer(self.executor, self.scheduler, node)
         await self.executor.start()
         self._scheduling = asyncio.create_task(self.scheduler.run_forever())
         self.port = self.server.listen(self.config.listen)
@@ -64,7 +67,8 @@ class Agent:
 
     async def stop(self) -> None:
         """Stops serving; running containers keep running and are re-adopted at next start."""
-        await self.server.stop(grace=2.0)
+        if self.server is not None:
+            await self.server.stop(grace=2.0)
         if self._scheduling is not None:
             self._scheduling.cancel()
         await self.executor.close()

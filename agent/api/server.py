@@ -7,7 +7,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from jobagent.v1 import job_service_pb2, job_service_pb2_grpc
 
-from agent.api.service import JobService
+from agent.api.service import JobService, NodeFacts
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
 
@@ -17,12 +17,14 @@ SERVICE_NAME = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_na
 class AgentServer:
     """The agent's gRPC server and its health status."""
 
-    def __init__(self, executor: Executor, scheduler: CronScheduler) -> None:
+    def __init__(
+        self, executor: Executor, scheduler: CronScheduler, node: NodeFacts | None = None
+    ) -> None:
         self.server = grpc.aio.server()
         # The stubs of grpcio-health-checking do not declare its aio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobService(executor, scheduler), self.server
+            JobService(executor, scheduler, node), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -10,6 +12,7 @@ from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import job_service_pb2_grpc as service_grpc
 from jobagent.v1 import jobs_pb2 as pb
 
+from agent import __version__
 from agent.api import convert
 from agent.api.errors import maps_errors
 from agent.domain import Bookmark, Job, JobKind
@@ -27,9 +30,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class JobService(service_grpc.JobServiceServicer):
     """The jobagent.v1.JobService servicer."""
 
-    def __init__(self, executor: Executor, scheduler: CronScheduler) -> None:
+    def __init__(
+        self, executor: Executor, scheduler: CronScheduler, node: NodeFacts | None = None
+    ) -> None:
         self._executor = executor
         self._scheduler = scheduler
+        self._node = node or NodeFacts()
 
     def _job(self, job: Job) -> pb.Job:
         message = convert.job_to_proto(job)
@@ -184,6 +190,23 @@ class JobService(service_grpc.JobServiceServicer):
         return self._job(job)
 
     @maps_errors
+    async def GetNodeInfo(
+        self, request: service_pb.GetNodeInfoRequest, context: Context
+    ) -> service_pb.NodeInfo:
+        active, queued, limit, last = self._executor.load()
+        return service_pb.NodeInfo(
+            agent_version=__version__,
+            runtime=self._node.runtime,
+            runtime_version=self._node.runtime_version,
+            cpus=os.cpu_count() or 0,
+            memory_bytes=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+            active_executions=active,
+            queued_executions=queued,
+            max_concurrent=limit,
+            last_sequence=last,
+        )
+
+    @maps_errors
     async def PruneImages(
         self, request: service_pb.PruneImagesRequest, context: Context
     ) -> service_pb.PruneImagesResponse:
@@ -194,6 +217,14 @@ class JobService(service_grpc.JobServiceServicer):
         return service_pb.PruneImagesResponse(
             removed=result.removed, freed_bytes=result.freed_bytes
         )
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the agent learnt about its node at start."""
+
+    runtime: str = ""
+    runtime_version: str = ""
 
 
 def _require(field: str, value: str) -> None:

@@ -139,6 +139,11 @@ class Executor:
             self._store.put_cron_state(name, replace(state, last_schedule_time=now()))
         return updated
 
+    def load(self) -> tuple[int, int, int, int]:
+        """Active executions, queued ones, the node limit, and the newest event sequence."""
+        return (self._admission.active, self._admission.waiting, self._node_limit,
+                self._store.last_sequence())  # fmt: skip
+
     def cron_state(self, name: str) -> CronState:
         """What the scheduler recorded of a cron job."""
         return self._store.get_cron_state(name)

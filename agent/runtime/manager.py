@@ -26,6 +26,7 @@ from agent.runtime.errors import (
 from agent.runtime.images import Image, ImageStore, PruneResult
 from agent.runtime.monitor import ConmonMonitor, MonitorPaths
 from agent.runtime.oci import OciRuntime
+from agent.runtime.process import run
 
 KILL_SIGNAL = "SIGKILL"
 # A container does not start when its log disk has less room than this: its output would be lost.
@@ -108,6 +109,14 @@ class ContainerManager:
     async def pull(self, image: ImageSpec) -> Image:
         """Makes the image present as its pull policy says; raises ImagePullError."""
         return await self.images.ensure(image.name, image.pull_policy)
+
+    async def runtime_version(self) -> str:
+        """The first line of `<runtime> --version`."""
+        try:
+            output = await run([self.runtime.binary, "--version"], timeout=10)
+        except CommandError as error:
+            return f"unknown ({error})"
+        return output.strip().splitlines()[0] if output.strip() else "unknown"
 
     async def prune_images(self, in_use: set[str], budget_bytes: int | None) -> PruneResult:
         """Removes unused images: all of them, or the least recently used over the budget."""

@@ -57,7 +57,7 @@ def test_grpcurl_lists_describes_and_calls_every_rpc(
     assert SERVICE in listed.stdout.split()
     described = grpcurl(grpcurl_binary, agent, "describe", SERVICE).stdout
     methods = {line.split()[1].split("(")[0] for line in described.splitlines() if " rpc " in line}
-    assert len(methods) == 14
+    assert len(methods) == 15
 
     called = set()
 
@@ -94,6 +94,7 @@ def test_grpcurl_lists_describes_and_calls_every_rpc(
     streamed = grpcurl(grpcurl_binary, agent, f"{SERVICE}/WatchEvents", flags=watch_flags)
     assert execution["id"] in streamed.stdout
     called.add("WatchEvents")
+    assert rpc("GetNodeInfo", {})[0]["cpus"] >= 1
     # Pruned while curl-job still holds busybox:latest, which later tests need.
     rpc("PruneImages", {})
     rpc("UnregisterJob", {"name": "curl-job"})

@@ -28,7 +28,7 @@ from tests.e2e.harness import AgentProcess
 RPCS = {
     "RegisterJob", "GetJob", "ListJobs", "UnregisterJob", "TriggerJob", "GetExecution",
     "ListExecutions", "CancelExecution", "WatchExecution", "StreamLogs", "PruneImages",
-    "SuspendJob", "ResumeJob", "WatchEvents",
+    "SuspendJob", "ResumeJob", "WatchEvents", "GetNodeInfo",
 }  # fmt: skip
 
 
@@ -164,3 +164,13 @@ def test_watch_events_follows_the_node_and_resumes_without_gap(agent: AgentProce
         resumed = client.watch_events(seen[1].sequence, job_name="node-watch")
         again = [next(resumed) for _ in range(2)]
         assert [item.sequence for item in again] == [event.sequence for event in seen[2:]]
+
+
+def test_node_info_tells_a_scheduler_what_it_needs(agent: AgentProcess) -> None:
+    with agent.client() as client:
+        info = client.node_info()
+    assert info.runtime == agent.runtime
+    assert agent.runtime in info.runtime_version.lower()
+    assert info.cpus >= 1 and info.memory_bytes > 1 << 28
+    assert info.max_concurrent == 64 and info.last_sequence > 0
+    assert info.active_executions >= 0 and info.agent_version

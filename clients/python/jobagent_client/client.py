@@ -16,7 +16,14 @@ from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import job_service_pb2_grpc as service_grpc
 from jobagent.v1 import jobs_pb2 as pb
 
-from jobagent_client.models import Bookmark, Execution, ExecutionEvent, Job, LogLine
+from jobagent_client.models import (
+    Bookmark,
+    Execution,
+    ExecutionEvent,
+    Job,
+    LogLine,
+    NodeInfo,
+)
 
 Response = TypeVar("Response")
 STREAMS = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
@@ -203,6 +210,12 @@ class JobAgentClient:
                 yield LogLine.from_proto(line)
         except grpc.RpcError as error:
             raise ClientError.from_rpc_error(error) from None
+
+    def node_info(self) -> NodeInfo:
+        """Versions, capacity, load and limits of the node."""
+        return NodeInfo.from_proto(
+            self._call(self._stub.GetNodeInfo, service_pb.GetNodeInfoRequest())
+        )
 
     def prune_images(self) -> tuple[list[str], int]:
         """Removes images no job uses; returns the references removed and the bytes freed."""

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--signal", default="", help="stop signal (the job's when unset)")
     commands.add_parser("watch", help="print an execution's transitions").add_argument("id")
     commands.add_parser("prune-images", help="remove images that no job uses")
+    commands.add_parser("node", help="versions, capacity, load and limits of the node")
     events = commands.add_parser("events", help="follow every event of the node")
     events.add_argument("--since", type=int, default=0, help="resume after this sequence")
     events.add_argument("--job", default="")
@@ -244,6 +245,16 @@ def _events(client: JobAgentClient, args: argparse.Namespace, printer: Printer) 
     return 0
 
 
+def _node(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    info = asdict(client.node_info())
+    if printer.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key + ':':<20}{value}")
+    return 0
+
+
 def _prune_images(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
     removed, freed = client.prune_images()
     if printer.json:
@@ -270,6 +281,7 @@ COMMANDS: dict[str, Callable[[JobAgentClient, argparse.Namespace, Printer], int]
     "logs": _logs,
     "prune-images": _prune_images,
     "events": _events,
+    "node": _node,
 }
 
 

@@ -190,3 +190,23 @@ class Bookmark:
     """A quiet moment on a node watch: every event up to `sequence` was sent."""
 
     sequence: int
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """The node as a scheduler sees it: versions, capacity, load and limits."""
+
+    agent_version: str
+    runtime: str
+    runtime_version: str
+    cpus: int
+    memory_bytes: int
+    active_executions: int
+    queued_executions: int
+    max_concurrent: int
+    last_sequence: int
+
+    @classmethod
+    def from_proto(cls, message: Any) -> NodeInfo:
+        """Builds the client type from the wire message."""
+        return cls(**{name: getattr(message, name) for name in cls.__dataclass_fields__})

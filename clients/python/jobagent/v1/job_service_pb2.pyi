@@ -530,3 +530,69 @@ class WatchEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
 Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeInfoRequest: _TypeAlias = GetNodeInfoRequest  # noqa: Y015
+
+@_typing.final
+class NodeInfo(_message.Message):
+    """The node as a scheduler sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    RUNTIME_VERSION_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    ACTIVE_EXECUTIONS_FIELD_NUMBER: _builtins.int
+    QUEUED_EXECUTIONS_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    agent_version: _builtins.str
+    """The agent's version."""
+    runtime: _builtins.str
+    """The OCI runtime's name (youki, runc, crun) and the version it reports."""
+    runtime_version: _builtins.str
+    cpus: _builtins.int
+    """CPUs and memory of the machine."""
+    memory_bytes: _builtins.int
+    active_executions: _builtins.int
+    """Executions holding a slot, and executions waiting for one."""
+    queued_executions: _builtins.int
+    max_concurrent: _builtins.int
+    """The node-wide limit of active executions."""
+    last_sequence: _builtins.int
+    """The newest event sequence (a WatchEvents starting point)."""
+    def __init__(
+        self,
+        *,
+        agent_version: _builtins.str = ...,
+        runtime: _builtins.str = ...,
+        runtime_version: _builtins.str = ...,
+        cpus: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+        active_executions: _builtins.int = ...,
+        queued_executions: _builtins.int = ...,
+        max_concurrent: _builtins.int = ...,
+        last_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_executions", b"active_executions", "agent_version", b"agent_version", "cpus", b"cpus", "last_sequence", b"last_sequence", "max_concurrent", b"max_concurrent", "memory_bytes", b"memory_bytes", "queued_executions", b"queued_executions", "runtime", b"runtime", "runtime_version", b"runtime_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeInfo: _TypeAlias = NodeInfo  # noqa: Y015

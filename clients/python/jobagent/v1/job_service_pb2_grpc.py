@@ -96,6 +96,11 @@ class JobServiceStub:
                 request_serializer=jobagent_dot_v1_dot_job__service__pb2.PruneImagesRequest.SerializeToString,
                 response_deserializer=jobagent_dot_v1_dot_job__service__pb2.PruneImagesResponse.FromString,
                 _registered_method=True)
+        self.GetNodeInfo = channel.unary_unary(
+                '/jobagent.v1.JobService/GetNodeInfo',
+                request_serializer=jobagent_dot_v1_dot_job__service__pb2.GetNodeInfoRequest.SerializeToString,
+                response_deserializer=jobagent_dot_v1_dot_job__service__pb2.NodeInfo.FromString,
+                _registered_method=True)
         self.SuspendJob = channel.unary_unary(
                 '/jobagent.v1.JobService/SuspendJob',
                 request_serializer=jobagent_dot_v1_dot_job__service__pb2.SuspendJobRequest.SerializeToString,
@@ -204,6 +209,13 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNodeInfo(self, request, context):
+        """What a scheduler needs for placement: versions, capacity, load and limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SuspendJob(self, request, context):
         """Stops a cron job's schedule from starting runs (active runs go on); FAILED_PRECONDITION
         for a job that is not a cron job.
@@ -281,6 +293,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.PruneImages,
                     request_deserializer=jobagent_dot_v1_dot_job__service__pb2.PruneImagesRequest.FromString,
                     response_serializer=jobagent_dot_v1_dot_job__service__pb2.PruneImagesResponse.SerializeToString,
+            ),
+            'GetNodeInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeInfo,
+                    request_deserializer=jobagent_dot_v1_dot_job__service__pb2.GetNodeInfoRequest.FromString,
+                    response_serializer=jobagent_dot_v1_dot_job__service__pb2.NodeInfo.SerializeToString,
             ),
             'SuspendJob': grpc.unary_unary_rpc_method_handler(
                     servicer.SuspendJob,
@@ -618,6 +635,33 @@ class JobService:
             '/jobagent.v1.JobService/PruneImages',
             jobagent_dot_v1_dot_job__service__pb2.PruneImagesRequest.SerializeToString,
             jobagent_dot_v1_dot_job__service__pb2.PruneImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobagent.v1.JobService/GetNodeInfo',
+            jobagent_dot_v1_dot_job__service__pb2.GetNodeInfoRequest.SerializeToString,
+            jobagent_dot_v1_dot_job__service__pb2.NodeInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,8 @@ class JobServiceStub:
     """
     PruneImages: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.PruneImagesRequest, _job_service_pb2.PruneImagesResponse]
     """Removes images that no registered job and no active execution uses."""
+    GetNodeInfo: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetNodeInfoRequest, _job_service_pb2.NodeInfo]
+    """What a scheduler needs for placement: versions, capacity, load and limits."""
     SuspendJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.SuspendJobRequest, _jobs_pb2.Job]
     """Stops a cron job's schedule from starting runs (active runs go on); FAILED_PRECONDITION
     for a job that is not a cron job.
@@ -120,6 +122,8 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     PruneImages: _aio.UnaryUnaryMultiCallable[_job_service_pb2.PruneImagesRequest, _job_service_pb2.PruneImagesResponse]  # type: ignore[assignment]
     """Removes images that no registered job and no active execution uses."""
+    GetNodeInfo: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetNodeInfoRequest, _job_service_pb2.NodeInfo]  # type: ignore[assignment]
+    """What a scheduler needs for placement: versions, capacity, load and limits."""
     SuspendJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.SuspendJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """Stops a cron job's schedule from starting runs (active runs go on); FAILED_PRECONDITION
     for a job that is not a cron job.
@@ -238,6 +242,14 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.PruneImagesResponse, _abc.Awaitable[_job_service_pb2.PruneImagesResponse]]:
         """Removes images that no registered job and no active execution uses."""
+
+    @_abc_1.abstractmethod
+    def GetNodeInfo(
+        self,
+        request: _job_service_pb2.GetNodeInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.NodeInfo, _abc.Awaitable[_job_service_pb2.NodeInfo]]:
+        """What a scheduler needs for placement: versions, capacity, load and limits."""
 
     @_abc_1.abstractmethod
     def SuspendJob(
