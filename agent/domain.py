@@ -355,6 +355,17 @@ class Bookmark:
     sequence: int
 
 
+@dataclass(frozen=True)
+class ExecutionFilter:
+    """Which executions a list wants; empty fields match everything."""
+
+    job_name: str = ""
+    statuses: frozenset[Status] = frozenset()
+    triggers: frozenset[TriggerKind] = frozenset()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
 class LogStream(enum.Enum):
     """The output stream of a log line."""
 

@@ -25,6 +25,7 @@ from agent.domain import (
     EventKind,
     Execution,
     ExecutionEvent,
+    ExecutionFilter,
     FailureReason,
     ImageSpec,
     InitAction,
@@ -66,7 +67,8 @@ CREATE TABLE IF NOT EXISTS executions (
     failure_reason TEXT,
     message TEXT NOT NULL,
     image TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 1
+    attempt INTEGER NOT NULL DEFAULT 1,
+    trigger_kind TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS executions_by_job ON executions (job_name, created_at);
 CREATE INDEX IF NOT EXISTS executions_by_status ON executions (status);
@@ -111,7 +113,10 @@ ADDED_COLUMNS = {
         "step_id": "TEXT NOT NULL DEFAULT ''",
         "message": "TEXT NOT NULL DEFAULT ''",
     },
-    "executions": {"attempt": "INTEGER NOT NULL DEFAULT 1"},
+    "executions": {
+        "attempt": "INTEGER NOT NULL DEFAULT 1",
+        "trigger_kind": "TEXT NOT NULL DEFAULT ''",
+    },
 }
 EXECUTION_COLUMNS = (
     "id, job_name, status, trigger, container_id, created_at, started_at, finished_at, "
@@ -229,9 +234,9 @@ class Store:
         """Records a new execution and its first event."""
         with self._transaction() as db:
             db.execute(
-                f"INSERT INTO executions ({EXECUTION_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                _execution_row(execution),
+                f"INSERT INTO executions ({EXECUTION_COLUMNS}, trigger_kind) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*_execution_row(execution), execution.trigger.kind.value),
             )
             return _append_event(db, execution)
 
@@ -303,21 +308,47 @@ class Store:
         self, job_name: str = "", statuses: frozenset[Status] | None = None
     ) -> list[Execution]:
         """Returns executions newest first, optionally of one job and in some statuses."""
+        wanted = ExecutionFilter(job_name=job_name, statuses=statuses or frozenset())
+        if statuses is not None and not statuses:
+            return []
+        return self.page_executions(wanted, limit=None)[0]
+
+    def page_executions(
+        self, wanted: ExecutionFilter, limit: int | None, after: int | None = None
+    ) -> tuple[list[Execution], int | None]:
+        """A page of executions newest first, after the row `after` (a previous page's
+        cursor); returns the page and the cursor of the next one (None after the last).
+
+        Newest first by insertion, so executions added meanwhile never shift later pages.
+        """
         clauses: list[str] = []
         params: list[Any] = []
-        if job_name:
+        if wanted.job_name:
             clauses.append("job_name = ?")
-            params.append(job_name)
-        if statuses is not None:
-            clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
-            params.extend(status.value for status in statuses)
+            params.append(wanted.job_name)
+        for column, values in (("status", wanted.statuses), ("trigger_kind", wanted.triggers)):
+            if values:
+                clauses.append(f"{column} IN ({', '.join('?' for _ in values)})")
+                params.extend(value.value for value in values)
+        if wanted.created_after is not None:
+            clauses.append("created_at >= ?")
+            params.append(_time(wanted.created_after))
+        if wanted.created_before is not None:
+            clauses.append("created_at < ?")
+            params.append(_time(wanted.created_before))
+        if after is not None:
+            clauses.append("rowid < ?")
+            params.append(after)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._db.execute(
-            f"SELECT {EXECUTION_COLUMNS} FROM executions {where} "
-            "ORDER BY created_at DESC, rowid DESC",
-            params,
+            f"SELECT rowid AS cursor, {EXECUTION_COLUMNS} FROM executions {where} "
+            "ORDER BY rowid DESC" + ("" if limit is None else " LIMIT ?"),
+            params if limit is None else [*params, limit + 1],
         ).fetchall()
-        return [_execution_from_row(row) for row in rows]
+        more = limit is not None and len(rows) > limit
+        rows = rows[:limit] if limit is not None else rows
+        page = [_execution_from_row(tuple(row)[1:]) for row in rows]
+        return page, (rows[-1]["cursor"] if more else None)
 
     def append_event(
         self, execution: Execution, kind: EventKind, step_id: str = "", message: str = ""

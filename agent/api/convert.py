@@ -94,6 +94,8 @@ MOUNT_TO_PROTO = {
 }
 MOUNT_FROM_PROTO = {value: key for key, value in MOUNT_TO_PROTO.items()}
 EVENT_FROM_PROTO = {value: key for key, value in EVENT_TO_PROTO.items()}
+STATUS_FROM_PROTO = {value: key for key, value in STATUS_TO_PROTO.items()}
+TRIGGER_FROM_PROTO = {value: key for key, value in TRIGGER_TO_PROTO.items()}
 STREAM_TO_PROTO = {LogStream.STDOUT: pb.LOG_STREAM_STDOUT, LogStream.STDERR: pb.LOG_STREAM_STDERR}
 STREAM_FROM_PROTO = {value: key for key, value in STREAM_TO_PROTO.items()}
 

@@ -15,7 +15,7 @@ from jobagent.v1 import jobs_pb2 as pb
 from agent import __version__
 from agent.api import convert
 from agent.api.errors import maps_errors
-from agent.domain import Bookmark, Job, JobKind
+from agent.domain import Bookmark, ExecutionFilter, Job, JobKind
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
 from agent.executor.logs import LogQuery
@@ -24,6 +24,8 @@ from agent.runtime.errors import RuntimeLayerError
 from agent.spec import normalize_signal, parse_document, validate_job_spec
 
 MAX_GRACE_SECONDS = 3600
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -108,9 +110,25 @@ class JobService(service_grpc.JobServiceServicer):
     async def ListExecutions(
         self, request: service_pb.ListExecutionsRequest, context: Context
     ) -> service_pb.ListExecutionsResponse:
-        executions = self._executor.list_executions(job_name=request.job_name)
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise InvalidSpec("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+        wanted = ExecutionFilter(
+            job_name=request.job_name,
+            statuses=frozenset(convert.STATUS_FROM_PROTO[s] for s in request.statuses
+                               if s in convert.STATUS_FROM_PROTO),
+            triggers=frozenset(convert.TRIGGER_FROM_PROTO[t] for t in request.trigger_kinds
+                               if t in convert.TRIGGER_FROM_PROTO),
+            created_after=convert.from_timestamp(request.created_after)
+            if request.HasField("created_after") else None,
+            created_before=convert.from_timestamp(request.created_before)
+            if request.HasField("created_before") else None,
+        )  # fmt: skip
+        executions, token = self._executor.page_executions(
+            wanted, request.page_size or DEFAULT_PAGE_SIZE, request.page_token
+        )
         return service_pb.ListExecutionsResponse(
-            executions=[convert.execution_to_proto(execution) for execution in executions]
+            executions=[convert.execution_to_proto(execution) for execution in executions],
+            next_page_token=token,
         )
 
     @maps_errors

@@ -8,6 +8,7 @@ answers queries, watches and log reads from the Store and the event bus.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -23,6 +24,7 @@ from agent.domain import (
     EventKind,
     Execution,
     ExecutionEvent,
+    ExecutionFilter,
     FailureReason,
     HostPolicy,
     Job,
@@ -35,6 +37,7 @@ from agent.domain import (
 from agent.errors import (
     AlreadyExists,
     FailedPrecondition,
+    InvalidSpec,
     NotFound,
     OutOfRange,
     ResourceExhausted,
@@ -188,6 +191,22 @@ class Executor:
     def list_executions(self, job_name: str = "") -> list[Execution]:
         """Returns executions newest first."""
         return [self._with_position(e) for e in self._store.list_executions(job_name=job_name)]
+
+    def page_executions(
+        self, wanted: ExecutionFilter, page_size: int, page_token: str
+    ) -> tuple[list[Execution], str]:
+        """A page of executions newest first, and the token of the next page ("" at the end)."""
+        after = None
+        if page_token:
+            try:
+                after = int(
+                    base64.urlsafe_b64decode(page_token.encode()).decode().removeprefix("e:")
+                )
+            except ValueError:
+                raise InvalidSpec("page_token", "is not a token this agent gave out") from None
+        page, cursor = self._store.page_executions(wanted, page_size, after)
+        token = "" if cursor is None else base64.urlsafe_b64encode(f"e:{cursor}".encode()).decode()
+        return [self._with_position(execution) for execution in page], token
 
     def list_attempts(self, execution_id: str) -> list[Attempt]:
         """Returns the execution's attempts, first to last; raises NotFound."""

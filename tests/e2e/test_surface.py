@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import job_service_pb2_grpc as service_grpc
 from jobagent.v1 import jobs_pb2 as pb
+from jobagent_client import ClientError
 from jobagent_client.models import Bookmark, ExecutionEvent
 
 from tests.e2e.harness import AgentProcess
@@ -174,3 +175,24 @@ def test_node_info_tells_a_scheduler_what_it_needs(agent: AgentProcess) -> None:
     assert info.cpus >= 1 and info.memory_bytes > 1 << 28
     assert info.max_concurrent == 64 and info.last_sequence > 0
     assert info.active_executions >= 0 and info.agent_version
+
+
+def test_executions_come_in_pages_with_filters(agent: AgentProcess) -> None:
+    with agent.client() as client:
+        client.register(
+            "version: v1\ndeployment: pages\nservices:\n  paged:\n    rtype: job\n"
+            "    image: {name: busybox:latest}\n    command: {entrypoint: [/bin/true]}\n",
+            replace=True,
+        )
+        triggered = [client.wait(client.trigger("paged").id).id for _ in range(3)]
+        page, token = client.list_executions_page("paged", page_size=2)
+        assert [e.id for e in page] == triggered[::-1][:2] and token
+        rest, end = client.list_executions_page("paged", page_size=2, page_token=token)
+        assert [e.id for e in rest] == [triggered[0]] and end == ""
+        assert client.list_executions_page("paged", statuses=("failed",)) == ([], "")
+        with pytest.raises(ClientError) as caught:
+            client.list_executions_page("paged", page_token="not-a-token")
+        assert (caught.value.code, caught.value.field) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token",
+        )

@@ -11,6 +11,7 @@ import pytest
 from agent.domain import (
     CommandSpec,
     Execution,
+    ExecutionFilter,
     FailureReason,
     ImageSpec,
     Job,
@@ -141,3 +142,28 @@ def test_expired_executions_by_age_and_count_never_active(tmp_path: Path) -> Non
     store.delete_executions(expired)
     assert {e.id for e in store.list_executions()} == {"a1", "a2", "r1"}
     assert store.events_since("a3", 0) == []
+
+
+def test_pages_are_newest_first_and_stable_under_inserts(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    for index in range(25):
+        store.insert_execution(make_execution(f"{index:032d}"))
+    first, cursor = store.page_executions(ExecutionFilter(), 10)
+    assert [e.id for e in first] == [f"{i:032d}" for i in range(24, 14, -1)]
+    for index in range(25, 30):
+        store.insert_execution(make_execution(f"{index:032d}"))
+    seen = [e.id for e in first]
+    while cursor is not None:
+        page, cursor = store.page_executions(ExecutionFilter(), 10, cursor)
+        seen.extend(e.id for e in page)
+    assert seen == [f"{i:032d}" for i in range(24, -1, -1)]
+    failed = replace(make_execution("f" * 32), trigger=Trigger(TriggerKind.CLI))
+    store.insert_execution(failed)
+    store.transition(Status.PENDING, replace(failed, status=Status.FAILED))
+    wanted = ExecutionFilter(statuses=frozenset({Status.FAILED}),
+                             triggers=frozenset({TriggerKind.CLI}))  # fmt: skip
+    assert [e.id for e in store.page_executions(wanted, 10)[0]] == ["f" * 32]
+    assert store.page_executions(ExecutionFilter(created_after=NOW.replace(year=2030)), 10) == (
+        [],
+        None,
+    )

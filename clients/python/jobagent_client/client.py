@@ -127,11 +127,35 @@ class JobAgentClient:
         request = service_pb.GetExecutionRequest(id=execution_id)
         return Execution.from_proto(self._call(self._stub.GetExecution, request))
 
-    def list_executions(self, job_name: str = "") -> list[Execution]:
-        """Returns executions, newest first."""
-        request = service_pb.ListExecutionsRequest(job_name=job_name)
+    def list_executions(
+        self, job_name: str = "", statuses: tuple[str, ...] = ()
+    ) -> list[Execution]:
+        """Returns every execution (of a job, in some statuses), newest first, page by page."""
+        executions: list[Execution] = []
+        token = ""
+        while True:
+            page, token = self.list_executions_page(job_name, statuses, page_token=token)
+            executions.extend(page)
+            if not token:
+                return executions
+
+    def list_executions_page(
+        self,
+        job_name: str = "",
+        statuses: tuple[str, ...] = (),
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[Execution], str]:
+        """One page of executions, newest first, and the token of the next ("" at the end)."""
+        request = service_pb.ListExecutionsRequest(
+            job_name=job_name,
+            statuses=[pb.ExecutionStatus.Value(f"EXECUTION_STATUS_{s.upper()}") for s in statuses],
+            page_size=page_size,
+            page_token=page_token,
+        )
         response = self._call(self._stub.ListExecutions, request)
-        return [Execution.from_proto(execution) for execution in response.executions]
+        page = [Execution.from_proto(execution) for execution in response.executions]
+        return page, response.next_page_token
 
     def cancel(
         self, execution_id: str, grace: timedelta | None = None, signal: str = ""

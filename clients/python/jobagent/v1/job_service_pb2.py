@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from jobagent.v1 import jobs_pb2 as jobagent_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djobagent/v1/job_service.proto\x12\x0bjobagent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16jobagent/v1/jobs.proto\"j\n\x12RegisterJobRequest\x12\x13\n\tspec_yaml\x18\x01 \x01(\tH\x00\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x14.jobagent.v1.JobSpecH\x00\x12\x0f\n\x07replace\x18\x03 \x01(\x08\x42\x08\n\x06source\"5\n\x13RegisterJobResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.jobagent.v1.Job\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"2\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.jobagent.v1.Job\"$\n\x14UnregisterJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15UnregisterJobResponse\"Q\n\x11TriggerJobRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12*\n\x06origin\x18\x02 \x01(\x0e\x32\x1a.jobagent.v1.TriggerOrigin\"!\n\x13GetExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\")\n\x15ListExecutionsRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\"D\n\x16ListExecutionsResponse\x12*\n\nexecutions\x18\x01 \x03(\x0b\x32\x16.jobagent.v1.Execution\"j\n\x16\x43\x61ncelExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bstop_signal\x18\x03 \x01(\t\"#\n\x15WatchExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xb1\x01\n\x11StreamLogsRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x12\n\ntail_lines\x18\x03 \x01(\x05\x12&\n\x06stream\x18\x04 \x01(\x0e\x32\x16.jobagent.v1.LogStream\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\"\x14\n\x12PruneImagesRequest\";\n\x13PruneImagesResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x03\"!\n\x11SuspendJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10ResumeJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x9b\x01\n\x12WatchEventsRequest\x12\x16\n\x0esince_sequence\x18\x01 \x01(\x04\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12%\n\x05types\x18\x03 \x03(\x0e\x32\x16.jobagent.v1.EventType\x12\x34\n\x11\x62ookmark_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1c\n\x08\x42ookmark\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"v\n\x13WatchEventsResponse\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.jobagent.v1.ExecutionEventH\x00\x12)\n\x08\x62ookmark\x18\x02 \x01(\x0b\x32\x15.jobagent.v1.BookmarkH\x00\x42\x06\n\x04item\"\x14\n\x12GetNodeInfoRequest\"\xd4\x01\n\x08NodeInfo\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x0f\n\x07runtime\x18\x02 \x01(\t\x12\x17\n\x0fruntime_version\x18\x03 \x01(\t\x12\x0c\n\x04\x63pus\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x03\x12\x19\n\x11\x61\x63tive_executions\x18\x06 \x01(\r\x12\x19\n\x11queued_executions\x18\x07 \x01(\r\x12\x16\n\x0emax_concurrent\x18\x08 \x01(\r\x12\x15\n\rlast_sequence\x18\t \x01(\x04*G\n\rTriggerOrigin\x12\x1e\n\x1aTRIGGER_ORIGIN_UNSPECIFIED\x10\x00\x12\x16\n\x12TRIGGER_ORIGIN_CLI\x10\x01\x32\xf8\x08\n\nJobService\x12P\n\x0bRegisterJob\x12\x1f.jobagent.v1.RegisterJobRequest\x1a .jobagent.v1.RegisterJobResponse\x12\x36\n\x06GetJob\x12\x1a.jobagent.v1.GetJobRequest\x1a\x10.jobagent.v1.Job\x12G\n\x08ListJobs\x12\x1c.jobagent.v1.ListJobsRequest\x1a\x1d.jobagent.v1.ListJobsResponse\x12V\n\rUnregisterJob\x12!.jobagent.v1.UnregisterJobRequest\x1a\".jobagent.v1.UnregisterJobResponse\x12\x44\n\nTriggerJob\x12\x1e.jobagent.v1.TriggerJobRequest\x1a\x16.jobagent.v1.Execution\x12H\n\x0cGetExecution\x12 .jobagent.v1.GetExecutionRequest\x1a\x16.jobagent.v1.Execution\x12Y\n\x0eListExecutions\x12\".jobagent.v1.ListExecutionsRequest\x1a#.jobagent.v1.ListExecutionsResponse\x12N\n\x0f\x43\x61ncelExecution\x12#.jobagent.v1.CancelExecutionRequest\x1a\x16.jobagent.v1.Execution\x12S\n\x0eWatchExecution\x12\".jobagent.v1.WatchExecutionRequest\x1a\x1b.jobagent.v1.ExecutionEvent0\x01\x12\x44\n\nStreamLogs\x12\x1e.jobagent.v1.StreamLogsRequest\x1a\x14.jobagent.v1.LogLine0\x01\x12R\n\x0bWatchEvents\x12\x1f.jobagent.v1.WatchEventsRequest\x1a .jobagent.v1.WatchEventsResponse0\x01\x12P\n\x0bPruneImages\x12\x1f.jobagent.v1.PruneImagesRequest\x1a .jobagent.v1.PruneImagesResponse\x12\x45\n\x0bGetNodeInfo\x12\x1f.jobagent.v1.GetNodeInfoRequest\x1a\x15.jobagent.v1.NodeInfo\x12>\n\nSuspendJob\x12\x1e.jobagent.v1.SuspendJobRequest\x1a\x10.jobagent.v1.Job\x12<\n\tResumeJob\x12\x1d.jobagent.v1.ResumeJobRequest\x1a\x10.jobagent.v1.JobB0Z.jobagent/clients/go/gen/jobagent/v1;jobagentv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djobagent/v1/job_service.proto\x12\x0bjobagent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16jobagent/v1/jobs.proto\"j\n\x12RegisterJobRequest\x12\x13\n\tspec_yaml\x18\x01 \x01(\tH\x00\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x14.jobagent.v1.JobSpecH\x00\x12\x0f\n\x07replace\x18\x03 \x01(\x08\x42\x08\n\x06source\"5\n\x13RegisterJobResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.jobagent.v1.Job\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"2\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.jobagent.v1.Job\"$\n\x14UnregisterJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15UnregisterJobResponse\"Q\n\x11TriggerJobRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12*\n\x06origin\x18\x02 \x01(\x0e\x32\x1a.jobagent.v1.TriggerOrigin\"!\n\x13GetExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x98\x02\n\x15ListExecutionsRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\x08statuses\x18\x04 \x03(\x0e\x32\x1c.jobagent.v1.ExecutionStatus\x12/\n\rtrigger_kinds\x18\x05 \x03(\x0e\x32\x18.jobagent.v1.TriggerKind\x12\x31\n\rcreated_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x16ListExecutionsResponse\x12*\n\nexecutions\x18\x01 \x03(\x0b\x32\x16.jobagent.v1.Execution\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"j\n\x16\x43\x61ncelExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bstop_signal\x18\x03 \x01(\t\"#\n\x15WatchExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xb1\x01\n\x11StreamLogsRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x12\n\ntail_lines\x18\x03 \x01(\x05\x12&\n\x06stream\x18\x04 \x01(\x0e\x32\x16.jobagent.v1.LogStream\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\"\x14\n\x12PruneImagesRequest\";\n\x13PruneImagesResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x03\"!\n\x11SuspendJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10ResumeJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x9b\x01\n\x12WatchEventsRequest\x12\x16\n\x0esince_sequence\x18\x01 \x01(\x04\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12%\n\x05types\x18\x03 \x03(\x0e\x32\x16.jobagent.v1.EventType\x12\x34\n\x11\x62ookmark_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1c\n\x08\x42ookmark\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"v\n\x13WatchEventsResponse\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.jobagent.v1.ExecutionEventH\x00\x12)\n\x08\x62ookmark\x18\x02 \x01(\x0b\x32\x15.jobagent.v1.BookmarkH\x00\x42\x06\n\x04item\"\x14\n\x12GetNodeInfoRequest\"\xd4\x01\n\x08NodeInfo\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x0f\n\x07runtime\x18\x02 \x01(\t\x12\x17\n\x0fruntime_version\x18\x03 \x01(\t\x12\x0c\n\x04\x63pus\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x03\x12\x19\n\x11\x61\x63tive_executions\x18\x06 \x01(\r\x12\x19\n\x11queued_executions\x18\x07 \x01(\r\x12\x16\n\x0emax_concurrent\x18\x08 \x01(\r\x12\x15\n\rlast_sequence\x18\t \x01(\x04*G\n\rTriggerOrigin\x12\x1e\n\x1aTRIGGER_ORIGIN_UNSPECIFIED\x10\x00\x12\x16\n\x12TRIGGER_ORIGIN_CLI\x10\x01\x32\xf8\x08\n\nJobService\x12P\n\x0bRegisterJob\x12\x1f.jobagent.v1.RegisterJobRequest\x1a .jobagent.v1.RegisterJobResponse\x12\x36\n\x06GetJob\x12\x1a.jobagent.v1.GetJobRequest\x1a\x10.jobagent.v1.Job\x12G\n\x08ListJobs\x12\x1c.jobagent.v1.ListJobsRequest\x1a\x1d.jobagent.v1.ListJobsResponse\x12V\n\rUnregisterJob\x12!.jobagent.v1.UnregisterJobRequest\x1a\".jobagent.v1.UnregisterJobResponse\x12\x44\n\nTriggerJob\x12\x1e.jobagent.v1.TriggerJobRequest\x1a\x16.jobagent.v1.Execution\x12H\n\x0cGetExecution\x12 .jobagent.v1.GetExecutionRequest\x1a\x16.jobagent.v1.Execution\x12Y\n\x0eListExecutions\x12\".jobagent.v1.ListExecutionsRequest\x1a#.jobagent.v1.ListExecutionsResponse\x12N\n\x0f\x43\x61ncelExecution\x12#.jobagent.v1.CancelExecutionRequest\x1a\x16.jobagent.v1.Execution\x12S\n\x0eWatchExecution\x12\".jobagent.v1.WatchExecutionRequest\x1a\x1b.jobagent.v1.ExecutionEvent0\x01\x12\x44\n\nStreamLogs\x12\x1e.jobagent.v1.StreamLogsRequest\x1a\x14.jobagent.v1.LogLine0\x01\x12R\n\x0bWatchEvents\x12\x1f.jobagent.v1.WatchEventsRequest\x1a .jobagent.v1.WatchEventsResponse0\x01\x12P\n\x0bPruneImages\x12\x1f.jobagent.v1.PruneImagesRequest\x1a .jobagent.v1.PruneImagesResponse\x12\x45\n\x0bGetNodeInfo\x12\x1f.jobagent.v1.GetNodeInfoRequest\x1a\x15.jobagent.v1.NodeInfo\x12>\n\nSuspendJob\x12\x1e.jobagent.v1.SuspendJobRequest\x1a\x10.jobagent.v1.Job\x12<\n\tResumeJob\x12\x1d.jobagent.v1.ResumeJobRequest\x1a\x10.jobagent.v1.JobB0Z.jobagent/clients/go/gen/jobagent/v1;jobagentv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jobagent.v1.job_service_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z.jobagent/clients/go/gen/jobagent/v1;jobagentv1'
-  _globals['_TRIGGERORIGIN']._serialized_start=1716
-  _globals['_TRIGGERORIGIN']._serialized_end=1787
+  _globals['_TRIGGERORIGIN']._serialized_start=1981
+  _globals['_TRIGGERORIGIN']._serialized_end=2052
   _globals['_REGISTERJOBREQUEST']._serialized_start=135
   _globals['_REGISTERJOBREQUEST']._serialized_end=241
   _globals['_REGISTERJOBRESPONSE']._serialized_start=243
@@ -55,34 +55,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRIGGERJOBREQUEST']._serialized_end=544
   _globals['_GETEXECUTIONREQUEST']._serialized_start=546
   _globals['_GETEXECUTIONREQUEST']._serialized_end=579
-  _globals['_LISTEXECUTIONSREQUEST']._serialized_start=581
-  _globals['_LISTEXECUTIONSREQUEST']._serialized_end=622
-  _globals['_LISTEXECUTIONSRESPONSE']._serialized_start=624
-  _globals['_LISTEXECUTIONSRESPONSE']._serialized_end=692
-  _globals['_CANCELEXECUTIONREQUEST']._serialized_start=694
-  _globals['_CANCELEXECUTIONREQUEST']._serialized_end=800
-  _globals['_WATCHEXECUTIONREQUEST']._serialized_start=802
-  _globals['_WATCHEXECUTIONREQUEST']._serialized_end=837
-  _globals['_STREAMLOGSREQUEST']._serialized_start=840
-  _globals['_STREAMLOGSREQUEST']._serialized_end=1017
-  _globals['_PRUNEIMAGESREQUEST']._serialized_start=1019
-  _globals['_PRUNEIMAGESREQUEST']._serialized_end=1039
-  _globals['_PRUNEIMAGESRESPONSE']._serialized_start=1041
-  _globals['_PRUNEIMAGESRESPONSE']._serialized_end=1100
-  _globals['_SUSPENDJOBREQUEST']._serialized_start=1102
-  _globals['_SUSPENDJOBREQUEST']._serialized_end=1135
-  _globals['_RESUMEJOBREQUEST']._serialized_start=1137
-  _globals['_RESUMEJOBREQUEST']._serialized_end=1169
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1172
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1327
-  _globals['_BOOKMARK']._serialized_start=1329
-  _globals['_BOOKMARK']._serialized_end=1357
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1359
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1477
-  _globals['_GETNODEINFOREQUEST']._serialized_start=1479
-  _globals['_GETNODEINFOREQUEST']._serialized_end=1499
-  _globals['_NODEINFO']._serialized_start=1502
-  _globals['_NODEINFO']._serialized_end=1714
-  _globals['_JOBSERVICE']._serialized_start=1790
-  _globals['_JOBSERVICE']._serialized_end=2934
+  _globals['_LISTEXECUTIONSREQUEST']._serialized_start=582
+  _globals['_LISTEXECUTIONSREQUEST']._serialized_end=862
+  _globals['_LISTEXECUTIONSRESPONSE']._serialized_start=864
+  _globals['_LISTEXECUTIONSRESPONSE']._serialized_end=957
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_start=959
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_end=1065
+  _globals['_WATCHEXECUTIONREQUEST']._serialized_start=1067
+  _globals['_WATCHEXECUTIONREQUEST']._serialized_end=1102
+  _globals['_STREAMLOGSREQUEST']._serialized_start=1105
+  _globals['_STREAMLOGSREQUEST']._serialized_end=1282
+  _globals['_PRUNEIMAGESREQUEST']._serialized_start=1284
+  _globals['_PRUNEIMAGESREQUEST']._serialized_end=1304
+  _globals['_PRUNEIMAGESRESPONSE']._serialized_start=1306
+  _globals['_PRUNEIMAGESRESPONSE']._serialized_end=1365
+  _globals['_SUSPENDJOBREQUEST']._serialized_start=1367
+  _globals['_SUSPENDJOBREQUEST']._serialized_end=1400
+  _globals['_RESUMEJOBREQUEST']._serialized_start=1402
+  _globals['_RESUMEJOBREQUEST']._serialized_end=1434
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1437
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1592
+  _globals['_BOOKMARK']._serialized_start=1594
+  _globals['_BOOKMARK']._serialized_end=1622
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1624
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1742
+  _globals['_GETNODEINFOREQUEST']._serialized_start=1744
+  _globals['_GETNODEINFOREQUEST']._serialized_end=1764
+  _globals['_NODEINFO']._serialized_start=1767
+  _globals['_NODEINFO']._serialized_end=1979
+  _globals['_JOBSERVICE']._serialized_start=2055
+  _globals['_JOBSERVICE']._serialized_end=3199
 # @@protoc_insertion_point(module_scope)

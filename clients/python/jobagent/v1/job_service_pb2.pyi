@@ -237,16 +237,48 @@ class ListExecutionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    TRIGGER_KINDS_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
     job_name: _builtins.str
     """Only executions of this job, when set."""
+    page_size: _builtins.int
+    """At most this many executions (100 when 0, at most 1000)."""
+    page_token: _builtins.str
+    """Where to go on: the next_page_token of the previous page."""
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[_jobs_pb2.ExecutionStatus.ValueType]:
+        """Only executions in these statuses, when set."""
+
+    @_builtins.property
+    def trigger_kinds(self) -> _containers.RepeatedScalarFieldContainer[_jobs_pb2.TriggerKind.ValueType]:
+        """Only executions started by these kinds of trigger, when set."""
+
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Only executions created at or after this time."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only executions created before this time."""
+
     def __init__(
         self,
         *,
         job_name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        statuses: _abc.Iterable[_jobs_pb2.ExecutionStatus.ValueType] | None = ...,
+        trigger_kinds: _abc.Iterable[_jobs_pb2.TriggerKind.ValueType] | None = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_name", b"job_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "job_name", b"job_name", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses", "trigger_kinds", b"trigger_kinds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -257,18 +289,22 @@ class ListExecutionsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty after the last one."""
     @_builtins.property
     def executions(self) -> _containers.RepeatedCompositeFieldContainer[_jobs_pb2.Execution]:
-        """Executions, newest first."""
+        """Executions, newest first; executions created meanwhile never shift later pages."""
 
     def __init__(
         self,
         *,
         executions: _abc.Iterable[_jobs_pb2.Execution] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["executions", b"executions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executions", b"executions", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
