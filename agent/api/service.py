@@ -195,15 +195,15 @@ class JobService(service_grpc.JobServiceServicer):
 
     @maps_errors
     async def SuspendJob(self, request: service_pb.SuspendJobRequest, context: Context) -> pb.Job:
-        _require("name", request.name)
-        job = self._executor.set_suspended(request.name, True)
-        self._scheduler.wake()
-        return self._job(job)
+        return self._set_suspended(request.name, True)
 
     @maps_errors
     async def ResumeJob(self, request: service_pb.ResumeJobRequest, context: Context) -> pb.Job:
-        _require("name", request.name)
-        job = self._executor.set_suspended(request.name, False)
+        return self._set_suspended(request.name, False)
+
+    def _set_suspended(self, name: str, suspended: bool) -> pb.Job:
+        _require("name", name)
+        job = self._executor.set_suspended(name, suspended)
         self._scheduler.wake()
         return self._job(job)
 
