@@ -308,7 +308,7 @@ class Execution:
 
 
 class EventKind(enum.Enum):
-    """What an execution event records."""
+    """What an event records: the first seven are of an execution, the rest of a job."""
 
     TRANSITION = "transition"
     QUEUED = "queued"
@@ -317,6 +317,13 @@ class EventKind(enum.Enum):
     INIT_STEP_STARTED = "init_step_started"
     INIT_STEP_SUCCEEDED = "init_step_succeeded"
     INIT_STEP_FAILED = "init_step_failed"
+    JOB_REGISTERED = "job_registered"
+    JOB_UPDATED = "job_updated"
+    JOB_UNREGISTERED = "job_unregistered"
+    JOB_SUSPENDED = "job_suspended"
+    JOB_RESUMED = "job_resumed"
+    SCHEDULE_SKIPPED = "schedule_skipped"
+    SCHEDULE_MISSED = "schedule_missed"
 
 
 @dataclass(frozen=True)
@@ -346,6 +353,39 @@ class ExecutionEvent:
     kind: EventKind = EventKind.TRANSITION
     step_id: str = ""
     message: str = ""
+
+
+@dataclass(frozen=True)
+class JobNote:
+    """What a job event will say, before the store gives it a sequence."""
+
+    kind: EventKind
+    message: str = ""
+    schedule_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One recorded event of a job (registration, suspension, a skipped or missed run).
+
+    `schedule_time` is the schedule time a SCHEDULE_SKIPPED or SCHEDULE_MISSED event is
+    about (the latest one, when several were missed).
+    """
+
+    sequence: int
+    time: datetime
+    job_name: str
+    kind: EventKind
+    message: str = ""
+    schedule_time: datetime | None = None
+
+
+NodeEvent = ExecutionEvent | JobEvent
+
+
+def event_job_name(event: NodeEvent) -> str:
+    """The job an event belongs to."""
+    return event.job_name if isinstance(event, JobEvent) else event.execution.job_name
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,13 @@ from agent.domain import (
     InitFailurePolicy,
     InitStep,
     Job,
+    JobEvent,
     JobKind,
+    JobNote,
     JobSpec,
     Mount,
     MountKind,
+    NodeEvent,
     PullPolicy,
     Resources,
     RetryPolicy,
@@ -79,7 +82,9 @@ CREATE TABLE IF NOT EXISTS events (
     execution TEXT NOT NULL,
     kind TEXT NOT NULL,
     step_id TEXT NOT NULL,
-    message TEXT NOT NULL
+    message TEXT NOT NULL,
+    job_name TEXT NOT NULL DEFAULT '',
+    schedule_time TEXT
 );
 CREATE INDEX IF NOT EXISTS events_by_execution ON events (execution_id, sequence);
 CREATE TABLE IF NOT EXISTS meta (
@@ -106,12 +111,16 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 """
 
-EVENT_COLUMNS = "sequence, time, execution_id, execution, kind, step_id, message"
+EVENT_COLUMNS = (
+    "sequence, time, execution_id, execution, kind, step_id, message, job_name, schedule_time"
+)
 ADDED_COLUMNS = {
     "events": {
         "kind": f"TEXT NOT NULL DEFAULT '{EventKind.TRANSITION.value}'",
         "step_id": "TEXT NOT NULL DEFAULT ''",
         "message": "TEXT NOT NULL DEFAULT ''",
+        "job_name": "TEXT NOT NULL DEFAULT ''",
+        "schedule_time": "TEXT",
     },
     "executions": {
         "attempt": "INTEGER NOT NULL DEFAULT 1",
@@ -165,9 +174,13 @@ class Store:
 
     # Jobs
 
-    def put_job(self, job: Job) -> None:
-        """Inserts or replaces a job."""
+    def put_job(
+        self, job: Job, note: JobNote | None = None, cron_state: CronState | None = None
+    ) -> JobEvent | None:
+        """Inserts or replaces a job (and its cron state) and records the job event if any."""
         with self._transaction() as db:
+            if cron_state is not None:
+                _put_cron_state(db, job.name, cron_state)
             db.execute(
                 "INSERT INTO jobs (name, spec, spec_yaml, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
@@ -181,6 +194,7 @@ class Store:
                     _time(job.updated_at),
                 ),
             )
+            return None if note is None else _append_job_event(db, job.name, note)
 
     def get_job(self, name: str) -> Job:
         """Returns the job; raises NotFound."""
@@ -206,27 +220,21 @@ class Store:
             missed=row["missed"],
         )
 
-    def put_cron_state(self, name: str, state: CronState) -> None:
-        """Records what the scheduler did for a cron job."""
+    def put_cron_state(
+        self, name: str, state: CronState, note: JobNote | None = None
+    ) -> JobEvent | None:
+        """Records what the scheduler did for a cron job, with the job event if any."""
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO cron_state (job_name, last_schedule_time, "
-                "last_execution_id, skipped, missed) VALUES (?, ?, ?, ?, ?)",
-                (
-                    name,
-                    None if state.last_schedule_time is None else _time(state.last_schedule_time),
-                    state.last_execution_id,
-                    state.skipped,
-                    state.missed,
-                ),
-            )
+            _put_cron_state(db, name, state)
+            return None if note is None else _append_job_event(db, name, note)
 
-    def delete_job(self, name: str) -> None:
-        """Removes a job; raises NotFound."""
+    def delete_job(self, name: str) -> JobEvent:
+        """Removes a job and records JOB_UNREGISTERED; raises NotFound."""
         with self._transaction() as db:
             if db.execute("DELETE FROM jobs WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFound(f"job {name!r} is not registered")
             db.execute("DELETE FROM cron_state WHERE job_name = ?", (name,))
+            return _append_job_event(db, name, JobNote(EventKind.JOB_UNREGISTERED))
 
     # Executions
 
@@ -385,26 +393,32 @@ class Store:
                 f"SELECT MAX(sequence) AS last FROM events WHERE execution_id IN ({placeholders})",
                 execution_ids,
             ).fetchone()
-            if row["last"] is not None:
-                db.execute(
-                    "INSERT INTO meta (key, value) VALUES ('compacted_through', ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), "
-                    "excluded.value)",
-                    (row["last"],),
-                )
+            _compact_through(db, row["last"])
             for table, column in (("events", "execution_id"), ("attempts", "execution_id"),
                                   ("executions", "id")):  # fmt: skip
                 db.executemany(
                     f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in execution_ids]
                 )
 
-    def node_events_after(self, sequence: int, limit: int = 1000) -> list[ExecutionEvent]:
-        """Events of every execution after `sequence`, in order, at most `limit`."""
+    def delete_job_events(self, older_than: datetime) -> int:
+        """Removes job events recorded before `older_than`; returns how many."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT MAX(sequence) AS last FROM events WHERE execution_id = '' AND time < ?",
+                (_time(older_than),),
+            ).fetchone()
+            _compact_through(db, row["last"])
+            return db.execute(
+                "DELETE FROM events WHERE execution_id = '' AND time < ?", (_time(older_than),)
+            ).rowcount
+
+    def node_events_after(self, sequence: int, limit: int = 1000) -> list[NodeEvent]:
+        """Events of every execution and job after `sequence`, in order, at most `limit`."""
         rows = self._db.execute(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?",
             (sequence, limit),
         ).fetchall()
-        return [_event_from_row(row) for row in rows]
+        return [_node_event_from_row(row) for row in rows]
 
     def compacted_through(self) -> int:
         """The highest sequence that retention removed: resuming below it would miss events."""
@@ -446,13 +460,63 @@ def _append_event(
 ) -> ExecutionEvent:
     now = datetime.now(UTC)
     cursor = db.execute(
-        "INSERT INTO events (time, execution_id, execution, kind, step_id, message) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO events (time, execution_id, execution, kind, step_id, message, job_name) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (_time(now), execution.id, json.dumps(_execution_to_json(execution)), kind.value,
-         step_id, message),
+         step_id, message, execution.job_name),
     )  # fmt: skip
     assert cursor.lastrowid is not None
     return ExecutionEvent(cursor.lastrowid, now, execution, kind, step_id, message)
+
+
+def _append_job_event(db: sqlite3.Connection, job_name: str, note: JobNote) -> JobEvent:
+    """Job events have no execution: execution_id is empty."""
+    now = datetime.now(UTC)
+    schedule_time = None if note.schedule_time is None else _time(note.schedule_time)
+    cursor = db.execute(
+        "INSERT INTO events (time, execution_id, execution, kind, step_id, message, job_name, "
+        "schedule_time) VALUES (?, '', '', ?, '', ?, ?, ?)",
+        (_time(now), note.kind.value, note.message, job_name, schedule_time),
+    )
+    assert cursor.lastrowid is not None
+    return JobEvent(cursor.lastrowid, now, job_name, note.kind, note.message, note.schedule_time)
+
+
+def _put_cron_state(db: sqlite3.Connection, name: str, state: CronState) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO cron_state (job_name, last_schedule_time, "
+        "last_execution_id, skipped, missed) VALUES (?, ?, ?, ?, ?)",
+        (
+            name,
+            None if state.last_schedule_time is None else _time(state.last_schedule_time),
+            state.last_execution_id,
+            state.skipped,
+            state.missed,
+        ),
+    )
+
+
+def _compact_through(db: sqlite3.Connection, sequence: int | None) -> None:
+    """Records that events up to `sequence` are gone (resuming below it is OUT_OF_RANGE)."""
+    if sequence is not None:
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('compacted_through', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), excluded.value)",
+            (sequence,),
+        )
+
+
+def _node_event_from_row(row: sqlite3.Row) -> NodeEvent:
+    if row["execution_id"]:
+        return _event_from_row(row)
+    return JobEvent(
+        sequence=row["sequence"],
+        time=_parse_time(row["time"]),
+        job_name=row["job_name"],
+        kind=EventKind(row["kind"]),
+        message=row["message"],
+        schedule_time=_optional_time(row["schedule_time"]),
+    )
 
 
 def _event_from_row(row: sqlite3.Row) -> ExecutionEvent:

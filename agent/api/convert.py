@@ -22,6 +22,7 @@ from agent.domain import (
     FailureReason,
     ImageSpec,
     Job,
+    JobEvent,
     JobKind,
     JobSpec,
     LogLine,
@@ -71,15 +72,8 @@ POLICY_TO_PROTO = {
 POLICY_FROM_PROTO = {value: key for key, value in POLICY_TO_PROTO.items()}
 KIND_TO_PROTO = {JobKind.JOB: pb.JOB_KIND_JOB, JobKind.CRON: pb.JOB_KIND_CRON}
 KIND_FROM_PROTO = {value: key for key, value in KIND_TO_PROTO.items()}
-EVENT_TO_PROTO = {
-    EventKind.TRANSITION: pb.EVENT_TYPE_TRANSITION,
-    EventKind.QUEUED: pb.EVENT_TYPE_QUEUED,
-    EventKind.ATTEMPT_FAILED: pb.EVENT_TYPE_ATTEMPT_FAILED,
-    EventKind.ATTEMPT_STARTED: pb.EVENT_TYPE_ATTEMPT_STARTED,
-    EventKind.INIT_STEP_STARTED: pb.EVENT_TYPE_INIT_STEP_STARTED,
-    EventKind.INIT_STEP_SUCCEEDED: pb.EVENT_TYPE_INIT_STEP_SUCCEEDED,
-    EventKind.INIT_STEP_FAILED: pb.EVENT_TYPE_INIT_STEP_FAILED,
-}
+# Each EventKind has the proto value of the same name.
+EVENT_TO_PROTO = {kind: pb.EventType.Value(f"EVENT_TYPE_{kind.name}") for kind in EventKind}
 CONCURRENCY_TO_PROTO = {
     ConcurrencyPolicy.ALLOW: pb.CONCURRENCY_POLICY_ALLOW,
     ConcurrencyPolicy.FORBID: pb.CONCURRENCY_POLICY_FORBID,
@@ -363,6 +357,20 @@ def event_to_proto(event: ExecutionEvent) -> pb.ExecutionEvent:
         step_id=event.step_id,
         message=event.message,
     )
+
+
+def job_event_to_proto(event: JobEvent) -> pb.JobEvent:
+    """Domain JobEvent -> proto."""
+    message = pb.JobEvent(
+        sequence=event.sequence,
+        time=timestamp(event.time),
+        job_name=event.job_name,
+        type=EVENT_TO_PROTO[event.kind],
+        message=event.message,
+    )
+    if event.schedule_time is not None:
+        message.schedule_time.CopyFrom(timestamp(event.schedule_time))
+    return message
 
 
 def log_line_to_proto(line: LogLine) -> pb.LogLine:

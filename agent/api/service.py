@@ -15,7 +15,7 @@ from jobagent.v1 import jobs_pb2 as pb
 from agent import __version__
 from agent.api import convert
 from agent.api.errors import maps_errors
-from agent.domain import Bookmark, ExecutionFilter, Job, JobKind
+from agent.domain import Bookmark, ExecutionFilter, Job, JobEvent, JobKind
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
 from agent.executor.logs import LogQuery
@@ -190,6 +190,8 @@ class JobService(service_grpc.JobServiceServicer):
                 yield service_pb.WatchEventsResponse(
                     bookmark=service_pb.Bookmark(sequence=item.sequence)
                 )
+            elif isinstance(item, JobEvent):
+                yield service_pb.WatchEventsResponse(job_event=convert.job_event_to_proto(item))
             else:
                 yield service_pb.WatchEventsResponse(event=convert.event_to_proto(item))
 

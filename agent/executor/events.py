@@ -1,11 +1,11 @@
-"""In-process fan-out of recorded execution events to watchers."""
+"""In-process fan-out of recorded events to watchers."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
 
-from agent.domain import ExecutionEvent
+from agent.domain import ExecutionEvent, NodeEvent
 
 
 class EventBus:
@@ -43,10 +43,11 @@ class EventBus:
             if not subscribers:
                 del self._subscribers[execution_id]
 
-    def publish(self, event: ExecutionEvent) -> None:
+    def publish(self, event: NodeEvent) -> None:
         """Hands the event to every current subscriber of its execution and of the node."""
-        for queue in self._subscribers.get(event.execution.id, ()):
-            queue.put_nowait(event)
+        if isinstance(event, ExecutionEvent):
+            for queue in self._subscribers.get(event.execution.id, ()):
+                queue.put_nowait(event)
         for subscription in list(self._node_watchers):
             if not subscription.offer(event):
                 # A slow consumer never holds up the executor: it is cut off and resumes.
@@ -57,11 +58,11 @@ class NodeSubscription:
     """A bounded queue of node events; `overflowed` once it could not keep up."""
 
     def __init__(self, capacity: int) -> None:
-        self.queue: asyncio.Queue[ExecutionEvent | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[NodeEvent | None] = asyncio.Queue()
         self._capacity = capacity
         self.overflowed = False
 
-    def offer(self, event: ExecutionEvent) -> bool:
+    def offer(self, event: NodeEvent) -> bool:
         """Queues the event; False (and a wake-up) when the consumer is too far behind."""
         if self.queue.qsize() >= self._capacity:
             self.overflowed = True

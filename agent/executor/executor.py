@@ -28,11 +28,15 @@ from agent.domain import (
     FailureReason,
     HostPolicy,
     Job,
+    JobEvent,
     JobKind,
+    JobNote,
     JobSpec,
     LogLine,
+    NodeEvent,
     Status,
     Trigger,
+    event_job_name,
 )
 from agent.errors import (
     AlreadyExists,
@@ -100,17 +104,23 @@ class Executor:
         Either every job is registered or none is.
         """
         at = now()
-        jobs = []
+        changes: list[tuple[Job, JobNote | None]] = []
         for spec in specs:
             existing = self._find_job(spec.name)
             if existing is not None and existing.spec != spec and not replace_existing:
                 raise AlreadyExists(f"job {spec.name!r} exists with another spec (use replace)")
             created = existing.created_at if existing is not None else at
             updated = at if existing is None or existing.spec != spec else existing.updated_at
-            jobs.append(Job(spec=spec, created_at=created, updated_at=updated, spec_yaml=spec_yaml))
-        for job in jobs:
-            self._store.put_job(job)
-        return jobs
+            job = Job(spec=spec, created_at=created, updated_at=updated, spec_yaml=spec_yaml)
+            note = None
+            if existing is None:
+                note = JobNote(EventKind.JOB_REGISTERED)
+            elif existing.spec != spec:
+                note = JobNote(EventKind.JOB_UPDATED, "the spec was replaced")
+            changes.append((job, note))
+        for job, note in changes:
+            self._publish(self._store.put_job(job, note))
+        return [job for job, _ in changes]
 
     def get_job(self, name: str) -> Job:
         """Returns a job; raises NotFound."""
@@ -125,7 +135,7 @@ class Executor:
         self._store.get_job(name)
         if self._store.list_executions(job_name=name, statuses=ACTIVE_STATUSES):
             raise FailedPrecondition(f"job {name!r} has active executions; cancel them first")
-        self._store.delete_job(name)
+        self._publish(self._store.delete_job(name))
 
     def set_suspended(self, name: str, suspended: bool) -> Job:
         """Suspends or resumes a cron job's schedule; resuming skips the times it missed."""
@@ -136,11 +146,21 @@ class Executor:
             return job
         spec = replace(job.spec, cron=replace(job.spec.cron, suspend=suspended))
         updated = replace(job, spec=spec, updated_at=now())
-        self._store.put_job(updated)
-        if not suspended:
-            state = self._store.get_cron_state(name)
-            self._store.put_cron_state(name, replace(state, last_schedule_time=now()))
+        if suspended:
+            self._publish(self._store.put_job(updated, JobNote(EventKind.JOB_SUSPENDED)))
+        else:
+            state = replace(self._store.get_cron_state(name), last_schedule_time=now())
+            note = JobNote(EventKind.JOB_RESUMED, "times missed while suspended are skipped")
+            self._publish(self._store.put_job(updated, note, state))
         return updated
+
+    def record_cron_state(self, name: str, state: CronState, note: JobNote | None = None) -> None:
+        """Stores what the scheduler did for a cron job, with a job event when `note` says one."""
+        self._publish(self._store.put_cron_state(name, state, note))
+
+    def _publish(self, event: JobEvent | None) -> None:
+        if event is not None:
+            self._bus.publish(event)
 
     def load(self) -> tuple[int, int, int, int]:
         """Active executions, queued ones, the node limit, and the newest event sequence."""
@@ -262,7 +282,7 @@ class Executor:
         job_name: str = "",
         kinds: frozenset[EventKind] = frozenset(),
         bookmark_seconds: float = 30.0,
-    ) -> AsyncIterator[ExecutionEvent | Bookmark]:
+    ) -> AsyncIterator[NodeEvent | Bookmark]:
         """Yields every event of the node after `since` (optionally of one job or some kinds),
         then each new one, once and in order, with a Bookmark after each quiet interval.
 
@@ -273,8 +293,8 @@ class Executor:
         if since < self._store.compacted_through():
             raise OutOfRange(f"events up to {self._store.compacted_through()} are gone; re-list")
 
-        def wanted(event: ExecutionEvent) -> bool:
-            return (not job_name or event.execution.job_name == job_name) and (
+        def wanted(event: NodeEvent) -> bool:
+            return (not job_name or event_job_name(event) == job_name) and (
                 not kinds or event.kind in kinds
             )
 

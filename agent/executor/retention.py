@@ -26,7 +26,10 @@ class RetentionPolicy:
 
 
 class Retention:
-    """Removes what the policy no longer keeps: records, events, attempts and log files."""
+    """Removes what the policy no longer keeps: records, events, attempts and log files.
+
+    Job events (registrations, skipped and missed runs) go by age alone.
+    """
 
     def __init__(self, store: Store, log_dir: Path, policy: RetentionPolicy) -> None:
         self._store = store
@@ -59,4 +62,5 @@ class Retention:
         self._remove(expired)
         if expired:
             log.info("retention removed %d finished executions", len(expired))
+        self._store.delete_job_events(older_than)
         return expired

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -21,8 +21,10 @@ from agent.domain import (
     ACTIVE_STATUSES,
     ConcurrencyPolicy,
     CronState,
+    EventKind,
     Job,
     JobKind,
+    JobNote,
     Trigger,
     TriggerKind,
 )
@@ -135,20 +137,29 @@ class CronScheduler:
             if when > latest or due > MISSED_REPORT_LIMIT:
                 break
             due += 1
-        if due > MISSED_REPORT_LIMIT:
-            log.warning("cron job %s missed more than %d schedules; they are not replayed",
-                        job.name, MISSED_REPORT_LIMIT)  # fmt: skip
         missed = state.missed + due - 1
+        if due > 1:
+            many = f"more than {MISSED_REPORT_LIMIT}" if due > MISSED_REPORT_LIMIT else str(due - 1)
+            # The missed times are handled up to the one before `latest`, which is still due.
+            before_latest = latest_time(job, latest - timedelta(microseconds=1))
+            message = (f"{many} schedule times passed without a run (the agent was down or "
+                       f"behind); at most the latest, {latest.isoformat()}, runs")  # fmt: skip
+            note = JobNote(EventKind.SCHEDULE_MISSED, message, before_latest)
+            self._save(job, state, before_latest, missed, note=note)
+            state = self._store.get_cron_state(job.name)
         deadline = job.spec.cron.starting_deadline_seconds
         if deadline is not None and (now - latest).total_seconds() > deadline:
-            log.info("cron job %s: the run of %s missed its starting deadline", job.name, latest)
-            self._save(job, state, latest, missed=missed + 1)
+            message = f"the run of {latest.isoformat()} missed its starting deadline of {deadline}s"
+            self._save(job, state, latest, missed + 1,
+                       note=JobNote(EventKind.SCHEDULE_MISSED, message, latest))  # fmt: skip
             return
         active = self._store.list_executions(job_name=job.name, statuses=ACTIVE_STATUSES)
         policy = job.spec.cron.concurrency_policy
         if active and policy is ConcurrencyPolicy.FORBID:
-            log.info("cron job %s: skipped the run of %s, one is still active", job.name, latest)
-            self._save(job, state, latest, missed=missed, skipped=state.skipped + 1)
+            message = (f"the run of {latest.isoformat()} was skipped: execution {active[0].id} "
+                       "is still active (concurrency_policy forbid)")  # fmt: skip
+            self._save(job, state, latest, missed, skipped=state.skipped + 1,
+                       note=JobNote(EventKind.SCHEDULE_SKIPPED, message, latest))  # fmt: skip
             return
         if active and policy is ConcurrencyPolicy.REPLACE:
             for execution in active:
@@ -164,24 +175,28 @@ class CronScheduler:
         except AgentError as error:
             # Handled all the same: the next try is at the next schedule time.
             log.warning("cron job %s: the run of %s could not start: %s", job.name, latest, error)
-        self._save(job, state, latest, missed=missed, execution_id=execution_id)
+        self._save(job, state, latest, missed, execution_id=execution_id)
 
     def _save(
         self,
         job: Job,
         state: CronState,
-        latest: datetime,
+        handled: datetime,
         missed: int,
         skipped: int | None = None,
         execution_id: str | None = None,
+        note: JobNote | None = None,
     ) -> None:
-        self._store.put_cron_state(
+        if note is not None:
+            log.info("cron job %s: %s", job.name, note.message)
+        self._executor.record_cron_state(
             job.name,
             CronState(
-                last_schedule_time=latest,
+                last_schedule_time=handled,
                 last_execution_id=state.last_execution_id if execution_id is None
                 else execution_id,
                 skipped=state.skipped if skipped is None else skipped,
                 missed=missed,
             ),
+            note,
         )  # fmt: skip

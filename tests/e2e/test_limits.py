@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from jobagent_client import ClientError, JobAgentClient
+from jobagent_client import ClientError, JobAgentClient, JobEvent
 
 from tests.e2e.harness import AgentProcess, leftovers, wait_until
 
@@ -231,6 +231,16 @@ def test_a_cron_job_every_second_runs_by_itself_with_overlap_and_history_rules(
                         if e.status == "completed"]) >= 2, 30, "three runs")  # fmt: skip
     suspended = client.suspend("every-second")
     assert suspended.suspended and suspended.next_run_time is None
+    job_events = client.watch_events(0, job_name="every-second",
+                                     types=("schedule_skipped", "job_suspended"))  # fmt: skip
+    seen = []
+    for event in job_events:
+        assert isinstance(event, JobEvent)
+        seen.append(event)
+        if event.type == "job_suspended":
+            break
+    assert seen[0].type == "schedule_skipped" and "still active" in seen[0].message
+    assert seen[0].schedule_time is not None
     executions = client.list_executions("every-second")
     assert {execution.trigger for execution in executions} == {"scheduler"}
     for execution in executions:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,10 @@ from agent.domain import (
     EventKind,
     ExecutionEvent,
     ImageSpec,
+    JobEvent,
+    JobKind,
     JobSpec,
+    NodeEvent,
     Trigger,
     TriggerKind,
 )
@@ -43,10 +48,10 @@ async def finish(executor: Executor) -> None:
         await asyncio.sleep(0.01)
 
 
-async def take(items: AsyncIterator[ExecutionEvent | Bookmark], count: int) -> list[ExecutionEvent]:
-    events: list[ExecutionEvent] = []
+async def take(items: AsyncIterator[NodeEvent | Bookmark], count: int) -> list[NodeEvent]:
+    events: list[NodeEvent] = []
     async for item in items:
-        if isinstance(item, ExecutionEvent):
+        if not isinstance(item, Bookmark):
             events.append(item)
             if len(events) == count:
                 break
@@ -79,9 +84,9 @@ async def test_filters_and_live_events_after_the_backlog(rig: tuple[Executor, St
     watch = executor.watch_events(0, job_name="b", kinds=frozenset({EventKind.TRANSITION}),
                                   bookmark_seconds=0.05)  # fmt: skip
     bookmark = await anext(watch)
-    assert isinstance(bookmark, Bookmark) and bookmark.sequence == 3
+    assert isinstance(bookmark, Bookmark) and bookmark.sequence == 5  # 2 registrations, 3 of a
     await executor.trigger("b", TRIGGER)
-    live = await take(watch, 3)
+    live = [event for event in await take(watch, 3) if isinstance(event, ExecutionEvent)]
     assert {event.execution.job_name for event in live} == {"b"}
     assert [event.execution.status.value for event in live] == ["pending", "initializing",
                                                                 "failed"]  # fmt: skip
@@ -100,7 +105,37 @@ async def test_a_resume_point_that_retention_removed_is_out_of_range(
     held = store.node_events_after(store.compacted_through())
     remaining = await take(executor.watch_events(store.compacted_through()), len(held))
     assert remaining == held and held
-    assert all(event.execution.id != first.id for event in remaining)
+    assert all(event.execution.id != first.id for event in remaining
+               if isinstance(event, ExecutionEvent))  # fmt: skip
+
+
+async def test_job_changes_are_events_on_the_node_stream(rig: tuple[Executor, Store]) -> None:
+    executor, store = rig
+    cron = JobSpec("nightly", ImageSpec("x"), kind=JobKind.CRON, schedule="0 3 * * *")
+    executor.register_jobs([cron], "", False)
+    executor.register_jobs([cron], "", False)  # unchanged: no event
+    executor.register_jobs([replace(cron, env={"A": "1"})], "", True)
+    executor.set_suspended("nightly", True)
+    executor.set_suspended("nightly", False)
+    executor.unregister_job("nightly")
+    events = await take(executor.watch_events(0, job_name="nightly"), 5)
+    assert all(isinstance(event, JobEvent) and event.job_name == "nightly" for event in events)
+    assert [event.kind for event in events] == [
+        EventKind.JOB_REGISTERED, EventKind.JOB_UPDATED, EventKind.JOB_SUSPENDED,
+        EventKind.JOB_RESUMED, EventKind.JOB_UNREGISTERED,
+    ]  # fmt: skip
+    assert store.node_events_after(events[-2].sequence) == [events[-1]]
+
+
+async def test_old_job_events_age_out_and_a_resume_below_them_is_out_of_range(
+    rig: tuple[Executor, Store],
+) -> None:
+    executor, store = rig
+    registered = await take(executor.watch_events(0), 2)
+    assert store.delete_job_events(datetime.now(UTC) + timedelta(seconds=1)) == 2
+    assert store.compacted_through() == registered[-1].sequence
+    with pytest.raises(OutOfRange):
+        await anext(executor.watch_events(0))
 
 
 async def test_a_slow_watcher_is_cut_off_not_waited_for(

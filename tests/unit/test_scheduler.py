@@ -12,8 +12,10 @@ import pytest
 from agent.domain import (
     ConcurrencyPolicy,
     CronPolicy,
+    EventKind,
     ImageSpec,
     Job,
+    JobEvent,
     JobKind,
     JobSpec,
     Status,
@@ -60,6 +62,12 @@ def cron(schedule: str, **policy: object) -> JobSpec:
                    cron=CronPolicy(**policy))  # type: ignore[arg-type]  # fmt: skip
 
 
+def job_events(store: Store, kind: EventKind) -> list[JobEvent]:
+    """The job events of one kind that the store holds."""
+    return [event for event in store.node_events_after(0)
+            if isinstance(event, JobEvent) and event.kind is kind]  # fmt: skip
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -93,6 +101,9 @@ async def test_forbid_skips_while_a_run_is_active_and_replace_cancels_it(
     await scheduler.tick()
     assert len(executor.list_executions("tick")) == 1
     assert store.get_cron_state("tick").skipped == 1
+    [skip] = job_events(store, EventKind.SCHEDULE_SKIPPED)
+    assert skip.job_name == "tick" and skip.schedule_time == clock.now()
+    assert "still active" in skip.message
 
     executor.register_jobs([cron("* * * * * *", concurrency_policy=ConcurrencyPolicy.REPLACE)],
                            "", replace_existing=True)  # fmt: skip
@@ -113,6 +124,8 @@ async def test_a_run_past_its_starting_deadline_is_missed_not_late(
     await scheduler.tick()
     assert executor.list_executions("tick") == []
     assert store.get_cron_state("tick").missed == 1
+    [miss] = job_events(store, EventKind.SCHEDULE_MISSED)
+    assert miss.schedule_time == due and "starting deadline of 5s" in miss.message
 
 
 async def test_after_downtime_at_most_one_catch_up_run(
@@ -124,6 +137,23 @@ async def test_after_downtime_at_most_one_catch_up_run(
     await scheduler.tick()
     assert len(executor.list_executions("tick")) == 1
     assert store.get_cron_state("tick").missed >= 100
+    [miss] = job_events(store, EventKind.SCHEDULE_MISSED)
+    assert miss.message.startswith("more than 100 schedule times passed without a run")
+    assert miss.schedule_time == clock.now() - timedelta(seconds=1)
+
+
+async def test_a_short_downtime_reports_how_many_times_it_missed(
+    rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
+) -> None:
+    executor, scheduler, clock, _, store = rig
+    executor.register_jobs([cron("* * * * * *")], "", False)
+    clock.advance(4)
+    await scheduler.tick()
+    assert len(executor.list_executions("tick")) == 1
+    missed = store.get_cron_state("tick").missed
+    assert missed in (3, 4)  # registration is up to a second before the clock's start
+    [miss] = job_events(store, EventKind.SCHEDULE_MISSED)
+    assert miss.message.startswith(f"{missed} schedule times passed without a run")
 
 
 async def test_suspended_jobs_do_not_run_and_have_no_next_time(

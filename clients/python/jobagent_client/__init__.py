@@ -1,6 +1,14 @@
 """Python client of the jobagent node agent: a typed layer over the generated stubs."""
 
 from jobagent_client.client import ClientError, JobAgentClient
-from jobagent_client.models import Execution, ExecutionEvent, Job, LogLine
+from jobagent_client.models import Execution, ExecutionEvent, Job, JobEvent, LogLine
 
-__all__ = ["ClientError", "Execution", "ExecutionEvent", "Job", "JobAgentClient", "LogLine"]
+__all__ = [
+    "ClientError",
+    "Execution",
+    "ExecutionEvent",
+    "Job",
+    "JobAgentClient",
+    "JobEvent",
+    "LogLine",
+]

@@ -21,6 +21,7 @@ from jobagent_client.models import (
     Execution,
     ExecutionEvent,
     Job,
+    JobEvent,
     LogLine,
     NodeInfo,
 )
@@ -182,9 +183,9 @@ class JobAgentClient:
         job_name: str = "",
         types: tuple[str, ...] = (),
         bookmark_interval: timedelta | None = None,
-    ) -> Iterator[ExecutionEvent | Bookmark]:
-        """Yields every event of the node after `since_sequence`, then each new one, with
-        bookmarks when quiet; resume with the last sequence seen."""
+    ) -> Iterator[ExecutionEvent | JobEvent | Bookmark]:
+        """Yields every event of the node (of executions and of jobs) after `since_sequence`,
+        then each new one, with bookmarks when quiet; resume with the last sequence seen."""
         request = service_pb.WatchEventsRequest(
             since_sequence=since_sequence,
             job_name=job_name,
@@ -196,6 +197,8 @@ class JobAgentClient:
             for item in self._stub.WatchEvents(request):
                 if item.HasField("bookmark"):
                     yield Bookmark(item.bookmark.sequence)
+                elif item.HasField("job_event"):
+                    yield JobEvent.from_proto(item.job_event)
                 else:
                     yield ExecutionEvent.from_proto(item.event)
         except grpc.RpcError as error:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jobagent_client.client import ClientError, JobAgentClient
-from jobagent_client.models import Bookmark, Execution, Job, LogLine
+from jobagent_client.models import Bookmark, Execution, Job, JobEvent, LogLine
 
 EXECUTION_COLUMNS = ("id", "job_name", "status", "exit_code", "failure_reason", "created_at")
 JOB_COLUMNS = ("name", "kind", "deployment", "image", "schedule", "next_run_time")
@@ -234,6 +234,13 @@ def _logs(client: JobAgentClient, args: argparse.Namespace, printer: Printer) ->
 def _events(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
     for item in client.watch_events(args.since, args.job):
         if isinstance(item, Bookmark):
+            continue
+        if isinstance(item, JobEvent):
+            if printer.json:
+                print(json.dumps(asdict(item), default=str), flush=True)
+            else:
+                what = f"{item.type}: {item.message}" if item.message else item.type
+                print(f"{item.sequence:>8}  {item.job_name}  {'-':<32}  {what}", flush=True)
             continue
         execution = item.execution
         if printer.json:

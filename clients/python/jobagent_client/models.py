@@ -128,6 +128,30 @@ class ExecutionEvent:
 
 
 @dataclass(frozen=True)
+class JobEvent:
+    """One recorded event of a job: registered, updated, suspended, a run skipped or missed."""
+
+    sequence: int
+    time: datetime | None
+    job_name: str
+    type: str
+    message: str = ""
+    schedule_time: datetime | None = None
+
+    @classmethod
+    def from_proto(cls, message: pb.JobEvent) -> JobEvent:
+        """Builds the client type from the wire message."""
+        return cls(
+            sequence=message.sequence,
+            time=_time(message, "time"),
+            job_name=message.job_name,
+            type=_enum_name(pb.EventType, message.type, "EVENT_TYPE_"),
+            message=message.message,
+            schedule_time=_time(message, "schedule_time"),
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     """A registered job."""
 

@@ -547,21 +547,25 @@ class WatchEventsResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     BOOKMARK_FIELD_NUMBER: _builtins.int
+    JOB_EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> _jobs_pb2.ExecutionEvent: ...
     @_builtins.property
     def bookmark(self) -> Global___Bookmark: ...
+    @_builtins.property
+    def job_event(self) -> _jobs_pb2.JobEvent: ...
     def __init__(
         self,
         *,
         event: _jobs_pb2.ExecutionEvent | None = ...,
         bookmark: Global___Bookmark | None = ...,
+        job_event: _jobs_pb2.JobEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "event", b"event", "item", b"item"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "event", b"event", "item", b"item", "job_event", b"job_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "event", b"event", "item", b"item"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "event", b"event", "item", b"item", "job_event", b"job_event"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "bookmark"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "bookmark", "job_event"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 

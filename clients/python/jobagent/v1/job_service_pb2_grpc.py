@@ -193,8 +193,8 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchEvents(self, request, context):
-        """Streams every event of the node after since_sequence, once and in order, then each new
-        one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
+        """Streams every event of the node (of executions and of jobs) after since_sequence, once
+        and in order, then each new one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
         since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
         (resume from the last sequence it saw).
         """

@@ -64,8 +64,8 @@ class JobServiceStub:
     StreamLogs: _grpc.UnaryStreamMultiCallable[_job_service_pb2.StreamLogsRequest, _jobs_pb2.LogLine]
     """Streams the execution's output lines; with follow, until the execution ends."""
     WatchEvents: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchEventsRequest, _job_service_pb2.WatchEventsResponse]
-    """Streams every event of the node after since_sequence, once and in order, then each new
-    one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
+    """Streams every event of the node (of executions and of jobs) after since_sequence, once
+    and in order, then each new one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
     since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
     (resume from the last sequence it saw).
     """
@@ -115,8 +115,8 @@ class JobServiceAsyncStub(JobServiceStub):
     StreamLogs: _aio.UnaryStreamMultiCallable[_job_service_pb2.StreamLogsRequest, _jobs_pb2.LogLine]  # type: ignore[assignment]
     """Streams the execution's output lines; with follow, until the execution ends."""
     WatchEvents: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchEventsRequest, _job_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
-    """Streams every event of the node after since_sequence, once and in order, then each new
-    one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
+    """Streams every event of the node (of executions and of jobs) after since_sequence, once
+    and in order, then each new one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
     since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
     (resume from the last sequence it saw).
     """
@@ -229,8 +229,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.WatchEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_job_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_job_service_pb2.WatchEventsResponse]]:
-        """Streams every event of the node after since_sequence, once and in order, then each new
-        one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
+        """Streams every event of the node (of executions and of jobs) after since_sequence, once
+        and in order, then each new one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
         since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
         (resume from the last sequence it saw).
         """

@@ -274,9 +274,27 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """An attempt failed and will be retried (message says how and when)."""
     EVENT_TYPE_ATTEMPT_STARTED: _EventType.ValueType  # 7
     """A retry started a new attempt (execution.attempt and container_id tell which)."""
+    EVENT_TYPE_JOB_REGISTERED: _EventType.ValueType  # 8
+    """A job was registered."""
+    EVENT_TYPE_JOB_UPDATED: _EventType.ValueType  # 9
+    """A registered job's spec was replaced."""
+    EVENT_TYPE_JOB_UNREGISTERED: _EventType.ValueType  # 10
+    """A job was unregistered."""
+    EVENT_TYPE_JOB_SUSPENDED: _EventType.ValueType  # 11
+    """A cron job's schedule was suspended."""
+    EVENT_TYPE_JOB_RESUMED: _EventType.ValueType  # 12
+    """A cron job's schedule was resumed."""
+    EVENT_TYPE_SCHEDULE_SKIPPED: _EventType.ValueType  # 13
+    """A schedule time started no run: one was still active (concurrency_policy forbid)."""
+    EVENT_TYPE_SCHEDULE_MISSED: _EventType.ValueType  # 14
+    """Schedule times passed without a run: past the starting deadline, or while the agent
+    was down (message says how many).
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
-    """What an execution event records."""
+    """What an event records: TRANSITION to ATTEMPT_STARTED are execution events (ExecutionEvent),
+    the JOB_ and SCHEDULE_ types are job events (JobEvent).
+    """
 
 EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
 EVENT_TYPE_TRANSITION: EventType.ValueType  # 1
@@ -293,6 +311,22 @@ EVENT_TYPE_ATTEMPT_FAILED: EventType.ValueType  # 6
 """An attempt failed and will be retried (message says how and when)."""
 EVENT_TYPE_ATTEMPT_STARTED: EventType.ValueType  # 7
 """A retry started a new attempt (execution.attempt and container_id tell which)."""
+EVENT_TYPE_JOB_REGISTERED: EventType.ValueType  # 8
+"""A job was registered."""
+EVENT_TYPE_JOB_UPDATED: EventType.ValueType  # 9
+"""A registered job's spec was replaced."""
+EVENT_TYPE_JOB_UNREGISTERED: EventType.ValueType  # 10
+"""A job was unregistered."""
+EVENT_TYPE_JOB_SUSPENDED: EventType.ValueType  # 11
+"""A cron job's schedule was suspended."""
+EVENT_TYPE_JOB_RESUMED: EventType.ValueType  # 12
+"""A cron job's schedule was resumed."""
+EVENT_TYPE_SCHEDULE_SKIPPED: EventType.ValueType  # 13
+"""A schedule time started no run: one was still active (concurrency_policy forbid)."""
+EVENT_TYPE_SCHEDULE_MISSED: EventType.ValueType  # 14
+"""Schedule times passed without a run: past the starting deadline, or while the agent
+was down (message says how many).
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 class _LogStream:
@@ -1046,6 +1080,52 @@ class ExecutionEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecutionEvent: _TypeAlias = ExecutionEvent  # noqa: Y015
+
+@_typing.final
+class JobEvent(_message.Message):
+    """One recorded event of a job, not of any one execution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    JOB_NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Node-wide sequence number, shared with execution events."""
+    job_name: _builtins.str
+    """The job's name."""
+    type: Global___EventType.ValueType
+    """What happened (a JOB_ or SCHEDULE_ type)."""
+    message: _builtins.str
+    """What happened, for people."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the event was recorded."""
+
+    @_builtins.property
+    def schedule_time(self) -> _timestamp_pb2.Timestamp:
+        """The schedule time a SCHEDULE_ event is about (the latest one when several passed)."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        job_name: _builtins.str = ...,
+        type: Global___EventType.ValueType = ...,
+        message: _builtins.str = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule_time", b"schedule_time", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_name", b"job_name", "message", b"message", "schedule_time", b"schedule_time", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobEvent: _TypeAlias = JobEvent  # noqa: Y015
 
 @_typing.final
 class LogLine(_message.Message):
