@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -232,3 +233,36 @@ async def test_suspend_and_resume_through_the_executor(
     executor.register_jobs([JobSpec("plain", ImageSpec("busybox"))], "", False)
     with pytest.raises(FailedPrecondition):
         executor.set_suspended("plain", True)
+
+
+async def test_registrations_and_schedule_state_survive_a_restart(tmp_path: Path) -> None:
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1))
+    store = Store(tmp_path / "db")
+    executor = Executor(store, FakeRuntime(), tmp_path / "logs")
+    executor.register_jobs([cron("* * * * * *", concurrency_policy=ConcurrencyPolicy.FORBID),
+                            replace(cron("@daily"), name="paused")], "", False)  # fmt: skip
+    executor.set_suspended("paused", True)
+    clock.advance(1)
+    await CronScheduler(executor, store, clock).tick()
+    handled = store.get_cron_state("tick")
+    await executor.close()
+    store.close()
+
+    store = Store(tmp_path / "db")
+    executor = Executor(store, FakeRuntime(), tmp_path / "logs")
+    await executor.start()
+    scheduler = CronScheduler(executor, store, clock)
+    try:
+        assert {job.name for job in executor.list_jobs()} == {"tick", "paused"}
+        assert executor.get_job("paused").spec.cron.suspend
+        assert executor.get_job("tick").spec.cron.concurrency_policy is ConcurrencyPolicy.FORBID
+        assert store.get_cron_state("tick") == handled
+        await scheduler.tick()  # the time handled before the restart is not run again
+        assert len(executor.list_executions("tick")) == 1
+        clock.advance(1)
+        await scheduler.tick()
+        assert store.get_cron_state("tick").last_schedule_time == clock.now()
+        assert executor.list_executions("paused") == []
+    finally:
+        await executor.close()
+        store.close()
