@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -227,6 +227,58 @@ class CronPolicy:
     failed_history_limit: int = 1
 
 
+class PayloadRequirement(enum.Enum):
+    """Whether a trigger of a parameterized job may, must or must not carry a payload."""
+
+    FORBIDDEN = "forbidden"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+DEFAULT_PAYLOAD_PATH = "/run/dispatch/payload"
+
+
+@dataclass(frozen=True)
+class DispatchPolicy:
+    """What a trigger may add to a run of the job (as a Nomad parameterized job)."""
+
+    payload: PayloadRequirement = PayloadRequirement.FORBIDDEN
+    payload_path: str = DEFAULT_PAYLOAD_PATH
+    # Env names a trigger may set, and those it must set.
+    env: tuple[str, ...] = ()
+    required_env: tuple[str, ...] = ()
+    # Whether a trigger may append args to the job's command.
+    args: bool = False
+
+    @property
+    def accepts_any(self) -> bool:
+        """False for a job that takes no dispatch parameters at all."""
+        return self.args or bool(self.env) or self.payload is not PayloadRequirement.FORBIDDEN
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What one trigger added: args after the job's command, env over the job's, a payload
+    file at the job's payload path."""
+
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    payload: bytes = b""
+
+    @property
+    def empty(self) -> bool:
+        """True when the trigger added nothing."""
+        return not (self.args or self.env or self.payload)
+
+
+@dataclass(frozen=True)
+class TriggerRequest:
+    """A trigger's idempotency key (AIP-155 request_id, may be empty) and parameters."""
+
+    request_id: str = ""
+    dispatch: Dispatch = field(default_factory=Dispatch)
+
+
 @dataclass(frozen=True)
 class CronState:
     """What the scheduler recorded of a cron job."""
@@ -262,6 +314,14 @@ class JobSpec:
     storage: tuple[Mount, ...] = ()
     host_network: bool = False
     cron: CronPolicy = field(default_factory=CronPolicy)
+    dispatch: DispatchPolicy = field(default_factory=DispatchPolicy)
+
+    def with_dispatch(self, dispatch: Dispatch) -> JobSpec:
+        """The spec of one run: the trigger's args after the command, its env over the job's."""
+        if dispatch.empty:
+            return self
+        command = replace(self.command, args=(*self.command.args, *dispatch.args))
+        return replace(self, command=command, env={**self.env, **dispatch.env})
 
 
 @dataclass(frozen=True)

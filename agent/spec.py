@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from croniter import croniter
 
+from agent.dispatch import ENV_NAME_PATTERN, check_dispatch_policy, parse_dispatch_policy
 from agent.domain import (
     CommandSpec,
     ConcurrencyPolicy,
@@ -36,7 +37,6 @@ from agent.errors import InvalidSpec
 from agent.mounts import check_host_access, check_mounts, parse_storage
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IMAGE_PATTERN = re.compile(r"^[^\s]+$")
 
 DOCUMENT_FIELDS = {"version", "deployment", "services", "tunnels", "api"}
@@ -60,7 +60,7 @@ CRON_FIELDS = (
 JOB_FIELDS = {
     "rtype", "schedule", "image", "command", "env", "resources", "user", "labels",
     "timeout", "stop_signal", "stop_grace_period", "init", "errors", "max_concurrent",
-    "backoff_limit", "retry_policy", "max_log_size", "storage", "host_network",
+    "backoff_limit", "retry_policy", "max_log_size", "storage", "host_network", "dispatch",
     *CRON_FIELDS,
 }  # fmt: skip
 STEP_FIELDS = {"id", "uses", "with", "retry", "timeout", "on_failure"}
@@ -166,6 +166,7 @@ def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: 
         storage=parse_storage(service.get("storage"), f"{path}.storage", parse_memory),
         host_network=_flag(service.get("host_network"), f"{path}.host_network"),
         cron=_cron(service, kind, path),
+        dispatch=parse_dispatch_policy(service.get("dispatch"), f"{path}.dispatch"),
     )
 
 
@@ -232,6 +233,7 @@ def validate_job_spec(spec: JobSpec, policy: HostPolicy | None = None, path: str
     """Checks a JobSpec that arrived as a structured message (not YAML)."""
     check_mounts(spec.storage, f"{path}.storage")
     check_host_access(spec.storage, spec.host_network, policy or HostPolicy(), path)
+    check_dispatch_policy(spec.dispatch, f"{path}.dispatch")
     if not NAME_PATTERN.match(spec.name):
         raise InvalidSpec(f"{path}.name", _name_rule(spec.name))
     if spec.deployment and not NAME_PATTERN.match(spec.deployment):

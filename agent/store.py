@@ -22,6 +22,8 @@ from agent.domain import (
     ConcurrencyPolicy,
     CronPolicy,
     CronState,
+    Dispatch,
+    DispatchPolicy,
     EventKind,
     Execution,
     ExecutionEvent,
@@ -39,6 +41,7 @@ from agent.domain import (
     Mount,
     MountKind,
     NodeEvent,
+    PayloadRequirement,
     PullPolicy,
     Resources,
     RetryPolicy,
@@ -46,8 +49,9 @@ from agent.domain import (
     StepFailure,
     Trigger,
     TriggerKind,
+    TriggerRequest,
 )
-from agent.errors import FailedPrecondition, NotFound
+from agent.errors import AlreadyExists, FailedPrecondition, NotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -98,6 +102,16 @@ CREATE TABLE IF NOT EXISTS cron_state (
     skipped INTEGER NOT NULL DEFAULT 0,
     missed INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS trigger_requests (
+    execution_id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    args TEXT NOT NULL,
+    env TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS trigger_requests_by_id ON trigger_requests (request_id)
+    WHERE request_id != '';
 CREATE TABLE IF NOT EXISTS attempts (
     execution_id TEXT NOT NULL,
     number INTEGER NOT NULL,
@@ -203,9 +217,12 @@ class Store:
             raise NotFound(f"job {name!r} is not registered")
         return _job_from_row(row)
 
-    def list_jobs(self) -> list[Job]:
-        """Returns every job, by name."""
-        rows = self._db.execute("SELECT * FROM jobs ORDER BY name").fetchall()
+    def list_jobs(self, after: str = "", limit: int | None = None) -> list[Job]:
+        """Returns the jobs named after `after` (every job by default), by name."""
+        rows = self._db.execute(
+            "SELECT * FROM jobs WHERE name > ? ORDER BY name LIMIT ?",
+            (after, -1 if limit is None else limit),
+        ).fetchall()
         return [_job_from_row(row) for row in rows]
 
     def get_cron_state(self, name: str) -> CronState:
@@ -238,15 +255,49 @@ class Store:
 
     # Executions
 
-    def insert_execution(self, execution: Execution) -> ExecutionEvent:
-        """Records a new execution and its first event."""
+    def insert_execution(
+        self, execution: Execution, request: TriggerRequest | None = None, fingerprint: str = ""
+    ) -> ExecutionEvent:
+        """Records a new execution and its first event, with the trigger's request if it has
+        a request_id or parameters (raises AlreadyExists for a request_id in use)."""
         with self._transaction() as db:
             db.execute(
                 f"INSERT INTO executions ({EXECUTION_COLUMNS}, trigger_kind) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*_execution_row(execution), execution.trigger.kind.value),
             )
+            if request is not None and (request.request_id or not request.dispatch.empty):
+                dispatch = request.dispatch
+                try:
+                    db.execute(
+                        "INSERT INTO trigger_requests (execution_id, request_id, fingerprint, "
+                        "args, env, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                        (execution.id, request.request_id, fingerprint,
+                         json.dumps(list(dispatch.args)), json.dumps(dict(dispatch.env)),
+                         dispatch.payload),
+                    )  # fmt: skip
+                except sqlite3.IntegrityError:
+                    raise AlreadyExists(f"request_id {request.request_id!r} is in use") from None
             return _append_event(db, execution)
+
+    def find_request(self, request_id: str) -> tuple[str, str] | None:
+        """The execution id and fingerprint recorded for a request_id, if any."""
+        row = self._db.execute(
+            "SELECT execution_id, fingerprint FROM trigger_requests WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+        return None if row is None else (row["execution_id"], row["fingerprint"])
+
+    def get_request(self, execution_id: str) -> TriggerRequest:
+        """The request_id and parameters an execution was triggered with (empty if none)."""
+        row = self._db.execute(
+            "SELECT * FROM trigger_requests WHERE execution_id = ?", (execution_id,)
+        ).fetchone()
+        if row is None:
+            return TriggerRequest()
+        dispatch = Dispatch(tuple(json.loads(row["args"])), json.loads(row["env"]),
+                            bytes(row["payload"]))  # fmt: skip
+        return TriggerRequest(row["request_id"], dispatch)
 
     def transition(
         self,
@@ -395,6 +446,7 @@ class Store:
             ).fetchone()
             _compact_through(db, row["last"])
             for table, column in (("events", "execution_id"), ("attempts", "execution_id"),
+                                  ("trigger_requests", "execution_id"),
                                   ("executions", "id")):  # fmt: skip
                 db.executemany(
                     f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in execution_ids]
@@ -556,6 +608,7 @@ def _spec_to_json(spec: JobSpec) -> dict[str, Any]:
     data["on_init_failure"] = spec.on_init_failure.value
     data["storage"] = [{**asdict(mount), "kind": mount.kind.value} for mount in spec.storage]
     data["cron"]["concurrency_policy"] = spec.cron.concurrency_policy.value
+    data["dispatch"]["payload"] = spec.dispatch.payload.value
     return data
 
 
@@ -585,7 +638,15 @@ def _spec_from_json(data: dict[str, Any]) -> JobSpec:
     storage = tuple(
         Mount(**{**mount, "kind": MountKind(mount["kind"])}) for mount in fields.pop("storage", [])
     )
+    dispatch_data = fields.pop("dispatch", {})
+    dispatch = DispatchPolicy(**{
+        **dispatch_data,
+        "payload": PayloadRequirement(dispatch_data.get("payload", "forbidden")),
+        "env": tuple(dispatch_data.get("env", ())),
+        "required_env": tuple(dispatch_data.get("required_env", ())),
+    })  # fmt: skip
     return JobSpec(
+        dispatch=dispatch,
         **fields,
         kind=kind,
         init_steps=init_steps,

@@ -11,11 +11,14 @@ from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import jobs_pb2 as pb
 
 from agent.domain import (
+    DEFAULT_PAYLOAD_PATH,
     Attempt,
     CommandSpec,
     ConcurrencyPolicy,
     CronPolicy,
     CronState,
+    Dispatch,
+    DispatchPolicy,
     EventKind,
     Execution,
     ExecutionEvent,
@@ -29,12 +32,14 @@ from agent.domain import (
     LogStream,
     Mount,
     MountKind,
+    PayloadRequirement,
     PullPolicy,
     Resources,
     RetryPolicy,
     Status,
     Trigger,
     TriggerKind,
+    TriggerRequest,
 )
 from agent.errors import InvalidSpec
 
@@ -74,6 +79,12 @@ KIND_TO_PROTO = {JobKind.JOB: pb.JOB_KIND_JOB, JobKind.CRON: pb.JOB_KIND_CRON}
 KIND_FROM_PROTO = {value: key for key, value in KIND_TO_PROTO.items()}
 # Each EventKind has the proto value of the same name.
 EVENT_TO_PROTO = {kind: pb.EventType.Value(f"EVENT_TYPE_{kind.name}") for kind in EventKind}
+PAYLOAD_TO_PROTO = {
+    PayloadRequirement.FORBIDDEN: pb.PAYLOAD_REQUIREMENT_UNSPECIFIED,
+    PayloadRequirement.OPTIONAL: pb.PAYLOAD_REQUIREMENT_OPTIONAL,
+    PayloadRequirement.REQUIRED: pb.PAYLOAD_REQUIREMENT_REQUIRED,
+}
+PAYLOAD_FROM_PROTO = {value: key for key, value in PAYLOAD_TO_PROTO.items()}
 CONCURRENCY_TO_PROTO = {
     ConcurrencyPolicy.ALLOW: pb.CONCURRENCY_POLICY_ALLOW,
     ConcurrencyPolicy.FORBID: pb.CONCURRENCY_POLICY_FORBID,
@@ -154,6 +165,13 @@ def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
             successful_jobs_history_limit=spec.cron.successful_history_limit,
             failed_jobs_history_limit=spec.cron.failed_history_limit,
         ),
+        dispatch_policy=pb.DispatchPolicy(
+            payload=PAYLOAD_TO_PROTO[spec.dispatch.payload],
+            payload_path=spec.dispatch.payload_path,
+            env=spec.dispatch.env,
+            required_env=spec.dispatch.required_env,
+            args=spec.dispatch.args,
+        ),
         retry_policy=pb.RetryPolicy(
             backoff_limit=spec.retry.backoff_limit,
             initial_delay=_duration(spec.retry.initial_delay_seconds),
@@ -221,6 +239,15 @@ def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
         ),
         host_network=message.host_network,
         cron=_cron_from_proto(message.cron_policy),
+        dispatch=DispatchPolicy(
+            payload=PAYLOAD_FROM_PROTO.get(
+                message.dispatch_policy.payload, PayloadRequirement.FORBIDDEN
+            ),
+            payload_path=message.dispatch_policy.payload_path or DEFAULT_PAYLOAD_PATH,
+            env=tuple(message.dispatch_policy.env),
+            required_env=tuple(message.dispatch_policy.required_env),
+            args=message.dispatch_policy.args,
+        ),
     )
 
 
@@ -382,6 +409,20 @@ def log_line_to_proto(line: LogLine) -> pb.LogLine:
         partial=line.partial,
         truncated=line.truncated,
     )
+
+
+def trigger_request_from_proto(request: service_pb.TriggerJobRequest) -> TriggerRequest:
+    """The request_id and dispatch parameters of a TriggerJob call."""
+    return TriggerRequest(
+        request_id=request.request_id,
+        dispatch=Dispatch(tuple(request.args), dict(request.env), request.payload),
+    )
+
+
+def dispatch_to_proto(dispatch: Dispatch) -> pb.Dispatch:
+    """What a trigger added -> proto (the payload by its size only)."""
+    return pb.Dispatch(args=dispatch.args, env=dict(dispatch.env),
+                       payload_size=len(dispatch.payload))  # fmt: skip
 
 
 def trigger_from_request(request: service_pb.TriggerJobRequest, peer: str) -> Trigger:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +22,11 @@ from agent.executor import Executor
 from agent.executor.logs import LogQuery
 from agent.executor.scheduler import CronScheduler
 from agent.runtime.errors import RuntimeLayerError
-from agent.spec import normalize_signal, parse_document, validate_job_spec
+from agent.spec import NAME_PATTERN, normalize_signal, parse_document, validate_job_spec
 
 MAX_GRACE_SECONDS = 3600
+MAX_REQUEST_ID = 128
+EXECUTION_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -68,21 +71,24 @@ class JobService(service_grpc.JobServiceServicer):
 
     @maps_errors
     async def GetJob(self, request: service_pb.GetJobRequest, context: Context) -> pb.Job:
-        _require("name", request.name)
+        _require_name("name", request.name)
         return self._job(self._executor.get_job(request.name))
 
     @maps_errors
     async def ListJobs(
         self, request: service_pb.ListJobsRequest, context: Context
     ) -> service_pb.ListJobsResponse:
-        jobs = self._executor.list_jobs()
-        return service_pb.ListJobsResponse(jobs=[self._job(job) for job in jobs])
+        _check_page_size(request.page_size)
+        jobs, token = self._executor.page_jobs(request.page_size or DEFAULT_PAGE_SIZE,
+                                               request.page_token)  # fmt: skip
+        return service_pb.ListJobsResponse(jobs=[self._job(job) for job in jobs],
+                                           next_page_token=token)  # fmt: skip
 
     @maps_errors
     async def UnregisterJob(
         self, request: service_pb.UnregisterJobRequest, context: Context
     ) -> service_pb.UnregisterJobResponse:
-        _require("name", request.name)
+        _require_name("name", request.name)
         self._executor.unregister_job(request.name)
         self._scheduler.wake()
         return service_pb.UnregisterJobResponse()
@@ -91,27 +97,39 @@ class JobService(service_grpc.JobServiceServicer):
     async def TriggerJob(
         self, request: service_pb.TriggerJobRequest, context: Context
     ) -> pb.Execution:
-        _require("job_name", request.job_name)
+        _require_name("job_name", request.job_name)
+        if (
+            len(request.request_id) > MAX_REQUEST_ID
+            or not request.request_id.isprintable()
+            or (not request.request_id.isascii())
+        ):
+            raise InvalidSpec("request_id", f"at most {MAX_REQUEST_ID} printable ASCII characters")
         trigger = convert.trigger_from_request(request, context.peer())
-        execution = await self._executor.trigger(request.job_name, trigger)
+        execution = await self._executor.trigger(
+            request.job_name, trigger, convert.trigger_request_from_proto(request)
+        )
         return convert.execution_to_proto(execution)
 
     @maps_errors
     async def GetExecution(
         self, request: service_pb.GetExecutionRequest, context: Context
     ) -> pb.Execution:
-        _require("id", request.id)
+        _require_id("id", request.id)
         message = convert.execution_to_proto(self._executor.get_execution(request.id))
         attempts = self._executor.list_attempts(request.id)
         message.attempts.extend(convert.attempt_to_proto(attempt) for attempt in attempts)
+        trigger_request = self._executor.trigger_request(request.id)
+        message.request_id = trigger_request.request_id
+        if not trigger_request.dispatch.empty:
+            message.dispatch.CopyFrom(convert.dispatch_to_proto(trigger_request.dispatch))
         return message
 
     @maps_errors
     async def ListExecutions(
         self, request: service_pb.ListExecutionsRequest, context: Context
     ) -> service_pb.ListExecutionsResponse:
-        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
-            raise InvalidSpec("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+        _check_page_size(request.page_size)
+        _require_name("job_name", request.job_name, optional=True)
         wanted = ExecutionFilter(
             job_name=request.job_name,
             statuses=frozenset(convert.STATUS_FROM_PROTO[s] for s in request.statuses
@@ -135,7 +153,7 @@ class JobService(service_grpc.JobServiceServicer):
     async def CancelExecution(
         self, request: service_pb.CancelExecutionRequest, context: Context
     ) -> pb.Execution:
-        _require("id", request.id)
+        _require_id("id", request.id)
         grace = None
         if request.HasField("grace_period"):
             grace = request.grace_period.ToTimedelta().total_seconds()
@@ -150,7 +168,7 @@ class JobService(service_grpc.JobServiceServicer):
     async def WatchExecution(
         self, request: service_pb.WatchExecutionRequest, context: Context
     ) -> AsyncIterator[pb.ExecutionEvent]:
-        _require("id", request.id)
+        _require_id("id", request.id)
         async for event in self._executor.watch(request.id):
             yield convert.event_to_proto(event)
 
@@ -158,7 +176,7 @@ class JobService(service_grpc.JobServiceServicer):
     async def StreamLogs(
         self, request: service_pb.StreamLogsRequest, context: Context
     ) -> AsyncIterator[pb.LogLine]:
-        _require("execution_id", request.execution_id)
+        _require_id("execution_id", request.execution_id)
         if request.tail_lines < 0:
             raise InvalidSpec("tail_lines", "must not be negative")
         query = LogQuery(
@@ -183,6 +201,7 @@ class JobService(service_grpc.JobServiceServicer):
             interval = request.bookmark_interval.ToTimedelta().total_seconds()
             if interval <= 0:
                 raise InvalidSpec("bookmark_interval", "must be positive")
+        _require_name("job_name", request.job_name, optional=True)
         items = self._executor.watch_events(request.since_sequence, request.job_name, kinds,
                                             interval)  # fmt: skip
         async for item in items:
@@ -204,7 +223,7 @@ class JobService(service_grpc.JobServiceServicer):
         return self._set_suspended(request.name, False)
 
     def _set_suspended(self, name: str, suspended: bool) -> pb.Job:
-        _require("name", name)
+        _require_name("name", name)
         job = self._executor.set_suspended(name, suspended)
         self._scheduler.wake()
         return self._job(job)
@@ -247,6 +266,28 @@ class NodeFacts:
     runtime_version: str = ""
 
 
+def _check_page_size(page_size: int) -> None:
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidSpec("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+
+
 def _require(field: str, value: str) -> None:
     if not value:
         raise InvalidSpec(field, "is required")
+
+
+def _require_name(field: str, value: str, optional: bool = False) -> None:
+    """A job name; checked before it reaches the store or a path."""
+    if optional and not value:
+        return
+    _require(field, value)
+    if not NAME_PATTERN.match(value):
+        raise InvalidSpec(field, "must be a job name: lowercase letters, digits and '-', "
+                          "at most 63 characters")  # fmt: skip
+
+
+def _require_id(field: str, value: str) -> None:
+    """An execution id (32 hex digits): nothing else may reach a log or bundle path."""
+    _require(field, value)
+    if not EXECUTION_ID_PATTERN.match(value):
+        raise InvalidSpec(field, "must be an execution id (32 lowercase hex digits)")

@@ -16,11 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from agent.dispatch import check_dispatch, fingerprint
 from agent.domain import (
     ACTIVE_STATUSES,
     Attempt,
     Bookmark,
     CronState,
+    Dispatch,
     EventKind,
     Execution,
     ExecutionEvent,
@@ -36,6 +38,7 @@ from agent.domain import (
     NodeEvent,
     Status,
     Trigger,
+    TriggerRequest,
     event_job_name,
 )
 from agent.errors import (
@@ -90,7 +93,7 @@ class Executor:
         self._closing = False
         self._node_limit = node_limit
         self._admission = Admission(node_limit)
-        self._waiting: dict[str, tuple[Execution, JobSpec]] = {}
+        self._waiting: dict[str, tuple[Execution, JobSpec, Dispatch]] = {}
         self.retention = Retention(store, log_dir, retention or RetentionPolicy())
         self._pruner: asyncio.Task[None] | None = None
 
@@ -129,6 +132,16 @@ class Executor:
     def list_jobs(self) -> list[Job]:
         """Returns every job, by name."""
         return self._store.list_jobs()
+
+    def page_jobs(self, page_size: int, page_token: str) -> tuple[list[Job], str]:
+        """A page of jobs by name, and the token of the next page ("" at the end).
+
+        The token holds the last name shown, so jobs registered meanwhile never shift it.
+        """
+        after = _decode_token("j", page_token) if page_token else ""
+        page = self._store.list_jobs(after, page_size + 1)
+        token = _encode_token("j", page[page_size - 1].name) if len(page) > page_size else ""
+        return page[:page_size], token
 
     def unregister_job(self, name: str) -> None:
         """Removes a job that has no active execution."""
@@ -179,11 +192,27 @@ class Executor:
 
     # Executions
 
-    async def trigger(self, job_name: str, trigger: Trigger) -> Execution:
-        """Creates a Pending execution of the job; it starts as soon as a slot allows."""
+    async def trigger(
+        self, job_name: str, trigger: Trigger, request: TriggerRequest | None = None
+    ) -> Execution:
+        """Creates a Pending execution of the job; it starts as soon as a slot allows.
+
+        A request_id seen before returns the execution it created (the same request) or
+        raises InvalidSpec (another request); parameters must be what the job allows.
+        """
         if self._closing:
             raise Unavailable("the agent is shutting down")
+        request = request or TriggerRequest()
+        digest = fingerprint(job_name, request.dispatch)
+        if request.request_id:
+            seen = self._store.find_request(request.request_id)
+            if seen is not None:
+                if seen[1] != digest:
+                    raise InvalidSpec("request_id", "was already used for another request "
+                                      "(another job or other parameters)")  # fmt: skip
+                return self.get_execution(seen[0])
         job = self._store.get_job(job_name)
+        check_dispatch(job.spec.dispatch, request.dispatch)
         execution_id = uuid.uuid4().hex
         execution = Execution(
             id=execution_id,
@@ -194,8 +223,8 @@ class Executor:
             created_at=now(),
             image=job.spec.image.name,
         )
-        self._bus.publish(self._store.insert_execution(execution))
-        self._enqueue(execution, job.spec)
+        self._bus.publish(self._store.insert_execution(execution, request, digest))
+        self._enqueue(execution, job.spec, request.dispatch)
         position = self._admission.position(execution.id)
         if position:
             limit = "the node's" if self._admission.active >= self._node_limit else "the job's"
@@ -219,14 +248,16 @@ class Executor:
         after = None
         if page_token:
             try:
-                after = int(
-                    base64.urlsafe_b64decode(page_token.encode()).decode().removeprefix("e:")
-                )
+                after = int(_decode_token("e", page_token))
             except ValueError:
                 raise InvalidSpec("page_token", "is not a token this agent gave out") from None
         page, cursor = self._store.page_executions(wanted, page_size, after)
-        token = "" if cursor is None else base64.urlsafe_b64encode(f"e:{cursor}".encode()).decode()
+        token = "" if cursor is None else _encode_token("e", str(cursor))
         return [self._with_position(execution) for execution in page], token
+
+    def trigger_request(self, execution_id: str) -> TriggerRequest:
+        """The request_id and dispatch parameters of an execution's trigger."""
+        return self._store.get_request(execution_id)
 
     def list_attempts(self, execution_id: str) -> list[Attempt]:
         """Returns the execution's attempts, first to last; raises NotFound."""
@@ -378,7 +409,7 @@ class Executor:
         """Removes images that no registered job and no active execution uses."""
         in_use = {job.spec.image.name for job in self._store.list_jobs()}
         in_use.update(run.spec.image.name for run in self._runs.values())
-        in_use.update(spec.image.name for _, spec in self._waiting.values())
+        in_use.update(spec.image.name for _, spec, _ in self._waiting.values())
         return await self._runtime.prune_images(in_use, budget_bytes)
 
     async def _maintain_forever(self) -> None:
@@ -398,8 +429,8 @@ class Executor:
             return execution
         return replace(execution, queue_position=self._admission.position(execution.id))
 
-    def _enqueue(self, execution: Execution, spec: JobSpec) -> None:
-        self._waiting[execution.id] = (execution, spec)
+    def _enqueue(self, execution: Execution, spec: JobSpec, dispatch: Dispatch) -> None:
+        self._waiting[execution.id] = (execution, spec, dispatch)
         self._admission.enqueue(execution.id, execution.job_name, spec.max_concurrent)
         self._admit()
 
@@ -408,14 +439,18 @@ class Executor:
         if self._closing:
             return
         for execution_id in self._admission.admit():
-            execution, spec = self._waiting.pop(execution_id)
-            run = self._new_run(execution, spec)
+            execution, spec, dispatch = self._waiting.pop(execution_id)
+            run = self._new_run(execution, spec, dispatch)
             self._spawn(run, run.run())
 
-    def _new_run(self, execution: Execution, spec: JobSpec) -> ExecutionRun:
+    def _new_run(
+        self, execution: Execution, spec: JobSpec, dispatch: Dispatch | None = None
+    ) -> ExecutionRun:
+        if dispatch is None:
+            dispatch = self._store.get_request(execution.id).dispatch
         return ExecutionRun(execution, spec, self._runtime, self._recorder, self._log_dir,
                             self._stop_grace, lambda: self._closing,
-                            self._log_cap(spec))  # fmt: skip
+                            self._log_cap(spec), dispatch)  # fmt: skip
 
     def _log_cap(self, spec: JobSpec | None) -> int:
         """The job's log size cap, else the agent's."""
@@ -443,7 +478,7 @@ class Executor:
         if job is None:
             self._lost(execution, "the job was unregistered while the agent was down")
         elif execution.status is Status.PENDING:
-            self._enqueue(execution, job.spec)
+            self._enqueue(execution, job.spec, self._store.get_request(execution.id).dispatch)
         else:
             self._admission.occupy(execution.id, execution.job_name)
             run = self._new_run(execution, job.spec)
@@ -481,3 +516,18 @@ class Executor:
             self._fail_unfinished(execution_id, error)
         self._admission.release(execution_id)
         self._admit()
+
+
+def _encode_token(kind: str, cursor: str) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{cursor}".encode()).decode()
+
+
+def _decode_token(kind: str, token: str) -> str:
+    """The cursor of a page token of this kind; InvalidSpec for anything else."""
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+    except ValueError:
+        text = ""
+    if not text.startswith(f"{kind}:"):
+        raise InvalidSpec("page_token", "is not a token this agent gave out")
+    return text.removeprefix(f"{kind}:")

@@ -16,6 +16,7 @@ from pathlib import Path
 from agent.domain import (
     Attempt,
     CommandSpec,
+    Dispatch,
     EventKind,
     Execution,
     FailureReason,
@@ -73,9 +74,12 @@ class ExecutionRun:
         default_grace: float,
         closing: Callable[[], bool],
         log_cap: int,
+        dispatch: Dispatch | None = None,
     ) -> None:
+        dispatch = dispatch or Dispatch()
         self.execution = execution
-        self.spec = spec
+        self.spec = spec.with_dispatch(dispatch)
+        self._files = {spec.dispatch.payload_path: dispatch.payload} if dispatch.payload else {}
         self._runtime = runtime
         self._recorder = recorder
         self._log_dir = log_dir
@@ -209,6 +213,7 @@ class ExecutionRun:
             log_size_max=2 * self._log_cap,
             mounts=spec.storage,
             host_network=spec.host_network,
+            files=self._files,
         )
 
     async def _start_attempt(self, image: Image, number: int) -> bool:

@@ -54,6 +54,8 @@ class ContainerRequest:
     log_size_max: int | None = None
     mounts: tuple[Mount, ...] = ()
     host_network: bool = False
+    # Read-only files the container sees at these paths (a dispatch payload).
+    files: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,8 @@ class ContainerManager:
             bundle.mount_overlay(image.rootfs, directory / "upper", directory / "work", rootfs)
             mounts = [self._oci_mount(mount, directory, index)
                       for index, mount in enumerate(request.mounts)]  # fmt: skip
+            for index, (target, content) in enumerate(request.files.items()):
+                mounts.append(_file_mount(target, content, directory / "files" / str(index)))
             config = bundle.build_config(
                 process,
                 rootfs,
@@ -268,6 +272,15 @@ class ContainerManager:
             log_file=request.log_file,
             runtime_log=directory / "runtime.log",
         )
+
+
+def _file_mount(target: str, content: bytes, source: Path) -> dict[str, Any]:
+    """Writes `content` beside the bundle and binds it read-only at `target`."""
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_bytes(content)
+    source.chmod(0o444)
+    return {"destination": target, "type": "bind", "source": str(source),
+            "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}  # fmt: skip
 
 
 def _cgroups_path(container_id: str) -> str:

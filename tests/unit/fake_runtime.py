@@ -20,6 +20,7 @@ class FakeRuntime:
         self.start_error: str | None = None
         self.pull_gate: asyncio.Event | None = None
         self.created: list[str] = []
+        self.requests: list[ContainerRequest] = []
         self.started: list[str] = []
         self.removed: list[str] = []
         self.forgotten: list[str] = []
@@ -53,6 +54,7 @@ class FakeRuntime:
         if self.create_error:
             raise ContainerCreateError(self.create_error)
         self.created.append(request.container_id)
+        self.requests.append(request)
         self._future(request.container_id)
 
     async def start(self, container_id: str) -> None:

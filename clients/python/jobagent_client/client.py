@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -97,9 +97,20 @@ class JobAgentClient:
         return Job.from_proto(self._call(self._stub.GetJob, service_pb.GetJobRequest(name=name)))
 
     def list_jobs(self) -> list[Job]:
-        """Returns every job."""
-        response = self._call(self._stub.ListJobs, service_pb.ListJobsRequest())
-        return [Job.from_proto(job) for job in response.jobs]
+        """Returns every job, by name, page by page."""
+        jobs: list[Job] = []
+        token = ""
+        while True:
+            page, token = self.list_jobs_page(page_token=token)
+            jobs.extend(page)
+            if not token:
+                return jobs
+
+    def list_jobs_page(self, page_size: int = 0, page_token: str = "") -> tuple[list[Job], str]:
+        """One page of jobs by name, and the token of the next ("" at the end)."""
+        request = service_pb.ListJobsRequest(page_size=page_size, page_token=page_token)
+        response = self._call(self._stub.ListJobs, request)
+        return [Job.from_proto(job) for job in response.jobs], response.next_page_token
 
     def suspend(self, name: str) -> Job:
         """Suspends a cron job's schedule."""
@@ -115,12 +126,26 @@ class JobAgentClient:
         """Removes a job."""
         self._call(self._stub.UnregisterJob, service_pb.UnregisterJobRequest(name=name))
 
-    def trigger(self, job_name: str, from_cli: bool = False) -> Execution:
-        """Starts a new execution of the job."""
+    def trigger(
+        self,
+        job_name: str,
+        from_cli: bool = False,
+        request_id: str = "",
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        payload: bytes = b"",
+    ) -> Execution:
+        """Starts a new execution of the job, with dispatch parameters if the job takes them.
+
+        With a request_id the call is idempotent: repeating it returns the same execution.
+        """
         origin = (
             service_pb.TRIGGER_ORIGIN_CLI if from_cli else service_pb.TRIGGER_ORIGIN_UNSPECIFIED
         )
-        request = service_pb.TriggerJobRequest(job_name=job_name, origin=origin)
+        request = service_pb.TriggerJobRequest(
+            job_name=job_name, origin=origin, request_id=request_id, args=list(args),
+            env=dict(env or {}), payload=payload,
+        )  # fmt: skip
         return Execution.from_proto(self._call(self._stub.TriggerJob, request))
 
     def get_execution(self, execution_id: str) -> Execution:

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="wait for the end and exit with its code"
     )
     trigger.add_argument("--follow", action="store_true", help="print its output while it runs")
+    trigger.add_argument("--request-id", default="", help="repeat-safe id (a UUID)")
+    trigger.add_argument("--arg", action="append", default=[], help="append an arg (repeat)")
+    trigger.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                         help="set an env variable the job allows (repeat)")  # fmt: skip
+    trigger.add_argument("--payload-file", type=Path, help="a file to hand to the job")
 
     commands.add_parser("get", help="show an execution").add_argument("id")
     listing = commands.add_parser("list", help="list executions, newest first")
@@ -182,7 +187,10 @@ def _unregister(client: JobAgentClient, args: argparse.Namespace, printer: Print
 
 
 def _trigger(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
-    execution = client.trigger(args.name, from_cli=True)
+    env = dict(item.partition("=")[::2] for item in args.env)
+    payload = args.payload_file.read_bytes() if args.payload_file else b""
+    execution = client.trigger(args.name, from_cli=True, request_id=args.request_id,
+                               args=args.arg, env=env, payload=payload)  # fmt: skip
     if args.follow:
         for line in client.logs(execution.id, follow=True):
             printer.log_line(line)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -73,6 +74,11 @@ class Execution:
     queue_position: int = 0
     attempt: int = 1
     attempts: tuple[AttemptInfo, ...] = ()
+    # GetExecution only: the trigger's request_id and what it added to the run.
+    request_id: str = ""
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    payload_size: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -100,6 +106,10 @@ class Execution:
             queue_position=message.queue_position,
             attempt=message.attempt,
             attempts=tuple(AttemptInfo.from_proto(attempt) for attempt in message.attempts),
+            request_id=message.request_id,
+            args=tuple(message.dispatch.args),
+            env=dict(message.dispatch.env),
+            payload_size=message.dispatch.payload_size,
         )
 
 

@@ -135,6 +135,26 @@ CONCURRENCY_POLICY_REPLACE: ConcurrencyPolicy.ValueType  # 3
 """Cancel the active run, then start the new one."""
 Global___ConcurrencyPolicy: _TypeAlias = ConcurrencyPolicy  # noqa: Y015
 
+class _PayloadRequirement:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PayloadRequirementEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PayloadRequirement.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAYLOAD_REQUIREMENT_UNSPECIFIED: _PayloadRequirement.ValueType  # 0
+    """Forbidden."""
+    PAYLOAD_REQUIREMENT_OPTIONAL: _PayloadRequirement.ValueType  # 1
+    PAYLOAD_REQUIREMENT_REQUIRED: _PayloadRequirement.ValueType  # 2
+
+class PayloadRequirement(_PayloadRequirement, metaclass=_PayloadRequirementEnumTypeWrapper):
+    """Whether a trigger may, must or must not carry a payload."""
+
+PAYLOAD_REQUIREMENT_UNSPECIFIED: PayloadRequirement.ValueType  # 0
+"""Forbidden."""
+PAYLOAD_REQUIREMENT_OPTIONAL: PayloadRequirement.ValueType  # 1
+PAYLOAD_REQUIREMENT_REQUIRED: PayloadRequirement.ValueType  # 2
+Global___PayloadRequirement: _TypeAlias = PayloadRequirement  # noqa: Y015
+
 class _ExecutionStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -711,6 +731,7 @@ class JobSpec(_message.Message):
     STORAGE_FIELD_NUMBER: _builtins.int
     HOST_NETWORK_FIELD_NUMBER: _builtins.int
     CRON_POLICY_FIELD_NUMBER: _builtins.int
+    DISPATCH_POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Job name, unique on the node: lowercase letters, digits and '-', at most 63."""
     deployment: _builtins.str
@@ -769,6 +790,10 @@ class JobSpec(_message.Message):
     def cron_policy(self) -> Global___CronPolicy:
         """Cron settings (kind CRON only)."""
 
+    @_builtins.property
+    def dispatch_policy(self) -> Global___DispatchPolicy:
+        """What a trigger may add to a run (TriggerJob args, env and payload); nothing when unset."""
+
     def __init__(
         self,
         *,
@@ -791,10 +816,11 @@ class JobSpec(_message.Message):
         storage: _abc.Iterable[Global___Mount] | None = ...,
         host_network: _builtins.bool = ...,
         cron_policy: Global___CronPolicy | None = ...,
+        dispatch_policy: Global___DispatchPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "cron_policy", b"cron_policy", "image", b"image", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "resources", b"resources", "retry_policy", b"retry_policy", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "cron_policy", b"cron_policy", "dispatch_policy", b"dispatch_policy", "image", b"image", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "resources", b"resources", "retry_policy", b"retry_policy", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "cron_policy", b"cron_policy", "deployment", b"deployment", "env", b"env", "host_network", b"host_network", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "name", b"name", "resources", b"resources", "retry_policy", b"retry_policy", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "storage", b"storage", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "cron_policy", b"cron_policy", "deployment", b"deployment", "dispatch_policy", b"dispatch_policy", "env", b"env", "host_network", b"host_network", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "name", b"name", "resources", b"resources", "retry_policy", b"retry_policy", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "storage", b"storage", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_concurrent: _TypeAlias = _typing.Literal["max_concurrent"]  # noqa: Y015
     _WhichOneofArgType__max_concurrent: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent"]  # noqa: Y015
@@ -806,6 +832,102 @@ class JobSpec(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_log_bytes) -> _WhichOneofReturnType__max_log_bytes | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class DispatchPolicy(_message.Message):
+    """What a trigger may add to a run of a job (as a Nomad parameterized job)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    PAYLOAD_PATH_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    REQUIRED_ENV_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    payload: Global___PayloadRequirement.ValueType
+    """Whether a trigger may or must carry a payload (forbidden when unspecified)."""
+    payload_path: _builtins.str
+    """Where the container sees the payload, read-only (/run/dispatch/payload when empty)."""
+    args: _builtins.bool
+    """Whether a trigger may append args to the job's command."""
+    @_builtins.property
+    def env(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Env names a trigger may set."""
+
+    @_builtins.property
+    def required_env(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Env names a trigger must set."""
+
+    def __init__(
+        self,
+        *,
+        payload: Global___PayloadRequirement.ValueType = ...,
+        payload_path: _builtins.str = ...,
+        env: _abc.Iterable[_builtins.str] | None = ...,
+        required_env: _abc.Iterable[_builtins.str] | None = ...,
+        args: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "env", b"env", "payload", b"payload", "payload_path", b"payload_path", "required_env", b"required_env"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchPolicy: _TypeAlias = DispatchPolicy  # noqa: Y015
+
+@_typing.final
+class Dispatch(_message.Message):
+    """What one trigger added to its run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ARGS_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SIZE_FIELD_NUMBER: _builtins.int
+    payload_size: _builtins.int
+    """The payload's size in bytes (the payload itself is a file in the container)."""
+    @_builtins.property
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Appended to the job's command."""
+
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Set over the job's env."""
+
+    def __init__(
+        self,
+        *,
+        args: _abc.Iterable[_builtins.str] | None = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        payload_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "env", b"env", "payload_size", b"payload_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dispatch: _TypeAlias = Dispatch  # noqa: Y015
 
 @_typing.final
 class Attempt(_message.Message):
@@ -961,6 +1083,8 @@ class Execution(_message.Message):
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DISPATCH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique execution id (32 hex characters)."""
     job_name: _builtins.str
@@ -981,6 +1105,8 @@ class Execution(_message.Message):
     """While Pending: 1 for the next execution to start on the node; 0 when not waiting."""
     attempt: _builtins.int
     """The current (or last) attempt, 1 for the first."""
+    request_id: _builtins.str
+    """The request_id of the TriggerJob call that created it (GetExecution only)."""
     @_builtins.property
     def trigger(self) -> Global___Trigger:
         """Who or what started the execution."""
@@ -1005,6 +1131,10 @@ class Execution(_message.Message):
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
         """Every attempt, first to last (GetExecution only; empty in lists)."""
 
+    @_builtins.property
+    def dispatch(self) -> Global___Dispatch:
+        """What the trigger added to the run (GetExecution only)."""
+
     def __init__(
         self,
         *,
@@ -1024,10 +1154,12 @@ class Execution(_message.Message):
         queue_position: _builtins.int = ...,
         attempt: _builtins.int = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
+        request_id: _builtins.str = ...,
+        dispatch: Global___Dispatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "created_at", b"created_at", "duration", b"duration", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at", "trigger", b"trigger"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "created_at", b"created_at", "dispatch", b"dispatch", "duration", b"duration", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at", "trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempt", b"attempt", "attempts", b"attempts", "container_id", b"container_id", "created_at", b"created_at", "duration", b"duration", "exit_code", b"exit_code", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "id", b"id", "image", b"image", "job_name", b"job_name", "message", b"message", "queue_position", b"queue_position", "started_at", b"started_at", "status", b"status", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempt", b"attempt", "attempts", b"attempts", "container_id", b"container_id", "created_at", b"created_at", "dispatch", b"dispatch", "duration", b"duration", "exit_code", b"exit_code", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "id", b"id", "image", b"image", "job_name", b"job_name", "message", b"message", "queue_position", b"queue_position", "request_id", b"request_id", "started_at", b"started_at", "status", b"status", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
