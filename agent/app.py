@@ -6,10 +6,12 @@ import asyncio
 import dataclasses
 import logging
 import signal
+from pathlib import Path
 
+from agent.api.auth import TokenTable
 from agent.api.server import AgentServer
 from agent.api.service import NodeFacts
-from agent.config import AgentConfig
+from agent.config import UNIX_PREFIX, AgentConfig, is_loopback
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
 from agent.runtime.images import ImageStore
@@ -58,12 +60,27 @@ class Agent:
     async def start(self) -> None:
         """Recovers what was running, then starts serving."""
         node = NodeFacts(self.config.runtime_name, await self.runtime.runtime_version())
-        self.server = AgentServer(self.executor, self.scheduler, node)
+        tokens = None if self.config.tokens_file is None else TokenTable.load(
+            self.config.tokens_file
+        )  # fmt: skip
+        credentials = None if self.config.tls is None else self.config.tls.credentials()
+        self.server = AgentServer(self.executor, self.scheduler, node, tokens)
         await self.executor.start()
         self._scheduling = asyncio.create_task(self.scheduler.run_forever())
-        self.port = self.server.listen(self.config.listen)
+        for address in self.config.listen:
+            if address.startswith(UNIX_PREFIX):
+                self.server.listen_unix(Path(address.removeprefix(UNIX_PREFIX)),
+                                        self.config.socket_mode)  # fmt: skip
+                continue
+            port = self.server.listen(address, credentials)
+            self.port = self.port or port
+            if credentials is None and not is_loopback(address.rpartition(":")[0]):
+                log.warning("serving plain text on %s, a non-loopback address (--insecure): "
+                            "anyone on the network can read and forge calls", address)  # fmt: skip
         await self.server.start()
-        log.info("serving on %s (runtime %s)", self.config.listen, self.config.runtime_name)
+        log.info("serving on %s (runtime %s, tls %s, tokens %s)", ", ".join(self.config.listen),
+                 self.config.runtime_name, "on" if credentials else "off",
+                 "on" if tokens else "off")  # fmt: skip
 
     async def stop(self) -> None:
         """Stops serving; running containers keep running and are re-adopted at next start."""

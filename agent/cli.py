@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from agent.app import serve
-from agent.config import AgentConfig
+from agent.config import AgentConfig, TlsFiles
 from agent.domain import HostPolicy
 from agent.errors import InvalidSpec
 from agent.executor.retention import RetentionPolicy
@@ -28,7 +28,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("serve", help="run the agent")
     run.add_argument("--data-dir", type=Path, default=DEFAULTS.data_dir)
-    run.add_argument("--listen", default=DEFAULTS.listen, help="host:port (loopback by default)")
+    run.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDRESS",
+        help="host:port or unix:/PATH, repeatable (127.0.0.1:50051 by default)",
+    )
+    run.add_argument(
+        "--socket-mode", default="600", help="octal file mode of unix sockets (600 by default)"
+    )
+    run.add_argument("--tls-cert", type=Path, help="server certificate (PEM): TCP uses TLS")
+    run.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    run.add_argument(
+        "--tls-client-ca", type=Path, help="CA (PEM) that client certificates must chain to (mTLS)"
+    )
+    run.add_argument(
+        "--tokens-file", type=Path, help="bearer tokens with roles (YAML); calls need one"
+    )
     run.add_argument("--runtime", default=DEFAULTS.runtime, help="youki, runc, crun or a path")
     run.add_argument("--conmon", default=DEFAULTS.conmon)
     run.add_argument(
@@ -38,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between the stop signal and SIGKILL",
     )
     run.add_argument(
-        "--insecure", action="store_true", help="allow plain TCP on a non-loopback address"
+        "--insecure",
+        action="store_true",
+        help="allow plain TCP on a non-loopback address (logs a warning)",
     )
     run.add_argument(
         "--max-concurrent",
@@ -102,6 +120,26 @@ def _registry_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pull-timeout", default="5m", help="longest time one pull may take")
 
 
+def _octal(value: str, field: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise InvalidSpec(field, f"{value!r} is not an octal file mode") from None
+    if not 0 <= mode <= 0o777:
+        raise InvalidSpec(field, f"{value!r} is not a file mode (000 to 777)")
+    return mode
+
+
+def _tls(args: argparse.Namespace) -> TlsFiles | None:
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise InvalidSpec("tls_client_ca", "needs --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise InvalidSpec("tls", "needs both --tls-cert and --tls-key")
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command; returns the process exit status."""
     args = build_parser().parse_args(argv)
@@ -112,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             config = AgentConfig(
                 data_dir=args.data_dir,
-                listen=args.listen,
+                listen=tuple(args.listen or DEFAULTS.listen),
+                socket_mode=_octal(args.socket_mode, "socket_mode"),
+                tls=_tls(args),
+                tokens_file=args.tokens_file,
                 runtime=args.runtime,
                 conmon=args.conmon,
                 stop_grace_seconds=args.stop_grace,

@@ -7,6 +7,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from agent.domain import HostPolicy
 from agent.errors import InvalidSpec
 from agent.executor.retention import RetentionPolicy
@@ -15,11 +17,35 @@ KNOWN_RUNTIMES = ("youki", "runc", "crun")
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The server's certificate and key (PEM), and the CA that client certificates must
+    chain to (mTLS) when set."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """gRPC server credentials; raises InvalidSpec when a file cannot be read."""
+        try:
+            pair = (self.key.read_bytes(), self.cert.read_bytes())
+            ca = None if self.client_ca is None else self.client_ca.read_bytes()
+        except OSError as error:
+            raise InvalidSpec("tls", f"cannot read {error.filename}: {error.strerror}") from None
+        return grpc.ssl_server_credentials([pair], root_certificates=ca,
+                                           require_client_auth=ca is not None)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything the agent needs to start."""
 
     data_dir: Path = Path("/var/lib/jobagent")
-    listen: str = "127.0.0.1:50051"
+    # host:port (TCP) or unix:PATH addresses; one agent may listen on several.
+    listen: tuple[str, ...] = ("127.0.0.1:50051",)
+    socket_mode: int = 0o600
+    tls: TlsFiles | None = None
+    tokens_file: Path | None = None
     runtime: str = "youki"
     conmon: str = "conmon"
     stop_grace_seconds: float = 10.0
@@ -65,17 +91,28 @@ class AgentConfig:
         self.check_listen()
 
     def check_listen(self) -> None:
-        """Plain TCP is allowed on loopback only, unless insecure is set explicitly."""
-        host, _, port = self.listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise InvalidSpec("listen", f"{self.listen!r} is not host:port")
-        if self.insecure:
-            return
-        try:
-            loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
-        except ValueError:
-            loopback = host == "localhost"
-        if not loopback:
-            raise InvalidSpec(
-                "listen", f"{host} is not loopback: plain TCP needs --insecure (TLS comes later)"
-            )
+        """Plain TCP is allowed on loopback only, unless TLS is on or insecure is set."""
+        if not self.listen:
+            raise InvalidSpec("listen", "needs at least one address")
+        for address in self.listen:
+            if address.startswith(UNIX_PREFIX):
+                if not address.removeprefix(UNIX_PREFIX).startswith("/"):
+                    raise InvalidSpec("listen", f"{address!r}: a socket path must be absolute")
+                continue
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise InvalidSpec("listen", f"{address!r} is not host:port or unix:/PATH")
+            if not (self.tls or self.insecure or is_loopback(host)):
+                raise InvalidSpec("listen", f"{host} is not loopback: plain TCP there needs "
+                                  "--insecure, or TLS (--tls-cert and --tls-key)")  # fmt: skip
+
+
+UNIX_PREFIX = "unix:"
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"

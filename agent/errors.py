@@ -38,3 +38,11 @@ class OutOfRange(AgentError):
 
 class ResourceExhausted(AgentError):
     """The caller fell too far behind (a slow watcher); it may resume from its last sequence."""
+
+
+class Unauthenticated(AgentError):
+    """The call carries no credential the agent knows."""
+
+
+class PermissionDenied(AgentError):
+    """The caller's role does not allow the call."""

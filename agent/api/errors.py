@@ -18,7 +18,9 @@ from agent.errors import (
     InvalidSpec,
     NotFound,
     OutOfRange,
+    PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -31,6 +33,8 @@ CODES: list[tuple[type[AgentError], grpc.StatusCode, str]] = [
     (Unavailable, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE"),
     (OutOfRange, grpc.StatusCode.OUT_OF_RANGE, "OUT_OF_RANGE"),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
 ]
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])

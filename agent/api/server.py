@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from jobagent.v1 import job_service_pb2, job_service_pb2_grpc
 
+from agent.api.auth import TokenAuth, TokenTable
 from agent.api.service import JobService, NodeFacts
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
@@ -18,9 +21,15 @@ class AgentServer:
     """The agent's gRPC server and its health status."""
 
     def __init__(
-        self, executor: Executor, scheduler: CronScheduler, node: NodeFacts | None = None
+        self,
+        executor: Executor,
+        scheduler: CronScheduler,
+        node: NodeFacts | None = None,
+        tokens: TokenTable | None = None,
     ) -> None:
-        self.server = grpc.aio.server()
+        interceptors = [] if tokens is None else [TokenAuth(tokens)]
+        self.server = grpc.aio.server(interceptors=interceptors)
+        self._sockets: list[tuple[Path, int]] = []
         # The stubs of grpcio-health-checking do not declare its aio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
@@ -31,13 +40,25 @@ class AgentServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
 
-    def listen(self, address: str) -> int:
-        """Binds a plain-text port (loopback is checked by the caller); returns the port."""
-        return self.server.add_insecure_port(address)
+    def listen(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+        """Binds a TCP address (with TLS when `credentials` are given; the caller checks that
+        plain text stays on loopback); returns the port."""
+        if credentials is None:
+            return self.server.add_insecure_port(address)
+        return self.server.add_secure_port(address, credentials)
+
+    def listen_unix(self, path: Path, mode: int) -> None:
+        """Binds a unix socket, replacing a stale one; it gets `mode` once serving."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        self.server.add_insecure_port(f"unix:{path}")
+        self._sockets.append((path, mode))
 
     async def start(self) -> None:
         """Starts serving and reports SERVING."""
         await self.server.start()
+        for path, mode in self._sockets:
+            path.chmod(mode)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 

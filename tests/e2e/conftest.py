@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from jobagent_client import JobAgentClient
 
@@ -50,10 +51,13 @@ def start_agent(
     registry: Registry,
     cwd: Path | None = None,
     extra_args: tuple[str, ...] = (),
+    listen: str = "",
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> AgentProcess:
     """An agent whose store has busybox:latest, pulled from the loopback registry."""
     agent = AgentProcess(data_dir, runtime, registry.host, cwd=cwd or Path.cwd(),
-                         extra_args=extra_args)  # fmt: skip
+                         extra_args=extra_args, listen=listen,
+                         credentials=credentials)  # fmt: skip
     (agent.cwd / data_dir).mkdir(parents=True, exist_ok=True)
     agent.import_image(f"docker://{registry.host}/busybox:latest", "busybox:latest")
     agent.start()

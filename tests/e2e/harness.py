@@ -138,6 +138,10 @@ class AgentProcess:
     extra_args: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # Where the agent listens instead of 127.0.0.1:port (a unix:/PATH socket, say).
+    listen: str = ""
+    # TLS for the health check and clients, when the agent serves TLS.
+    credentials: grpc.ChannelCredentials | None = None
 
     @property
     def log_file(self) -> Path:
@@ -147,7 +151,7 @@ class AgentProcess:
     @property
     def target(self) -> str:
         """The agent's address."""
-        return f"127.0.0.1:{self.port}"
+        return self.listen or f"127.0.0.1:{self.port}"
 
     def python(self, *args: str) -> list[str]:
         """argv of `python -m agent ARGS`."""
@@ -186,7 +190,12 @@ class AgentProcess:
         if self.process.poll() is not None:
             log = self.log_file.read_text()
             raise AssertionError(f"the agent exited: {log[-2000:]}")
-        with grpc.insecure_channel(self.target) as channel:
+        channel = (
+            grpc.insecure_channel(self.target)
+            if self.credentials is None
+            else grpc.secure_channel(self.target, self.credentials)
+        )
+        with channel:
             try:
                 response = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=1
@@ -195,9 +204,9 @@ class AgentProcess:
                 return False
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
-    def client(self) -> JobAgentClient:
-        """A client connected to this agent."""
-        return JobAgentClient.connect(self.target)
+    def client(self, token: str | None = None) -> JobAgentClient:
+        """A client connected to this agent (with a bearer token, if given)."""
+        return JobAgentClient.connect(self.target, credentials=self.credentials, token=token)
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
         """Stops the agent with `signum` and waits for it."""

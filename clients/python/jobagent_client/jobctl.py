@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from jobagent_client.client import ClientError, JobAgentClient
+from jobagent_client.client import ClientError, JobAgentClient, tls_credentials
 from jobagent_client.models import Bookmark, Execution, Job, JobEvent, LogLine
 
 EXECUTION_COLUMNS = ("id", "job_name", "status", "exit_code", "failure_reason", "created_at")
@@ -25,8 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--target",
         default=os.environ.get("JOBAGENT_ADDR", "127.0.0.1:50051"),
-        help="agent address (default $JOBAGENT_ADDR or 127.0.0.1:50051)",
+        help="agent address, host:port or unix:/PATH (default $JOBAGENT_ADDR or 127.0.0.1:50051)",
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("JOBAGENT_TOKEN"),
+        help="bearer token (default $JOBAGENT_TOKEN)",
+    )
+    parser.add_argument("--tls", action="store_true", help="use TLS (implied by the files below)")
+    parser.add_argument("--ca-file", type=Path, help="CA (PEM) that the agent's cert chains to")
+    parser.add_argument("--cert-file", type=Path, help="client certificate (PEM), for mTLS")
+    parser.add_argument("--key-file", type=Path, help="the client certificate's key (PEM)")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -79,7 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     printer = Printer(args.output)
     try:
-        with JobAgentClient.connect(args.target) as client:
+        credentials = None
+        if args.tls or args.ca_file or args.cert_file:
+            credentials = tls_credentials(args.ca_file, args.cert_file, args.key_file)
+        with JobAgentClient.connect(args.target, credentials=credentials,
+                                    token=args.token) as client:  # fmt: skip
             return COMMANDS[args.command](client, args, printer)
     except ClientError as error:
         named = error.field and error.field not in error.message
