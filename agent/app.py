@@ -14,6 +14,7 @@ from agent.api.service import NodeFacts
 from agent.config import UNIX_PREFIX, AgentConfig, is_loopback
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
+from agent.metrics import Metrics
 from agent.runtime.images import ImageStore
 from agent.runtime.manager import ContainerManager, RuntimePaths
 from agent.store import Store
@@ -53,6 +54,11 @@ class Agent:
             host_policy=config.host_policy,
         )
         self.scheduler = CronScheduler(self.executor, self.store)
+        self.metrics = Metrics()
+        self.executor.add_event_listener(self.metrics.observe)
+        self.runtime.observe_pull = self.metrics.observe_pull
+        self.metrics.watch_load(lambda: self.executor.load()[0], lambda: self.executor.load()[1],
+                                self.executor.running_count)  # fmt: skip
         self.server: AgentServer | None = None
         self._scheduling: asyncio.Task[None] | None = None
         self.port = 0
@@ -64,7 +70,7 @@ class Agent:
             self.config.tokens_file
         )  # fmt: skip
         credentials = None if self.config.tls is None else self.config.tls.credentials()
-        self.server = AgentServer(self.executor, self.scheduler, node, tokens)
+        self.server = AgentServer(self.executor, self.scheduler, node, tokens, self.metrics)
         await self.executor.start()
         self._scheduling = asyncio.create_task(self.scheduler.run_forever())
         for address in self.config.listen:
@@ -78,6 +84,10 @@ class Agent:
                 log.warning("serving plain text on %s, a non-loopback address (--insecure): "
                             "anyone on the network can read and forge calls", address)  # fmt: skip
         await self.server.start()
+        if self.config.metrics_listen:
+            port = self.metrics.serve(self.config.metrics_listen)
+            log.info("metrics on http://%s/metrics", self.config.metrics_listen.rsplit(":", 1)[0]
+                     + f":{port}")  # fmt: skip
         log.info("serving on %s (runtime %s, tls %s, tokens %s)", ", ".join(self.config.listen),
                  self.config.runtime_name, "on" if credentials else "off",
                  "on" if tokens else "off")  # fmt: skip

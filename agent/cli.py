@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
+from agent import logsetup
 from agent.app import serve
 from agent.config import AgentConfig, TlsFiles
 from agent.domain import HostPolicy
@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--tokens-file", type=Path, help="bearer tokens with roles (YAML); calls need one"
+    )
+    run.add_argument("--log-format", choices=logsetup.FORMATS, default="text",
+                     help="the agent's own log: text or JSON lines")  # fmt: skip
+    run.add_argument(
+        "--metrics-listen", default="", metavar="HOST:PORT", help="serve Prometheus /metrics"
     )
     run.add_argument("--runtime", default=DEFAULTS.runtime, help="youki, runc, crun or a path")
     run.add_argument("--conmon", default=DEFAULTS.conmon)
@@ -143,9 +148,7 @@ def _tls(args: argparse.Namespace) -> TlsFiles | None:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logsetup.configure(getattr(args, "log_format", "text"))
     try:
         if args.command == "serve":
             config = AgentConfig(
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 socket_mode=_octal(args.socket_mode, "socket_mode"),
                 tls=_tls(args),
                 tokens_file=args.tokens_file,
+                metrics_listen=args.metrics_listen,
                 runtime=args.runtime,
                 conmon=args.conmon,
                 stop_grace_seconds=args.stop_grace,

@@ -46,6 +46,8 @@ class AgentConfig:
     socket_mode: int = 0o600
     tls: TlsFiles | None = None
     tokens_file: Path | None = None
+    # host:port of the Prometheus /metrics endpoint (off when empty).
+    metrics_listen: str = ""
     runtime: str = "youki"
     conmon: str = "conmon"
     stop_grace_seconds: float = 10.0
@@ -89,6 +91,10 @@ class AgentConfig:
         if self.retention.interval_seconds <= 0:
             raise InvalidSpec("retention_interval", "must be positive")
         self.check_listen()
+        if self.metrics_listen:
+            host, _, port = self.metrics_listen.rpartition(":")
+            if not host or not port.isdigit():
+                raise InvalidSpec("metrics_listen", f"{self.metrics_listen!r} is not host:port")
 
     def check_listen(self) -> None:
         """Plain TCP is allowed on loopback only, unless TLS is on or insecure is set."""

@@ -430,6 +430,13 @@ class Store:
         ).fetchall()
         return [row["id"] for row in rows]
 
+    def count_executions(self, status: Status) -> int:
+        """How many executions are in `status`."""
+        row = self._db.execute(
+            "SELECT COUNT(*) AS n FROM executions WHERE status = ?", (status.value,)
+        ).fetchone()
+        return int(row["n"])
+
     def job_history(self, job_name: str) -> list[Execution]:
         """The job's finished executions, newest first."""
         return self.list_executions(job_name=job_name, statuses=TERMINAL_STATUSES)

@@ -13,6 +13,7 @@ from agent.api.auth import TokenAuth, TokenTable
 from agent.api.service import JobService, NodeFacts
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
+from agent.metrics import Metrics
 
 SERVICE_NAME = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 
@@ -26,6 +27,7 @@ class AgentServer:
         scheduler: CronScheduler,
         node: NodeFacts | None = None,
         tokens: TokenTable | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         interceptors = [] if tokens is None else [TokenAuth(tokens)]
         self.server = grpc.aio.server(interceptors=interceptors)
@@ -33,7 +35,7 @@ class AgentServer:
         # The stubs of grpcio-health-checking do not declare its aio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobService(executor, scheduler, node), self.server
+            JobService(executor, scheduler, node, metrics), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -21,6 +21,7 @@ from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
 from agent.executor.logs import LogQuery
 from agent.executor.scheduler import CronScheduler
+from agent.metrics import Item, Metrics
 from agent.runtime.errors import RuntimeLayerError
 from agent.spec import NAME_PATTERN, normalize_signal, parse_document, validate_job_spec
 
@@ -36,11 +37,20 @@ class JobService(service_grpc.JobServiceServicer):
     """The jobagent.v1.JobService servicer."""
 
     def __init__(
-        self, executor: Executor, scheduler: CronScheduler, node: NodeFacts | None = None
+        self,
+        executor: Executor,
+        scheduler: CronScheduler,
+        node: NodeFacts | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._executor = executor
         self._scheduler = scheduler
         self._node = node or NodeFacts()
+        self._metrics = metrics
+
+    def _track(self, rpc: str, items: AsyncIterator[Item]) -> AsyncIterator[Item]:
+        """Counts the stream as open while it runs, when there are metrics."""
+        return items if self._metrics is None else self._metrics.track_stream(rpc, items)
 
     def _job(self, job: Job) -> pb.Job:
         message = convert.job_to_proto(job)
@@ -169,7 +179,7 @@ class JobService(service_grpc.JobServiceServicer):
         self, request: service_pb.WatchExecutionRequest, context: Context
     ) -> AsyncIterator[pb.ExecutionEvent]:
         _require_id("id", request.id)
-        async for event in self._executor.watch(request.id):
+        async for event in self._track("WatchExecution", self._executor.watch(request.id)):
             yield convert.event_to_proto(event)
 
     @maps_errors
@@ -186,7 +196,8 @@ class JobService(service_grpc.JobServiceServicer):
             since=convert.from_timestamp(request.since) if request.HasField("since") else None,
         )
         self._executor.get_execution(request.execution_id)
-        lines = self._executor.stream_logs(request.execution_id, query, request.attempt)
+        lines = self._track("StreamLogs", self._executor.stream_logs(request.execution_id, query,
+                                                                    request.attempt))  # fmt: skip
         async for line in lines:
             yield convert.log_line_to_proto(line)
 
@@ -202,8 +213,8 @@ class JobService(service_grpc.JobServiceServicer):
             if interval <= 0:
                 raise InvalidSpec("bookmark_interval", "must be positive")
         _require_name("job_name", request.job_name, optional=True)
-        items = self._executor.watch_events(request.since_sequence, request.job_name, kinds,
-                                            interval)  # fmt: skip
+        items = self._track("WatchEvents", self._executor.watch_events(
+            request.since_sequence, request.job_name, kinds, interval))  # fmt: skip
         async for item in items:
             if isinstance(item, Bookmark):
                 yield service_pb.WatchEventsResponse(

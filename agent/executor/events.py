@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 from agent.domain import ExecutionEvent, NodeEvent
 
@@ -18,6 +19,11 @@ class EventBus:
     def __init__(self) -> None:
         self._subscribers: defaultdict[str, set[asyncio.Queue[ExecutionEvent]]] = defaultdict(set)
         self._node_watchers: set[NodeSubscription] = set()
+        self._listeners: list[Callable[[NodeEvent], None]] = []
+
+    def add_listener(self, listener: Callable[[NodeEvent], None]) -> None:
+        """Calls `listener` with every event as it is published (it must not block)."""
+        self._listeners.append(listener)
 
     def subscribe_node(self, capacity: int) -> NodeSubscription:
         """A subscription to every event of the node, ended when it falls `capacity` behind."""
@@ -45,6 +51,8 @@ class EventBus:
 
     def publish(self, event: NodeEvent) -> None:
         """Hands the event to every current subscriber of its execution and of the node."""
+        for listener in self._listeners:
+            listener(event)
         if isinstance(event, ExecutionEvent):
             for queue in self._subscribers.get(event.execution.id, ()):
                 queue.put_nowait(event)

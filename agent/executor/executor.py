@@ -11,7 +11,7 @@ import asyncio
 import base64
 import logging
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -175,6 +175,14 @@ class Executor:
         if event is not None:
             self._bus.publish(event)
 
+    def add_event_listener(self, listener: Callable[[NodeEvent], None]) -> None:
+        """Calls `listener` with every recorded event (metrics); it must not block."""
+        self._bus.add_listener(listener)
+
+    def running_count(self) -> int:
+        """Executions whose container runs now."""
+        return self._store.count_executions(Status.RUNNING)
+
     def load(self) -> tuple[int, int, int, int]:
         """Active executions, queued ones, the node limit, and the newest event sequence."""
         return (self._admission.active, self._admission.waiting, self._node_limit,
@@ -224,6 +232,8 @@ class Executor:
             image=job.spec.image.name,
         )
         self._bus.publish(self._store.insert_execution(execution, request, digest))
+        log.info("job %s: pending (trigger %s)", job.name, trigger.kind.value,
+                 extra={"execution_id": execution.id})  # fmt: skip
         self._enqueue(execution, job.spec, request.dispatch)
         position = self._admission.position(execution.id)
         if position:
@@ -464,7 +474,8 @@ class Executor:
             container_id = execution.container_id
             known = self._runtime.exit_status(container_id) is not None
             if job is not None and (known or await self._runtime.is_alive(container_id)):
-                log.info("re-adopting execution %s", execution.id)
+                log.info("re-adopting execution %s", execution.id,
+                         extra={"execution_id": execution.id})  # fmt: skip
                 self._admission.occupy(execution.id, execution.job_name)
                 run = self._new_run(execution, job.spec)
                 self._spawn(run, run.adopt())
@@ -512,7 +523,8 @@ class Executor:
         assert run.task is not None
         error = None if run.task.cancelled() else run.task.exception()
         if error is not None:
-            log.error("execution %s: %s", execution_id, error, exc_info=error)
+            log.error("execution %s: %s", execution_id, error, exc_info=error,
+                      extra={"execution_id": execution_id})  # fmt: skip
             self._fail_unfinished(execution_id, error)
         self._admission.release(execution_id)
         self._admit()

@@ -28,6 +28,7 @@ from agent.domain import (
 from agent.executor.init_steps import StepFailed, run_steps
 from agent.executor.ports import ContainerRuntime
 from agent.executor.recorder import Recorder
+from agent.logsetup import current_execution
 from agent.runtime.errors import ContainerCreateError, ContainerStartError, ImagePullError
 from agent.runtime.images import Image
 from agent.runtime.manager import ContainerRequest, ExitStatus
@@ -111,6 +112,7 @@ class ExecutionRun:
 
     async def run(self) -> None:
         """Pending (or Initializing after a restart) -> ... -> terminal."""
+        current_execution.set(self.execution.id)
         self._deadline = self._deadline_from(self.execution.created_at)
         image: Image | None = None
         try:
@@ -131,6 +133,7 @@ class ExecutionRun:
 
     async def adopt(self) -> None:
         """Follows a container that was running when the agent restarted."""
+        current_execution.set(self.execution.id)
         self._deadline = self._deadline_from(self.execution.created_at)
         attempts = self._recorder.store.list_attempts(self.execution.id)
         if attempts:

@@ -51,6 +51,8 @@ class Recorder:
     def event(self, execution: Execution, kind: EventKind, step_id: str, message: str) -> None:
         """Records an event that changes nothing (an init step's progress, a queue wait)."""
         self.bus.publish(self.store.append_event(execution, kind, step_id, message))
+        log.info("job %s: %s %s %s", execution.job_name, kind.value, step_id, message,
+                 extra={"execution_id": execution.id})  # fmt: skip
 
     def _write(
         self,
@@ -66,4 +68,9 @@ class Recorder:
             log.warning("execution %s: dropped a late %s", execution.id, kind.value)
             return self.store.get_execution(execution.id)
         self.bus.publish(event)
+        detail = updated.message or ("" if updated.exit_code is None else
+                                     f"exit code {updated.exit_code}")  # fmt: skip
+        log.info("job %s: %s %s", updated.job_name, updated.status.value
+                 if kind is EventKind.TRANSITION else kind.value, detail,
+                 extra={"execution_id": updated.id})  # fmt: skip
         return updated

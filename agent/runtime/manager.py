@@ -10,7 +10,8 @@ import asyncio
 import hashlib
 import json
 import shutil
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,11 +107,21 @@ class ContainerManager:
         self.images = images or ImageStore(paths.images)
         self.runtime = OciRuntime(runtime_binary, paths.runtime_state)
         self.monitor = ConmonMonitor(conmon, self.runtime, paths.exits, paths.sockets)
+        # Told how long each pull took and whether it worked (metrics).
+        self.observe_pull: Callable[[float, bool], None] | None = None
         paths.containers.mkdir(parents=True, exist_ok=True)
 
     async def pull(self, image: ImageSpec) -> Image:
         """Makes the image present as its pull policy says; raises ImagePullError."""
-        return await self.images.ensure(image.name, image.pull_policy)
+        started = time.monotonic()
+        succeeded = False
+        try:
+            found = await self.images.ensure(image.name, image.pull_policy)
+            succeeded = True
+            return found
+        finally:
+            if self.observe_pull is not None:
+                self.observe_pull(time.monotonic() - started, succeeded)
 
     async def runtime_version(self) -> str:
         """The first line of `<runtime> --version`."""
