@@ -5,28 +5,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from agent import logsetup
 from agent.app import serve
-from agent.config import AgentConfig, TlsFiles
-from agent.domain import HostPolicy
+from agent.config import AgentConfig
 from agent.errors import InvalidSpec
-from agent.executor.retention import RetentionPolicy
 from agent.runtime.errors import RuntimeLayerError
 from agent.runtime.images import ImageStore
 from agent.runtime.manager import RuntimePaths
-from agent.spec import MIN_LOG_BYTES, parse_duration, parse_memory
+from agent.settings import config_from_args, load_config_file
+from agent.spec import parse_duration
 
 DEFAULTS = AgentConfig()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface."""
+def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The command-line interface; `serve_defaults` (from a config file) replace the
+    embedded defaults of `serve`, and flags win over both."""
     parser = argparse.ArgumentParser(prog="jobagent", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("serve", help="run the agent")
+    run.add_argument("--config", type=Path, help="a YAML file of settings (flag names with _)")
     run.add_argument("--data-dir", type=Path, default=DEFAULTS.data_dir)
     run.add_argument(
         "--listen",
@@ -100,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="let jobs with host_network: true share the host's network",
     )
     _registry_flag(run)
+    run.set_defaults(**(serve_defaults or {}))
 
     load = commands.add_parser("image-import", help="copy an image into the agent's store")
     load.add_argument("--data-dir", type=Path, default=DEFAULTS.data_dir)
@@ -125,62 +129,16 @@ def _registry_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pull-timeout", default="5m", help="longest time one pull may take")
 
 
-def _octal(value: str, field: str) -> int:
-    try:
-        mode = int(value, 8)
-    except ValueError:
-        raise InvalidSpec(field, f"{value!r} is not an octal file mode") from None
-    if not 0 <= mode <= 0o777:
-        raise InvalidSpec(field, f"{value!r} is not a file mode (000 to 777)")
-    return mode
-
-
-def _tls(args: argparse.Namespace) -> TlsFiles | None:
-    if args.tls_cert is None and args.tls_key is None:
-        if args.tls_client_ca is not None:
-            raise InvalidSpec("tls_client_ca", "needs --tls-cert and --tls-key")
-        return None
-    if args.tls_cert is None or args.tls_key is None:
-        raise InvalidSpec("tls", "needs both --tls-cert and --tls-key")
-    return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Runs the command; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    logsetup.configure(getattr(args, "log_format", "text"))
     try:
+        if args.command == "serve" and args.config is not None:
+            defaults = load_config_file(args.config, set(vars(args)) - {"command", "config"})
+            args = build_parser(defaults).parse_args(argv)
+        logsetup.configure(getattr(args, "log_format", "text"))
         if args.command == "serve":
-            config = AgentConfig(
-                data_dir=args.data_dir,
-                listen=tuple(args.listen or DEFAULTS.listen),
-                socket_mode=_octal(args.socket_mode, "socket_mode"),
-                tls=_tls(args),
-                tokens_file=args.tokens_file,
-                metrics_listen=args.metrics_listen,
-                runtime=args.runtime,
-                conmon=args.conmon,
-                stop_grace_seconds=args.stop_grace,
-                insecure=args.insecure,
-                insecure_registries=frozenset(args.insecure_registry),
-                registry_auth_file=args.registry_auth_file,
-                pull_timeout_seconds=parse_duration(args.pull_timeout, "pull_timeout"),
-                max_concurrent=args.max_concurrent,
-                max_log_bytes=parse_memory(args.max_log_size, "max_log_size", MIN_LOG_BYTES),
-                host_policy=HostPolicy(
-                    bind_allowlist=tuple(args.bind_allow),
-                    allow_host_network=args.allow_host_network,
-                ),
-                retention=RetentionPolicy(
-                    max_age_seconds=parse_duration(args.retention_max_age, "retention_max_age"),
-                    per_job=args.retention_per_job,
-                    interval_seconds=parse_duration(args.retention_interval, "retention_interval"),
-                    image_budget_bytes=None
-                    if args.image_budget is None
-                    else parse_memory(args.image_budget, "image_budget", 0),
-                ),
-            )
-            asyncio.run(serve(config))
+            asyncio.run(serve(config_from_args(args)))
         else:
             store = ImageStore(
                 RuntimePaths.under(args.data_dir, "").images,

@@ -1,4 +1,4 @@
-"""What an operator sees: Prometheus metrics and the agent's JSON log."""
+"""What an operator sees: Prometheus metrics and the JSON log of an agent set up by file."""
 
 from __future__ import annotations
 
@@ -26,9 +26,12 @@ def observed(
     tmp_path_factory: pytest.TempPathFactory, registry: Registry
 ) -> Iterator[tuple[AgentProcess, str]]:
     port = free_port()
-    agent = start_agent(tmp_path_factory.mktemp("observed"), RUNTIMES[0], registry,
-                        extra_args=("--metrics-listen", f"127.0.0.1:{port}",
-                                    "--log-format", "json"))  # fmt: skip
+    directory = tmp_path_factory.mktemp("observed")
+    settings = directory / "agent.yaml"
+    settings.write_text(f"metrics_listen: 127.0.0.1:{port}\nlog_format: json\n"
+                        "max_concurrent: 7\n")  # fmt: skip
+    agent = start_agent(directory / "data", RUNTIMES[0], registry,
+                        extra_args=("--config", str(settings)))  # fmt: skip
     yield agent, f"http://127.0.0.1:{port}/metrics"
     agent.stop()
     sweep(agent)
@@ -49,6 +52,7 @@ def test_metrics_count_executions_pulls_and_open_streams(
 ) -> None:
     agent, url = observed
     with agent.client() as client:
+        assert client.node_info().max_concurrent == 7  # from the config file
         client.register(JOBS, replace=True)
         assert client.wait(client.trigger("observed-ok").id).status == "completed"
         assert client.wait(client.trigger("observed-bad").id).status == "failed"
