@@ -98,6 +98,16 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
         help="a host path under which jobs may bind-mount (repeatable)",
     )
     run.add_argument(
+        "--allow-privileged", action="store_true", help="let jobs with privileged: true run"
+    )
+    run.add_argument(
+        "--allow-capability",
+        action="append",
+        default=[],
+        metavar="CAP",
+        help="a capability jobs may add, NET_ADMIN say (repeatable)",
+    )
+    run.add_argument(
         "--allow-host-network",
         action="store_true",
         help="let jobs with host_network: true share the host's network",

@@ -205,6 +205,9 @@ class HostPolicy:
 
     bind_allowlist: tuple[str, ...] = ()
     allow_host_network: bool = False
+    allow_privileged: bool = False
+    # Capabilities a job may add to the default set (CAP_NET_ADMIN, ...).
+    allowed_capabilities: frozenset[str] = frozenset()
 
 
 class ConcurrencyPolicy(enum.Enum):
@@ -313,6 +316,10 @@ class JobSpec:
     max_log_bytes: int | None = None
     storage: tuple[Mount, ...] = ()
     host_network: bool = False
+    # Every capability, no seccomp, no masked paths (only where the agent allows it).
+    privileged: bool = False
+    # Capabilities added to the default set (only those the agent allows).
+    capabilities: tuple[str, ...] = ()
     cron: CronPolicy = field(default_factory=CronPolicy)
     dispatch: DispatchPolicy = field(default_factory=DispatchPolicy)
 

@@ -16,6 +16,7 @@ from agent.config import AgentConfig, TlsFiles
 from agent.domain import HostPolicy
 from agent.errors import InvalidSpec
 from agent.executor.retention import RetentionPolicy
+from agent.privileges import normalize_capability
 from agent.spec import MIN_LOG_BYTES, parse_duration, parse_memory
 
 DEFAULTS = AgentConfig()
@@ -64,6 +65,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         host_policy=HostPolicy(
             bind_allowlist=tuple(args.bind_allow),
             allow_host_network=args.allow_host_network,
+            allow_privileged=args.allow_privileged,
+            allowed_capabilities=frozenset(
+                normalize_capability(name, "allow_capability") for name in args.allow_capability
+            ),
         ),
         retention=RetentionPolicy(
             max_age_seconds=parse_duration(args.retention_max_age, "retention_max_age"),

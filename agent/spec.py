@@ -35,6 +35,7 @@ from agent.domain import (
 )
 from agent.errors import InvalidSpec
 from agent.mounts import check_host_access, check_mounts, parse_storage
+from agent.privileges import check_privileges, parse_capabilities
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 IMAGE_PATTERN = re.compile(r"^[^\s]+$")
@@ -61,6 +62,7 @@ JOB_FIELDS = {
     "rtype", "schedule", "image", "command", "env", "resources", "user", "labels",
     "timeout", "stop_signal", "stop_grace_period", "init", "errors", "max_concurrent",
     "backoff_limit", "retry_policy", "max_log_size", "storage", "host_network", "dispatch",
+    "privileged", "capabilities",
     *CRON_FIELDS,
 }  # fmt: skip
 STEP_FIELDS = {"id", "uses", "with", "retry", "timeout", "on_failure"}
@@ -77,8 +79,6 @@ MAX_GRACE_SECONDS = 3600.0
 # Fields of the seed's format that this agent does not run yet: rejected rather than ignored.
 NOT_YET_SUPPORTED_FIELDS = {
     "devices",
-    "capabilities",
-    "privileged",
 }
 IMAGE_FIELDS = {"name", "pull_policy"}
 RESOURCE_FIELDS = {"cpu", "memory", "pids_limit", "gpu"}
@@ -121,6 +121,7 @@ def parse_document(text: str, policy: HostPolicy | None = None) -> list[JobSpec]
             continue
         job = parse_service(str(name), service, deployment, path)
         check_host_access(job.storage, job.host_network, policy or HostPolicy(), path)
+        check_privileges(job, policy or HostPolicy(), path)
         jobs.append(job)
     if not jobs:
         raise InvalidSpec("services", "declares no service with rtype job or cron")
@@ -167,6 +168,8 @@ def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: 
         host_network=_flag(service.get("host_network"), f"{path}.host_network"),
         cron=_cron(service, kind, path),
         dispatch=parse_dispatch_policy(service.get("dispatch"), f"{path}.dispatch"),
+        privileged=_flag(service.get("privileged"), f"{path}.privileged"),
+        capabilities=parse_capabilities(service.get("capabilities"), f"{path}.capabilities"),
     )
 
 
@@ -233,6 +236,7 @@ def validate_job_spec(spec: JobSpec, policy: HostPolicy | None = None, path: str
     """Checks a JobSpec that arrived as a structured message (not YAML)."""
     check_mounts(spec.storage, f"{path}.storage")
     check_host_access(spec.storage, spec.host_network, policy or HostPolicy(), path)
+    check_privileges(spec, policy or HostPolicy(), path)
     check_dispatch_policy(spec.dispatch, f"{path}.dispatch")
     if not NAME_PATTERN.match(spec.name):
         raise InvalidSpec(f"{path}.name", _name_rule(spec.name))

@@ -645,6 +645,7 @@ def _spec_from_json(data: dict[str, Any]) -> JobSpec:
     storage = tuple(
         Mount(**{**mount, "kind": MountKind(mount["kind"])}) for mount in fields.pop("storage", [])
     )
+    fields["capabilities"] = tuple(fields.get("capabilities", ()))
     dispatch_data = fields.pop("dispatch", {})
     dispatch = DispatchPolicy(**{
         **dispatch_data,

@@ -42,6 +42,7 @@ from agent.domain import (
     TriggerRequest,
 )
 from agent.errors import InvalidSpec
+from agent.privileges import normalize_capability
 
 STATUS_TO_PROTO = {
     Status.PENDING: pb.EXECUTION_STATUS_PENDING,
@@ -165,6 +166,8 @@ def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
             successful_jobs_history_limit=spec.cron.successful_history_limit,
             failed_jobs_history_limit=spec.cron.failed_history_limit,
         ),
+        privileged=spec.privileged,
+        capabilities=spec.capabilities,
         dispatch_policy=pb.DispatchPolicy(
             payload=PAYLOAD_TO_PROTO[spec.dispatch.payload],
             payload_path=spec.dispatch.payload_path,
@@ -239,6 +242,11 @@ def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
         ),
         host_network=message.host_network,
         cron=_cron_from_proto(message.cron_policy),
+        privileged=message.privileged,
+        capabilities=tuple(
+            normalize_capability(name, f"spec.capabilities[{index}]")
+            for index, name in enumerate(message.capabilities)
+        ),
         dispatch=DispatchPolicy(
             payload=PAYLOAD_FROM_PROTO.get(
                 message.dispatch_policy.payload, PayloadRequirement.FORBIDDEN

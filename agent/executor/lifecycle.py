@@ -217,6 +217,8 @@ class ExecutionRun:
             mounts=spec.storage,
             host_network=spec.host_network,
             files=self._files,
+            privileged=spec.privileged,
+            capabilities=spec.capabilities,
         )
 
     async def _start_attempt(self, image: Image, number: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.domain import CommandSpec, Resources
+from agent.privileges import ALL_CAPABILITIES
+from agent.runtime import seccomp
 from agent.runtime.images import ImageConfig
 
 CPU_PERIOD = 100_000
@@ -106,13 +109,22 @@ def build_config(
     annotations: Mapping[str, str] | None = None,
     mounts: Sequence[Mapping[str, Any]] = (),
     host_network: bool = False,
+    privileged: bool = False,
+    extra_capabilities: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Returns a runtime-spec config.json: unprivileged, no network but loopback (unless
-    `host_network`), with the job's `mounts` after the standard ones."""
+    """Returns a runtime-spec config.json, hardened unless `privileged`: containerd's
+    default capabilities (plus `extra_capabilities`), no_new_privileges, masked and
+    read-only /proc paths, the default seccomp profile, and no network but loopback
+    (unless `host_network`); the job's `mounts` come after the standard ones."""
     namespaces = ["pid", "ipc", "uts", "mount"] if host_network else NAMESPACES
-    capabilities = {
-        name: list(DEFAULT_CAPABILITIES) for name in ("bounding", "effective", "permitted")
-    }
+    granted = held_capabilities() if privileged else (
+        *DEFAULT_CAPABILITIES, *(c for c in extra_capabilities if c not in DEFAULT_CAPABILITIES)
+    )  # fmt: skip
+    capabilities = {name: list(granted) for name in ("bounding", "effective", "permitted")}
+    linux: dict[str, Any] = {}
+    if not privileged:
+        linux = {"maskedPaths": MASKED_PATHS, "readonlyPaths": READONLY_PATHS,
+                 "seccomp": seccomp.default_profile()}  # fmt: skip
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -123,7 +135,7 @@ def build_config(
             "cwd": process.cwd,
             "capabilities": capabilities,
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": True,
+            "noNewPrivileges": not privileged,
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": hostname,
@@ -133,10 +145,21 @@ def build_config(
             "cgroupsPath": cgroups_path,
             "resources": _linux_resources(resources or Resources()),
             "namespaces": [{"type": kind} for kind in namespaces],
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
+            **linux,
         },
     }
+
+
+@functools.cache
+def held_capabilities() -> tuple[str, ...]:
+    """The capabilities in the agent's own bounding set: what a privileged container gets
+    (as containerd does; asking for more than the agent holds fails at capset)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        bounding = int(status.split("CapBnd:", 1)[1].split()[0], 16)
+    except (OSError, IndexError, ValueError):
+        return tuple(ALL_CAPABILITIES)
+    return tuple(name for bit, name in enumerate(ALL_CAPABILITIES) if bounding >> bit & 1)
 
 
 def _linux_resources(resources: Resources) -> dict[str, Any]:

@@ -57,6 +57,8 @@ class ContainerRequest:
     host_network: bool = False
     # Read-only files the container sees at these paths (a dispatch payload).
     files: Mapping[str, bytes] = field(default_factory=dict)
+    privileged: bool = False
+    capabilities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,8 @@ class ContainerManager:
                 },
                 mounts,
                 request.host_network,
+                request.privileged,
+                request.capabilities,
             )
             (directory / "config.json").write_text(json.dumps(config))
         except (ValueError, OSError) as error:

@@ -11,6 +11,8 @@ import grpc
 import pytest
 from jobagent_client import ClientError, JobAgentClient, JobEvent
 
+from agent.privileges import ALL_CAPABILITIES
+from agent.runtime.bundle import DEFAULT_CAPABILITIES
 from tests.e2e.harness import AgentProcess, leftovers, wait_until
 
 CGROUP = Path("/sys/fs/cgroup")
@@ -253,3 +255,30 @@ def test_a_cron_job_every_second_runs_by_itself_with_overlap_and_history_rules(
     with pytest.raises(ClientError) as caught:
         client.resume("every-second")
     assert caught.value.code is grpc.StatusCode.NOT_FOUND
+
+
+def status_fields(client: JobAgentClient, execution_id: str) -> dict[str, str]:
+    """The Seccomp, NoNewPrivs and CapBnd lines the job printed from /proc/self/status."""
+    lines = [line.message for line in client.logs(execution_id, stream="stdout")]
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+HARDENING_PROBE = ("grep -E '^(Seccomp|NoNewPrivs|CapBnd):' /proc/self/status; "
+                   "unshare -n true && echo unshare-allowed; "
+                   "mount -t tmpfs none /mnt && echo mount-allowed; true")  # fmt: skip
+
+
+def test_jobs_run_hardened_by_default(client: JobAgentClient) -> None:
+    register(client, "hardened", "", HARDENING_PROBE)
+    execution = client.wait(client.trigger("hardened").id)
+    assert execution.status == "completed", execution.message
+    fields = status_fields(client, execution.id)
+    default = sum(1 << ALL_CAPABILITIES.index(name) for name in DEFAULT_CAPABILITIES)
+    assert (fields["Seccomp"], fields["NoNewPrivs"]) == ("2", "1")  # a filter, no setuid gains
+    assert int(fields["CapBnd"], 16) == default
+    output = [line.message for line in client.logs(execution.id)]
+    assert "unshare-allowed" not in output and "mount-allowed" not in output
+    with pytest.raises(ClientError) as caught:
+        register(client, "wants-privileges", "    privileged: true\n", "true")
+    assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.field == "services.wants-privileges.privileged"

@@ -48,7 +48,8 @@ def guarded(
         directory / "data", RUNTIMES[0], registry, credentials=credentials,
         extra_args=("--tokens-file", str(tokens), "--tls-cert", str(certificates.server_cert),
                     "--tls-key", str(certificates.server_key),
-                    "--tls-client-ca", str(certificates.ca), "--listen", f"unix:{socket}"),
+                    "--tls-client-ca", str(certificates.ca), "--allow-privileged",
+                    "--allow-capability", "NET_ADMIN", "--listen", f"unix:{socket}"),
     )  # fmt: skip
     yield agent
     agent.stop()
@@ -134,3 +135,36 @@ def test_plain_tcp_beyond_loopback_is_refused_without_tls_or_insecure(tmp_path: 
     )  # fmt: skip
     assert result.returncode == 2
     assert "0.0.0.0 is not loopback" in result.stderr and "--insecure" in result.stderr
+
+
+def test_privileges_the_agent_allows_reach_the_container(guarded: AgentProcess) -> None:
+    probe = (
+        "command: {entrypoint: [/bin/sh, -c, \"grep -E '^(Seccomp|CapBnd):' /proc/self/status\"]}"
+    )
+    with guarded.client(TOKENS["admin"]) as client:
+        client.register(
+            "version: v1\ndeployment: privileges\nservices:\n"
+            "  net-admin:\n    rtype: job\n    image: {name: busybox:latest}\n"
+            f"    capabilities: [NET_ADMIN]\n    {probe}\n"
+            "  privileged:\n    rtype: job\n    image: {name: busybox:latest}\n"
+            f"    privileged: true\n    {probe}\n",
+            replace=True,
+        )
+        with pytest.raises(ClientError) as caught:
+            client.register(
+                "version: v1\ndeployment: privileges-2\nservices:\n  too-much:\n"
+                "    rtype: job\n    image: {name: busybox:latest}\n"
+                "    capabilities: [SYS_ADMIN]\n", replace=True,
+            )  # fmt: skip
+        assert caught.value.field == "services.too-much.capabilities[0]"
+        seen = {}
+        for name in ("net-admin", "privileged"):
+            execution = client.wait(client.trigger(name).id)
+            assert execution.status == "completed", (name, execution.message)
+            lines = [line.message for line in client.logs(execution.id)]
+            seen[name] = dict(line.split(":\t", 1) for line in lines)
+    net_admin = int(seen["net-admin"]["CapBnd"], 16)
+    assert net_admin & (1 << 12) and not net_admin & (1 << 21)  # NET_ADMIN, not SYS_ADMIN
+    assert seen["net-admin"]["Seccomp"] == "2"
+    assert int(seen["privileged"]["CapBnd"], 16) & (1 << 21)
+    assert seen["privileged"]["Seccomp"] == "0"

@@ -9,7 +9,7 @@ import pytest
 from agent.domain import HostPolicy, Mount, MountKind
 from agent.errors import InvalidSpec
 from agent.mounts import check_host_access, check_mounts, parse_storage
-from agent.spec import parse_memory
+from agent.spec import parse_document, parse_memory
 
 
 def parse(items: list[object]) -> tuple[Mount, ...]:
@@ -73,3 +73,22 @@ def test_structured_mounts_are_checked_like_yaml() -> None:
     with pytest.raises(InvalidSpec) as caught:
         check_mounts([Mount(MountKind.TMPFS, "/a"), Mount(MountKind.TMPFS, "/a")], "spec.storage")
     assert caught.value.field == "spec.storage[1].target"
+
+
+def test_privileged_and_extra_capabilities_need_the_agents_leave() -> None:
+    document = ("version: v1\ndeployment: d\nservices:\n  p:\n    rtype: job\n"
+                "    image: {name: busybox}\n    privileged: true\n"
+                "    capabilities: [net_admin, CAP_SYS_TIME]\n")  # fmt: skip
+    cases = ((HostPolicy(), "services.p.privileged"),
+             (HostPolicy(allow_privileged=True), "services.p.capabilities[0]"))  # fmt: skip
+    for policy, field in cases:
+        with pytest.raises(InvalidSpec) as caught:
+            parse_document(document, policy)
+        assert caught.value.field == field
+    capabilities = frozenset({"CAP_NET_ADMIN", "CAP_SYS_TIME"})
+    allowed = HostPolicy(allow_privileged=True, allowed_capabilities=capabilities)
+    [spec] = parse_document(document, allowed)
+    assert spec.privileged and spec.capabilities == ("CAP_NET_ADMIN", "CAP_SYS_TIME")
+    with pytest.raises(InvalidSpec) as caught:
+        parse_document(document.replace("net_admin", "WIZARDRY"), allowed)
+    assert caught.value.field == "services.p.capabilities[0]"

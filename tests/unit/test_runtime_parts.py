@@ -82,6 +82,24 @@ def test_config_is_unprivileged_with_its_own_cgroup(tmp_path: Path) -> None:
     assert config["linux"]["cgroupsPath"] == "/jobagent/c1"
     assert {"type": "network"} in config["linux"]["namespaces"]
     assert config["root"]["path"] == str(tmp_path)
+    assert "/proc/kcore" in config["linux"]["maskedPaths"]
+    seccomp = config["linux"]["seccomp"]
+    assert seccomp["defaultAction"] == "SCMP_ACT_ALLOW"
+    assert {"mount", "ptrace", "kexec_load", "unshare"} <= set(seccomp["syscalls"][0]["names"])
+
+
+def test_extra_capabilities_add_to_the_default_and_privileged_drops_the_fences(
+    tmp_path: Path,
+) -> None:
+    process = resolve_process(IMAGE, CommandSpec(), {}, tmp_path)
+    added = build_config(process, tmp_path, "h", "/j/c", extra_capabilities=["CAP_NET_ADMIN"])
+    bounding = added["process"]["capabilities"]["bounding"]
+    assert "CAP_NET_ADMIN" in bounding and "CAP_CHOWN" in bounding
+    assert "CAP_SYS_ADMIN" not in bounding and "seccomp" in added["linux"]
+    privileged = build_config(process, tmp_path, "h", "/j/c", privileged=True)
+    assert "CAP_SYS_ADMIN" in privileged["process"]["capabilities"]["bounding"]
+    assert privileged["process"]["noNewPrivileges"] is False
+    assert not {"seccomp", "maskedPaths", "readonlyPaths"} & privileged["linux"].keys()
 
 
 def test_cri_lines_parse_with_nanoseconds_and_partials() -> None:

@@ -732,6 +732,8 @@ class JobSpec(_message.Message):
     HOST_NETWORK_FIELD_NUMBER: _builtins.int
     CRON_POLICY_FIELD_NUMBER: _builtins.int
     DISPATCH_POLICY_FIELD_NUMBER: _builtins.int
+    PRIVILEGED_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Job name, unique on the node: lowercase letters, digits and '-', at most 63."""
     deployment: _builtins.str
@@ -750,6 +752,10 @@ class JobSpec(_message.Message):
     """Newest bytes of output kept per attempt; the agent's default when unset."""
     host_network: _builtins.bool
     """Share the host's network namespace (only when the agent allows it)."""
+    privileged: _builtins.bool
+    """Every capability, no seccomp filter, no masked /proc paths (only when the agent allows
+    privileged jobs).
+    """
     @_builtins.property
     def image(self) -> Global___ImageSpec:
         """The image to run."""
@@ -794,6 +800,10 @@ class JobSpec(_message.Message):
     def dispatch_policy(self) -> Global___DispatchPolicy:
         """What a trigger may add to a run (TriggerJob args, env and payload); nothing when unset."""
 
+    @_builtins.property
+    def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Capabilities added to the default set, CAP_NET_ADMIN say (only those the agent allows)."""
+
     def __init__(
         self,
         *,
@@ -817,10 +827,12 @@ class JobSpec(_message.Message):
         host_network: _builtins.bool = ...,
         cron_policy: Global___CronPolicy | None = ...,
         dispatch_policy: Global___DispatchPolicy | None = ...,
+        privileged: _builtins.bool = ...,
+        capabilities: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "cron_policy", b"cron_policy", "dispatch_policy", b"dispatch_policy", "image", b"image", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "resources", b"resources", "retry_policy", b"retry_policy", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "cron_policy", b"cron_policy", "deployment", b"deployment", "dispatch_policy", b"dispatch_policy", "env", b"env", "host_network", b"host_network", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "name", b"name", "resources", b"resources", "retry_policy", b"retry_policy", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "storage", b"storage", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "capabilities", b"capabilities", "command", b"command", "cron_policy", b"cron_policy", "deployment", b"deployment", "dispatch_policy", b"dispatch_policy", "env", b"env", "host_network", b"host_network", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "name", b"name", "privileged", b"privileged", "resources", b"resources", "retry_policy", b"retry_policy", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "storage", b"storage", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_concurrent: _TypeAlias = _typing.Literal["max_concurrent"]  # noqa: Y015
     _WhichOneofArgType__max_concurrent: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent"]  # noqa: Y015
