@@ -93,8 +93,16 @@ class Agent:
                  "on" if tokens else "off")  # fmt: skip
 
     async def stop(self) -> None:
-        """Stops serving; running containers keep running and are re-adopted at next start."""
+        """Stops serving; running containers keep running and are re-adopted at next start.
+
+        Health turns NOT_SERVING and triggers get UNAVAILABLE first; reads are still served
+        for the drain period, streams end with UNAVAILABLE (resume elsewhere or later).
+        """
         if self.server is not None:
+            await self.server.report_stopping()
+        self.executor.begin_stop()
+        if self.server is not None:
+            await asyncio.sleep(self.config.drain_seconds)
             await self.server.stop(grace=2.0)
         if self._scheduling is not None:
             self._scheduling.cancel()

@@ -62,6 +62,11 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
         help="seconds between the stop signal and SIGKILL",
     )
     run.add_argument(
+        "--drain",
+        default="1s",
+        help="on SIGTERM, how long health says NOT_SERVING before the server stops",
+    )
+    run.add_argument(
         "--insecure",
         action="store_true",
         help="allow plain TCP on a non-loopback address (logs a warning)",

@@ -51,6 +51,8 @@ class AgentConfig:
     runtime: str = "youki"
     conmon: str = "conmon"
     stop_grace_seconds: float = 10.0
+    # On SIGTERM: NOT_SERVING and no new triggers this long before the server stops.
+    drain_seconds: float = 1.0
     insecure: bool = False
     insecure_registries: frozenset[str] = frozenset()
     registry_auth_file: Path | None = None

@@ -56,6 +56,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         runtime=args.runtime,
         conmon=args.conmon,
         stop_grace_seconds=args.stop_grace,
+        drain_seconds=parse_duration(args.drain, "drain"),
         insecure=args.insecure,
         insecure_registries=frozenset(args.insecure_registry),
         registry_auth_file=args.registry_auth_file,

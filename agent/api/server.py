@@ -64,7 +64,11 @@ class AgentServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+    async def report_stopping(self) -> None:
+        """Health answers NOT_SERVING from now on (load balancers and schedulers look away)."""
+        await self.health.enter_graceful_shutdown()
+
     async def stop(self, grace: float) -> None:
         """Reports NOT_SERVING, then stops, giving calls `grace` seconds to finish."""
-        await self.health.enter_graceful_shutdown()
+        await self.report_stopping()
         await self.server.stop(grace)

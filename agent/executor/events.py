@@ -13,13 +13,17 @@ class EventBus:
     """Delivers each published event to every subscriber of its execution.
 
     Publishing never blocks: queues are unbounded, and an execution produces at most a
-    handful of events.
+    handful of events. Once stopped, every queue (and any later one) gets None: the agent
+    is stopping and watchers should end.
     """
 
     def __init__(self) -> None:
-        self._subscribers: defaultdict[str, set[asyncio.Queue[ExecutionEvent]]] = defaultdict(set)
+        self._subscribers: defaultdict[str, set[asyncio.Queue[ExecutionEvent | None]]] = (
+            defaultdict(set)
+        )
         self._node_watchers: set[NodeSubscription] = set()
         self._listeners: list[Callable[[NodeEvent], None]] = []
+        self.stopped = False
 
     def add_listener(self, listener: Callable[[NodeEvent], None]) -> None:
         """Calls `listener` with every event as it is published (it must not block)."""
@@ -29,19 +33,32 @@ class EventBus:
         """A subscription to every event of the node, ended when it falls `capacity` behind."""
         subscription = NodeSubscription(capacity)
         self._node_watchers.add(subscription)
+        if self.stopped:
+            subscription.queue.put_nowait(None)
         return subscription
 
     def unsubscribe_node(self, subscription: NodeSubscription) -> None:
         """Stops delivering to a node subscription."""
         self._node_watchers.discard(subscription)
 
-    def subscribe(self, execution_id: str) -> asyncio.Queue[ExecutionEvent]:
+    def subscribe(self, execution_id: str) -> asyncio.Queue[ExecutionEvent | None]:
         """Returns a queue that receives the execution's events from now on."""
-        queue: asyncio.Queue[ExecutionEvent] = asyncio.Queue()
+        queue: asyncio.Queue[ExecutionEvent | None] = asyncio.Queue()
         self._subscribers[execution_id].add(queue)
+        if self.stopped:
+            queue.put_nowait(None)
         return queue
 
-    def unsubscribe(self, execution_id: str, queue: asyncio.Queue[ExecutionEvent]) -> None:
+    def stop(self) -> None:
+        """Wakes every watcher with None: the agent is stopping."""
+        self.stopped = True
+        for queues in self._subscribers.values():
+            for queue in queues:
+                queue.put_nowait(None)
+        for subscription in self._node_watchers:
+            subscription.queue.put_nowait(None)
+
+    def unsubscribe(self, execution_id: str, queue: asyncio.Queue[ExecutionEvent | None]) -> None:
         """Stops delivering to `queue`."""
         subscribers = self._subscribers.get(execution_id)
         if subscribers is not None:

@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 # A node watcher this many events behind is cut off (RESOURCE_EXHAUSTED) and resumes.
 NODE_WATCH_CAPACITY = 10_000
 WATCH_PAGE = 1000
+STOPPING = "the agent is stopping"
 
 
 class Executor:
@@ -310,7 +311,10 @@ class Executor:
             yield event
             sequence = event.sequence
             while not event.execution.status.terminal:
-                event = await queue.get()
+                item = await queue.get()
+                if item is None:
+                    raise Unavailable(STOPPING)
+                event = item
                 if event.sequence > sequence:
                     sequence = event.sequence
                     yield event
@@ -353,6 +357,8 @@ class Executor:
                 except TimeoutError:
                     yield Bookmark(last)
                     continue
+                if item is None and self._bus.stopped:
+                    raise Unavailable(f"{STOPPING}; resume after {last}")
                 if item is None:
                     raise ResourceExhausted(f"the watcher fell behind; resume after {last}")
                 if item.sequence > last:
@@ -381,6 +387,9 @@ class Executor:
         async def watch_end() -> None:
             while not ended.is_set():
                 event = await queue.get()
+                if event is None:
+                    ended.set()
+                    return
                 attempt_failed = event.kind is EventKind.ATTEMPT_FAILED
                 if event.execution.status.terminal or (
                     attempt_failed and event.execution.attempt == number
@@ -392,9 +401,16 @@ class Executor:
             async for line in read_log(log_file_of(self._log_dir, execution_id, number), query,
                                        ended):  # fmt: skip
                 yield line
+            if self._bus.stopped and query.follow and not self._ended(execution_id, number):
+                raise Unavailable(STOPPING)
         finally:
             watcher.cancel()
             self._bus.unsubscribe(execution_id, queue)
+
+    def _ended(self, execution_id: str, number: int) -> bool:
+        """True once the attempt is over (the execution ended or moved to a later attempt)."""
+        execution = self._store.get_execution(execution_id)
+        return execution.status.terminal or execution.attempt > number
 
     # Lifecycle
 
@@ -405,9 +421,15 @@ class Executor:
         self._admit()
         self._pruner = asyncio.create_task(self._maintain_forever())
 
+    def begin_stop(self) -> None:
+        """Refuses new triggers (UNAVAILABLE) and ends every watch and followed log with
+        UNAVAILABLE; running executions go on until close()."""
+        self._closing = True
+        self._bus.stop()
+
     async def close(self) -> None:
         """Stops accepting triggers and lets go of running containers (they keep running)."""
-        self._closing = True
+        self.begin_stop()
         if self._pruner is not None:
             self._pruner.cancel()
         tasks = [run.task for run in self._runs.values() if run.task is not None]

@@ -177,7 +177,7 @@ class AgentProcess:
         self.process = subprocess.Popen(
             self.python("serve", "--data-dir", str(self.data_dir), "--listen", self.target,
                         "--runtime", self.runtime, *self.registry_flags(),
-                        "--stop-grace", "5", *self.extra_args),
+                        "--stop-grace", "5", "--drain", "0s", *self.extra_args),
             stdout=log,
             stderr=log,
             cwd=self.cwd,
@@ -246,8 +246,12 @@ def leftovers(agent: AgentProcess, container_id: str) -> list[str]:
             found.append(f"process {entry.name}: {command}")
     if container_id in Path("/proc/self/mounts").read_text():
         found.append("a mount")
-    cgroups = list(Path("/sys/fs/cgroup").glob(f"**/jobagent/{container_id}"))
-    found.extend(f"cgroup {path}" for path in cgroups)
+    # Each hierarchy (v1 controllers, unified) by name: a recursive glob would race with
+    # other containers' cgroups going away.
+    root = Path("/sys/fs/cgroup")
+    for hierarchy in (root, *(entry for entry in root.iterdir() if entry.is_dir())):
+        if (hierarchy / "jobagent" / container_id).exists():
+            found.append(f"cgroup {hierarchy / 'jobagent' / container_id}")
     data_dir = agent.cwd / agent.data_dir
     if (data_dir / "containers" / container_id).exists():
         found.append("the bundle directory")

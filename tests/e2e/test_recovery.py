@@ -1,0 +1,171 @@
+"""Crashes and graceful stops: every result survives, nothing runs twice, nobody hangs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from jobagent_client import ClientError, JobAgentClient
+
+from tests.e2e.conftest import start_agent
+from tests.e2e.harness import AgentProcess, Registry, leftovers, sweep, wait_until
+
+RUNNING = 12
+QUEUED = 3
+FLEET = """\
+version: v1
+deployment: fleet
+services:
+  fleet:
+    rtype: job
+    image: {name: busybox:latest}
+    command: {entrypoint: [/bin/sh, -c, 'sleep $DELAY; echo "out $CODE"; exit $CODE']}
+    dispatch: {required_env: [DELAY, CODE]}
+"""
+
+
+def conmon_pids(container_id: str) -> list[int]:
+    """The conmon processes holding a container."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry.name.isdigit() and b"conmon" in cmdline[0] and container_id.encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def destroy(agent: AgentProcess, container_id: str) -> None:
+    """Takes a container away for good, monitor and all, as a reboot or an operator would."""
+    for pid in conmon_pids(container_id):
+        os.kill(pid, signal.SIGKILL)
+    runtime = shutil.which(agent.runtime)
+    assert runtime is not None
+    state = agent.cwd / agent.data_dir / "state" / agent.runtime
+    subprocess.run([runtime, "--root", str(state), "delete", "--force", container_id],
+                   check=False, capture_output=True)  # fmt: skip
+
+
+def test_a_sigkill_with_a_dozen_jobs_running_loses_no_result_and_runs_nothing_twice(
+    tmp_path: Path, registry: Registry, agent: AgentProcess
+) -> None:
+    own = start_agent(tmp_path / "agent", agent.runtime, registry,
+                      extra_args=("--max-concurrent", str(RUNNING)))  # fmt: skip
+    try:
+        with own.client() as client:
+            client.register(FLEET, replace=True)
+            # Half end while the agent is down, half after it is back; three wait in line.
+            fleet = [
+                client.trigger(
+                    "fleet", env={"DELAY": "1" if index % 2 else "5", "CODE": str(index)}
+                )
+                for index in range(RUNNING + QUEUED)
+            ]
+            wait_until(lambda: all(client.get_execution(e.id).status == "running"
+                                   for e in fleet[:RUNNING]), 60, "a dozen running")  # fmt: skip
+            assert all(client.get_execution(e.id).status == "pending" for e in fleet[RUNNING:])
+            lost = fleet[2]
+        own.stop(signal.SIGKILL)
+        destroy(own, lost.container_id)
+        time.sleep(2)  # the short ones end while nobody watches
+        own.start()
+        with own.client() as client:
+            for execution in fleet:
+                client.wait(execution.id)
+            check_fleet(client, own, [e.id for e in fleet], lost.id)
+    finally:
+        own.stop()
+        sweep(own)
+
+
+def check_fleet(client: JobAgentClient, agent: AgentProcess, fleet: list[str], lost: str) -> None:
+    """True exit codes, one attempt and one output line each, and no execution added."""
+    assert len(client.list_executions("fleet")) == len(fleet)
+    for index, execution_id in enumerate(fleet):
+        final = client.get_execution(execution_id)
+        if execution_id == lost:
+            assert (final.status, final.failure_reason) == ("failed", "agent_lost")
+            continue
+        expected = "completed" if index == 0 else "failed"
+        assert (final.status, final.exit_code) == (expected, index), final.message
+        assert len(final.attempts) == 1 and final.finished_at is not None
+        assert [line.message for line in client.logs(execution_id)] == [f"out {index}"]
+        assert leftovers(agent, final.container_id) == []
+
+
+def test_a_graceful_stop_turns_triggers_away_ends_streams_and_leaves_jobs_running(
+    tmp_path: Path, registry: Registry, agent: AgentProcess
+) -> None:
+    own = start_agent(tmp_path / "agent", agent.runtime, registry, extra_args=("--drain", "3s"))
+    try:
+        with own.client() as client:
+            client.register(LONG, replace=True)
+            running = client.trigger("long")
+            wait_until(lambda: client.get_execution(running.id).status == "running", 30,
+                       "running")  # fmt: skip
+            endings: dict[str, grpc.StatusCode | None] = {}
+            streams = {
+                "events": lambda: list(client.watch_events(0)),
+                "logs": lambda: list(client.logs(running.id, follow=True)),
+                "watch": lambda: list(client.watch(running.id)),
+            }
+            threads = [threading.Thread(target=record_ending, args=(name, call, endings))
+                       for name, call in streams.items()]  # fmt: skip
+            for thread in threads:
+                thread.start()
+            time.sleep(0.5)  # the streams are open
+            assert own.process is not None
+            own.process.send_signal(signal.SIGTERM)
+            wait_until(lambda: health(own) == health_pb2.HealthCheckResponse.NOT_SERVING, 5,
+                       "NOT_SERVING")  # fmt: skip
+            with pytest.raises(ClientError) as caught:
+                client.trigger("long")
+            assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+            assert client.get_execution(running.id).status == "running"  # reads still work
+            for thread in threads:
+                thread.join(10)
+            assert endings == dict.fromkeys(streams, grpc.StatusCode.UNAVAILABLE)
+            assert own.process.wait(30) == 0
+        assert conmon_pids(running.container_id), "the job's monitor went with the agent"
+        own.start()
+        with own.client() as client:
+            assert client.wait(running.id).status == "completed"
+            assert [line.message for line in client.logs(running.id)] == ["kept"]
+            assert len(client.list_executions("long")) == 1
+    finally:
+        own.stop()
+        sweep(own)
+
+
+LONG = ("version: v1\ndeployment: long\nservices:\n  long:\n    rtype: job\n"
+        "    image: {name: busybox:latest}\n"
+        "    command: {entrypoint: [/bin/sh, -c, 'sleep 8; echo kept']}\n")  # fmt: skip
+
+
+def record_ending(
+    name: str, call: Callable[[], object], endings: dict[str, grpc.StatusCode | None]
+) -> None:
+    """Runs a stream to its end and records the status it ended with (None: OK)."""
+    try:
+        call()
+        endings[name] = None
+    except ClientError as error:
+        endings[name] = error.code
+
+
+def health(agent: AgentProcess) -> int:
+    """The agent's health status now."""
+    with grpc.insecure_channel(agent.target) as channel:
+        return int(health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                             timeout=2).status)  # fmt: skip
