@@ -331,12 +331,17 @@ class Executor:
         """Yields every event of the node after `since` (optionally of one job or some kinds),
         then each new one, once and in order, with a Bookmark after each quiet interval.
 
-        Raises OutOfRange when retention already removed events after `since`, and
+        Raises OutOfRange when retention already removed events after `since` or `since` is
+        newer than any event, and
         ResourceExhausted when the watcher falls too far behind; it resumes from the last
         sequence it saw.
         """
         if since < self._store.compacted_through():
             raise OutOfRange(f"events up to {self._store.compacted_through()} are gone; re-list")
+        newest = self._store.last_sequence()
+        if since > newest:
+            # A sequence this store never gave out: it was replaced, or the caller is confused.
+            raise OutOfRange(f"since_sequence {since} is beyond the newest event {newest}; re-list")
 
         def wanted(event: NodeEvent) -> bool:
             return (not job_name or event_job_name(event) == job_name) and (
