@@ -140,6 +140,26 @@ def test_jobctl_registers_triggers_follows_and_lists(agent: AgentProcess, tmp_pa
     missing = jobctl(agent, "get", "0" * 32)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
 
+    events = jobctl(agent, "-o", "json", "events", "--job", "from-cli")
+    assert events.returncode == 0, events.stderr
+    seen = [json.loads(line) for line in events.stdout.splitlines()]
+    assert seen[0]["type"] == "job_registered"
+    mine = [event["status"] for event in seen if event.get("id") == executions[0]["id"]]
+    assert mine == ["pending", "initializing", "running", "failed"]
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "jobagent_client.jobctl", "--target", agent.target,
+         "events", "--job", "from-cli", "--follow", "--since", str(seen[-1]["sequence"])],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        again = jobctl(agent, "trigger", "from-cli", "--wait")
+        assert again.returncode == 4
+        assert follow.stdout is not None
+        assert "pending" in follow.stdout.readline()
+    finally:
+        follow.kill()
+        follow.wait()
+
 
 def test_watch_events_follows_the_node_and_resumes_without_gap(agent: AgentProcess) -> None:
     with agent.client() as client:

@@ -16,6 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import jobs_pb2 as pb
 from jobagent_client import ClientError, JobAgentClient
+from jobagent_client.jobctl import COMMANDS
 
 SERVICE = service_pb.DESCRIPTOR.services_by_name["JobService"]
 Result = TypeVar("Result")
@@ -150,3 +151,15 @@ def test_a_stream_error_becomes_a_client_error(channel: Any) -> None:
     with pytest.raises(ClientError) as caught:
         future.result(timeout=5)
     assert caught.value.code is grpc.StatusCode.NOT_FOUND
+
+
+def test_jobctl_has_a_command_for_every_rpc() -> None:
+    covered = {
+        "RegisterJob": "register", "GetJob": "job", "ListJobs": "jobs",
+        "UnregisterJob": "unregister", "SuspendJob": "suspend", "ResumeJob": "resume",
+        "TriggerJob": "trigger", "GetExecution": "get", "ListExecutions": "list",
+        "CancelExecution": "cancel", "WatchExecution": "watch", "WatchEvents": "events",
+        "StreamLogs": "logs", "PruneImages": "prune-images", "GetNodeInfo": "node",
+    }  # fmt: skip
+    assert set(covered) == set(SERVICE.methods_by_name)
+    assert set(covered.values()) <= set(COMMANDS)

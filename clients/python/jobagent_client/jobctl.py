@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jobagent_client.client import ClientError, JobAgentClient, tls_credentials
-from jobagent_client.models import Bookmark, Execution, Job, JobEvent, LogLine
+from jobagent_client.models import Bookmark, Execution, ExecutionEvent, Job, JobEvent, LogLine
 
 EXECUTION_COLUMNS = ("id", "job_name", "status", "exit_code", "failure_reason", "created_at")
 JOB_COLUMNS = ("name", "kind", "deployment", "image", "schedule", "next_run_time")
@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("watch", help="print an execution's transitions").add_argument("id")
     commands.add_parser("prune-images", help="remove images that no job uses")
     commands.add_parser("node", help="versions, capacity, load and limits of the node")
-    events = commands.add_parser("events", help="follow every event of the node")
+    events = commands.add_parser("events", help="print the node's events (and follow them)")
     events.add_argument("--since", type=int, default=0, help="resume after this sequence")
     events.add_argument("--job", default="")
+    events.add_argument("-f", "--follow", action="store_true", help="go on with new events")
 
     logs = commands.add_parser("logs", help="print an execution's output")
     logs.add_argument("id")
@@ -143,6 +144,22 @@ class Printer:
                           f"{attempt['message']}")  # fmt: skip
                 continue
             print(f"{key + ':':<16}{_cell(value)}")
+
+    def event(self, item: ExecutionEvent | JobEvent) -> None:
+        """Prints one node event as it arrives."""
+        if isinstance(item, JobEvent):
+            data: dict[str, Any] = asdict(item)
+            what, subject = (f"{item.type}: {item.message}" if item.message else item.type), "-"
+        else:
+            data = {"sequence": item.sequence, "type": item.type, **_plain(item.execution)}
+            execution = item.execution
+            what = execution.status if item.type == "transition" else item.message
+            subject = execution.id
+        if self.json:
+            print(json.dumps(data, default=str), flush=True)
+        else:
+            job_name = item.job_name if isinstance(item, JobEvent) else item.execution.job_name
+            print(f"{item.sequence:>8}  {job_name}  {subject:<32}  {what}", flush=True)
 
     def log_line(self, line: LogLine) -> None:
         """Prints one output line (stderr lines go to stderr)."""
@@ -253,23 +270,18 @@ def _logs(client: JobAgentClient, args: argparse.Namespace, printer: Printer) ->
 
 
 def _events(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
-    for item in client.watch_events(args.since, args.job):
-        if isinstance(item, Bookmark):
-            continue
-        if isinstance(item, JobEvent):
-            if printer.json:
-                print(json.dumps(asdict(item), default=str), flush=True)
-            else:
-                what = f"{item.type}: {item.message}" if item.message else item.type
-                print(f"{item.sequence:>8}  {item.job_name}  {'-':<32}  {what}", flush=True)
-            continue
-        execution = item.execution
-        if printer.json:
-            print(json.dumps({"sequence": item.sequence, "type": item.type,
-                              **_plain(execution)}, default=str), flush=True)  # fmt: skip
-        else:
-            what = execution.status if item.type == "transition" else item.message
-            print(f"{item.sequence:>8}  {execution.job_name}  {execution.id}  {what}", flush=True)
+    # Without --follow: up to the newest event there is now.
+    newest = None if args.follow else client.node_info().last_sequence
+    if newest is not None and newest <= args.since:
+        return 0
+    interval = None if args.follow else timedelta(milliseconds=200)
+    for item in client.watch_events(args.since, args.job, bookmark_interval=interval):
+        if newest is not None and item.sequence >= newest:
+            if not isinstance(item, Bookmark):
+                printer.event(item)
+            return 0
+        if not isinstance(item, Bookmark):
+            printer.event(item)
     return 0
 
 
