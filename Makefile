@@ -8,7 +8,16 @@ PY := $(VENV)/bin/python
 YOUKI_VERSION := 0.7.0
 GRPCURL_VERSION := v1.9.3
 TOOLS := .tools/bin
-APT_PACKAGES := conmon umoci skopeo docker-registry busybox-static libseccomp-dev pkg-config runc
+APT_PACKAGES := conmon umoci skopeo docker-registry busybox-static libseccomp-dev pkg-config runc \
+  openssl protobuf-compiler
+# Code generators and buf, pinned (the TypeScript ones in clients/typescript/package-lock.json).
+BUF_VERSION := 1.75.0
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+BUF := .tools/npm/node_modules/.bin/buf
+TS_DIR := clients/typescript
+GO_DIR := clients/go
+RUST_DIR := clients/rust
 DATA_DIR ?= .data
 LISTEN ?= 127.0.0.1:50051
 RUNTIME ?= youki
@@ -16,12 +25,14 @@ EXAMPLE_IMAGE := build/images/busybox
 GEN_DIR := clients/python/jobagent/v1
 PROTOS := $(wildcard protos/jobagent/v1/*.proto)
 
-.PHONY: help deps apt youki grpcurl venv proto proto-check image run test lint unit e2e bench clean
+.PHONY: help deps apt youki grpcurl venv proto proto-check image run test lint unit e2e bench clean \
+  tools clients clients-check clients-build clients-lint buf-lint buf-breaking release-api
 
 help:
 	@echo "make run    install what is missing, build the example image, start the agent on $(LISTEN)"
 	@echo "make test   install what is missing, lint, type-check and run the whole suite"
 	@echo "make proto  regenerate the Python code from protos/"
+	@echo "make clients  regenerate the Go and TypeScript code from protos/ (Rust: at build time)"
 	@echo "make bench  run the benchmarks"
 
 deps: apt youki venv
@@ -67,6 +78,51 @@ proto-check: proto
 	@git diff --exit-code --stat -- clients/python/jobagent || \
 	  { echo "generated code is out of date: run 'make proto' and commit"; exit 1; }
 
+# The other clients: generated code (buf with pinned plugins), builds, lint, API checks.
+$(TOOLS)/protoc-gen-go:
+	GOBIN=$(abspath $(TOOLS)) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(TOOLS)/protoc-gen-go-grpc:
+	GOBIN=$(abspath $(TOOLS)) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+
+$(BUF):
+	npm install --prefix .tools/npm --no-audit --no-fund --silent @bufbuild/buf@$(BUF_VERSION)
+
+$(TS_DIR)/node_modules/.installed: $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
+	cd $(TS_DIR) && npm ci --no-audit --no-fund --silent
+	touch $@
+
+tools: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(BUF) $(TS_DIR)/node_modules/.installed
+
+clients: tools
+	@rm -rf $(GO_DIR)/gen $(TS_DIR)/src/gen
+	$(BUF) generate
+
+# CI fails when the committed generated code differs from what protos/ generates.
+clients-check: clients
+	@git diff --exit-code --stat -- $(GO_DIR)/gen $(TS_DIR)/src/gen && \
+	  test -z "$$(git ls-files --others --exclude-standard -- $(GO_DIR)/gen $(TS_DIR)/src/gen)" || \
+	  { echo "generated client code is out of date: run 'make clients' and commit"; exit 1; }
+
+buf-lint: $(BUF)
+	$(BUF) lint
+
+# Breaking changes against the last released API (make release-api records a release).
+buf-breaking: $(BUF)
+	$(BUF) breaking --against protos/released/jobagent-v1.binpb
+
+release-api: $(BUF)
+	$(BUF) build -o protos/released/jobagent-v1.binpb
+
+clients-build: apt tools
+	cd $(GO_DIR) && go build -o bin/conformance ./cmd/conformance
+	cd $(TS_DIR) && npx tsc -p tsconfig.json
+	cd $(RUST_DIR) && cargo build --release --locked --example conformance --quiet
+
+clients-lint: clients-build
+	cd $(GO_DIR) && test -z "$$(gofmt -l .)" && go vet ./...
+	cd $(RUST_DIR) && cargo fmt --check
+
 $(EXAMPLE_IMAGE)/index.json: examples/build-busybox-image.sh
 	bash examples/build-busybox-image.sh $(EXAMPLE_IMAGE)
 
@@ -77,11 +133,11 @@ run: deps image
 	$(PY) -m agent serve --data-dir $(DATA_DIR) --listen $(LISTEN) --runtime $(RUNTIME)
 
 lint: venv
-	$(VENV)/bin/ruff check agent clients/python/jobagent_client tests bench
-	$(VENV)/bin/ruff format --check agent clients/python/jobagent_client tests bench
+	$(VENV)/bin/ruff check agent clients/python/jobagent_client clients/python/examples tests bench
+	$(VENV)/bin/ruff format --check agent clients/python/jobagent_client clients/python/examples tests bench
 	$(VENV)/bin/mypy
 
-test: deps grpcurl proto-check lint
+test: deps grpcurl proto-check clients-check buf-lint buf-breaking clients-lint lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 unit: venv

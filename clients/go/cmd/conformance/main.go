@@ -1,0 +1,91 @@
+// Command conformance runs the scenario every client passes against a live agent
+// (clients/CONFORMANCE.md): conformance 127.0.0.1:50051.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "jobagent/clients/go/gen/jobagent/v1"
+	"jobagent/clients/go/jobagent"
+)
+
+const job = "conformance-go"
+
+func check(condition bool, what string) {
+	if !condition {
+		fmt.Fprintf(os.Stderr, "conformance failed: %s\n", what)
+		os.Exit(1)
+	}
+}
+
+func fail(err error) {
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "conformance failed: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func must[T any](value T, err error) T {
+	fail(err)
+	return value
+}
+
+func main() {
+	target := "127.0.0.1:50051"
+	if len(os.Args) > 1 {
+		target = os.Args[1]
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	client := must(jobagent.Dial(target, jobagent.Options{}))
+	defer client.Close()
+	spec := fmt.Sprintf("version: v1\ndeployment: %[1]s\nservices:\n"+
+		"  %[1]s:\n    rtype: job\n    image: {name: busybox:latest}\n"+
+		"    command: {entrypoint: [/bin/echo, hello from go]}\n"+
+		"  %[1]s-long:\n    rtype: job\n    image: {name: busybox:latest}\n"+
+		"    command: {entrypoint: [/bin/sleep, '300']}\n", job)
+	must(client.Register(ctx, spec, true))
+
+	// Trigger, watch to the end, read the logs.
+	done := must(client.TriggerAndWait(ctx, job))
+	check(done.GetStatus() == pb.ExecutionStatus_EXECUTION_STATUS_COMPLETED && done.GetExitCode() == 0, "completed")
+	var lines []string
+	fail(client.Logs(ctx, done.GetId(), false, func(line *pb.LogLine) { lines = append(lines, line.GetMessage()) }))
+	check(strings.Join(lines, "\n") == "hello from go", "logs")
+
+	// Cancel a long job once it runs.
+	long := must(client.Trigger(ctx, job+"-long"))
+	must(client.WatchUntil(ctx, long.GetId(), func(e *pb.Execution) bool {
+		return e.GetStatus() == pb.ExecutionStatus_EXECUTION_STATUS_RUNNING
+	}))
+	cancelled := must(client.Cancel(ctx, long.GetId(), time.Second))
+	check(cancelled.GetStatus() == pb.ExecutionStatus_EXECUTION_STATUS_CANCELLED, "cancelled")
+
+	// An unknown id is NOT_FOUND.
+	_, err := client.GetExecution(ctx, strings.Repeat("0", 32))
+	check(status.Code(err) == codes.NotFound, "not found")
+
+	// Resume an event stream: after the second event of the run, the third comes next.
+	events := client.WatchEvents(0, job)
+	var seen []uint64
+	for {
+		event := must(events.Next(ctx))
+		if event.Execution != nil && event.Execution.GetExecution().GetId() == done.GetId() {
+			seen = append(seen, event.Sequence)
+			if jobagent.Terminal(event.Execution.GetExecution().GetStatus()) {
+				break
+			}
+		}
+	}
+	check(len(seen) >= 3, "events of the run")
+	resumed := client.WatchEvents(seen[1], job)
+	check(must(resumed.Next(ctx)).Sequence == seen[2], "resume")
+	fmt.Println("conformance ok: go")
+}

@@ -1,0 +1,214 @@
+// Package jobagent is a client of the jobagent node agent: a thin typed layer over the code
+// generated from protos/ (package jobagentv1): trigger and wait, follow logs, watch the
+// node's events with resume.
+package jobagent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "jobagent/clients/go/gen/jobagent/v1"
+)
+
+// Client talks to one agent.
+type Client struct {
+	conn  *grpc.ClientConn
+	stub  pb.JobServiceClient
+	token string
+}
+
+// Options say how to reach the agent: TLS credentials (plain text when nil) and a bearer
+// token (none when empty).
+type Options struct {
+	TLS   credentials.TransportCredentials
+	Token string
+}
+
+// Dial connects to target (host:port or unix:/path).
+func Dial(target string, options Options) (*Client, error) {
+	transport := options.TLS
+	if transport == nil {
+		transport = insecure.NewCredentials()
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(transport))
+	if err != nil {
+		return nil, err
+	}
+	return &Client{conn: conn, stub: pb.NewJobServiceClient(conn), token: options.Token}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Stub is the generated client, for calls the wrapper does not cover.
+func (c *Client) Stub() pb.JobServiceClient { return c.stub }
+
+func (c *Client) ctx(ctx context.Context) context.Context {
+	if c.token == "" {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.token)
+}
+
+// Register registers the jobs of a deployment document.
+func (c *Client) Register(ctx context.Context, specYAML string, replace bool) ([]*pb.Job, error) {
+	response, err := c.stub.RegisterJob(c.ctx(ctx), &pb.RegisterJobRequest{
+		Source: &pb.RegisterJobRequest_SpecYaml{SpecYaml: specYAML}, Replace: replace,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return response.GetJobs(), nil
+}
+
+// Trigger starts an execution of a job.
+func (c *Client) Trigger(ctx context.Context, jobName string) (*pb.Execution, error) {
+	return c.stub.TriggerJob(c.ctx(ctx), &pb.TriggerJobRequest{JobName: jobName})
+}
+
+// GetExecution returns one execution.
+func (c *Client) GetExecution(ctx context.Context, id string) (*pb.Execution, error) {
+	return c.stub.GetExecution(c.ctx(ctx), &pb.GetExecutionRequest{Id: id})
+}
+
+// Terminal reports whether an execution's status is final.
+func Terminal(status pb.ExecutionStatus) bool {
+	return status == pb.ExecutionStatus_EXECUTION_STATUS_COMPLETED ||
+		status == pb.ExecutionStatus_EXECUTION_STATUS_FAILED ||
+		status == pb.ExecutionStatus_EXECUTION_STATUS_CANCELLED
+}
+
+// WatchUntil follows an execution until done says so or it ends, and returns it then.
+func (c *Client) WatchUntil(ctx context.Context, id string, done func(*pb.Execution) bool) (*pb.Execution, error) {
+	stream, err := c.stub.WatchExecution(c.ctx(ctx), &pb.WatchExecutionRequest{Id: id})
+	if err != nil {
+		return nil, err
+	}
+	var last *pb.Execution
+	for {
+		event, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			if last == nil {
+				return nil, errors.New("the watch ended without an event")
+			}
+			return last, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		last = event.GetExecution()
+		if done(last) || Terminal(last.GetStatus()) {
+			return last, nil
+		}
+	}
+}
+
+// Wait waits for an execution to end.
+func (c *Client) Wait(ctx context.Context, id string) (*pb.Execution, error) {
+	return c.WatchUntil(ctx, id, func(*pb.Execution) bool { return false })
+}
+
+// TriggerAndWait starts an execution and waits for its end.
+func (c *Client) TriggerAndWait(ctx context.Context, jobName string) (*pb.Execution, error) {
+	execution, err := c.Trigger(ctx, jobName)
+	if err != nil {
+		return nil, err
+	}
+	return c.Wait(ctx, execution.GetId())
+}
+
+// Logs calls line for each output line; with follow, until the execution ends.
+func (c *Client) Logs(ctx context.Context, id string, follow bool, line func(*pb.LogLine)) error {
+	stream, err := c.stub.StreamLogs(c.ctx(ctx), &pb.StreamLogsRequest{ExecutionId: id, Follow: follow})
+	if err != nil {
+		return err
+	}
+	for {
+		item, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		line(item)
+	}
+}
+
+// Cancel stops an execution (stop signal, grace, then SIGKILL) and returns it once final.
+func (c *Client) Cancel(ctx context.Context, id string, grace time.Duration) (*pb.Execution, error) {
+	return c.stub.CancelExecution(c.ctx(ctx), &pb.CancelExecutionRequest{
+		Id: id, GracePeriod: durationpb.New(grace),
+	})
+}
+
+// Event is one event of the node's stream: Execution or Job is set.
+type Event struct {
+	Sequence  uint64
+	Execution *pb.ExecutionEvent
+	Job       *pb.JobEvent
+}
+
+// EventWatcher follows the node's events, resuming after the last one it handed out when
+// the stream breaks (the agent restarted, or the watcher fell behind).
+type EventWatcher struct {
+	client  *Client
+	jobName string
+	last    uint64
+	stream  grpc.ServerStreamingClient[pb.WatchEventsResponse]
+}
+
+// WatchEvents follows the node's events after since (of one job when jobName is set).
+func (c *Client) WatchEvents(since uint64, jobName string) *EventWatcher {
+	return &EventWatcher{client: c, jobName: jobName, last: since}
+}
+
+// LastSequence is the sequence of the last event handed out.
+func (w *EventWatcher) LastSequence() uint64 { return w.last }
+
+// Next returns the next event (bookmarks are skipped); OUT_OF_RANGE means re-list, then watch.
+func (w *EventWatcher) Next(ctx context.Context) (Event, error) {
+	for {
+		if w.stream == nil {
+			stream, err := w.client.stub.WatchEvents(w.client.ctx(ctx), &pb.WatchEventsRequest{
+				SinceSequence: w.last, JobName: w.jobName,
+			})
+			if err != nil {
+				return Event{}, err
+			}
+			w.stream = stream
+		}
+		response, err := w.stream.Recv()
+		if err != nil {
+			w.stream = nil
+			code := status.Code(err)
+			if errors.Is(err, io.EOF) || code == codes.Unavailable || code == codes.ResourceExhausted {
+				select {
+				case <-ctx.Done():
+					return Event{}, ctx.Err()
+				case <-time.After(200 * time.Millisecond):
+				}
+				continue
+			}
+			return Event{}, err
+		}
+		switch item := response.GetItem().(type) {
+		case *pb.WatchEventsResponse_Event:
+			w.last = item.Event.GetSequence()
+			return Event{Sequence: w.last, Execution: item.Event}, nil
+		case *pb.WatchEventsResponse_JobEvent:
+			w.last = item.JobEvent.GetSequence()
+			return Event{Sequence: w.last, Job: item.JobEvent}, nil
+		}
+	}
+}

@@ -1,0 +1,184 @@
+/**
+ * A client of the jobagent node agent: a thin typed layer over the code generated from
+ * protos/ (src/gen): trigger and wait, follow logs, watch the node's events with resume.
+ */
+import { ChannelCredentials, ClientReadableStream, Metadata, ServiceError, credentials, status } from "@grpc/grpc-js";
+
+import {
+  CancelExecutionRequest,
+  GetExecutionRequest,
+  JobServiceClient,
+  RegisterJobRequest,
+  RegisterJobResponse,
+  StreamLogsRequest,
+  TriggerJobRequest,
+  WatchEventsRequest,
+  WatchEventsResponse,
+  WatchExecutionRequest,
+} from "./gen/jobagent/v1/job_service";
+import { Execution, ExecutionEvent, ExecutionStatus, Job, JobEvent, LogLine } from "./gen/jobagent/v1/jobs";
+
+export * as pb from "./gen/jobagent/v1/jobs";
+export * as service from "./gen/jobagent/v1/job_service";
+
+/** How to reach the agent: TLS (plain text when unset) and a bearer token (none when unset). */
+export interface Options {
+  credentials?: ChannelCredentials;
+  token?: string;
+}
+
+/** An event of the node's stream: of an execution or of a job. */
+export type NodeEvent =
+  | { sequence: number; execution: ExecutionEvent; job?: undefined }
+  | { sequence: number; job: JobEvent; execution?: undefined };
+
+/** True for the statuses an execution never leaves. */
+export function isTerminal(value: ExecutionStatus): boolean {
+  return [ExecutionStatus.EXECUTION_STATUS_COMPLETED, ExecutionStatus.EXECUTION_STATUS_FAILED,
+          ExecutionStatus.EXECUTION_STATUS_CANCELLED].includes(value);
+}
+
+/** Talks to one agent. Calls reject with the grpc-js ServiceError (code, details). */
+export class JobAgent {
+  readonly stub: JobServiceClient;
+  private readonly token?: string;
+
+  constructor(target: string, options: Options = {}) {
+    this.stub = new JobServiceClient(target, options.credentials ?? credentials.createInsecure());
+    this.token = options.token;
+  }
+
+  close(): void {
+    this.stub.close();
+  }
+
+  private metadata(): Metadata {
+    const metadata = new Metadata();
+    if (this.token) {
+      metadata.set("authorization", `Bearer ${this.token}`);
+    }
+    return metadata;
+  }
+
+  private unary<Request, Response>(
+    method: (request: Request, metadata: Metadata, callback: (error: ServiceError | null, response: Response) => void) => unknown,
+    request: Request,
+  ): Promise<Response> {
+    return new Promise((resolve, reject) => {
+      method.call(this.stub, request, this.metadata(), (error: ServiceError | null, response: Response) =>
+        error ? reject(error) : resolve(response));
+    });
+  }
+
+  /** Registers the jobs of a deployment document. */
+  async register(specYaml: string, replace = false): Promise<Job[]> {
+    const response = await this.unary<RegisterJobRequest, RegisterJobResponse>(
+      this.stub.registerJob, RegisterJobRequest.fromPartial({ specYaml, replace }));
+    return response.jobs;
+  }
+
+  /** Starts an execution of a job. */
+  trigger(jobName: string): Promise<Execution> {
+    return this.unary<TriggerJobRequest, Execution>(this.stub.triggerJob, TriggerJobRequest.fromPartial({ jobName }));
+  }
+
+  /** One execution. */
+  getExecution(id: string): Promise<Execution> {
+    return this.unary<GetExecutionRequest, Execution>(this.stub.getExecution, GetExecutionRequest.fromPartial({ id }));
+  }
+
+  /** Follows an execution until `done` says so (or it ends) and returns it then. */
+  async watchUntil(id: string, done: (execution: Execution) => boolean): Promise<Execution> {
+    const stream = this.stub.watchExecution(WatchExecutionRequest.fromPartial({ id }), this.metadata());
+    let last: Execution | undefined;
+    try {
+      for await (const event of stream as AsyncIterable<ExecutionEvent>) {
+        last = event.execution;
+        if (last && (done(last) || isTerminal(last.status))) {
+          return last;
+        }
+      }
+    } finally {
+      stream.cancel();
+    }
+    if (!last) {
+      throw new Error("the watch ended without an event");
+    }
+    return last;
+  }
+
+  /** Waits for an execution to end. */
+  wait(id: string): Promise<Execution> {
+    return this.watchUntil(id, () => false);
+  }
+
+  /** Starts an execution and waits for its end. */
+  async triggerAndWait(jobName: string): Promise<Execution> {
+    return this.wait((await this.trigger(jobName)).id);
+  }
+
+  /** The execution's output lines; with `follow`, as they come until it ends. */
+  async *logs(executionId: string, follow = false): AsyncGenerator<LogLine> {
+    const stream = this.stub.streamLogs(StreamLogsRequest.fromPartial({ executionId, follow }), this.metadata());
+    yield* stream as AsyncIterable<LogLine>;
+  }
+
+  /** Stops an execution (stop signal, grace, then SIGKILL) and returns it once final. */
+  cancel(id: string, graceSeconds: number): Promise<Execution> {
+    const seconds = Math.floor(graceSeconds);
+    const nanos = Math.round((graceSeconds - seconds) * 1e9);
+    return this.unary<CancelExecutionRequest, Execution>(this.stub.cancelExecution,
+      CancelExecutionRequest.fromPartial({ id, gracePeriod: { seconds, nanos } }));
+  }
+
+  /** Follows the node's events after `since` (of one job when set). */
+  watchEvents(since: number, jobName = ""): EventWatcher {
+    return new EventWatcher(this, since, jobName);
+  }
+
+  /** @internal */
+  openEvents(since: number, jobName: string): ClientReadableStream<WatchEventsResponse> {
+    return this.stub.watchEvents(WatchEventsRequest.fromPartial({ sinceSequence: since, jobName }), this.metadata());
+  }
+}
+
+/** The node's events, resumed after the last one handed out when the stream breaks. */
+export class EventWatcher implements AsyncIterable<NodeEvent> {
+  private stream?: ClientReadableStream<WatchEventsResponse>;
+
+  constructor(private readonly agent: JobAgent, private last: number, private readonly jobName: string) {}
+
+  get lastSequence(): number {
+    return this.last;
+  }
+
+  /** Stops watching. */
+  close(): void {
+    this.stream?.cancel();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<NodeEvent> {
+    while (true) {
+      this.stream = this.agent.openEvents(this.last, this.jobName);
+      try {
+        for await (const response of this.stream as AsyncIterable<WatchEventsResponse>) {
+          if (response.event) {
+            this.last = response.event.sequence;
+            yield { sequence: this.last, execution: response.event };
+          } else if (response.jobEvent) {
+            this.last = response.jobEvent.sequence;
+            yield { sequence: this.last, job: response.jobEvent };
+          }
+        }
+      } catch (error) {
+        const code = (error as ServiceError).code;
+        if (code !== status.UNAVAILABLE && code !== status.RESOURCE_EXHAUSTED) {
+          throw error;
+        }
+      } finally {
+        this.stream.cancel();
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
+}
