@@ -122,14 +122,23 @@ impl JobAgent {
         self.wait(&execution.id).await
     }
 
-    /// The execution's output lines; with `follow`, until it ends.
-    pub async fn logs(&mut self, id: &str, follow: bool) -> Result<Vec<String>, Status> {
+    /// The execution's output as it comes; with `follow`, until the execution ends.
+    pub async fn follow_logs(
+        &mut self,
+        id: &str,
+        follow: bool,
+    ) -> Result<Streaming<pb::LogLine>, Status> {
         let request = pb::StreamLogsRequest {
             execution_id: id.to_string(),
             follow,
             ..Default::default()
         };
-        let mut stream = self.inner.stream_logs(request).await?.into_inner();
+        Ok(self.inner.stream_logs(request).await?.into_inner())
+    }
+
+    /// The execution's output lines (all of them, once it ended, with `follow`).
+    pub async fn logs(&mut self, id: &str, follow: bool) -> Result<Vec<String>, Status> {
+        let mut stream = self.follow_logs(id, follow).await?;
         let mut lines = Vec::new();
         while let Some(line) = stream.message().await? {
             lines.push(line.message);
