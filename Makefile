@@ -14,6 +14,7 @@ APT_PACKAGES := conmon umoci skopeo docker-registry busybox-static libseccomp-de
 BUF_VERSION := 1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+GHZ_VERSION := v0.120.0
 BUF := .tools/npm/node_modules/.bin/buf
 TS_DIR := clients/typescript
 GO_DIR := clients/go
@@ -146,10 +147,26 @@ unit: venv
 e2e: deps grpcurl
 	$(VENV)/bin/pytest -q tests/e2e
 
-BENCHES := latency throughput image_size
+# P1..P7 of the performance issue, each a module of bench/ (`make bench ONLY=P3`).
+BENCH_P1 := latency
+BENCH_P2 := throughput
+BENCH_P3 := image_size
+BENCH_P4 := logs
+BENCH_P5 := unary
+BENCH_P6 := scale
+BENCH_P7 := watchers
+BENCHES := P1 P2 P3 P4 P5 P6 P7
 
-bench: deps
-	@for b in $(if $(ONLY),$(ONLY),$(BENCHES)); do $(PY) -m bench.$$b --runtime $(RUNTIME) || exit 1; done
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+$(TOOLS)/ghz:
+	GOBIN=$(abspath $(TOOLS)) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+bench: deps image $(VENV)/.bench $(TOOLS)/ghz
+	@set -e; $(foreach b,$(if $(ONLY),$(ONLY),$(BENCHES)),\
+	  $(PY) -m bench.$(BENCH_$(b)) --runtime $(RUNTIME);)
 
 clean:
 	rm -rf build $(DATA_DIR)

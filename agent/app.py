@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
+import sys
 from pathlib import Path
 
 from agent.api.auth import TokenTable
@@ -110,8 +112,19 @@ class Agent:
         self.store.close()
 
 
+def watch_children_with_pidfds() -> None:
+    """Waits for child processes (conmon, the runtime) through pidfds on the event loop,
+    instead of Python 3.11's default of one thread per child (Python 3.12 does this
+    by itself)."""
+    if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
+        asyncio.set_child_watcher(watcher)
+
+
 async def serve(config: AgentConfig) -> None:
     """Runs the agent until SIGINT or SIGTERM."""
+    watch_children_with_pidfds()
     agent = Agent(config)
     await agent.start()
     stopping = asyncio.Event()

@@ -4,10 +4,11 @@ bundle of the same rootfs, and the report (both figures, their ratio, one JSON l
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,11 @@ class Bench:
 
 
 @contextmanager
-def scratch_agent(runtime: str, *agent_args: str) -> Iterator[Bench]:
-    """An agent on a scratch data directory whose store holds busybox:latest."""
+def scratch_agent(
+    runtime: str, *agent_args: str, before_start: Callable[[Path], None] | None = None
+) -> Iterator[Bench]:
+    """An agent on a scratch data directory whose store holds busybox:latest;
+    `before_start` may fill the data directory first."""
     if reason := missing_requirements():
         raise SystemExit(f"bench: cannot run: {reason}")
     with tempfile.TemporaryDirectory(prefix="jobagent-bench-") as scratch:
@@ -66,6 +70,8 @@ def scratch_agent(runtime: str, *agent_args: str) -> Iterator[Bench]:
         agent = AgentProcess(root / "agent", runtime, extra_args=agent_args)
         agent.data_dir.mkdir()
         agent.import_image(f"oci:{layout}:latest", "busybox:latest")
+        if before_start is not None:
+            before_start(agent.data_dir)
         agent.start()
         try:
             with agent.client() as client:
@@ -103,9 +109,14 @@ def raw_run_ms(
     return (time.perf_counter() - started) * 1000
 
 
+RESULTS = Path("bench/results")
+
+
 def report(bench: str, title: str, agent: float, baseline: float, unit: str, n: int,
-           baseline_name: str, **extra: object) -> None:  # fmt: skip
-    """Prints both figures, their ratio, and one JSON line a machine can read."""
+           baseline_name: str, agent_samples: Sequence[float] = (),
+           baseline_samples: Sequence[float] = (), **extra: object) -> None:  # fmt: skip
+    """Prints both figures, their ratio, and one JSON line a machine can read; keeps the
+    samples in bench/results/<bench>.json and draws them in bench/results/<bench>.png."""
     ratio = agent / baseline
     print(title)
     print(f"  agent    {agent:10.2f} {unit}")
@@ -114,3 +125,60 @@ def report(bench: str, title: str, agent: float, baseline: float, unit: str, n: 
     record = {"bench": bench, **extra, "agent": round(agent, 2), "baseline": round(baseline, 2),
               "ratio": round(ratio, 2), "unit": unit, "n": n}  # fmt: skip
     print(json.dumps(record))
+    _keep(bench, title, record, {"agent": list(agent_samples),
+                                 baseline_name: list(baseline_samples)})  # fmt: skip
+
+
+def report_value(bench: str, title: str, value: float, unit: str, n: int,
+                 samples: Mapping[str, Sequence[float]] | None = None,
+                 **extra: object) -> None:  # fmt: skip
+    """For a figure with a target rather than a baseline (P6, P7): the value and its JSON
+    line, with the samples kept and drawn as for `report`."""
+    print(title)
+    print(f"  value    {value:10.2f} {unit}")
+    for key, item in extra.items():
+        print(f"  {key:<8} {item}")
+    record = {"bench": bench, **extra, "value": round(value, 2), "unit": unit, "n": n}
+    print(json.dumps(record))
+    _keep(bench, title, record, {name: list(values) for name, values in (samples or {}).items()})
+
+
+def _keep(bench: str, title: str, record: Mapping[str, object],
+          samples: Mapping[str, list[float]]) -> None:  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"title": title, "record": record, "machine": machine(), "samples": samples}
+    (RESULTS / f"{bench}.json").write_text(json.dumps(result, indent=1))
+    chart(RESULTS / f"{bench}.png", title, record, samples)
+
+
+def machine() -> dict[str, object]:
+    """Where the figures were measured."""
+    uname = os.uname()
+    return {"cpus": os.cpu_count(), "kernel": uname.release, "arch": uname.machine,
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+                               / 1024**3, 1)}  # fmt: skip
+
+
+def chart(path: Path, title: str, record: Mapping[str, object],
+          samples: Mapping[str, list[float]]) -> None:  # fmt: skip
+    """A picture of the samples: their distributions side by side, or bars of the figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    drawn = {name: values for name, values in samples.items() if len(values) > 1}
+    if drawn:
+        axes.violinplot(list(drawn.values()), showmedians=True)
+        for index, values in enumerate(drawn.values(), start=1):
+            axes.scatter([index] * len(values), values, s=6, alpha=0.4)
+        axes.set_xticks(range(1, len(drawn) + 1), [name[:40] for name in drawn])
+    else:
+        names = [name for name in ("agent", "baseline", "value") if name in record]
+        axes.bar(names, [float(record[name]) for name in names])  # type: ignore[arg-type]
+    axes.set_ylabel(str(record["unit"]))
+    axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

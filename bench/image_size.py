@@ -49,7 +49,7 @@ def main() -> int:
     report("P3", f"P3 trigger-to-terminal, {args.size_mb} MB image against a 1 MB image, "
            f"{args.runtime}, n={args.runs}", statistics.median(big_ms),
            statistics.median(small_ms), "ms", args.runs, "the same job from the 1 MB image",
-           runtime=args.runtime)  # fmt: skip
+           big_ms, small_ms, runtime=args.runtime)  # fmt: skip
     return 0
 
 

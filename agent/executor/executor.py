@@ -420,8 +420,17 @@ class Executor:
     # Lifecycle
 
     async def start(self) -> None:
-        """Picks up what the store says was active when the agent last stopped."""
-        for execution in reversed(self._store.list_executions(statuses=ACTIVE_STATUSES)):
+        """Picks up what the store says was active when the agent last stopped, and removes
+        containers that no active execution owns (left by a crash after the outcome was
+        recorded, or init containers of a run that was interrupted)."""
+        active = self._store.list_executions(statuses=ACTIVE_STATUSES)
+        owned = {execution.container_id for execution in active}
+        for container_id in self._runtime.containers():
+            if container_id not in owned:
+                log.info("removing container %s: no active execution owns it", container_id)
+                await self._runtime.remove(container_id)
+                self._runtime.forget(container_id)
+        for execution in reversed(active):
             await self._recover(execution)
         self._admit()
         self._pruner = asyncio.create_task(self._maintain_forever())

@@ -263,7 +263,6 @@ class ExecutionRun:
                 remaining = max(0.0, self._deadline - asyncio.get_running_loop().time())
             exit_status = await self._wait(container_id, remaining, deadline=True)
             self._phase = Phase.ENDING
-            await self._runtime.remove(container_id)
             attempt = self._finished_attempt(exit_status)
             number = self.execution.attempt
             retry = (
@@ -274,9 +273,13 @@ class ExecutionRun:
                 and policy.retries(exit_status.exit_code)
             )
             if not retry:
+                # The outcome is known: record it first, then remove the container (a crash
+                # in between leaves a bundle that the next start sweeps away).
                 self._finish(exit_status, attempt)
+                await self._runtime.remove(container_id)
                 self._runtime.forget(container_id)
                 return
+            await self._runtime.remove(container_id)
             delay = policy.delay(number)
             self.execution = self._recorder.update(
                 self.execution, EventKind.ATTEMPT_FAILED,

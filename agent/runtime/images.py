@@ -23,6 +23,7 @@ from agent.runtime.process import run
 
 DEFAULT_REGISTRY = "docker.io"
 REF_NAME = "org.opencontainers.image.ref.name"
+USAGE_RESOLUTION_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class ImageStore:
         self._auth_file = auth_file
         self._pulls_file = root / "pulls.json"
         self._usage_file = root / "usage.json"
+        self._usage_cache: dict[str, float] | None = None
         self._lock = asyncio.Lock()
         self._rootfs_dir.mkdir(parents=True, exist_ok=True)
 
@@ -119,9 +121,7 @@ class ImageStore:
             digest = self._digest_of(reference)
             if digest is None:
                 raise ImagePullError(f"image {name} is missing from the store after the pull")
-            usage = self._usage()
-            usage[reference] = time.time()
-            self._write_json(self._usage_file, usage)
+            self._note_use(reference)
             return await self._unpacked(reference, digest)
 
     async def prune(self, in_use: set[str], budget_bytes: int | None = None) -> PruneResult:
@@ -181,11 +181,21 @@ class ImageStore:
 
     def _usage(self) -> dict[str, float]:
         """When each reference was last used to run something (epoch seconds)."""
-        try:
-            data: dict[str, float] = json.loads(self._usage_file.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data
+        if self._usage_cache is None:
+            try:
+                self._usage_cache = json.loads(self._usage_file.read_text())
+            except (OSError, ValueError):
+                self._usage_cache = {}
+        return self._usage_cache
+
+    def _note_use(self, reference: str) -> None:
+        """Records a use; the file is rewritten only when the minute-grained record moves,
+        not at every job (least-recently-used pruning needs no finer time)."""
+        usage = self._usage()
+        moment = time.time()
+        if moment - usage.get(reference, 0.0) >= USAGE_RESOLUTION_SECONDS:
+            usage[reference] = moment
+            self._write_json(self._usage_file, usage)
 
     def _write_json(self, path: Path, data: object) -> None:
         temporary = path.with_suffix(".tmp")

@@ -245,6 +245,10 @@ class ContainerManager:
         bundle.unmount(directory / "rootfs")
         shutil.rmtree(directory, ignore_errors=True)
 
+    def containers(self) -> list[str]:
+        """The ids of every container whose bundle is here (running, or left by a crash)."""
+        return sorted(entry.name for entry in self.paths.containers.iterdir() if entry.is_dir())
+
     def forget(self, container_id: str) -> None:
         """Drops the exit record of a removed container once its outcome is stored."""
         self.monitor.forget(container_id)

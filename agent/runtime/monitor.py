@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,9 @@ class ConmonMonitor:
         self._runtime = runtime
         self._exits_dir = exits_dir
         self._sockets_dir = sockets_dir
-        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        # conmon must outlive the agent: it is a plain Popen child, never an asyncio
+        # transport (closing one kills its process), and is waited for through a pidfd.
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
         exits_dir.mkdir(parents=True, exist_ok=True)
         sockets_dir.mkdir(parents=True, exist_ok=True)
 
@@ -69,9 +72,9 @@ class ConmonMonitor:
         conmon_log = paths.bundle / "conmon.log"
         try:
             with conmon_log.open("wb") as log:
-                process = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
                     pass_fds=(write_end,),
@@ -84,7 +87,7 @@ class ConmonMonitor:
         finally:
             os.close(write_end)
         self._processes[container_id] = process
-        reply = asyncio.get_running_loop().run_in_executor(None, _read_all, read_end)
+        reply = asyncio.ensure_future(_read_sync_pipe(read_end))
         try:
             message = await asyncio.shield(reply)
         except asyncio.CancelledError:
@@ -94,7 +97,7 @@ class ConmonMonitor:
             raise
         pid, detail = _parse_sync(message)
         if pid <= 0:
-            await process.wait()
+            await exited(process)
             self._processes.pop(container_id, None)
             raise ContainerCreateError(_runtime_error(detail, paths.runtime_log, conmon_log))
         return pid
@@ -119,7 +122,7 @@ class ConmonMonitor:
         """Waits until conmon has recorded the container's exit; returns the exit code."""
         process = self._processes.get(container_id)
         if process is not None:
-            await process.wait()
+            await exited(process)
         while (code := self.exit_code(container_id)) is None:
             # Re-adopted containers are not our children: watch the exit file instead.
             await asyncio.sleep(EXIT_POLL_SECONDS)
@@ -136,16 +139,55 @@ class ConmonMonitor:
         return (self.persist_dir(container_id) / "oom").exists()
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
+async def exited(process: subprocess.Popen[bytes]) -> int:
+    """Waits on the event loop for a child to end (its pidfd turns readable); its status.
+    Several may wait for the same child."""
+    if process.poll() is not None:
+        return process.returncode
+    loop = asyncio.get_running_loop()
     try:
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-            if chunk.endswith(b"\n"):
-                break
+        pidfd = os.pidfd_open(process.pid)
+    except ProcessLookupError:
+        # Another waiter reaped it between the poll and here.
+        return process.wait()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(pidfd, wake)
+    try:
+        if process.poll() is None:
+            await ended
     finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    return process.wait()
+
+
+async def _read_sync_pipe(fd: int) -> bytes:
+    """conmon's one-line report, read on the event loop as it arrives (or at EOF)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+    chunks: list[bytes] = []
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        chunks.append(chunk)
+        if (not chunk or chunk.endswith(b"\n")) and not done.done():
+            done.set_result(b"".join(chunks))
+
+    loop.add_reader(fd, readable)
+    try:
+        return await done
+    finally:
+        loop.remove_reader(fd)
         os.close(fd)
-    return b"".join(chunks)
 
 
 def _parse_sync(message: bytes) -> tuple[int, str]:

@@ -231,6 +231,15 @@ def sweep(agent: AgentProcess) -> None:
             subprocess.run(["umount", "-l", target], check=False)
 
 
+def settled_leftovers(agent: AgentProcess, container_id: str, timeout: float = 10) -> list[str]:
+    """What is left of a container once the agent had time to remove it: the outcome is
+    recorded first, the container removed right after."""
+    deadline = time.monotonic() + timeout
+    while (found := leftovers(agent, container_id)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 def leftovers(agent: AgentProcess, container_id: str) -> list[str]:
     """What is left of a container: processes, mounts, runtime state, bundle."""
     found = []

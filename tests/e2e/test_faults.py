@@ -15,7 +15,14 @@ import pytest
 from jobagent_client import JobAgentClient
 
 from tests.e2e.conftest import start_agent
-from tests.e2e.harness import AgentProcess, Registry, free_port, leftovers, sweep, wait_until
+from tests.e2e.harness import (
+    AgentProcess,
+    Registry,
+    free_port,
+    settled_leftovers,
+    sweep,
+    wait_until,
+)
 
 
 def job(name: str, image: str = "busybox:latest", extra: str = "") -> str:
@@ -48,7 +55,8 @@ def test_a_bundle_that_cannot_be_made_fails_at_create(
     reason, message = fails(client, job("ghost-user", extra="    user: ghost\n"), "ghost-user")
     assert reason == "create"
     assert "'ghost' is not in the image's /etc/passwd" in message
-    assert not any((agent.cwd / agent.data_dir / "containers").iterdir())
+    containers = agent.cwd / agent.data_dir / "containers"
+    wait_until(lambda: not any(containers.iterdir()), 10, "no bundle left")
 
 
 @pytest.fixture
@@ -79,7 +87,7 @@ def test_a_missing_runtime_binary_fails_at_create(fragile: tuple[AgentProcess, P
         execution = client.wait(client.trigger("no-runtime").id)
         assert (execution.status, execution.failure_reason) == ("failed", "create")
         assert execution.message
-        assert leftovers(own, execution.container_id) == []
+        assert settled_leftovers(own, execution.container_id) == []
 
 
 def test_a_full_log_disk_fails_at_create(fragile: tuple[AgentProcess, Path]) -> None:
@@ -92,7 +100,7 @@ def test_a_full_log_disk_fails_at_create(fragile: tuple[AgentProcess, Path]) -> 
         execution = client.wait(client.trigger("no-space").id)
         assert (execution.status, execution.failure_reason) == ("failed", "create")
         assert "space" in execution.message.lower()
-        assert leftovers(own, execution.container_id) == []
+        assert settled_leftovers(own, execution.container_id) == []
 
 
 @pytest.fixture
@@ -132,4 +140,4 @@ def test_cancel_works_during_init(client: JobAgentClient, agent: AgentProcess) -
             break
     cancelled = client.cancel(execution.id)
     assert cancelled.status == "cancelled"
-    assert leftovers(agent, execution.container_id) == []
+    assert settled_leftovers(agent, execution.container_id) == []

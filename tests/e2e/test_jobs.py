@@ -14,7 +14,7 @@ from jobagent_client import ClientError, JobAgentClient
 from jobagent_client.models import Execution
 
 from tests.e2e.conftest import start_agent
-from tests.e2e.harness import AgentProcess, Registry, leftovers, sweep, wait_until
+from tests.e2e.harness import AgentProcess, Registry, settled_leftovers, sweep, wait_until
 
 ORDER = ["pending", "initializing", "running", "completed"]
 
@@ -102,7 +102,7 @@ def test_cancel_stops_within_the_grace_period_and_leaves_nothing(
     assert cancelled.status == "cancelled"
     # The shell handled SIGTERM: it ended within the grace period, before any SIGKILL.
     assert cancelled.exit_code == 143
-    assert leftovers(agent, execution.container_id) == []
+    assert settled_leftovers(agent, execution.container_id) == []
     with pytest.raises(ClientError) as caught:
         client.cancel(execution.id)
     assert caught.value.code is grpc.StatusCode.FAILED_PRECONDITION
@@ -116,7 +116,7 @@ def test_cancel_kills_a_process_that_ignores_the_stop_signal(
     wait_until(lambda: client.get_execution(execution.id).status == "running", 30, "running")
     cancelled = client.cancel(execution.id, grace=timedelta(seconds=0.5))
     assert (cancelled.status, cancelled.exit_code) == ("cancelled", 137)
-    assert leftovers(agent, execution.container_id) == []
+    assert settled_leftovers(agent, execution.container_id) == []
 
 
 def test_watch_sees_every_transition_once_and_in_order(client: JobAgentClient) -> None:
@@ -238,7 +238,7 @@ def test_records_survive_a_restart_and_running_jobs_are_readopted(
             final = client.wait(running.id)
             assert (final.status, final.exit_code) == ("completed", 0)
             assert [line.message for line in client.logs(running.id)] == ["survived"]
-            assert leftovers(own, running.container_id) == []
+            assert settled_leftovers(own, running.container_id) == []
     finally:
         own.stop()
         sweep(own)

@@ -13,7 +13,7 @@ from jobagent_client import ClientError, JobAgentClient, JobEvent
 
 from agent.privileges import ALL_CAPABILITIES
 from agent.runtime.bundle import DEFAULT_CAPABILITIES
-from tests.e2e.harness import AgentProcess, leftovers, wait_until
+from tests.e2e.harness import AgentProcess, settled_leftovers, wait_until
 
 CGROUP = Path("/sys/fs/cgroup")
 
@@ -100,7 +100,7 @@ def test_the_timeout_stops_the_job_with_deadline_exceeded(
         "deadline_exceeded",
         143,
     )
-    assert leftovers(agent, execution.container_id) == []
+    assert settled_leftovers(agent, execution.container_id) == []
 
 
 def test_cancel_sends_the_jobs_stop_signal(client: JobAgentClient) -> None:
@@ -175,7 +175,7 @@ def test_failed_attempts_are_retried_in_new_containers_with_their_own_logs(
     for number in (1, 2, 3):
         lines = [line.message for line in client.logs(execution.id, attempt=number)]
         assert lines == ["attempt on flaky"]
-        assert leftovers(agent, final.attempts[number - 1].container_id) == []
+        assert settled_leftovers(agent, final.attempts[number - 1].container_id) == []
 
 
 def test_a_fail_exit_code_is_never_retried(client: JobAgentClient) -> None:

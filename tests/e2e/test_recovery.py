@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobagent_client import ClientError, JobAgentClient
 
 from tests.e2e.conftest import start_agent
-from tests.e2e.harness import AgentProcess, Registry, leftovers, sweep, wait_until
+from tests.e2e.harness import AgentProcess, Registry, settled_leftovers, sweep, wait_until
 
 RUNNING = 12
 QUEUED = 3
@@ -101,7 +101,7 @@ def check_fleet(client: JobAgentClient, agent: AgentProcess, fleet: list[str], l
         assert (final.status, final.exit_code) == (expected, index), final.message
         assert len(final.attempts) == 1 and final.finished_at is not None
         assert [line.message for line in client.logs(execution_id)] == [f"out {index}"]
-        assert leftovers(agent, final.container_id) == []
+        assert settled_leftovers(agent, final.container_id) == []
 
 
 def test_a_graceful_stop_turns_triggers_away_ends_streams_and_leaves_jobs_running(

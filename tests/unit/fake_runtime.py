@@ -71,6 +71,9 @@ class FakeRuntime:
         future = self.exits.get(container_id)
         return future.result() if future is not None and future.done() else None
 
+    def containers(self) -> list[str]:
+        return [c for c in self.created if c not in self.removed]
+
     async def is_alive(self, container_id: str) -> bool:
         return container_id in self.alive
 

@@ -419,3 +419,22 @@ async def test_images_of_registered_jobs_are_kept_by_the_image_budget(
             break
         await asyncio.sleep(0.01)
     assert runtime.pruned_with == (frozenset({"busybox:latest"}), 1 << 30)
+
+
+async def test_start_sweeps_containers_that_no_active_execution_owns(
+    make_executor: Callable[..., Executor], runtime: FakeRuntime
+) -> None:
+    first = make_executor(SPEC)
+    finished = await running(first, runtime)
+    runtime.exit(finished.container_id, 0)
+    await statuses_until_terminal(first, finished.id)
+    active = await running(first, runtime)
+    await first.close()
+    # As if the agent crashed after recording the outcome, before removing the container,
+    # and while an init container of another run existed.
+    runtime.removed.remove(finished.container_id)
+    runtime.created.append("ja-" + "f" * 32 + "-init0")
+    runtime.alive.add(active.container_id)
+    await make_executor().start()
+    assert set(runtime.removed) >= {finished.container_id, "ja-" + "f" * 32 + "-init0"}
+    assert active.container_id not in runtime.removed
