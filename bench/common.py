@@ -18,7 +18,7 @@ from jobagent_client import JobAgentClient
 from agent.domain import CommandSpec
 from agent.runtime.bundle import build_config, resolve_process
 from agent.runtime.images import ImageConfig
-from tests.e2e.harness import AgentProcess, build_example_image, missing_requirements
+from tests.e2e.harness import AgentProcess, build_example_image, missing_requirements, sweep
 
 
 @dataclass
@@ -78,6 +78,7 @@ def scratch_agent(
                 yield Bench(root, agent, client, layout)
         finally:
             agent.stop()
+            sweep(agent)
 
 
 def agent_run_ms(client: JobAgentClient, job: str) -> float:

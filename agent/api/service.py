@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from jobagent.v1 import jobs_pb2 as pb
 from agent import __version__
 from agent.api import convert
 from agent.api.errors import maps_errors
-from agent.domain import Bookmark, ExecutionFilter, Job, JobEvent, JobKind
+from agent.domain import Bookmark, ExecutionFilter, Job, JobEvent, JobKind, NodeEvent
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
 from agent.executor.logs import LogQuery
@@ -27,6 +28,8 @@ from agent.spec import NAME_PATTERN, normalize_signal, parse_document, validate_
 
 MAX_GRACE_SECONDS = 3600
 MAX_REQUEST_ID = 128
+# Recent events' wire messages, shared by every watcher (the newest few thousand).
+EVENT_MESSAGE_CACHE = 4096
 EXECUTION_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -47,6 +50,7 @@ class JobService(service_grpc.JobServiceServicer):
         self._scheduler = scheduler
         self._node = node or NodeFacts()
         self._metrics = metrics
+        self._event_messages: OrderedDict[int, service_pb.WatchEventsResponse] = OrderedDict()
 
     def _track(self, rpc: str, items: AsyncIterator[Item]) -> AsyncIterator[Item]:
         """Counts the stream as open while it runs, when there are metrics."""
@@ -220,10 +224,23 @@ class JobService(service_grpc.JobServiceServicer):
                 yield service_pb.WatchEventsResponse(
                     bookmark=service_pb.Bookmark(sequence=item.sequence)
                 )
-            elif isinstance(item, JobEvent):
-                yield service_pb.WatchEventsResponse(job_event=convert.job_event_to_proto(item))
             else:
-                yield service_pb.WatchEventsResponse(event=convert.event_to_proto(item))
+                yield self._event_message(item)
+
+    def _event_message(self, event: NodeEvent) -> service_pb.WatchEventsResponse:
+        """The wire message of an event, made once however many watchers it goes to."""
+        message = self._event_messages.get(event.sequence)
+        if message is None:
+            if isinstance(event, JobEvent):
+                message = service_pb.WatchEventsResponse(
+                    job_event=convert.job_event_to_proto(event)
+                )
+            else:
+                message = service_pb.WatchEventsResponse(event=convert.event_to_proto(event))
+            self._event_messages[event.sequence] = message
+            if len(self._event_messages) > EVENT_MESSAGE_CACHE:
+                self._event_messages.popitem(last=False)
+        return message
 
     @maps_errors
     async def SuspendJob(self, request: service_pb.SuspendJobRequest, context: Context) -> pb.Job:

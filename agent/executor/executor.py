@@ -447,8 +447,11 @@ class Executor:
         if self._pruner is not None:
             self._pruner.cancel()
         tasks = [run.task for run in self._runs.values() if run.task is not None]
-        for task in tasks:
-            task.cancel()
+        for run in self._runs.values():
+            # A run that only removes its finished container is let finish (it is quick);
+            # the others leave their containers running for the next start to re-adopt.
+            if run.task is not None and not run.removing:
+                run.task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def prune_images(self, budget_bytes: int | None = None) -> PruneResult:

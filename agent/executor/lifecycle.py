@@ -45,6 +45,8 @@ class Phase(enum.Enum):
     RUNNING = "running"
     BACKOFF = "backoff"
     ENDING = "ending"
+    # The outcome is recorded; the container is being removed (a stop lets this finish).
+    REMOVING = "removing"
 
 
 def now() -> datetime:
@@ -95,6 +97,11 @@ class ExecutionRun:
         self.task: asyncio.Task[None] | None = None
 
     @property
+    def removing(self) -> bool:
+        """True once the outcome is recorded and only the container's removal is left."""
+        return self._phase is Phase.REMOVING
+
+    @property
     def grace(self) -> float:
         """The job's stop grace period, else the agent's."""
         if self.spec.stop_grace_seconds is not None:
@@ -107,7 +114,7 @@ class ExecutionRun:
         if self._phase is Phase.RUNNING:
             await self._runtime.stop(self.execution.container_id,
                                      self.grace if grace is None else grace, signal)  # fmt: skip
-        elif self._phase is not Phase.ENDING and self.task is not None:
+        elif self._phase not in (Phase.ENDING, Phase.REMOVING) and self.task is not None:
             self.task.cancel()
 
     async def run(self) -> None:
@@ -276,6 +283,7 @@ class ExecutionRun:
                 # The outcome is known: record it first, then remove the container (a crash
                 # in between leaves a bundle that the next start sweeps away).
                 self._finish(exit_status, attempt)
+                self._phase = Phase.REMOVING
                 await self._runtime.remove(container_id)
                 self._runtime.forget(container_id)
                 return
