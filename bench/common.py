@@ -123,8 +123,9 @@ def report(bench: str, title: str, agent: float, baseline: float, unit: str, n: 
     print(f"  agent    {agent:10.2f} {unit}")
     print(f"  baseline {baseline:10.2f} {unit}  ({baseline_name})")
     print(f"  ratio    {ratio:10.2f}")
+    # Three significant digits, so that a ratio far below 1 does not print as 0.0.
     record = {"bench": bench, **extra, "agent": round(agent, 2), "baseline": round(baseline, 2),
-              "ratio": round(ratio, 2), "unit": unit, "n": n}  # fmt: skip
+              "ratio": float(f"{ratio:.3g}"), "unit": unit, "n": n}  # fmt: skip
     print(json.dumps(record))
     _keep(bench, title, record, {"agent": list(agent_samples),
                                  baseline_name: list(baseline_samples)})  # fmt: skip
