@@ -6,14 +6,13 @@ by the runtime manager (pulls); gauges are read from the executor when scraped.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from agent.domain import EventKind, ExecutionEvent, NodeEvent
 
-Item = TypeVar("Item")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
 PULL_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -76,15 +75,9 @@ class Metrics:
         """Counts one image pull (or presence check)."""
         self.pulls.labels("ok" if succeeded else "error").observe(seconds)
 
-    async def track_stream(self, rpc: str, items: AsyncIterator[Item]) -> AsyncIterator[Item]:
-        """Passes a server stream through, counting it as open until it ends."""
-        gauge = self.streams.labels(rpc)
-        gauge.inc()
-        try:
-            async for item in items:
-                yield item
-        finally:
-            gauge.dec()
+    def open_stream(self, rpc: str) -> AbstractContextManager[object]:
+        """Counts a server stream of `rpc` as open for the duration of a `with`."""
+        return self.streams.labels(rpc).track_inprogress()
 
     def serve(self, address: str) -> int:
         """Serves /metrics on host:port in a thread; returns the port."""

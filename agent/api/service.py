@@ -6,6 +6,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
 from agent.executor.logs import LogQuery
 from agent.executor.scheduler import CronScheduler
-from agent.metrics import Item, Metrics
+from agent.metrics import Metrics
 from agent.runtime.errors import RuntimeLayerError
 from agent.spec import NAME_PATTERN, normalize_signal, parse_document, validate_job_spec
 
@@ -52,9 +53,10 @@ class JobService(service_grpc.JobServiceServicer):
         self._metrics = metrics
         self._event_messages: OrderedDict[int, service_pb.WatchEventsResponse] = OrderedDict()
 
-    def _track(self, rpc: str, items: AsyncIterator[Item]) -> AsyncIterator[Item]:
-        """Counts the stream as open while it runs, when there are metrics."""
-        return items if self._metrics is None else self._metrics.track_stream(rpc, items)
+    def _open_stream(self, rpc: str) -> AbstractContextManager[object]:
+        """Counts a stream as open while the handler runs (a context, not one more layer
+        of async generator that every item would pass through)."""
+        return nullcontext() if self._metrics is None else self._metrics.open_stream(rpc)
 
     def _job(self, job: Job) -> pb.Job:
         message = convert.job_to_proto(job)
@@ -183,8 +185,9 @@ class JobService(service_grpc.JobServiceServicer):
         self, request: service_pb.WatchExecutionRequest, context: Context
     ) -> AsyncIterator[pb.ExecutionEvent]:
         _require_id("id", request.id)
-        async for event in self._track("WatchExecution", self._executor.watch(request.id)):
-            yield convert.event_to_proto(event)
+        with self._open_stream("WatchExecution"):
+            async for event in self._executor.watch(request.id):
+                yield convert.event_to_proto(event)
 
     @maps_errors
     async def StreamLogs(
@@ -200,10 +203,10 @@ class JobService(service_grpc.JobServiceServicer):
             since=convert.from_timestamp(request.since) if request.HasField("since") else None,
         )
         self._executor.get_execution(request.execution_id)
-        lines = self._track("StreamLogs", self._executor.stream_logs(request.execution_id, query,
-                                                                    request.attempt))  # fmt: skip
-        async for line in lines:
-            yield convert.log_line_to_proto(line)
+        lines = self._executor.stream_logs(request.execution_id, query, request.attempt)
+        with self._open_stream("StreamLogs"):
+            async for line in lines:
+                yield convert.log_line_to_proto(line)
 
     @maps_errors
     async def WatchEvents(
@@ -217,15 +220,16 @@ class JobService(service_grpc.JobServiceServicer):
             if interval <= 0:
                 raise InvalidSpec("bookmark_interval", "must be positive")
         _require_name("job_name", request.job_name, optional=True)
-        items = self._track("WatchEvents", self._executor.watch_events(
-            request.since_sequence, request.job_name, kinds, interval))  # fmt: skip
-        async for item in items:
-            if isinstance(item, Bookmark):
-                yield service_pb.WatchEventsResponse(
-                    bookmark=service_pb.Bookmark(sequence=item.sequence)
-                )
-            else:
-                yield self._event_message(item)
+        items = self._executor.watch_events(request.since_sequence, request.job_name, kinds,
+                                            interval)  # fmt: skip
+        with self._open_stream("WatchEvents"):
+            async for item in items:
+                if isinstance(item, Bookmark):
+                    yield service_pb.WatchEventsResponse(
+                        bookmark=service_pb.Bookmark(sequence=item.sequence)
+                    )
+                else:
+                    yield self._event_message(item)
 
     def _event_message(self, event: NodeEvent) -> service_pb.WatchEventsResponse:
         """The wire message of an event, made once however many watchers it goes to."""

@@ -356,12 +356,18 @@ class Executor:
                     last = event.sequence
                     if wanted(event):
                         yield event
+            queue = subscription.queue
             while True:
-                try:
-                    item = await asyncio.wait_for(subscription.queue.get(), bookmark_seconds)
-                except TimeoutError:
-                    yield Bookmark(last)
-                    continue
+                if queue.empty():
+                    # A timer, not wait_for's task per event: a node may have 1,000 watchers.
+                    try:
+                        async with asyncio.timeout(bookmark_seconds):
+                            item = await queue.get()
+                    except TimeoutError:
+                        yield Bookmark(last)
+                        continue
+                else:
+                    item = queue.get_nowait()
                 if item is None and self._bus.stopped:
                     raise Unavailable(f"{STOPPING}; resume after {last}")
                 if item is None:
