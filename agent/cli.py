@@ -11,15 +11,12 @@ from typing import Any
 
 from agent import logsetup
 from agent.app import serve
-from agent.config import AgentConfig
 from agent.errors import InvalidSpec
 from agent.runtime.errors import RuntimeLayerError
 from agent.runtime.images import ImageStore
 from agent.runtime.manager import RuntimePaths
-from agent.settings import config_from_args, load_config_file
+from agent.settings import DEFAULTS, config_from_args, load_config_file
 from agent.spec import parse_duration
-
-DEFAULTS = AgentConfig()
 
 
 def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
