@@ -9,7 +9,7 @@ YOUKI_VERSION := 0.7.0
 GRPCURL_VERSION := v1.9.3
 TOOLS := .tools/bin
 APT_PACKAGES := conmon umoci skopeo docker-registry busybox-static libseccomp-dev pkg-config runc \
-  openssl protobuf-compiler
+  openssl protobuf-compiler strace
 # Code generators and buf, pinned (the TypeScript ones in clients/typescript/package-lock.json).
 BUF_VERSION := 1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12

@@ -109,6 +109,7 @@ class Agent:
         if self._scheduling is not None:
             self._scheduling.cancel()
         await self.executor.close()
+        self.runtime.close()
         self.store.close()
 
 

@@ -27,7 +27,6 @@ from agent.runtime.errors import (
 from agent.runtime.images import Image, ImageStore, PruneResult
 from agent.runtime.monitor import ConmonMonitor, MonitorPaths
 from agent.runtime.oci import OciRuntime
-from agent.runtime.process import run
 
 KILL_SIGNAL = "SIGKILL"
 # A container does not start when its log disk has less room than this: its output would be lost.
@@ -79,6 +78,8 @@ class RuntimePaths:
     exits: Path
     sockets: Path
     volumes: Path
+    # Where the sealed copy of the runtime is linked under the runtime's own name.
+    binaries: Path
 
     @classmethod
     def under(cls, data_dir: Path, runtime_name: str) -> RuntimePaths:
@@ -92,6 +93,7 @@ class RuntimePaths:
             exits=data_dir / "exits",
             volumes=data_dir / "volumes",
             sockets=Path("/run/jobagent") / key,
+            binaries=Path("/run/jobagent") / f"{key}-bin",
         )
 
 
@@ -107,7 +109,7 @@ class ContainerManager:
     ) -> None:
         self.paths = paths
         self.images = images or ImageStore(paths.images)
-        self.runtime = OciRuntime(runtime_binary, paths.runtime_state)
+        self.runtime = OciRuntime(runtime_binary, paths.runtime_state, paths.binaries)
         self.monitor = ConmonMonitor(conmon, self.runtime, paths.exits, paths.sockets)
         # Told how long each pull took and whether it worked (metrics).
         self.observe_pull: Callable[[float, bool], None] | None = None
@@ -128,7 +130,7 @@ class ContainerManager:
     async def runtime_version(self) -> str:
         """The first line of `<runtime> --version`."""
         try:
-            output = await run([self.runtime.binary, "--version"], timeout=10)
+            output = await self.runtime.call("--version", timeout=10)
         except CommandError as error:
             return f"unknown ({error})"
         return output.strip().splitlines()[0] if output.strip() else "unknown"
@@ -248,6 +250,10 @@ class ContainerManager:
     def containers(self) -> list[str]:
         """The ids of every container whose bundle is here (running, or left by a crash)."""
         return sorted(entry.name for entry in self.paths.containers.iterdir() if entry.is_dir())
+
+    def close(self) -> None:
+        """Releases what the manager holds (running containers are left alone)."""
+        self.runtime.close()
 
     def forget(self, container_id: str) -> None:
         """Drops the exit record of a removed container once its outcome is stored."""

@@ -56,7 +56,7 @@ class ConmonMonitor:
         argv = [
             self._conmon, "--api-version", "1", "--sync",
             "--cid", container_id, "--cuuid", container_id, "--name", container_id,
-            "--runtime", self._runtime.binary,
+            "--runtime", self._runtime.executable,
             "--bundle", str(paths.bundle),
             "--container-pidfile", str(paths.bundle / "pidfile"),
             "--exit-dir", str(self._exits_dir),

@@ -7,11 +7,15 @@ import asyncio
 from agent.runtime.errors import CommandError
 
 
-async def run(argv: list[str], timeout: float | None = None) -> str:
-    """Runs a command and returns its stdout; raises CommandError when it fails or times out."""
+async def run(argv: list[str], timeout: float | None = None, executable: str | None = None) -> str:
+    """Runs a command and returns its stdout; raises CommandError when it fails or times out.
+
+    `executable` is the file to execute when it is not argv[0].
+    """
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
+            executable=executable,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
