@@ -209,6 +209,20 @@ class JobService(service_grpc.JobServiceServicer):
                 yield convert.log_line_to_proto(line)
 
     @maps_errors
+    async def DownloadLogs(
+        self, request: service_pb.DownloadLogsRequest, context: Context
+    ) -> AsyncIterator[pb.LogChunk]:
+        _require_id("execution_id", request.execution_id)
+        if request.offset < 0:
+            raise InvalidSpec("offset", "must not be negative")
+        self._executor.get_execution(request.execution_id)
+        chunks = self._executor.download_logs(request.execution_id, request.offset,
+                                              request.follow, request.attempt)  # fmt: skip
+        with self._open_stream("DownloadLogs"):
+            async for chunk in chunks:
+                yield pb.LogChunk(data=chunk.data, offset=chunk.offset, truncated=chunk.truncated)
+
+    @maps_errors
     async def WatchEvents(
         self, request: service_pb.WatchEventsRequest, context: Context
     ) -> AsyncIterator[service_pb.WatchEventsResponse]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from agent.errors import (
 from agent.executor.admission import Admission
 from agent.executor.events import EventBus
 from agent.executor.lifecycle import ExecutionRun, container_id_of, log_file_of, now
-from agent.executor.logs import LogQuery, read_log
+from agent.executor.logs import LogChunk, LogQuery, read_log, read_log_chunks
 from agent.executor.ports import ContainerRuntime
 from agent.executor.recorder import Recorder
 from agent.executor.retention import Retention, RetentionPolicy
@@ -66,6 +67,19 @@ log = logging.getLogger(__name__)
 NODE_WATCH_CAPACITY = 10_000
 WATCH_PAGE = 1000
 STOPPING = "the agent is stopping"
+
+
+@dataclass(frozen=True)
+class AttemptLog:
+    """Where an attempt's log is, and whether the attempt is over."""
+
+    execution_id: str
+    number: int
+    path: Path
+    # Set once the attempt is over: the monitor has written the whole file.
+    ended: asyncio.Event
+    # The size cap: output older than the newest max_bytes is not shown.
+    max_bytes: int
 
 
 class Executor:
@@ -383,40 +397,66 @@ class Executor:
         self, execution_id: str, query: LogQuery, attempt: int = 0
     ) -> AsyncIterator[LogLine]:
         """Yields the output of one attempt (the latest when 0); with follow, until it ends."""
-        queue = self._bus.subscribe(execution_id)
-        execution = self._store.get_execution(execution_id)
-        number = attempt or execution.attempt
-        if number > execution.attempt:
-            self._bus.unsubscribe(execution_id, queue)
-            raise NotFound(f"execution {execution_id} has no attempt {number}")
-        job = self._find_job(execution.job_name)
-        query = replace(query, max_bytes=self._log_cap(job.spec if job else None))
-        ended = asyncio.Event()
-        if execution.status.terminal or execution.attempt > number:
-            ended.set()
-
-        async def watch_end() -> None:
-            while not ended.is_set():
-                event = await queue.get()
-                if event is None:
-                    ended.set()
-                    return
-                attempt_failed = event.kind is EventKind.ATTEMPT_FAILED
-                if event.execution.status.terminal or (
-                    attempt_failed and event.execution.attempt == number
-                ):
-                    ended.set()
-
-        watcher = asyncio.create_task(watch_end())
-        try:
-            async for line in read_log(log_file_of(self._log_dir, execution_id, number), query,
-                                       ended):  # fmt: skip
+        async with self._attempt_log(execution_id, attempt) as log_:
+            query = replace(query, max_bytes=log_.max_bytes)
+            async for line in read_log(log_.path, query, log_.ended):
                 yield line
-            if self._bus.stopped and query.follow and not self._ended(execution_id, number):
-                raise Unavailable(STOPPING)
+            self._raise_if_stopping(log_, query.follow)
+
+    async def download_logs(
+        self, execution_id: str, offset: int, follow: bool, attempt: int = 0
+    ) -> AsyncIterator[LogChunk]:
+        """Yields one attempt's log file (the latest's when 0) from `offset` in chunks of
+        whole records; with follow, until the attempt ends. OutOfRange past the end."""
+        async with self._attempt_log(execution_id, attempt) as log_:
+            size = log_.path.stat().st_size if log_.path.exists() else 0
+            if offset > size:
+                raise OutOfRange(f"offset: {offset} is past the end of the log ({size} bytes)")
+            async for chunk in read_log_chunks(log_.path, offset, follow, log_.ended,
+                                               log_.max_bytes):  # fmt: skip
+                yield chunk
+            self._raise_if_stopping(log_, follow)
+
+    @contextlib.asynccontextmanager
+    async def _attempt_log(self, execution_id: str, attempt: int) -> AsyncIterator[AttemptLog]:
+        """One attempt's log file, and an event set once the attempt is over."""
+        queue = self._bus.subscribe(execution_id)
+        try:
+            execution = self._store.get_execution(execution_id)
+            number = attempt or execution.attempt
+            if number > execution.attempt:
+                raise NotFound(f"execution {execution_id} has no attempt {number}")
+            job = self._find_job(execution.job_name)
+            ended = asyncio.Event()
+            if execution.status.terminal or execution.attempt > number:
+                ended.set()
+
+            async def watch_end() -> None:
+                while not ended.is_set():
+                    event = await queue.get()
+                    if event is None:
+                        ended.set()
+                        return
+                    attempt_failed = event.kind is EventKind.ATTEMPT_FAILED
+                    if event.execution.status.terminal or (
+                        attempt_failed and event.execution.attempt == number
+                    ):
+                        ended.set()
+
+            watcher = asyncio.create_task(watch_end())
+            try:
+                yield AttemptLog(execution_id, number,
+                                 log_file_of(self._log_dir, execution_id, number), ended,
+                                 self._log_cap(job.spec if job else None))  # fmt: skip
+            finally:
+                watcher.cancel()
         finally:
-            watcher.cancel()
             self._bus.unsubscribe(execution_id, queue)
+
+    def _raise_if_stopping(self, log_: AttemptLog, follow: bool) -> None:
+        """A followed log that ended because the agent is stopping, not the attempt."""
+        if self._bus.stopped and follow and not self._ended(log_.execution_id, log_.number):
+            raise Unavailable(STOPPING)
 
     def _ended(self, execution_id: str, number: int) -> bool:
         """True once the attempt is over (the execution ended or moved to a later attempt)."""

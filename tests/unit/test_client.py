@@ -159,7 +159,8 @@ def test_jobctl_has_a_command_for_every_rpc() -> None:
         "UnregisterJob": "unregister", "SuspendJob": "suspend", "ResumeJob": "resume",
         "TriggerJob": "trigger", "GetExecution": "get", "ListExecutions": "list",
         "CancelExecution": "cancel", "WatchExecution": "watch", "WatchEvents": "events",
-        "StreamLogs": "logs", "PruneImages": "prune-images", "GetNodeInfo": "node",
+        "StreamLogs": "logs", "DownloadLogs": "download", "PruneImages": "prune-images",
+        "GetNodeInfo": "node",
     }  # fmt: skip
     assert set(covered) == set(SERVICE.methods_by_name)
     assert set(covered.values()) <= set(COMMANDS)

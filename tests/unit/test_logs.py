@@ -1,4 +1,5 @@
-"""Reading CRI log files: filters, tail, the size cap and a rotation while following."""
+"""Reading CRI log files: filters, tail, the size cap and a rotation while following; and
+reading them as chunks of whole records (DownloadLogs)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import asyncio
 from pathlib import Path
 
 from agent.domain import LogLine, LogStream
-from agent.executor.logs import LogQuery, read_log
+from agent.executor.logs import (
+    DOWNLOAD_CHUNK_BYTES,
+    LogChunk,
+    LogQuery,
+    read_log,
+    read_log_chunks,
+)
 
 
 def cri(stream: str, text: str, second: int = 0) -> bytes:
@@ -63,3 +70,70 @@ async def test_a_rotation_while_following_restarts_from_the_new_file(tmp_path: P
     await asyncio.wait_for(task, 5)
     assert [x.message for x in seen] == ["before"] * 3 + ["after"]
     assert seen[-1].truncated
+
+
+async def chunks_of(path: Path, start: int = 0, max_bytes: int | None = None) -> list[LogChunk]:
+    ended = asyncio.Event()
+    ended.set()
+    return [chunk async for chunk in read_log_chunks(path, start, False, ended, max_bytes)]
+
+
+async def test_chunks_are_whole_records_with_contiguous_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "1.log"
+    records = [cri("stdout" if i % 3 else "stderr", "x" * (i % 200), i % 60) for i in range(30000)]
+    path.write_bytes(b"".join(records))
+    chunks = await chunks_of(path)
+    assert len(chunks) > 2 and all(len(c.data) <= DOWNLOAD_CHUNK_BYTES for c in chunks)
+    assert b"".join(c.data for c in chunks) == path.read_bytes()
+    assert all(c.data.endswith(b"\n") and not c.truncated for c in chunks)
+    assert [c.offset for c in chunks] == [sum(len(c.data) for c in chunks[:i])
+                                          for i in range(len(chunks))]  # fmt: skip
+    # Resuming from a chunk boundary gives the rest; from inside a record, the next record.
+    resumed = await chunks_of(path, chunks[1].offset)
+    assert b"".join(c.data for c in resumed) == b"".join(c.data for c in chunks[1:])
+    inside = await chunks_of(path, len(records[0]) + 3)
+    assert inside[0].offset == len(records[0]) + len(records[1])
+    assert await chunks_of(path, path.stat().st_size) == []
+
+
+async def test_chunks_under_the_size_cap_start_at_a_record_and_are_marked(tmp_path: Path) -> None:
+    path = tmp_path / "1.log"
+    records = [cri("stdout", f"line {i:03d}") for i in range(100)]
+    path.write_bytes(b"".join(records))
+    (chunk,) = await chunks_of(path, max_bytes=10 * len(records[0]) + 5)
+    assert chunk.truncated and chunk.data == b"".join(records[90:])
+    assert chunk.offset == 90 * len(records[0])
+
+
+async def test_a_record_longer_than_a_chunk_goes_in_pieces(tmp_path: Path) -> None:
+    path = tmp_path / "1.log"
+    path.write_bytes(cri("stdout", "y" * (DOWNLOAD_CHUNK_BYTES + 10)) + cri("stdout", "end"))
+    chunks = await chunks_of(path)
+    assert b"".join(c.data for c in chunks) == path.read_bytes()
+
+
+async def test_following_chunks_sees_new_records_and_a_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "1.log"
+    path.write_bytes(cri("stdout", "first"))
+    ended = asyncio.Event()
+    seen: list[LogChunk] = []
+
+    async def follow() -> None:
+        async for chunk in read_log_chunks(path, 0, True, ended):
+            seen.append(chunk)
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0.1)
+    with path.open("ab") as log:
+        log.write(cri("stdout", "second")[:20])  # a record being written is held back
+        log.flush()
+        await asyncio.sleep(0.1)
+        log.write(cri("stdout", "second")[20:])
+    await asyncio.sleep(0.1)
+    path.write_bytes(cri("stdout", "rotated"))
+    await asyncio.sleep(0.1)
+    ended.set()
+    await asyncio.wait_for(task, 5)
+    assert [c.data for c in seen] == [cri("stdout", "first"), cri("stdout", "second"),
+                                      cri("stdout", "rotated")]  # fmt: skip
+    assert [c.truncated for c in seen] == [False, False, True] and seen[2].offset == 0

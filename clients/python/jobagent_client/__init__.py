@@ -1,7 +1,7 @@
 """Python client of the jobagent node agent: a typed layer over the generated stubs."""
 
 from jobagent_client.client import ClientError, JobAgentClient
-from jobagent_client.models import Execution, ExecutionEvent, Job, JobEvent, LogLine
+from jobagent_client.models import Execution, ExecutionEvent, Job, JobEvent, LogChunk, LogLine
 
 __all__ = [
     "ClientError",
@@ -10,5 +10,6 @@ __all__ = [
     "Job",
     "JobAgentClient",
     "JobEvent",
+    "LogChunk",
     "LogLine",
 ]

@@ -23,6 +23,7 @@ from jobagent_client.models import (
     ExecutionEvent,
     Job,
     JobEvent,
+    LogChunk,
     LogLine,
     NodeInfo,
 )
@@ -326,6 +327,21 @@ class JobAgentClient:
         try:
             for line in self._stub.StreamLogs(request):
                 yield LogLine.from_proto(line)
+        except grpc.RpcError as error:
+            raise ClientError.from_rpc_error(error) from None
+
+    def download_logs(
+        self, execution_id: str, follow: bool = False, attempt: int = 0, offset: int = 0
+    ) -> Iterator[LogChunk]:
+        """Yields an attempt's log file (the latest's when 0) as stored, from `offset`, in
+        chunks of whole records; with follow, until the attempt ends. To resume, pass the
+        last chunk's offset plus the length of its data."""
+        request = service_pb.DownloadLogsRequest(
+            execution_id=execution_id, follow=follow, attempt=attempt, offset=offset
+        )
+        try:
+            for chunk in self._stub.DownloadLogs(request):
+                yield LogChunk.from_proto(chunk)
         except grpc.RpcError as error:
             raise ClientError.from_rpc_error(error) from None
 

@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--tail", type=int, default=0)
     logs.add_argument("--stream", choices=("stdout", "stderr"), default="")
     logs.add_argument("--attempt", type=int, default=0, help="which attempt (latest when 0)")
+
+    download = commands.add_parser(
+        "download", help="write an execution's log file as stored (CRI format) to stdout"
+    )
+    download.add_argument("id")
+    download.add_argument("-f", "--follow", action="store_true")
+    download.add_argument("--attempt", type=int, default=0, help="which attempt (latest when 0)")
+    download.add_argument("--offset", type=int, default=0, help="start at this byte")
     return parser
 
 
@@ -260,6 +268,16 @@ def _watch(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -
     return 0
 
 
+def _download(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
+    chunks = client.download_logs(args.id, follow=args.follow, attempt=args.attempt,
+                                  offset=args.offset)  # fmt: skip
+    for chunk in chunks:
+        sys.stdout.buffer.write(chunk.data)
+        if args.follow:
+            sys.stdout.buffer.flush()
+    return 0
+
+
 def _logs(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
     lines = client.logs(
         args.id, follow=args.follow, tail_lines=args.tail, stream=args.stream, attempt=args.attempt
@@ -319,6 +337,7 @@ COMMANDS: dict[str, Callable[[JobAgentClient, argparse.Namespace, Printer], int]
     "cancel": _cancel,
     "watch": _watch,
     "logs": _logs,
+    "download": _download,
     "prune-images": _prune_images,
     "events": _events,
     "node": _node,

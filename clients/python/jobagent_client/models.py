@@ -220,6 +220,20 @@ class LogLine:
 
 
 @dataclass(frozen=True)
+class LogChunk:
+    """Whole records of an attempt's log file as the agent stores it (CRI logging format)."""
+
+    data: bytes
+    offset: int
+    truncated: bool = False
+
+    @classmethod
+    def from_proto(cls, message: pb.LogChunk) -> LogChunk:
+        """Builds the client type from the wire message."""
+        return cls(data=message.data, offset=message.offset, truncated=message.truncated)
+
+
+@dataclass(frozen=True)
 class Bookmark:
     """A quiet moment on a node watch: every event up to `sequence` was sent."""
 

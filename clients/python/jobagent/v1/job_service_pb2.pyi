@@ -460,6 +460,40 @@ class StreamLogsRequest(_message.Message):
 Global___StreamLogsRequest: _TypeAlias = StreamLogsRequest  # noqa: Y015
 
 @_typing.final
+class DownloadLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    """The execution's id."""
+    attempt: _builtins.int
+    """The attempt whose log to read (1 for the first); the latest when 0."""
+    follow: _builtins.bool
+    """Keep the stream open and send new records until the attempt ends."""
+    offset: _builtins.int
+    """Start at this byte of the log, or at the next record after it: a chunk's offset plus
+    its size resumes an interrupted download. OUT_OF_RANGE past the end of the log.
+    """
+    def __init__(
+        self,
+        *,
+        execution_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        follow: _builtins.bool = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "execution_id", b"execution_id", "follow", b"follow", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadLogsRequest: _TypeAlias = DownloadLogsRequest  # noqa: Y015
+
+@_typing.final
 class PruneImagesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

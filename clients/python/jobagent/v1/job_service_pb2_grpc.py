@@ -111,6 +111,11 @@ class JobServiceStub:
                 request_serializer=jobagent_dot_v1_dot_job__service__pb2.ResumeJobRequest.SerializeToString,
                 response_deserializer=jobagent_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
+        self.DownloadLogs = channel.unary_stream(
+                '/jobagent.v1.JobService/DownloadLogs',
+                request_serializer=jobagent_dot_v1_dot_job__service__pb2.DownloadLogsRequest.SerializeToString,
+                response_deserializer=jobagent_dot_v1_dot_jobs__pb2.LogChunk.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -231,6 +236,16 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadLogs(self, request, context):
+        """Streams an attempt's log as the agent stores it, in chunks of whole records, for bulk
+        transfer and archiving: the CRI logging format, one record per line,
+        `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
+        record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -308,6 +323,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ResumeJob,
                     request_deserializer=jobagent_dot_v1_dot_job__service__pb2.ResumeJobRequest.FromString,
                     response_serializer=jobagent_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'DownloadLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadLogs,
+                    request_deserializer=jobagent_dot_v1_dot_job__service__pb2.DownloadLogsRequest.FromString,
+                    response_serializer=jobagent_dot_v1_dot_jobs__pb2.LogChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -716,6 +736,33 @@ class JobService:
             '/jobagent.v1.JobService/ResumeJob',
             jobagent_dot_v1_dot_job__service__pb2.ResumeJobRequest.SerializeToString,
             jobagent_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jobagent.v1.JobService/DownloadLogs',
+            jobagent_dot_v1_dot_job__service__pb2.DownloadLogsRequest.SerializeToString,
+            jobagent_dot_v1_dot_jobs__pb2.LogChunk.FromString,
             options,
             channel_credentials,
             insecure,

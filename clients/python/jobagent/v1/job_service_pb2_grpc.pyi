@@ -79,6 +79,12 @@ class JobServiceStub:
     """
     ResumeJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ResumeJobRequest, _jobs_pb2.Job]
     """Lets a suspended cron job's schedule start runs again, from the next schedule time."""
+    DownloadLogs: _grpc.UnaryStreamMultiCallable[_job_service_pb2.DownloadLogsRequest, _jobs_pb2.LogChunk]
+    """Streams an attempt's log as the agent stores it, in chunks of whole records, for bulk
+    transfer and archiving: the CRI logging format, one record per line,
+    `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
+    record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -130,6 +136,12 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     ResumeJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ResumeJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """Lets a suspended cron job's schedule start runs again, from the next schedule time."""
+    DownloadLogs: _aio.UnaryStreamMultiCallable[_job_service_pb2.DownloadLogsRequest, _jobs_pb2.LogChunk]  # type: ignore[assignment]
+    """Streams an attempt's log as the agent stores it, in chunks of whole records, for bulk
+    transfer and archiving: the CRI logging format, one record per line,
+    `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
+    record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService registers jobs, runs them and reports on their executions."""
@@ -268,5 +280,17 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
         """Lets a suspended cron job's schedule start runs again, from the next schedule time."""
+
+    @_abc_1.abstractmethod
+    def DownloadLogs(
+        self,
+        request: _job_service_pb2.DownloadLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.LogChunk], _abc.AsyncIterator[_jobs_pb2.LogChunk]]:
+        """Streams an attempt's log as the agent stores it, in chunks of whole records, for bulk
+        transfer and archiving: the CRI logging format, one record per line,
+        `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
+        record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
+        """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -935,6 +935,79 @@ func (x *StreamLogsRequest) GetAttempt() uint32 {
 	return 0
 }
 
+type DownloadLogsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The execution's id.
+	ExecutionId string `protobuf:"bytes,1,opt,name=execution_id,json=executionId,proto3" json:"execution_id,omitempty"`
+	// The attempt whose log to read (1 for the first); the latest when 0.
+	Attempt uint32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// Keep the stream open and send new records until the attempt ends.
+	Follow bool `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
+	// Start at this byte of the log, or at the next record after it: a chunk's offset plus
+	// its size resumes an interrupted download. OUT_OF_RANGE past the end of the log.
+	Offset        int64 `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DownloadLogsRequest) Reset() {
+	*x = DownloadLogsRequest{}
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DownloadLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DownloadLogsRequest) ProtoMessage() {}
+
+func (x *DownloadLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DownloadLogsRequest.ProtoReflect.Descriptor instead.
+func (*DownloadLogsRequest) Descriptor() ([]byte, []int) {
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DownloadLogsRequest) GetExecutionId() string {
+	if x != nil {
+		return x.ExecutionId
+	}
+	return ""
+}
+
+func (x *DownloadLogsRequest) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *DownloadLogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *DownloadLogsRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
 type PruneImagesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -943,7 +1016,7 @@ type PruneImagesRequest struct {
 
 func (x *PruneImagesRequest) Reset() {
 	*x = PruneImagesRequest{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[14]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1028,7 @@ func (x *PruneImagesRequest) String() string {
 func (*PruneImagesRequest) ProtoMessage() {}
 
 func (x *PruneImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[14]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1041,7 @@ func (x *PruneImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneImagesRequest.ProtoReflect.Descriptor instead.
 func (*PruneImagesRequest) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{14}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{15}
 }
 
 type PruneImagesResponse struct {
@@ -983,7 +1056,7 @@ type PruneImagesResponse struct {
 
 func (x *PruneImagesResponse) Reset() {
 	*x = PruneImagesResponse{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[15]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1068,7 @@ func (x *PruneImagesResponse) String() string {
 func (*PruneImagesResponse) ProtoMessage() {}
 
 func (x *PruneImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[15]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1081,7 @@ func (x *PruneImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneImagesResponse.ProtoReflect.Descriptor instead.
 func (*PruneImagesResponse) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{15}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PruneImagesResponse) GetRemoved() []string {
@@ -1035,7 +1108,7 @@ type SuspendJobRequest struct {
 
 func (x *SuspendJobRequest) Reset() {
 	*x = SuspendJobRequest{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[16]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1047,7 +1120,7 @@ func (x *SuspendJobRequest) String() string {
 func (*SuspendJobRequest) ProtoMessage() {}
 
 func (x *SuspendJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[16]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1060,7 +1133,7 @@ func (x *SuspendJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SuspendJobRequest.ProtoReflect.Descriptor instead.
 func (*SuspendJobRequest) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{16}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SuspendJobRequest) GetName() string {
@@ -1080,7 +1153,7 @@ type ResumeJobRequest struct {
 
 func (x *ResumeJobRequest) Reset() {
 	*x = ResumeJobRequest{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[17]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1165,7 @@ func (x *ResumeJobRequest) String() string {
 func (*ResumeJobRequest) ProtoMessage() {}
 
 func (x *ResumeJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[17]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1178,7 @@ func (x *ResumeJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeJobRequest.ProtoReflect.Descriptor instead.
 func (*ResumeJobRequest) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{17}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ResumeJobRequest) GetName() string {
@@ -1131,7 +1204,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[18]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1216,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[18]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1229,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{18}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchEventsRequest) GetSinceSequence() uint64 {
@@ -1198,7 +1271,7 @@ type Bookmark struct {
 
 func (x *Bookmark) Reset() {
 	*x = Bookmark{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[19]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1283,7 @@ func (x *Bookmark) String() string {
 func (*Bookmark) ProtoMessage() {}
 
 func (x *Bookmark) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[19]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1296,7 @@ func (x *Bookmark) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bookmark.ProtoReflect.Descriptor instead.
 func (*Bookmark) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{19}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Bookmark) GetSequence() uint64 {
@@ -1249,7 +1322,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[20]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1334,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[20]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1347,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{20}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchEventsResponse) GetItem() isWatchEventsResponse_Item {
@@ -1341,7 +1414,7 @@ type GetNodeInfoRequest struct {
 
 func (x *GetNodeInfoRequest) Reset() {
 	*x = GetNodeInfoRequest{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[21]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1353,7 +1426,7 @@ func (x *GetNodeInfoRequest) String() string {
 func (*GetNodeInfoRequest) ProtoMessage() {}
 
 func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[21]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1366,7 +1439,7 @@ func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{21}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{22}
 }
 
 // The node as a scheduler sees it.
@@ -1393,7 +1466,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[22]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +1478,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[22]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1491,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{22}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *NodeInfo) GetAgentVersion() string {
@@ -1549,7 +1622,12 @@ const file_jobagent_v1_job_service_proto_rawDesc = "" +
 	"tail_lines\x18\x03 \x01(\x05R\ttailLines\x12.\n" +
 	"\x06stream\x18\x04 \x01(\x0e2\x16.jobagent.v1.LogStreamR\x06stream\x120\n" +
 	"\x05since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
-	"\aattempt\x18\x06 \x01(\rR\aattempt\"\x14\n" +
+	"\aattempt\x18\x06 \x01(\rR\aattempt\"\x82\x01\n" +
+	"\x13DownloadLogsRequest\x12!\n" +
+	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x16\n" +
+	"\x06follow\x18\x03 \x01(\bR\x06follow\x12\x16\n" +
+	"\x06offset\x18\x04 \x01(\x03R\x06offset\"\x14\n" +
 	"\x12PruneImagesRequest\"P\n" +
 	"\x13PruneImagesResponse\x12\x18\n" +
 	"\aremoved\x18\x01 \x03(\tR\aremoved\x12\x1f\n" +
@@ -1584,7 +1662,7 @@ const file_jobagent_v1_job_service_proto_rawDesc = "" +
 	"\rlast_sequence\x18\t \x01(\x04R\flastSequence*G\n" +
 	"\rTriggerOrigin\x12\x1e\n" +
 	"\x1aTRIGGER_ORIGIN_UNSPECIFIED\x10\x00\x12\x16\n" +
-	"\x12TRIGGER_ORIGIN_CLI\x10\x012\xf8\b\n" +
+	"\x12TRIGGER_ORIGIN_CLI\x10\x012\xc3\t\n" +
 	"\n" +
 	"JobService\x12P\n" +
 	"\vRegisterJob\x12\x1f.jobagent.v1.RegisterJobRequest\x1a .jobagent.v1.RegisterJobResponse\x126\n" +
@@ -1604,7 +1682,8 @@ const file_jobagent_v1_job_service_proto_rawDesc = "" +
 	"\vGetNodeInfo\x12\x1f.jobagent.v1.GetNodeInfoRequest\x1a\x15.jobagent.v1.NodeInfo\x12>\n" +
 	"\n" +
 	"SuspendJob\x12\x1e.jobagent.v1.SuspendJobRequest\x1a\x10.jobagent.v1.Job\x12<\n" +
-	"\tResumeJob\x12\x1d.jobagent.v1.ResumeJobRequest\x1a\x10.jobagent.v1.JobB\x9f\x01\n" +
+	"\tResumeJob\x12\x1d.jobagent.v1.ResumeJobRequest\x1a\x10.jobagent.v1.Job\x12I\n" +
+	"\fDownloadLogs\x12 .jobagent.v1.DownloadLogsRequest\x1a\x15.jobagent.v1.LogChunk0\x01B\x9f\x01\n" +
 	"\x0fcom.jobagent.v1B\x0fJobServiceProtoP\x01Z.jobagent/clients/go/gen/jobagent/v1;jobagentv1\xa2\x02\x03JXX\xaa\x02\vJobagent.V1\xca\x02\vJobagent\\V1\xe2\x02\x17Jobagent\\V1\\GPBMetadata\xea\x02\fJobagent::V1b\x06proto3"
 
 var (
@@ -1620,7 +1699,7 @@ func file_jobagent_v1_job_service_proto_rawDescGZIP() []byte {
 }
 
 var file_jobagent_v1_job_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_jobagent_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_jobagent_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_jobagent_v1_job_service_proto_goTypes = []any{
 	(TriggerOrigin)(0),             // 0: jobagent.v1.TriggerOrigin
 	(*RegisterJobRequest)(nil),     // 1: jobagent.v1.RegisterJobRequest
@@ -1637,48 +1716,50 @@ var file_jobagent_v1_job_service_proto_goTypes = []any{
 	(*CancelExecutionRequest)(nil), // 12: jobagent.v1.CancelExecutionRequest
 	(*WatchExecutionRequest)(nil),  // 13: jobagent.v1.WatchExecutionRequest
 	(*StreamLogsRequest)(nil),      // 14: jobagent.v1.StreamLogsRequest
-	(*PruneImagesRequest)(nil),     // 15: jobagent.v1.PruneImagesRequest
-	(*PruneImagesResponse)(nil),    // 16: jobagent.v1.PruneImagesResponse
-	(*SuspendJobRequest)(nil),      // 17: jobagent.v1.SuspendJobRequest
-	(*ResumeJobRequest)(nil),       // 18: jobagent.v1.ResumeJobRequest
-	(*WatchEventsRequest)(nil),     // 19: jobagent.v1.WatchEventsRequest
-	(*Bookmark)(nil),               // 20: jobagent.v1.Bookmark
-	(*WatchEventsResponse)(nil),    // 21: jobagent.v1.WatchEventsResponse
-	(*GetNodeInfoRequest)(nil),     // 22: jobagent.v1.GetNodeInfoRequest
-	(*NodeInfo)(nil),               // 23: jobagent.v1.NodeInfo
-	nil,                            // 24: jobagent.v1.TriggerJobRequest.EnvEntry
-	(*JobSpec)(nil),                // 25: jobagent.v1.JobSpec
-	(*Job)(nil),                    // 26: jobagent.v1.Job
-	(ExecutionStatus)(0),           // 27: jobagent.v1.ExecutionStatus
-	(TriggerKind)(0),               // 28: jobagent.v1.TriggerKind
-	(*timestamppb.Timestamp)(nil),  // 29: google.protobuf.Timestamp
-	(*Execution)(nil),              // 30: jobagent.v1.Execution
-	(*durationpb.Duration)(nil),    // 31: google.protobuf.Duration
-	(LogStream)(0),                 // 32: jobagent.v1.LogStream
-	(EventType)(0),                 // 33: jobagent.v1.EventType
-	(*ExecutionEvent)(nil),         // 34: jobagent.v1.ExecutionEvent
-	(*JobEvent)(nil),               // 35: jobagent.v1.JobEvent
-	(*LogLine)(nil),                // 36: jobagent.v1.LogLine
+	(*DownloadLogsRequest)(nil),    // 15: jobagent.v1.DownloadLogsRequest
+	(*PruneImagesRequest)(nil),     // 16: jobagent.v1.PruneImagesRequest
+	(*PruneImagesResponse)(nil),    // 17: jobagent.v1.PruneImagesResponse
+	(*SuspendJobRequest)(nil),      // 18: jobagent.v1.SuspendJobRequest
+	(*ResumeJobRequest)(nil),       // 19: jobagent.v1.ResumeJobRequest
+	(*WatchEventsRequest)(nil),     // 20: jobagent.v1.WatchEventsRequest
+	(*Bookmark)(nil),               // 21: jobagent.v1.Bookmark
+	(*WatchEventsResponse)(nil),    // 22: jobagent.v1.WatchEventsResponse
+	(*GetNodeInfoRequest)(nil),     // 23: jobagent.v1.GetNodeInfoRequest
+	(*NodeInfo)(nil),               // 24: jobagent.v1.NodeInfo
+	nil,                            // 25: jobagent.v1.TriggerJobRequest.EnvEntry
+	(*JobSpec)(nil),                // 26: jobagent.v1.JobSpec
+	(*Job)(nil),                    // 27: jobagent.v1.Job
+	(ExecutionStatus)(0),           // 28: jobagent.v1.ExecutionStatus
+	(TriggerKind)(0),               // 29: jobagent.v1.TriggerKind
+	(*timestamppb.Timestamp)(nil),  // 30: google.protobuf.Timestamp
+	(*Execution)(nil),              // 31: jobagent.v1.Execution
+	(*durationpb.Duration)(nil),    // 32: google.protobuf.Duration
+	(LogStream)(0),                 // 33: jobagent.v1.LogStream
+	(EventType)(0),                 // 34: jobagent.v1.EventType
+	(*ExecutionEvent)(nil),         // 35: jobagent.v1.ExecutionEvent
+	(*JobEvent)(nil),               // 36: jobagent.v1.JobEvent
+	(*LogLine)(nil),                // 37: jobagent.v1.LogLine
+	(*LogChunk)(nil),               // 38: jobagent.v1.LogChunk
 }
 var file_jobagent_v1_job_service_proto_depIdxs = []int32{
-	25, // 0: jobagent.v1.RegisterJobRequest.spec:type_name -> jobagent.v1.JobSpec
-	26, // 1: jobagent.v1.RegisterJobResponse.jobs:type_name -> jobagent.v1.Job
-	26, // 2: jobagent.v1.ListJobsResponse.jobs:type_name -> jobagent.v1.Job
+	26, // 0: jobagent.v1.RegisterJobRequest.spec:type_name -> jobagent.v1.JobSpec
+	27, // 1: jobagent.v1.RegisterJobResponse.jobs:type_name -> jobagent.v1.Job
+	27, // 2: jobagent.v1.ListJobsResponse.jobs:type_name -> jobagent.v1.Job
 	0,  // 3: jobagent.v1.TriggerJobRequest.origin:type_name -> jobagent.v1.TriggerOrigin
-	24, // 4: jobagent.v1.TriggerJobRequest.env:type_name -> jobagent.v1.TriggerJobRequest.EnvEntry
-	27, // 5: jobagent.v1.ListExecutionsRequest.statuses:type_name -> jobagent.v1.ExecutionStatus
-	28, // 6: jobagent.v1.ListExecutionsRequest.trigger_kinds:type_name -> jobagent.v1.TriggerKind
-	29, // 7: jobagent.v1.ListExecutionsRequest.created_after:type_name -> google.protobuf.Timestamp
-	29, // 8: jobagent.v1.ListExecutionsRequest.created_before:type_name -> google.protobuf.Timestamp
-	30, // 9: jobagent.v1.ListExecutionsResponse.executions:type_name -> jobagent.v1.Execution
-	31, // 10: jobagent.v1.CancelExecutionRequest.grace_period:type_name -> google.protobuf.Duration
-	32, // 11: jobagent.v1.StreamLogsRequest.stream:type_name -> jobagent.v1.LogStream
-	29, // 12: jobagent.v1.StreamLogsRequest.since:type_name -> google.protobuf.Timestamp
-	33, // 13: jobagent.v1.WatchEventsRequest.types:type_name -> jobagent.v1.EventType
-	31, // 14: jobagent.v1.WatchEventsRequest.bookmark_interval:type_name -> google.protobuf.Duration
-	34, // 15: jobagent.v1.WatchEventsResponse.event:type_name -> jobagent.v1.ExecutionEvent
-	20, // 16: jobagent.v1.WatchEventsResponse.bookmark:type_name -> jobagent.v1.Bookmark
-	35, // 17: jobagent.v1.WatchEventsResponse.job_event:type_name -> jobagent.v1.JobEvent
+	25, // 4: jobagent.v1.TriggerJobRequest.env:type_name -> jobagent.v1.TriggerJobRequest.EnvEntry
+	28, // 5: jobagent.v1.ListExecutionsRequest.statuses:type_name -> jobagent.v1.ExecutionStatus
+	29, // 6: jobagent.v1.ListExecutionsRequest.trigger_kinds:type_name -> jobagent.v1.TriggerKind
+	30, // 7: jobagent.v1.ListExecutionsRequest.created_after:type_name -> google.protobuf.Timestamp
+	30, // 8: jobagent.v1.ListExecutionsRequest.created_before:type_name -> google.protobuf.Timestamp
+	31, // 9: jobagent.v1.ListExecutionsResponse.executions:type_name -> jobagent.v1.Execution
+	32, // 10: jobagent.v1.CancelExecutionRequest.grace_period:type_name -> google.protobuf.Duration
+	33, // 11: jobagent.v1.StreamLogsRequest.stream:type_name -> jobagent.v1.LogStream
+	30, // 12: jobagent.v1.StreamLogsRequest.since:type_name -> google.protobuf.Timestamp
+	34, // 13: jobagent.v1.WatchEventsRequest.types:type_name -> jobagent.v1.EventType
+	32, // 14: jobagent.v1.WatchEventsRequest.bookmark_interval:type_name -> google.protobuf.Duration
+	35, // 15: jobagent.v1.WatchEventsResponse.event:type_name -> jobagent.v1.ExecutionEvent
+	21, // 16: jobagent.v1.WatchEventsResponse.bookmark:type_name -> jobagent.v1.Bookmark
+	36, // 17: jobagent.v1.WatchEventsResponse.job_event:type_name -> jobagent.v1.JobEvent
 	1,  // 18: jobagent.v1.JobService.RegisterJob:input_type -> jobagent.v1.RegisterJobRequest
 	3,  // 19: jobagent.v1.JobService.GetJob:input_type -> jobagent.v1.GetJobRequest
 	4,  // 20: jobagent.v1.JobService.ListJobs:input_type -> jobagent.v1.ListJobsRequest
@@ -1689,28 +1770,30 @@ var file_jobagent_v1_job_service_proto_depIdxs = []int32{
 	12, // 25: jobagent.v1.JobService.CancelExecution:input_type -> jobagent.v1.CancelExecutionRequest
 	13, // 26: jobagent.v1.JobService.WatchExecution:input_type -> jobagent.v1.WatchExecutionRequest
 	14, // 27: jobagent.v1.JobService.StreamLogs:input_type -> jobagent.v1.StreamLogsRequest
-	19, // 28: jobagent.v1.JobService.WatchEvents:input_type -> jobagent.v1.WatchEventsRequest
-	15, // 29: jobagent.v1.JobService.PruneImages:input_type -> jobagent.v1.PruneImagesRequest
-	22, // 30: jobagent.v1.JobService.GetNodeInfo:input_type -> jobagent.v1.GetNodeInfoRequest
-	17, // 31: jobagent.v1.JobService.SuspendJob:input_type -> jobagent.v1.SuspendJobRequest
-	18, // 32: jobagent.v1.JobService.ResumeJob:input_type -> jobagent.v1.ResumeJobRequest
-	2,  // 33: jobagent.v1.JobService.RegisterJob:output_type -> jobagent.v1.RegisterJobResponse
-	26, // 34: jobagent.v1.JobService.GetJob:output_type -> jobagent.v1.Job
-	5,  // 35: jobagent.v1.JobService.ListJobs:output_type -> jobagent.v1.ListJobsResponse
-	7,  // 36: jobagent.v1.JobService.UnregisterJob:output_type -> jobagent.v1.UnregisterJobResponse
-	30, // 37: jobagent.v1.JobService.TriggerJob:output_type -> jobagent.v1.Execution
-	30, // 38: jobagent.v1.JobService.GetExecution:output_type -> jobagent.v1.Execution
-	11, // 39: jobagent.v1.JobService.ListExecutions:output_type -> jobagent.v1.ListExecutionsResponse
-	30, // 40: jobagent.v1.JobService.CancelExecution:output_type -> jobagent.v1.Execution
-	34, // 41: jobagent.v1.JobService.WatchExecution:output_type -> jobagent.v1.ExecutionEvent
-	36, // 42: jobagent.v1.JobService.StreamLogs:output_type -> jobagent.v1.LogLine
-	21, // 43: jobagent.v1.JobService.WatchEvents:output_type -> jobagent.v1.WatchEventsResponse
-	16, // 44: jobagent.v1.JobService.PruneImages:output_type -> jobagent.v1.PruneImagesResponse
-	23, // 45: jobagent.v1.JobService.GetNodeInfo:output_type -> jobagent.v1.NodeInfo
-	26, // 46: jobagent.v1.JobService.SuspendJob:output_type -> jobagent.v1.Job
-	26, // 47: jobagent.v1.JobService.ResumeJob:output_type -> jobagent.v1.Job
-	33, // [33:48] is the sub-list for method output_type
-	18, // [18:33] is the sub-list for method input_type
+	20, // 28: jobagent.v1.JobService.WatchEvents:input_type -> jobagent.v1.WatchEventsRequest
+	16, // 29: jobagent.v1.JobService.PruneImages:input_type -> jobagent.v1.PruneImagesRequest
+	23, // 30: jobagent.v1.JobService.GetNodeInfo:input_type -> jobagent.v1.GetNodeInfoRequest
+	18, // 31: jobagent.v1.JobService.SuspendJob:input_type -> jobagent.v1.SuspendJobRequest
+	19, // 32: jobagent.v1.JobService.ResumeJob:input_type -> jobagent.v1.ResumeJobRequest
+	15, // 33: jobagent.v1.JobService.DownloadLogs:input_type -> jobagent.v1.DownloadLogsRequest
+	2,  // 34: jobagent.v1.JobService.RegisterJob:output_type -> jobagent.v1.RegisterJobResponse
+	27, // 35: jobagent.v1.JobService.GetJob:output_type -> jobagent.v1.Job
+	5,  // 36: jobagent.v1.JobService.ListJobs:output_type -> jobagent.v1.ListJobsResponse
+	7,  // 37: jobagent.v1.JobService.UnregisterJob:output_type -> jobagent.v1.UnregisterJobResponse
+	31, // 38: jobagent.v1.JobService.TriggerJob:output_type -> jobagent.v1.Execution
+	31, // 39: jobagent.v1.JobService.GetExecution:output_type -> jobagent.v1.Execution
+	11, // 40: jobagent.v1.JobService.ListExecutions:output_type -> jobagent.v1.ListExecutionsResponse
+	31, // 41: jobagent.v1.JobService.CancelExecution:output_type -> jobagent.v1.Execution
+	35, // 42: jobagent.v1.JobService.WatchExecution:output_type -> jobagent.v1.ExecutionEvent
+	37, // 43: jobagent.v1.JobService.StreamLogs:output_type -> jobagent.v1.LogLine
+	22, // 44: jobagent.v1.JobService.WatchEvents:output_type -> jobagent.v1.WatchEventsResponse
+	17, // 45: jobagent.v1.JobService.PruneImages:output_type -> jobagent.v1.PruneImagesResponse
+	24, // 46: jobagent.v1.JobService.GetNodeInfo:output_type -> jobagent.v1.NodeInfo
+	27, // 47: jobagent.v1.JobService.SuspendJob:output_type -> jobagent.v1.Job
+	27, // 48: jobagent.v1.JobService.ResumeJob:output_type -> jobagent.v1.Job
+	38, // 49: jobagent.v1.JobService.DownloadLogs:output_type -> jobagent.v1.LogChunk
+	34, // [34:50] is the sub-list for method output_type
+	18, // [18:34] is the sub-list for method input_type
 	18, // [18:18] is the sub-list for extension type_name
 	18, // [18:18] is the sub-list for extension extendee
 	0,  // [0:18] is the sub-list for field type_name
@@ -1726,7 +1809,7 @@ func file_jobagent_v1_job_service_proto_init() {
 		(*RegisterJobRequest_SpecYaml)(nil),
 		(*RegisterJobRequest_Spec)(nil),
 	}
-	file_jobagent_v1_job_service_proto_msgTypes[20].OneofWrappers = []any{
+	file_jobagent_v1_job_service_proto_msgTypes[21].OneofWrappers = []any{
 		(*WatchEventsResponse_Event)(nil),
 		(*WatchEventsResponse_Bookmark)(nil),
 		(*WatchEventsResponse_JobEvent)(nil),
@@ -1737,7 +1820,7 @@ func file_jobagent_v1_job_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobagent_v1_job_service_proto_rawDesc), len(file_jobagent_v1_job_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

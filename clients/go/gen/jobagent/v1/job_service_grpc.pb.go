@@ -34,6 +34,7 @@ const (
 	JobService_GetNodeInfo_FullMethodName     = "/jobagent.v1.JobService/GetNodeInfo"
 	JobService_SuspendJob_FullMethodName      = "/jobagent.v1.JobService/SuspendJob"
 	JobService_ResumeJob_FullMethodName       = "/jobagent.v1.JobService/ResumeJob"
+	JobService_DownloadLogs_FullMethodName    = "/jobagent.v1.JobService/DownloadLogs"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -81,6 +82,11 @@ type JobServiceClient interface {
 	SuspendJob(ctx context.Context, in *SuspendJobRequest, opts ...grpc.CallOption) (*Job, error)
 	// Lets a suspended cron job's schedule start runs again, from the next schedule time.
 	ResumeJob(ctx context.Context, in *ResumeJobRequest, opts ...grpc.CallOption) (*Job, error)
+	// Streams an attempt's log as the agent stores it, in chunks of whole records, for bulk
+	// transfer and archiving: the CRI logging format, one record per line,
+	// `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
+	// record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
+	DownloadLogs(ctx context.Context, in *DownloadLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogChunk], error)
 }
 
 type jobServiceClient struct {
@@ -268,6 +274,25 @@ func (c *jobServiceClient) ResumeJob(ctx context.Context, in *ResumeJobRequest, 
 	return out, nil
 }
 
+func (c *jobServiceClient) DownloadLogs(ctx context.Context, in *DownloadLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &JobService_ServiceDesc.Streams[3], JobService_DownloadLogs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[DownloadLogsRequest, LogChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_DownloadLogsClient = grpc.ServerStreamingClient[LogChunk]
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -313,6 +338,11 @@ type JobServiceServer interface {
 	SuspendJob(context.Context, *SuspendJobRequest) (*Job, error)
 	// Lets a suspended cron job's schedule start runs again, from the next schedule time.
 	ResumeJob(context.Context, *ResumeJobRequest) (*Job, error)
+	// Streams an attempt's log as the agent stores it, in chunks of whole records, for bulk
+	// transfer and archiving: the CRI logging format, one record per line,
+	// `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
+	// record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
+	DownloadLogs(*DownloadLogsRequest, grpc.ServerStreamingServer[LogChunk]) error
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -367,6 +397,9 @@ func (UnimplementedJobServiceServer) SuspendJob(context.Context, *SuspendJobRequ
 }
 func (UnimplementedJobServiceServer) ResumeJob(context.Context, *ResumeJobRequest) (*Job, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeJob not implemented")
+}
+func (UnimplementedJobServiceServer) DownloadLogs(*DownloadLogsRequest, grpc.ServerStreamingServer[LogChunk]) error {
+	return status.Error(codes.Unimplemented, "method DownloadLogs not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -638,6 +671,17 @@ func _JobService_ResumeJob_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_DownloadLogs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(DownloadLogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(JobServiceServer).DownloadLogs(m, &grpc.GenericServerStream[DownloadLogsRequest, LogChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_DownloadLogsServer = grpc.ServerStreamingServer[LogChunk]
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -708,6 +752,11 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchEvents",
 			Handler:       _JobService_WatchEvents_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "DownloadLogs",
+			Handler:       _JobService_DownloadLogs_Handler,
 			ServerStreams: true,
 		},
 	},

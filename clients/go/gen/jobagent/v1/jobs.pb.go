@@ -2307,6 +2307,71 @@ func (x *LogLine) GetTruncated() bool {
 	return false
 }
 
+// A run of whole, newline-terminated records of an attempt's log file.
+type LogChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The records, as stored (see DownloadLogs).
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// The byte of the log file the chunk starts at.
+	Offset int64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	// True when older output was dropped before this chunk (the attempt's size cap); when
+	// the log was cut back to its start, offsets start again from 0.
+	Truncated     bool `protobuf:"varint,3,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogChunk) Reset() {
+	*x = LogChunk{}
+	mi := &file_jobagent_v1_jobs_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogChunk) ProtoMessage() {}
+
+func (x *LogChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_jobagent_v1_jobs_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
+func (*LogChunk) Descriptor() ([]byte, []int) {
+	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *LogChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *LogChunk) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *LogChunk) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
 var File_jobagent_v1_jobs_proto protoreflect.FileDescriptor
 
 const file_jobagent_v1_jobs_proto_rawDesc = "" +
@@ -2487,7 +2552,11 @@ const file_jobagent_v1_jobs_proto_rawDesc = "" +
 	"\x06stream\x18\x02 \x01(\x0e2\x16.jobagent.v1.LogStreamR\x06stream\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x18\n" +
 	"\apartial\x18\x04 \x01(\bR\apartial\x12\x1c\n" +
-	"\ttruncated\x18\x05 \x01(\bR\ttruncated*H\n" +
+	"\ttruncated\x18\x05 \x01(\bR\ttruncated\"T\n" +
+	"\bLogChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x1c\n" +
+	"\ttruncated\x18\x03 \x01(\bR\ttruncated*H\n" +
 	"\aJobKind\x12\x18\n" +
 	"\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fJOB_KIND_JOB\x10\x01\x12\x11\n" +
@@ -2575,7 +2644,7 @@ func file_jobagent_v1_jobs_proto_rawDescGZIP() []byte {
 }
 
 var file_jobagent_v1_jobs_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_jobagent_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_jobagent_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_jobagent_v1_jobs_proto_goTypes = []any{
 	(JobKind)(0),                  // 0: jobagent.v1.JobKind
 	(PullPolicy)(0),               // 1: jobagent.v1.PullPolicy
@@ -2604,58 +2673,59 @@ var file_jobagent_v1_jobs_proto_goTypes = []any{
 	(*ExecutionEvent)(nil),        // 24: jobagent.v1.ExecutionEvent
 	(*JobEvent)(nil),              // 25: jobagent.v1.JobEvent
 	(*LogLine)(nil),               // 26: jobagent.v1.LogLine
-	nil,                           // 27: jobagent.v1.JobSpec.EnvEntry
-	nil,                           // 28: jobagent.v1.JobSpec.LabelsEntry
-	nil,                           // 29: jobagent.v1.Dispatch.EnvEntry
-	(*durationpb.Duration)(nil),   // 30: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
+	(*LogChunk)(nil),              // 27: jobagent.v1.LogChunk
+	nil,                           // 28: jobagent.v1.JobSpec.EnvEntry
+	nil,                           // 29: jobagent.v1.JobSpec.LabelsEntry
+	nil,                           // 30: jobagent.v1.Dispatch.EnvEntry
+	(*durationpb.Duration)(nil),   // 31: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
 }
 var file_jobagent_v1_jobs_proto_depIdxs = []int32{
 	1,  // 0: jobagent.v1.ImageSpec.pull_policy:type_name -> jobagent.v1.PullPolicy
-	30, // 1: jobagent.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
-	30, // 2: jobagent.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
+	31, // 1: jobagent.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
+	31, // 2: jobagent.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
 	2,  // 3: jobagent.v1.Mount.type:type_name -> jobagent.v1.MountType
 	3,  // 4: jobagent.v1.CronPolicy.concurrency_policy:type_name -> jobagent.v1.ConcurrencyPolicy
-	31, // 5: jobagent.v1.CronStatus.next_run_time:type_name -> google.protobuf.Timestamp
-	31, // 6: jobagent.v1.CronStatus.last_schedule_time:type_name -> google.protobuf.Timestamp
+	32, // 5: jobagent.v1.CronStatus.next_run_time:type_name -> google.protobuf.Timestamp
+	32, // 6: jobagent.v1.CronStatus.last_schedule_time:type_name -> google.protobuf.Timestamp
 	0,  // 7: jobagent.v1.JobSpec.kind:type_name -> jobagent.v1.JobKind
 	10, // 8: jobagent.v1.JobSpec.image:type_name -> jobagent.v1.ImageSpec
 	11, // 9: jobagent.v1.JobSpec.command:type_name -> jobagent.v1.CommandSpec
-	27, // 10: jobagent.v1.JobSpec.env:type_name -> jobagent.v1.JobSpec.EnvEntry
+	28, // 10: jobagent.v1.JobSpec.env:type_name -> jobagent.v1.JobSpec.EnvEntry
 	12, // 11: jobagent.v1.JobSpec.resources:type_name -> jobagent.v1.Resources
-	28, // 12: jobagent.v1.JobSpec.labels:type_name -> jobagent.v1.JobSpec.LabelsEntry
-	30, // 13: jobagent.v1.JobSpec.timeout:type_name -> google.protobuf.Duration
-	30, // 14: jobagent.v1.JobSpec.stop_grace_period:type_name -> google.protobuf.Duration
+	29, // 12: jobagent.v1.JobSpec.labels:type_name -> jobagent.v1.JobSpec.LabelsEntry
+	31, // 13: jobagent.v1.JobSpec.timeout:type_name -> google.protobuf.Duration
+	31, // 14: jobagent.v1.JobSpec.stop_grace_period:type_name -> google.protobuf.Duration
 	13, // 15: jobagent.v1.JobSpec.retry_policy:type_name -> jobagent.v1.RetryPolicy
 	14, // 16: jobagent.v1.JobSpec.storage:type_name -> jobagent.v1.Mount
 	15, // 17: jobagent.v1.JobSpec.cron_policy:type_name -> jobagent.v1.CronPolicy
 	18, // 18: jobagent.v1.JobSpec.dispatch_policy:type_name -> jobagent.v1.DispatchPolicy
 	4,  // 19: jobagent.v1.DispatchPolicy.payload:type_name -> jobagent.v1.PayloadRequirement
-	29, // 20: jobagent.v1.Dispatch.env:type_name -> jobagent.v1.Dispatch.EnvEntry
-	31, // 21: jobagent.v1.Attempt.started_at:type_name -> google.protobuf.Timestamp
-	31, // 22: jobagent.v1.Attempt.finished_at:type_name -> google.protobuf.Timestamp
+	30, // 20: jobagent.v1.Dispatch.env:type_name -> jobagent.v1.Dispatch.EnvEntry
+	32, // 21: jobagent.v1.Attempt.started_at:type_name -> google.protobuf.Timestamp
+	32, // 22: jobagent.v1.Attempt.finished_at:type_name -> google.protobuf.Timestamp
 	6,  // 23: jobagent.v1.Attempt.failure_reason:type_name -> jobagent.v1.FailureReason
 	17, // 24: jobagent.v1.Job.spec:type_name -> jobagent.v1.JobSpec
-	31, // 25: jobagent.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	31, // 26: jobagent.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
+	32, // 25: jobagent.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	32, // 26: jobagent.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
 	16, // 27: jobagent.v1.Job.cron_status:type_name -> jobagent.v1.CronStatus
 	7,  // 28: jobagent.v1.Trigger.kind:type_name -> jobagent.v1.TriggerKind
 	5,  // 29: jobagent.v1.Execution.status:type_name -> jobagent.v1.ExecutionStatus
 	6,  // 30: jobagent.v1.Execution.failure_reason:type_name -> jobagent.v1.FailureReason
 	22, // 31: jobagent.v1.Execution.trigger:type_name -> jobagent.v1.Trigger
-	31, // 32: jobagent.v1.Execution.created_at:type_name -> google.protobuf.Timestamp
-	31, // 33: jobagent.v1.Execution.started_at:type_name -> google.protobuf.Timestamp
-	31, // 34: jobagent.v1.Execution.finished_at:type_name -> google.protobuf.Timestamp
-	30, // 35: jobagent.v1.Execution.duration:type_name -> google.protobuf.Duration
+	32, // 32: jobagent.v1.Execution.created_at:type_name -> google.protobuf.Timestamp
+	32, // 33: jobagent.v1.Execution.started_at:type_name -> google.protobuf.Timestamp
+	32, // 34: jobagent.v1.Execution.finished_at:type_name -> google.protobuf.Timestamp
+	31, // 35: jobagent.v1.Execution.duration:type_name -> google.protobuf.Duration
 	20, // 36: jobagent.v1.Execution.attempts:type_name -> jobagent.v1.Attempt
 	19, // 37: jobagent.v1.Execution.dispatch:type_name -> jobagent.v1.Dispatch
-	31, // 38: jobagent.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
+	32, // 38: jobagent.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
 	23, // 39: jobagent.v1.ExecutionEvent.execution:type_name -> jobagent.v1.Execution
 	8,  // 40: jobagent.v1.ExecutionEvent.type:type_name -> jobagent.v1.EventType
-	31, // 41: jobagent.v1.JobEvent.time:type_name -> google.protobuf.Timestamp
+	32, // 41: jobagent.v1.JobEvent.time:type_name -> google.protobuf.Timestamp
 	8,  // 42: jobagent.v1.JobEvent.type:type_name -> jobagent.v1.EventType
-	31, // 43: jobagent.v1.JobEvent.schedule_time:type_name -> google.protobuf.Timestamp
-	31, // 44: jobagent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	32, // 43: jobagent.v1.JobEvent.schedule_time:type_name -> google.protobuf.Timestamp
+	32, // 44: jobagent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	9,  // 45: jobagent.v1.LogLine.stream:type_name -> jobagent.v1.LogStream
 	46, // [46:46] is the sub-list for method output_type
 	46, // [46:46] is the sub-list for method input_type
@@ -2681,7 +2751,7 @@ func file_jobagent_v1_jobs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobagent_v1_jobs_proto_rawDesc), len(file_jobagent_v1_jobs_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

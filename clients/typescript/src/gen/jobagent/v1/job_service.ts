@@ -34,6 +34,7 @@ import {
   Job,
   JobEvent,
   JobSpec,
+  LogChunk,
   LogLine,
   LogStream,
   logStreamFromJSON,
@@ -217,6 +218,20 @@ export interface StreamLogsRequest {
     | undefined;
   /** The attempt whose output to read (1 for the first); the latest when 0. */
   attempt: number;
+}
+
+export interface DownloadLogsRequest {
+  /** The execution's id. */
+  executionId: string;
+  /** The attempt whose log to read (1 for the first); the latest when 0. */
+  attempt: number;
+  /** Keep the stream open and send new records until the attempt ends. */
+  follow: boolean;
+  /**
+   * Start at this byte of the log, or at the next record after it: a chunk's offset plus
+   * its size resumes an interrupted download. OUT_OF_RANGE past the end of the log.
+   */
+  offset: number;
 }
 
 export interface PruneImagesRequest {
@@ -1816,6 +1831,127 @@ export const StreamLogsRequest: MessageFns<StreamLogsRequest> = {
   },
 };
 
+function createBaseDownloadLogsRequest(): DownloadLogsRequest {
+  return { executionId: "", attempt: 0, follow: false, offset: 0 };
+}
+
+export const DownloadLogsRequest: MessageFns<DownloadLogsRequest> = {
+  encode(message: DownloadLogsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.executionId !== "") {
+      writer.uint32(10).string(message.executionId);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(16).uint32(message.attempt);
+    }
+    if (message.follow !== false) {
+      writer.uint32(24).bool(message.follow);
+    }
+    if (message.offset !== 0) {
+      writer.uint32(32).int64(message.offset);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DownloadLogsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDownloadLogsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.executionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.follow = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.offset = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DownloadLogsRequest {
+    return {
+      executionId: isSet(object.executionId)
+        ? globalThis.String(object.executionId)
+        : isSet(object.execution_id)
+        ? globalThis.String(object.execution_id)
+        : "",
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      follow: isSet(object.follow) ? globalThis.Boolean(object.follow) : false,
+      offset: isSet(object.offset) ? globalThis.Number(object.offset) : 0,
+    };
+  },
+
+  toJSON(message: DownloadLogsRequest): unknown {
+    const obj: any = {};
+    if (message.executionId !== "") {
+      obj.executionId = message.executionId;
+    }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    if (message.follow !== false) {
+      obj.follow = message.follow;
+    }
+    if (message.offset !== 0) {
+      obj.offset = Math.round(message.offset);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DownloadLogsRequest>, I>>(base?: I): DownloadLogsRequest {
+    return DownloadLogsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DownloadLogsRequest>, I>>(object: I): DownloadLogsRequest {
+    const message = createBaseDownloadLogsRequest();
+    message.executionId = object.executionId ?? "";
+    message.attempt = object.attempt ?? 0;
+    message.follow = object.follow ?? false;
+    message.offset = object.offset ?? 0;
+    return message;
+  },
+};
+
 function createBasePruneImagesRequest(): PruneImagesRequest {
   return {};
 }
@@ -2880,6 +3016,21 @@ export const JobServiceService = {
     responseSerialize: (value: Job): Buffer => Buffer.from(Job.encode(value).finish()),
     responseDeserialize: (value: Buffer): Job => Job.decode(value),
   },
+  /**
+   * Streams an attempt's log as the agent stores it, in chunks of whole records, for bulk
+   * transfer and archiving: the CRI logging format, one record per line,
+   * `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
+   * record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
+   */
+  downloadLogs: {
+    path: "/jobagent.v1.JobService/DownloadLogs" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: DownloadLogsRequest): Buffer => Buffer.from(DownloadLogsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DownloadLogsRequest => DownloadLogsRequest.decode(value),
+    responseSerialize: (value: LogChunk): Buffer => Buffer.from(LogChunk.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LogChunk => LogChunk.decode(value),
+  },
 } as const;
 
 export interface JobServiceServer extends UntypedServiceImplementation {
@@ -2934,6 +3085,13 @@ export interface JobServiceServer extends UntypedServiceImplementation {
   suspendJob: handleUnaryCall<SuspendJobRequest, Job>;
   /** Lets a suspended cron job's schedule start runs again, from the next schedule time. */
   resumeJob: handleUnaryCall<ResumeJobRequest, Job>;
+  /**
+   * Streams an attempt's log as the agent stores it, in chunks of whole records, for bulk
+   * transfer and archiving: the CRI logging format, one record per line,
+   * `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
+   * record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
+   */
+  downloadLogs: handleServerStreamingCall<DownloadLogsRequest, LogChunk>;
 }
 
 export interface JobServiceClient extends Client {
@@ -3165,6 +3323,18 @@ export interface JobServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: Job) => void,
   ): ClientUnaryCall;
+  /**
+   * Streams an attempt's log as the agent stores it, in chunks of whole records, for bulk
+   * transfer and archiving: the CRI logging format, one record per line,
+   * `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
+   * record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
+   */
+  downloadLogs(request: DownloadLogsRequest, options?: Partial<CallOptions>): ClientReadableStream<LogChunk>;
+  downloadLogs(
+    request: DownloadLogsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<LogChunk>;
 }
 
 export const JobServiceClient = makeGenericClientConstructor(
