@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from agent.api.auth import TokenTable
@@ -113,6 +114,9 @@ class Agent:
         self.store.close()
 
 
+WORKER_THREADS = 32
+
+
 def watch_children_with_pidfds() -> None:
     """Waits for child processes (conmon, the runtime) through pidfds on the event loop,
     instead of Python 3.11's default of one thread per child (Python 3.12 does this
@@ -126,6 +130,11 @@ def watch_children_with_pidfds() -> None:
 async def serve(config: AgentConfig) -> None:
     """Runs the agent until SIGINT or SIGTERM."""
     watch_children_with_pidfds()
+    # Runtime calls, conmon spawns and bundle work run in worker threads (see
+    # agent.runtime.process); a few per active execution may be in flight at once.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="jobagent-worker")
+    )
     agent = Agent(config)
     await agent.start()
     stopping = asyncio.Event()

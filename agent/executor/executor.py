@@ -501,7 +501,14 @@ class Executor:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def prune_images(self, budget_bytes: int | None = None) -> PruneResult:
-        """Removes images that no registered job and no active execution uses."""
+        """Removes images that no registered job and no active execution uses.
+
+        Containers of finished executions that are still being removed are waited for
+        (they are quick): their image stays mounted until then, and is prunable after.
+        """
+        removing = [run.task for run in self._runs.values() if run.removing and run.task]
+        if removing:
+            await asyncio.wait(removing)  # not gather: a cancelled prune must not cancel them
         in_use = {job.spec.image.name for job in self._store.list_jobs()}
         in_use.update(run.spec.image.name for run in self._runs.values())
         in_use.update(spec.image.name for _, spec, _ in self._waiting.values())

@@ -27,6 +27,7 @@ from agent.runtime.errors import (
 from agent.runtime.images import Image, ImageStore, PruneResult
 from agent.runtime.monitor import ConmonMonitor, MonitorPaths
 from agent.runtime.oci import OciRuntime
+from agent.runtime.process import off_loop
 
 KILL_SIGNAL = "SIGKILL"
 # A container does not start when its log disk has less room than this: its output would be lost.
@@ -144,36 +145,8 @@ class ContainerManager:
 
         Raises ContainerCreateError, after removing whatever was prepared.
         """
-        directory = self._directory(request.container_id)
-        rootfs = directory / "rootfs"
         try:
-            process = bundle.resolve_process(
-                image.config, request.command, request.env, image.rootfs, request.user
-            )
-            directory.mkdir(parents=True, exist_ok=True)
-            bundle.mount_overlay(image.rootfs, directory / "upper", directory / "work", rootfs)
-            mounts = [self._oci_mount(mount, directory, index)
-                      for index, mount in enumerate(request.mounts)]  # fmt: skip
-            for index, (target, content) in enumerate(request.files.items()):
-                mounts.append(_file_mount(target, content, directory / "files" / str(index)))
-            config = bundle.build_config(
-                process,
-                rootfs,
-                request.hostname or request.container_id,
-                _cgroups_path(request.container_id),
-                request.resources,
-                {
-                    **request.labels,
-                    STOP_SIGNAL_ANNOTATION: request.stop_signal
-                    or image.config.stop_signal
-                    or DEFAULT_STOP_SIGNAL,
-                },
-                mounts,
-                request.host_network,
-                request.privileged,
-                request.capabilities,
-            )
-            (directory / "config.json").write_text(json.dumps(config))
+            await off_loop(self._prepare_bundle, request, image)
         except (ValueError, OSError) as error:
             await self.remove(request.container_id)
             raise ContainerCreateError(str(error)) from None
@@ -195,6 +168,38 @@ class ContainerManager:
         except ContainerCreateError:
             await self.remove(request.container_id)
             raise
+
+    def _prepare_bundle(self, request: ContainerRequest, image: Image) -> None:
+        """Writes the bundle: the overlay rootfs, the mounts' sources and config.json."""
+        directory = self._directory(request.container_id)
+        rootfs = directory / "rootfs"
+        process = bundle.resolve_process(
+            image.config, request.command, request.env, image.rootfs, request.user
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        bundle.mount_overlay(image.rootfs, directory / "upper", directory / "work", rootfs)
+        mounts = [self._oci_mount(mount, directory, index)
+                  for index, mount in enumerate(request.mounts)]  # fmt: skip
+        for index, (target, content) in enumerate(request.files.items()):
+            mounts.append(_file_mount(target, content, directory / "files" / str(index)))
+        config = bundle.build_config(
+            process,
+            rootfs,
+            request.hostname or request.container_id,
+            _cgroups_path(request.container_id),
+            request.resources,
+            {
+                **request.labels,
+                STOP_SIGNAL_ANNOTATION: request.stop_signal
+                or image.config.stop_signal
+                or DEFAULT_STOP_SIGNAL,
+            },
+            mounts,
+            request.host_network,
+            request.privileged,
+            request.capabilities,
+        )
+        (directory / "config.json").write_text(json.dumps(config))
 
     async def start(self, container_id: str) -> None:
         """Starts a created container's process; raises ContainerStartError."""
@@ -243,9 +248,7 @@ class ContainerManager:
     async def remove(self, container_id: str) -> None:
         """Deletes the container and its bundle; keeps its log and exit files. Safe to repeat."""
         await self.runtime.delete(container_id)
-        directory = self._directory(container_id)
-        bundle.unmount(directory / "rootfs")
-        shutil.rmtree(directory, ignore_errors=True)
+        await off_loop(_remove_bundle, self._directory(container_id))
 
     def containers(self) -> list[str]:
         """The ids of every container whose bundle is here (running, or left by a crash)."""
@@ -297,6 +300,11 @@ class ContainerManager:
             log_file=request.log_file,
             runtime_log=directory / "runtime.log",
         )
+
+
+def _remove_bundle(directory: Path) -> None:
+    bundle.unmount(directory / "rootfs")
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _file_mount(target: str, content: bytes, source: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ code to <exit-dir>/<container-id>. The container and those files outlive the age
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -52,7 +53,6 @@ class ConmonMonitor:
         """Creates the container under a new conmon; returns the container's pid."""
         self.forget(container_id)
         self.persist_dir(container_id).mkdir(parents=True)
-        read_end, write_end = os.pipe()
         argv = [
             self._conmon, "--api-version", "1", "--sync",
             "--cid", container_id, "--cuuid", container_id, "--name", container_id,
@@ -69,33 +69,30 @@ class ConmonMonitor:
             argv += ["--log-size-max", str(log_size_max)]
         for arg in self._runtime.global_args(paths.runtime_log):
             argv += ["--runtime-arg", arg]
-        conmon_log = paths.bundle / "conmon.log"
+        creation = asyncio.ensure_future(self._run_conmon(container_id, argv, paths))
         try:
-            with conmon_log.open("wb") as log:
-                process = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    pass_fds=(write_end,),
-                    env={**os.environ, "_OCI_SYNCPIPE": str(write_end)},
-                    start_new_session=True,
-                )
+            return await asyncio.shield(creation)
+        except asyncio.CancelledError:
+            # conmon goes on creating the container: let it finish, so that the caller's
+            # cleanup deletes a container that exists instead of racing its creation.
+            with contextlib.suppress(ContainerCreateError):
+                await creation
+            raise
+
+    async def _run_conmon(self, container_id: str, argv: list[str], paths: MonitorPaths) -> int:
+        """Starts conmon (forking in a worker thread, off the event loop) and reads the
+        container's pid, or the runtime's error, from its sync pipe."""
+        conmon_log = paths.bundle / "conmon.log"
+        read_end, write_end = os.pipe()
+        try:
+            process = await asyncio.to_thread(_spawn_conmon, argv, conmon_log, write_end)
         except OSError as error:
             os.close(read_end)
             raise ContainerCreateError(f"cannot start conmon: {error}") from None
         finally:
             os.close(write_end)
         self._processes[container_id] = process
-        reply = asyncio.ensure_future(_read_sync_pipe(read_end))
-        try:
-            message = await asyncio.shield(reply)
-        except asyncio.CancelledError:
-            # conmon goes on creating the container: let it finish, so that the caller's
-            # cleanup deletes a container that exists instead of racing its creation.
-            await reply
-            raise
-        pid, detail = _parse_sync(message)
+        pid, detail = _parse_sync(await _read_sync_pipe(read_end))
         if pid <= 0:
             await exited(process)
             self._processes.pop(container_id, None)
@@ -220,3 +217,17 @@ def _runtime_error(detail: str, runtime_log: Path, conmon_log: Path) -> str:
     except OSError:
         said = []
     return f"conmon: {said[-1]}" if said else "conmon exited without reporting the container"
+
+
+def _spawn_conmon(argv: list[str], conmon_log: Path, sync_fd: int) -> subprocess.Popen[bytes]:
+    """Starts conmon in its own session with its sync pipe, logging to `conmon_log`."""
+    with conmon_log.open("wb") as log:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            pass_fds=(sync_fd,),
+            env={**os.environ, "_OCI_SYNCPIPE": str(sync_fd)},
+            start_new_session=True,
+        )

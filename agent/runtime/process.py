@@ -3,8 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 from agent.runtime.errors import CommandError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def off_loop(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Runs blocking work (mounts, tree removals, forks) in a worker thread, so that the
+    event loop serves other executions meanwhile. A cancelled caller still waits for the
+    work to end, so that its cleanup never races a half-done mount or spawn."""
+    work = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        work.exception()  # seen: the caller's cancellation is what it gets
+        raise
 
 
 async def run(argv: list[str], timeout: float | None = None, executable: str | None = None) -> str:

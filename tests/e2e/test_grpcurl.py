@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -57,7 +58,7 @@ def test_grpcurl_lists_describes_and_calls_every_rpc(
     assert SERVICE in listed.stdout.split()
     described = grpcurl(grpcurl_binary, agent, "describe", SERVICE).stdout
     methods = {line.split()[1].split("(")[0] for line in described.splitlines() if " rpc " in line}
-    assert len(methods) == 15
+    assert len(methods) == 16
 
     called = set()
 
@@ -75,6 +76,8 @@ def test_grpcurl_lists_describes_and_calls_every_rpc(
     assert events[-1]["execution"]["status"] == "EXECUTION_STATUS_COMPLETED"
     lines = rpc("StreamLogs", {"execution_id": execution["id"], "follow": True})
     assert [line["message"] for line in lines] == ["via grpcurl"]
+    (chunk,) = rpc("DownloadLogs", {"execution_id": execution["id"]})
+    assert base64.b64decode(chunk["data"]).endswith(b" stdout F via grpcurl\n")
     assert rpc("GetExecution", {"id": execution["id"]})[0]["exit_code"] == 0
     listed_executions = rpc("ListExecutions", {"job_name": "curl-job"})[0]["executions"]
     assert execution["id"] in {item["id"] for item in listed_executions}
