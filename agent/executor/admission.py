@@ -16,7 +16,8 @@ class _Waiting:
 class Admission:
     """A FIFO queue of pending executions and the slots held by active ones.
 
-    An execution holds a slot from the moment it is admitted until it ends. A waiting
+    An execution holds a slot from the moment it is admitted until its outcome is recorded
+    (removing its exited container does not hold the slot). A waiting
     execution whose job is at its own limit does not hold up later ones of other jobs.
     """
 

@@ -552,7 +552,8 @@ class Executor:
             dispatch = self._store.get_request(execution.id).dispatch
         return ExecutionRun(execution, spec, self._runtime, self._recorder, self._log_dir,
                             self._stop_grace, lambda: self._closing,
-                            self._log_cap(spec), dispatch)  # fmt: skip
+                            self._log_cap(spec), dispatch,
+                            lambda: self._release(execution.id))  # fmt: skip
 
     def _log_cap(self, spec: JobSpec | None) -> int:
         """The job's log size cap, else the agent's."""
@@ -618,6 +619,10 @@ class Executor:
             log.error("execution %s: %s", execution_id, error, exc_info=error,
                       extra={"execution_id": execution_id})  # fmt: skip
             self._fail_unfinished(execution_id, error)
+        self._release(execution_id)
+
+    def _release(self, execution_id: str) -> None:
+        """Frees the execution's slot (if it still holds one) for the next in the queue."""
         self._admission.release(execution_id)
         self._admit()
 

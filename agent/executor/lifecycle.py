@@ -78,7 +78,10 @@ class ExecutionRun:
         closing: Callable[[], bool],
         log_cap: int,
         dispatch: Dispatch | None = None,
+        outcome_recorded: Callable[[], None] | None = None,
     ) -> None:
+        """`outcome_recorded` is called once the terminal state is stored, before the
+        container is removed: the execution no longer needs its admission slot."""
         dispatch = dispatch or Dispatch()
         self.execution = execution
         self.spec = spec.with_dispatch(dispatch)
@@ -89,6 +92,7 @@ class ExecutionRun:
         self._default_grace = default_grace
         self._log_cap = log_cap
         self._closing = closing
+        self._outcome_recorded = outcome_recorded
         self._phase = Phase.PREPARING
         self._cancel_requested = False
         self._deadline_passed = False
@@ -284,6 +288,8 @@ class ExecutionRun:
                 # in between leaves a bundle that the next start sweeps away).
                 self._finish(exit_status, attempt)
                 self._phase = Phase.REMOVING
+                if self._outcome_recorded is not None:
+                    self._outcome_recorded()
                 await self._runtime.remove(container_id)
                 self._runtime.forget(container_id)
                 return

@@ -19,6 +19,7 @@ class FakeRuntime:
         self.create_error: str | None = None
         self.start_error: str | None = None
         self.pull_gate: asyncio.Event | None = None
+        self.remove_gate: asyncio.Event | None = None
         self.created: list[str] = []
         self.requests: list[ContainerRequest] = []
         self.started: list[str] = []
@@ -85,6 +86,8 @@ class FakeRuntime:
         self.exit(container_id, 143)
 
     async def remove(self, container_id: str) -> None:
+        if self.remove_gate is not None:
+            await self.remove_gate.wait()
         self.removed.append(container_id)
         self.alive.discard(container_id)
 

@@ -384,6 +384,25 @@ async def test_executions_beyond_the_job_limit_wait_in_fifo_order(
     assert third.container_id not in runtime.created
 
 
+async def test_the_slot_is_free_once_the_outcome_is_recorded(
+    make_executor: Callable[..., Executor], runtime: FakeRuntime
+) -> None:
+    """The next execution starts while the first one's exited container is being removed."""
+    executor = make_executor(JobSpec("one", ImageSpec("busybox"), max_concurrent=1))
+    first, second = [await executor.trigger("one", TRIGGER) for _ in range(2)]
+    await asyncio.wait_for(runtime.started_event.wait(), 5)
+    runtime.remove_gate = asyncio.Event()
+    runtime.started_event.clear()
+    runtime.exit(first.container_id, 0)
+    await asyncio.wait_for(runtime.started_event.wait(), 5)
+    assert executor.get_execution(first.id).status is Status.COMPLETED
+    assert runtime.started == [first.container_id, second.container_id]
+    assert first.container_id not in runtime.removed
+    runtime.remove_gate.set()
+    runtime.exit(second.container_id, 0)
+    await statuses_until_terminal(executor, second.id)
+
+
 async def _until(
     events: AsyncIterator[ExecutionEvent], kind: EventKind
 ) -> AsyncIterator[ExecutionEvent]:
