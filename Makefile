@@ -122,6 +122,7 @@ clients-build: apt tools
 
 clients-lint: clients-build
 	cd $(GO_DIR) && test -z "$$(gofmt -l .)" && go vet ./...
+	cd bench/watchload && test -z "$$(gofmt -l .)" && go vet ./...
 	cd $(RUST_DIR) && cargo fmt --check
 
 $(EXAMPLE_IMAGE)/index.json: examples/build-busybox-image.sh
@@ -164,7 +165,11 @@ $(VENV)/.bench: $(VENV)/.installed
 $(TOOLS)/ghz:
 	GOBIN=$(abspath $(TOOLS)) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
-bench: deps image $(VENV)/.bench $(TOOLS)/ghz
+# P7's watching side: a Go client, so that the streams take little of the agent's CPU.
+$(TOOLS)/watchload: bench/watchload/main.go bench/watchload/go.mod $(wildcard $(GO_DIR)/gen/jobagent/v1/*.go)
+	cd bench/watchload && go build -o $(abspath $(TOOLS))/watchload .
+
+bench: deps image $(VENV)/.bench $(TOOLS)/ghz $(TOOLS)/watchload
 	@set -e; $(foreach b,$(if $(ONLY),$(ONLY),$(BENCHES)),\
 	  $(PY) -m bench.$(BENCH_$(b)) --runtime $(RUNTIME);)
 

@@ -236,6 +236,8 @@ class JobService(service_grpc.JobServiceServicer):
         _require_name("job_name", request.job_name, optional=True)
         items = self._executor.watch_events(request.since_sequence, request.job_name, kinds,
                                             interval)  # fmt: skip
+        # Headers at once: the client knows the watch is in place before any event comes.
+        await context.send_initial_metadata(())
         with self._open_stream("WatchEvents"):
             async for item in items:
                 if isinstance(item, Bookmark):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -159,6 +160,20 @@ def test_jobctl_registers_triggers_follows_and_lists(agent: AgentProcess, tmp_pa
     finally:
         follow.kill()
         follow.wait()
+
+
+def test_a_node_watch_sends_its_headers_before_any_event(agent: AgentProcess) -> None:
+    """A watcher learns that its watch is in place without waiting for an event."""
+    with agent.client() as client:
+        newest = client.node_info().last_sequence
+    with grpc.insecure_channel(agent.target) as channel:
+        stub = service_grpc.JobServiceStub(channel)
+        request = service_pb.WatchEventsRequest(since_sequence=newest, job_name="quiet-job")
+        request.bookmark_interval.FromSeconds(600)
+        call = stub.WatchEvents(request, timeout=10)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            headers = pool.submit(call.initial_metadata)
+            assert headers.result(timeout=5) is not None
 
 
 def test_watch_events_follows_the_node_and_resumes_without_gap(agent: AgentProcess) -> None:

@@ -201,7 +201,8 @@ class JobServiceServicer:
         """Streams every event of the node (of executions and of jobs) after since_sequence, once
         and in order, then each new one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
         since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
-        (resume from the last sequence it saw).
+        (resume from the last sequence it saw). Response headers come as soon as the watch is in
+        place.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

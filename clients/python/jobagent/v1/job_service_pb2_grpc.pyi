@@ -67,7 +67,8 @@ class JobServiceStub:
     """Streams every event of the node (of executions and of jobs) after since_sequence, once
     and in order, then each new one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
     since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
-    (resume from the last sequence it saw).
+    (resume from the last sequence it saw). Response headers come as soon as the watch is in
+    place.
     """
     PruneImages: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.PruneImagesRequest, _job_service_pb2.PruneImagesResponse]
     """Removes images that no registered job and no active execution uses."""
@@ -124,7 +125,8 @@ class JobServiceAsyncStub(JobServiceStub):
     """Streams every event of the node (of executions and of jobs) after since_sequence, once
     and in order, then each new one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
     since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
-    (resume from the last sequence it saw).
+    (resume from the last sequence it saw). Response headers come as soon as the watch is in
+    place.
     """
     PruneImages: _aio.UnaryUnaryMultiCallable[_job_service_pb2.PruneImagesRequest, _job_service_pb2.PruneImagesResponse]  # type: ignore[assignment]
     """Removes images that no registered job and no active execution uses."""
@@ -244,7 +246,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams every event of the node (of executions and of jobs) after since_sequence, once
         and in order, then each new one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
         since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
-        (resume from the last sequence it saw).
+        (resume from the last sequence it saw). Response headers come as soon as the watch is in
+        place.
         """
 
     @_abc_1.abstractmethod

@@ -71,7 +71,8 @@ type JobServiceClient interface {
 	// Streams every event of the node (of executions and of jobs) after since_sequence, once
 	// and in order, then each new one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
 	// since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
-	// (resume from the last sequence it saw).
+	// (resume from the last sequence it saw). Response headers come as soon as the watch is in
+	// place.
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
 	// Removes images that no registered job and no active execution uses.
 	PruneImages(ctx context.Context, in *PruneImagesRequest, opts ...grpc.CallOption) (*PruneImagesResponse, error)
@@ -327,7 +328,8 @@ type JobServiceServer interface {
 	// Streams every event of the node (of executions and of jobs) after since_sequence, once
 	// and in order, then each new one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
 	// since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
-	// (resume from the last sequence it saw).
+	// (resume from the last sequence it saw). Response headers come as soon as the watch is in
+	// place.
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
 	// Removes images that no registered job and no active execution uses.
 	PruneImages(context.Context, *PruneImagesRequest) (*PruneImagesResponse, error)

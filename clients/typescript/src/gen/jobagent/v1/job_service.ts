@@ -2962,7 +2962,8 @@ export const JobServiceService = {
    * Streams every event of the node (of executions and of jobs) after since_sequence, once
    * and in order, then each new one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
    * since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
-   * (resume from the last sequence it saw).
+   * (resume from the last sequence it saw). Response headers come as soon as the watch is in
+   * place.
    */
   watchEvents: {
     path: "/jobagent.v1.JobService/WatchEvents" as const,
@@ -3071,7 +3072,8 @@ export interface JobServiceServer extends UntypedServiceImplementation {
    * Streams every event of the node (of executions and of jobs) after since_sequence, once
    * and in order, then each new one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
    * since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
-   * (resume from the last sequence it saw).
+   * (resume from the last sequence it saw). Response headers come as soon as the watch is in
+   * place.
    */
   watchEvents: handleServerStreamingCall<WatchEventsRequest, WatchEventsResponse>;
   /** Removes images that no registered job and no active execution uses. */
@@ -3251,7 +3253,8 @@ export interface JobServiceClient extends Client {
    * Streams every event of the node (of executions and of jobs) after since_sequence, once
    * and in order, then each new one, with bookmarks when quiet. OUT_OF_RANGE when retention removed events after
    * since_sequence (re-list, then watch); RESOURCE_EXHAUSTED when the watcher falls behind
-   * (resume from the last sequence it saw).
+   * (resume from the last sequence it saw). Response headers come as soon as the watch is in
+   * place.
    */
   watchEvents(request: WatchEventsRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchEventsResponse>;
   watchEvents(
