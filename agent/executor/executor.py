@@ -475,7 +475,7 @@ class Executor:
             if container_id not in owned:
                 log.info("removing container %s: no active execution owns it", container_id)
                 await self._runtime.remove(container_id)
-                self._runtime.forget(container_id)
+                await self._runtime.forget(container_id)
         for execution in reversed(active):
             await self._recover(execution)
         self._admit()

@@ -195,7 +195,7 @@ class ExecutionRun:
                 raise StepFailed(str(error)) from None
             finally:
                 await self._runtime.remove(container_id)
-                self._runtime.forget(container_id)
+                await self._runtime.forget(container_id)
 
         policy = self.spec.on_init_failure
         runs = 1 if policy is InitFailurePolicy.FAIL else INIT_RUN_LIMIT
@@ -291,7 +291,7 @@ class ExecutionRun:
                 if self._outcome_recorded is not None:
                     self._outcome_recorded()
                 await self._runtime.remove(container_id)
-                self._runtime.forget(container_id)
+                await self._runtime.forget(container_id)
                 return
             await self._runtime.remove(container_id)
             delay = policy.delay(number)
@@ -299,7 +299,7 @@ class ExecutionRun:
                 self.execution, EventKind.ATTEMPT_FAILED,
                 f"attempt {number} {attempt.message}; retrying in {delay:g}s", attempt,
             )  # fmt: skip
-            self._runtime.forget(container_id)
+            await self._runtime.forget(container_id)
             self._phase = Phase.BACKOFF
             try:
                 image = await self._retry(delay, image, number + 1)

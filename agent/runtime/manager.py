@@ -258,9 +258,11 @@ class ContainerManager:
         """Releases what the manager holds (running containers are left alone)."""
         self.runtime.close()
 
-    def forget(self, container_id: str) -> None:
-        """Drops the exit record of a removed container once its outcome is stored."""
-        self.monitor.forget(container_id)
+    async def forget(self, container_id: str) -> None:
+        """Drops the exit record of a removed container once its outcome is stored (the
+        files go in a worker thread: unlinking on a busy disk stalled the event loop)."""
+        self.monitor.release(container_id)
+        await off_loop(self.monitor.forget, container_id)
 
     def _oci_mount(self, mount: Mount, directory: Path, index: int) -> dict[str, Any]:
         """The runtime-spec mount of a job's storage entry (volumes are made on first use)."""

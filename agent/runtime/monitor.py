@@ -18,6 +18,7 @@ from pathlib import Path
 
 from agent.runtime.errors import ContainerCreateError
 from agent.runtime.oci import OciRuntime
+from agent.runtime.process import exited
 
 EXIT_POLL_SECONDS = 0.05
 
@@ -125,42 +126,19 @@ class ConmonMonitor:
             await asyncio.sleep(EXIT_POLL_SECONDS)
         return code
 
+    def release(self, container_id: str) -> None:
+        """Drops the monitor's handle on a container's conmon."""
+        self._processes.pop(container_id, None)
+
     def forget(self, container_id: str) -> None:
         """Drops what the monitor holds for a container: its process, exit and oom files."""
-        self._processes.pop(container_id, None)
+        self.release(container_id)
         self.exit_file(container_id).unlink(missing_ok=True)
         shutil.rmtree(self.persist_dir(container_id), ignore_errors=True)
 
     def oom_killed(self, container_id: str) -> bool:
         """True when conmon saw the container's memory cgroup kill a process."""
         return (self.persist_dir(container_id) / "oom").exists()
-
-
-async def exited(process: subprocess.Popen[bytes]) -> int:
-    """Waits on the event loop for a child to end (its pidfd turns readable); its status.
-    Several may wait for the same child."""
-    if process.poll() is not None:
-        return process.returncode
-    loop = asyncio.get_running_loop()
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except ProcessLookupError:
-        # Another waiter reaped it between the poll and here.
-        return process.wait()
-    ended: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ended.done():
-            ended.set_result(None)
-
-    loop.add_reader(pidfd, wake)
-    try:
-        if process.poll() is None:
-            await ended
-    finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-    return process.wait()
 
 
 async def _read_sync_pipe(fd: int) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -28,29 +30,89 @@ async def off_loop(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) 
 async def run(argv: list[str], timeout: float | None = None, executable: str | None = None) -> str:
     """Runs a command and returns its stdout; raises CommandError when it fails or times out.
 
+    The fork happens in a worker thread (on a busy machine the parent waits for the child
+    to be scheduled and exec, which on the event loop stalled every other execution); the
+    output and the exit are awaited on the loop. A cancelled caller kills the command.
     `executable` is the file to execute when it is not argv[0].
     """
     try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            executable=executable,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await off_loop(_spawn, argv, executable)
     except OSError as error:
         raise CommandError(argv, -1, f"cannot run {argv[0]}: {error.strerror}") from None
+    assert process.stdout is not None and process.stderr is not None
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+        async with asyncio.timeout(timeout):
+            stdout, stderr, code = await asyncio.gather(
+                read_to_end(process.stdout.fileno()), read_to_end(process.stderr.fileno()),
+                exited(process),
+            )  # fmt: skip
     except TimeoutError:
         process.kill()
-        await process.wait()
+        await exited(process)
         raise CommandError(argv, -1, f"timed out after {timeout:g}s") from None
     except asyncio.CancelledError:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        process.kill()
+        await exited(process)
         raise
-    if process.returncode != 0:
-        raise CommandError(argv, process.returncode or 0, stderr.decode(errors="replace"))
+    finally:
+        process.stdout.close()
+        process.stderr.close()
+    if code != 0:
+        raise CommandError(argv, code, stderr.decode(errors="replace"))
     return stdout.decode(errors="replace")
+
+
+def _spawn(argv: list[str], executable: str | None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, executable=executable, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+
+async def read_to_end(fd: int) -> bytes:
+    """Everything a pipe gives until EOF, read on the event loop as it arrives."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    chunks: list[bytes] = []
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        chunks.append(chunk)
+        if not chunk and not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+    return b"".join(chunks)
+
+
+async def exited(process: subprocess.Popen[bytes]) -> int:
+    """Waits on the event loop for a child to end (its pidfd turns readable); its status.
+    Several may wait for the same child."""
+    if process.poll() is not None:
+        return process.returncode
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except ProcessLookupError:
+        # Another waiter reaped it between the poll and here.
+        return process.wait()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(pidfd, wake)
+    try:
+        if process.poll() is None:
+            await ended
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    return process.wait()

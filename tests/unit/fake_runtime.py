@@ -91,7 +91,7 @@ class FakeRuntime:
         self.removed.append(container_id)
         self.alive.discard(container_id)
 
-    def forget(self, container_id: str) -> None:
+    async def forget(self, container_id: str) -> None:
         self.forgotten.append(container_id)
 
     async def prune_images(self, in_use: set[str], budget_bytes: int | None) -> PruneResult:
