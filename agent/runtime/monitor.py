@@ -18,7 +18,7 @@ from pathlib import Path
 
 from agent.runtime.errors import ContainerCreateError
 from agent.runtime.oci import OciRuntime
-from agent.runtime.process import exited
+from agent.runtime.process import exited, read_to_end
 
 EXIT_POLL_SECONDS = 0.05
 
@@ -143,25 +143,9 @@ class ConmonMonitor:
 
 async def _read_sync_pipe(fd: int) -> bytes:
     """conmon's one-line report, read on the event loop as it arrives (or at EOF)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[bytes] = loop.create_future()
-    chunks: list[bytes] = []
-    os.set_blocking(fd, False)
-
-    def readable() -> None:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        chunks.append(chunk)
-        if (not chunk or chunk.endswith(b"\n")) and not done.done():
-            done.set_result(b"".join(chunks))
-
-    loop.add_reader(fd, readable)
     try:
-        return await done
+        return await read_to_end(fd, until=lambda chunk: chunk.endswith(b"\n"))
     finally:
-        loop.remove_reader(fd)
         os.close(fd)
 
 

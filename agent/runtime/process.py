@@ -67,8 +67,9 @@ def _spawn(argv: list[str], executable: str | None) -> subprocess.Popen[bytes]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
 
-async def read_to_end(fd: int) -> bytes:
-    """Everything a pipe gives until EOF, read on the event loop as it arrives."""
+async def read_to_end(fd: int, until: Callable[[bytes], bool] | None = None) -> bytes:
+    """What a pipe gives, read on the event loop as it arrives: until EOF, or until a chunk
+    for which `until` is true."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     chunks: list[bytes] = []
@@ -80,7 +81,7 @@ async def read_to_end(fd: int) -> bytes:
         except BlockingIOError:
             return
         chunks.append(chunk)
-        if not chunk and not done.done():
+        if (not chunk or (until is not None and until(chunk))) and not done.done():
             done.set_result(None)
 
     loop.add_reader(fd, readable)
