@@ -1,5 +1,7 @@
 """P2: jobs per second for 200 `true` jobs at concurrency 8, against the raw runtime
-running the same bundle in 8 parallel loops; both as jobs over wall-clock seconds.
+running the same bundle in 8 parallel loops; both as jobs over wall-clock seconds. The
+agent's side is driven as a scheduler drives it: triggers, then one WatchEvents stream
+followed until every execution has ended.
 
     python -m bench.throughput [--runtime youki] [--jobs 200] [--concurrency 8]
 """
@@ -10,7 +12,11 @@ import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from jobagent_client.models import ExecutionEvent
+
 from bench.common import RawRunHung, raw_run_ms, report, scratch_agent
+
+TERMINAL = {"completed", "failed", "cancelled"}
 
 
 def main() -> int:
@@ -25,11 +31,20 @@ def main() -> int:
         bundles = [bench.raw_bundle(bench.rootfs(), f"raw-{w}") for w in range(args.concurrency)]
         state = bench.root / "state"
 
+        # As a scheduler does: trigger, and follow the node's event stream (one stream, not
+        # one per execution) until every execution has ended.
+        since = bench.client.node_info().last_sequence
         started = time.perf_counter()
-        executions = [bench.client.trigger("bench-true") for _ in range(args.jobs)]
-        finals = [bench.client.wait(execution.id) for execution in executions]
+        executions = {bench.client.trigger("bench-true").id for _ in range(args.jobs)}
+        finals: dict[str, str] = {}
+        for item in bench.client.watch_events(since, job_name="bench-true"):
+            if not isinstance(item, ExecutionEvent) or item.execution.status not in TERMINAL:
+                continue
+            finals[item.execution.id] = item.execution.status
+            if finals.keys() >= executions:
+                break
         agent_seconds = time.perf_counter() - started
-        assert all(final.status == "completed" for final in finals)
+        assert set(finals.values()) == {"completed"}, finals
 
         hangs: list[str] = []
 
