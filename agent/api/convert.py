@@ -42,6 +42,7 @@ from agent.domain import (
     TriggerRequest,
 )
 from agent.errors import InvalidSpec
+from agent.executor.logs import LogChunk
 from agent.privileges import normalize_capability
 
 STATUS_TO_PROTO = {
@@ -417,6 +418,11 @@ def log_line_to_proto(line: LogLine) -> pb.LogLine:
         partial=line.partial,
         truncated=line.truncated,
     )
+
+
+def log_chunk_to_proto(chunk: LogChunk) -> pb.LogChunk:
+    """A chunk of a stored log file -> proto."""
+    return pb.LogChunk(data=chunk.data, offset=chunk.offset, truncated=chunk.truncated)
 
 
 def trigger_request_from_proto(request: service_pb.TriggerJobRequest) -> TriggerRequest:

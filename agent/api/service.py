@@ -220,7 +220,7 @@ class JobService(service_grpc.JobServiceServicer):
                                               request.follow, request.attempt)  # fmt: skip
         with self._open_stream("DownloadLogs"):
             async for chunk in chunks:
-                yield pb.LogChunk(data=chunk.data, offset=chunk.offset, truncated=chunk.truncated)
+                yield convert.log_chunk_to_proto(chunk)
 
     @maps_errors
     async def WatchEvents(

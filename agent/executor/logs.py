@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -19,9 +18,6 @@ CHUNK_SIZE = 1 << 16
 # The largest chunk of a download: big enough that a message's cost is spread over a
 # megabyte (2 MiB measured no faster), well under gRPC's default 4 MiB message limit.
 DOWNLOAD_CHUNK_BYTES = 1 << 20
-# conmon writes records of at most 8 KiB of output: the last newline of a chunk is in its
-# last CUT_SEARCH_BYTES almost always.
-CUT_SEARCH_BYTES = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -121,31 +117,12 @@ async def read_log_chunks(
 
 
 def _read_records(path: Path, offset: int) -> bytes:
-    """Up to DOWNLOAD_CHUNK_BYTES of whole records from `offset` (b"" when there is none).
-
-    The cut is found in the window's last few KiB before the read, so that the chunk is
-    read exactly instead of read and then copied short.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return b""
-    try:
-        window = min(DOWNLOAD_CHUNK_BYTES, os.fstat(fd).st_size - offset)
-        if window <= 0:
-            return b""
-        tail_size = min(window, CUT_SEARCH_BYTES)
-        tail = os.pread(fd, tail_size, offset + window - tail_size)
-        newline = tail.rfind(b"\n")
-        if newline >= 0:
-            return os.pread(fd, window - tail_size + newline + 1, offset)
-        data = os.pread(fd, window, offset)
-        end = data.rfind(b"\n") + 1
-        if end == 0 and len(data) == DOWNLOAD_CHUNK_BYTES:
-            return data  # a record longer than a chunk (conmon's are not) goes in pieces
-        return data[:end]
-    finally:
-        os.close(fd)
+    """Up to DOWNLOAD_CHUNK_BYTES of whole records from `offset` (b"" when there is none)."""
+    data, _ = _read_from(path, offset, limit=DOWNLOAD_CHUNK_BYTES)
+    end = data.rfind(b"\n") + 1
+    if end == 0 and len(data) == DOWNLOAD_CHUNK_BYTES:
+        return data  # a record longer than a chunk (conmon's are not) goes in pieces
+    return data if end == len(data) else data[:end]
 
 
 def _next_record(path: Path, offset: int) -> int:
