@@ -409,9 +409,6 @@ class Executor:
         """Yields one attempt's log file (the latest's when 0) from `offset` in chunks of
         whole records; with follow, until the attempt ends. OutOfRange past the end."""
         async with self._attempt_log(execution_id, attempt) as log_:
-            size = log_.path.stat().st_size if log_.path.exists() else 0
-            if offset > size:
-                raise OutOfRange(f"offset: {offset} is past the end of the log ({size} bytes)")
             async for chunk in read_log_chunks(log_.path, offset, follow, log_.ended,
                                                log_.max_bytes):  # fmt: skip
                 yield chunk

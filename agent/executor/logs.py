@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from agent.domain import LogLine, LogStream
+from agent.errors import OutOfRange
 from agent.runtime.crilog import parse_line
 
 FOLLOW_POLL_SECONDS = 0.05
@@ -94,9 +95,12 @@ async def read_log_chunks(
     """Yields the file from byte `start` (or the next record after it) in chunks of whole
     records; with follow, until `ended` is set and the file drained (as for read_log).
 
-    Only the newest `max_bytes` are read when the file is over the cap.
+    Only the newest `max_bytes` are read when the file is over the cap. OutOfRange when
+    `start` is past the end of the file.
     """
     size = _size(path)
+    if start > size:
+        raise OutOfRange(f"offset: {start} is past the end of the log ({size} bytes)")
     offset, truncated = start, False
     if max_bytes is not None and size - offset > max_bytes:
         offset, truncated = size - max_bytes, True
