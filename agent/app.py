@@ -18,6 +18,7 @@ from agent.config import UNIX_PREFIX, AgentConfig, is_loopback
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
 from agent.metrics import Metrics
+from agent.runtime import volatile
 from agent.runtime.images import ImageStore
 from agent.runtime.manager import ContainerManager, RuntimePaths
 from agent.store import Store
@@ -34,6 +35,10 @@ class Agent:
         config = dataclasses.replace(config, data_dir=config.data_dir.resolve())
         self.config = config
         self.store = Store(config.database)
+        try:
+            volatile.ensure_tmpfs()
+        except OSError as error:
+            log.warning("volatile state stays on disk: %s", error)
         paths = RuntimePaths.under(config.data_dir, config.runtime_name)
         self.runtime = ContainerManager(
             paths,

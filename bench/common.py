@@ -46,6 +46,12 @@ class Bench:
         (rootfs,) = (self.agent.data_dir / "images" / "rootfs").glob("sha256-*/rootfs")
         return rootfs
 
+    @property
+    def raw_state(self) -> Path:
+        """The raw runtime's state root: beside the agent's own, on the same tmpfs (as
+        youki's default, /run/youki, is on most hosts)."""
+        return self.agent.paths.volatile / "raw-state"
+
     def raw_bundle(self, rootfs: Path, name: str = "raw") -> Path:
         """A bundle over `rootfs`, configured as the agent configures its containers; each
         name has its own bundle and cgroup, so that bundles can run side by side."""

@@ -24,7 +24,7 @@ def main() -> int:
     with scratch_agent(args.runtime) as bench:
         bench.register("bench-true")
         bundle = bench.raw_bundle(bench.rootfs())
-        state = bench.root / "state"
+        state = bench.raw_state
         agent_ms: list[float] = []
         raw_ms: list[float] = []
         hangs = 0

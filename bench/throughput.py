@@ -29,7 +29,7 @@ def main() -> int:
     with scratch_agent(args.runtime, "--max-concurrent", str(args.concurrency)) as bench:
         bench.register("bench-true")
         bundles = [bench.raw_bundle(bench.rootfs(), f"raw-{w}") for w in range(args.concurrency)]
-        state = bench.root / "state"
+        state = bench.raw_state
 
         # As a scheduler does: trigger, and follow the node's event stream (one stream, not
         # one per execution) until every execution has ended.

@@ -11,7 +11,9 @@ mkdir -p "$(dirname "$layout")"
 umoci init --layout "$layout"
 umoci new --image "$layout:latest"
 umoci unpack --image "$layout:latest" "$work/bundle" >/dev/null
-mkdir -p "$work/bundle/rootfs/bin" "$work/bundle/rootfs/tmp"
+# The mount points every distribution image carries, so that a container's mounts need
+# no directories made in its writable layer.
+for dir in bin dev proc sys tmp; do mkdir -p "$work/bundle/rootfs/$dir"; done
 chmod 1777 "$work/bundle/rootfs/tmp"
 cp /bin/busybox "$work/bundle/rootfs/bin/busybox"
 for applet in $(/bin/busybox --list); do

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +10,7 @@ from typing import Any
 
 from agent.domain import CommandSpec, Resources
 from agent.privileges import ALL_CAPABILITIES
-from agent.runtime import seccomp
+from agent.runtime import seccomp, syscalls
 from agent.runtime.images import ImageConfig
 
 CPU_PERIOD = 100_000
@@ -236,22 +233,9 @@ def _find_entry(table: Path, name: str) -> list[str]:
     raise ValueError(f"{name!r} is not in the image's /etc/{table.name}")
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-MNT_DETACH = 2
-
-
 def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
     """Mounts a writable overlay of the read-only image rootfs for one container."""
     for directory in (upper, work, merged):
         directory.mkdir(parents=True, exist_ok=True)
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}".encode()
-    if _libc.mount(b"overlay", str(merged).encode(), b"overlay", 0, options) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, f"overlay mount on {merged}: {os.strerror(error)}")
-
-
-def unmount(path: Path) -> None:
-    """Lazily unmounts `path` if something is mounted there."""
-    if os.path.ismount(path) and _libc.umount2(str(path).encode(), MNT_DETACH) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, f"unmount {path}: {os.strerror(error)}")
+    syscalls.mount("overlay", merged, "overlay", 0,
+                   f"lowerdir={lower},upperdir={upper},workdir={work}")  # fmt: skip

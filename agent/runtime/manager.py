@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.domain import CommandSpec, ImageSpec, Mount, MountKind, Resources
-from agent.runtime import bundle
+from agent.runtime import bundle, syscalls
 from agent.runtime.cgroups import oom_kill_count
 from agent.runtime.errors import (
     CommandError,
@@ -28,6 +28,7 @@ from agent.runtime.images import Image, ImageStore, PruneResult
 from agent.runtime.monitor import ConmonMonitor, MonitorPaths
 from agent.runtime.oci import OciRuntime
 from agent.runtime.process import off_loop
+from agent.runtime.volatile import VOLATILE_ROOT
 
 KILL_SIGNAL = "SIGKILL"
 # A container does not start when its log disk has less room than this: its output would be lost.
@@ -71,30 +72,38 @@ class ExitStatus:
 
 @dataclass(frozen=True)
 class RuntimePaths:
-    """The directories of the runtime layer under the agent's data directory."""
+    """Where the runtime layer keeps things: on disk under the agent's data directory what
+    must last (images, what containers write, volumes), and in its volatile directory on
+    a tmpfs what describes live processes (see agent.runtime.volatile)."""
 
     images: Path
-    containers: Path
+    # Each container's overlay upper and work directories and its anonymous volumes.
+    writable: Path
+    volumes: Path
+    volatile: Path
+    # Each container's bundle: config.json, the rootfs mount point, conmon's files.
+    bundles: Path
     runtime_state: Path
     exits: Path
     sockets: Path
-    volumes: Path
     # Where the sealed copy of the runtime is linked under the runtime's own name.
     binaries: Path
 
     @classmethod
     def under(cls, data_dir: Path, runtime_name: str) -> RuntimePaths:
-        """The standard layout below one data directory."""
-        # Attach sockets have a short path limit, so they live under /run, keyed by data dir.
+        """The standard layout for one data directory (its volatile part keyed by it)."""
         key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+        volatile = VOLATILE_ROOT / key
         return cls(
             images=data_dir / "images",
-            containers=data_dir / "containers",
-            runtime_state=data_dir / "state" / runtime_name,
-            exits=data_dir / "exits",
+            writable=data_dir / "containers",
             volumes=data_dir / "volumes",
-            sockets=Path("/run/jobagent") / key,
-            binaries=Path("/run/jobagent") / f"{key}-bin",
+            volatile=volatile,
+            bundles=volatile / "bundles",
+            runtime_state=volatile / "state" / runtime_name,
+            exits=volatile / "exits",
+            sockets=volatile / "attach",
+            binaries=volatile / "bin",
         )
 
 
@@ -114,7 +123,8 @@ class ContainerManager:
         self.monitor = ConmonMonitor(conmon, self.runtime, paths.exits, paths.sockets)
         # Told how long each pull took and whether it worked (metrics).
         self.observe_pull: Callable[[float, bool], None] | None = None
-        paths.containers.mkdir(parents=True, exist_ok=True)
+        paths.bundles.mkdir(parents=True, exist_ok=True)
+        paths.writable.mkdir(parents=True, exist_ok=True)
 
     async def pull(self, image: ImageSpec) -> Image:
         """Makes the image present as its pull policy says; raises ImagePullError."""
@@ -172,13 +182,14 @@ class ContainerManager:
     def _prepare_bundle(self, request: ContainerRequest, image: Image) -> None:
         """Writes the bundle: the overlay rootfs, the mounts' sources and config.json."""
         directory = self._directory(request.container_id)
+        writable = self.paths.writable / request.container_id
         rootfs = directory / "rootfs"
         process = bundle.resolve_process(
             image.config, request.command, request.env, image.rootfs, request.user
         )
         directory.mkdir(parents=True, exist_ok=True)
-        bundle.mount_overlay(image.rootfs, directory / "upper", directory / "work", rootfs)
-        mounts = [self._oci_mount(mount, directory, index)
+        bundle.mount_overlay(image.rootfs, writable / "upper", writable / "work", rootfs)
+        mounts = [self._oci_mount(mount, writable, index)
                   for index, mount in enumerate(request.mounts)]  # fmt: skip
         for index, (target, content) in enumerate(request.files.items()):
             mounts.append(_file_mount(target, content, directory / "files" / str(index)))
@@ -246,13 +257,16 @@ class ContainerManager:
             await self.monitor.wait(container_id)
 
     async def remove(self, container_id: str) -> None:
-        """Deletes the container and its bundle; keeps its log and exit files. Safe to repeat."""
+        """Deletes the container, its bundle and what it wrote; keeps its log and exit files.
+        Safe to repeat."""
         await self.runtime.delete(container_id)
-        await off_loop(_remove_bundle, self._directory(container_id))
+        await off_loop(self._remove_bundle, container_id)
 
     def containers(self) -> list[str]:
-        """The ids of every container whose bundle is here (running, or left by a crash)."""
-        return sorted(entry.name for entry in self.paths.containers.iterdir() if entry.is_dir())
+        """The ids of every container with a bundle or a writable layer here (running, or
+        left by a crash; after a reboot only the writable layer is left)."""
+        return sorted({entry.name for parent in (self.paths.bundles, self.paths.writable)
+                       for entry in parent.iterdir() if entry.is_dir()})  # fmt: skip
 
     def close(self) -> None:
         """Releases what the manager holds (running containers are left alone)."""
@@ -264,7 +278,7 @@ class ContainerManager:
         self.monitor.release(container_id)
         await off_loop(self.monitor.forget, container_id)
 
-    def _oci_mount(self, mount: Mount, directory: Path, index: int) -> dict[str, Any]:
+    def _oci_mount(self, mount: Mount, writable: Path, index: int) -> dict[str, Any]:
         """The runtime-spec mount of a job's storage entry (volumes are made on first use)."""
         if mount.kind is MountKind.TMPFS:
             options = ["nosuid", "nodev"]
@@ -279,7 +293,7 @@ class ContainerManager:
         elif mount.kind is MountKind.NAMED:
             source = self.paths.volumes / mount.source
         else:
-            source = directory / "anonymous" / str(index)
+            source = writable / "anonymous" / str(index)
         source.mkdir(parents=True, exist_ok=True)
         access = "ro" if mount.readonly else "rw"
         return {"destination": mount.target, "type": "bind", "source": str(source),
@@ -293,7 +307,13 @@ class ContainerManager:
         return str(config.get("annotations", {}).get(STOP_SIGNAL_ANNOTATION, DEFAULT_STOP_SIGNAL))
 
     def _directory(self, container_id: str) -> Path:
-        return self.paths.containers / container_id
+        return self.paths.bundles / container_id
+
+    def _remove_bundle(self, container_id: str) -> None:
+        directory = self._directory(container_id)
+        syscalls.unmount(directory / "rootfs")
+        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(self.paths.writable / container_id, ignore_errors=True)
 
     def _monitor_paths(self, request: ContainerRequest) -> MonitorPaths:
         directory = self._directory(request.container_id)
@@ -302,11 +322,6 @@ class ContainerManager:
             log_file=request.log_file,
             runtime_log=directory / "runtime.log",
         )
-
-
-def _remove_bundle(directory: Path) -> None:
-    bundle.unmount(directory / "rootfs")
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _file_mount(target: str, content: bytes, source: Path) -> dict[str, Any]:

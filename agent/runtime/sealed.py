@@ -41,7 +41,8 @@ class SealedBinary:
         self.path = str(link)
         temporary = link.with_name(f".{link.name}.{os.getpid()}")
         temporary.unlink(missing_ok=True)
-        temporary.symlink_to(f"/proc/{os.getpid()}/fd/{fd}")
+        self._target = f"/proc/{os.getpid()}/fd/{fd}"
+        temporary.symlink_to(self._target)
         temporary.replace(link)
 
     @classmethod
@@ -74,8 +75,11 @@ class SealedBinary:
             return None
 
     def close(self) -> None:
-        """Releases the copy; running children keep theirs."""
+        """Releases the copy and its link; running children keep theirs."""
         if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                if os.readlink(self.path) == self._target:
+                    os.unlink(self.path)
             os.close(self._fd)
             self._fd = -1
 

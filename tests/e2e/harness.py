@@ -19,6 +19,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobagent_client import JobAgentClient
 
+from agent.runtime.manager import RuntimePaths
+
 REPO = Path(__file__).resolve().parents[2]
 REQUIRED_BINARIES = ("conmon", "skopeo", "umoci", "docker-registry", "youki", "runc")
 
@@ -149,6 +151,11 @@ class AgentProcess:
         return self.cwd / self.data_dir / "agent.log"
 
     @property
+    def paths(self) -> RuntimePaths:
+        """Where the agent keeps bundles, runtime state and writable layers."""
+        return RuntimePaths.under(self.cwd / self.data_dir, Path(self.runtime).name)
+
+    @property
     def target(self) -> str:
         """The agent's address."""
         return self.listen or f"127.0.0.1:{self.port}"
@@ -217,18 +224,21 @@ class AgentProcess:
 
 
 def sweep(agent: AgentProcess) -> None:
-    """Ends whatever a failed test left running under the agent's data directory."""
-    data_dir = str((agent.cwd / agent.data_dir).resolve())
+    """Ends whatever a stopped agent or a failed test left running under the agent's data
+    directory or its volatile directory, and removes the volatile directory."""
+    places = [str((agent.cwd / agent.data_dir).resolve()), str(agent.paths.volatile)]
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and data_dir.encode() in (entry / "cmdline").read_bytes():
+            cmdline = (entry / "cmdline").read_bytes()
+            if entry.name.isdigit() and any(place.encode() in cmdline for place in places):
                 os.kill(int(entry.name), signal.SIGKILL)
         except OSError:
             continue
     for line in reversed(Path("/proc/self/mounts").read_text().splitlines()):
         target = line.split()[1]
-        if target.startswith(data_dir):
+        if target.startswith(tuple(places)):
             subprocess.run(["umount", "-l", target], check=False)
+    shutil.rmtree(agent.paths.volatile, ignore_errors=True)
 
 
 def settled_leftovers(agent: AgentProcess, container_id: str, timeout: float = 10) -> list[str]:
@@ -261,11 +271,13 @@ def leftovers(agent: AgentProcess, container_id: str) -> list[str]:
     for hierarchy in (root, *(entry for entry in root.iterdir() if entry.is_dir())):
         if (hierarchy / "jobagent" / container_id).exists():
             found.append(f"cgroup {hierarchy / 'jobagent' / container_id}")
-    data_dir = agent.cwd / agent.data_dir
-    if (data_dir / "containers" / container_id).exists():
+    paths = agent.paths
+    if (paths.bundles / container_id).exists():
         found.append("the bundle directory")
+    if (paths.writable / container_id).exists():
+        found.append("the writable layer")
     runtime = shutil.which(agent.runtime)
-    state_root = data_dir / "state" / Path(agent.runtime).name
+    state_root = paths.runtime_state
     if runtime is not None:
         state = subprocess.run([runtime, "--root", str(state_root), "state", container_id],
                                capture_output=True)  # fmt: skip

@@ -55,8 +55,9 @@ def test_a_bundle_that_cannot_be_made_fails_at_create(
     reason, message = fails(client, job("ghost-user", extra="    user: ghost\n"), "ghost-user")
     assert reason == "create"
     assert "'ghost' is not in the image's /etc/passwd" in message
-    containers = agent.cwd / agent.data_dir / "containers"
-    wait_until(lambda: not any(containers.iterdir()), 10, "no bundle left")
+    paths = agent.paths
+    wait_until(lambda: not any(paths.bundles.iterdir()) and not any(paths.writable.iterdir()),
+               10, "no bundle or writable layer left")  # fmt: skip
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ def test_limits_are_set_on_the_cgroup_and_labels_on_the_bundle(
         quota = cgroup_value(cid, "cpu", "cpu.cfs_quota_us", "cpu.max").split()[0]
         assert quota == "50000"
         assert cgroup_value(cid, "pids", "pids.max", "pids.max") == "32"
-        bundle = agent.cwd / agent.data_dir / "containers" / cid / "config.json"
+        bundle = agent.paths.bundles / cid / "config.json"
         annotations = json.loads(bundle.read_text())["annotations"]
         assert (annotations["team"], annotations["tier"]) == ("ops", "batch")
     finally:

@@ -52,7 +52,7 @@ def destroy(agent: AgentProcess, container_id: str) -> None:
         os.kill(pid, signal.SIGKILL)
     runtime = shutil.which(agent.runtime)
     assert runtime is not None
-    state = agent.cwd / agent.data_dir / "state" / agent.runtime
+    state = agent.paths.runtime_state
     subprocess.run([runtime, "--root", str(state), "delete", "--force", container_id],
                    check=False, capture_output=True)  # fmt: skip
 

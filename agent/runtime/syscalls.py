@@ -1,0 +1,41 @@
+"""mount(2), umount2(2) and statfs(2) through libc: Python's os module has none of them."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from pathlib import Path
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MNT_DETACH = 2
+TMPFS_MAGIC = 0x01021994
+RAMFS_MAGIC = 0x858458F6
+# struct statfs is 120 bytes on 64-bit Linux; f_type is its first field on every arch.
+_STATFS_SIZE = 256
+
+
+def mount(source: str, target: Path, fstype: str, flags: int, options: str) -> None:
+    """Mounts `source` of type `fstype` on `target`; raises OSError."""
+    if _libc.mount(source.encode(), str(target).encode(), fstype.encode(), flags,
+                   options.encode()) != 0:  # fmt: skip
+        error = ctypes.get_errno()
+        raise OSError(error, f"{fstype} mount on {target}: {os.strerror(error)}")
+
+
+def unmount(path: Path) -> None:
+    """Lazily unmounts `path` if something is mounted there."""
+    if os.path.ismount(path) and _libc.umount2(str(path).encode(), MNT_DETACH) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"unmount {path}: {os.strerror(error)}")
+
+
+def filesystem_magic(path: Path) -> int:
+    """The f_type of the filesystem `path` is on (TMPFS_MAGIC, ...); raises OSError."""
+    buffer = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _libc.statfs(str(path).encode(), buffer) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"statfs {path}: {os.strerror(error)}")
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF

@@ -1,0 +1,53 @@
+"""Where a container's parts live: bundle and runtime state in the agent's volatile
+directory on a tmpfs, what the container writes on the data directory's disk."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from jobagent_client import JobAgentClient
+
+from agent.runtime import syscalls
+from tests.e2e.harness import AgentProcess, settled_leftovers, wait_until
+
+DOCUMENT = """\
+version: v1
+deployment: layout
+services:
+  writer:
+    rtype: job
+    image: {name: busybox:latest}
+    storage:
+      - {type: anonymous, target: /scratch}
+    command:
+      entrypoint: [/bin/sh, -c, 'echo root > /written; echo volume > /scratch/kept; sleep 30']
+"""
+
+
+def test_bundles_and_runtime_state_are_in_memory_and_writes_on_the_data_disk(
+    client: JobAgentClient, agent: AgentProcess
+) -> None:
+    client.register(DOCUMENT, replace=True)
+    execution = client.trigger("writer")
+    wait_until(lambda: client.get_execution(execution.id).status == "running", 30, "running")
+    paths = agent.paths
+    cid = client.get_execution(execution.id).container_id
+    try:
+        writable = paths.writable / cid
+        wait_until(lambda: (writable / "upper" / "written").exists(), 10, "the write")
+        bundle = paths.bundles / cid
+        config = json.loads((bundle / "config.json").read_text())
+        assert config["root"]["path"] == str(bundle / "rootfs")
+        assert (paths.runtime_state / cid / "state.json").exists()
+        for volatile in (bundle, paths.runtime_state / cid, paths.exits):
+            assert syscalls.filesystem_magic(volatile) == syscalls.TMPFS_MAGIC, volatile
+
+        assert (writable / "upper" / "written").read_text() == "root\n"
+        assert (writable / "anonymous" / "0" / "kept").read_text() == "volume\n"
+        data_disk = os.stat(agent.cwd / agent.data_dir).st_dev
+        assert os.stat(writable / "upper").st_dev == data_disk
+    finally:
+        client.cancel(execution.id)
+    assert client.wait(execution.id).status == "cancelled"
+    assert settled_leftovers(agent, cid) == []
