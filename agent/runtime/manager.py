@@ -273,10 +273,9 @@ class ContainerManager:
         self.runtime.close()
 
     async def forget(self, container_id: str) -> None:
-        """Drops the exit record of a removed container once its outcome is stored (the
-        files go in a worker thread: unlinking on a busy disk stalled the event loop)."""
-        self.monitor.release(container_id)
-        await off_loop(self.monitor.forget, container_id)
+        """Drops the exit record of a removed container once its outcome is stored (a file
+        and a directory on the volatile tmpfs: quick enough for the event loop)."""
+        self.monitor.forget(container_id)
 
     def _oci_mount(self, mount: Mount, writable: Path, index: int) -> dict[str, Any]:
         """The runtime-spec mount of a job's storage entry (volumes are made on first use)."""

@@ -38,7 +38,9 @@ class ConmonMonitor:
     def __init__(
         self, conmon: str, runtime: OciRuntime, exits_dir: Path, sockets_dir: Path
     ) -> None:
-        self._conmon = conmon
+        # Found on PATH once: a bare name would be looked up in every PATH entry by each
+        # spawn's child, a failed execve per entry.
+        self._conmon = shutil.which(conmon) or conmon
         self._runtime = runtime
         self._exits_dir = exits_dir
         self._sockets_dir = sockets_dir
