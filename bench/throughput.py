@@ -3,7 +3,11 @@ running the same bundle in 8 parallel loops; both as jobs over wall-clock second
 agent's side is driven as a scheduler drives it: triggers, then one WatchEvents stream
 followed until every execution has ended.
 
-    python -m bench.throughput [--runtime youki] [--jobs 200] [--concurrency 8]
+The pair is measured `--rounds` times, the order alternating (agent first, then the raw
+runtime first, ...), and each side's figure is its jobs over its seconds in all rounds: a
+machine that speeds up or slows down during the run weighs on both sides alike.
+
+    python -m bench.throughput [--runtime youki] [--jobs 200] [--concurrency 8] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -11,12 +15,49 @@ from __future__ import annotations
 import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from jobagent_client.models import ExecutionEvent
 
-from bench.common import RawRunHung, raw_run_ms, report, scratch_agent
+from bench.common import Bench, RawRunHung, raw_run_ms, report, scratch_agent
 
 TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def agent_round(bench: Bench, jobs: int) -> float:
+    """Seconds for the agent to run `jobs` executions, triggered at once and followed on
+    the node's event stream (one stream, not one per execution) until every one ended."""
+    since = bench.client.node_info().last_sequence
+    started = time.perf_counter()
+    executions = {bench.client.trigger("bench-true").id for _ in range(jobs)}
+    finals: dict[str, str] = {}
+    for item in bench.client.watch_events(since, job_name="bench-true"):
+        if not isinstance(item, ExecutionEvent) or item.execution.status not in TERMINAL:
+            continue
+        finals[item.execution.id] = item.execution.status
+        if finals.keys() >= executions:
+            break
+    seconds = time.perf_counter() - started
+    assert set(finals.values()) == {"completed"}, finals
+    return seconds
+
+
+def raw_round(
+    runtime: str, state: Path, bundles: list[Path], runs: int, tag: str, hangs: list[str]
+) -> float:
+    """Seconds for `len(bundles)` loops of `<runtime> run` to do `runs` runs each."""
+
+    def loop(worker: int) -> None:
+        for index in range(runs):
+            try:
+                raw_run_ms(runtime, state, bundles[worker], f"raw-{tag}-{worker}-{index}")
+            except RawRunHung as hung:
+                hangs.append(str(hung))
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(bundles)) as pool:
+        list(pool.map(loop, range(len(bundles))))
+    return time.perf_counter() - started
 
 
 def main() -> int:
@@ -25,45 +66,34 @@ def main() -> int:
     parser.add_argument("--runtime", default="youki")
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    runs = args.jobs // args.concurrency
+    agent_rates: list[float] = []
+    raw_rates: list[float] = []
+    agent_seconds = raw_seconds = 0.0
+    hangs: list[str] = []
     with scratch_agent(args.runtime, "--max-concurrent", str(args.concurrency)) as bench:
         bench.register("bench-true")
         bundles = [bench.raw_bundle(bench.rootfs(), f"raw-{w}") for w in range(args.concurrency)]
-        state = bench.raw_state
-
-        # As a scheduler does: trigger, and follow the node's event stream (one stream, not
-        # one per execution) until every execution has ended.
-        since = bench.client.node_info().last_sequence
-        started = time.perf_counter()
-        executions = {bench.client.trigger("bench-true").id for _ in range(args.jobs)}
-        finals: dict[str, str] = {}
-        for item in bench.client.watch_events(since, job_name="bench-true"):
-            if not isinstance(item, ExecutionEvent) or item.execution.status not in TERMINAL:
-                continue
-            finals[item.execution.id] = item.execution.status
-            if finals.keys() >= executions:
-                break
-        agent_seconds = time.perf_counter() - started
-        assert set(finals.values()) == {"completed"}, finals
-
-        hangs: list[str] = []
-
-        def loop(worker: int) -> None:
-            for index in range(args.jobs // args.concurrency):
-                try:
-                    raw_run_ms(args.runtime, state, bundles[worker], f"raw-{worker}-{index}")
-                except RawRunHung as hung:
-                    hangs.append(str(hung))
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            list(pool.map(loop, range(args.concurrency)))
-        raw_seconds = time.perf_counter() - started
-    completed = args.jobs // args.concurrency * args.concurrency - len(hangs)
+        for number in range(args.rounds):
+            for side in ("agent", "raw") if number % 2 == 0 else ("raw", "agent"):
+                if side == "agent":
+                    seconds = agent_round(bench, args.jobs)
+                    agent_seconds += seconds
+                    agent_rates.append(args.jobs / seconds)
+                else:
+                    before = len(hangs)
+                    seconds = raw_round(args.runtime, bench.raw_state, bundles, runs,
+                                        str(number), hangs)  # fmt: skip
+                    raw_seconds += seconds
+                    raw_rates.append((runs * args.concurrency - len(hangs) + before) / seconds)
+    raw_completed = runs * args.concurrency * args.rounds - len(hangs)
     report("P2", f"P2 throughput of `true` jobs at concurrency {args.concurrency}, "
-           f"{args.runtime}, {args.jobs} jobs", args.jobs / agent_seconds,
-           completed / raw_seconds, "jobs/s", args.jobs,
-           f"{args.concurrency} loops of {args.runtime} run", runtime=args.runtime,
+           f"{args.runtime}, {args.rounds} rounds of {args.jobs} jobs",
+           args.jobs * args.rounds / agent_seconds, raw_completed / raw_seconds, "jobs/s",
+           args.jobs * args.rounds, f"{args.concurrency} loops of {args.runtime} run",
+           agent_rates, raw_rates, runtime=args.runtime, rounds=args.rounds,
            raw_hangs=len(hangs))  # fmt: skip
     return 0
 
