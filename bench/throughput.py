@@ -83,11 +83,12 @@ def main() -> int:
                     agent_seconds += seconds
                     agent_rates.append(args.jobs / seconds)
                 else:
-                    before = len(hangs)
+                    hung_before = len(hangs)
                     seconds = raw_round(args.runtime, bench.raw_state, bundles, runs,
                                         str(number), hangs)  # fmt: skip
                     raw_seconds += seconds
-                    raw_rates.append((runs * args.concurrency - len(hangs) + before) / seconds)
+                    completed = runs * args.concurrency - (len(hangs) - hung_before)
+                    raw_rates.append(completed / seconds)
     raw_completed = runs * args.concurrency * args.rounds - len(hangs)
     report("P2", f"P2 throughput of `true` jobs at concurrency {args.concurrency}, "
            f"{args.runtime}, {args.rounds} rounds of {args.jobs} jobs",
