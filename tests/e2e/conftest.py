@@ -18,6 +18,9 @@ from tests.e2e.harness import (
 )
 
 RUNTIMES = ("youki", "runc")
+# Every agent the suite starts, so that what they leave (their volatile directories on
+# the tmpfs, a process a failed test left running) is swept when the session ends.
+STARTED: list[AgentProcess] = []
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -27,6 +30,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_started_agents() -> Iterator[None]:
+    """Sweeps each agent the session started once the session is over."""
+    yield
+    for agent in STARTED:
+        agent.stop()
+        sweep(agent)
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +71,7 @@ def start_agent(
                          extra_args=extra_args, listen=listen,
                          credentials=credentials)  # fmt: skip
     (agent.cwd / data_dir).mkdir(parents=True, exist_ok=True)
+    STARTED.append(agent)
     agent.import_image(f"docker://{registry.host}/busybox:latest", "busybox:latest")
     agent.start()
     return agent
