@@ -69,9 +69,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     runs = args.jobs // args.concurrency
-    agent_rates: list[float] = []
-    raw_rates: list[float] = []
-    agent_seconds = raw_seconds = 0.0
+    agent_seconds: list[float] = []
+    # (runs completed, seconds) of each raw round.
+    raw_rounds: list[tuple[int, float]] = []
     hangs: list[str] = []
     with scratch_agent(args.runtime, "--max-concurrent", str(args.concurrency)) as bench:
         bench.register("bench-true")
@@ -79,22 +79,22 @@ def main() -> int:
         for number in range(args.rounds):
             for side in ("agent", "raw") if number % 2 == 0 else ("raw", "agent"):
                 if side == "agent":
-                    seconds = agent_round(bench, args.jobs)
-                    agent_seconds += seconds
-                    agent_rates.append(args.jobs / seconds)
+                    agent_seconds.append(agent_round(bench, args.jobs))
                 else:
                     hung_before = len(hangs)
                     seconds = raw_round(args.runtime, bench.raw_state, bundles, runs,
                                         str(number), hangs)  # fmt: skip
-                    raw_seconds += seconds
                     completed = runs * args.concurrency - (len(hangs) - hung_before)
-                    raw_rates.append(completed / seconds)
-    raw_completed = runs * args.concurrency * args.rounds - len(hangs)
+                    raw_rounds.append((completed, seconds))
+    raw_completed = sum(completed for completed, _ in raw_rounds)
+    raw_total = sum(seconds for _, seconds in raw_rounds)
     report("P2", f"P2 throughput of `true` jobs at concurrency {args.concurrency}, "
            f"{args.runtime}, {args.rounds} rounds of {args.jobs} jobs",
-           args.jobs * args.rounds / agent_seconds, raw_completed / raw_seconds, "jobs/s",
+           args.jobs * args.rounds / sum(agent_seconds), raw_completed / raw_total, "jobs/s",
            args.jobs * args.rounds, f"{args.concurrency} loops of {args.runtime} run",
-           agent_rates, raw_rates, runtime=args.runtime, rounds=args.rounds,
+           [args.jobs / seconds for seconds in agent_seconds],
+           [completed / seconds for completed, seconds in raw_rounds],
+           runtime=args.runtime, rounds=args.rounds,
            raw_hangs=len(hangs))  # fmt: skip
     return 0
 
