@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -29,9 +30,10 @@ class EventBus:
         """Calls `listener` with every event as it is published (it must not block)."""
         self._listeners.append(listener)
 
-    def subscribe_node(self, capacity: int) -> NodeSubscription:
-        """A subscription to every event of the node, ended when it falls `capacity` behind."""
-        subscription = NodeSubscription(capacity)
+    def subscribe_node(self, capacity: int, quiet_seconds: float) -> NodeSubscription:
+        """A subscription to every event of the node, ended when it falls `capacity` behind,
+        that gives QUIET after each `quiet_seconds` without an event."""
+        subscription = NodeSubscription(capacity, quiet_seconds)
         self._node_watchers.add(subscription)
         if self.stopped:
             subscription.queue.put_nowait(None)
@@ -40,6 +42,7 @@ class EventBus:
     def unsubscribe_node(self, subscription: NodeSubscription) -> None:
         """Stops delivering to a node subscription."""
         self._node_watchers.discard(subscription)
+        subscription.close()
 
     def subscribe(self, execution_id: str) -> asyncio.Queue[ExecutionEvent | None]:
         """Returns a queue that receives the execution's events from now on."""
@@ -79,13 +82,34 @@ class EventBus:
                 self._node_watchers.discard(subscription)
 
 
-class NodeSubscription:
-    """A bounded queue of node events; `overflowed` once it could not keep up."""
+class Quiet(enum.Enum):
+    """What a node subscription gives after a quiet interval (a watch sends a bookmark)."""
 
-    def __init__(self, capacity: int) -> None:
-        self.queue: asyncio.Queue[NodeEvent | None] = asyncio.Queue()
+    QUIET = "quiet"
+
+
+QUIET = Quiet.QUIET
+
+
+class NodeSubscription:
+    """A bounded queue of node events; `overflowed` once it could not keep up.
+
+    Quiet intervals are kept by one timer per subscription that re-arms itself for what is
+    left of the interval, rather than a timeout around every wait: with 1,000 watchers, a
+    timer made and cancelled per watcher per event cost more than handing out the event.
+    """
+
+    def __init__(self, capacity: int, quiet_seconds: float) -> None:
+        self.queue: asyncio.Queue[NodeEvent | Quiet | None] = asyncio.Queue()
         self._capacity = capacity
         self.overflowed = False
+        self._loop = asyncio.get_running_loop()
+        self._quiet_seconds = quiet_seconds
+        self._last_taken = self._loop.time()
+        self._quiet_queued = False
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(
+            quiet_seconds, self._check_quiet
+        )
 
     def offer(self, event: NodeEvent) -> bool:
         """Queues the event; False (and a wake-up) when the consumer is too far behind."""
@@ -95,3 +119,26 @@ class NodeSubscription:
             return False
         self.queue.put_nowait(event)
         return True
+
+    async def next(self) -> NodeEvent | Quiet | None:
+        """The next item: an event, QUIET, or None when the subscription ended."""
+        item = self.queue.get_nowait() if not self.queue.empty() else await self.queue.get()
+        self._last_taken = self._loop.time()
+        if item is QUIET:
+            self._quiet_queued = False
+        return item
+
+    def close(self) -> None:
+        """Stops the quiet timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_quiet(self) -> None:
+        quiet_for = self._loop.time() - self._last_taken
+        if quiet_for >= self._quiet_seconds:
+            if not self._quiet_queued:
+                self._quiet_queued = True
+                self.queue.put_nowait(QUIET)
+            quiet_for = 0.0
+        self._timer = self._loop.call_later(self._quiet_seconds - quiet_for, self._check_quiet)

@@ -52,7 +52,7 @@ from agent.errors import (
     Unavailable,
 )
 from agent.executor.admission import Admission
-from agent.executor.events import EventBus
+from agent.executor.events import QUIET, EventBus
 from agent.executor.lifecycle import ExecutionRun, container_id_of, log_file_of, now
 from agent.executor.logs import LogChunk, LogQuery, read_log, read_log_chunks
 from agent.executor.ports import ContainerRuntime
@@ -362,7 +362,7 @@ class Executor:
                 not kinds or event.kind in kinds
             )
 
-        subscription = self._bus.subscribe_node(NODE_WATCH_CAPACITY)
+        subscription = self._bus.subscribe_node(NODE_WATCH_CAPACITY, bookmark_seconds)
         try:
             last = since
             while page := self._store.node_events_after(last, WATCH_PAGE):
@@ -370,18 +370,11 @@ class Executor:
                     last = event.sequence
                     if wanted(event):
                         yield event
-            queue = subscription.queue
             while True:
-                if queue.empty():
-                    # A timer, not wait_for's task per event: a node may have 1,000 watchers.
-                    try:
-                        async with asyncio.timeout(bookmark_seconds):
-                            item = await queue.get()
-                    except TimeoutError:
-                        yield Bookmark(last)
-                        continue
-                else:
-                    item = queue.get_nowait()
+                item = await subscription.next()
+                if item is QUIET:
+                    yield Bookmark(last)
+                    continue
                 if item is None and self._bus.stopped:
                     raise Unavailable(f"{STOPPING}; resume after {last}")
                 if item is None:

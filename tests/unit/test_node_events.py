@@ -25,6 +25,7 @@ from agent.domain import (
 from agent.errors import OutOfRange, ResourceExhausted
 from agent.executor import Executor
 from agent.executor import executor as executor_module
+from agent.executor.events import QUIET, EventBus
 from agent.store import Store
 from tests.unit.fake_runtime import FakeRuntime
 
@@ -75,6 +76,36 @@ async def test_a_resumed_watch_sees_every_event_once_in_order(
     sequences = [event.sequence for event in first + rest]
     assert sequences == list(range(1, total + 1))
     assert total >= 2400
+
+
+async def test_quiet_comes_only_after_an_interval_without_events(
+    rig: tuple[Executor, Store],
+) -> None:
+    _, store = rig
+    bus = EventBus()
+    subscription = bus.subscribe_node(100, quiet_seconds=0.1)
+    event = store.node_events_after(0, 1)[0]
+    # Events every 30 ms for 0.3 s, each taken at once: never 0.1 s quiet.
+    for _ in range(10):
+        bus.publish(event)
+        assert await subscription.next() is event
+        await asyncio.sleep(0.03)
+    async with asyncio.timeout(1):
+        assert await subscription.next() is QUIET
+    bus.unsubscribe_node(subscription)
+
+
+async def test_a_consumer_that_does_not_take_gets_one_quiet_queued(
+    rig: tuple[Executor, Store],
+) -> None:
+    bus = EventBus()
+    subscription = bus.subscribe_node(100, quiet_seconds=0.02)
+    await asyncio.sleep(0.15)
+    assert subscription.queue.qsize() == 1
+    assert await subscription.next() is QUIET
+    bus.unsubscribe_node(subscription)
+    await asyncio.sleep(0.1)
+    assert subscription.queue.empty()  # the timer stopped with the subscription
 
 
 async def test_filters_and_live_events_after_the_backlog(rig: tuple[Executor, Store]) -> None:
