@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -120,6 +121,25 @@ class Agent:
 
 
 WORKER_THREADS = 32
+# Objects allocated (less freed) between young collections; CPython's default is 700.
+GC_YOUNG_THRESHOLD = 10_000
+# Young collections per middle one, and middle ones per full collection (defaults 10, 10).
+GC_OLDER_THRESHOLDS = (20, 20)
+
+
+def settle_garbage_collector() -> None:
+    """Keeps the cyclic garbage collector's pauses out of the event loop's way.
+
+    A full collection walks every tracked object: with 1,000 watch streams open that was
+    35-60 ms with the loop stopped, every few seconds, and each one delayed an event's
+    fan-out to every stream (bench P7). What start-up made (modules, descriptors, the
+    servicer's tables) lives as long as the process, so it is frozen out of the walk; and
+    the thresholds are raised, so that collections come rarer and full ones rarest. Cycles
+    are still collected; the agent holds a little more garbage between collections.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
 
 
 def watch_children_with_pidfds() -> None:
@@ -142,6 +162,7 @@ async def serve(config: AgentConfig) -> None:
     )
     agent = Agent(config)
     await agent.start()
+    settle_garbage_collector()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
