@@ -59,7 +59,7 @@ def main() -> int:
         message.write_bytes(answer.SerializeToString())
         port = free_port()
         bare = subprocess.Popen([sys.executable, "-m", "bench.bare_server", str(port),
-                                 str(message)], cwd=REPO)  # fmt: skip
+                                 "--answer", str(message)], cwd=REPO)  # fmt: skip
         try:
             wait_until(lambda: _answers(f"127.0.0.1:{port}", execution.id), 20, "the bare server")
             agent_rps: list[float] = []

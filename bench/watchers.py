@@ -4,85 +4,116 @@ agent recorded it) to its arrival on every stream, p99.
 A watching process holds the streams; once all are in place, jobs run one after another
 and every stream times the arrival of every event. The watcher is bench/watchload, a Go
 client (`make bench` builds it), so that the 1,000 streams take little of the CPU the agent
-runs on; `--client python` uses `--workers` grpc.aio processes instead, which on a small
-machine take more CPU than the agent and so inflate the figure.
+runs on.
 
-    python -m bench.watchers [--runtime youki] [--streams 1000] [--client go|python]
-                             [--workers 4] [--jobs 10]
+The baseline, in the same run: a bare grpc.aio server (bench/bare_server.py) hands the same
+events, at the same moments relative to each other, to the same 1,000 streams, from one
+asyncio.Queue per stream. It is what grpc.aio alone costs to fan those events out on this
+machine. Rounds alternate (agent, bare, bare, agent, ...); each side's p99 is over all its
+rounds.
+
+    python -m bench.watchers [--runtime youki] [--streams 1000] [--jobs 10] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing
 import statistics
 import subprocess
+import sys
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import grpc
 from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import job_service_pb2_grpc as service_grpc
 
-from bench.common import report_value, scratch_agent
+from bench.bare_server import write_replay
+from bench.common import Bench, report_value, scratch_agent
+from tests.e2e.harness import REPO, free_port
+
+WATCHLOAD = REPO / ".tools" / "bin" / "watchload"
+EVENTS_PER_JOB = 4  # pending, initializing, running, completed
 
 
-def watch(target: str, streams: int, since: int, expected: int, pipe: Connection) -> None:
-    """A worker: opens `streams` streams, says so, and sends back the delays it saw (ms)."""
+class Watchers:
+    """bench/watchload holding `streams` WatchEvents streams on a server."""
 
-    async def run() -> list[float]:
-        delays: list[float] = []
-        opened = 0
-        ready = asyncio.Event()
+    def __init__(self, target: str, streams: int, since: int, expected: int) -> None:
+        if not WATCHLOAD.exists():
+            raise SystemExit(f"bench: {WATCHLOAD} is missing: run `make bench ONLY=P7`")
+        self.process = subprocess.Popen(
+            [str(WATCHLOAD), "-target", target, "-streams", str(streams), "-since", str(since),
+             "-expected", str(expected)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ready":
+            self.process.kill()
+            raise SystemExit("bench: watchload could not open its streams")
 
-        async def one(stub: service_grpc.JobServiceStub) -> None:
-            nonlocal opened
-            # The generated stubs are typed for the blocking API; this one is grpc.aio's.
-            call: Any = stub.WatchEvents(service_pb.WatchEventsRequest(since_sequence=since))
-            await call.initial_metadata()  # sent once the watch is in place
-            opened += 1
-            if opened == streams:
-                ready.set()
-            seen = 0
-            async for item in call:
-                if item.HasField("event"):
-                    arrived = time.time()
-                    delays.append((arrived - item.event.time.ToNanoseconds() / 1e9) * 1000)
-                    seen += 1
-                    if seen == expected:
-                        call.cancel()
-                        return
-
-        async with grpc.aio.insecure_channel(target) as channel:
-            stub = service_grpc.JobServiceStub(channel)
-            tasks = [asyncio.create_task(one(stub)) for _ in range(streams)]
-            await ready.wait()
-            pipe.send("ready")
-            await asyncio.wait_for(asyncio.gather(*tasks), 300)
+    def delays(self) -> list[float]:
+        """Once every stream saw every event: each arrival's delay (ms)."""
+        output, _ = self.process.communicate(timeout=120)
+        if self.process.returncode != 0:
+            raise SystemExit("bench: watchload failed")
+        delays: list[float] = json.loads(output)
         return delays
 
-    pipe.send(asyncio.run(run()))
+
+def agent_round(bench: Bench, streams: int, jobs: int) -> tuple[list[float], int]:
+    """Runs `jobs` jobs one after another under the watchers; the delays and the sequence
+    the round started after."""
+    since = bench.client.node_info().last_sequence
+    watchers = Watchers(bench.agent.target, streams, since, EVENTS_PER_JOB * jobs)
+    for _ in range(jobs):
+        assert bench.client.wait(bench.client.trigger("bench-true").id).status == "completed"
+        time.sleep(0.2)
+    return watchers.delays(), since
 
 
-WATCHLOAD = Path(".tools/bin/watchload")
+def recorded_events(target: str, since: int, count: int) -> list[tuple[float, bytes]]:
+    """The agent's next `count` events after `since` as it sent them: (seconds after the
+    first, the message)."""
+    events: list[tuple[float, bytes]] = []
+    with grpc.insecure_channel(target) as channel:
+        stream = service_grpc.JobServiceStub(channel).WatchEvents(
+            service_pb.WatchEventsRequest(since_sequence=since)
+        )
+        for item in stream:
+            if item.HasField("event"):
+                events.append((item.event.time.ToNanoseconds() / 1e9, item.SerializeToString()))
+                if len(events) == count:
+                    break  # closing the channel ends the stream
+    first = events[0][0]
+    return [(moment - first, message) for moment, message in events]
 
 
-def watch_with_go(target: str, streams: int, since: int, expected: int) -> subprocess.Popen[str]:
-    """Starts bench/watchload; returns once every stream is in place."""
-    if not WATCHLOAD.exists():
-        raise SystemExit(f"bench: {WATCHLOAD} is missing: run `make bench ONLY=P7`")
-    process = subprocess.Popen(
-        [str(WATCHLOAD), "-target", target, "-streams", str(streams), "-since", str(since),
-         "-expected", str(expected)],
-        stdout=subprocess.PIPE, text=True,
+def bare_round(replay: Path, streams: int, expected: int) -> list[float]:
+    """The same events, fanned out by the bare server to the same watchers."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_server", str(port), "--replay", str(replay)],
+        stdin=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == "ready"
-    return process
+    assert server.stdin is not None
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+        watchers = Watchers(f"127.0.0.1:{port}", streams, 0, expected)
+        server.stdin.write("go\n")
+        server.stdin.flush()
+        return watchers.delays()
+    finally:
+        server.kill()
+        server.wait()
+
+
+def p99(delays: list[float]) -> float:
+    """The 99th percentile (nearest rank)."""
+    ordered = sorted(delays)
+    return ordered[max(0, int(len(ordered) * 0.99) - 1)]
 
 
 def main() -> int:
@@ -90,51 +121,34 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runtime", default="youki")
     parser.add_argument("--streams", type=int, default=1000)
-    parser.add_argument("--client", choices=("go", "python"), default="go")
-    parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    expected = EVENTS_PER_JOB * args.jobs
+    agent_delays: list[float] = []
+    bare_delays: list[float] = []
     with scratch_agent(args.runtime) as bench:
         bench.register("bench-true")
-        since = bench.client.node_info().last_sequence
-        expected = 4 * args.jobs  # pending, initializing, running, completed
-        pipes = []
-        workers = []
-        go_watcher = None
-        if args.client == "go":
-            streams = args.streams
-            go_watcher = watch_with_go(bench.agent.target, streams, since, expected)
-        else:
-            streams = args.streams // args.workers * args.workers
-            for _ in range(args.workers):
-                ours, theirs = multiprocessing.Pipe()
-                share = args.streams // args.workers
-                worker = multiprocessing.Process(
-                    target=watch, args=(bench.agent.target, share, since, expected, theirs)
-                )
-                worker.start()
-                pipes.append(ours)
-                workers.append(worker)
-            for pipe in pipes:
-                assert pipe.recv() == "ready"
-        for _ in range(args.jobs):
-            assert bench.client.wait(bench.client.trigger("bench-true").id).status == "completed"
-            time.sleep(0.2)
-        if go_watcher is not None:
-            output, _ = go_watcher.communicate(timeout=120)
-            delays: list[float] = json.loads(output)
-        else:
-            delays = [delay for pipe in pipes for delay in pipe.recv()]
-            for worker in workers:
-                worker.join(30)
-    delays.sort()
-    assert len(delays) == streams * expected, (len(delays), streams * expected)
-    p99 = delays[int(len(delays) * 0.99) - 1]
-    report_value("P7", f"P7 delay from a transition to its arrival on each of {streams} "
-                 f"WatchEvents streams ({args.client} client), p99 of {len(delays)}", p99, "ms",
-                 len(delays), {"arrival delay (ms)": delays},
-                 median_ms=round(statistics.median(delays), 2), streams=streams,
-                 client=args.client)  # fmt: skip
+        replay = bench.root / "replay.json"
+        for round_ in range(args.rounds):
+            for side in ("agent", "bare") if round_ % 2 == 0 else ("bare", "agent"):
+                if side == "agent":
+                    delays, since = agent_round(bench, args.streams, args.jobs)
+                    agent_delays += delays
+                    if not replay.exists():
+                        write_replay(replay, recorded_events(bench.agent.target, since, expected))
+                else:
+                    bare_delays += bare_round(replay, args.streams, expected)
+    for delays in (agent_delays, bare_delays):
+        assert len(delays) == args.streams * expected * args.rounds, len(delays)
+    value, baseline = p99(agent_delays), p99(bare_delays)
+    report_value("P7", f"P7 delay from a transition to its arrival on each of {args.streams} "
+                 f"WatchEvents streams, p99 of {len(agent_delays)} ({args.rounds} rounds "
+                 f"of {args.jobs} jobs)", value, "ms", len(agent_delays),
+                 {"agent": agent_delays, "bare grpc.aio fan-out": bare_delays},
+                 median_ms=round(statistics.median(agent_delays), 2), streams=args.streams,
+                 baseline_ms=round(baseline, 2), ratio=float(f"{value / baseline:.3g}"),
+                 baseline_median_ms=round(statistics.median(bare_delays), 2))  # fmt: skip
     return 0
 
 
