@@ -95,9 +95,7 @@ async def test_quiet_comes_only_after_an_interval_without_events(
     bus.unsubscribe_node(subscription)
 
 
-async def test_a_consumer_that_does_not_take_gets_one_quiet_queued(
-    rig: tuple[Executor, Store],
-) -> None:
+async def test_a_consumer_that_does_not_take_gets_one_quiet_queued() -> None:
     bus = EventBus()
     subscription = bus.subscribe_node(100, quiet_seconds=0.02)
     await asyncio.sleep(0.15)
