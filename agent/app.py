@@ -19,6 +19,7 @@ from agent.config import UNIX_PREFIX, AgentConfig, is_loopback
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
 from agent.metrics import Metrics
+from agent.priority import raise_thread_priority, restore_thread_priority
 from agent.runtime import volatile
 from agent.runtime.images import ImageStore
 from agent.runtime.manager import ContainerManager, RuntimePaths
@@ -155,11 +156,15 @@ def watch_children_with_pidfds() -> None:
 async def serve(config: AgentConfig) -> None:
     """Runs the agent until SIGINT or SIGTERM."""
     watch_children_with_pidfds()
+    # Before the gRPC server makes its threads, which take the loop's priority; the workers
+    # give it back, and so does everything they start.
+    base_nice = raise_thread_priority(config.priority_boost)
     # Runtime calls, conmon spawns and bundle work run in worker threads (see
     # agent.runtime.process); a few per active execution may be in flight at once.
     asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="jobagent-worker")
-    )
+        ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="jobagent-worker",
+                           initializer=restore_thread_priority, initargs=(base_nice,))
+    )  # fmt: skip
     agent = Agent(config)
     await agent.start()
     settle_garbage_collector()

@@ -75,6 +75,13 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
         help="executions active at once on this node; more wait in Pending",
     )
     run.add_argument(
+        "--priority-boost",
+        type=int,
+        default=DEFAULTS.priority_boost,
+        help="nice levels the agent's threads run above the containers and runtime calls "
+        "it starts (0 keeps them equal)",
+    )
+    run.add_argument(
         "--max-log-size",
         default="10Mi",
         help="newest bytes of output kept per attempt, unless a job says otherwise",

@@ -58,6 +58,8 @@ class AgentConfig:
     registry_auth_file: Path | None = None
     pull_timeout_seconds: float = 300.0
     max_concurrent: int = 64
+    # Nice levels the agent's own threads run above the processes it starts (agent.priority).
+    priority_boost: int = 10
     max_log_bytes: int = 10 * 1024**2
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     host_policy: HostPolicy = field(default_factory=HostPolicy)
@@ -88,6 +90,8 @@ class AgentConfig:
         """Raises InvalidSpec naming the first setting that cannot work."""
         if self.max_concurrent < 1:
             raise InvalidSpec("max_concurrent", "must be at least 1")
+        if not 0 <= self.priority_boost <= 39:
+            raise InvalidSpec("priority_boost", "must be between 0 and 39 (nice levels)")
         if self.retention.per_job < 0:
             raise InvalidSpec("retention_per_job", "must not be negative")
         if self.retention.interval_seconds <= 0:

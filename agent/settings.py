@@ -62,6 +62,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         registry_auth_file=args.registry_auth_file,
         pull_timeout_seconds=parse_duration(args.pull_timeout, "pull_timeout"),
         max_concurrent=args.max_concurrent,
+        priority_boost=args.priority_boost,
         max_log_bytes=parse_memory(args.max_log_size, "max_log_size", MIN_LOG_BYTES),
         host_policy=HostPolicy(
             bind_allowlist=tuple(args.bind_allow),

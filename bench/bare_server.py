@@ -3,11 +3,18 @@ its own process, as the agent is.
 
 - GetExecution (P5) answers one fixed, pre-built message.
 - WatchEvents (P7) streams a replay: pre-built events, each handed to every open stream at
-  its offset from the first (stamped with the time it is handed out, as the agent stamps
-  an event when it records it), through an asyncio.Queue per stream, as the agent's event
-  bus does. The replay starts when a line arrives on stdin.
+  its offset from the first, through an asyncio.Queue per stream, as the agent's event bus
+  does. Each is stamped with the moment it is due, as the agent stamps an event the moment
+  it records it: when the loop is still busy with the one before (the agent's events come
+  in pairs, pending then initializing, running then completed), the event is handed out
+  late and the lateness counts, as it does for the agent. The replay starts when a line
+  arrives on stdin.
 
     python -m bench.bare_server PORT [--answer MESSAGE_FILE] [--replay REPLAY_FILE]
+
+It runs its process as the agent runs its own: its threads at the agent's priority
+(agent.priority) and its garbage collector settled after start-up (agent.app), so that
+the two sides differ in what they do, not in how the process is tuned.
 
 A replay file is JSON: [{"offset": seconds, "message": base64 WatchEventsResponse}, ...].
 """
@@ -27,6 +34,10 @@ from typing import Any
 import grpc
 from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import jobs_pb2 as pb
+
+from agent.app import settle_garbage_collector
+from agent.config import AgentConfig
+from agent.priority import raise_thread_priority
 
 SERVICE = "jobagent.v1.JobService"
 
@@ -68,13 +79,13 @@ class Broadcast:
             self.queues.discard(queue)
 
     async def replay(self, events: list[tuple[float, service_pb.WatchEventsResponse]]) -> None:
-        """Hands out each event at its offset from the start."""
-        started = time.monotonic()
+        """Hands out each event at its offset from the start, stamped with that moment."""
+        started, started_wall = time.monotonic(), time.time_ns()
         for offset, template in events:
             await asyncio.sleep(max(0.0, started + offset - time.monotonic()))
             event = service_pb.WatchEventsResponse()
             event.CopyFrom(template)
-            event.event.time.GetCurrentTime()
+            event.event.time.FromNanoseconds(started_wall + int(offset * 1e9))
             for queue in self.queues:
                 queue.put_nowait(event)
 
@@ -102,6 +113,7 @@ async def serve(port: int, answer: pb.Execution | None, replay: Path | None) -> 
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    settle_garbage_collector()
     if replay is not None:
         events = load_replay(replay)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -117,6 +129,7 @@ def main() -> None:
     parser.add_argument("--replay", type=Path, help="the events WatchEvents streams get")
     args = parser.parse_args()
     answer = None if args.answer is None else pb.Execution.FromString(args.answer.read_bytes())
+    raise_thread_priority(AgentConfig().priority_boost)
     asyncio.run(serve(args.port, answer, args.replay))
 
 

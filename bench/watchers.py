@@ -7,10 +7,10 @@ client (`make bench` builds it), so that the 1,000 streams take little of the CP
 runs on.
 
 The baseline, in the same run: a bare grpc.aio server (bench/bare_server.py) hands the same
-events, at the same moments relative to each other, to the same 1,000 streams, from one
-asyncio.Queue per stream. It is what grpc.aio alone costs to fan those events out on this
-machine. Rounds alternate (agent, bare, bare, agent, ...); each side's p99 is over all its
-rounds.
+events, at the same moments relative to each other and stamped with the moment each was
+due, to the same 1,000 streams, from one asyncio.Queue per stream. It is what grpc.aio
+alone costs to fan those events out on this machine. Rounds alternate (agent, bare, bare,
+agent, ...); each side's p99 is over all its rounds, and is also given per transition.
 
     python -m bench.watchers [--runtime youki] [--streams 1000] [--jobs 10] [--rounds 2]
 """
@@ -34,7 +34,8 @@ from bench.common import Bench, report_value, scratch_agent
 from tests.e2e.harness import REPO, free_port
 
 WATCHLOAD = REPO / ".tools" / "bin" / "watchload"
-EVENTS_PER_JOB = 4  # pending, initializing, running, completed
+TRANSITIONS = ("pending", "initializing", "running", "completed")  # each job's events, in order
+EVENTS_PER_JOB = len(TRANSITIONS)
 
 
 class Watchers:
@@ -116,6 +117,15 @@ def p99(delays: list[float]) -> float:
     return ordered[max(0, int(len(ordered) * 0.99) - 1)]
 
 
+def p99_by_transition(delays: list[float]) -> dict[str, float]:
+    """The p99 of each of a job's transitions. Every stream reports its arrivals in order,
+    one job's four after another, so an arrival's place in its job is its index modulo four.
+    The second of a pair that comes together (initializing after pending, completed after
+    running) waits on every stream for the first one's write."""
+    return {name: round(p99(delays[place::EVENTS_PER_JOB]), 2)
+            for place, name in enumerate(TRANSITIONS)}  # fmt: skip
+
+
 def main() -> int:
     """Runs the benchmark; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -148,7 +158,9 @@ def main() -> int:
                  {"agent": agent_delays, "bare grpc.aio fan-out": bare_delays},
                  median_ms=round(statistics.median(agent_delays), 2), streams=args.streams,
                  baseline_ms=round(baseline, 2), ratio=float(f"{value / baseline:.3g}"),
-                 baseline_median_ms=round(statistics.median(bare_delays), 2))  # fmt: skip
+                 baseline_median_ms=round(statistics.median(bare_delays), 2),
+                 p99_by_transition=p99_by_transition(agent_delays),
+                 baseline_p99_by_transition=p99_by_transition(bare_delays))  # fmt: skip
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -68,6 +69,27 @@ def test_the_pids_limit_stops_a_fork_storm(client: JobAgentClient) -> None:
     execution = client.wait(client.trigger("forky").id)
     stderr = [line.message for line in client.logs(execution.id, stream="stderr")]
     assert any("fork" in line.lower() for line in stderr), stderr
+
+
+def nice_of(stat: Path) -> int:
+    """The nice value in a /proc stat file (field 19; the name in field 2 may hold spaces)."""
+    return int(stat.read_text().rpartition(")")[2].split()[16])
+
+
+def test_the_agents_threads_run_ahead_of_the_containers_it_starts(
+    client: JobAgentClient, agent: AgentProcess
+) -> None:
+    register(client, "niceness", "", "cut -d' ' -f19 /proc/self/stat")
+    execution = client.wait(client.trigger("niceness").id)
+    # The agent was started from this thread: what it starts keeps this thread's value.
+    started_at = os.getpriority(os.PRIO_PROCESS, 0)
+    assert [line.message for line in client.logs(execution.id)] == [str(started_at)]
+    assert agent.process is not None
+    threads = {int(task.name): nice_of(task / "stat")
+               for task in Path(f"/proc/{agent.process.pid}/task").iterdir()}  # fmt: skip
+    # The event loop's thread (the process's first) and gRPC's run 10 levels ahead.
+    assert threads[agent.process.pid] == max(-20, started_at - 10)
+    assert sorted(set(threads.values())) == sorted({max(-20, started_at - 10), started_at})
 
 
 def test_exit_code_137_alone_is_not_called_out_of_memory(client: JobAgentClient) -> None:

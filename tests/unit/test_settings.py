@@ -51,3 +51,11 @@ def test_an_unknown_setting_is_named(tmp_path: Path) -> None:
     with pytest.raises(InvalidSpec) as caught:
         settings_of(["serve", "--config", str(path)])
     assert caught.value.field == "config.max_concurent"
+
+
+@pytest.mark.parametrize("boost", [-1, 40])
+def test_a_priority_boost_beyond_the_nice_range_is_refused(boost: int) -> None:
+    config = settings_of(["serve", "--priority-boost", str(boost)])
+    with pytest.raises(InvalidSpec) as caught:
+        config.check()
+    assert caught.value.field == "priority_boost"
