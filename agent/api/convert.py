@@ -107,11 +107,18 @@ STREAM_TO_PROTO = {LogStream.STDOUT: pb.LOG_STREAM_STDOUT, LogStream.STDERR: pb.
 STREAM_FROM_PROTO = {value: key for key, value in STREAM_TO_PROTO.items()}
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime) -> Timestamp:
-    """A protobuf Timestamp of an aware datetime."""
-    message = Timestamp()
-    message.FromDatetime(value.astimezone(UTC))
-    return message
+    """A protobuf Timestamp of an aware datetime.
+
+    By arithmetic rather than Timestamp.FromDatetime, which goes through a time tuple and
+    calendar.timegm in Python: 1.8 -> 0.5 us, and an execution's message carries several.
+    """
+    since_epoch = value - EPOCH
+    return Timestamp(seconds=since_epoch.days * 86_400 + since_epoch.seconds,
+                     nanos=since_epoch.microseconds * 1_000)  # fmt: skip
 
 
 def from_timestamp(message: Timestamp) -> datetime:
