@@ -79,6 +79,8 @@ def nice_of(stat: Path) -> int:
 def test_the_agents_threads_run_ahead_of_the_containers_it_starts(
     client: JobAgentClient, agent: AgentProcess
 ) -> None:
+    if "CAP_SYS_NICE" in agent.log_file.read_text():
+        pytest.skip("this machine refuses the agent a higher priority (no CAP_SYS_NICE)")
     register(client, "niceness", "", "cut -d' ' -f19 /proc/self/stat")
     execution = client.wait(client.trigger("niceness").id)
     # The agent was started from this thread: what it starts keeps this thread's value.
