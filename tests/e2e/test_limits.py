@@ -12,6 +12,7 @@ import grpc
 import pytest
 from jobagent_client import ClientError, JobAgentClient, JobEvent
 
+from agent.config import AgentConfig
 from agent.privileges import ALL_CAPABILITIES
 from agent.runtime.bundle import DEFAULT_CAPABILITIES
 from tests.e2e.harness import AgentProcess, settled_leftovers, wait_until
@@ -89,9 +90,10 @@ def test_the_agents_threads_run_ahead_of_the_containers_it_starts(
     assert agent.process is not None
     threads = {int(task.name): nice_of(task / "stat")
                for task in Path(f"/proc/{agent.process.pid}/task").iterdir()}  # fmt: skip
-    # The event loop's thread (the process's first) and gRPC's run 10 levels ahead.
-    assert threads[agent.process.pid] == max(-20, started_at - 10)
-    assert sorted(set(threads.values())) == sorted({max(-20, started_at - 10), started_at})
+    # The event loop's thread (the process's first) and gRPC's run the default boost ahead.
+    boosted = max(-20, started_at - AgentConfig().priority_boost)
+    assert threads[agent.process.pid] == boosted
+    assert sorted(set(threads.values())) == sorted({boosted, started_at})
 
 
 def test_exit_code_137_alone_is_not_called_out_of_memory(client: JobAgentClient) -> None:
