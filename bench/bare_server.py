@@ -36,8 +36,8 @@ from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import jobs_pb2 as pb
 
 from agent.app import settle_garbage_collector
-from agent.config import AgentConfig
 from agent.priority import raise_thread_priority
+from agent.settings import DEFAULTS
 
 SERVICE = "jobagent.v1.JobService"
 
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--replay", type=Path, help="the events WatchEvents streams get")
     args = parser.parse_args()
     answer = None if args.answer is None else pb.Execution.FromString(args.answer.read_bytes())
-    raise_thread_priority(AgentConfig().priority_boost)
+    raise_thread_priority(DEFAULTS.priority_boost)
     asyncio.run(serve(args.port, answer, args.replay))
 
 
