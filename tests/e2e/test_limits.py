@@ -12,6 +12,7 @@ import grpc
 import pytest
 from jobagent_client import ClientError, JobAgentClient, JobEvent
 
+from agent.priority import HIGHEST
 from agent.privileges import ALL_CAPABILITIES
 from agent.runtime.bundle import DEFAULT_CAPABILITIES
 from agent.settings import DEFAULTS
@@ -91,7 +92,7 @@ def test_the_agents_threads_run_ahead_of_the_containers_it_starts(
     threads = {int(task.name): nice_of(task / "stat")
                for task in Path(f"/proc/{agent.process.pid}/task").iterdir()}  # fmt: skip
     # The event loop's thread (the process's first) and gRPC's run the default boost ahead.
-    boosted = max(-20, started_at - DEFAULTS.priority_boost)
+    boosted = max(HIGHEST, started_at - DEFAULTS.priority_boost)
     assert threads[agent.process.pid] == boosted
     assert sorted(set(threads.values())) == sorted({boosted, started_at})
 
