@@ -7,21 +7,61 @@ The pair is measured `--rounds` times, the order alternating (agent first, then 
 runtime first, ...), and each side's figure is its jobs over its seconds in all rounds: a
 machine that speeds up or slows down during the run weighs on both sides alike.
 
+Both sides keep every CPU busy, so each one's rate is the machine's CPUs over the CPU time
+one job costs; the bench also prints that cost (the whole machine's busy time per job, and
+the agent process's own share), which says where the ratio comes from.
+
     python -m bench.throughput [--runtime youki] [--jobs 200] [--concurrency 8] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from jobagent_client.models import ExecutionEvent
 
 from bench.common import Bench, RawRunHung, raw_run_ms, report, scratch_agent
 
 TERMINAL = {"completed", "failed", "cancelled"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the machine has spent on anything but idling and waiting for I/O."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields) - idle - iowait) / CLOCK_TICKS
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of one process (all its threads)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class CpuMeter:
+    """CPU seconds spent by the machine and by the agent process during measured rounds."""
+
+    def __init__(self, agent_pid: int) -> None:
+        self.agent_pid = agent_pid
+        self.machine = 0.0
+        self.agent = 0.0
+
+    def measure(self, run: Callable[..., float], *args: Any) -> float:
+        """Runs a round, `run(*args)`, and adds what it cost; returns what it returned."""
+        machine, agent = machine_busy_seconds(), process_cpu_seconds(self.agent_pid)
+        result = run(*args)
+        self.machine += machine_busy_seconds() - machine
+        self.agent += process_cpu_seconds(self.agent_pid) - agent
+        return result
 
 
 def agent_round(bench: Bench, jobs: int) -> float:
@@ -74,28 +114,40 @@ def main() -> int:
     raw_rounds: list[tuple[int, float]] = []
     hangs: list[str] = []
     with scratch_agent(args.runtime, "--max-concurrent", str(args.concurrency)) as bench:
+        assert bench.agent.process is not None
+        agent_cpu, raw_cpu = CpuMeter(bench.agent.process.pid), CpuMeter(bench.agent.process.pid)
         bench.register("bench-true")
         bundles = [bench.raw_bundle(bench.rootfs(), f"raw-{w}") for w in range(args.concurrency)]
         for number in range(args.rounds):
             for side in ("agent", "raw") if number % 2 == 0 else ("raw", "agent"):
                 if side == "agent":
-                    agent_seconds.append(agent_round(bench, args.jobs))
+                    agent_seconds.append(agent_cpu.measure(agent_round, bench, args.jobs))
                 else:
                     hung_before = len(hangs)
-                    seconds = raw_round(args.runtime, bench.raw_state, bundles, runs,
-                                        str(number), hangs)  # fmt: skip
+                    seconds = raw_cpu.measure(raw_round, args.runtime, bench.raw_state,
+                                              bundles, runs, str(number), hangs)  # fmt: skip
                     completed = runs * args.concurrency - (len(hangs) - hung_before)
                     raw_rounds.append((completed, seconds))
     raw_completed = sum(completed for completed, _ in raw_rounds)
     raw_total = sum(seconds for _, seconds in raw_rounds)
+    agent_jobs = args.jobs * args.rounds
+    cpu_per_job = {
+        "agent_side_cpu_ms_per_job": round(1000 * agent_cpu.machine / agent_jobs, 2),
+        "agent_process_cpu_ms_per_job": round(1000 * agent_cpu.agent / agent_jobs, 2),
+        "raw_side_cpu_ms_per_job": round(1000 * raw_cpu.machine / max(raw_completed, 1), 2),
+    }
+    print("CPU time per job, the whole machine's: agent side "
+          f"{cpu_per_job['agent_side_cpu_ms_per_job']} ms (of which the agent process "
+          f"{cpu_per_job['agent_process_cpu_ms_per_job']} ms), raw side "
+          f"{cpu_per_job['raw_side_cpu_ms_per_job']} ms")  # fmt: skip
     report("P2", f"P2 throughput of `true` jobs at concurrency {args.concurrency}, "
            f"{args.runtime}, {args.rounds} rounds of {args.jobs} jobs",
-           args.jobs * args.rounds / sum(agent_seconds), raw_completed / raw_total, "jobs/s",
-           args.jobs * args.rounds, f"{args.concurrency} loops of {args.runtime} run",
+           agent_jobs / sum(agent_seconds), raw_completed / raw_total, "jobs/s",
+           agent_jobs, f"{args.concurrency} loops of {args.runtime} run",
            [args.jobs / seconds for seconds in agent_seconds],
            [completed / seconds for completed, seconds in raw_rounds],
            runtime=args.runtime, rounds=args.rounds,
-           raw_hangs=len(hangs))  # fmt: skip
+           raw_hangs=len(hangs), **cpu_per_job)  # fmt: skip
     return 0
 
 
