@@ -48,20 +48,24 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 class CpuMeter:
-    """CPU seconds spent by the machine and by the agent process during measured rounds."""
+    """CPU seconds spent by the whole machine during measured rounds, and by one process
+    of it when given its pid."""
 
-    def __init__(self, agent_pid: int) -> None:
-        self.agent_pid = agent_pid
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid
         self.machine = 0.0
-        self.agent = 0.0
+        self.process = 0.0
 
     def measure(self, run: Callable[..., float], *args: Any) -> float:
         """Runs a round, `run(*args)`, and adds what it cost; returns what it returned."""
-        machine, agent = machine_busy_seconds(), process_cpu_seconds(self.agent_pid)
+        machine, process = machine_busy_seconds(), self._process_seconds()
         result = run(*args)
         self.machine += machine_busy_seconds() - machine
-        self.agent += process_cpu_seconds(self.agent_pid) - agent
+        self.process += self._process_seconds() - process
         return result
+
+    def _process_seconds(self) -> float:
+        return 0.0 if self.pid is None else process_cpu_seconds(self.pid)
 
 
 def agent_round(bench: Bench, jobs: int) -> float:
@@ -115,7 +119,7 @@ def main() -> int:
     hangs: list[str] = []
     with scratch_agent(args.runtime, "--max-concurrent", str(args.concurrency)) as bench:
         assert bench.agent.process is not None
-        agent_cpu, raw_cpu = CpuMeter(bench.agent.process.pid), CpuMeter(bench.agent.process.pid)
+        agent_cpu, raw_cpu = CpuMeter(bench.agent.process.pid), CpuMeter()
         bench.register("bench-true")
         bundles = [bench.raw_bundle(bench.rootfs(), f"raw-{w}") for w in range(args.concurrency)]
         for number in range(args.rounds):
@@ -133,7 +137,7 @@ def main() -> int:
     agent_jobs = args.jobs * args.rounds
     cpu_per_job = {
         "agent_side_cpu_ms_per_job": round(1000 * agent_cpu.machine / agent_jobs, 2),
-        "agent_process_cpu_ms_per_job": round(1000 * agent_cpu.agent / agent_jobs, 2),
+        "agent_process_cpu_ms_per_job": round(1000 * agent_cpu.process / agent_jobs, 2),
         "raw_side_cpu_ms_per_job": round(1000 * raw_cpu.machine / max(raw_completed, 1), 2),
     }
     print("CPU time per job, the whole machine's: agent side "
