@@ -4,9 +4,11 @@ bundle of the same rootfs, and the report (both figures, their ratio, one JSON l
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
+import struct
 import subprocess
 import tempfile
 import time
@@ -64,6 +66,33 @@ class Bench:
         return bundle
 
 
+# ext4's inode flags (linux/fs.h): FS_IOC_GETFLAGS and FS_IOC_SETFLAGS, and FS_TOPDIR_FL.
+GET_FLAGS, SET_FLAGS, TOP_DIRECTORY = 0x80086601, 0x40086602, 0x00020000
+
+
+def scratch_parent() -> Path:
+    """Where each run's scratch directory is made: a directory of the temporary one that
+    ext4 is told holds unrelated hierarchies (FS_TOPDIR_FL), so that each run's directory
+    lands in a block group of its own (Orlov's choice) instead of beside the last runs'.
+
+    On an ext4 without a journal, every new inode is searched for past the free inodes of
+    its group deleted in the last one to six minutes; the previous runs' removals (thousands
+    of inodes: the agent's logs, its store, the unpacked image) put that search on the next
+    run's agent, which then measured up to 2.5 ms more CPU per job than in a group of its
+    own. Elsewhere the flag is refused or ignored, and changes nothing."""
+    parent = Path(tempfile.gettempdir()) / "jobagent-bench"
+    parent.mkdir(exist_ok=True)
+    with contextlib.suppress(OSError):
+        descriptor = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            (flags,) = struct.unpack("i", fcntl.ioctl(descriptor, GET_FLAGS, bytes(4)))
+            if not flags & TOP_DIRECTORY:
+                fcntl.ioctl(descriptor, SET_FLAGS, struct.pack("i", flags | TOP_DIRECTORY))
+        finally:
+            os.close(descriptor)
+    return parent
+
+
 @contextmanager
 def scratch_agent(
     runtime: str, *agent_args: str, before_start: Callable[[Path], None] | None = None
@@ -72,7 +101,7 @@ def scratch_agent(
     `before_start` may fill the data directory first."""
     if reason := missing_requirements():
         raise SystemExit(f"bench: cannot run: {reason}")
-    with tempfile.TemporaryDirectory(prefix="jobagent-bench-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="run-", dir=scratch_parent()) as scratch:
         root = Path(scratch)
         layout = build_example_image(root / "image")
         agent = AgentProcess(root / "agent", runtime, extra_args=agent_args)
