@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,8 +236,14 @@ def _find_entry(table: Path, name: str) -> list[str]:
 
 
 def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
-    """Mounts a writable overlay of the read-only image rootfs for one container."""
+    """Mounts a writable overlay of the read-only image rootfs for one container.
+
+    The overlay's root directory is its upper directory, which therefore gets the mode and
+    owner of the image's root rather than what the agent's umask gives a new directory."""
     for directory in (upper, work, merged):
         directory.mkdir(parents=True, exist_ok=True)
+    root = os.stat(lower)
+    os.chown(upper, root.st_uid, root.st_gid)
+    os.chmod(upper, stat.S_IMODE(root.st_mode))
     syscalls.mount("overlay", merged, "overlay", 0,
                    f"lowerdir={lower},upperdir={upper},workdir={work}")  # fmt: skip

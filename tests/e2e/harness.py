@@ -144,6 +144,8 @@ class AgentProcess:
     listen: str = ""
     # TLS for the health check and clients, when the agent serves TLS.
     credentials: grpc.ChannelCredentials | None = None
+    # The umask the agent's processes start with (-1: this process's).
+    umask: int = -1
 
     @property
     def log_file(self) -> Path:
@@ -176,6 +178,7 @@ class AgentProcess:
             check=True,
             capture_output=True,
             cwd=self.cwd,
+            umask=self.umask,
         )  # fmt: skip
 
     def start(self) -> None:
@@ -188,6 +191,7 @@ class AgentProcess:
             stdout=log,
             stderr=log,
             cwd=self.cwd,
+            umask=self.umask,
         )  # fmt: skip
         wait_until(self.serving, 30, f"the agent on {self.target}")
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+from pathlib import Path
 
 from jobagent_client import JobAgentClient
 
 from agent.runtime import syscalls
-from tests.e2e.harness import AgentProcess, settled_leftovers, wait_until
+from tests.e2e.conftest import start_agent
+from tests.e2e.harness import AgentProcess, Registry, settled_leftovers, sweep, wait_until
 
 DOCUMENT = """\
 version: v1
@@ -51,3 +54,33 @@ def test_bundles_and_runtime_state_are_in_memory_and_writes_on_the_data_disk(
         client.cancel(execution.id)
     assert client.wait(execution.id).status == "cancelled"
     assert settled_leftovers(agent, cid) == []
+
+
+ROOT = """\
+version: v1
+deployment: root
+services:
+  look:
+    rtype: job
+    image: {name: busybox:latest}
+    user: '1000:1000'
+    command: {entrypoint: [/bin/sh, -c, 'stat -c %a /; ls -d /bin']}
+"""
+
+
+def test_the_root_directory_is_the_images_whatever_the_agents_umask(
+    tmp_path: Path, registry: Registry, agent: AgentProcess
+) -> None:
+    own = start_agent(tmp_path / "agent", agent.runtime, registry, umask=0o077)
+    try:
+        with own.client() as client:
+            client.register(ROOT, replace=True)
+            final = client.wait(client.trigger("look").id)
+            assert final.status == "completed", final.message
+            (image_root,) = (own.paths.images / "rootfs").glob("sha256-*/rootfs")
+            mode = f"{stat.S_IMODE(os.stat(image_root).st_mode):o}"
+            assert [line.message for line in client.logs(final.id)] == [mode, "/bin"]
+            assert mode == "755"
+    finally:
+        own.stop()
+        sweep(own)
