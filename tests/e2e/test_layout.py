@@ -80,7 +80,7 @@ def test_the_root_directory_is_the_images_whatever_the_agents_umask(
             (image_root,) = (own.paths.images / "rootfs").glob("sha256-*/rootfs")
             mode = f"{stat.S_IMODE(os.stat(image_root).st_mode):o}"
             assert [line.message for line in client.logs(final.id)] == [mode, "/bin"]
-            assert mode == "755"
+            assert mode == "755"  # where a new directory under this umask is 700
     finally:
         own.stop()
         sweep(own)

@@ -120,8 +120,8 @@ async def test_a_run_past_its_starting_deadline_is_missed_not_late(
 ) -> None:
     executor, scheduler, clock, _, store = rig
     executor.register_jobs([cron("* * * * *", starting_deadline_seconds=5)], "", False)
-    # The scheduler counts from the registration, which the fake clock's start may precede
-    # by a minute boundary.
+    # The scheduler counts from the job's registration (the real time), and a minute may
+    # begin between it and the fake clock's start.
     job = executor.get_job("tick")
     due = next(schedule_times(job, job.updated_at))
     clock.current = due + timedelta(seconds=30)
