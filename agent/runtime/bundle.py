@@ -15,6 +15,9 @@ from agent.privileges import ALL_CAPABILITIES
 from agent.runtime import seccomp, syscalls
 from agent.runtime.images import ImageConfig
 
+# The link, in a container's bundle, to the image rootfs under its overlay.
+LOWER_LINK = "lower"
+
 CPU_PERIOD = 100_000
 NAMESPACES = ["pid", "network", "ipc", "uts", "mount"]
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -239,11 +242,31 @@ def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
     """Mounts a writable overlay of the read-only image rootfs for one container.
 
     The overlay's root directory is its upper directory, which therefore gets the mode and
-    owner of the image's root rather than what the agent's umask gives a new directory."""
+    owner of the image's root rather than what the agent's umask gives a new directory.
+
+    The layers are named in the mount options by links beside `merged` (`lower`, `upper`,
+    `work`), given relative to that directory: the host's mount table then shows a short
+    line for each container (the kernel renders the whole table each time the runtime
+    reads it, several times per call: ~460 bytes per container with full paths), and the
+    options stay far from the page-size limit on mount data whatever the data directory."""
     for directory in (upper, work, merged):
         directory.mkdir(parents=True, exist_ok=True)
     root = os.stat(lower)
     os.chown(upper, root.st_uid, root.st_gid)
     os.chmod(upper, stat.S_IMODE(root.st_mode))
-    syscalls.mount("overlay", merged, "overlay", 0,
-                   f"lowerdir={lower},upperdir={upper},workdir={work}")  # fmt: skip
+    links = merged.parent
+    for name, target in ((LOWER_LINK, lower), ("upper", upper), ("work", work)):
+        link = links / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    with syscalls.working_directory(links):
+        syscalls.mount("overlay", merged, "overlay", 0,
+                       f"lowerdir={LOWER_LINK},upperdir=upper,workdir=work")  # fmt: skip
+
+
+def overlay_lower(directory: Path) -> Path | None:
+    """The image rootfs under the overlay that mount_overlay made in `directory`, if any."""
+    try:
+        return Path(os.readlink(directory / LOWER_LINK))
+    except OSError:
+        return None

@@ -124,9 +124,15 @@ class ImageStore:
             self._note_use(reference)
             return await self._unpacked(reference, digest)
 
-    async def prune(self, in_use: set[str], budget_bytes: int | None = None) -> PruneResult:
+    async def prune(
+        self,
+        in_use: set[str],
+        budget_bytes: int | None = None,
+        mounted: frozenset[Path] = frozenset(),
+    ) -> PruneResult:
         """Removes images no job needs: all of them, or with a budget the least recently
-        used ones until the store fits. `in_use` holds image names (any form)."""
+        used ones until the store fits. `in_use` holds image names (any form); `mounted`
+        the rootfs trees that containers' overlays stand on, which stay until they end."""
         keep = {normalize_reference(name) for name in in_use}
         async with self._lock:
             before = self.size_bytes()
@@ -139,11 +145,11 @@ class ImageStore:
             for reference in unused:
                 if budget_bytes is not None and self.size_bytes() <= budget_bytes:
                     break
-                await self._remove(reference)
+                await self._remove(reference, mounted)
                 removed.append(reference)
             return PruneResult(tuple(removed), max(0, before - self.size_bytes()))
 
-    async def _remove(self, reference: str) -> None:
+    async def _remove(self, reference: str, mounted: frozenset[Path]) -> None:
         tag = _tag_of(reference)
         try:
             await run([self._umoci, "rm", "--image", f"{self._layout}:{tag}"])
@@ -151,10 +157,8 @@ class ImageStore:
         except CommandError as error:
             raise ImagePullError(f"removing {reference}: {error}") from None
         referenced = {d.replace(":", "-") for d in map(self._digest_of, self._references()) if d}
-        mounts = Path("/proc/self/mounts").read_text()
         for unpacked in self._rootfs_dir.glob("sha256-*"):
-            # A rootfs under a running container's overlay stays until that container ends.
-            if unpacked.name not in referenced and str(unpacked) not in mounts:
+            if unpacked.name not in referenced and unpacked / "rootfs" not in mounted:
                 shutil.rmtree(unpacked, ignore_errors=True)
         usage = self._usage()
         usage.pop(reference, None)
@@ -170,12 +174,16 @@ class ImageStore:
                         total += os.lstat(os.path.join(path, name)).st_size
         return total
 
-    def _references(self) -> list[str]:
+    def _manifests(self) -> list[dict[str, Any]]:
+        """The layout's index entries (none before the first pull and after the last
+        removal, when umoci leaves `"manifests": null`)."""
         index_path = self._layout / "index.json"
         if not index_path.exists():
             return []
-        manifests = json.loads(index_path.read_text()).get("manifests", [])
-        tags = [m.get("annotations", {}).get(REF_NAME) for m in manifests]
+        return list(json.loads(index_path.read_text()).get("manifests") or [])
+
+    def _references(self) -> list[str]:
+        tags = [m.get("annotations", {}).get(REF_NAME) for m in self._manifests()]
         return [tag.replace("oci/", "oci:/", 1) if tag.startswith("oci/") else tag
                 for tag in tags if tag]  # fmt: skip
 
@@ -273,11 +281,8 @@ class ImageStore:
         return Image(reference, digest, target / "rootfs", self._config_of(digest))
 
     def _digest_of(self, reference: str) -> str | None:
-        index_path = self._layout / "index.json"
-        if not index_path.exists():
-            return None
         tag = _tag_of(reference)
-        for manifest in json.loads(index_path.read_text()).get("manifests", []):
+        for manifest in self._manifests():
             if manifest.get("annotations", {}).get(REF_NAME) == tag:
                 return str(manifest["digest"])
         return None

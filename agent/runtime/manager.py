@@ -147,8 +147,13 @@ class ContainerManager:
         return output.strip().splitlines()[0] if output.strip() else "unknown"
 
     async def prune_images(self, in_use: set[str], budget_bytes: int | None) -> PruneResult:
-        """Removes unused images: all of them, or the least recently used over the budget."""
-        return await self.images.prune(in_use, budget_bytes)
+        """Removes unused images: all of them, or the least recently used over the budget;
+        never one that a container's overlay stands on."""
+        return await self.images.prune(in_use, budget_bytes, self._mounted_images())
+
+    def _mounted_images(self) -> frozenset[Path]:
+        lowers = (bundle.overlay_lower(entry) for entry in self.paths.bundles.iterdir())
+        return frozenset(lower for lower in lowers if lower is not None)
 
     async def create(self, request: ContainerRequest, image: Image) -> None:
         """Prepares the bundle and creates the container under conmon.

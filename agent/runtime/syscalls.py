@@ -5,12 +5,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MNT_DETACH = 2
+CLONE_FS = 0x200
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
 # struct statfs is 120 bytes on 64-bit Linux; f_type is its first field on every arch.
@@ -39,3 +43,25 @@ def filesystem_magic(path: Path) -> int:
         error = ctypes.get_errno()
         raise OSError(error, f"statfs {path}: {os.strerror(error)}")
     return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
+
+
+_thread_state = threading.local()
+
+
+@contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """Runs the block in `path` as the calling thread's working directory: the thread first
+    gets a working directory of its own (unshare(CLONE_FS)), so the process's and the other
+    threads' stay where they are, and it goes back to where it was after."""
+    if not getattr(_thread_state, "own_directory", False):
+        if _libc.unshare(CLONE_FS) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"unshare(CLONE_FS): {os.strerror(error)}")
+        _thread_state.own_directory = True
+    previous = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.chdir(path)
+        yield
+    finally:
+        os.fchdir(previous)
+        os.close(previous)

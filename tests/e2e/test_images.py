@@ -10,6 +10,11 @@ from pathlib import Path
 
 from jobagent_client import JobAgentClient
 
+from agent.domain import ImageSpec, PullPolicy
+from agent.runtime import syscalls
+from agent.runtime.bundle import mount_overlay
+from agent.runtime.images import ImageStore
+from agent.runtime.manager import ContainerManager, RuntimePaths
 from tests.e2e.conftest import start_agent
 from tests.e2e.harness import AgentProcess, Registry, sweep
 
@@ -146,3 +151,33 @@ def test_credentials_come_from_the_auth_file(
             own.stop()
     finally:
         private.stop()
+
+
+async def test_an_image_under_an_overlay_outlives_its_reference(
+    tmp_path: Path, registry: Registry, agent: AgentProcess
+) -> None:
+    paths = RuntimePaths(*(tmp_path / name for name in (
+        "images", "containers", "volumes", "volatile", "bundles", "state", "exits", "attach",
+        "bin")))  # fmt: skip
+    images = ImageStore(paths.images, insecure_registries=frozenset({registry.host}))
+    manager = ContainerManager(paths, shutil.which(agent.runtime) or agent.runtime,
+                               images=images)  # fmt: skip
+    try:
+        image = await manager.pull(
+            ImageSpec(f"{registry.host}/busybox:latest", PullPolicy.IF_NOT_PRESENT)
+        )
+        rootfs = paths.bundles / "holder" / "rootfs"
+        layer = paths.writable / "holder"
+        mount_overlay(image.rootfs, layer / "upper", layer / "work", rootfs)
+        try:
+            assert (await manager.prune_images(set(), None)).removed == (image.reference,)
+            assert (image.rootfs / "bin").is_dir() and (rootfs / "bin").is_dir()
+        finally:
+            syscalls.unmount(rootfs)
+        # The store is empty now, and pulls again.
+        again = await manager.pull(
+            ImageSpec(f"{registry.host}/busybox:latest", PullPolicy.IF_NOT_PRESENT)
+        )
+        assert again.digest == image.digest and (again.rootfs / "bin").is_dir()
+    finally:
+        manager.close()

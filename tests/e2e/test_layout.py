@@ -46,6 +46,13 @@ def test_bundles_and_runtime_state_are_in_memory_and_writes_on_the_data_disk(
         for volatile in (bundle, paths.runtime_state / cid, paths.exits):
             assert syscalls.filesystem_magic(volatile) == syscalls.TMPFS_MAGIC, volatile
 
+        # The mount table names the layers by the bundle's links, relative to the bundle.
+        [line] = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                  if line.split()[4] == str(bundle / "rootfs")]  # fmt: skip
+        options = line.split(" - ")[1].split()[2]
+        assert options.startswith("rw,lowerdir=lower,upperdir=upper,workdir=work"), options
+        assert (bundle / "upper").resolve() == (writable / "upper").resolve()
+        assert (bundle / "lower").resolve().is_relative_to(paths.images.resolve())
         assert (writable / "upper" / "written").read_text() == "root\n"
         assert (writable / "anonymous" / "0" / "kept").read_text() == "volume\n"
         data_disk = os.stat(agent.cwd / agent.data_dir).st_dev
