@@ -257,8 +257,11 @@ def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
     links = merged.parent
     for name, target in ((LOWER_LINK, lower), ("upper", upper), ("work", work)):
         link = links / name
-        link.unlink(missing_ok=True)
-        link.symlink_to(target)
+        try:
+            link.symlink_to(target)
+        except FileExistsError:  # a bundle prepared again
+            link.unlink()
+            link.symlink_to(target)
     with syscalls.working_directory(links):
         syscalls.mount("overlay", merged, "overlay", 0,
                        f"lowerdir={LOWER_LINK},upperdir=upper,workdir=work")  # fmt: skip
