@@ -6,6 +6,7 @@ import base64
 import json
 import shutil
 import subprocess
+from dataclasses import fields
 from pathlib import Path
 
 from jobagent_client import JobAgentClient
@@ -156,9 +157,7 @@ def test_credentials_come_from_the_auth_file(
 async def test_an_image_under_an_overlay_outlives_its_reference(
     tmp_path: Path, registry: Registry, agent: AgentProcess
 ) -> None:
-    paths = RuntimePaths(*(tmp_path / name for name in (
-        "images", "containers", "volumes", "volatile", "bundles", "state", "exits", "attach",
-        "bin")))  # fmt: skip
+    paths = RuntimePaths(**{field.name: tmp_path / field.name for field in fields(RuntimePaths)})
     images = ImageStore(paths.images, insecure_registries=frozenset({registry.host}))
     manager = ContainerManager(paths, shutil.which(agent.runtime) or agent.runtime,
                                images=images)  # fmt: skip
