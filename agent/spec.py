@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -122,6 +122,7 @@ def parse_document(text: str, policy: HostPolicy | None = None) -> list[JobSpec]
         job = parse_service(str(name), service, deployment, path)
         check_host_access(job.storage, job.host_network, policy or HostPolicy(), path)
         check_privileges(job, policy or HostPolicy(), path)
+        check_init_network(job.init_steps, job.host_network, f"{path}.init")
         jobs.append(job)
     if not jobs:
         raise InvalidSpec("services", "declares no service with rtype job or cron")
@@ -237,6 +238,7 @@ def validate_job_spec(spec: JobSpec, policy: HostPolicy | None = None, path: str
     check_mounts(spec.storage, f"{path}.storage")
     check_host_access(spec.storage, spec.host_network, policy or HostPolicy(), path)
     check_privileges(spec, policy or HostPolicy(), path)
+    check_init_network(spec.init_steps, spec.host_network, f"{path}.init")
     check_dispatch_policy(spec.dispatch, f"{path}.dispatch")
     if not NAME_PATTERN.match(spec.name):
         raise InvalidSpec(f"{path}.name", _name_rule(spec.name))
@@ -389,6 +391,20 @@ def _init_steps(value: Any, path: str) -> tuple[InitStep, ...]:
             raise InvalidSpec(f"{path}.steps[{index}].id", f"{step.id!r} is used twice")
         parsed.append(step)
     return tuple(parsed)
+
+
+def check_init_network(steps: Sequence[InitStep], host_network: bool, path: str) -> None:
+    """Refuses wait_tcp and wait_http in a job without host networking: they probe from
+    the job's network namespace, which then holds only loopback and reaches nothing."""
+    if host_network:
+        return
+    for index, step in enumerate(steps):
+        if step.action.probes_network:
+            raise InvalidSpec(
+                f"{path}.steps[{index}].uses",
+                f"{step.action.value} probes from the job's network, which is loopback only "
+                "without host_network: true",
+            )
 
 
 def parse_init_step(value: Any, path: str) -> InitStep:
