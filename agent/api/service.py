@@ -29,6 +29,8 @@ from agent.spec import NAME_PATTERN, normalize_signal, parse_document, validate_
 
 MAX_GRACE_SECONDS = 3600
 MAX_REQUEST_ID = 128
+DEFAULT_BOOKMARK_SECONDS = 30.0
+MIN_BOOKMARK_SECONDS = 1.0
 # Recent events' wire messages, shared by every watcher (the newest few thousand).
 EVENT_MESSAGE_CACHE = 4096
 EXECUTION_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
@@ -228,11 +230,14 @@ class JobService(service_grpc.JobServiceServicer):
     ) -> AsyncIterator[service_pb.WatchEventsResponse]:
         kinds = frozenset(convert.EVENT_FROM_PROTO[t] for t in request.types
                           if t in convert.EVENT_FROM_PROTO)  # fmt: skip
-        interval = 30.0
+        interval = DEFAULT_BOOKMARK_SECONDS
         if request.HasField("bookmark_interval"):
             interval = request.bookmark_interval.ToTimedelta().total_seconds()
             if interval <= 0:
                 raise InvalidSpec("bookmark_interval", "must be positive")
+            # Raised rather than refused: a client that asked for less keeps working, and
+            # no watcher can make the agent send more than one bookmark a second.
+            interval = max(interval, MIN_BOOKMARK_SECONDS)
         _require_name("job_name", request.job_name, optional=True)
         items = self._executor.watch_events(request.since_sequence, request.job_name, kinds,
                                             interval)  # fmt: skip

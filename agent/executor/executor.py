@@ -345,12 +345,12 @@ class Executor:
         """Yields every event of the node after `since` (optionally of one job or some kinds),
         then each new one, once and in order, with a Bookmark after each quiet interval.
 
-        Raises OutOfRange when retention already removed events after `since` or `since` is
-        newer than any event, and
-        ResourceExhausted when the watcher falls too far behind; it resumes from the last
-        sequence it saw.
+        `since` 0 starts at the oldest event still held. Raises OutOfRange when retention
+        already removed events after a non-zero `since` or `since` is newer than any event,
+        and ResourceExhausted when the watcher falls too far behind; it resumes from the
+        last sequence it saw.
         """
-        if since < self._store.compacted_through():
+        if since and since < self._store.compacted_through():
             raise OutOfRange(f"events up to {self._store.compacted_through()} are gone; re-list")
         newest = self._store.last_sequence()
         if since > newest:
