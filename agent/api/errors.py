@@ -14,6 +14,7 @@ from grpc_status import rpc_status
 from agent.errors import (
     AgentError,
     AlreadyExists,
+    DataLoss,
     FailedPrecondition,
     InvalidSpec,
     NotFound,
@@ -35,6 +36,7 @@ CODES: list[tuple[type[AgentError], grpc.StatusCode, str]] = [
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    (DataLoss, grpc.StatusCode.DATA_LOSS, "DATA_LOSS"),
 ]
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
