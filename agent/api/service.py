@@ -154,9 +154,9 @@ class JobService(service_grpc.JobServiceServicer):
                                if s in convert.STATUS_FROM_PROTO),
             triggers=frozenset(convert.TRIGGER_FROM_PROTO[t] for t in request.trigger_kinds
                                if t in convert.TRIGGER_FROM_PROTO),
-            created_after=convert.from_timestamp(request.created_after)
+            created_after=convert.from_timestamp(request.created_after, "created_after")
             if request.HasField("created_after") else None,
-            created_before=convert.from_timestamp(request.created_before)
+            created_before=convert.from_timestamp(request.created_before, "created_before")
             if request.HasField("created_before") else None,
         )  # fmt: skip
         executions, token = self._executor.page_executions(
@@ -174,7 +174,7 @@ class JobService(service_grpc.JobServiceServicer):
         _require_id("id", request.id)
         grace = None
         if request.HasField("grace_period"):
-            grace = request.grace_period.ToTimedelta().total_seconds()
+            grace = convert.duration_seconds(request.grace_period, "grace_period")
             if not 0 <= grace <= MAX_GRACE_SECONDS:
                 raise InvalidSpec("grace_period", f"must be between 0 and {MAX_GRACE_SECONDS}s")
         signal = (
@@ -202,7 +202,9 @@ class JobService(service_grpc.JobServiceServicer):
             follow=request.follow,
             tail_lines=request.tail_lines,
             stream=convert.STREAM_FROM_PROTO.get(request.stream),
-            since=convert.from_timestamp(request.since) if request.HasField("since") else None,
+            since=convert.from_timestamp(request.since, "since")
+            if request.HasField("since")
+            else None,
         )
         self._executor.get_execution(request.execution_id)
         lines = self._executor.stream_logs(request.execution_id, query, request.attempt)
@@ -232,7 +234,7 @@ class JobService(service_grpc.JobServiceServicer):
                           if t in convert.EVENT_FROM_PROTO)  # fmt: skip
         interval = DEFAULT_BOOKMARK_SECONDS
         if request.HasField("bookmark_interval"):
-            interval = request.bookmark_interval.ToTimedelta().total_seconds()
+            interval = convert.duration_seconds(request.bookmark_interval, "bookmark_interval")
             if interval <= 0:
                 raise InvalidSpec("bookmark_interval", "must be positive")
             # Raised rather than refused: a client that asked for less keeps working, and
