@@ -233,7 +233,9 @@ def _flag(value: Any, path: str) -> bool:
 
 # How each format names the fields that validate_job_spec checks, where it differs from the
 # domain's dotted names. A rule names a field as the caller wrote it: the proto's JobSpec
-# fields (spec.cron_policy.time_zone) or the YAML service's keys (services.x.time_zone).
+# fields (spec.cron_policy.time_zone) or the YAML service's keys (services.x.time_zone);
+# "" is the prefix itself (a service's name is its key), and storage.size_bytes is relative
+# to the mount (storage[0].size).
 PROTO_FIELDS: Mapping[str, str] = {
     "cron.time_zone": "cron_policy.time_zone",
     "cron.starting_deadline_seconds": "cron_policy.starting_deadline_seconds",
@@ -275,7 +277,7 @@ def validate_job_spec(
     path: str = "spec",
     fields: Mapping[str, str] = PROTO_FIELDS,
 ) -> None:
-    """The one check of a JobSpec's values, whichever way it came (YAML, proto, storage).
+    """The one check of a JobSpec's values, whichever way it came (YAML or proto).
 
     `path` prefixes every field path and `fields` renames the domain's fields into the
     format's (PROTO_FIELDS or YAML_FIELDS). Types and unknown fields are the parsers' job.
