@@ -16,6 +16,7 @@ from agent.api.auth import TokenTable
 from agent.api.server import AgentServer
 from agent.api.service import NodeFacts
 from agent.config import UNIX_PREFIX, AgentConfig, is_loopback
+from agent.exclusive import DataDirLock
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
 from agent.metrics import Metrics
@@ -36,6 +37,8 @@ class Agent:
         # conmon and the runtime run with other working directories: paths must be absolute.
         config = dataclasses.replace(config, data_dir=config.data_dir.resolve())
         self.config = config
+        # Before the store opens: a second agent on this data directory stops here.
+        self.data_lock = DataDirLock.acquire(config.data_dir)
         self.store = Store(config.database)
         try:
             volatile.ensure_tmpfs()
@@ -119,6 +122,7 @@ class Agent:
         await self.executor.close()
         self.runtime.close()
         self.store.close()
+        self.data_lock.release()
 
 
 WORKER_THREADS = 32

@@ -12,6 +12,7 @@ from typing import Any
 from agent import logsetup
 from agent.app import serve
 from agent.errors import InvalidSpec
+from agent.exclusive import AlreadyServing
 from agent.runtime.errors import RuntimeLayerError
 from agent.runtime.images import ImageStore
 from agent.runtime.manager import RuntimePaths
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             image = asyncio.run(store.import_image(args.source, args.name))
             print(f"{image.reference} {image.digest}")
-    except (InvalidSpec, RuntimeLayerError) as error:
+    except (InvalidSpec, RuntimeLayerError, AlreadyServing) as error:
         print(f"jobagent: {error}", file=sys.stderr)
         return 2
     return 0

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from agent.containerpath import is_absolute_normalized
 from agent.domain import DEFAULT_PAYLOAD_PATH, Dispatch, DispatchPolicy, PayloadRequirement
 from agent.errors import InvalidSpec
 
@@ -56,12 +56,7 @@ def parse_dispatch_policy(value: Any, path: str) -> DispatchPolicy:
 def check_dispatch_policy(policy: DispatchPolicy, path: str) -> None:
     """A policy's own consistency: an absolute, normalized payload path."""
     target = policy.payload_path
-    if (
-        not isinstance(target, str)
-        or not target.startswith("/")
-        or posixpath.normpath(target) != target
-        or target == "/"
-    ):
+    if not is_absolute_normalized(target) or target == "/":
         raise InvalidSpec(f"{path}.payload_path", "must be an absolute, normalized file path")
     for index, name in enumerate((*policy.env, *policy.required_env)):
         if not ENV_NAME_PATTERN.match(name):

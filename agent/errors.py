@@ -46,3 +46,7 @@ class Unauthenticated(AgentError):
 
 class PermissionDenied(AgentError):
     """The caller's role does not allow the call."""
+
+
+class DataLoss(AgentError):
+    """A stored record cannot be read (written by hand, or damaged); the rest still works."""

@@ -7,6 +7,7 @@ resumes from a sequence number sees every later change once and in order.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,7 +52,7 @@ from agent.domain import (
     TriggerKind,
     TriggerRequest,
 )
-from agent.errors import AlreadyExists, FailedPrecondition, NotFound
+from agent.errors import AlreadyExists, DataLoss, FailedPrecondition, NotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -125,6 +126,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 """
 
+log = logging.getLogger(__name__)
 EVENT_COLUMNS = (
     "sequence, time, execution_id, execution, kind, step_id, message, job_name, schedule_time"
 )
@@ -163,6 +165,8 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         self._migrate()
+        # Names of job rows found unreadable (each is logged once).
+        self._unreadable: set[str] = set()
 
     def _migrate(self) -> None:
         """Adds the columns that a database written by an older agent lacks."""
@@ -192,6 +196,7 @@ class Store:
         self, job: Job, note: JobNote | None = None, cron_state: CronState | None = None
     ) -> JobEvent | None:
         """Inserts or replaces a job (and its cron state) and records the job event if any."""
+        self._unreadable.discard(job.name)
         with self._transaction() as db:
             if cron_state is not None:
                 _put_cron_state(db, job.name, cron_state)
@@ -218,12 +223,23 @@ class Store:
         return _job_from_row(row)
 
     def list_jobs(self, after: str = "", limit: int | None = None) -> list[Job]:
-        """Returns the jobs named after `after` (every job by default), by name."""
-        rows = self._db.execute(
-            "SELECT * FROM jobs WHERE name > ? ORDER BY name LIMIT ?",
-            (after, -1 if limit is None else limit),
-        ).fetchall()
-        return [_job_from_row(row) for row in rows]
+        """Returns the jobs named after `after` (every job by default), by name.
+
+        A row that cannot be read is left out (and logged once): one damaged job never
+        hides the others. get_job of its name raises DataLoss.
+        """
+        jobs: list[Job] = []
+        rows = self._db.execute("SELECT * FROM jobs WHERE name > ? ORDER BY name", (after,))
+        for row in rows:
+            if limit is not None and len(jobs) >= limit:
+                break
+            try:
+                jobs.append(_job_from_row(row))
+            except DataLoss as error:
+                if row["name"] not in self._unreadable:
+                    self._unreadable.add(row["name"])
+                    log.error("%s; it is left out until it is replaced or unregistered", error)
+        return jobs
 
     def get_cron_state(self, name: str) -> CronState:
         """What the scheduler recorded of a cron job (empty before its first schedule)."""
@@ -673,12 +689,18 @@ def _spec_from_json(data: dict[str, Any]) -> JobSpec:
 
 
 def _job_from_row(row: sqlite3.Row) -> Job:
-    return Job(
-        spec=_spec_from_json(json.loads(row["spec"])),
-        created_at=_parse_time(row["created_at"]),
-        updated_at=_parse_time(row["updated_at"]),
-        spec_yaml=row["spec_yaml"],
-    )
+    """A stored job; DataLoss when its row is not what this agent writes."""
+    try:
+        return Job(
+            spec=_spec_from_json(json.loads(row["spec"])),
+            created_at=_parse_time(row["created_at"]),
+            updated_at=_parse_time(row["updated_at"]),
+            spec_yaml=row["spec_yaml"],
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        # json.JSONDecodeError and a bad enum value are ValueErrors; a missing or
+        # unexpected field is a KeyError or TypeError.
+        raise DataLoss(f"the stored job {row['name']!r} cannot be read: {error!r}") from None
 
 
 def _trigger_to_json(trigger: Trigger) -> str:

@@ -11,6 +11,7 @@ from jobagent.v1 import job_service_pb2, job_service_pb2_grpc
 
 from agent.api.auth import TokenAuth, TokenTable
 from agent.api.service import JobService, NodeFacts
+from agent.exclusive import address_in_use, check_unix_socket_free
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
 from agent.metrics import Metrics
@@ -30,7 +31,9 @@ class AgentServer:
         metrics: Metrics | None = None,
     ) -> None:
         interceptors = [] if tokens is None else [TokenAuth(tokens)]
-        self.server = grpc.aio.server(interceptors=interceptors)
+        # No SO_REUSEPORT: a second agent on this address fails to bind instead of
+        # sharing its connections.
+        self.server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         self._sockets: list[tuple[Path, int]] = []
         # The stubs of grpcio-health-checking do not declare its aio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -45,13 +48,17 @@ class AgentServer:
     def listen(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
         """Binds a TCP address (with TLS when `credentials` are given; the caller checks that
         plain text stays on loopback); returns the port."""
-        if credentials is None:
-            return self.server.add_insecure_port(address)
-        return self.server.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                return self.server.add_insecure_port(address)
+            return self.server.add_secure_port(address, credentials)
+        except RuntimeError as error:
+            raise address_in_use(address) from error
 
     def listen_unix(self, path: Path, mode: int) -> None:
         """Binds a unix socket, replacing a stale one; it gets `mode` once serving."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_unix_socket_free(path)
         path.unlink(missing_ok=True)
         self.server.add_insecure_port(f"unix:{path}")
         self._sockets.append((path, mode))

@@ -29,6 +29,8 @@ from agent.spec import NAME_PATTERN, normalize_signal, parse_document, validate_
 
 MAX_GRACE_SECONDS = 3600
 MAX_REQUEST_ID = 128
+DEFAULT_BOOKMARK_SECONDS = 30.0
+MIN_BOOKMARK_SECONDS = 1.0
 # Recent events' wire messages, shared by every watcher (the newest few thousand).
 EVENT_MESSAGE_CACHE = 4096
 EXECUTION_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
@@ -152,9 +154,9 @@ class JobService(service_grpc.JobServiceServicer):
                                if s in convert.STATUS_FROM_PROTO),
             triggers=frozenset(convert.TRIGGER_FROM_PROTO[t] for t in request.trigger_kinds
                                if t in convert.TRIGGER_FROM_PROTO),
-            created_after=convert.from_timestamp(request.created_after)
+            created_after=convert.from_timestamp(request.created_after, "created_after")
             if request.HasField("created_after") else None,
-            created_before=convert.from_timestamp(request.created_before)
+            created_before=convert.from_timestamp(request.created_before, "created_before")
             if request.HasField("created_before") else None,
         )  # fmt: skip
         executions, token = self._executor.page_executions(
@@ -172,7 +174,7 @@ class JobService(service_grpc.JobServiceServicer):
         _require_id("id", request.id)
         grace = None
         if request.HasField("grace_period"):
-            grace = request.grace_period.ToTimedelta().total_seconds()
+            grace = convert.duration_seconds(request.grace_period, "grace_period")
             if not 0 <= grace <= MAX_GRACE_SECONDS:
                 raise InvalidSpec("grace_period", f"must be between 0 and {MAX_GRACE_SECONDS}s")
         signal = (
@@ -200,7 +202,9 @@ class JobService(service_grpc.JobServiceServicer):
             follow=request.follow,
             tail_lines=request.tail_lines,
             stream=convert.STREAM_FROM_PROTO.get(request.stream),
-            since=convert.from_timestamp(request.since) if request.HasField("since") else None,
+            since=convert.from_timestamp(request.since, "since")
+            if request.HasField("since")
+            else None,
         )
         self._executor.get_execution(request.execution_id)
         lines = self._executor.stream_logs(request.execution_id, query, request.attempt)
@@ -228,11 +232,14 @@ class JobService(service_grpc.JobServiceServicer):
     ) -> AsyncIterator[service_pb.WatchEventsResponse]:
         kinds = frozenset(convert.EVENT_FROM_PROTO[t] for t in request.types
                           if t in convert.EVENT_FROM_PROTO)  # fmt: skip
-        interval = 30.0
+        interval = DEFAULT_BOOKMARK_SECONDS
         if request.HasField("bookmark_interval"):
-            interval = request.bookmark_interval.ToTimedelta().total_seconds()
+            interval = convert.duration_seconds(request.bookmark_interval, "bookmark_interval")
             if interval <= 0:
                 raise InvalidSpec("bookmark_interval", "must be positive")
+            # Raised rather than refused: a client that asked for less keeps working, and
+            # no watcher can make the agent send more than one bookmark a second.
+            interval = max(interval, MIN_BOOKMARK_SECONDS)
         _require_name("job_name", request.job_name, optional=True)
         items = self._executor.watch_events(request.since_sequence, request.job_name, kinds,
                                             interval)  # fmt: skip

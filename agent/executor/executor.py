@@ -44,6 +44,7 @@ from agent.domain import (
 )
 from agent.errors import (
     AlreadyExists,
+    DataLoss,
     FailedPrecondition,
     InvalidSpec,
     NotFound,
@@ -124,7 +125,14 @@ class Executor:
         at = now()
         changes: list[tuple[Job, JobNote | None]] = []
         for spec in specs:
-            existing = self._find_job(spec.name)
+            try:
+                existing = self._find_job(spec.name)
+            except DataLoss:
+                if not replace_existing:
+                    raise AlreadyExists(
+                        f"job {spec.name!r} exists but its stored spec cannot be read (use replace)"
+                    ) from None
+                existing = None
             if existing is not None and existing.spec != spec and not replace_existing:
                 raise AlreadyExists(f"job {spec.name!r} exists with another spec (use replace)")
             created = existing.created_at if existing is not None else at
@@ -159,8 +167,9 @@ class Executor:
         return page[:page_size], token
 
     def unregister_job(self, name: str) -> None:
-        """Removes a job that has no active execution."""
-        self._store.get_job(name)
+        """Removes a job that has no active execution (also one whose row is unreadable)."""
+        with contextlib.suppress(DataLoss):
+            self._store.get_job(name)
         if self._store.list_executions(job_name=name, statuses=ACTIVE_STATUSES):
             raise FailedPrecondition(f"job {name!r} has active executions; cancel them first")
         self._publish(self._store.delete_job(name))
@@ -345,12 +354,12 @@ class Executor:
         """Yields every event of the node after `since` (optionally of one job or some kinds),
         then each new one, once and in order, with a Bookmark after each quiet interval.
 
-        Raises OutOfRange when retention already removed events after `since` or `since` is
-        newer than any event, and
-        ResourceExhausted when the watcher falls too far behind; it resumes from the last
-        sequence it saw.
+        `since` 0 starts at the oldest event still held. Raises OutOfRange when retention
+        already removed events after a non-zero `since` or `since` is newer than any event,
+        and ResourceExhausted when the watcher falls too far behind; it resumes from the
+        last sequence it saw.
         """
-        if since < self._store.compacted_through():
+        if since and since < self._store.compacted_through():
             raise OutOfRange(f"events up to {self._store.compacted_through()} are gone; re-list")
         newest = self._store.last_sequence()
         if since > newest:

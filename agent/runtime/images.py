@@ -6,7 +6,6 @@ unpacks each manifest digest once into a read-only rootfs that containers overla
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -20,6 +19,7 @@ from typing import Any
 from agent.domain import PullPolicy
 from agent.runtime.errors import CommandError, ImagePullError
 from agent.runtime.process import run
+from agent.runtime.storelock import StoreLock
 
 DEFAULT_REGISTRY = "docker.io"
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -99,7 +99,7 @@ class ImageStore:
         self._pulls_file = root / "pulls.json"
         self._usage_file = root / "usage.json"
         self._usage_cache: dict[str, float] | None = None
-        self._lock = asyncio.Lock()
+        self._lock = StoreLock(root / "lock")
         self._rootfs_dir.mkdir(parents=True, exist_ok=True)
 
     async def ensure(self, name: str, policy: PullPolicy) -> Image:
