@@ -11,11 +11,11 @@ TOOLS := .tools/bin
 APT_PACKAGES := conmon umoci skopeo docker-registry busybox-static libseccomp-dev pkg-config runc \
   openssl protobuf-compiler strace
 # Code generators and buf, pinned (the TypeScript ones in clients/typescript/package-lock.json).
-BUF_VERSION := 1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GHZ_VERSION := v0.120.0
-BUF := .tools/npm/node_modules/.bin/buf
+BUF_DIR := tools/buf
+BUF := $(BUF_DIR)/node_modules/.bin/buf
 TS_DIR := clients/typescript
 GO_DIR := clients/go
 RUST_DIR := clients/rust
@@ -63,13 +63,29 @@ youki:
 	    --features v1,v2,seccomp --root /usr/local; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# Python packages come from the lock files only (requirements/*.txt, hashes required); the
+# venv is made anew whenever the lock changes, so that nothing of an older lock stays.
+LOCK_SETS := runtime dev bench
+$(VENV)/.installed: requirements/dev.txt
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Re-resolves the locks from pyproject.toml, keeping today's pins where they still fit;
+# `make lock UPGRADE=1` moves every package to its newest allowed version.
+lock: venv
+	@set -e; for set in $(LOCK_SETS); do \
+	  case $$set in runtime) extras="";; dev) extras="--extra dev";; \
+	    bench) extras="--extra dev --extra bench";; esac; \
+	  $(VENV)/bin/uv pip compile --quiet pyproject.toml requirements/build.in $$extras \
+	    --generate-hashes --python-version 3.11 --custom-compile-command "make lock" \
+	    $(if $(UPGRADE),--upgrade) -o requirements/$$set.txt; \
+	  echo "locked requirements/$$set.txt"; \
+	done
 
 proto: venv
 	@rm -rf $(GEN_DIR) && mkdir -p $(GEN_DIR)
@@ -91,8 +107,10 @@ $(TOOLS)/protoc-gen-go:
 $(TOOLS)/protoc-gen-go-grpc:
 	GOBIN=$(abspath $(TOOLS)) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
-$(BUF):
-	npm install --prefix .tools/npm --no-audit --no-fund --silent @bufbuild/buf@$(BUF_VERSION)
+# buf from the npm registry, at the version and hashes of tools/buf/package-lock.json.
+$(BUF): $(BUF_DIR)/package.json $(BUF_DIR)/package-lock.json
+	cd $(BUF_DIR) && npm ci --no-audit --no-fund --silent
+	touch $@
 
 $(TS_DIR)/node_modules/.installed: $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
 	cd $(TS_DIR) && npm ci --no-audit --no-fund --silent
@@ -166,8 +184,8 @@ BENCH_P6 := scale
 BENCH_P7 := watchers
 BENCHES := P1 P2 P3 P4 P5 P6 P7
 
-$(VENV)/.bench: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[dev,bench]'
+$(VENV)/.bench: $(VENV)/.installed requirements/bench.txt
+	$(PY) -m pip install -q --require-hashes -r requirements/bench.txt
 	touch $@
 
 $(TOOLS)/ghz:
