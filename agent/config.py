@@ -17,6 +17,8 @@ from agent.executor.retention import RetentionPolicy
 KNOWN_RUNTIMES = ("youki", "runc", "crun")
 UNIX_PREFIX = "unix:"
 DEFAULT_SOCKET = Path("/run/jobagent/jobagent.sock")
+# sockaddr_un's sun_path holds 108 bytes, the last one a NUL.
+MAX_SOCKET_PATH_BYTES = 107
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,12 @@ class AgentConfig:
             raise InvalidSpec("listen", "needs at least one address")
         for address in self.listen:
             if address.startswith(UNIX_PREFIX):
-                if not address.removeprefix(UNIX_PREFIX).startswith("/"):
+                path = address.removeprefix(UNIX_PREFIX)
+                if not path.startswith("/"):
                     raise InvalidSpec("listen", f"{address!r}: a socket path must be absolute")
+                if len(path.encode()) > MAX_SOCKET_PATH_BYTES:
+                    limit = f"a socket path has at most {MAX_SOCKET_PATH_BYTES} bytes"
+                    raise InvalidSpec("listen", f"{address!r}: {limit}")
                 continue
             host, _, port = address.rpartition(":")
             if not host or not port.isdigit():

@@ -238,6 +238,21 @@ def test_tcp_with_tokens_answers_a_caller_without_one_unauthenticated(
         sweep(agent)
 
 
+def test_a_socket_directory_others_may_write_is_refused_and_left_alone(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    planted = shared / "agent.sock"
+    planted.write_text("not the agent's")
+    refused = serve_refused(tmp_path, "--listen", f"unix:{planted}")
+    assert refused.returncode == 2 and "may be written by group or others" in refused.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o777
+    shared.chmod(0o700)
+    refused = serve_refused(tmp_path, "--listen", f"unix:{planted}")
+    assert refused.returncode == 2 and "exists and is not a socket" in refused.stderr
+    assert planted.read_text() == "not the agent's"
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "[::1]", "0.0.0.0"])
 def test_tcp_without_tokens_or_client_certificates_refuses_to_start(
     tmp_path: Path, host: str

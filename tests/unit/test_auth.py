@@ -86,7 +86,8 @@ def test_tokens_cross_the_network_in_plain_text_only_with_insecure(tmp_path: Pat
 
 
 def test_listen_addresses_are_checked(tmp_path: Path) -> None:
-    for bad in ("unix:relative", "no-port", ""):
+    AgentConfig(listen=("unix:/" + "s" * 106,)).check_listen()
+    for bad in ("unix:relative", "no-port", "", "unix:/" + "s" * 107):
         with pytest.raises(InvalidSpec):
             AgentConfig(listen=(bad,), insecure=True).check_listen()
 
