@@ -31,12 +31,14 @@ EXAMPLE_IMAGE := build/images/busybox
 GEN_DIR := clients/python/jobagent/v1
 PROTOS := $(wildcard protos/jobagent/v1/*.proto)
 
-.PHONY: help deps apt youki grpcurl venv proto proto-check image run test lint unit e2e bench clean \
-  tools clients clients-check clients-build clients-lint buf-lint buf-breaking release-api
+.PHONY: help deps apt youki grpcurl venv lock fresh-check proto proto-check image run test lint unit e2e \
+  bench clean tools clients clients-check clients-build clients-lint buf-lint buf-breaking release-api
 
 help:
 	@echo "make run    install what is missing, build the example image, start the agent on $(LISTEN)"
 	@echo "make test   install what is missing, lint, type-check and run the whole suite"
+	@echo "make lock   re-resolve requirements/*.txt from pyproject.toml (UPGRADE=1: newest)"
+	@echo "make fresh-check  run make test in a fresh clone, as a newcomer would"
 	@echo "make proto  regenerate the Python code from protos/"
 	@echo "make clients  regenerate the Go and TypeScript code from protos/ (Rust: at build time)"
 	@echo "make bench  run the benchmarks"
@@ -165,8 +167,22 @@ lint: venv
 	$(VENV)/bin/ruff format --check agent clients/python/jobagent_client clients/python/examples tests bench
 	$(VENV)/bin/mypy
 
+# Strict: a program that these steps install and a test needs is a failure, not a skip.
 test: deps grpcurl proto-check clients-check buf-lint buf-breaking clients-lint lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	JOBAGENT_STRICT_TESTS=1 $(VENV)/bin/pytest -q -rs -p no:cacheprovider
+
+# A newcomer's run: a clone of the committed HEAD in a new directory, a new venv, no pip
+# cache, then the README's test command. The shared job specs beside this checkout are
+# handed on (JOBAGENT_SPECS_DIR), as CI lays them beside its clone.
+SPECS_DIR ?= $(abspath ../shared/specs)
+fresh-check:
+	@set -e; scratch=$$(mktemp -d); trap 'rm -rf "$$scratch"' EXIT; \
+	git clone --quiet "$(CURDIR)" "$$scratch/jobagent"; \
+	start=$$(date +%s); \
+	if PIP_NO_CACHE_DIR=1 JOBAGENT_SPECS_DIR="$(SPECS_DIR)" $(MAKE) -C "$$scratch/jobagent" test; \
+	then verdict=passed; else verdict=failed; fi; \
+	echo "fresh-check: make test $$verdict in $$(( $$(date +%s) - start )) s (clone of $$(git rev-parse --short HEAD))"; \
+	test $$verdict = passed
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit

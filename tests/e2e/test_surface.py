@@ -209,7 +209,7 @@ def test_node_info_tells_a_scheduler_what_it_needs(agent: AgentProcess) -> None:
     assert info.runtime == agent.runtime
     assert agent.runtime in info.runtime_version.lower()
     assert info.cpus >= 1 and info.memory_bytes > 1 << 28
-    assert info.max_concurrent == 64 and info.last_sequence > 0
+    assert info.max_concurrent == 10 and info.last_sequence > 0
     assert info.active_executions >= 0 and info.agent_version
 
 
