@@ -22,9 +22,10 @@ from jobagent_client import JobAgentClient
 from agent.api.sockets import clear_stale
 from agent.config import DEFAULT_SOCKET
 from agent.errors import InvalidSpec
+from tests import tools
 from tests.e2e.certs import make_certificates
 from tests.e2e.conftest import RUNTIMES, STARTED, start_agent
-from tests.e2e.harness import DEFAULT_LISTEN, REPO, AgentProcess, Registry, free_port, sweep
+from tests.e2e.harness import DEFAULT_LISTEN, AgentProcess, Registry, free_port, sweep
 
 JOBCTL = str(Path(sys.executable).parent / "jobctl")
 JOB = (
@@ -88,17 +89,9 @@ class Stranger:
         """`grpcurl -plaintext FLAGS ADDRESS list jobagent.v1.JobService` (a unix:/PATH
         address as it is: grpcurl 1.9.3's -unix flag dials TCP), as this user with only
         this user's own group."""
+        argv = [str(self.grpcurl), "-plaintext", "-max-time", "20", *flags, address]
         return subprocess.run(
-            [
-                str(self.grpcurl),
-                "-plaintext",
-                "-max-time",
-                "20",
-                *flags,
-                address,
-                "list",
-                "jobagent.v1.JobService",
-            ],
+            [*argv, "list", "jobagent.v1.JobService"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -112,8 +105,9 @@ class Stranger:
 @pytest.fixture(scope="module")
 def stranger() -> Iterator[Stranger]:
     """A new local user (and its own group), removed afterwards."""
-    found = shutil.which("grpcurl") or shutil.which("grpcurl", path=str(REPO / ".tools" / "bin"))
-    assert found, "grpcurl is missing: `make grpcurl` installs it"
+    tools.require("grpcurl")
+    found = tools.find("grpcurl")
+    assert found is not None
     name = f"jobagent-t{secrets.token_hex(4)}"
     place = Path(tempfile.mkdtemp(prefix="jobagent-stranger-"))
     subprocess.run(["useradd", "--create-home", "--user-group", name], check=True)
