@@ -48,7 +48,13 @@ def load_or_create(path: Path) -> str:
 
 
 def _read(path: Path) -> str:
-    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        # A symbolic link (ELOOP) among them: the token is never read through one.
+        raise InvalidSpec("admin_token", f"cannot read {path}: {error.strerror}") from None
     with os.fdopen(descriptor) as file:
         info = os.fstat(descriptor)
         mode = stat.S_IMODE(info.st_mode)

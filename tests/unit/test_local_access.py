@@ -83,6 +83,15 @@ def test_an_admin_token_others_may_read_or_write_is_refused(tmp_path: Path, mode
         admin_token.load_or_create(path)
 
 
+def test_an_admin_token_behind_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("x" * 43 + "\n")
+    elsewhere.chmod(0o600)
+    (tmp_path / "admin.token").symlink_to(elsewhere)
+    with pytest.raises(InvalidSpec, match="cannot read"):
+        admin_token.load_or_create(tmp_path / "admin.token")
+
+
 def test_an_empty_admin_token_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "admin.token"
     path.touch(mode=0o600)
