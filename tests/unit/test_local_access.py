@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from jobagent_client import jobctl
 from jobagent_client.local import DEFAULT_ADDRESS, find_address, find_token
 
 from agent.api import admin_token, sockets
@@ -118,3 +119,14 @@ def test_clients_find_the_token_flag_first_then_environment_then_default(
     assert find_token(None, {}, tmp_path / "missing") is None
     with pytest.raises(OSError):
         find_token(None, {"JOBAGENT_TOKEN_FILE": str(tmp_path / "missing")}, default)
+
+
+def test_jobctl_names_a_token_file_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("JOBAGENT_TOKEN_FILE", str(tmp_path / "missing.token"))
+    monkeypatch.delenv("JOBAGENT_TOKEN", raising=False)
+    assert jobctl.main(["jobs"]) == 2
+    assert f"cannot read the token: [Errno 2] No such file or directory: '{tmp_path}" in (
+        capsys.readouterr().err
+    )
