@@ -12,11 +12,9 @@ serializes its own writers across processes (agent.runtime.images).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
-import socket
 import stat
 from pathlib import Path
 
@@ -69,20 +67,6 @@ class DataDirLock:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def check_unix_socket_free(path: Path) -> None:
-    """AlreadyServing when something accepts connections on the socket at `path`; a socket
-    left by an agent that is gone accepts none, and may be replaced."""
-    if not path.is_socket():
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1)
-        with contextlib.suppress(OSError):
-            probe.connect(str(path))
-            raise AlreadyServing(
-                f"another process (another agent?) serves on unix:{path}; stop it first"
-            )
 
 
 def address_in_use(address: str) -> AlreadyServing:
