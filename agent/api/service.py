@@ -31,7 +31,7 @@ MAX_GRACE_SECONDS = 3600
 MAX_REQUEST_ID = 128
 # Recent events' wire messages, shared by every watcher (the newest few thousand).
 EVENT_MESSAGE_CACHE = 4096
-EXECUTION_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+EXECUTION_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -329,7 +329,7 @@ def _require_name(field: str, value: str, optional: bool = False) -> None:
     if optional and not value:
         return
     _require(field, value)
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise InvalidSpec(field, "must be a job name: lowercase letters, digits and '-', "
                           "at most 63 characters")  # fmt: skip
 
@@ -337,5 +337,5 @@ def _require_name(field: str, value: str, optional: bool = False) -> None:
 def _require_id(field: str, value: str) -> None:
     """An execution id (32 hex digits): nothing else may reach a log or bundle path."""
     _require(field, value)
-    if not EXECUTION_ID_PATTERN.match(value):
+    if not EXECUTION_ID_PATTERN.fullmatch(value):
         raise InvalidSpec(field, "must be an execution id (32 lowercase hex digits)")
