@@ -12,6 +12,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from agent import hostfs
 from agent.api.auth import TokenTable
 from agent.api.server import AgentServer
 from agent.api.service import NodeFacts
@@ -36,6 +37,7 @@ class Agent:
         # conmon and the runtime run with other working directories: paths must be absolute.
         config = dataclasses.replace(config, data_dir=config.data_dir.resolve())
         self.config = config
+        hostfs.secure_data_dir(config.data_dir)
         self.store = Store(config.database)
         try:
             volatile.ensure_tmpfs()

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent import hostfs
 from agent.domain import (
     TERMINAL_STATUSES,
     Attempt,
@@ -155,10 +156,15 @@ class Store:
     """The agent's embedded database (one file, WAL mode)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        hostfs.make_dir(path.parent)
+        # Job env, dispatch env and payloads are in here: root's only. SQLite gives the
+        # -wal and -shm files the database file's mode.
+        hostfs.create_file(path, hostfs.PRIVATE_FILE)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
+        for suffix in ("-wal", "-shm"):
+            hostfs.tighten(path.with_name(path.name + suffix), hostfs.PRIVATE_FILE)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
