@@ -15,6 +15,7 @@ from agent.errors import (
     AgentError,
     AlreadyExists,
     FailedPrecondition,
+    HostPolicyRefused,
     InvalidSpec,
     NotFound,
     OutOfRange,
@@ -53,6 +54,11 @@ def to_status(error: AgentError) -> grpc.Status:
             field=error.field, description=error.reason
         )
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    if isinstance(error, HostPolicyRefused):
+        refused = error_details_pb2.PreconditionFailure.Violation(
+            type="HOST_POLICY", subject=error.field, description=error.reason
+        )
+        status.details.add().Pack(error_details_pb2.PreconditionFailure(violations=[refused]))
     return rpc_status.to_status(status)
 
 
