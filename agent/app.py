@@ -79,7 +79,7 @@ class Agent:
         """Recovers what was running, then starts serving."""
         node = NodeFacts(self.config.runtime_name, await self.runtime.runtime_version())
         tokens = None if self.config.tokens_file is None else TokenTable.load(
-            self.config.tokens_file
+            self.config.tokens_file, self.config.show_env_to_viewers
         )  # fmt: skip
         credentials = None if self.config.tls is None else self.config.tls.credentials()
         self.server = AgentServer(self.executor, self.scheduler, node, tokens, self.metrics)

@@ -45,6 +45,11 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
     run.add_argument(
         "--tokens-file", type=Path, help="bearer tokens with roles (YAML); calls need one"
     )
+    run.add_argument(
+        "--show-env-to-viewers",
+        action="store_true",
+        help="viewer tokens see env values too (by default their names only)",
+    )
     run.add_argument("--log-format", choices=logsetup.FORMATS, default="text",
                      help="the agent's own log: text or JSON lines")  # fmt: skip
     run.add_argument(

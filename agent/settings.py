@@ -52,6 +52,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         socket_mode=_octal(args.socket_mode, "socket_mode"),
         tls=_tls(args),
         tokens_file=args.tokens_file,
+        show_env_to_viewers=args.show_env_to_viewers,
         metrics_listen=args.metrics_listen,
         runtime=args.runtime,
         conmon=args.conmon,

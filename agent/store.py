@@ -106,13 +106,12 @@ CREATE TABLE IF NOT EXISTS cron_state (
 CREATE TABLE IF NOT EXISTS trigger_requests (
     execution_id TEXT PRIMARY KEY,
     request_id TEXT NOT NULL,
+    caller TEXT NOT NULL DEFAULT '',
     fingerprint TEXT NOT NULL,
     args TEXT NOT NULL,
     env TEXT NOT NULL,
     payload BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS trigger_requests_by_id ON trigger_requests (request_id)
-    WHERE request_id != '';
 CREATE TABLE IF NOT EXISTS attempts (
     execution_id TEXT NOT NULL,
     number INTEGER NOT NULL,
@@ -136,6 +135,9 @@ ADDED_COLUMNS = {
         "message": "TEXT NOT NULL DEFAULT ''",
         "job_name": "TEXT NOT NULL DEFAULT ''",
         "schedule_time": "TEXT",
+    },
+    "trigger_requests": {
+        "caller": "TEXT NOT NULL DEFAULT ''",
     },
     "executions": {
         "attempt": "INTEGER NOT NULL DEFAULT 1",
@@ -177,6 +179,12 @@ class Store:
             for name, definition in added.items():
                 if name not in columns:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+        # A request_id was unique node-wide; it is unique per caller.
+        self._db.execute("DROP INDEX IF EXISTS trigger_requests_by_id")
+        self._db.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS trigger_requests_by_caller "
+            "ON trigger_requests (caller, request_id) WHERE request_id != ''"
+        )
 
     def close(self) -> None:
         """Closes the database."""
@@ -276,9 +284,9 @@ class Store:
                 dispatch = request.dispatch
                 try:
                     db.execute(
-                        "INSERT INTO trigger_requests (execution_id, request_id, fingerprint, "
-                        "args, env, payload) VALUES (?, ?, ?, ?, ?, ?)",
-                        (execution.id, request.request_id, fingerprint,
+                        "INSERT INTO trigger_requests (execution_id, request_id, caller, "
+                        "fingerprint, args, env, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (execution.id, request.request_id, request.caller, fingerprint,
                          json.dumps(list(dispatch.args)), json.dumps(dict(dispatch.env)),
                          dispatch.payload),
                     )  # fmt: skip
@@ -286,11 +294,12 @@ class Store:
                     raise AlreadyExists(f"request_id {request.request_id!r} is in use") from None
             return _append_event(db, execution)
 
-    def find_request(self, request_id: str) -> tuple[str, str] | None:
-        """The execution id and fingerprint recorded for a request_id, if any."""
+    def find_request(self, request_id: str, caller: str = "") -> tuple[str, str] | None:
+        """The execution id and fingerprint recorded for a caller's request_id, if any."""
         row = self._db.execute(
-            "SELECT execution_id, fingerprint FROM trigger_requests WHERE request_id = ?",
-            (request_id,),
+            "SELECT execution_id, fingerprint FROM trigger_requests "
+            "WHERE caller = ? AND request_id = ?",
+            (caller, request_id),
         ).fetchone()
         return None if row is None else (row["execution_id"], row["fingerprint"])
 
@@ -303,7 +312,7 @@ class Store:
             return TriggerRequest()
         dispatch = Dispatch(tuple(json.loads(row["args"])), json.loads(row["env"]),
                             bytes(row["payload"]))  # fmt: skip
-        return TriggerRequest(row["request_id"], dispatch)
+        return TriggerRequest(row["request_id"], dispatch, row["caller"])
 
     def transition(
         self,

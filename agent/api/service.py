@@ -7,7 +7,7 @@ import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -18,6 +18,7 @@ from jobagent.v1 import jobs_pb2 as pb
 from agent import __version__
 from agent.api import convert
 from agent.api.errors import maps_errors
+from agent.api.identity import caller_identity
 from agent.domain import Bookmark, ExecutionFilter, Job, JobEvent, JobKind, NodeEvent
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
@@ -121,9 +122,11 @@ class JobService(service_grpc.JobServiceServicer):
         ):
             raise InvalidSpec("request_id", f"at most {MAX_REQUEST_ID} printable ASCII characters")
         trigger = convert.trigger_from_request(request, context.peer())
-        execution = await self._executor.trigger(
-            request.job_name, trigger, convert.trigger_request_from_proto(request)
+        # A request_id is the caller's own: another caller's same id is another request.
+        trigger_request = replace(
+            convert.trigger_request_from_proto(request), caller=caller_identity(context)
         )
+        execution = await self._executor.trigger(request.job_name, trigger, trigger_request)
         return convert.execution_to_proto(execution)
 
     @maps_errors

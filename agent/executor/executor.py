@@ -231,7 +231,7 @@ class Executor:
         request = request or TriggerRequest()
         digest = fingerprint(job_name, request.dispatch)
         if request.request_id:
-            seen = self._store.find_request(request.request_id)
+            seen = self._store.find_request(request.request_id, request.caller)
             if seen is not None:
                 if seen[1] != digest:
                     raise InvalidSpec("request_id", "was already used for another request "
