@@ -199,4 +199,7 @@ def _spawn_conmon(argv: list[str], conmon_log: Path, sync_fd: int) -> subprocess
             env={**os.environ, "_OCI_SYNCPIPE": str(sync_fd)},
             start_new_session=True,
             umask=CHILD_UMASK,
+            # conmon writes a file named `oom` into its working directory when the
+            # container is OOM-killed: the bundle's, which goes with the container.
+            cwd=conmon_log.parent,
         )
