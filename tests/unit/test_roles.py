@@ -3,14 +3,25 @@ not their values, and a request_id belongs to the caller that used it."""
 
 from __future__ import annotations
 
+import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from jobagent.v1 import job_service_pb2, jobs_pb2
 
 from agent.api.auth import METHOD_ROLES, SERVICE_PREFIX, Role, required_role
+from agent.api.identity import TOKEN_NAME, caller_identity
 from agent.api.redact import REDACTED, redacted
-from agent.domain import ImageSpec, JobSpec, Trigger, TriggerKind, TriggerRequest
+from agent.domain import (
+    Execution,
+    ImageSpec,
+    JobSpec,
+    Status,
+    Trigger,
+    TriggerKind,
+    TriggerRequest,
+)
 from agent.executor import Executor
 from agent.store import Store
 from tests.unit.fake_runtime import FakeRuntime
@@ -94,4 +105,53 @@ async def test_a_request_id_is_scoped_to_its_caller(tmp_path: Path) -> None:
         assert found is not None and found[0] == other.id
     finally:
         await executor.close()
+        store.close()
+
+
+class FakeContext:
+    """What a servicer context tells of the peer's TLS certificate."""
+
+    def __init__(self, properties: dict[str, list[bytes]]) -> None:
+        self._properties = properties
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return self._properties
+
+
+def test_the_caller_is_the_token_else_the_certificate_else_everyone_unnamed() -> None:
+    certificate = FakeContext({"x509_subject_name": [b"CN=scheduler"]})
+    assert caller_identity(certificate) == "cert:CN=scheduler"
+    assert caller_identity(FakeContext({})) == ""
+    TOKEN_NAME.set("ci")
+    try:
+        assert caller_identity(certificate) == "token:ci"
+    finally:
+        TOKEN_NAME.set("")
+
+
+def test_a_store_of_node_wide_request_ids_is_migrated_to_per_caller(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "DROP INDEX trigger_requests_by_caller;"
+            "ALTER TABLE trigger_requests DROP COLUMN caller;"
+            "CREATE UNIQUE INDEX trigger_requests_by_id ON trigger_requests (request_id) "
+            "WHERE request_id != '';"
+        )
+    db.close()
+    store = Store(path)
+    try:
+        for number, caller in enumerate(("token:a", "token:b")):
+            execution = Execution(
+                id=f"{number:032x}",
+                job_name="backup",
+                status=Status.PENDING,
+                trigger=Trigger(TriggerKind.ENDPOINT),
+                container_id=f"c{number}",
+                created_at=datetime.now(UTC),
+            )
+            store.insert_execution(execution, TriggerRequest("r1", caller=caller), "f")
+        assert store.find_request("r1", "token:b") == (f"{1:032x}", "f")
+    finally:
         store.close()
