@@ -64,9 +64,14 @@ async def run(argv: list[str], timeout: float | None = None, executable: str | N
 
 
 def _spawn(argv: list[str], executable: str | None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, executable=executable, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            umask=CHILD_UMASK)  # fmt: skip
+    return subprocess.Popen(
+        argv,
+        executable=executable,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        umask=CHILD_UMASK,
+    )
 
 
 async def read_to_end(fd: int, until: Callable[[bytes], bool] | None = None) -> bytes:
