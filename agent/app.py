@@ -11,6 +11,7 @@ import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from agent import hostfs
 from agent.api import admin_token, sockets
 from agent.api.access import Listeners
 from agent.api.auth import TokenTable
@@ -40,6 +41,7 @@ class Agent:
         self.config = config
         # Before the store opens: a second agent on this data directory stops here.
         self.data_lock = DataDirLock.acquire(config.data_dir)
+        hostfs.secure_data_dir(config.data_dir)
         self.store = Store(config.database)
         try:
             volatile.ensure_tmpfs()
@@ -111,7 +113,7 @@ class Agent:
         """The tokens file's tokens; without one, the admin token of the data directory,
         made at the first start."""
         if self.config.tokens_file is not None:
-            return TokenTable.load(self.config.tokens_file)
+            return TokenTable.load(self.config.tokens_file, self.config.show_env_to_viewers)
         path = self.config.admin_token_file
         table = admin_token.table(admin_token.load_or_create(path))
         log.info("no tokens file: the admin token in %s is the only one", path)

@@ -57,6 +57,11 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
         help="bearer tokens with roles (YAML); calls need one (without this file: the admin "
         "token the agent makes in DATA_DIR/admin.token)",
     )
+    run.add_argument(
+        "--show-env-to-viewers",
+        action="store_true",
+        help="viewer tokens see env values too (by default their names only)",
+    )
     run.add_argument("--log-format", choices=logsetup.FORMATS, default="text",
                      help="the agent's own log: text or JSON lines")  # fmt: skip
     run.add_argument(

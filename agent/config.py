@@ -53,6 +53,8 @@ class AgentConfig:
     socket_group: str = ""
     tls: TlsFiles | None = None
     tokens_file: Path | None = None
+    # Whether viewer tokens see env values (names only by default).
+    show_env_to_viewers: bool = False
     # host:port of the Prometheus /metrics endpoint (off when empty).
     metrics_listen: str = ""
     runtime: str = "youki"

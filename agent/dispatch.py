@@ -18,7 +18,7 @@ from agent.domain import DEFAULT_PAYLOAD_PATH, Dispatch, DispatchPolicy, Payload
 from agent.errors import InvalidSpec
 
 DISPATCH_FIELDS = {"payload", "payload_path", "env", "required_env", "args"}
-ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_ARGS = 64
 MAX_VALUE_BYTES = 4096
@@ -59,7 +59,7 @@ def check_dispatch_policy(policy: DispatchPolicy, path: str) -> None:
     if not is_absolute_normalized(target) or target == "/":
         raise InvalidSpec(f"{path}.payload_path", "must be an absolute, normalized file path")
     for index, name in enumerate((*policy.env, *policy.required_env)):
-        if not ENV_NAME_PATTERN.match(name):
+        if not ENV_NAME_PATTERN.fullmatch(name):
             raise InvalidSpec(f"{path}.env[{index}]", f"{name!r} is not an environment name")
 
 

@@ -15,7 +15,7 @@ from agent.containerpath import is_absolute_normalized
 from agent.domain import HostPolicy, Mount, MountKind
 from agent.errors import InvalidSpec
 
-VOLUME_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+VOLUME_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 MOUNT_FIELDS: dict[MountKind, set[str]] = {
     MountKind.BIND: {"type", "source", "target", "readonly"},
     MountKind.NAMED: {"type", "name", "target", "readonly", "tier", "size"},
@@ -72,7 +72,7 @@ def _parse_mount(item: Any, path: str, parse_size: SizeParser) -> Mount:
         return Mount(kind, target, source=source, readonly=readonly)
     if kind is MountKind.NAMED:
         name = item.get("name")
-        if not isinstance(name, str) or not VOLUME_NAME.match(name):
+        if not isinstance(name, str) or not VOLUME_NAME.fullmatch(name):
             raise InvalidSpec(f"{path}.name", "must be a volume name (a-z, 0-9, _.-)")
         size = _size(item, path, parse_size)
         return Mount(kind, target, source=name, readonly=readonly, size_bytes=size)
@@ -101,7 +101,7 @@ def check_mounts(mounts: Sequence[Mount], path: str) -> None:
         targets.add(mount.target)
         if mount.kind is MountKind.BIND and not is_absolute_normalized(mount.source):
             raise InvalidSpec(f"{where}.source", "must be an absolute, normalized host path")
-        if mount.kind is MountKind.NAMED and not VOLUME_NAME.match(mount.source):
+        if mount.kind is MountKind.NAMED and not VOLUME_NAME.fullmatch(mount.source):
             raise InvalidSpec(f"{where}.source", "must be a volume name (a-z, 0-9, _.-)")
         if mount.mode is not None and not 0 <= mount.mode <= 0o7777:
             raise InvalidSpec(f"{where}.mode", "must be a file mode such as 0o1777 (1023)")

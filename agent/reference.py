@@ -22,8 +22,8 @@ _DOMAIN = rf"{_HOST}(?::[0-9]+)?"
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
-REFERENCE = re.compile(rf"^(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?$")
-LAYOUT_TAG = re.compile(rf"^{_TAG}$")
+REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?")
+LAYOUT_TAG = re.compile(_TAG)
 MAX_NAME_LENGTH = 255
 
 
@@ -33,10 +33,10 @@ def reference_problem(image: str) -> str | None:
         path, _, tag = image.removeprefix("oci:").partition(":")
         if not is_absolute_normalized(path) or path == "/":
             return "an oci: layout needs an absolute, normalized path"
-        if tag and not LAYOUT_TAG.match(tag):
+        if tag and not LAYOUT_TAG.fullmatch(tag):
             return f"{tag!r} is not a tag"
         return None
-    match = REFERENCE.match(image)
+    match = REFERENCE.fullmatch(image)
     if match is None:
         return (
             f"{image!r} is not an image reference such as busybox:1.36 or "

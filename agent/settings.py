@@ -53,6 +53,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         socket_group=args.socket_group,
         tls=_tls(args),
         tokens_file=args.tokens_file,
+        show_env_to_viewers=args.show_env_to_viewers,
         metrics_listen=args.metrics_listen,
         runtime=args.runtime,
         conmon=args.conmon,

@@ -40,7 +40,11 @@ from agent.mounts import check_host_access, check_mounts, parse_storage
 from agent.privileges import check_privileges, parse_capabilities
 from agent.reference import reference_problem
 
-NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# A label becomes a container annotation: a reverse-DNS style key, as OCI annotations are.
+LABEL_KEY_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?")
+# Annotation prefixes that runtimes and the agent interpret: a job's label must not set them.
+RESERVED_LABEL_PREFIXES = ("org.opencontainers.", "run.oci.", "io.kubernetes.")
 
 DOCUMENT_FIELDS = {"version", "deployment", "services", "tunnels", "api"}
 # Fields of a ZLayer service that only mean something for long-running services:
@@ -84,7 +88,7 @@ NOT_YET_SUPPORTED_FIELDS = {
 }
 IMAGE_FIELDS = {"name", "pull_policy"}
 RESOURCE_FIELDS = {"cpu", "memory", "pids_limit", "gpu"}
-MEMORY_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+MEMORY_PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?")
 MEMORY_UNITS = {
     None: 1,
     "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
@@ -92,7 +96,7 @@ MEMORY_UNITS = {
 }  # fmt: skip
 MIN_MEMORY_BYTES = 4 * 1024**2
 MIN_LOG_BYTES = 1024
-USER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
+USER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
 COMMAND_FIELDS = {"entrypoint", "args", "workdir"}
 
 
@@ -111,7 +115,7 @@ def parse_document(text: str, policy: HostPolicy | None = None) -> list[JobSpec]
     if version != "v1":
         raise InvalidSpec("version", f"must be v1, got {version!r}")
     deployment = _string(_required(root, "deployment", ""), "deployment")
-    if not NAME_PATTERN.match(deployment):
+    if not NAME_PATTERN.fullmatch(deployment):
         raise InvalidSpec("deployment", _name_rule(deployment))
     services = _mapping(_required(root, "services", ""), "services")
     jobs = []
@@ -131,7 +135,7 @@ def parse_document(text: str, policy: HostPolicy | None = None) -> list[JobSpec]
 
 def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: str) -> JobSpec:
     """Parses one service with rtype job or cron; `path` prefixes error fields."""
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise InvalidSpec(path, _name_rule(name))
     for key in service:
         if key in NOT_YET_SUPPORTED_FIELDS:
@@ -287,19 +291,21 @@ def validate_job_spec(
         name = fields.get(key, key)
         return _join(path, name) if name else path
 
-    if not NAME_PATTERN.match(spec.name):
+    if not NAME_PATTERN.fullmatch(spec.name):
         raise InvalidSpec(at("name"), _name_rule(spec.name))
-    if spec.deployment and not NAME_PATTERN.match(spec.deployment):
+    if spec.deployment and not NAME_PATTERN.fullmatch(spec.deployment):
         raise InvalidSpec(at("deployment"), _name_rule(spec.deployment))
     problem = reference_problem(spec.image.name) if spec.image.name else "is required"
     if problem is not None:
         raise InvalidSpec(at("image.name"), problem)
     _check_command(spec.command, at)
     for key, value in spec.env.items():
-        if not ENV_NAME_PATTERN.match(key):
+        if not ENV_NAME_PATTERN.fullmatch(key):
             raise InvalidSpec(f"{at('env')}.{key}", "is not a valid environment variable name")
         if "\0" in value:
             raise InvalidSpec(f"{at('env')}.{key}", "may not contain NUL")
+    for key in spec.labels:
+        check_label_key(key, f"{at('labels')}.{key}")
     validate_schedule(spec.kind, spec.schedule, at("schedule"))
     _check_cron(spec.kind, spec.cron, at)
     _check_resources(spec.resources, at)
@@ -429,7 +435,7 @@ def _resources(value: Any, path: str) -> Resources:
 
 def parse_memory(value: Any, path: str, minimum: int = MIN_MEMORY_BYTES) -> int:
     """Parses a size: bytes, or a number with K/M/G/T or Ki/Mi/Gi/Ti; at least `minimum`."""
-    match = MEMORY_PATTERN.match(str(value).strip()) if not isinstance(value, bool) else None
+    match = MEMORY_PATTERN.fullmatch(str(value).strip()) if not isinstance(value, bool) else None
     if match is None:
         raise InvalidSpec(path, f"{value!r} is not a size such as 512Mi or 1Gi")
     size = int(float(match.group(1)) * MEMORY_UNITS[match.group(2)])
@@ -508,7 +514,7 @@ def parse_init_step(value: Any, path: str) -> InitStep:
     step = _mapping(value, path)
     _check_fields(step, STEP_FIELDS, path)
     step_id = _string(_required(step, "id", path), f"{path}.id")
-    if not NAME_PATTERN.match(step_id):
+    if not NAME_PATTERN.fullmatch(step_id):
         raise InvalidSpec(f"{path}.id", _name_rule(step_id))
     uses = _required(step, "uses", path)
     try:
@@ -631,9 +637,22 @@ def _user(value: Any, path: str) -> str:
         return ""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not USER_PATTERN.match(value):
+    if not isinstance(value, str) or not USER_PATTERN.fullmatch(value):
         raise InvalidSpec(path, "must be a user name or id, optionally with :group")
     return value
+
+
+def check_label_key(key: str, path: str) -> None:
+    """A label key is a plain annotation key outside the runtime-reserved prefixes."""
+    if not LABEL_KEY_PATTERN.fullmatch(key):
+        raise InvalidSpec(
+            path,
+            "must be letters, digits and '._/-', at most 253 characters, "
+            "starting and ending with a letter or digit",
+        )
+    for prefix in RESERVED_LABEL_PREFIXES:
+        if key.startswith(prefix):
+            raise InvalidSpec(path, f"the prefix {prefix!r} is reserved for the runtime")
 
 
 def _labels(value: Any, path: str) -> dict[str, str]:
@@ -658,7 +677,7 @@ def _env(value: Any, path: str) -> dict[str, str]:
     env = _mapping(value, path)
     result = {}
     for key, item in env.items():
-        if not isinstance(key, str) or not ENV_NAME_PATTERN.match(key):
+        if not isinstance(key, str) or not ENV_NAME_PATTERN.fullmatch(key):
             raise InvalidSpec(f"{path}.{key}", "is not a valid environment variable name")
         if isinstance(item, bool) or not isinstance(item, str | int | float):
             raise InvalidSpec(f"{path}.{key}", "must be a string")

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent import hostfs
 from agent.domain import (
     TERMINAL_STATUSES,
     Attempt,
@@ -106,13 +107,12 @@ CREATE TABLE IF NOT EXISTS cron_state (
 CREATE TABLE IF NOT EXISTS trigger_requests (
     execution_id TEXT PRIMARY KEY,
     request_id TEXT NOT NULL,
+    caller TEXT NOT NULL DEFAULT '',
     fingerprint TEXT NOT NULL,
     args TEXT NOT NULL,
     env TEXT NOT NULL,
     payload BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS trigger_requests_by_id ON trigger_requests (request_id)
-    WHERE request_id != '';
 CREATE TABLE IF NOT EXISTS attempts (
     execution_id TEXT NOT NULL,
     number INTEGER NOT NULL,
@@ -138,6 +138,9 @@ ADDED_COLUMNS = {
         "job_name": "TEXT NOT NULL DEFAULT ''",
         "schedule_time": "TEXT",
     },
+    "trigger_requests": {
+        "caller": "TEXT NOT NULL DEFAULT ''",
+    },
     "executions": {
         "attempt": "INTEGER NOT NULL DEFAULT 1",
         "trigger_kind": "TEXT NOT NULL DEFAULT ''",
@@ -157,10 +160,15 @@ class Store:
     """The agent's embedded database (one file, WAL mode)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        hostfs.make_dir(path.parent)
+        # Job env, dispatch env and payloads are in here: root's only. SQLite gives the
+        # -wal and -shm files the database file's mode.
+        hostfs.create_file(path, hostfs.PRIVATE_FILE)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
+        for suffix in ("-wal", "-shm"):
+            hostfs.tighten(path.with_name(path.name + suffix), hostfs.PRIVATE_FILE)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
@@ -175,6 +183,12 @@ class Store:
             for name, definition in added.items():
                 if name not in columns:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+        # A request_id was unique node-wide; it is unique per caller.
+        self._db.execute("DROP INDEX IF EXISTS trigger_requests_by_id")
+        self._db.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS trigger_requests_by_caller "
+            "ON trigger_requests (caller, request_id) WHERE request_id != ''"
+        )
 
     def close(self) -> None:
         """Closes the database."""
@@ -286,9 +300,9 @@ class Store:
                 dispatch = request.dispatch
                 try:
                     db.execute(
-                        "INSERT INTO trigger_requests (execution_id, request_id, fingerprint, "
-                        "args, env, payload) VALUES (?, ?, ?, ?, ?, ?)",
-                        (execution.id, request.request_id, fingerprint,
+                        "INSERT INTO trigger_requests (execution_id, request_id, caller, "
+                        "fingerprint, args, env, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (execution.id, request.request_id, request.caller, fingerprint,
                          json.dumps(list(dispatch.args)), json.dumps(dict(dispatch.env)),
                          dispatch.payload),
                     )  # fmt: skip
@@ -296,11 +310,12 @@ class Store:
                     raise AlreadyExists(f"request_id {request.request_id!r} is in use") from None
             return _append_event(db, execution)
 
-    def find_request(self, request_id: str) -> tuple[str, str] | None:
-        """The execution id and fingerprint recorded for a request_id, if any."""
+    def find_request(self, request_id: str, caller: str = "") -> tuple[str, str] | None:
+        """The execution id and fingerprint recorded for a caller's request_id, if any."""
         row = self._db.execute(
-            "SELECT execution_id, fingerprint FROM trigger_requests WHERE request_id = ?",
-            (request_id,),
+            "SELECT execution_id, fingerprint FROM trigger_requests "
+            "WHERE caller = ? AND request_id = ?",
+            (caller, request_id),
         ).fetchone()
         return None if row is None else (row["execution_id"], row["fingerprint"])
 
@@ -313,7 +328,7 @@ class Store:
             return TriggerRequest()
         dispatch = Dispatch(tuple(json.loads(row["args"])), json.loads(row["env"]),
                             bytes(row["payload"]))  # fmt: skip
-        return TriggerRequest(row["request_id"], dispatch)
+        return TriggerRequest(row["request_id"], dispatch, row["caller"])
 
     def transition(
         self,

@@ -18,6 +18,7 @@ from agent.errors import (
     AlreadyExists,
     DataLoss,
     FailedPrecondition,
+    HostPolicyRefused,
     InvalidSpec,
     NotFound,
     OutOfRange,
@@ -60,6 +61,11 @@ def to_status(error: AgentError) -> grpc.Status:
             field=error.field, description=error.reason
         )
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    if isinstance(error, HostPolicyRefused):
+        refused = error_details_pb2.PreconditionFailure.Violation(
+            type="HOST_POLICY", subject=error.field, description=error.reason
+        )
+        status.details.add().Pack(error_details_pb2.PreconditionFailure(violations=[refused]))
     return rpc_status.to_status(status)
 
 

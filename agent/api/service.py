@@ -7,7 +7,7 @@ import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -18,6 +18,7 @@ from jobagent.v1 import jobs_pb2 as pb
 from agent import __version__
 from agent.api import convert
 from agent.api.errors import maps_errors
+from agent.api.identity import caller_identity
 from agent.domain import Bookmark, ExecutionFilter, Job, JobEvent, JobKind, NodeEvent
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
@@ -33,7 +34,7 @@ DEFAULT_BOOKMARK_SECONDS = 30.0
 MIN_BOOKMARK_SECONDS = 1.0
 # Recent events' wire messages, shared by every watcher (the newest few thousand).
 EVENT_MESSAGE_CACHE = 4096
-EXECUTION_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+EXECUTION_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -123,9 +124,11 @@ class JobService(service_grpc.JobServiceServicer):
         ):
             raise InvalidSpec("request_id", f"at most {MAX_REQUEST_ID} printable ASCII characters")
         trigger = convert.trigger_from_request(request, context.peer())
-        execution = await self._executor.trigger(
-            request.job_name, trigger, convert.trigger_request_from_proto(request)
+        # A request_id is the caller's own: another caller's same id is another request.
+        trigger_request = replace(
+            convert.trigger_request_from_proto(request), caller=caller_identity(context)
         )
+        execution = await self._executor.trigger(request.job_name, trigger, trigger_request)
         return convert.execution_to_proto(execution)
 
     @maps_errors
@@ -336,7 +339,7 @@ def _require_name(field: str, value: str, optional: bool = False) -> None:
     if optional and not value:
         return
     _require(field, value)
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise InvalidSpec(field, "must be a job name: lowercase letters, digits and '-', "
                           "at most 63 characters")  # fmt: skip
 
@@ -344,5 +347,5 @@ def _require_name(field: str, value: str, optional: bool = False) -> None:
 def _require_id(field: str, value: str) -> None:
     """An execution id (32 hex digits): nothing else may reach a log or bundle path."""
     _require(field, value)
-    if not EXECUTION_ID_PATTERN.match(value):
+    if not EXECUTION_ID_PATTERN.fullmatch(value):
         raise InvalidSpec(field, "must be an execution id (32 lowercase hex digits)")

@@ -39,6 +39,7 @@ from agent.domain import (
     NodeEvent,
     Status,
     Trigger,
+    TriggerKind,
     TriggerRequest,
     event_job_name,
 )
@@ -46,6 +47,7 @@ from agent.errors import (
     AlreadyExists,
     DataLoss,
     FailedPrecondition,
+    HostPolicyRefused,
     InvalidSpec,
     NotFound,
     OutOfRange,
@@ -59,6 +61,7 @@ from agent.executor.logs import LogChunk, LogQuery, read_log, read_log_chunks
 from agent.executor.ports import ContainerRuntime
 from agent.executor.recorder import Recorder
 from agent.executor.retention import Retention, RetentionPolicy
+from agent.privileges import check_host_policy
 from agent.runtime.errors import RuntimeLayerError
 from agent.runtime.images import PruneResult
 from agent.store import Store
@@ -237,7 +240,7 @@ class Executor:
         request = request or TriggerRequest()
         digest = fingerprint(job_name, request.dispatch)
         if request.request_id:
-            seen = self._store.find_request(request.request_id)
+            seen = self._store.find_request(request.request_id, request.caller)
             if seen is not None:
                 if seen[1] != digest:
                     raise InvalidSpec("request_id", "was already used for another request "
@@ -245,6 +248,10 @@ class Executor:
                 return self.get_execution(seen[0])
         job = self._store.get_job(job_name)
         check_dispatch(job.spec.dispatch, request.dispatch)
+        refusal = self._policy_refusal(job.spec)
+        # A caller hears the refusal; a scheduled run is recorded as a failed execution.
+        if refusal is not None and trigger.kind is not TriggerKind.SCHEDULER:
+            raise refusal
         execution_id = uuid.uuid4().hex
         execution = Execution(
             id=execution_id,
@@ -258,6 +265,9 @@ class Executor:
         self._bus.publish(self._store.insert_execution(execution, request, digest))
         log.info("job %s: pending (trigger %s)", job.name, trigger.kind.value,
                  extra={"execution_id": execution.id})  # fmt: skip
+        if refusal is not None:
+            self._refuse(execution, refusal)
+            return self.get_execution(execution.id)
         self._enqueue(execution, job.spec, request.dispatch)
         position = self._admission.position(execution.id)
         if position:
@@ -539,10 +549,39 @@ class Executor:
         """Starts every waiting execution that a free slot now allows, in FIFO order."""
         if self._closing:
             return
+        refused = False
         for execution_id in self._admission.admit():
             execution, spec, dispatch = self._waiting.pop(execution_id)
+            # The flags may have changed since the trigger (a restart): checked at the start.
+            refusal = self._policy_refusal(spec)
+            if refusal is not None:
+                self._refuse(execution, refusal)
+                self._admission.release(execution_id)
+                refused = True
+                continue
             run = self._new_run(execution, spec, dispatch)
             self._spawn(run, run.run())
+        if refused:
+            self._admit()
+
+    def _policy_refusal(self, spec: JobSpec) -> HostPolicyRefused | None:
+        """Why the agent's current host policy refuses a run of the job, if it does."""
+        try:
+            check_host_policy(spec, self.host_policy, "spec")
+        except InvalidSpec as error:
+            return HostPolicyRefused(error.field, error.reason)
+        return None
+
+    def _refuse(self, execution: Execution, refusal: HostPolicyRefused) -> None:
+        message = f"the agent's host policy refuses this run: {refusal}"
+        log.warning("%s", message, extra={"execution_id": execution.id})
+        self._recorder.transition(
+            self._store.get_execution(execution.id),
+            Status.FAILED,
+            failure_reason=FailureReason.CREATE,
+            message=message,
+            finished_at=now(),
+        )
 
     def _new_run(
         self, execution: Execution, spec: JobSpec, dispatch: Dispatch | None = None
@@ -582,6 +621,8 @@ class Executor:
             self._lost(execution, "the job was unregistered while the agent was down")
         elif execution.status is Status.PENDING:
             self._enqueue(execution, job.spec, self._store.get_request(execution.id).dispatch)
+        elif (refusal := self._policy_refusal(job.spec)) is not None:
+            self._refuse(execution, refusal)
         else:
             self._admission.occupy(execution.id, execution.job_name)
             run = self._new_run(execution, job.spec)
