@@ -11,11 +11,11 @@ TOOLS := .tools/bin
 APT_PACKAGES := conmon umoci skopeo docker-registry busybox-static libseccomp-dev pkg-config runc \
   openssl protobuf-compiler strace
 # Code generators and buf, pinned (the TypeScript ones in clients/typescript/package-lock.json).
-BUF_VERSION := 1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GHZ_VERSION := v0.120.0
-BUF := .tools/npm/node_modules/.bin/buf
+BUF_DIR := tools/buf
+BUF := $(BUF_DIR)/node_modules/.bin/buf
 TS_DIR := clients/typescript
 GO_DIR := clients/go
 RUST_DIR := clients/rust
@@ -26,12 +26,15 @@ EXAMPLE_IMAGE := build/images/busybox
 GEN_DIR := clients/python/jobagent/v1
 PROTOS := $(wildcard protos/jobagent/v1/*.proto)
 
-.PHONY: help deps apt youki grpcurl venv proto proto-check image run test lint unit e2e bench clean \
-  tools clients clients-check clients-build clients-lint clients-unit buf-lint buf-breaking release-api
+.PHONY: help deps apt youki grpcurl venv lock fresh-check proto proto-check image run test lint unit e2e \
+  bench clean tools clients clients-check clients-build clients-lint clients-unit buf-lint buf-breaking \
+  release-api
 
 help:
 	@echo "make run    install what is missing, build the example image, start the agent on $(LISTEN)"
 	@echo "make test   install what is missing, lint, type-check and run the whole suite"
+	@echo "make lock   re-resolve requirements/*.txt from pyproject.toml (UPGRADE=1: newest)"
+	@echo "make fresh-check  run make test in a fresh clone, as a newcomer would"
 	@echo "make proto  regenerate the Python code from protos/"
 	@echo "make clients  regenerate the Go and TypeScript code from protos/ (Rust: at build time)"
 	@echo "make bench  run the benchmarks"
@@ -58,13 +61,29 @@ youki:
 	    --features v1,v2,seccomp --root /usr/local; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# Python packages come from the lock files only (requirements/*.txt, hashes required); the
+# venv is made anew whenever the lock changes, so that nothing of an older lock stays.
+LOCK_SETS := runtime dev bench
+$(VENV)/.installed: requirements/dev.txt
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Re-resolves the locks from pyproject.toml, keeping today's pins where they still fit;
+# `make lock UPGRADE=1` moves every package to its newest allowed version.
+lock: venv
+	@set -e; for set in $(LOCK_SETS); do \
+	  case $$set in runtime) extras="";; dev) extras="--extra dev";; \
+	    bench) extras="--extra dev --extra bench";; esac; \
+	  $(VENV)/bin/uv pip compile --quiet pyproject.toml requirements/build.in $$extras \
+	    --generate-hashes --python-version 3.11 --custom-compile-command "make lock" \
+	    $(if $(UPGRADE),--upgrade) -o requirements/$$set.txt; \
+	  echo "locked requirements/$$set.txt"; \
+	done
 
 proto: venv
 	@rm -rf $(GEN_DIR) && mkdir -p $(GEN_DIR)
@@ -86,8 +105,10 @@ $(TOOLS)/protoc-gen-go:
 $(TOOLS)/protoc-gen-go-grpc:
 	GOBIN=$(abspath $(TOOLS)) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
-$(BUF):
-	npm install --prefix .tools/npm --no-audit --no-fund --silent @bufbuild/buf@$(BUF_VERSION)
+# buf from the npm registry, at the version and hashes of tools/buf/package-lock.json.
+$(BUF): $(BUF_DIR)/package.json $(BUF_DIR)/package-lock.json
+	cd $(BUF_DIR) && npm ci --no-audit --no-fund --silent
+	touch $@
 
 $(TS_DIR)/node_modules/.installed: $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
 	cd $(TS_DIR) && npm ci --no-audit --no-fund --silent
@@ -144,8 +165,22 @@ lint: venv
 	$(VENV)/bin/ruff format --check agent clients/python/jobagent_client clients/python/examples tests bench
 	$(VENV)/bin/mypy
 
+# Strict: a program that these steps install and a test needs is a failure, not a skip.
 test: deps grpcurl proto-check clients-check buf-lint buf-breaking clients-lint clients-unit lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	JOBAGENT_STRICT_TESTS=1 $(VENV)/bin/pytest -q -rs -p no:cacheprovider
+
+# A newcomer's run: a clone of the committed HEAD in a new directory, a new venv, no pip
+# cache, then the README's test command. The shared job specs beside this checkout are
+# handed on (JOBAGENT_SPECS_DIR), as CI lays them beside its clone.
+SPECS_DIR ?= $(abspath ../shared/specs)
+fresh-check:
+	@set -e; scratch=$$(mktemp -d); trap 'rm -rf "$$scratch"' EXIT; \
+	git clone --quiet "$(CURDIR)" "$$scratch/jobagent"; \
+	start=$$(date +%s); \
+	if PIP_NO_CACHE_DIR=1 JOBAGENT_SPECS_DIR="$(SPECS_DIR)" $(MAKE) -C "$$scratch/jobagent" test; \
+	then verdict=passed; else verdict=failed; fi; \
+	echo "fresh-check: make test $$verdict in $$(( $$(date +%s) - start )) s (clone of $$(git rev-parse --short HEAD))"; \
+	test $$verdict = passed
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
@@ -163,8 +198,8 @@ BENCH_P6 := scale
 BENCH_P7 := watchers
 BENCHES := P1 P2 P3 P4 P5 P6 P7
 
-$(VENV)/.bench: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[dev,bench]'
+$(VENV)/.bench: $(VENV)/.installed requirements/bench.txt
+	$(PY) -m pip install -q --require-hashes -r requirements/bench.txt
 	touch $@
 
 $(TOOLS)/ghz:

@@ -83,12 +83,12 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
     )
     run.add_argument(
         "--max-log-size",
-        default="10Mi",
+        default="1Mi",
         help="newest bytes of output kept per attempt, unless a job says otherwise",
     )
     run.add_argument(
         "--retention-max-age",
-        default="7d",
+        default="1h",
         help="finished executions older than this are removed (e.g. 7d, 12h)",
     )
     run.add_argument(

@@ -57,10 +57,12 @@ class AgentConfig:
     insecure_registries: frozenset[str] = frozenset()
     registry_auth_file: Path | None = None
     pull_timeout_seconds: float = 300.0
-    max_concurrent: int = 64
+    # The seed's JobExecutorConfig: 10 executions at once, 1 MiB of output kept per attempt,
+    # finished executions kept for an hour (RetentionPolicy).
+    max_concurrent: int = 10
     # Nice levels the agent's own threads run above the processes it starts (agent.priority).
     priority_boost: int = 10
-    max_log_bytes: int = 10 * 1024**2
+    max_log_bytes: int = 1024**2
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     host_policy: HostPolicy = field(default_factory=HostPolicy)
 

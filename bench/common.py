@@ -22,7 +22,8 @@ from jobagent_client import JobAgentClient
 from agent.domain import CommandSpec
 from agent.runtime.bundle import build_config, resolve_process
 from agent.runtime.images import ImageConfig
-from tests.e2e.harness import AgentProcess, build_example_image, missing_requirements, sweep
+from tests import tools
+from tests.e2e.harness import REQUIRED_BINARIES, AgentProcess, build_example_image, sweep
 
 
 @dataclass
@@ -99,8 +100,8 @@ def scratch_agent(
 ) -> Iterator[Bench]:
     """An agent on a scratch data directory whose store holds busybox:latest;
     `before_start` may fill the data directory first."""
-    if reason := missing_requirements():
-        raise SystemExit(f"bench: cannot run: {reason}")
+    if absent := tools.missing(*REQUIRED_BINARIES):
+        raise SystemExit(f"bench: cannot run, missing: {absent}")
     with tempfile.TemporaryDirectory(prefix="run-", dir=scratch_parent()) as scratch:
         root = Path(scratch)
         layout = build_example_image(root / "image")

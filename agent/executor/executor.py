@@ -92,7 +92,7 @@ class Executor:
         log_dir: Path,
         stop_grace: float = 10.0,
         node_limit: int = 64,
-        max_log_bytes: int = 10 * 1024**2,
+        max_log_bytes: int = 1024**2,
         retention: RetentionPolicy | None = None,
         host_policy: HostPolicy | None = None,
     ) -> None:

@@ -26,6 +26,7 @@ from agent.domain import (
     Status,
 )
 from agent.executor.init_steps import StepFailed, run_steps
+from agent.executor.logs import log_file_limit
 from agent.executor.ports import ContainerRuntime
 from agent.executor.recorder import Recorder
 from agent.logsetup import current_execution
@@ -223,8 +224,7 @@ class ExecutionRun:
             user=spec.user,
             labels=spec.labels,
             stop_signal=spec.stop_signal,
-            # Twice the cap, so that the newest `cap` bytes are there when the reader looks.
-            log_size_max=2 * self._log_cap,
+            log_size_max=log_file_limit(self._log_cap),
             mounts=spec.storage,
             host_network=spec.host_network,
             files=self._files,

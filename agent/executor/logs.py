@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -16,9 +16,22 @@ from agent.runtime.crilog import parse_line
 
 FOLLOW_POLL_SECONDS = 0.05
 CHUNK_SIZE = 1 << 16
+# What one read of a log takes into memory, whatever the file's size.
+READ_BYTES = 1 << 20
 # The largest chunk of a download: big enough that a message's cost is spread over a
 # megabyte (2 MiB measured no faster), well under gRPC's default 4 MiB message limit.
 DOWNLOAD_CHUNK_BYTES = 1 << 20
+
+
+# The monitor's bound on a log file, in multiples of the output cap. A record adds about 40
+# bytes (timestamp, stream, tag) to its line, so 16 times the cap holds the cap's worth of
+# output for lines of 3 bytes or more; past the bound conmon starts the file afresh.
+LOG_FILE_FACTOR = 16
+
+
+def log_file_limit(cap: int) -> int:
+    """The most bytes the monitor lets a log file of an attempt capped at `cap` hold."""
+    return LOG_FILE_FACTOR * cap
 
 
 @dataclass(frozen=True)
@@ -49,44 +62,124 @@ class LogQuery:
         return self.since is None or line.time >= self.since
 
 
+@dataclass(frozen=True)
+class CapStart:
+    """Where the newest `cap` bytes of a container's output begin in its log file."""
+
+    # The first record holding kept output, and how many leading bytes of its message are
+    # older than the cap (0 when the record is kept whole).
+    offset: int = 0
+    cut: int = 0
+    # The first record kept whole: where a download of whole records starts.
+    whole: int = 0
+    # Older output was dropped.
+    truncated: bool = False
+
+
+def cap_start(path: Path, cap: int | None) -> CapStart:
+    """Finds the newest `cap` bytes of output (messages and the newlines that end full
+    lines, as the container wrote them; the records' timestamps and tags do not count)."""
+    size = _size(path)
+    # A record's output is never longer than the record: a file within the cap is whole.
+    if cap is None or size <= cap:
+        return CapStart()
+    kept = 0
+    for offset, raw in _records_backwards(path, size):
+        output = _output_bytes(raw)
+        if kept + output <= cap:
+            kept += output
+            continue
+        whole = offset + len(raw) + 1
+        room = cap - kept
+        if room == 0:
+            return CapStart(whole, 0, whole, truncated=True)
+        return CapStart(offset, output - room, whole, truncated=True)
+    return CapStart()
+
+
+def _output_bytes(raw: bytes) -> int:
+    """The container's bytes in one record: its message, and a newline if the line is full."""
+    parts = raw.split(b" ", 3)
+    if len(parts) < 3:
+        return 0
+    message = parts[3] if len(parts) == 4 else b""
+    return len(message) + (parts[2] != b"P")
+
+
+def _records_backwards(path: Path, size: int) -> Iterator[tuple[int, bytes]]:
+    """The file's complete records, newest first, each with its offset (an unfinished last
+    record, still being written, is left out)."""
+    with path.open("rb") as file:
+        # `buffer` holds the file from `start` on, up to the newest record not yet yielded.
+        start, buffer, ends_known = size, b"", False
+        while start > 0:
+            step = min(CHUNK_SIZE, start)
+            start -= step
+            file.seek(start)
+            buffer = file.read(step) + buffer
+            if not ends_known:
+                last = buffer.rfind(b"\n")
+                if last < 0:
+                    continue
+                buffer, ends_known = buffer[: last + 1], True
+            stop = len(buffer)
+            while (previous := buffer.rfind(b"\n", 0, stop - 1)) >= 0:
+                yield start + previous + 1, buffer[previous + 1 : stop - 1]
+                stop = previous + 1
+            buffer = buffer[:stop]
+        if ends_known and buffer:
+            yield 0, buffer[:-1]
+
+
 async def read_log(path: Path, query: LogQuery, ended: asyncio.Event) -> AsyncIterator[LogLine]:
     """Yields the file's lines; with follow, keeps reading until `ended` is set and drained.
 
     `ended` must be set only once the writer has finished the file (the container's
-    monitor has exited), so the final read sees every line.
+    monitor has exited), so the final read sees every line. Only the newest
+    `query.max_bytes` of output are read; the first line read then says it was truncated.
     """
-    offset = 0
+    begin = cap_start(path, query.max_bytes)
+    offset, cut, truncated = begin.offset, begin.cut, begin.truncated
     pending = b""
-    first = True
-    truncated = False
-    size = _size(path)
-    if query.max_bytes is not None and size > query.max_bytes:
-        # Only the newest max_bytes are kept: start at the first whole line within them.
-        offset, truncated = size - query.max_bytes, True
-        head, _ = _read_from(path, offset, limit=query.max_bytes)
-        newline = head.find(b"\n")
-        offset += newline + 1 if newline >= 0 else len(head)
+    # The lines there are when the reader comes, of which `tail_lines` are kept.
+    catching_up = _size(path)
+    tail: deque[LogLine] | None = deque(maxlen=query.tail_lines) if query.tail_lines else None
     while True:
         finished = ended.is_set()
         if _size(path) < offset:
             # The monitor rotated the file under its size cap: read the new one from its start.
-            offset, pending, truncated = 0, b"", True
-        chunk, offset = _read_from(path, offset)
-        data = pending + chunk
-        *complete, pending = data.split(b"\n")
-        lines = [line for raw in complete if (line := parse_line(raw)) and query.wants(line)]
-        if first and query.tail_lines > 0:
-            lines = list(deque(lines, maxlen=query.tail_lines))
-        first = False
+            offset, pending, cut, truncated = 0, b"", 0, True
+        chunk, offset = _read_from(path, offset, limit=READ_BYTES)
+        *complete, pending = (pending + chunk).split(b"\n")
+        lines = []
+        for raw in complete:
+            line = parse_line(raw)
+            if line is not None and cut:
+                line = replace(line, message=_drop_bytes(line.message, cut))
+            cut = 0
+            if line is not None and query.wants(line):
+                lines.append(line)
+        if tail is not None:
+            tail.extend(lines)
+            if offset < catching_up and chunk:
+                continue
+            lines, tail = list(tail), None
         for line in lines:
             if truncated:
                 line = replace(line, truncated=True)
                 truncated = False
             yield line
+        if chunk and len(chunk) == READ_BYTES:
+            continue
         if finished or not query.follow:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ended.wait(), FOLLOW_POLL_SECONDS)
+
+
+def _drop_bytes(message: str, count: int) -> str:
+    """`message` without its first `count` bytes (of its UTF-8 form)."""
+    return message.encode()[count:].decode(errors="replace")
 
 
 async def read_log_chunks(
@@ -102,8 +195,9 @@ async def read_log_chunks(
     if start > size:
         raise OutOfRange(f"offset: {start} is past the end of the log ({size} bytes)")
     offset, truncated = start, False
-    if max_bytes is not None and size - offset > max_bytes:
-        offset, truncated = size - max_bytes, True
+    begin = cap_start(path, max_bytes)
+    if begin.truncated and offset < begin.whole:
+        offset, truncated = begin.whole, True
     offset = _next_record(path, offset)
     while True:
         finished = ended.is_set()

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class RetentionPolicy:
     """How long finished executions are kept; active ones are always kept."""
 
-    max_age_seconds: float = 7 * 86400
+    max_age_seconds: float = 3600
     per_job: int = 100
     interval_seconds: float = 60.0
     # Unused images go, least recently used first, while the image store is larger.

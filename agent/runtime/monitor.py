@@ -194,4 +194,7 @@ def _spawn_conmon(argv: list[str], conmon_log: Path, sync_fd: int) -> subprocess
             pass_fds=(sync_fd,),
             env={**os.environ, "_OCI_SYNCPIPE": str(sync_fd)},
             start_new_session=True,
+            # conmon writes a file named `oom` into its working directory when the
+            # container is OOM-killed: the bundle's, which goes with the container.
+            cwd=conmon_log.parent,
         )

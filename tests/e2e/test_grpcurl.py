@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import REPO, AgentProcess
+from tests import tools
+from tests.e2e.harness import AgentProcess
 
 SERVICE = "jobagent.v1.JobService"
 JOB = (
@@ -21,8 +21,9 @@ JOB = (
 
 @pytest.fixture(scope="module")
 def grpcurl_binary() -> str:
-    found = shutil.which("grpcurl") or shutil.which("grpcurl", path=str(REPO / ".tools" / "bin"))
-    assert found, "grpcurl is missing: `make grpcurl` installs it"
+    tools.require("grpcurl")
+    found = tools.find("grpcurl")
+    assert found is not None
     return found
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 from jobagent_client import ClientError, JobAgentClient, JobEvent
+from jobagent_client.models import LogLine
 
+from agent.executor.logs import LOG_FILE_FACTOR
 from agent.priority import HIGHEST
 from agent.privileges import ALL_CAPABILITIES
 from agent.runtime.bundle import DEFAULT_CAPABILITIES
@@ -212,18 +214,34 @@ def test_a_fail_exit_code_is_never_retried(client: JobAgentClient) -> None:
     assert (final.status, final.attempt, final.exit_code) == ("failed", 1, 3)
 
 
+def output_of(lines: list[LogLine]) -> bytes:
+    """The bytes the container wrote, as the lines read give them back."""
+    return b"".join(line.message.encode() + (b"" if line.partial else b"\n") for line in lines)
+
+
 def test_the_log_cap_keeps_the_newest_output(client: JobAgentClient, agent: AgentProcess) -> None:
     register(client, "chatty", "    max_log_size: 2Ki\n",
              "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line $i; done")  # fmt: skip
     execution = client.wait(client.trigger("chatty").id)
     assert execution.status == "completed"
     lines = list(client.logs(execution.id))
-    assert lines[-1].message == "line 300"
+    everything = "".join(f"line {i}\n" for i in range(1, 301)).encode()
+    assert output_of(lines) == everything[-2048:]
     assert lines[0].truncated and not any(line.truncated for line in lines[1:])
-    numbers = [int(line.message.split()[1]) for line in lines]
-    assert numbers == list(range(numbers[0], 301))
     log_file = agent.cwd / agent.data_dir / "logs" / execution.id / "1.log"
-    assert log_file.stat().st_size <= 2 * 2048 + 100
+    assert log_file.stat().st_size <= LOG_FILE_FACTOR * 2048
+
+
+def test_the_default_log_cap_is_the_newest_mebibyte_of_output(client: JobAgentClient) -> None:
+    """The seed's default: 1 MiB of the container's output bytes, the newest of them."""
+    register(client, "verbose", "", "seq 1 200000 | sed s/^/line-/")
+    execution = client.wait(client.trigger("verbose").id)
+    assert execution.status == "completed"
+    lines = list(client.logs(execution.id))
+    everything = "".join(f"line-{i}\n" for i in range(1, 200001)).encode()
+    assert output_of(lines) == everything[-(1 << 20) :]
+    assert lines[-1].message == "line-200000"
+    assert lines[0].truncated and not any(line.truncated for line in lines[1:])
 
 
 def test_the_cancel_request_can_name_the_stop_signal(client: JobAgentClient) -> None:

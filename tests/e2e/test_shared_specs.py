@@ -6,7 +6,7 @@ import contextlib
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -14,7 +14,8 @@ import pytest
 from jobagent_client import ClientError, JobAgentClient
 from jobagent_client.models import Execution
 
-from tests.e2e.harness import REPO
+from tests.e2e.conftest import RUNTIMES, start_agent
+from tests.e2e.harness import REPO, AgentProcess, Registry, sweep
 
 SPECS_DIR = Path(os.environ.get("JOBAGENT_SPECS_DIR", REPO.parent / "shared" / "specs"))
 SPECS = sorted(SPECS_DIR.glob("*.yaml")) if SPECS_DIR.is_dir() else []
@@ -100,8 +101,31 @@ def verdict(path: Path) -> tuple[str, str]:
     return match.group(1), match.group(2) or ""
 
 
+@pytest.fixture(scope="module", params=RUNTIMES)
+def specs_agent(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, registry: Registry
+) -> Iterator[AgentProcess]:
+    """An agent that allows host networking: init-steps.yaml's job waits on the host's
+    loopback, which only a job in the host's network can reach."""
+    runtime: str = request.param
+    data_dir = tmp_path_factory.mktemp(f"specs-{runtime}")
+    cwd = tmp_path_factory.mktemp(f"specs-cwd-{runtime}")
+    agent = start_agent(data_dir, runtime, registry, cwd=cwd, extra_args=("--allow-host-network",))
+    yield agent
+    agent.stop()
+    sweep(agent)
+
+
+@pytest.fixture
+def specs_client(specs_agent: AgentProcess) -> Iterator[JobAgentClient]:
+    """A client of the shared specs' agent."""
+    with specs_agent.client() as client:
+        yield client
+
+
 @pytest.mark.parametrize("path", SPECS, ids=[path.name for path in SPECS])
-def test_shared_spec(path: Path, client: JobAgentClient) -> None:
+def test_shared_spec(path: Path, specs_client: JobAgentClient) -> None:
+    client = specs_client
     kind, field = verdict(path)
     if kind == "reject":
         with pytest.raises(ClientError) as caught:
@@ -125,3 +149,8 @@ def test_shared_spec(path: Path, client: JobAgentClient) -> None:
 
 def test_the_shared_specs_are_there() -> None:
     assert SPECS, f"no job specs in {SPECS_DIR} (set JOBAGENT_SPECS_DIR)"
+
+
+def test_the_agent_leaves_nothing_in_its_working_directory(specs_agent: AgentProcess) -> None:
+    """Not even conmon's `oom` file of the OOM-killed job (resources.yaml)."""
+    assert list(specs_agent.cwd.iterdir()) == []

@@ -12,7 +12,7 @@ from typing import cast
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pool, message_factory
+from google.protobuf import descriptor_pool, json_format, message_factory
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -53,7 +53,8 @@ def test_reflection_describes_and_calls_the_service_without_proto_files(
             response_deserializer=response_class.FromString,
         )
         with pytest.raises(grpc.RpcError) as caught:
-            call(request_class(id="0" * 32), timeout=5)
+            # Fields by name, as a client that knows only the descriptor sets them.
+            call(json_format.ParseDict({"id": "0" * 32}, request_class()), timeout=5)
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND
 
 
@@ -208,7 +209,7 @@ def test_node_info_tells_a_scheduler_what_it_needs(agent: AgentProcess) -> None:
     assert info.runtime == agent.runtime
     assert agent.runtime in info.runtime_version.lower()
     assert info.cpus >= 1 and info.memory_bytes > 1 << 28
-    assert info.max_concurrent == 64 and info.last_sequence > 0
+    assert info.max_concurrent == 10 and info.last_sequence > 0
     assert info.active_executions >= 0 and info.agent_version
 
 

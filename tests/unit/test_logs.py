@@ -4,11 +4,13 @@ reading them as chunks of whole records (DownloadLogs)."""
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 from agent.domain import LogLine, LogStream
 from agent.executor.logs import (
     DOWNLOAD_CHUNK_BYTES,
+    READ_BYTES,
     LogChunk,
     LogQuery,
     read_log,
@@ -40,16 +42,48 @@ async def test_filters_and_tail(tmp_path: Path) -> None:
     assert [x.message for x in since] == ["l2", "l3", "l4", "l5"]
 
 
-async def test_the_size_cap_keeps_the_newest_whole_lines_and_marks_the_cut(
+async def test_the_size_cap_keeps_the_newest_output_bytes_and_marks_the_cut(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "1.log"
-    lines = [cri("stdout", f"line {i:03d}") for i in range(100)]
-    path.write_bytes(b"".join(lines))
-    shown = await read_all(path, LogQuery(max_bytes=10 * len(lines[0]) + 5))
-    assert [x.message for x in shown] == [f"line {i:03d}" for i in range(90, 100)]
-    assert [x.truncated for x in shown] == [True] + [False] * 9
-    assert not any(x.truncated for x in await read_all(path, LogQuery(max_bytes=1 << 20)))
+    path.write_bytes(b"".join(cri("stdout", f"line {i:03d}") for i in range(100)))
+    # Each line is 9 bytes of output ("line 042" and its newline): the records' timestamps
+    # and tags do not count. 95 bytes keep ten lines and the last 5 bytes of the one before.
+    shown = await read_all(path, LogQuery(max_bytes=95))
+    assert [x.message for x in shown] == [" 089"] + [f"line {i:03d}" for i in range(90, 100)]
+    assert [x.truncated for x in shown] == [True] + [False] * 10
+    exact = await read_all(path, LogQuery(max_bytes=90))
+    assert [x.message for x in exact] == [f"line {i:03d}" for i in range(90, 100)]
+    assert exact[0].truncated
+    assert not any(x.truncated for x in await read_all(path, LogQuery(max_bytes=900)))
+
+
+def output_of(lines: list[LogLine]) -> bytes:
+    """The bytes the container wrote, as the lines read give them back."""
+    return b"".join(line.message.encode() + (b"" if line.partial else b"\n") for line in lines)
+
+
+async def test_the_cap_keeps_exactly_the_newest_output_whatever_the_records(
+    tmp_path: Path,
+) -> None:
+    generator = random.Random(7)
+    records, output = [], b""
+    for index in range(3000):
+        text = "".join(generator.choice("abé") for _ in range(generator.randrange(0, 40)))
+        partial = generator.random() < 0.2
+        tag = "P" if partial else "F"
+        records.append(f"2026-11-26T10:00:00.{index:09d}Z stdout {tag} {text}\n".encode())
+        output += text.encode() + (b"" if partial else b"\n")
+    path = tmp_path / "1.log"
+    path.write_bytes(b"".join(records))
+    for cap in (1, 2, 17, 1000, 4095, len(output) - 1, len(output), len(output) + 1):
+        shown = await read_all(path, LogQuery(max_bytes=cap))
+        kept = output_of(shown)
+        # A character cut in two is shown replaced; its bytes still count where they were.
+        if "\ufffd" not in shown[0].message:
+            assert kept == output[-cap:], cap
+        assert output.endswith(output_of(shown[1:]))
+        assert shown[0].truncated is (cap < len(output))
 
 
 async def test_a_rotation_while_following_restarts_from_the_new_file(tmp_path: Path) -> None:
@@ -100,7 +134,8 @@ async def test_chunks_under_the_size_cap_start_at_a_record_and_are_marked(tmp_pa
     path = tmp_path / "1.log"
     records = [cri("stdout", f"line {i:03d}") for i in range(100)]
     path.write_bytes(b"".join(records))
-    (chunk,) = await chunks_of(path, max_bytes=10 * len(records[0]) + 5)
+    # 95 bytes of output: ten whole lines and part of one, which a download leaves out.
+    (chunk,) = await chunks_of(path, max_bytes=95)
     assert chunk.truncated and chunk.data == b"".join(records[90:])
     assert chunk.offset == 90 * len(records[0])
 
@@ -137,3 +172,15 @@ async def test_following_chunks_sees_new_records_and_a_rotation(tmp_path: Path) 
     assert [c.data for c in seen] == [cri("stdout", "first"), cri("stdout", "second"),
                                       cri("stdout", "rotated")]  # fmt: skip
     assert [c.truncated for c in seen] == [False, False, True] and seen[2].offset == 0
+
+
+async def test_a_log_larger_than_one_read_is_read_whole_and_its_tail_is_the_files(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "1.log"
+    count = 3 * READ_BYTES // len(cri("stdout", "line 000000"))
+    path.write_bytes(b"".join(cri("stdout", f"line {i:06d}") for i in range(count)))
+    every = await read_all(path, LogQuery())
+    assert [x.message for x in every] == [f"line {i:06d}" for i in range(count)]
+    tail = await read_all(path, LogQuery(tail_lines=3))
+    assert [x.message for x in tail] == [f"line {i:06d}" for i in range(count - 3, count)]

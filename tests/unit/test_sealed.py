@@ -13,6 +13,7 @@ import pytest
 
 from agent.runtime.oci import OciRuntime
 from agent.runtime.sealed import SealedBinary
+from tests import tools
 
 CONTENT_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
@@ -76,8 +77,7 @@ def test_a_second_copy_replaces_the_link(tmp_path: Path) -> None:
 def test_the_runtime_does_not_copy_itself_again(tmp_path: Path, runtime: str) -> None:
     """youki (pentacle) and runc skip their own copy-and-re-exec when they already run
     from a sealed copy: the saving the copy is made for."""
-    if shutil.which(runtime) is None or shutil.which("strace") is None:
-        pytest.skip(f"needs {runtime} and strace (make deps installs them)")
+    tools.require(runtime, "strace")
     oci = OciRuntime(str(shutil.which(runtime)), tmp_path / "state", tmp_path / "bin")
     try:
         assert oci.executable == str(tmp_path / "bin" / runtime)
