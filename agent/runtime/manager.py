@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.domain import CommandSpec, ImageSpec, Mount, MountKind, Resources
+from agent.hostfs import PRIVATE_DIR, READ_ONLY_FILE, make_dir, tighten, write_file
 from agent.runtime import bundle, syscalls
 from agent.runtime.cgroups import oom_kill_count
 from agent.runtime.errors import (
@@ -37,6 +39,9 @@ MIN_LOG_SPACE = 1 << 20
 DEFAULT_STOP_SIGNAL = "SIGTERM"
 # Where the stop signal is kept, so that a restarted agent stops a container the same way.
 STOP_SIGNAL_ANNOTATION = "org.opencontainers.image.stopSignal"
+# A volume's own directory, as the container sees it at its target (as Docker makes them);
+# its parents on the host are 0700, so no other host user reaches what a job writes there.
+VOLUME_DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,14 @@ class ContainerManager:
         self.monitor = ConmonMonitor(conmon, self.runtime, paths.exits, paths.sockets)
         # Told how long each pull took and whether it worked (metrics).
         self.observe_pull: Callable[[float, bool], None] | None = None
-        paths.bundles.mkdir(parents=True, exist_ok=True)
-        paths.writable.mkdir(parents=True, exist_ok=True)
+        # What containers wrote (set-uid files included) and what describes them: root's
+        # only. Containers run as host root today; with user namespaces, the bundles' and
+        # volumes' parents must become 0711 for the mapped root to reach its rootfs and
+        # mount sources.
+        for directory in (paths.volatile, paths.writable, paths.volumes):
+            make_dir(directory)
+            tighten(directory, PRIVATE_DIR)
+        make_dir(paths.bundles)
 
     async def pull(self, image: ImageSpec) -> Image:
         """Makes the image present as its pull policy says; raises ImagePullError."""
@@ -169,7 +180,7 @@ class ContainerManager:
             await self.remove(request.container_id)
             raise ContainerCreateError(str(error)) from None
         try:
-            request.log_file.parent.mkdir(parents=True, exist_ok=True)
+            make_dir(request.log_file.parent)
             free = shutil.disk_usage(request.log_file.parent).free
         except OSError as error:
             await self.remove(request.container_id)
@@ -195,12 +206,14 @@ class ContainerManager:
         process = bundle.resolve_process(
             image.config, request.command, request.env, image.rootfs, request.user
         )
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dir(directory)
+        make_dir(writable)
         bundle.mount_overlay(image.rootfs, writable / "upper", writable / "work", rootfs)
         mounts = [self._oci_mount(mount, writable, index)
                   for index, mount in enumerate(request.mounts)]  # fmt: skip
         for index, (target, content) in enumerate(request.files.items()):
-            mounts.append(_file_mount(target, content, directory / "files" / str(index)))
+            source = directory / "files" / str(index)
+            mounts.append(_file_mount(target, content, source, (process.uid, process.gid)))
         config = bundle.build_config(
             process,
             rootfs,
@@ -220,7 +233,7 @@ class ContainerManager:
             self.limits.tmp_size_bytes,
             Path(self.runtime.binary).name,
         )
-        (directory / "config.json").write_text(json.dumps(config))
+        write_file(directory / "config.json", json.dumps(config).encode())
 
     async def start(self, container_id: str) -> None:
         """Starts a created container's process; raises ContainerStartError."""
@@ -303,7 +316,7 @@ class ContainerManager:
             source = self.paths.volumes / mount.source
         else:
             source = writable / "anonymous" / str(index)
-        source.mkdir(parents=True, exist_ok=True)
+        make_dir(source, VOLUME_DIR_MODE)
         access = "ro" if mount.readonly else "rw"
         return {"destination": mount.target, "type": "bind", "source": str(source),
                 "options": ["rbind", access, "nosuid", "nodev"]}  # fmt: skip
@@ -333,10 +346,13 @@ class ContainerManager:
         )
 
 
-def _file_mount(target: str, content: bytes, source: Path) -> dict[str, Any]:
-    """Writes `content` beside the bundle and binds it read-only at `target`."""
-    source.parent.mkdir(parents=True, exist_ok=True)
-    source.write_bytes(content)
-    source.chmod(0o444)
+def _file_mount(
+    target: str, content: bytes, source: Path, owner: tuple[int, int]
+) -> dict[str, Any]:
+    """Writes `content` beside the bundle, readable by its `owner` (the job's uid and gid)
+    only, and binds it read-only at `target`."""
+    make_dir(source.parent)
+    write_file(source, content, READ_ONLY_FILE)
+    os.chown(source, *owner)
     return {"destination": target, "type": "bind", "source": str(source),
             "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}  # fmt: skip

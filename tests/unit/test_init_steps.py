@@ -13,6 +13,7 @@ import pytest
 from agent.domain import (
     EventKind,
     FailureReason,
+    HostPolicy,
     ImageSpec,
     InitAction,
     InitFailurePolicy,
@@ -29,6 +30,8 @@ from agent.store import Store
 from tests.unit.fake_runtime import FakeRuntime
 
 Events = list[tuple[EventKind, str, str]]
+# Wait steps need host networking, which the agent must allow.
+ON_HOST_NETWORK = HostPolicy(allow_host_network=True)
 
 
 def tcp(step_id: str, port: int, **options: object) -> InitStep:
@@ -153,7 +156,7 @@ async def test_the_executor_fails_with_init_and_records_step_events(
 ) -> None:
     runtime = FakeRuntime()
     store = Store(tmp_path / "db")
-    executor = Executor(store, runtime, tmp_path / "logs")
+    executor = Executor(store, runtime, tmp_path / "logs", host_policy=ON_HOST_NETWORK)
     steps = (tcp("db", closed_port),)
     spec = JobSpec("gated", ImageSpec("busybox"), init_steps=steps, host_network=True)
     executor.register_jobs([spec], "", replace_existing=False)
@@ -174,7 +177,7 @@ async def test_the_executor_fails_with_init_and_records_step_events(
 async def test_restart_runs_the_init_steps_again(tmp_path: Path, closed_port: int) -> None:
     runtime = FakeRuntime()
     store = Store(tmp_path / "db")
-    executor = Executor(store, runtime, tmp_path / "logs")
+    executor = Executor(store, runtime, tmp_path / "logs", host_policy=ON_HOST_NETWORK)
     spec = JobSpec("again", ImageSpec("busybox"), init_steps=(tcp("db", closed_port),),
                    on_init_failure=InitFailurePolicy.RESTART, host_network=True)  # fmt: skip
     executor.register_jobs([spec], "", replace_existing=False)
