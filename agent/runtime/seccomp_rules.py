@@ -66,8 +66,10 @@ class Rule:
 
     `machines` limits the rule to those machines (all when empty); `needs` to jobs that
     hold every one of those capabilities; `unless` drops it for jobs holding any of those;
-    `min_kernel` drops it on older kernels. Several `args` must all hold; rules with the
-    same names are alternatives.
+    `min_kernel` drops it on older kernels. Rules with the same names are alternatives.
+    A rule has at most one of `args`: runc requires all of a rule's conditions, youki adds
+    each as a rule of its own, so that several would mean one thing to one and another to
+    the other.
     """
 
     names: tuple[str, ...]

@@ -112,3 +112,7 @@ def test_ptrace_follows_moby_from_kernel_4_8() -> None:
     old = default_profile(DEFAULT_CAPABILITIES, "runc", "x86_64", (4, 4))
     assert "ptrace" not in unconditional(old) and "ptrace" in unconditional(profile())
     assert kernel_version("6.1.0-18-amd64") == (6, 1) and kernel_version("weird") == (0, 0)
+
+
+def test_no_rule_has_two_conditions_which_runtimes_would_read_differently() -> None:
+    assert all(len(rule.args) <= 1 for rule in seccomp_rules.RULES)
