@@ -35,6 +35,7 @@ from agent.domain import (
     JobKind,
     JobNote,
     JobSpec,
+    LogBatch,
     LogLine,
     NodeEvent,
     Status,
@@ -57,7 +58,7 @@ from agent.errors import (
 from agent.executor.admission import Admission
 from agent.executor.events import QUIET, EventBus
 from agent.executor.lifecycle import ExecutionRun, container_id_of, log_file_of, now
-from agent.executor.logs import LogChunk, LogQuery, read_log, read_log_chunks
+from agent.executor.logs import LogChunk, LogQuery, read_log_batches, read_log_chunks
 from agent.executor.ports import ContainerRuntime
 from agent.executor.recorder import Recorder
 from agent.executor.retention import Retention, RetentionPolicy
@@ -409,10 +410,18 @@ class Executor:
         self, execution_id: str, query: LogQuery, attempt: int = 0
     ) -> AsyncIterator[LogLine]:
         """Yields the output of one attempt (the latest when 0); with follow, until it ends."""
+        async for batch in self.stream_log_batches(execution_id, query, attempt):
+            for line in batch.lines():
+                yield line
+
+    async def stream_log_batches(
+        self, execution_id: str, query: LogQuery, attempt: int = 0
+    ) -> AsyncIterator[LogBatch]:
+        """stream_logs, many lines at a time."""
         async with self._attempt_log(execution_id, attempt) as log_:
             query = replace(query, max_bytes=log_.max_bytes)
-            async for line in read_log(log_.path, query, log_.ended):
-                yield line
+            async for batch in read_log_batches(log_.path, query, log_.ended):
+                yield batch
             self._raise_if_stopping(log_, query.follow)
 
     async def download_logs(
