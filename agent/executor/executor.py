@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent import faults
 from agent.dispatch import check_dispatch, fingerprint
 from agent.domain import (
     ACTIVE_STATUSES,
@@ -114,7 +115,6 @@ class Executor:
         self._admission = Admission(node_limit)
         self._waiting: dict[str, tuple[Execution, JobSpec, Dispatch]] = {}
         self.retention = Retention(store, log_dir, retention or RetentionPolicy())
-        self._pruner: asyncio.Task[None] | None = None
 
     # Jobs
 
@@ -488,7 +488,6 @@ class Executor:
         for execution in reversed(active):
             await self._recover(execution)
         self._admit()
-        self._pruner = asyncio.create_task(self._maintain_forever())
 
     def begin_stop(self) -> None:
         """Refuses new triggers (UNAVAILABLE) and ends every watch and followed log with
@@ -499,8 +498,6 @@ class Executor:
     async def close(self) -> None:
         """Stops accepting triggers and lets go of running containers (they keep running)."""
         self.begin_stop()
-        if self._pruner is not None:
-            self._pruner.cancel()
         tasks = [run.task for run in self._runs.values() if run.task is not None]
         for run in self._runs.values():
             # A run that only removes its finished container is let finish (it is quick);
@@ -523,16 +520,25 @@ class Executor:
         in_use.update(spec.image.name for _, spec, _ in self._waiting.values())
         return await self._runtime.prune_images(in_use, budget_bytes)
 
-    async def _maintain_forever(self) -> None:
-        """Retention and the image budget, at start and then every interval."""
+    async def retain_forever(self) -> None:
+        """Retention, at once and then every interval, until cancelled (run it supervised:
+        an error ends it)."""
+        while True:
+            faults.hit("retention")
+            self.retention.prune()
+            await asyncio.sleep(self.retention.policy.interval_seconds)
+
+    async def collect_images_forever(self) -> None:
+        """Keeps the image store within the retention policy's image budget (run it only
+        with one), at once and then every interval, until cancelled (run it supervised: an
+        unexpected error ends it)."""
         policy = self.retention.policy
         while True:
-            self.retention.prune()
-            if policy.image_budget_bytes is not None:
-                try:
-                    await self.prune_images(policy.image_budget_bytes)
-                except RuntimeLayerError as error:
-                    log.warning("image budget: %s", error)
+            faults.hit("image-gc")
+            try:
+                await self.prune_images(policy.image_budget_bytes)
+            except RuntimeLayerError as error:
+                log.warning("image budget: %s", error)
             await asyncio.sleep(policy.interval_seconds)
 
     def _with_position(self, execution: Execution) -> Execution:
