@@ -195,7 +195,10 @@ def test_a_bad_stored_job_stops_no_other_cron_job_and_no_listing(
             spec = json.loads(text)
             spec.update(name="badtz")
             spec["cron"]["time_zone"] = "No/Such"
-            for name, text in (("badtz", json.dumps(spec)), ("garbled", "{not json")):
+            plain = json.loads(text)
+            plain.update(name="badenv", kind="job", schedule="", env={"1-BAD": "x"})
+            rows = {"badtz": json.dumps(spec), "badenv": json.dumps(plain), "garbled": "{not"}
+            for name, text in rows.items():
                 db.execute(
                     "INSERT INTO jobs (name, spec, spec_yaml, created_at, updated_at) "
                     "SELECT ?, ?, '', created_at, updated_at FROM jobs WHERE name = 'ticker'",
@@ -203,9 +206,19 @@ def test_a_bad_stored_job_stops_no_other_cron_job_and_no_listing(
                 )
         own.start()
         with own.client() as client:
-            assert [job.name for job in client.list_jobs()] == ["badtz", "ticker"]
+            assert [job.name for job in client.list_jobs()] == ["badenv", "badtz", "ticker"]
+            # Suspended at start, still read; the reason is in the log and in a job event.
             assert client.get_job("badtz").next_run_time is None
+            assert client.get_job("badtz").suspended
+            assert client.get_job("badenv").kind == "job"
             assert client.get_job("ticker").next_run_time is not None
+            for name in ("badtz", "badenv"):
+                with pytest.raises(ClientError) as suspended:
+                    client.trigger(name)
+                assert suspended.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            with pytest.raises(ClientError) as suspended:
+                client.resume("badtz")
+            assert suspended.value.code == grpc.StatusCode.FAILED_PRECONDITION
             with pytest.raises(ClientError) as lost:
                 client.get_job("garbled")
             assert lost.value.code == grpc.StatusCode.DATA_LOSS
@@ -213,10 +226,15 @@ def test_a_bad_stored_job_stops_no_other_cron_job_and_no_listing(
             wait_until(lambda: runs_of(client, "ticker") >= before + 2, 15, "the ticker to fire")
             assert runs_of(client, "badtz") == 0
             marked = next(iter(client.watch_events(0, job_name="badtz")))
-            assert isinstance(marked, JobEvent) and marked.type == "schedule_missed"
-            assert "No/Such" in marked.message
+            assert isinstance(marked, JobEvent) and marked.type == "job_suspended"
+            assert "spec.cron_policy.time_zone" in marked.message and "No/Such" in marked.message
+            marked = next(iter(client.watch_events(0, job_name="badenv")))
+            assert isinstance(marked, JobEvent) and marked.type == "job_suspended"
+            assert "spec.env.1-BAD" in marked.message
+            log = own.log_file.read_text()
+            assert "job badenv suspended at start: its stored spec no longer validates" in log
             client.unregister("garbled")
-            assert [job.name for job in client.list_jobs()] == ["badtz", "ticker"]
+            assert [job.name for job in client.list_jobs()] == ["badenv", "badtz", "ticker"]
     finally:
         own.stop()
         sweep(own)
