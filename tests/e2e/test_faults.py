@@ -22,7 +22,7 @@ from jobagent.v1 import job_service_pb2_grpc as service_grpc
 from jobagent_client import ClientError, JobAgentClient
 from jobagent_client.models import JobEvent
 
-from tests.e2e.conftest import RUNTIMES, start_agent
+from tests.e2e.conftest import RUNTIMES, running_agent, start_agent
 from tests.e2e.harness import (
     AgentProcess,
     Registry,
@@ -137,6 +137,18 @@ def test_cancel_works_while_pulling(client: JobAgentClient, blackhole: str) -> N
                "initializing")  # fmt: skip
     cancelled = client.cancel(execution.id)
     assert cancelled.status == "cancelled"
+
+
+def test_a_registry_that_hangs_fails_the_pull_after_the_pull_timeout(
+    tmp_path: Path, registry: Registry, blackhole: str
+) -> None:
+    flags = ("--pull-timeout", "2s")
+    hung = job("hung-pull", f"{blackhole}/busybox:1")
+    agent = running_agent(tmp_path / "agent", RUNTIMES[0], registry, extra_args=flags)
+    with agent as own, own.client() as client:
+        reason, message = fails(client, hung, "hung-pull")
+    assert reason == "image_pull"
+    assert "timed out after 2s" in message
 
 
 def test_cancel_works_during_init(client: JobAgentClient, agent: AgentProcess) -> None:
