@@ -234,6 +234,12 @@ def test_a_bad_stored_job_stops_no_other_cron_job_and_no_listing(
             with pytest.raises(ClientError) as lost:
                 client.get_job("garbled")
             assert lost.value.code == grpc.StatusCode.DATA_LOSS
+            # Valid, but its day never comes: only this job is marked.
+            client.register(TICKER.replace("ticker", "never").replace("* * * * * *", "0 0 30 2 *"))
+            assert client.get_job("never").next_run_time is None
+            missed = client.watch_events(0, job_name="never", types=("schedule_missed",))
+            never = next(iter(missed))
+            assert isinstance(never, JobEvent) and "cannot be scheduled" in never.message
             before = runs_of(client, "ticker")
             wait_until(lambda: runs_of(client, "ticker") >= before + 2, 15, "the ticker to fire")
             assert runs_of(client, "badtz") == 0
@@ -246,7 +252,8 @@ def test_a_bad_stored_job_stops_no_other_cron_job_and_no_listing(
             log = own.log_file.read_text()
             assert "job badenv suspended at start: its stored spec no longer validates" in log
             client.unregister("garbled")
-            assert [job.name for job in client.list_jobs()] == ["badenv", "badtz", "ticker"]
+            listed = [job.name for job in client.list_jobs()]
+            assert listed == ["badenv", "badtz", "never", "ticker"]
     finally:
         own.stop()
         sweep(own)
