@@ -51,7 +51,11 @@ class Supervisor:
     """Runs long-lived tasks and restarts them when they fail.
 
     `on_restart(name)` is called at each restart (metrics); `on_health(healthy)` whenever
-    whether every core task is up changes (the health service). Neither may raise.
+    whether every core task is up changes (the health service).
+
+    Only the agent's long-lived tasks are supervised. An execution's own task, a stream's
+    and a container monitor's end with what they serve, and their failure is that
+    execution's (Failed, AGENT_ERROR) or that call's (INTERNAL with an error id).
     """
 
     def __init__(
@@ -151,4 +155,7 @@ class Supervisor:
             healthy = self.healthy
             if healthy != self._reported and not self._stopping:
                 self._reported = healthy
-                await self._on_health(healthy)
+                try:
+                    await self._on_health(healthy)
+                except Exception:
+                    log.exception("reporting health (%s) failed", healthy)

@@ -222,7 +222,10 @@ class Executor:
             if job.spec.kind is JobKind.CRON and not job.spec.cron.suspend:
                 spec = replace(job.spec, cron=replace(job.spec.cron, suspend=True))
                 job = replace(job, spec=spec, updated_at=now())
-            self._publish(self._store.put_job(job, JobNote(EventKind.JOB_SUSPENDED, message)))
+            try:
+                self._publish(self._store.put_job(job, JobNote(EventKind.JOB_SUSPENDED, message)))
+            except Exception:  # it stays refused; the agent starts all the same
+                log.exception("job %s: recording its suspension failed", job.name)
 
     def _refuse_if_invalid(self, name: str) -> None:
         problem = self._invalid.get(name)
