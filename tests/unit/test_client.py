@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import jobs_pb2 as pb
-from jobagent_client import ClientError, JobAgentClient
+from jobagent_client import ClientError, JobAgentClient, PlainTextToken
 from jobagent_client.jobctl import COMMANDS
 
 SERVICE = service_pb.DESCRIPTOR.services_by_name["JobService"]
@@ -164,3 +164,16 @@ def test_jobctl_has_a_command_for_every_rpc() -> None:
     }  # fmt: skip
     assert set(covered) == set(SERVICE.methods_by_name)
     assert set(covered.values()) <= set(COMMANDS)
+
+
+LOCAL_TARGETS = ("unix:/run/a.sock", "127.0.0.1:50051", "[::1]:50051", "localhost:1", "127.8.0.1:1")
+
+
+def test_a_token_is_sent_in_plain_text_only_to_this_machine() -> None:
+    for target in LOCAL_TARGETS:
+        with JobAgentClient.connect(target, token="t" * 20):
+            pass
+    for target in ("10.0.0.1:50051", "agent.example:50051", "[2001:db8::1]:50051"):
+        with pytest.raises(PlainTextToken, match="plain text"):
+            JobAgentClient.connect(target, token="t" * 20)
+        JobAgentClient.connect(target).close()

@@ -1,6 +1,6 @@
 """Python client of the jobagent node agent: a typed layer over the generated stubs."""
 
-from jobagent_client.client import ClientError, JobAgentClient
+from jobagent_client.client import ClientError, JobAgentClient, PlainTextToken
 from jobagent_client.models import Execution, ExecutionEvent, Job, JobEvent, LogChunk, LogLine
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "JobEvent",
     "LogChunk",
     "LogLine",
+    "PlainTextToken",
 ]

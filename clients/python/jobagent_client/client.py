@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,6 +32,24 @@ from jobagent_client.models import (
 
 Response = TypeVar("Response")
 STREAMS = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
+
+
+class PlainTextToken(ValueError):
+    """A bearer token would be sent without TLS to a host beyond this machine."""
+
+
+def is_local_target(target: str) -> bool:
+    """True for a unix socket and for a loopback host (127.0.0.0/8, ::1, localhost)."""
+    if target.startswith("unix:"):
+        return True
+    host = target.removeprefix("dns:///").rpartition(":")[0] or target
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -134,7 +153,14 @@ class JobAgentClient:
     ) -> JobAgentClient:
         """A client of the agent at `target` (host:port or unix:/PATH): over TLS with
         `credentials` (see `tls_credentials`), else plain text; with a bearer token if given.
+        A token goes in plain text only to a unix socket or a loopback address:
+        PlainTextToken for any other target without TLS, as the other languages' clients do.
         """
+        if token and credentials is None and not is_local_target(target):
+            raise PlainTextToken(
+                f"a bearer token would cross the network in plain text to {target}: "
+                "connect with TLS credentials"
+            )
         channel = (
             grpc.insecure_channel(target)
             if credentials is None

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from jobagent_client.client import ClientError, JobAgentClient, tls_credentials
+from jobagent_client.client import ClientError, JobAgentClient, PlainTextToken, tls_credentials
 from jobagent_client.local import (
     ADDRESS_ENV,
     DEFAULT_ADDRESS,
@@ -129,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = f" (no token given: --token, ${TOKEN_ENV} or ${TOKEN_FILE_ENV})"
         print(f"jobctl: {error}{where}{hint}", file=sys.stderr)
         return 1
+    except PlainTextToken as error:
+        print(f"jobctl: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
