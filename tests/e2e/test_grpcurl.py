@@ -59,7 +59,7 @@ def test_grpcurl_lists_describes_and_calls_every_rpc(
     assert SERVICE in listed.stdout.split()
     described = grpcurl(grpcurl_binary, agent, "describe", SERVICE).stdout
     methods = {line.split()[1].split("(")[0] for line in described.splitlines() if " rpc " in line}
-    assert len(methods) == 16
+    assert len(methods) == 17
 
     called = set()
 
@@ -77,6 +77,8 @@ def test_grpcurl_lists_describes_and_calls_every_rpc(
     assert events[-1]["execution"]["status"] == "EXECUTION_STATUS_COMPLETED"
     lines = rpc("StreamLogs", {"execution_id": execution["id"], "follow": True})
     assert [line["message"] for line in lines] == ["via grpcurl"]
+    (batch,) = rpc("StreamLogBatches", {"execution_id": execution["id"]})
+    assert batch["messages"] == ["via grpcurl"] and batch["streams"] == ["LOG_STREAM_STDOUT"]
     (chunk,) = rpc("DownloadLogs", {"execution_id": execution["id"]})
     assert base64.b64decode(chunk["data"]).endswith(b" stdout F via grpcurl\n")
     assert rpc("GetExecution", {"id": execution["id"]})[0]["exit_code"] == 0

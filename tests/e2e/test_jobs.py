@@ -95,9 +95,15 @@ def test_the_image_config_and_spec_env_reach_the_process(client: JobAgentClient)
 def test_cancel_stops_within_the_grace_period_and_leaves_nothing(
     client: JobAgentClient, agent: AgentProcess
 ) -> None:
-    client.register(job("sleeper", "trap 'exit 143' TERM; sleep 300 & wait"), replace=True)
+    script = "trap 'exit 143' TERM; echo trapped; sleep 300 & wait"
+    client.register(job("sleeper", script), replace=True)
     execution = client.trigger("sleeper")
-    wait_until(lambda: client.get_execution(execution.id).status == "running", 30, "running")
+
+    def trapped() -> bool:
+        # The shell is the container's init: a SIGTERM before its trap is set is ignored.
+        return [line.message for line in client.logs(execution.id)] == ["trapped"]
+
+    wait_until(trapped, 30, "the trap")
     cancelled = client.cancel(execution.id, grace=timedelta(seconds=20))
     assert cancelled.status == "cancelled"
     # The shell handled SIGTERM: it ended within the grace period, before any SIGKILL.
