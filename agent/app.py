@@ -52,6 +52,7 @@ class Agent:
                 insecure_registries=config.insecure_registries,
                 auth_file=config.registry_auth_file,
             ),
+            bind_allowlist=config.host_policy.bind_allowlist,
         )
         self.executor = Executor(
             self.store,

@@ -13,6 +13,7 @@ from typing import Any
 from agent.domain import CommandSpec, Resources
 from agent.privileges import ALL_CAPABILITIES
 from agent.runtime import seccomp, syscalls
+from agent.runtime.imagefiles import ImageFileError, read_image_file
 from agent.runtime.images import ImageConfig
 
 # The link, in a container's bundle, to the image rootfs under its overlay.
@@ -217,25 +218,28 @@ def _resolve_user(user: str, rootfs: Path) -> tuple[int, int]:
     if name.isdigit():
         uid, gid = int(name), 0
     else:
-        entry = _find_entry(rootfs / "etc" / "passwd", name)
+        entry = _find_entry(rootfs, "passwd", name)
         uid, gid = int(entry[2]), int(entry[3])
     if group:
-        gid = (
-            int(group) if group.isdigit() else int(_find_entry(rootfs / "etc" / "group", group)[2])
-        )
+        gid = int(group) if group.isdigit() else int(_find_entry(rootfs, "group", group)[2])
     return uid, gid
 
 
-def _find_entry(table: Path, name: str) -> list[str]:
+def _find_entry(rootfs: Path, table: str, name: str) -> list[str]:
+    """The fields of `name` in the image's /etc/`table`, read inside the image's root."""
     try:
-        lines = table.read_text().splitlines()
-    except OSError:
+        lines = read_image_file(rootfs, f"/etc/{table}").decode(errors="replace").splitlines()
+    except FileNotFoundError:
         lines = []
+    except ImageFileError as error:
+        raise ValueError(f"cannot look up {name!r}: {error}") from None
+    except OSError as error:
+        raise ValueError(f"cannot read the image's /etc/{table}: {error.strerror}") from None
     for line in lines:
         fields = line.split(":")
         if fields[0] == name and len(fields) > 3:
             return fields
-    raise ValueError(f"{name!r} is not in the image's /etc/{table.name}")
+    raise ValueError(f"{name!r} is not in the image's /etc/{table}")
 
 
 def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.domain import CommandSpec, ImageSpec, Mount, MountKind, Resources
-from agent.runtime import bundle, syscalls
+from agent.runtime import binds, bundle, syscalls
 from agent.runtime.cgroups import oom_kill_count
 from agent.runtime.errors import (
     CommandError,
@@ -116,8 +117,11 @@ class ContainerManager:
         runtime_binary: str,
         conmon: str = "conmon",
         images: ImageStore | None = None,
+        bind_allowlist: tuple[str, ...] = (),
     ) -> None:
         self.paths = paths
+        # Bind sources are resolved beneath these at each run (agent.runtime.binds).
+        self.bind_roots = binds.BindRoots(bind_allowlist)
         self.images = images or ImageStore(paths.images)
         self.runtime = OciRuntime(runtime_binary, paths.runtime_state, paths.binaries)
         self.monitor = ConmonMonitor(conmon, self.runtime, paths.exits, paths.sockets)
@@ -194,7 +198,7 @@ class ContainerManager:
         )
         directory.mkdir(parents=True, exist_ok=True)
         bundle.mount_overlay(image.rootfs, writable / "upper", writable / "work", rootfs)
-        mounts = [self._oci_mount(mount, writable, index)
+        mounts = [self._oci_mount(mount, writable, index, directory)
                   for index, mount in enumerate(request.mounts)]  # fmt: skip
         for index, (target, content) in enumerate(request.files.items()):
             mounts.append(_file_mount(target, content, directory / "files" / str(index)))
@@ -282,8 +286,11 @@ class ContainerManager:
         and a directory on the volatile tmpfs: quick enough for the event loop)."""
         self.monitor.forget(container_id)
 
-    def _oci_mount(self, mount: Mount, writable: Path, index: int) -> dict[str, Any]:
-        """The runtime-spec mount of a job's storage entry (volumes are made on first use)."""
+    def _oci_mount(
+        self, mount: Mount, writable: Path, index: int, directory: Path
+    ) -> dict[str, Any]:
+        """The runtime-spec mount of a job's storage entry (volumes are made on first use;
+        a bind source is staged in the bundle `directory`)."""
         if mount.kind is MountKind.TMPFS:
             options = ["nosuid", "nodev"]
             if mount.size_bytes is not None:
@@ -293,15 +300,33 @@ class ContainerManager:
             return {"destination": mount.target, "type": "tmpfs", "source": "tmpfs",
                     "options": options}  # fmt: skip
         if mount.kind is MountKind.BIND:
-            source = Path(mount.source)
-        elif mount.kind is MountKind.NAMED:
-            source = self.paths.volumes / mount.source
+            source = self._stage_bind(mount, index, directory)
         else:
-            source = writable / "anonymous" / str(index)
-        source.mkdir(parents=True, exist_ok=True)
+            source = (
+                self.paths.volumes / mount.source
+                if mount.kind is MountKind.NAMED
+                else writable / "anonymous" / str(index)
+            )
+            source.mkdir(parents=True, exist_ok=True)
         access = "ro" if mount.readonly else "rw"
         return {"destination": mount.target, "type": "bind", "source": str(source),
                 "options": ["rbind", access, "nosuid", "nodev"]}  # fmt: skip
+
+    def _stage_bind(self, mount: Mount, index: int, directory: Path) -> Path:
+        """Opens the bind source beneath its allowed directory and mounts that descriptor in
+        the bundle: what was checked is what the runtime binds. Raises ValueError naming
+        the storage entry."""
+        staging = directory / binds.STAGING_DIR / str(index)
+        try:
+            staging.parent.mkdir(mode=0o700, exist_ok=True)
+            source = self.bind_roots.open(mount.source)
+            try:
+                binds.stage(source, staging, mount.readonly)
+            finally:
+                os.close(source)
+        except (binds.BindRefused, OSError) as error:
+            raise ValueError(f"storage[{index}] (bind on {mount.target}): {error}") from None
+        return staging
 
     def _stop_signal(self, container_id: str) -> str:
         try:
@@ -315,6 +340,7 @@ class ContainerManager:
 
     def _remove_bundle(self, container_id: str) -> None:
         directory = self._directory(container_id)
+        binds.unstage_all(directory)
         syscalls.unmount(directory / "rootfs")
         shutil.rmtree(directory, ignore_errors=True)
         shutil.rmtree(self.paths.writable / container_id, ignore_errors=True)
