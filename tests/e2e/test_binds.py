@@ -1,0 +1,182 @@
+"""Bind mounts against a job that plays the attacker: symlinks planted after registration,
+writes and remounts of a read-only bind; and what is left once a bind is refused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from jobagent_client import Execution, JobAgentClient
+
+from tests.e2e.conftest import start_agent
+from tests.e2e.harness import AgentProcess, Registry, settled_leftovers, sweep, wait_until
+
+
+@dataclass
+class Allowing:
+    """An agent started with --bind-allow `allowed`, and a client of it."""
+
+    agent: AgentProcess
+    client: JobAgentClient
+    allowed: Path
+
+
+@pytest.fixture(scope="module")
+def allowing(
+    tmp_path_factory: pytest.TempPathFactory, registry: Registry, agent: AgentProcess
+) -> Iterator[Allowing]:
+    allowed = tmp_path_factory.mktemp("srv-in")
+    own = start_agent(
+        tmp_path_factory.mktemp("binds"),
+        agent.runtime,
+        registry,
+        extra_args=("--bind-allow", str(allowed)),
+    )
+    with own.client() as client:
+        yield Allowing(own, client, allowed)
+    own.stop()
+    sweep(own)
+
+
+def register(client: JobAgentClient, name: str, storage: str, script: str) -> None:
+    client.register(
+        f"version: v1\ndeployment: binds\nservices:\n  {name}:\n    rtype: job\n"
+        f"    image: {{name: busybox:latest}}\n    storage:\n{storage}"
+        f"    command: {{entrypoint: [/bin/sh, -c, {script!r}]}}\n",
+        replace=True,
+    )
+
+
+def run(client: JobAgentClient, name: str) -> tuple[Execution, list[str]]:
+    execution = client.wait(client.trigger(name).id)
+    return execution, [line.message for line in client.logs(execution.id)]
+
+
+def mounts_under(directory: Path) -> list[str]:
+    """The lines of this mount namespace's mountinfo with a mount point under `directory`."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line for line in lines if line.split()[4].startswith(f"{directory}/")]
+
+
+def test_a_symlink_planted_after_registration_does_not_lead_a_bind_out(
+    allowing: Allowing,
+) -> None:
+    client, allowed = allowing.client, allowing.allowed
+    register(
+        client,
+        "plant",
+        f"      - {{type: bind, source: {allowed}, target: /in}}\n",
+        "ln -s /etc /in/x",
+    )
+    # Registered while x does not exist: the string check passes.
+    register(
+        client,
+        "steal",
+        f"      - {{type: bind, source: {allowed}/x, target: /hostetc, readonly: true}}\n",
+        "head -c 60 /hostetc/shadow",
+    )
+    planted, _ = run(client, "plant")
+    assert planted.status == "completed", planted.message
+    assert (allowed / "x").is_symlink()
+    refused, output = run(client, "steal")
+    assert (refused.status, refused.failure_reason) == ("failed", "create")
+    assert "storage[0]" in refused.message and "leads out of" in refused.message
+    assert output == []
+    for execution in (planted, refused):
+        assert settled_leftovers(allowing.agent, execution.container_id) == []
+    assert mounts_under(allowing.agent.paths.bundles) == []
+    assert not any(" /etc " in line.split(" - ")[0] for line in mounts_under(Path("/run")))
+
+
+def test_a_symlink_swapped_in_between_runs_is_caught_at_the_next_run(
+    allowing: Allowing,
+) -> None:
+    client, allowed = allowing.client, allowing.allowed
+    (allowed / "data").mkdir()
+    (allowed / "data" / "note").write_text("data\n")
+    register(
+        client,
+        "reader",
+        f"      - {{type: bind, source: {allowed}/data, target: /d}}\n",
+        "cat /d/note",
+    )
+    first, output = run(client, "reader")
+    assert first.status == "completed" and output == ["data"]
+    (allowed / "data").rename(allowed / "data-moved")
+    (allowed / "data").symlink_to("../../../../../../../../etc")
+    second, output = run(client, "reader")
+    assert (second.status, second.failure_reason) == ("failed", "create")
+    assert "storage[0]" in second.message and output == []
+    assert settled_leftovers(allowing.agent, second.container_id) == []
+
+
+def test_a_read_only_bind_refuses_writes_and_remounts(allowing: Allowing) -> None:
+    client, allowed = allowing.client, allowing.allowed
+    (allowed / "ro").mkdir()
+    (allowed / "ro" / "settings").write_text("keep\n")
+    storage = (
+        f"      - {{type: bind, source: {allowed}/ro, target: /in, readonly: true}}\n"
+        f"      - {{type: bind, source: {allowed}/ro/settings, target: /etc/app.conf,"
+        " readonly: true}\n"
+    )
+    script = (
+        "cat /etc/app.conf; touch /in/new 2>/dev/null && echo wrote || echo write-refused; "
+        "mount -o remount,rw /in 2>/dev/null && echo remounted || echo remount-refused; "
+        "mount -o remount,rw,bind /in 2>/dev/null && echo remounted || echo remount-refused; "
+        "(echo x > /in/settings) 2>/dev/null && echo wrote || echo still-refused; "
+        "grep ' /in ' /proc/self/mountinfo | cut -d' ' -f6 | cut -d, -f1"
+    )
+    register(client, "guarded", storage, script)
+    execution, output = run(client, "guarded")
+    assert execution.status == "completed", execution.message
+    assert output == [
+        "keep",
+        "write-refused",
+        "remount-refused",
+        "remount-refused",
+        "still-refused",
+        "ro",
+    ]
+    assert sorted(path.name for path in (allowed / "ro").iterdir()) == ["settings"]
+    assert (allowed / "ro" / "settings").read_text() == "keep\n"
+
+
+def test_a_staged_bind_is_read_only_on_the_host_and_goes_with_the_container(
+    allowing: Allowing,
+) -> None:
+    client, allowed = allowing.client, allowing.allowed
+    (allowed / "held").mkdir()
+    register(
+        client,
+        "holder",
+        f"      - {{type: bind, source: {allowed}/held, target: /h, readonly: true}}\n",
+        "sleep 60",
+    )
+    execution = client.trigger("holder")
+    staged = allowing.agent.paths.bundles / f"ja-{execution.id}"
+    wait_until(lambda: mounts_under(staged / "binds"), 30, "the staged bind")
+    [line] = mounts_under(staged / "binds")
+    assert line.split()[3] == str(allowed / "held")
+    assert {"ro", "nosuid", "nodev"} <= set(line.split()[5].split(","))
+    ended = client.cancel(execution.id, grace=timedelta(0))
+    assert ended.status == "cancelled"
+    assert settled_leftovers(allowing.agent, ended.container_id) == []
+    assert mounts_under(staged) == []
+
+
+def test_a_writable_bind_writes_through_and_a_missing_source_is_made_beneath(
+    allowing: Allowing,
+) -> None:
+    client, allowed = allowing.client, allowing.allowed
+    register(
+        client,
+        "writer",
+        f"      - {{type: bind, source: {allowed}/made/here, target: /out}}\n",
+        "echo result > /out/file",
+    )
+    execution, _ = run(client, "writer")
+    assert execution.status == "completed", execution.message
+    assert (allowed / "made" / "here" / "file").read_text() == "result\n"
