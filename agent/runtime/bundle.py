@@ -13,7 +13,7 @@ from typing import Any
 from agent.domain import CommandSpec, Resources
 from agent.privileges import ALL_CAPABILITIES
 from agent.runtime import seccomp, syscalls
-from agent.runtime.imagefiles import ImageFileError, read_image_file
+from agent.runtime.imagefiles import ImageFileError, check_image_file, read_image_file
 from agent.runtime.images import ImageConfig
 
 # The link, in a container's bundle, to the image rootfs under its overlay.
@@ -51,6 +51,8 @@ MASKED_PATHS = [
     "/proc/scsi",
     "/sys/firmware",
 ]
+# What the runtime itself reads in the container's root as the container starts.
+ACCOUNT_TABLES = ("/etc/passwd", "/etc/group")
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
 
@@ -93,6 +95,11 @@ def resolve_process(
         merged[key] = value
     merged.update(env)
     merged.setdefault("PATH", DEFAULT_PATH.partition("=")[2])
+    for table in ACCOUNT_TABLES:
+        try:
+            check_image_file(rootfs, table)
+        except ImageFileError as error:
+            raise ValueError(f"{error}: the runtime reads it as the container starts") from None
     uid, gid = _resolve_user(user or image.user, rootfs)
     return ProcessSpec(
         args=argv,

@@ -37,18 +37,10 @@ def read_image_file(rootfs: Path, path: str, limit: int = MAX_IMAGE_FILE_BYTES) 
     """The content of `path` (absolute, as the container sees it) in the image unpacked at
     `rootfs`; raises FileNotFoundError when there is no such file, ImageFileError when it
     is not a regular file or is larger than `limit`, OSError otherwise."""
-    root = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    found = _open_in_root(rootfs, path, os.O_PATH)
     try:
-        resolve = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
-        found = syscalls.openat2(root, path.lstrip("/") or ".", os.O_PATH, resolve)
-    finally:
-        os.close(root)
-    try:
-        info = os.fstat(found)
-        if not stat.S_ISREG(info.st_mode):
-            kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
-            raise ImageFileError(f"{path} in the image is {kind}")
-        if info.st_size > limit:
+        size = _regular_size(found, path)
+        if size > limit:
             raise ImageFileError(f"{path} in the image is larger than {limit} bytes")
         # Reopening the O_PATH descriptor opens the very file that was checked.
         readable = os.open(f"/proc/self/fd/{found}", READ_FLAGS)
@@ -59,3 +51,39 @@ def read_image_file(rootfs: Path, path: str, limit: int = MAX_IMAGE_FILE_BYTES) 
     if len(content) > limit:  # it grew since fstat
         raise ImageFileError(f"{path} in the image is larger than {limit} bytes")
     return content
+
+
+def check_image_file(rootfs: Path, path: str) -> None:
+    """Refuses a `path` of the image that is there but is no regular file: a FIFO, a device,
+    a symlink that leads nowhere in the image (in the container it could reach one of the
+    runtime's devices). The runtimes open /etc/passwd and /etc/group as the container
+    starts, and block for good on a FIFO. Raises ImageFileError, or OSError."""
+    try:
+        found = _open_in_root(rootfs, path, os.O_PATH)
+    except FileNotFoundError:
+        try:
+            os.close(_open_in_root(rootfs, path, os.O_PATH | os.O_NOFOLLOW))
+        except FileNotFoundError:
+            return
+        raise ImageFileError(f"{path} in the image is a symlink to nothing in the image") from None
+    try:
+        _regular_size(found, path)
+    finally:
+        os.close(found)
+
+
+def _open_in_root(rootfs: Path, path: str, flags: int) -> int:
+    root = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        resolve = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
+        return syscalls.openat2(root, path.lstrip("/") or ".", flags, resolve)
+    finally:
+        os.close(root)
+
+
+def _regular_size(fd: int, path: str) -> int:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise ImageFileError(f"{path} in the image is {kind}")
+    return info.st_size

@@ -11,7 +11,12 @@ import pytest
 
 from agent.domain import CommandSpec
 from agent.runtime.bundle import resolve_process
-from agent.runtime.imagefiles import ImageFileError, read_image_file
+from agent.runtime.imagefiles import (
+    MAX_IMAGE_FILE_BYTES,
+    ImageFileError,
+    check_image_file,
+    read_image_file,
+)
 from agent.runtime.images import ImageConfig
 
 PASSWD = "root:x:0:0::/:/bin/sh\napp:x:4242:4343::/:/bin/sh\n"
@@ -49,6 +54,8 @@ def test_a_symlink_to_dev_zero_is_not_read_endlessly(rootfs: Path) -> None:
     (rootfs / "etc" / "passwd").symlink_to("/dev/zero")
     with pytest.raises(FileNotFoundError):  # the image has no /dev/zero
         read_image_file(rootfs, "/etc/passwd")
+    with pytest.raises(ImageFileError, match="a symlink to nothing in the image"):
+        check_image_file(rootfs, "/etc/passwd")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
@@ -101,7 +108,24 @@ def test_a_user_name_resolves_from_the_images_own_tables(rootfs: Path, tmp_path:
     image = ImageConfig(cmd=("/x",), user="app:staff")
     process = resolve_process(image, CommandSpec(), {}, rootfs)
     assert (process.uid, process.gid) == (4242, 77)
-    (rootfs / "etc" / "group").unlink()
-    os.mkfifo(rootfs / "etc" / "group")
-    with pytest.raises(ValueError, match=r"look up .staff.: /etc/group in the image is a FIFO"):
+    (rootfs / "accounts").write_bytes(b"x" * (MAX_IMAGE_FILE_BYTES + 1))
+    with pytest.raises(ValueError, match=r"look up 'app': /etc/passwd in the image is larger"):
         resolve_process(image, CommandSpec(), {}, rootfs)
+
+
+@pytest.mark.parametrize("user", ["", "0", "app"])
+def test_account_tables_the_runtime_would_block_on_are_refused(rootfs: Path, user: str) -> None:
+    image = ImageConfig(cmd=("/x",), user=user)
+    os.mkfifo(rootfs / "etc" / "group")
+    with pytest.raises(ValueError, match="/etc/group in the image is a FIFO"):
+        resolve_process(image, CommandSpec(), {}, rootfs)
+    (rootfs / "etc" / "group").unlink()
+    # In the container a link to nothing in the image could reach the runtime's devices.
+    (rootfs / "etc" / "passwd").symlink_to("/dev/stdin")
+    with pytest.raises(ValueError, match="/etc/passwd in the image is a symlink to nothing"):
+        resolve_process(image, CommandSpec(), {}, rootfs)
+
+
+def test_an_image_without_account_tables_runs_as_a_number(rootfs: Path) -> None:
+    process = resolve_process(ImageConfig(cmd=("/x",), user="7:8"), CommandSpec(), {}, rootfs)
+    assert (process.uid, process.gid) == (7, 8)
