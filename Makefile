@@ -20,14 +20,20 @@ TS_DIR := clients/typescript
 GO_DIR := clients/go
 RUST_DIR := clients/rust
 DATA_DIR ?= .data
-LISTEN ?= 127.0.0.1:50051
+# make run serves on a socket of its own (mode 0660, in a 0700 directory) and the agent makes
+# an admin token in $(DATA_DIR)/admin.token; RUN_ARGS adds serve flags (--listen HOST:PORT
+# with --tokens-file FILE, say).
+RUN_DIR := .run
+LISTEN ?= unix:$(abspath $(RUN_DIR))/jobagent.sock
+RUN_ARGS ?=
 RUNTIME ?= youki
 EXAMPLE_IMAGE := build/images/busybox
 GEN_DIR := clients/python/jobagent/v1
 PROTOS := $(wildcard protos/jobagent/v1/*.proto)
 
 .PHONY: help deps apt youki grpcurl venv lock fresh-check proto proto-check image run test lint unit e2e \
-  bench clean tools clients clients-check clients-build clients-lint buf-lint buf-breaking release-api
+  bench clean tools clients clients-check clients-build clients-lint clients-unit buf-lint buf-breaking \
+  release-api
 
 help:
 	@echo "make run    install what is missing, build the example image, start the agent on $(LISTEN)"
@@ -145,6 +151,11 @@ clients-lint: clients-build
 	cd bench/watchload && test -z "$$(gofmt -l .)" && go vet ./...
 	cd $(RUST_DIR) && cargo fmt --check
 
+# The clients' own unit tests (target parsing, where a token may go, the bearer header).
+clients-unit: clients-build
+	cd $(GO_DIR) && go test ./...
+	cd $(RUST_DIR) && cargo test --release --locked --lib --quiet
+
 $(EXAMPLE_IMAGE)/index.json: examples/build-busybox-image.sh
 	bash examples/build-busybox-image.sh $(EXAMPLE_IMAGE)
 
@@ -152,7 +163,10 @@ image: apt $(EXAMPLE_IMAGE)/index.json
 
 run: deps image
 	$(PY) -m agent image-import --data-dir $(DATA_DIR) oci:$(EXAMPLE_IMAGE):latest busybox:latest
-	$(PY) -m agent serve --data-dir $(DATA_DIR) --listen $(LISTEN) --runtime $(RUNTIME)
+	@echo "serving on $(LISTEN); in another terminal:"
+	@echo "  export JOBAGENT_ADDRESS=$(LISTEN) JOBAGENT_TOKEN_FILE=$(abspath $(DATA_DIR))/admin.token"
+	@echo "  .venv/bin/jobctl node"
+	$(PY) -m agent serve --data-dir $(DATA_DIR) --listen $(LISTEN) --runtime $(RUNTIME) $(RUN_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check agent clients/python/jobagent_client clients/python/examples tests bench
@@ -160,7 +174,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 # Strict: a program that these steps install and a test needs is a failure, not a skip.
-test: deps grpcurl proto-check clients-check buf-lint buf-breaking clients-lint lint
+test: deps grpcurl proto-check clients-check buf-lint buf-breaking clients-lint clients-unit lint
 	JOBAGENT_STRICT_TESTS=1 $(VENV)/bin/pytest -q -rs -p no:cacheprovider
 
 # A newcomer's run: a clone of the committed HEAD in a new directory, a new venv, no pip
@@ -208,4 +222,4 @@ bench: deps image $(VENV)/.bench $(TOOLS)/ghz $(TOOLS)/watchload
 	  $(PY) -m bench.$(BENCH_$(b)) --runtime $(RUNTIME);)
 
 clean:
-	rm -rf build $(DATA_DIR)
+	rm -rf build $(DATA_DIR) $(RUN_DIR)

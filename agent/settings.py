@@ -1,7 +1,7 @@
 """Settings: the `serve` flags and a YAML config file, turned into an AgentConfig.
 
 A config file holds the flags' names with underscores (`max_concurrent: 32`,
-`listen: [unix:/run/jobagent/agent.sock]`); flags given on the command line win.
+`listen: [unix:/run/jobagent/jobagent.sock]`); flags given on the command line win.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from agent.domain import HostPolicy
 from agent.errors import InvalidSpec
 from agent.executor.retention import RetentionPolicy
 from agent.privileges import normalize_capability
+from agent.runtime.limits import JobLimits
 from agent.spec import MIN_LOG_BYTES, parse_duration, parse_memory
 
 DEFAULTS = AgentConfig()
@@ -50,8 +51,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         data_dir=args.data_dir,
         listen=tuple(args.listen or DEFAULTS.listen),
         socket_mode=_octal(args.socket_mode, "socket_mode"),
+        socket_group=args.socket_group,
         tls=_tls(args),
         tokens_file=args.tokens_file,
+        show_env_to_viewers=args.show_env_to_viewers,
         metrics_listen=args.metrics_listen,
         runtime=args.runtime,
         conmon=args.conmon,
@@ -71,6 +74,11 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             allowed_capabilities=frozenset(
                 normalize_capability(name, "allow_capability") for name in args.allow_capability
             ),
+        ),
+        limits=JobLimits(
+            pids_limit=args.default_pids_limit or None,
+            tmp_size_bytes=parse_memory(args.default_tmp_size, "default_tmp_size", 0) or None,
+            cgroup_parent=args.cgroup_parent,
         ),
         retention=RetentionPolicy(
             max_age_seconds=parse_duration(args.retention_max_age, "retention_max_age"),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent import faults
 from agent.dispatch import check_dispatch, fingerprint
 from agent.domain import (
     ACTIVE_STATUSES,
@@ -35,16 +36,20 @@ from agent.domain import (
     JobKind,
     JobNote,
     JobSpec,
+    LogBatch,
     LogLine,
     NodeEvent,
     Status,
     Trigger,
+    TriggerKind,
     TriggerRequest,
     event_job_name,
 )
 from agent.errors import (
     AlreadyExists,
+    DataLoss,
     FailedPrecondition,
+    HostPolicyRefused,
     InvalidSpec,
     NotFound,
     OutOfRange,
@@ -54,10 +59,12 @@ from agent.errors import (
 from agent.executor.admission import Admission
 from agent.executor.events import QUIET, EventBus
 from agent.executor.lifecycle import ExecutionRun, container_id_of, log_file_of, now
-from agent.executor.logs import LogChunk, LogQuery, read_log, read_log_chunks
+from agent.executor.logs import LogChunk, LogQuery, read_log_batches, read_log_chunks
 from agent.executor.ports import ContainerRuntime
 from agent.executor.recorder import Recorder
 from agent.executor.retention import Retention, RetentionPolicy
+from agent.executor.stored_jobs import stored_spec_problem
+from agent.privileges import check_host_policy
 from agent.runtime.errors import RuntimeLayerError
 from agent.runtime.images import PruneResult
 from agent.store import Store
@@ -110,7 +117,8 @@ class Executor:
         self._admission = Admission(node_limit)
         self._waiting: dict[str, tuple[Execution, JobSpec, Dispatch]] = {}
         self.retention = Retention(store, log_dir, retention or RetentionPolicy())
-        self._pruner: asyncio.Task[None] | None = None
+        # Jobs whose stored spec today's validator refuses: name -> why (until replaced).
+        self._invalid: dict[str, str] = {}
 
     # Jobs
 
@@ -124,7 +132,14 @@ class Executor:
         at = now()
         changes: list[tuple[Job, JobNote | None]] = []
         for spec in specs:
-            existing = self._find_job(spec.name)
+            try:
+                existing = self._find_job(spec.name)
+            except DataLoss:
+                if not replace_existing:
+                    raise AlreadyExists(
+                        f"job {spec.name!r} exists but its stored spec cannot be read (use replace)"
+                    ) from None
+                existing = None
             if existing is not None and existing.spec != spec and not replace_existing:
                 raise AlreadyExists(f"job {spec.name!r} exists with another spec (use replace)")
             created = existing.created_at if existing is not None else at
@@ -137,6 +152,7 @@ class Executor:
                 note = JobNote(EventKind.JOB_UPDATED, "the spec was replaced")
             changes.append((job, note))
         for job, note in changes:
+            self._invalid.pop(job.name, None)
             self._publish(self._store.put_job(job, note))
         return [job for job, _ in changes]
 
@@ -159,17 +175,21 @@ class Executor:
         return page[:page_size], token
 
     def unregister_job(self, name: str) -> None:
-        """Removes a job that has no active execution."""
-        self._store.get_job(name)
+        """Removes a job that has no active execution (also one whose row is unreadable)."""
+        with contextlib.suppress(DataLoss):
+            self._store.get_job(name)
         if self._store.list_executions(job_name=name, statuses=ACTIVE_STATUSES):
             raise FailedPrecondition(f"job {name!r} has active executions; cancel them first")
         self._publish(self._store.delete_job(name))
+        self._invalid.pop(name, None)
 
     def set_suspended(self, name: str, suspended: bool) -> Job:
         """Suspends or resumes a cron job's schedule; resuming skips the times it missed."""
         job = self._store.get_job(name)
         if job.spec.kind is not JobKind.CRON:
             raise FailedPrecondition(f"job {name!r} has no schedule to suspend or resume")
+        if not suspended:
+            self._refuse_if_invalid(name)
         if job.spec.cron.suspend == suspended:
             return job
         spec = replace(job.spec, cron=replace(job.spec.cron, suspend=suspended))
@@ -181,6 +201,40 @@ class Executor:
             note = JobNote(EventKind.JOB_RESUMED, "times missed while suspended are skipped")
             self._publish(self._store.put_job(updated, note, state))
         return updated
+
+    def suspend_invalid_jobs(self) -> None:
+        """Suspends each stored job that today's validator refuses (written by an older
+        version, or by hand), at every start until it is registered again or removed.
+
+        The reason is logged and recorded as a JOB_SUSPENDED event; a cron job is stored
+        suspended (GetJob shows it, without a next run), and triggers and ResumeJob of any
+        such job answer FAILED_PRECONDITION with the reason. Reading it still works.
+        """
+        for job in self._store.list_jobs():
+            problem = stored_spec_problem(job.spec)
+            if problem is None:
+                continue
+            self._invalid[job.name] = problem
+            message = (
+                f"suspended at start: its stored spec no longer validates ({problem}); "
+                "register it again"
+            )
+            log.error("job %s %s", job.name, message)
+            if job.spec.kind is JobKind.CRON and not job.spec.cron.suspend:
+                spec = replace(job.spec, cron=replace(job.spec.cron, suspend=True))
+                job = replace(job, spec=spec, updated_at=now())
+            try:
+                self._publish(self._store.put_job(job, JobNote(EventKind.JOB_SUSPENDED, message)))
+            except Exception:  # it stays refused; the agent starts all the same
+                log.exception("job %s: recording its suspension failed", job.name)
+
+    def _refuse_if_invalid(self, name: str) -> None:
+        problem = self._invalid.get(name)
+        if problem is not None:
+            raise FailedPrecondition(
+                f"job {name!r} is suspended: its stored spec no longer validates ({problem}); "
+                "register it again"
+            )
 
     def record_cron_state(self, name: str, state: CronState, note: JobNote | None = None) -> None:
         """Stores what the scheduler did for a cron job, with a job event when `note` says one."""
@@ -228,14 +282,19 @@ class Executor:
         request = request or TriggerRequest()
         digest = fingerprint(job_name, request.dispatch)
         if request.request_id:
-            seen = self._store.find_request(request.request_id)
+            seen = self._store.find_request(request.request_id, request.caller)
             if seen is not None:
                 if seen[1] != digest:
                     raise InvalidSpec("request_id", "was already used for another request "
                                       "(another job or other parameters)")  # fmt: skip
                 return self.get_execution(seen[0])
         job = self._store.get_job(job_name)
+        self._refuse_if_invalid(job.name)
         check_dispatch(job.spec.dispatch, request.dispatch)
+        refusal = self._policy_refusal(job.spec)
+        # A caller hears the refusal; a scheduled run is recorded as a failed execution.
+        if refusal is not None and trigger.kind is not TriggerKind.SCHEDULER:
+            raise refusal
         execution_id = uuid.uuid4().hex
         execution = Execution(
             id=execution_id,
@@ -249,6 +308,9 @@ class Executor:
         self._bus.publish(self._store.insert_execution(execution, request, digest))
         log.info("job %s: pending (trigger %s)", job.name, trigger.kind.value,
                  extra={"execution_id": execution.id})  # fmt: skip
+        if refusal is not None:
+            self._refuse(execution, refusal)
+            return self.get_execution(execution.id)
         self._enqueue(execution, job.spec, request.dispatch)
         position = self._admission.position(execution.id)
         if position:
@@ -345,12 +407,12 @@ class Executor:
         """Yields every event of the node after `since` (optionally of one job or some kinds),
         then each new one, once and in order, with a Bookmark after each quiet interval.
 
-        Raises OutOfRange when retention already removed events after `since` or `since` is
-        newer than any event, and
-        ResourceExhausted when the watcher falls too far behind; it resumes from the last
-        sequence it saw.
+        `since` 0 starts at the oldest event still held. Raises OutOfRange when retention
+        already removed events after a non-zero `since` or `since` is newer than any event,
+        and ResourceExhausted when the watcher falls too far behind; it resumes from the
+        last sequence it saw.
         """
-        if since < self._store.compacted_through():
+        if since and since < self._store.compacted_through():
             raise OutOfRange(f"events up to {self._store.compacted_through()} are gone; re-list")
         newest = self._store.last_sequence()
         if since > newest:
@@ -390,10 +452,18 @@ class Executor:
         self, execution_id: str, query: LogQuery, attempt: int = 0
     ) -> AsyncIterator[LogLine]:
         """Yields the output of one attempt (the latest when 0); with follow, until it ends."""
+        async for batch in self.stream_log_batches(execution_id, query, attempt):
+            for line in batch.lines():
+                yield line
+
+    async def stream_log_batches(
+        self, execution_id: str, query: LogQuery, attempt: int = 0
+    ) -> AsyncIterator[LogBatch]:
+        """stream_logs, many lines at a time."""
         async with self._attempt_log(execution_id, attempt) as log_:
             query = replace(query, max_bytes=log_.max_bytes)
-            async for line in read_log(log_.path, query, log_.ended):
-                yield line
+            async for batch in read_log_batches(log_.path, query, log_.ended):
+                yield batch
             self._raise_if_stopping(log_, query.follow)
 
     async def download_logs(
@@ -458,7 +528,9 @@ class Executor:
     async def start(self) -> None:
         """Picks up what the store says was active when the agent last stopped, and removes
         containers that no active execution owns (left by a crash after the outcome was
-        recorded, or init containers of a run that was interrupted)."""
+        recorded, or init containers of a run that was interrupted). Stored jobs that today's
+        validator refuses are suspended first."""
+        self.suspend_invalid_jobs()
         active = self._store.list_executions(statuses=ACTIVE_STATUSES)
         owned = {execution.container_id for execution in active}
         for container_id in self._runtime.containers():
@@ -469,7 +541,6 @@ class Executor:
         for execution in reversed(active):
             await self._recover(execution)
         self._admit()
-        self._pruner = asyncio.create_task(self._maintain_forever())
 
     def begin_stop(self) -> None:
         """Refuses new triggers (UNAVAILABLE) and ends every watch and followed log with
@@ -480,8 +551,6 @@ class Executor:
     async def close(self) -> None:
         """Stops accepting triggers and lets go of running containers (they keep running)."""
         self.begin_stop()
-        if self._pruner is not None:
-            self._pruner.cancel()
         tasks = [run.task for run in self._runs.values() if run.task is not None]
         for run in self._runs.values():
             # A run that only removes its finished container is let finish (it is quick);
@@ -504,16 +573,25 @@ class Executor:
         in_use.update(spec.image.name for _, spec, _ in self._waiting.values())
         return await self._runtime.prune_images(in_use, budget_bytes)
 
-    async def _maintain_forever(self) -> None:
-        """Retention and the image budget, at start and then every interval."""
+    async def retain_forever(self) -> None:
+        """Retention, at once and then every interval, until cancelled (run it supervised:
+        an error ends it)."""
+        while True:
+            faults.hit("retention")
+            self.retention.prune()
+            await asyncio.sleep(self.retention.policy.interval_seconds)
+
+    async def collect_images_forever(self) -> None:
+        """Keeps the image store within the retention policy's image budget (run it only
+        with one), at once and then every interval, until cancelled (run it supervised: an
+        unexpected error ends it)."""
         policy = self.retention.policy
         while True:
-            self.retention.prune()
-            if policy.image_budget_bytes is not None:
-                try:
-                    await self.prune_images(policy.image_budget_bytes)
-                except RuntimeLayerError as error:
-                    log.warning("image budget: %s", error)
+            faults.hit("image-gc")
+            try:
+                await self.prune_images(policy.image_budget_bytes)
+            except RuntimeLayerError as error:
+                log.warning("image budget: %s", error)
             await asyncio.sleep(policy.interval_seconds)
 
     def _with_position(self, execution: Execution) -> Execution:
@@ -530,10 +608,39 @@ class Executor:
         """Starts every waiting execution that a free slot now allows, in FIFO order."""
         if self._closing:
             return
+        refused = False
         for execution_id in self._admission.admit():
             execution, spec, dispatch = self._waiting.pop(execution_id)
+            # The flags may have changed since the trigger (a restart): checked at the start.
+            refusal = self._policy_refusal(spec)
+            if refusal is not None:
+                self._refuse(execution, refusal)
+                self._admission.release(execution_id)
+                refused = True
+                continue
             run = self._new_run(execution, spec, dispatch)
             self._spawn(run, run.run())
+        if refused:
+            self._admit()
+
+    def _policy_refusal(self, spec: JobSpec) -> HostPolicyRefused | None:
+        """Why the agent's current host policy refuses a run of the job, if it does."""
+        try:
+            check_host_policy(spec, self.host_policy, "spec")
+        except InvalidSpec as error:
+            return HostPolicyRefused(error.field, error.reason)
+        return None
+
+    def _refuse(self, execution: Execution, refusal: HostPolicyRefused) -> None:
+        message = f"the agent's host policy refuses this run: {refusal}"
+        log.warning("%s", message, extra={"execution_id": execution.id})
+        self._recorder.transition(
+            self._store.get_execution(execution.id),
+            Status.FAILED,
+            failure_reason=FailureReason.CREATE,
+            message=message,
+            finished_at=now(),
+        )
 
     def _new_run(
         self, execution: Execution, spec: JobSpec, dispatch: Dispatch | None = None
@@ -573,6 +680,8 @@ class Executor:
             self._lost(execution, "the job was unregistered while the agent was down")
         elif execution.status is Status.PENDING:
             self._enqueue(execution, job.spec, self._store.get_request(execution.id).dispatch)
+        elif (refusal := self._policy_refusal(job.spec)) is not None:
+            self._refuse(execution, refusal)
         else:
             self._admission.occupy(execution.id, execution.job_name)
             run = self._new_run(execution, job.spec)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.domain import CommandSpec, Resources
+from agent.hostfs import make_dir
 from agent.privileges import ALL_CAPABILITIES
 from agent.runtime import seccomp, syscalls
 from agent.runtime.imagefiles import ImageFileError, check_image_file, read_image_file
@@ -18,6 +19,8 @@ from agent.runtime.images import ImageConfig
 
 # The link, in a container's bundle, to the image rootfs under its overlay.
 LOWER_LINK = "lower"
+# The umask of a job's process, as a shell's and other runtimes' default.
+CONTAINER_UMASK = 0o022
 
 CPU_PERIOD = 100_000
 NAMESPACES = ["pid", "network", "ipc", "uts", "mount"]
@@ -39,9 +42,12 @@ DEFAULT_CAPABILITIES = [
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ]
+# containerd's and moby's masked paths: what tells of the host's hardware, kernel memory,
+# keys and timers (/proc/interrupts as in their latest releases).
 MASKED_PATHS = [
     "/proc/acpi",
     "/proc/asound",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -50,10 +56,12 @@ MASKED_PATHS = [
     "/proc/sched_debug",
     "/proc/scsi",
     "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ]
 # What the runtime itself reads in the container's root as the container starts.
 ACCOUNT_TABLES = ("/etc/passwd", "/etc/group")
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+TMP = "/tmp"
 
 
 @dataclass(frozen=True)
@@ -121,11 +129,15 @@ def build_config(
     host_network: bool = False,
     privileged: bool = False,
     extra_capabilities: Sequence[str] = (),
+    tmp_size: int | None = None,
+    runtime: str = "runc",
 ) -> dict[str, Any]:
     """Returns a runtime-spec config.json, hardened unless `privileged`: containerd's
     default capabilities (plus `extra_capabilities`), no_new_privileges, masked and
-    read-only /proc paths, the default seccomp profile, and no network but loopback
-    (unless `host_network`); the job's `mounts` come after the standard ones."""
+    read-only /proc paths, the default seccomp profile for those capabilities, and no
+    network but loopback (unless `host_network`); the job's `mounts` come after the
+    standard ones, and replace the /tmp tmpfs (`tmp_size` bytes) when one is at /tmp.
+    `runtime` names the OCI runtime, whose reading of the seccomp profile differs."""
     namespaces = ["pid", "ipc", "uts", "mount"] if host_network else NAMESPACES
     granted = held_capabilities() if privileged else (
         *DEFAULT_CAPABILITIES, *(c for c in extra_capabilities if c not in DEFAULT_CAPABILITIES)
@@ -134,12 +146,17 @@ def build_config(
     linux: dict[str, Any] = {}
     if not privileged:
         linux = {"maskedPaths": MASKED_PATHS, "readonlyPaths": READONLY_PATHS,
-                 "seccomp": seccomp.default_profile()}  # fmt: skip
+                 "seccomp": seccomp.default_profile(granted, runtime)}  # fmt: skip
+    standard = _default_mounts(tmp_size)
+    if any(mount.get("destination", "").rstrip("/") == TMP for mount in mounts):
+        standard = [mount for mount in standard if mount["destination"] != TMP]
     return {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
-            "user": {"uid": process.uid, "gid": process.gid},
+            # The agent's children run under umask 077 (agent.hostfs); the job gets the
+            # usual one.
+            "user": {"uid": process.uid, "gid": process.gid, "umask": CONTAINER_UMASK},
             "args": list(process.args),
             "env": list(process.env),
             "cwd": process.cwd,
@@ -149,7 +166,7 @@ def build_config(
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": hostname,
-        "mounts": [*_default_mounts(), *(dict(mount) for mount in mounts)],
+        "mounts": [*standard, *(dict(mount) for mount in mounts)],
         "annotations": dict(annotations or {}),
         "linux": {
             "cgroupsPath": cgroups_path,
@@ -187,7 +204,11 @@ def _linux_resources(resources: Resources) -> dict[str, Any]:
     return limits
 
 
-def _default_mounts() -> list[dict[str, Any]]:
+def _default_mounts(tmp_size: int | None) -> list[dict[str, Any]]:
+    tmp_options = ["nosuid", "nodev", "mode=1777"]
+    if tmp_size is not None:
+        tmp_options.append(f"size={tmp_size}")
+
     def mount(destination: str, kind: str, source: str, *options: str) -> dict[str, Any]:
         return {
             "destination": destination,
@@ -213,7 +234,7 @@ def _default_mounts() -> list[dict[str, Any]]:
         mount("/dev/shm", "tmpfs", "shm", "nosuid", "noexec", "nodev", "mode=1777", "size=65536k"),
         mount("/dev/mqueue", "mqueue", "mqueue", "nosuid", "noexec", "nodev"),
         mount("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro"),
-        mount("/tmp", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=1777"),
+        mount(TMP, "tmpfs", "tmpfs", *tmp_options),
     ]
 
 
@@ -261,7 +282,7 @@ def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
     reads it, several times per call: ~460 bytes per container with full paths), and the
     options stay far from the page-size limit on mount data whatever the data directory."""
     for directory in (upper, work, merged):
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dir(directory)
     root = os.stat(lower)
     os.chown(upper, root.st_uid, root.st_gid)
     os.chmod(upper, stat.S_IMODE(root.st_mode))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.domain import CommandSpec, ImageSpec, Mount, MountKind, Resources
+from agent.hostfs import PRIVATE_DIR, READ_ONLY_FILE, make_dir, tighten, write_file
 from agent.runtime import binds, bundle, syscalls
 from agent.runtime.cgroups import oom_kill_count
 from agent.runtime.errors import (
@@ -26,6 +27,7 @@ from agent.runtime.errors import (
     ContainerStartError,
 )
 from agent.runtime.images import Image, ImageStore, PruneResult
+from agent.runtime.limits import JobLimits
 from agent.runtime.monitor import ConmonMonitor, MonitorPaths
 from agent.runtime.oci import OciRuntime
 from agent.runtime.process import off_loop
@@ -37,6 +39,9 @@ MIN_LOG_SPACE = 1 << 20
 DEFAULT_STOP_SIGNAL = "SIGTERM"
 # Where the stop signal is kept, so that a restarted agent stops a container the same way.
 STOP_SIGNAL_ANNOTATION = "org.opencontainers.image.stopSignal"
+# A volume's own directory, as the container sees it at its target (as Docker makes them);
+# its parents on the host are 0700, so no other host user reaches what a job writes there.
+VOLUME_DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -117,9 +122,11 @@ class ContainerManager:
         runtime_binary: str,
         conmon: str = "conmon",
         images: ImageStore | None = None,
+        limits: JobLimits | None = None,
         bind_allowlist: tuple[str, ...] = (),
     ) -> None:
         self.paths = paths
+        self.limits = limits or JobLimits()
         # Bind sources are resolved beneath these at each run (agent.runtime.binds).
         self.bind_roots = binds.BindRoots(bind_allowlist)
         self.images = images or ImageStore(paths.images)
@@ -127,8 +134,14 @@ class ContainerManager:
         self.monitor = ConmonMonitor(conmon, self.runtime, paths.exits, paths.sockets)
         # Told how long each pull took and whether it worked (metrics).
         self.observe_pull: Callable[[float, bool], None] | None = None
-        paths.bundles.mkdir(parents=True, exist_ok=True)
-        paths.writable.mkdir(parents=True, exist_ok=True)
+        # What containers wrote (set-uid files included) and what describes them: root's
+        # only. Containers run as host root today; with user namespaces, the bundles' and
+        # volumes' parents must become 0711 for the mapped root to reach its rootfs and
+        # mount sources.
+        for directory in (paths.volatile, paths.writable, paths.volumes):
+            make_dir(directory)
+            tighten(directory, PRIVATE_DIR)
+        make_dir(paths.bundles)
 
     async def pull(self, image: ImageSpec) -> Image:
         """Makes the image present as its pull policy says; raises ImagePullError."""
@@ -170,7 +183,7 @@ class ContainerManager:
             await self.remove(request.container_id)
             raise ContainerCreateError(str(error)) from None
         try:
-            request.log_file.parent.mkdir(parents=True, exist_ok=True)
+            make_dir(request.log_file.parent)
             free = shutil.disk_usage(request.log_file.parent).free
         except OSError as error:
             await self.remove(request.container_id)
@@ -196,18 +209,20 @@ class ContainerManager:
         process = bundle.resolve_process(
             image.config, request.command, request.env, image.rootfs, request.user
         )
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dir(directory)
+        make_dir(writable)
         bundle.mount_overlay(image.rootfs, writable / "upper", writable / "work", rootfs)
         mounts = [self._oci_mount(mount, writable, index, directory)
                   for index, mount in enumerate(request.mounts)]  # fmt: skip
         for index, (target, content) in enumerate(request.files.items()):
-            mounts.append(_file_mount(target, content, directory / "files" / str(index)))
+            source = directory / "files" / str(index)
+            mounts.append(_file_mount(target, content, source, (process.uid, process.gid)))
         config = bundle.build_config(
             process,
             rootfs,
             request.hostname or request.container_id,
-            _cgroups_path(request.container_id),
-            request.resources,
+            self.limits.cgroups_path(request.container_id),
+            self.limits.resources(request.resources),
             {
                 **request.labels,
                 STOP_SIGNAL_ANNOTATION: request.stop_signal
@@ -218,8 +233,10 @@ class ContainerManager:
             request.host_network,
             request.privileged,
             request.capabilities,
+            self.limits.tmp_size_bytes,
+            Path(self.runtime.binary).name,
         )
-        (directory / "config.json").write_text(json.dumps(config))
+        write_file(directory / "config.json", json.dumps(config).encode())
 
     async def start(self, container_id: str) -> None:
         """Starts a created container's process; raises ContainerStartError."""
@@ -242,7 +259,7 @@ class ContainerManager:
 
     def _oom_killed(self, container_id: str) -> bool:
         """The kernel's OOM kill count of the container's cgroup, or conmon's record of it."""
-        if oom_kill_count(_cgroups_path(container_id)) > 0:
+        if oom_kill_count(self.limits.cgroups_path(container_id)) > 0:
             return True
         return self.monitor.oom_killed(container_id)
 
@@ -307,7 +324,7 @@ class ContainerManager:
                 if mount.kind is MountKind.NAMED
                 else writable / "anonymous" / str(index)
             )
-            source.mkdir(parents=True, exist_ok=True)
+            make_dir(source, VOLUME_DIR_MODE)
         access = "ro" if mount.readonly else "rw"
         return {"destination": mount.target, "type": "bind", "source": str(source),
                 "options": ["rbind", access, "nosuid", "nodev"]}  # fmt: skip
@@ -318,7 +335,7 @@ class ContainerManager:
         the storage entry."""
         staging = directory / binds.STAGING_DIR / str(index)
         try:
-            staging.parent.mkdir(mode=0o700, exist_ok=True)
+            make_dir(staging.parent)
             source = self.bind_roots.open(mount.source)
             try:
                 binds.stage(source, staging, mount.readonly)
@@ -354,14 +371,13 @@ class ContainerManager:
         )
 
 
-def _file_mount(target: str, content: bytes, source: Path) -> dict[str, Any]:
-    """Writes `content` beside the bundle and binds it read-only at `target`."""
-    source.parent.mkdir(parents=True, exist_ok=True)
-    source.write_bytes(content)
-    source.chmod(0o444)
+def _file_mount(
+    target: str, content: bytes, source: Path, owner: tuple[int, int]
+) -> dict[str, Any]:
+    """Writes `content` beside the bundle, readable by its `owner` (the job's uid and gid)
+    only, and binds it read-only at `target`."""
+    make_dir(source.parent)
+    write_file(source, content, READ_ONLY_FILE)
+    os.chown(source, *owner)
     return {"destination": target, "type": "bind", "source": str(source),
             "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}  # fmt: skip
-
-
-def _cgroups_path(container_id: str) -> str:
-    return f"/jobagent/{container_id}"

@@ -11,7 +11,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +22,24 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobagent_client import JobAgentClient
 
+from agent.config import AgentConfig
 from agent.runtime.manager import RuntimePaths
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRED_BINARIES = ("conmon", "skopeo", "umoci", "docker-registry", "youki", "runc", "busybox")
+DEFAULT_LISTEN = AgentConfig().listen[0]
+
+
+@contextmanager
+def host_user(prefix: str) -> Iterator[str]:
+    """A new unprivileged host user (with its own group and home), removed afterwards."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    command = ["useradd", "--create-home", "--user-group", name]
+    subprocess.run(command, check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
 
 
 def free_port() -> int:
@@ -132,7 +149,8 @@ class AgentProcess:
     extra_args: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
-    # Where the agent listens instead of 127.0.0.1:port (a unix:/PATH socket, say).
+    # Where the agent listens instead of 127.0.0.1:port (a unix:/PATH socket, say); with
+    # DEFAULT_LISTEN the agent is given no --listen at all.
     listen: str = ""
     # TLS for the health check and clients, when the agent serves TLS.
     credentials: grpc.ChannelCredentials | None = None
@@ -173,11 +191,23 @@ class AgentProcess:
             umask=self.umask,
         )  # fmt: skip
 
+    def access_flags(self) -> list[str]:
+        """--listen, and --insecure when the agent serves TCP without tokens or client
+        certificates, so that tests call it without a token as before TCP needed them."""
+        authenticated = {"--tokens-file", "--tls-client-ca", "--insecure"} & {
+            argument.partition("=")[0] for argument in self.extra_args
+        }
+        on_tcp = not self.target.startswith("unix:")
+        insecure = ["--insecure"] if on_tcp and not authenticated else []
+        return insecure + ([] if self.target == DEFAULT_LISTEN else ["--listen", self.target])
+
     def start(self) -> None:
-        """Starts the agent and waits until its health service says SERVING."""
+        """Starts the agent and waits until it says it serves and its health service
+        answers SERVING."""
+        since = self.log_file.stat().st_size if self.log_file.exists() else 0
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(
-            self.python("serve", "--data-dir", str(self.data_dir), "--listen", self.target,
+            self.python("serve", "--data-dir", str(self.data_dir), *self.access_flags(),
                         "--runtime", self.runtime, *self.registry_flags(),
                         "--stop-grace", "5", "--drain", "0s", *self.extra_args),
             stdout=log,
@@ -185,7 +215,16 @@ class AgentProcess:
             cwd=self.cwd,
             umask=self.umask,
         )  # fmt: skip
-        wait_until(self.serving, 30, f"the agent on {self.target}")
+        wait_until(
+            lambda: self.serving() and self.announced(since), 30, f"the agent on {self.target}"
+        )
+
+    def announced(self, since: int) -> bool:
+        """True once the agent logged, past byte `since` of its log, that it serves: a
+        health answer alone may come from another process that took the port first."""
+        with self.log_file.open("rb") as log:
+            log.seek(since)
+            return b"serving on " in log.read()
 
     def serving(self) -> bool:
         """True when the agent's health check answers SERVING."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,7 +19,7 @@ from agent.domain import (
     Trigger,
     TriggerKind,
 )
-from agent.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from agent.errors import AlreadyExists, DataLoss, FailedPrecondition, NotFound, Unavailable
 from agent.executor import Executor
 from agent.executor.events import EventBus
 from agent.executor.recorder import Recorder
@@ -33,38 +32,12 @@ TRIGGER = Trigger(TriggerKind.ENDPOINT, remote_address="ipv4:127.0.0.1:1")
 
 
 @pytest.fixture
-def runtime() -> FakeRuntime:
-    return FakeRuntime()
-
-
-@pytest.fixture
 async def executor(tmp_path: Path, runtime: FakeRuntime) -> AsyncIterator[Executor]:
     store = Store(tmp_path / "agent.db")
     executor = Executor(store, runtime, tmp_path / "logs", stop_grace=2.0)
     executor.register_jobs([SPEC], "", replace_existing=False)
     yield executor
     await executor.close()
-    store.close()
-
-
-@pytest.fixture
-async def make_executor(
-    tmp_path: Path, runtime: FakeRuntime
-) -> AsyncIterator[Callable[..., Executor]]:
-    """Executors over one store in tmp_path, closed (with the store) after the test."""
-    store = Store(tmp_path / "shared.db")
-    made: list[Executor] = []
-
-    def make(*specs: JobSpec, **options: Any) -> Executor:
-        executor = Executor(store, runtime, tmp_path / "logs", **options)
-        if specs:
-            executor.register_jobs(list(specs), "", replace_existing=True)
-        made.append(executor)
-        return executor
-
-    yield make
-    for executor in made:
-        await executor.close()
     store.close()
 
 
@@ -433,10 +406,12 @@ async def test_images_of_registered_jobs_are_kept_by_the_image_budget(
     policy = RetentionPolicy(image_budget_bytes=1 << 30, interval_seconds=3600)
     executor = make_executor(SPEC, retention=policy)
     await executor.start()
+    collecting = asyncio.ensure_future(executor.collect_images_forever())
     for _ in range(100):
         if runtime.pruned_with is not None:
             break
         await asyncio.sleep(0.01)
+    collecting.cancel()
     assert runtime.pruned_with == (frozenset({"busybox:latest"}), 1 << 30)
 
 
@@ -457,3 +432,31 @@ async def test_start_sweeps_containers_that_no_active_execution_owns(
     await make_executor().start()
     assert set(runtime.removed) >= {finished.container_id, "ja-" + "f" * 32 + "-init0"}
     assert active.container_id not in runtime.removed
+
+
+async def test_an_unreadable_job_row_hides_no_other_job_and_can_be_replaced_or_removed(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "db")
+    executor = Executor(store, FakeRuntime(), tmp_path / "logs")
+    names = ["a-job", "b-job", "c-job", "d-job"]
+    executor.register_jobs([JobSpec(name, ImageSpec("busybox")) for name in names], "", False)
+    for broken in ("b-job", "c-job"):
+        store._db.execute("UPDATE jobs SET spec = '{not json' WHERE name = ?", (broken,))
+    seen, token = [], ""
+    while True:
+        page, token = executor.page_jobs(1, token)
+        seen += [job.name for job in page]
+        if not token:
+            break
+    assert seen == ["a-job", "d-job"]
+    with pytest.raises(DataLoss):
+        executor.get_job("b-job")
+    with pytest.raises(AlreadyExists):
+        executor.register_jobs([JobSpec("b-job", ImageSpec("busybox"))], "", False)
+    executor.register_jobs([JobSpec("b-job", ImageSpec("busybox"))], "", True)
+    assert executor.get_job("b-job").spec.image.name == "busybox"
+    executor.unregister_job("c-job")
+    assert [job.name for job in executor.list_jobs()] == ["a-job", "b-job", "d-job"]
+    await executor.close()
+    store.close()

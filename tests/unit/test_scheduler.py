@@ -26,6 +26,7 @@ from agent.errors import FailedPrecondition
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler, latest_time, schedule_times
 from agent.store import Store
+from agent.supervisor import Backoff, Supervisor
 from tests.unit.fake_runtime import FakeRuntime
 
 
@@ -269,3 +270,71 @@ async def test_registrations_and_schedule_state_survive_a_restart(tmp_path: Path
     finally:
         await executor.close()
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("schedule", "zone"),
+    [("* * * * * *", "No/Such"), ("every tuesday", "UTC"), ("0 0 31 2 *", "UTC")],
+)
+async def test_a_stored_job_that_cannot_be_scheduled_is_marked_and_the_others_fire(
+    rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store], schedule: str, zone: str
+) -> None:
+    executor, scheduler, clock, _runtime, store = rig
+    executor.register_jobs([cron("* * * * * *")], "", False)
+    # Stored as an older agent stored it, past every validator.
+    broken = replace(cron(schedule, time_zone=zone), name="broken")
+    at = datetime.now(UTC)
+    store.put_job(Job(spec=broken, created_at=at, updated_at=at))
+    for _ in range(3):
+        clock.advance(1)
+        await scheduler.tick()
+        scheduler.next_run(store.get_job("broken"))
+    await settle()
+    assert {e.job_name for e in executor.list_executions()} == {"tick"}
+    assert len(executor.list_executions("tick")) == 3
+    assert scheduler.next_run(store.get_job("broken")) is None
+    assert scheduler.next_run(store.get_job("tick")) is not None
+    (marked,) = [e for e in job_events(store, EventKind.SCHEDULE_MISSED) if e.job_name == "broken"]
+    assert "cannot be scheduled" in marked.message
+    fixed = replace(broken, schedule="* * * * * *", cron=CronPolicy())
+    executor.register_jobs([fixed], "", True)
+    clock.advance(1)
+    await scheduler.tick()
+    await settle()
+    assert executor.list_executions("broken")
+
+
+async def test_a_failed_tick_ends_run_forever_and_its_supervisor_starts_it_again(
+    rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    executor, scheduler, clock, _runtime, store = rig
+    executor.register_jobs([cron("* * * * * *")], "", replace_existing=True)
+    failures: list[int] = []
+    real_list_jobs = store.list_jobs
+
+    def failing_twice(*args: object, **kwargs: object) -> list[Job]:
+        if len(failures) < 2:
+            failures.append(1)
+            raise RuntimeError("disk on fire")
+        return real_list_jobs()
+
+    monkeypatch.setattr(store, "list_jobs", failing_twice)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        await scheduler.run_forever()
+    health: list[bool] = []
+
+    async def report(healthy: bool) -> None:
+        health.append(healthy)
+
+    supervisor = Supervisor(Backoff(initial=0.01, maximum=0.05), on_health=report)
+    supervisor.start("scheduler", scheduler.run_forever, core=True)
+    clock.advance(1)
+    for _ in range(100):
+        if executor.list_executions("tick") and health == [False, True]:
+            break
+        await asyncio.sleep(0.01)
+    await supervisor.stop()
+    assert supervisor.restarts("scheduler") == 1
+    assert health == [False, True]
+    assert executor.list_executions("tick")

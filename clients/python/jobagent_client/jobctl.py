@@ -12,8 +12,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from jobagent_client.client import ClientError, JobAgentClient, tls_credentials
-from jobagent_client.models import Bookmark, Execution, ExecutionEvent, Job, JobEvent, LogLine
+import grpc
+
+from jobagent_client.client import ClientError, JobAgentClient, PlainTextToken, tls_credentials
+from jobagent_client.local import (
+    ADDRESS_ENV,
+    DEFAULT_ADDRESS,
+    DEFAULT_TOKEN_FILE,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    find_address,
+    find_token,
+)
+from jobagent_client.models import Bookmark, Execution, ExecutionEvent, Job, JobEvent, LogBatch
 
 EXECUTION_COLUMNS = ("id", "job_name", "status", "exit_code", "failure_reason", "created_at")
 JOB_COLUMNS = ("name", "kind", "deployment", "image", "schedule", "next_run_time")
@@ -24,13 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobctl", description=__doc__)
     parser.add_argument(
         "--target",
-        default=os.environ.get("JOBAGENT_ADDR", "127.0.0.1:50051"),
-        help="agent address, host:port or unix:/PATH (default $JOBAGENT_ADDR or 127.0.0.1:50051)",
+        help=f"agent address, host:port or unix:/PATH (default ${ADDRESS_ENV}, else "
+        f"{DEFAULT_ADDRESS})",
     )
+    parser.add_argument("--token", help=f"bearer token (default ${TOKEN_ENV})")
     parser.add_argument(
-        "--token",
-        default=os.environ.get("JOBAGENT_TOKEN"),
-        help="bearer token (default $JOBAGENT_TOKEN)",
+        "--token-file",
+        type=Path,
+        help=f"a file holding the bearer token (default ${TOKEN_FILE_ENV}, else "
+        f"{DEFAULT_TOKEN_FILE} when readable)",
     )
     parser.add_argument("--tls", action="store_true", help="use TLS (implied by the files below)")
     parser.add_argument("--ca-file", type=Path, help="CA (PEM) that the agent's cert chains to")
@@ -97,17 +110,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     printer = Printer(args.output)
     try:
+        token = args.token or find_token(args.token_file)
+    except OSError as error:
+        print(f"jobctl: cannot read the token: {error}", file=sys.stderr)
+        return 2
+    try:
         credentials = None
         if args.tls or args.ca_file or args.cert_file:
             credentials = tls_credentials(args.ca_file, args.cert_file, args.key_file)
-        with JobAgentClient.connect(args.target, credentials=credentials,
-                                    token=args.token) as client:  # fmt: skip
+        target = args.target or find_address()
+        with JobAgentClient.connect(target, credentials=credentials, token=token) as client:
             return COMMANDS[args.command](client, args, printer)
     except ClientError as error:
         named = error.field and error.field not in error.message
         where = f" (field {error.field})" if named else ""
-        print(f"jobctl: {error}{where}", file=sys.stderr)
+        hint = ""
+        if error.code is grpc.StatusCode.UNAUTHENTICATED and not token:
+            hint = f" (no token given: --token, ${TOKEN_ENV} or ${TOKEN_FILE_ENV})"
+        print(f"jobctl: {error}{where}{hint}", file=sys.stderr)
         return 1
+    except PlainTextToken as error:
+        print(f"jobctl: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -169,13 +193,30 @@ class Printer:
             job_name = item.job_name if isinstance(item, JobEvent) else item.execution.job_name
             print(f"{item.sequence:>8}  {job_name}  {subject:<32}  {what}", flush=True)
 
-    def log_line(self, line: LogLine) -> None:
-        """Prints one output line (stderr lines go to stderr)."""
+    def log_batch(self, batch: LogBatch) -> None:
+        """Prints a batch of output lines (stderr lines go to stderr), in their order."""
         if self.json:
-            print(json.dumps(asdict(line), default=str))
+            for line in batch.lines():
+                print(json.dumps(asdict(line), default=str))
+            sys.stdout.flush()
             return
-        stream = sys.stderr if line.stream == "stderr" else sys.stdout
-        print(line.message, file=stream, end="" if line.partial else "\n", flush=True)
+        run: list[str] = []
+        current = ""
+        for index, message in enumerate(batch.messages):
+            if batch.streams[index] != current and run:
+                _write(current, run)
+                run = []
+            current = batch.streams[index]
+            run.append(message if index in batch.partial else message + "\n")
+        if run:
+            _write(current, run)
+
+
+def _write(stream: str, pieces: list[str]) -> None:
+    """Writes consecutive lines of one output stream, at once."""
+    out = sys.stderr if stream == "stderr" else sys.stdout
+    out.write("".join(pieces))
+    out.flush()
 
 
 def _plain(item: Execution | Job) -> dict[str, Any]:
@@ -230,8 +271,8 @@ def _trigger(client: JobAgentClient, args: argparse.Namespace, printer: Printer)
     execution = client.trigger(args.name, from_cli=True, request_id=args.request_id,
                                args=args.arg, env=env, payload=payload)  # fmt: skip
     if args.follow:
-        for line in client.logs(execution.id, follow=True):
-            printer.log_line(line)
+        for batch in client.log_batches(execution.id, follow=True):
+            printer.log_batch(batch)
     if args.wait or args.follow:
         execution = client.wait(execution.id)
         printer.record(execution)
@@ -279,11 +320,11 @@ def _download(client: JobAgentClient, args: argparse.Namespace, printer: Printer
 
 
 def _logs(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
-    lines = client.logs(
+    batches = client.log_batches(
         args.id, follow=args.follow, tail_lines=args.tail, stream=args.stream, attempt=args.attempt
     )
-    for line in lines:
-        printer.log_line(line)
+    for batch in batches:
+        printer.log_batch(batch)
     return 0
 
 
