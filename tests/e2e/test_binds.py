@@ -41,10 +41,10 @@ def allowing(
     sweep(own)
 
 
-def register(client: JobAgentClient, name: str, storage: str, script: str) -> None:
+def register(client: JobAgentClient, name: str, storage: str, script: str, extra: str = "") -> None:
     client.register(
         f"version: v1\ndeployment: binds\nservices:\n  {name}:\n    rtype: job\n"
-        f"    image: {{name: busybox:latest}}\n    storage:\n{storage}"
+        f"    image: {{name: busybox:latest}}\n    storage:\n{storage}{extra}"
         f"    command: {{entrypoint: [/bin/sh, -c, {script!r}]}}\n",
         replace=True,
     )
@@ -61,7 +61,7 @@ def mounts_under(directory: Path) -> list[str]:
     return [line for line in lines if line.split()[4].startswith(f"{directory}/")]
 
 
-def test_a_symlink_planted_after_registration_does_not_lead_a_bind_out(
+def test_a_symlink_planted_after_the_policy_check_does_not_lead_a_bind_out(
     allowing: Allowing,
 ) -> None:
     client, allowed = allowing.client, allowing.allowed
@@ -71,46 +71,29 @@ def test_a_symlink_planted_after_registration_does_not_lead_a_bind_out(
         f"      - {{type: bind, source: {allowed}, target: /in}}\n",
         "ln -s /etc /in/x",
     )
-    # Registered while x does not exist: the string check passes.
+    # Registered, triggered and admitted while x does not exist: every check of the path
+    # string passes. The init step holds the run between that check and the mount.
+    nap = "    init:\n      steps:\n        - {id: nap, uses: init.sleep, with: {duration: 4s}}\n"
     register(
         client,
         "steal",
         f"      - {{type: bind, source: {allowed}/x, target: /hostetc, readonly: true}}\n",
         "head -c 60 /hostetc/shadow",
+        nap,
     )
+    stealing = client.trigger("steal")
     planted, _ = run(client, "plant")
     assert planted.status == "completed", planted.message
     assert (allowed / "x").is_symlink()
-    refused, output = run(client, "steal")
+    refused = client.wait(stealing.id)
+    output = [line.message for line in client.logs(refused.id)]
     assert (refused.status, refused.failure_reason) == ("failed", "create")
     assert "storage[0]" in refused.message and "leads out of" in refused.message
     assert output == []
     for execution in (planted, refused):
         assert settled_leftovers(allowing.agent, execution.container_id) == []
     assert mounts_under(allowing.agent.paths.bundles) == []
-    assert not any(" /etc " in line.split(" - ")[0] for line in mounts_under(Path("/run")))
-
-
-def test_a_symlink_swapped_in_between_runs_is_caught_at_the_next_run(
-    allowing: Allowing,
-) -> None:
-    client, allowed = allowing.client, allowing.allowed
-    (allowed / "data").mkdir()
-    (allowed / "data" / "note").write_text("data\n")
-    register(
-        client,
-        "reader",
-        f"      - {{type: bind, source: {allowed}/data, target: /d}}\n",
-        "cat /d/note",
-    )
-    first, output = run(client, "reader")
-    assert first.status == "completed" and output == ["data"]
-    (allowed / "data").rename(allowed / "data-moved")
-    (allowed / "data").symlink_to("../../../../../../../../etc")
-    second, output = run(client, "reader")
-    assert (second.status, second.failure_reason) == ("failed", "create")
-    assert "storage[0]" in second.message and output == []
-    assert settled_leftovers(allowing.agent, second.container_id) == []
+    (allowed / "x").unlink()
 
 
 def test_a_read_only_bind_refuses_writes_and_remounts(allowing: Allowing) -> None:
