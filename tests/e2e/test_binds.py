@@ -73,7 +73,7 @@ def test_a_symlink_planted_after_the_policy_check_does_not_lead_a_bind_out(
     )
     # Registered, triggered and admitted while x does not exist: every check of the path
     # string passes. The init step holds the run between that check and the mount.
-    nap = "    init:\n      steps:\n        - {id: nap, uses: init.sleep, with: {duration: 4s}}\n"
+    nap = "    init:\n      steps:\n        - {id: nap, uses: init.sleep, with: {duration: 8s}}\n"
     register(
         client,
         "steal",
@@ -82,6 +82,9 @@ def test_a_symlink_planted_after_the_policy_check_does_not_lead_a_bind_out(
         nap,
     )
     stealing = client.trigger("steal")
+    wait_until(
+        lambda: client.get_execution(stealing.id).status == "initializing", 30, "the init step"
+    )
     planted, _ = run(client, "plant")
     assert planted.status == "completed", planted.message
     assert (allowed / "x").is_symlink()
