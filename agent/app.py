@@ -60,6 +60,7 @@ class Agent:
                 auth_file=config.registry_auth_file,
             ),
             limits=config.limits,
+            bind_allowlist=config.host_policy.bind_allowlist,
         )
         self.executor = Executor(
             self.store,

@@ -14,6 +14,7 @@ from agent.domain import CommandSpec, Resources
 from agent.hostfs import make_dir
 from agent.privileges import ALL_CAPABILITIES
 from agent.runtime import seccomp, syscalls
+from agent.runtime.imagefiles import ImageFileError, check_image_file, read_image_file
 from agent.runtime.images import ImageConfig
 
 # The link, in a container's bundle, to the image rootfs under its overlay.
@@ -57,6 +58,8 @@ MASKED_PATHS = [
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 ]
+# What the runtime itself reads in the container's root as the container starts.
+ACCOUNT_TABLES = ("/etc/passwd", "/etc/group")
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 TMP = "/tmp"
 
@@ -100,6 +103,11 @@ def resolve_process(
         merged[key] = value
     merged.update(env)
     merged.setdefault("PATH", DEFAULT_PATH.partition("=")[2])
+    for table in ACCOUNT_TABLES:
+        try:
+            check_image_file(rootfs, table)
+        except ImageFileError as error:
+            raise ValueError(f"{error}: the runtime reads it as the container starts") from None
     uid, gid = _resolve_user(user or image.user, rootfs)
     return ProcessSpec(
         args=argv,
@@ -238,25 +246,28 @@ def _resolve_user(user: str, rootfs: Path) -> tuple[int, int]:
     if name.isdigit():
         uid, gid = int(name), 0
     else:
-        entry = _find_entry(rootfs / "etc" / "passwd", name)
+        entry = _find_entry(rootfs, "passwd", name)
         uid, gid = int(entry[2]), int(entry[3])
     if group:
-        gid = (
-            int(group) if group.isdigit() else int(_find_entry(rootfs / "etc" / "group", group)[2])
-        )
+        gid = int(group) if group.isdigit() else int(_find_entry(rootfs, "group", group)[2])
     return uid, gid
 
 
-def _find_entry(table: Path, name: str) -> list[str]:
+def _find_entry(rootfs: Path, table: str, name: str) -> list[str]:
+    """The fields of `name` in the image's /etc/`table`, read inside the image's root."""
     try:
-        lines = table.read_text().splitlines()
-    except OSError:
+        lines = read_image_file(rootfs, f"/etc/{table}").decode(errors="replace").splitlines()
+    except FileNotFoundError:
         lines = []
+    except ImageFileError as error:
+        raise ValueError(f"cannot look up {name!r}: {error}") from None
+    except OSError as error:
+        raise ValueError(f"cannot read the image's /etc/{table}: {error.strerror}") from None
     for line in lines:
         fields = line.split(":")
         if fields[0] == name and len(fields) > 3:
             return fields
-    raise ValueError(f"{name!r} is not in the image's /etc/{table.name}")
+    raise ValueError(f"{name!r} is not in the image's /etc/{table}")
 
 
 def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:

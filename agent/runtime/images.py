@@ -265,14 +265,20 @@ class ImageStore:
         target = self._rootfs_dir / digest.replace(":", "-")
         if not (target / "rootfs").is_dir():
             work = Path(tempfile.mkdtemp(dir=self._rootfs_dir, prefix=".unpack-"))
+            # `raw unpack`: the root filesystem only. `umoci unpack` also writes a runtime
+            # config, for which it reads the image's /etc/passwd itself, and it blocks for
+            # good on a FIFO there; the agent reads the image's config from its blob and its
+            # accounts inside its root (agent.runtime.imagefiles).
             try:
+                (work / "bundle").mkdir(mode=0o700)
                 await run(
                     [
                         self._umoci,
+                        "raw",
                         "unpack",
                         "--image",
                         f"{self._layout}:{_tag_of(reference)}",
-                        str(work / "bundle"),
+                        str(work / "bundle" / "rootfs"),
                     ]
                 )
                 shutil.rmtree(target, ignore_errors=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from agent.domain import CommandSpec, ImageSpec, Mount, MountKind, Resources
 from agent.hostfs import PRIVATE_DIR, READ_ONLY_FILE, make_dir, tighten, write_file
-from agent.runtime import bundle, syscalls
+from agent.runtime import binds, bundle, syscalls
 from agent.runtime.cgroups import oom_kill_count
 from agent.runtime.errors import (
     CommandError,
@@ -123,9 +123,12 @@ class ContainerManager:
         conmon: str = "conmon",
         images: ImageStore | None = None,
         limits: JobLimits | None = None,
+        bind_allowlist: tuple[str, ...] = (),
     ) -> None:
         self.paths = paths
         self.limits = limits or JobLimits()
+        # Bind sources are resolved beneath these at each run (agent.runtime.binds).
+        self.bind_roots = binds.BindRoots(bind_allowlist)
         self.images = images or ImageStore(paths.images)
         self.runtime = OciRuntime(runtime_binary, paths.runtime_state, paths.binaries)
         self.monitor = ConmonMonitor(conmon, self.runtime, paths.exits, paths.sockets)
@@ -209,7 +212,7 @@ class ContainerManager:
         make_dir(directory)
         make_dir(writable)
         bundle.mount_overlay(image.rootfs, writable / "upper", writable / "work", rootfs)
-        mounts = [self._oci_mount(mount, writable, index)
+        mounts = [self._oci_mount(mount, writable, index, directory)
                   for index, mount in enumerate(request.mounts)]  # fmt: skip
         for index, (target, content) in enumerate(request.files.items()):
             source = directory / "files" / str(index)
@@ -300,8 +303,11 @@ class ContainerManager:
         and a directory on the volatile tmpfs: quick enough for the event loop)."""
         self.monitor.forget(container_id)
 
-    def _oci_mount(self, mount: Mount, writable: Path, index: int) -> dict[str, Any]:
-        """The runtime-spec mount of a job's storage entry (volumes are made on first use)."""
+    def _oci_mount(
+        self, mount: Mount, writable: Path, index: int, directory: Path
+    ) -> dict[str, Any]:
+        """The runtime-spec mount of a job's storage entry (volumes are made on first use;
+        a bind source is staged in the bundle `directory`)."""
         if mount.kind is MountKind.TMPFS:
             options = ["nosuid", "nodev"]
             if mount.size_bytes is not None:
@@ -311,15 +317,33 @@ class ContainerManager:
             return {"destination": mount.target, "type": "tmpfs", "source": "tmpfs",
                     "options": options}  # fmt: skip
         if mount.kind is MountKind.BIND:
-            source = Path(mount.source)
-        elif mount.kind is MountKind.NAMED:
-            source = self.paths.volumes / mount.source
+            source = self._stage_bind(mount, index, directory)
         else:
-            source = writable / "anonymous" / str(index)
-        make_dir(source, VOLUME_DIR_MODE)
+            source = (
+                self.paths.volumes / mount.source
+                if mount.kind is MountKind.NAMED
+                else writable / "anonymous" / str(index)
+            )
+            make_dir(source, VOLUME_DIR_MODE)
         access = "ro" if mount.readonly else "rw"
         return {"destination": mount.target, "type": "bind", "source": str(source),
                 "options": ["rbind", access, "nosuid", "nodev"]}  # fmt: skip
+
+    def _stage_bind(self, mount: Mount, index: int, directory: Path) -> Path:
+        """Opens the bind source beneath its allowed directory and mounts that descriptor in
+        the bundle: what was checked is what the runtime binds. Raises ValueError naming
+        the storage entry."""
+        staging = directory / binds.STAGING_DIR / str(index)
+        try:
+            make_dir(staging.parent)
+            source = self.bind_roots.open(mount.source)
+            try:
+                binds.stage(source, staging, mount.readonly)
+            finally:
+                os.close(source)
+        except (binds.BindRefused, OSError) as error:
+            raise ValueError(f"storage[{index}] (bind on {mount.target}): {error}") from None
+        return staging
 
     def _stop_signal(self, container_id: str) -> str:
         try:
@@ -333,6 +357,7 @@ class ContainerManager:
 
     def _remove_bundle(self, container_id: str) -> None:
         directory = self._directory(container_id)
+        binds.unstage_all(directory)
         syscalls.unmount(directory / "rootfs")
         shutil.rmtree(directory, ignore_errors=True)
         shutil.rmtree(self.paths.writable / container_id, ignore_errors=True)

@@ -1,4 +1,6 @@
-"""mount(2), umount2(2) and statfs(2) through libc: Python's os module has none of them."""
+"""Linux system calls that Python's os module lacks, through libc: mount(2), umount2(2),
+statfs(2), and the descriptor-based openat2(2), open_tree(2), mount_setattr(2) and
+move_mount(2)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,42 @@ TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
 # struct statfs is 120 bytes on 64-bit Linux; f_type is its first field on every arch.
 _STATFS_SIZE = 256
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+# openat2(2) resolve flags.
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+# open_tree(2), mount_setattr(2) and move_mount(2).
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MS_PRIVATE = 1 << 18
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+# These calls came after the syscall tables were unified: one number on every
+# architecture (but alpha).
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_OPENAT2 = 437
+_SYS_MOUNT_SETATTR = 442
+_libc.syscall.restype = ctypes.c_long
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
 def mount(source: str, target: Path, fstype: str, flags: int, options: str) -> None:
@@ -65,3 +103,75 @@ def working_directory(path: Path) -> Iterator[None]:
     finally:
         os.fchdir(previous)
         os.close(previous)
+
+
+def _syscall(what: str, number: int, *args: object) -> int:
+    result = int(_libc.syscall(ctypes.c_long(number), *args))
+    if result < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{what}: {os.strerror(error)}")
+    return result
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat(2) with `resolve` flags (RESOLVE_BENEATH, ...); returns the new descriptor,
+    always close-on-exec. Raises OSError (EXDEV: the path left the directory; ELOOP: a
+    link the flags refuse)."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    size = ctypes.c_size_t(ctypes.sizeof(how))
+    path_bytes = os.fsencode(path)
+    return _syscall(
+        f"openat2 {path}", _SYS_OPENAT2, ctypes.c_int(dirfd), path_bytes, ctypes.byref(how), size
+    )
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    """open_tree(2): a descriptor of the mount at `path` (or, with OPEN_TREE_CLONE, of a
+    detached copy of it); raises OSError."""
+    return _syscall(
+        f"open_tree {path}",
+        _SYS_OPEN_TREE,
+        ctypes.c_int(dirfd),
+        os.fsencode(path),
+        ctypes.c_uint(flags),
+    )
+
+
+def mount_setattr(
+    dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0, propagation: int = 0
+) -> None:
+    """mount_setattr(2): sets and clears MOUNT_ATTR_* flags (and the propagation type, when
+    not 0) of the mount at `path`; raises OSError."""
+    attr = _MountAttr(attr_set, attr_clr, propagation, 0)
+    size = ctypes.c_size_t(ctypes.sizeof(attr))
+    _syscall(
+        f"mount_setattr {path}",
+        _SYS_MOUNT_SETATTR,
+        ctypes.c_int(dirfd),
+        os.fsencode(path),
+        ctypes.c_uint(flags),
+        ctypes.byref(attr),
+        size,
+    )
+
+
+def move_mount(from_dirfd: int, from_path: str, to_dirfd: int, to_path: str, flags: int) -> None:
+    """move_mount(2): attaches a mount (a detached one from open_tree, say) at `to_path`;
+    raises OSError."""
+    _syscall(
+        f"move_mount to {to_path}",
+        _SYS_MOVE_MOUNT,
+        ctypes.c_int(from_dirfd),
+        os.fsencode(from_path),
+        ctypes.c_int(to_dirfd),
+        os.fsencode(to_path),
+        ctypes.c_uint(flags),
+    )
+
+
+def umount2(path: Path, flags: int) -> None:
+    """umount2(2) of `path` with `flags` (MNT_DETACH, ...); raises OSError (EINVAL: nothing
+    is mounted there)."""
+    if _libc.umount2(str(path).encode(), flags) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"unmount {path}: {os.strerror(error)}")
