@@ -7,8 +7,11 @@ waits for it, stops it and removes it, keeping the log file.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
+import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -16,7 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.domain import CommandSpec, ImageSpec, Mount, MountKind, Resources
+from agent.domain import (
+    ID_RANGE_SIZE,
+    CommandSpec,
+    IdRange,
+    ImageSpec,
+    Mount,
+    MountKind,
+    Resources,
+)
 from agent.runtime import bundle, syscalls
 from agent.runtime.cgroups import oom_kill_count
 from agent.runtime.errors import (
@@ -28,7 +39,10 @@ from agent.runtime.images import Image, ImageStore, PruneResult
 from agent.runtime.monitor import ConmonMonitor, MonitorPaths
 from agent.runtime.oci import OciRuntime
 from agent.runtime.process import off_loop
+from agent.runtime.userns import IdMapping, NamespaceCache, shift_tree
 from agent.runtime.volatile import VOLATILE_ROOT
+
+log = logging.getLogger(__name__)
 
 KILL_SIGNAL = "SIGKILL"
 # A container does not start when its log disk has less room than this: its output would be lost.
@@ -36,6 +50,13 @@ MIN_LOG_SPACE = 1 << 20
 DEFAULT_STOP_SIGNAL = "SIGTERM"
 # Where the stop signal is kept, so that a restarted agent stops a container the same way.
 STOP_SIGNAL_ANNOTATION = "org.opencontainers.image.stopSignal"
+# The bundles and their parent in the volatile directory: searchable, not listable, so that
+# the root of a job's user namespace reaches its own bundle (which is 0710, root and the
+# range's root group) to mount its rootfs and volumes from there.
+BUNDLE_PARENT_MODE = 0o711
+BUNDLE_MODE = 0o710
+# What mount_setattr answers where the kernel or a filesystem cannot idmap.
+IDMAP_UNSUPPORTED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM)
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,8 @@ class ContainerRequest:
     files: Mapping[str, bytes] = field(default_factory=dict)
     privileged: bool = False
     capabilities: tuple[str, ...] = ()
+    # The host ids the container's user namespace maps 0.. to; None: the host's namespace.
+    id_range: IdRange | None = None
 
 
 @dataclass(frozen=True)
@@ -123,8 +146,11 @@ class ContainerManager:
         self.monitor = ConmonMonitor(conmon, self.runtime, paths.exits, paths.sockets)
         # Told how long each pull took and whether it worked (metrics).
         self.observe_pull: Callable[[float, bool], None] | None = None
+        self._namespaces = NamespaceCache()
         paths.bundles.mkdir(parents=True, exist_ok=True)
         paths.writable.mkdir(parents=True, exist_ok=True)
+        for directory in (paths.volatile, paths.bundles):
+            os.chmod(directory, BUNDLE_PARENT_MODE)
 
     async def pull(self, image: ImageSpec) -> Image:
         """Makes the image present as its pull policy says; raises ImagePullError."""
@@ -192,10 +218,18 @@ class ContainerManager:
         process = bundle.resolve_process(
             image.config, request.command, request.env, image.rootfs, request.user
         )
+        ids = request.id_range
         directory.mkdir(parents=True, exist_ok=True)
-        bundle.mount_overlay(image.rootfs, writable / "upper", writable / "work", rootfs)
-        mounts = [self._oci_mount(mount, writable, index)
-                  for index, mount in enumerate(request.mounts)]  # fmt: skip
+        lower = image.rootfs
+        if ids is not None:
+            os.chown(directory, 0, ids.start)
+            os.chmod(directory, BUNDLE_MODE)
+            lower = self._idmapped_image(image, directory, ids)
+        bundle.mount_overlay(lower, writable / "upper", writable / "work", rootfs)
+        mounts = [
+            self._oci_mount(mount, writable, index, directory, ids)
+            for index, mount in enumerate(request.mounts)
+        ]
         for index, (target, content) in enumerate(request.files.items()):
             mounts.append(_file_mount(target, content, directory / "files" / str(index)))
         config = bundle.build_config(
@@ -214,8 +248,26 @@ class ContainerManager:
             request.host_network,
             request.privileged,
             request.capabilities,
+            ids,
         )
         (directory / "config.json").write_text(json.dumps(config))
+
+    def _idmapped_image(self, image: Image, directory: Path, ids: IdRange) -> Path:
+        """The image's rootfs as the container's root sees it: its owners shifted into the
+        range by an idmapped mount (shared layers, nothing copied)."""
+        try:
+            userns = self._namespaces.fd(IdMapping.of(ids))
+            return bundle.mount_idmapped_image(image.rootfs, directory, userns)
+        except OSError as error:
+            if error.errno not in IDMAP_UNSUPPORTED:
+                raise
+            raise OSError(
+                error.errno,
+                f"cannot give the container a user namespace: the image's filesystem cannot "
+                f"be idmapped on this host ({error.strerror}); a job may run in the host's "
+                f"user namespace with user_namespace: host where the agent allows it "
+                f"(--allow-host-userns)",
+            ) from None
 
     async def start(self, container_id: str) -> None:
         """Starts a created container's process; raises ContainerStartError."""
@@ -276,14 +328,24 @@ class ContainerManager:
     def close(self) -> None:
         """Releases what the manager holds (running containers are left alone)."""
         self.runtime.close()
+        self._namespaces.close()
 
     async def forget(self, container_id: str) -> None:
         """Drops the exit record of a removed container once its outcome is stored (a file
         and a directory on the volatile tmpfs: quick enough for the event loop)."""
         self.monitor.forget(container_id)
 
-    def _oci_mount(self, mount: Mount, writable: Path, index: int) -> dict[str, Any]:
-        """The runtime-spec mount of a job's storage entry (volumes are made on first use)."""
+    def _oci_mount(
+        self, mount: Mount, writable: Path, index: int, directory: Path, ids: IdRange | None
+    ) -> dict[str, Any]:
+        """The runtime-spec mount of a job's storage entry (volumes are made on first use).
+
+        With a user namespace, a new volume is owned by the range's root, and volumes and
+        bind sources are mounted in the bundle for the runtime to bind from there (youki
+        resolves a source as the range's root, who cannot reach the data directory; see
+        _volume_mount). A bind source keeps its host owners and modes: the job reaches
+        what host users other than its owners may. A tmpfs is mounted by the runtime inside
+        the namespace, so its root is the range's root already."""
         if mount.kind is MountKind.TMPFS:
             options = ["nosuid", "nodev"]
             if mount.size_bytes is not None:
@@ -298,10 +360,37 @@ class ContainerManager:
             source = self.paths.volumes / mount.source
         else:
             source = writable / "anonymous" / str(index)
+        created = not source.exists()
         source.mkdir(parents=True, exist_ok=True)
+        if ids is not None:
+            point = directory / bundle.VOLUME_MOUNTS / str(index)
+            point.mkdir(parents=True, exist_ok=True)
+            if mount.kind is MountKind.BIND:
+                # As the host path is: the range's ids are no owner of it.
+                syscalls.mount(str(source), point, "", syscalls.MS_BIND | syscalls.MS_REC, "")
+            else:
+                if created:
+                    os.chown(source, ids.start, ids.start)
+                self._volume_mount(source, point, ids)
+            source = point
         access = "ro" if mount.readonly else "rw"
         return {"destination": mount.target, "type": "bind", "source": str(source),
                 "options": ["rbind", access, "nosuid", "nodev"]}  # fmt: skip
+
+    def _volume_mount(self, volume: Path, point: Path, ids: IdRange) -> None:
+        """Mounts a volume at `point` in the bundle, where the range's root reaches it. A
+        volume keeps the owner it got when made: one made for another job's range is
+        mounted idmapped from that range to this one; one owned by host ids (made by a job
+        in the host's namespace) is moved into this range first."""
+        owner = os.stat(volume).st_uid
+        if owner < ID_RANGE_SIZE:
+            shift_tree(volume, ids.start)
+            owner = ids.start
+        if owner == ids.start:
+            syscalls.mount(str(volume), point, "", syscalls.MS_BIND, "")
+        else:
+            userns = self._namespaces.fd(IdMapping(owner, ids.start, ids.size))
+            syscalls.mount_idmapped(volume, point, userns)
 
     def _stop_signal(self, container_id: str) -> str:
         try:
@@ -315,7 +404,12 @@ class ContainerManager:
 
     def _remove_bundle(self, container_id: str) -> None:
         directory = self._directory(container_id)
-        syscalls.unmount(directory / "rootfs")
+        try:
+            bundle.unmount_bundle(directory)
+        except OSError as error:
+            # Removing the bundle now would reach into a volume or the image.
+            log.error("container %s: bundle kept: %s", container_id, error)
+            return
         shutil.rmtree(directory, ignore_errors=True)
         shutil.rmtree(self.paths.writable / container_id, ignore_errors=True)
 

@@ -1,4 +1,5 @@
-"""mount(2), umount2(2) and statfs(2) through libc: Python's os module has none of them."""
+"""mount(2), umount2(2), statfs(2) and the new mount API (open_tree, mount_setattr,
+move_mount) through libc: Python's os module has none of them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_BIND = 0x1000
+MS_REC = 0x4000
 MNT_DETACH = 2
 CLONE_FS = 0x200
 TMPFS_MAGIC = 0x01021994
@@ -65,3 +68,71 @@ def working_directory(path: Path) -> Iterator[None]:
     finally:
         os.fchdir(previous)
         os.close(previous)
+
+
+# The new mount API (x86_64 and aarch64 share these numbers since Linux 5.2 / 5.12).
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_RECURSIVE = 0x8000
+AT_EMPTY_PATH = 0x1000
+AT_FDCWD = -100
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_IDMAP = 0x100000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = (
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    )
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{what}: {os.strerror(error)}")
+    return result
+
+
+def mount_idmapped(source: Path, target: Path, userns_fd: int, readonly: bool = False) -> None:
+    """Mounts a copy of the tree at `source` on `target` with its owners shifted by the
+    user namespace `userns_fd` (an id mapped to host id H there shows as H); raises OSError
+    (EINVAL or EOPNOTSUPP where the kernel or the filesystem cannot idmap)."""
+    tree = _check(
+        _libc.syscall(
+            SYS_OPEN_TREE,
+            AT_FDCWD,
+            str(source).encode(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE,
+        ),
+        f"open_tree {source}",
+    )
+    try:
+        attr = _MountAttr(
+            MOUNT_ATTR_IDMAP | (MOUNT_ATTR_RDONLY if readonly else 0), 0, 0, userns_fd
+        )
+        _check(
+            _libc.syscall(
+                SYS_MOUNT_SETATTR,
+                tree,
+                b"",
+                AT_EMPTY_PATH | AT_RECURSIVE,
+                ctypes.byref(attr),
+                ctypes.c_size_t(ctypes.sizeof(attr)),
+            ),
+            f"mount_setattr (idmap) {source}",
+        )
+        _check(
+            _libc.syscall(
+                SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, str(target).encode(), MOVE_MOUNT_F_EMPTY_PATH
+            ),
+            f"move_mount to {target}",
+        )
+    finally:
+        os.close(tree)
