@@ -149,7 +149,7 @@ class ContainerManager:
         self._namespaces = NamespaceCache()
         paths.bundles.mkdir(parents=True, exist_ok=True)
         paths.writable.mkdir(parents=True, exist_ok=True)
-        for directory in (paths.volatile, paths.bundles):
+        for directory in (paths.bundles.parent, paths.bundles):
             os.chmod(directory, BUNDLE_PARENT_MODE)
 
     async def pull(self, image: ImageSpec) -> Image:
