@@ -20,7 +20,12 @@ TS_DIR := clients/typescript
 GO_DIR := clients/go
 RUST_DIR := clients/rust
 DATA_DIR ?= .data
-LISTEN ?= 127.0.0.1:50051
+# make run serves on a socket of its own (mode 0660, in a 0700 directory) and the agent makes
+# an admin token in $(DATA_DIR)/admin.token; RUN_ARGS adds serve flags (--listen HOST:PORT
+# with --tokens-file FILE, say).
+RUN_DIR := .run
+LISTEN ?= unix:$(abspath $(RUN_DIR))/jobagent.sock
+RUN_ARGS ?=
 RUNTIME ?= youki
 EXAMPLE_IMAGE := build/images/busybox
 GEN_DIR := clients/python/jobagent/v1
@@ -152,7 +157,10 @@ image: apt $(EXAMPLE_IMAGE)/index.json
 
 run: deps image
 	$(PY) -m agent image-import --data-dir $(DATA_DIR) oci:$(EXAMPLE_IMAGE):latest busybox:latest
-	$(PY) -m agent serve --data-dir $(DATA_DIR) --listen $(LISTEN) --runtime $(RUNTIME)
+	@echo "serving on $(LISTEN); in another terminal:"
+	@echo "  export JOBAGENT_ADDRESS=$(LISTEN) JOBAGENT_TOKEN_FILE=$(abspath $(DATA_DIR))/admin.token"
+	@echo "  .venv/bin/jobctl node"
+	$(PY) -m agent serve --data-dir $(DATA_DIR) --listen $(LISTEN) --runtime $(RUNTIME) $(RUN_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check agent clients/python/jobagent_client clients/python/examples tests bench
@@ -210,4 +218,4 @@ bench: deps image $(VENV)/.bench $(TOOLS)/ghz $(TOOLS)/watchload
 	  $(PY) -m bench.$(BENCH_$(b)) --runtime $(RUNTIME);)
 
 clean:
-	rm -rf build $(DATA_DIR)
+	rm -rf build $(DATA_DIR) $(RUN_DIR)

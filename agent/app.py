@@ -10,12 +10,15 @@ import os
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
+from agent import hostfs
+from agent.api import admin_token, sockets
+from agent.api.access import Listeners
 from agent.api.auth import TokenTable
 from agent.api.server import AgentServer
 from agent.api.service import NodeFacts
-from agent.config import UNIX_PREFIX, AgentConfig, is_loopback
+from agent.config import AgentConfig, is_loopback
+from agent.exclusive import DataDirLock
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
 from agent.metrics import Metrics
@@ -36,6 +39,9 @@ class Agent:
         # conmon and the runtime run with other working directories: paths must be absolute.
         config = dataclasses.replace(config, data_dir=config.data_dir.resolve())
         self.config = config
+        # Before the store opens: a second agent on this data directory stops here.
+        self.data_lock = DataDirLock.acquire(config.data_dir)
+        hostfs.secure_data_dir(config.data_dir)
         self.store = Store(config.database)
         try:
             volatile.ensure_tmpfs()
@@ -76,32 +82,55 @@ class Agent:
 
     async def start(self) -> None:
         """Recovers what was running, then starts serving."""
-        node = NodeFacts(self.config.runtime_name, await self.runtime.runtime_version())
-        tokens = None if self.config.tokens_file is None else TokenTable.load(
-            self.config.tokens_file
-        )  # fmt: skip
-        credentials = None if self.config.tls is None else self.config.tls.credentials()
-        self.server = AgentServer(self.executor, self.scheduler, node, tokens, self.metrics)
+        config = self.config
+        gid = config.socket_gid()
+        for path in config.sockets:
+            sockets.prepare(path, gid)
+        node = NodeFacts(config.runtime_name, await self.runtime.runtime_version())
+        tokens = self.load_tokens()
+        credentials = None if config.tls is None else config.tls.credentials()
+        listeners = Listeners(bool(config.tcp_listen), bool(config.sockets), config.tcp_needs_token)
+        self.server = AgentServer(
+            self.executor, self.scheduler, node, tokens, self.metrics, listeners
+        )
         await self.executor.start()
         self._scheduling = asyncio.create_task(self.scheduler.run_forever())
-        for address in self.config.listen:
-            if address.startswith(UNIX_PREFIX):
-                self.server.listen_unix(Path(address.removeprefix(UNIX_PREFIX)),
-                                        self.config.socket_mode)  # fmt: skip
-                continue
+        for path in config.sockets:
+            self.server.listen_unix(path, config.socket_mode, gid)
+        for address in config.tcp_listen:
             port = self.server.listen(address, credentials)
             self.port = self.port or port
-            if credentials is None and not is_loopback(address.rpartition(":")[0]):
-                log.warning("serving plain text on %s, a non-loopback address (--insecure): "
-                            "anyone on the network can read and forge calls", address)  # fmt: skip
+            self.warn_if_insecure(address, plain=credentials is None)
         await self.server.start()
-        if self.config.metrics_listen:
-            port = self.metrics.serve(self.config.metrics_listen)
-            log.info("metrics on http://%s/metrics", self.config.metrics_listen.rsplit(":", 1)[0]
+        if config.metrics_listen:
+            port = self.metrics.serve(config.metrics_listen)
+            log.info("metrics on http://%s/metrics", config.metrics_listen.rsplit(":", 1)[0]
                      + f":{port}")  # fmt: skip
-        log.info("serving on %s (runtime %s, tls %s, tokens %s)", ", ".join(self.config.listen),
-                 self.config.runtime_name, "on" if credentials else "off",
+        log.info("serving on %s (runtime %s, tls %s, tokens %s)", ", ".join(config.listen),
+                 config.runtime_name, "on" if credentials else "off",
                  "on" if tokens else "off")  # fmt: skip
+
+    def load_tokens(self) -> TokenTable:
+        """The tokens file's tokens; without one, the admin token of the data directory,
+        made at the first start."""
+        if self.config.tokens_file is not None:
+            return TokenTable.load(self.config.tokens_file, self.config.show_env_to_viewers)
+        path = self.config.admin_token_file
+        table = admin_token.table(admin_token.load_or_create(path))
+        log.info("no tokens file: the admin token in %s is the only one", path)
+        return table
+
+    def warn_if_insecure(self, address: str, plain: bool) -> None:
+        """Logs what --insecure let through on a TCP address, at every start."""
+        if self.config.tcp_open:
+            log.warning(
+                "serving %s without authentication (--insecure): whoever reaches it "
+                "can run jobs as root on this host",
+                address,
+            )
+        if plain and not is_loopback(address.rpartition(":")[0]):
+            log.warning("serving plain text on %s, a non-loopback address (--insecure): "
+                        "anyone on the network can read and forge calls", address)  # fmt: skip
 
     async def stop(self) -> None:
         """Stops serving; running containers keep running and are re-adopted at next start.
@@ -120,6 +149,7 @@ class Agent:
         await self.executor.close()
         self.runtime.close()
         self.store.close()
+        self.data_lock.release()
 
 
 WORKER_THREADS = 32

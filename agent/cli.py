@@ -12,6 +12,7 @@ from typing import Any
 from agent import logsetup
 from agent.app import serve
 from agent.errors import InvalidSpec
+from agent.exclusive import AlreadyServing
 from agent.runtime.errors import RuntimeLayerError
 from agent.runtime.images import ImageStore
 from agent.runtime.manager import RuntimePaths
@@ -32,10 +33,18 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
         "--listen",
         action="append",
         metavar="ADDRESS",
-        help="host:port or unix:/PATH, repeatable (127.0.0.1:50051 by default)",
+        help=f"host:port or unix:/PATH, repeatable ({DEFAULTS.listen[0]} by default); "
+        "TCP needs --tokens-file or --tls-client-ca",
     )
     run.add_argument(
-        "--socket-mode", default="600", help="octal file mode of unix sockets (600 by default)"
+        "--socket-mode", default="660", help="octal file mode of unix sockets (660 by default)"
+    )
+    run.add_argument(
+        "--socket-group",
+        default="",
+        metavar="NAME",
+        help="group of unix sockets and their directory, whose members may connect "
+        "(the agent's own group by default); calls still need a token",
     )
     run.add_argument("--tls-cert", type=Path, help="server certificate (PEM): TCP uses TLS")
     run.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
@@ -43,7 +52,15 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
         "--tls-client-ca", type=Path, help="CA (PEM) that client certificates must chain to (mTLS)"
     )
     run.add_argument(
-        "--tokens-file", type=Path, help="bearer tokens with roles (YAML); calls need one"
+        "--tokens-file",
+        type=Path,
+        help="bearer tokens with roles (YAML); calls need one (without this file: the admin "
+        "token the agent makes in DATA_DIR/admin.token)",
+    )
+    run.add_argument(
+        "--show-env-to-viewers",
+        action="store_true",
+        help="viewer tokens see env values too (by default their names only)",
     )
     run.add_argument("--log-format", choices=logsetup.FORMATS, default="text",
                      help="the agent's own log: text or JSON lines")  # fmt: skip
@@ -66,7 +83,8 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
     run.add_argument(
         "--insecure",
         action="store_true",
-        help="allow plain TCP on a non-loopback address (logs a warning)",
+        help="serve TCP without --tokens-file or --tls-client-ca, or in plain text beyond "
+        "loopback (logs a warning at every start)",
     )
     run.add_argument(
         "--max-concurrent",
@@ -178,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             image = asyncio.run(store.import_image(args.source, args.name))
             print(f"{image.reference} {image.digest}")
-    except (InvalidSpec, RuntimeLayerError) as error:
+    except (InvalidSpec, RuntimeLayerError, AlreadyServing) as error:
         print(f"jobagent: {error}", file=sys.stderr)
         return 2
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import shutil
 from dataclasses import dataclass, field
@@ -14,6 +15,10 @@ from agent.errors import InvalidSpec
 from agent.executor.retention import RetentionPolicy
 
 KNOWN_RUNTIMES = ("youki", "runc", "crun")
+UNIX_PREFIX = "unix:"
+DEFAULT_SOCKET = Path("/run/jobagent/jobagent.sock")
+# sockaddr_un's sun_path holds 108 bytes, the last one a NUL.
+MAX_SOCKET_PATH_BYTES = 107
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,14 @@ class AgentConfig:
 
     data_dir: Path = Path("/var/lib/jobagent")
     # host:port (TCP) or unix:PATH addresses; one agent may listen on several.
-    listen: tuple[str, ...] = ("127.0.0.1:50051",)
-    socket_mode: int = 0o600
+    listen: tuple[str, ...] = (f"{UNIX_PREFIX}{DEFAULT_SOCKET}",)
+    socket_mode: int = 0o660
+    # The group of unix sockets and their directory (empty: the agent's own group).
+    socket_group: str = ""
     tls: TlsFiles | None = None
     tokens_file: Path | None = None
+    # Whether viewer tokens see env values (names only by default).
+    show_env_to_viewers: bool = False
     # host:port of the Prometheus /metrics endpoint (off when empty).
     metrics_listen: str = ""
     runtime: str = "youki"
@@ -74,6 +83,11 @@ class AgentConfig:
         return self.data_dir / "agent.db"
 
     @property
+    def admin_token_file(self) -> Path:
+        """The first admin token, made when no tokens file is configured."""
+        return self.data_dir / "admin.token"
+
+    @property
     def log_dir(self) -> Path:
         """Where attempt log files are kept."""
         return self.data_dir / "logs"
@@ -82,6 +96,43 @@ class AgentConfig:
     def runtime_name(self) -> str:
         """youki, runc, crun, or the file name of a runtime given by path."""
         return Path(self.runtime).name
+
+    @property
+    def sockets(self) -> tuple[Path, ...]:
+        """The unix sockets to serve on."""
+        return tuple(
+            Path(address.removeprefix(UNIX_PREFIX))
+            for address in self.listen
+            if address.startswith(UNIX_PREFIX)
+        )
+
+    @property
+    def tcp_listen(self) -> tuple[str, ...]:
+        """The TCP addresses to serve on."""
+        return tuple(address for address in self.listen if not address.startswith(UNIX_PREFIX))
+
+    @property
+    def tcp_needs_token(self) -> bool:
+        """TCP calls need a bearer token when a tokens file is configured; otherwise TCP is
+        served only with client certificates (mTLS) or with --insecure."""
+        return self.tokens_file is not None
+
+    @property
+    def tcp_open(self) -> bool:
+        """True when TCP callers would be authenticated by nothing at all (only --insecure
+        allows that)."""
+        client_ca = self.tls is not None and self.tls.client_ca is not None
+        return bool(self.tcp_listen) and not (self.tcp_needs_token or client_ca)
+
+    def socket_gid(self) -> int | None:
+        """The group id of `socket_group`, None when unset; raises InvalidSpec when no
+        group has that name."""
+        if not self.socket_group:
+            return None
+        try:
+            return grp.getgrnam(self.socket_group).gr_gid
+        except KeyError:
+            raise InvalidSpec("socket_group", f"no group is named {self.socket_group!r}") from None
 
     def runtime_binary(self) -> str:
         """The absolute path of the OCI runtime; raises InvalidSpec when it is missing."""
@@ -102,29 +153,55 @@ class AgentConfig:
             raise InvalidSpec("retention_interval", "must be positive")
         self.check_listen()
         check_id_ranges(self.id_ranges)
+        self.socket_gid()
         if self.metrics_listen:
             host, _, port = self.metrics_listen.rpartition(":")
             if not host or not port.isdigit():
                 raise InvalidSpec("metrics_listen", f"{self.metrics_listen!r} is not host:port")
 
     def check_listen(self) -> None:
-        """Plain TCP is allowed on loopback only, unless TLS is on or insecure is set."""
+        """Every listener needs a way to authenticate its callers: a unix socket has its
+        file mode and the tokens; TCP, loopback included, needs a tokens file or client
+        certificates (mTLS), and TLS beyond loopback. --insecure lifts the TCP rules."""
         if not self.listen:
             raise InvalidSpec("listen", "needs at least one address")
         for address in self.listen:
             if address.startswith(UNIX_PREFIX):
-                if not address.removeprefix(UNIX_PREFIX).startswith("/"):
+                path = address.removeprefix(UNIX_PREFIX)
+                if not path.startswith("/"):
                     raise InvalidSpec("listen", f"{address!r}: a socket path must be absolute")
+                if len(path.encode()) > MAX_SOCKET_PATH_BYTES:
+                    limit = f"a socket path has at most {MAX_SOCKET_PATH_BYTES} bytes"
+                    raise InvalidSpec("listen", f"{address!r}: {limit}")
                 continue
             host, _, port = address.rpartition(":")
             if not host or not port.isdigit():
                 raise InvalidSpec("listen", f"{address!r} is not host:port or unix:/PATH")
-            if not (self.tls or self.insecure or is_loopback(host)):
-                raise InvalidSpec("listen", f"{host} is not loopback: plain TCP there needs "
-                                  "--insecure, or TLS (--tls-cert and --tls-key)")  # fmt: skip
+            if self.insecure:
+                continue
+            if self.tcp_open:
+                raise InvalidSpec(
+                    "listen",
+                    f"{address}: TCP needs authentication, loopback included: give "
+                    "--tokens-file (bearer tokens) or --tls-client-ca (client certificates), "
+                    "or --insecure to serve it without any",
+                )
+            if not (self.tls or is_loopback(host)):
+                raise InvalidSpec(
+                    "listen",
+                    f"{host} is not loopback: plain TCP there needs TLS "
+                    "(--tls-cert and --tls-key), or --insecure",
+                )
 
 
-UNIX_PREFIX = "unix:"
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 # The highest host id (2^32 - 2; 2^32 - 1 means "no id").
 MAX_HOST_ID = 2**32 - 2
 
@@ -146,11 +223,3 @@ def check_id_ranges(pool: IdRangePool) -> None:
         raise InvalidSpec("userns_range", f"COUNT must be at least {ID_RANGE_SIZE} (one job)")
     if pool.start + pool.count - 1 > MAX_HOST_ID:
         raise InvalidSpec("userns_range", "the range passes the highest host id")
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost."""
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"

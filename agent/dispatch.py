@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from agent.containerpath import is_absolute_normalized
 from agent.domain import DEFAULT_PAYLOAD_PATH, Dispatch, DispatchPolicy, PayloadRequirement
 from agent.errors import InvalidSpec
 
 DISPATCH_FIELDS = {"payload", "payload_path", "env", "required_env", "args"}
-ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_ARGS = 64
 MAX_VALUE_BYTES = 4096
@@ -56,15 +56,10 @@ def parse_dispatch_policy(value: Any, path: str) -> DispatchPolicy:
 def check_dispatch_policy(policy: DispatchPolicy, path: str) -> None:
     """A policy's own consistency: an absolute, normalized payload path."""
     target = policy.payload_path
-    if (
-        not isinstance(target, str)
-        or not target.startswith("/")
-        or posixpath.normpath(target) != target
-        or target == "/"
-    ):
+    if not is_absolute_normalized(target) or target == "/":
         raise InvalidSpec(f"{path}.payload_path", "must be an absolute, normalized file path")
     for index, name in enumerate((*policy.env, *policy.required_env)):
-        if not ENV_NAME_PATTERN.match(name):
+        if not ENV_NAME_PATTERN.fullmatch(name):
             raise InvalidSpec(f"{path}.env[{index}]", f"{name!r} is not an environment name")
 
 

@@ -318,10 +318,14 @@ class Dispatch:
 
 @dataclass(frozen=True)
 class TriggerRequest:
-    """A trigger's idempotency key (AIP-155 request_id, may be empty) and parameters."""
+    """A trigger's idempotency key (AIP-155 request_id, may be empty) and parameters.
+
+    A request_id is scoped to its `caller` (agent.api.identity): another caller's same
+    request_id is another request."""
 
     request_id: str = ""
     dispatch: Dispatch = field(default_factory=Dispatch)
+    caller: str = ""
 
 
 @dataclass(frozen=True)

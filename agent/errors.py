@@ -28,6 +28,16 @@ class FailedPrecondition(AgentError):
     """The request is valid but the target is in the wrong state for it."""
 
 
+class HostPolicyRefused(FailedPrecondition):
+    """A registered job asks for what the agent's current flags do not allow (privileged,
+    a capability, host networking, a bind source); `field` is its path (spec.privileged)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
 class Unavailable(AgentError):
     """The agent cannot take the request now (shutting down)."""
 
@@ -46,3 +56,7 @@ class Unauthenticated(AgentError):
 
 class PermissionDenied(AgentError):
     """The caller's role does not allow the call."""
+
+
+class DataLoss(AgentError):
+    """A stored record cannot be read (written by hand, or damaged); the rest still works."""

@@ -11,10 +11,11 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agent.containerpath import is_absolute_normalized
 from agent.domain import HostPolicy, Mount, MountKind
 from agent.errors import InvalidSpec
 
-VOLUME_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+VOLUME_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 MOUNT_FIELDS: dict[MountKind, set[str]] = {
     MountKind.BIND: {"type", "source", "target", "readonly"},
     MountKind.NAMED: {"type", "name", "target", "readonly", "tier", "size"},
@@ -66,12 +67,12 @@ def _parse_mount(item: Any, path: str, parse_size: SizeParser) -> Mount:
         raise InvalidSpec(f"{path}.tier", "only local storage is available on this node")
     if kind is MountKind.BIND:
         source = item.get("source")
-        if not isinstance(source, str) or not source.startswith("/"):
-            raise InvalidSpec(f"{path}.source", "must be an absolute host path")
+        if not is_absolute_normalized(source):
+            raise InvalidSpec(f"{path}.source", "must be an absolute, normalized host path")
         return Mount(kind, target, source=source, readonly=readonly)
     if kind is MountKind.NAMED:
         name = item.get("name")
-        if not isinstance(name, str) or not VOLUME_NAME.match(name):
+        if not isinstance(name, str) or not VOLUME_NAME.fullmatch(name):
             raise InvalidSpec(f"{path}.name", "must be a volume name (a-z, 0-9, _.-)")
         size = _size(item, path, parse_size)
         return Mount(kind, target, source=name, readonly=readonly, size_bytes=size)
@@ -98,14 +99,16 @@ def check_mounts(mounts: Sequence[Mount], path: str) -> None:
         if not _inside_container(mount.target) or mount.target in targets:
             raise InvalidSpec(f"{where}.target", "must be a distinct absolute container path")
         targets.add(mount.target)
-        if mount.kind is MountKind.BIND and not mount.source.startswith("/"):
-            raise InvalidSpec(f"{where}.source", "must be an absolute host path")
-        if mount.kind is MountKind.NAMED and not VOLUME_NAME.match(mount.source):
+        if mount.kind is MountKind.BIND and not is_absolute_normalized(mount.source):
+            raise InvalidSpec(f"{where}.source", "must be an absolute, normalized host path")
+        if mount.kind is MountKind.NAMED and not VOLUME_NAME.fullmatch(mount.source):
             raise InvalidSpec(f"{where}.source", "must be a volume name (a-z, 0-9, _.-)")
+        if mount.mode is not None and not 0 <= mount.mode <= 0o7777:
+            raise InvalidSpec(f"{where}.mode", "must be a file mode such as 0o1777 (1023)")
 
 
 def _inside_container(target: object) -> bool:
-    return isinstance(target, str) and target.startswith("/") and ".." not in target.split("/")
+    return is_absolute_normalized(target) and target != "/"
 
 
 def check_host_access(

@@ -3,7 +3,7 @@ the host's user namespace.
 
 Each is refused unless the agent's configuration allows it (--allow-privileged,
 --allow-capability, --allow-host-userns), so a registration cannot widen what the node
-operator chose.
+operator chose; and checked again at every run, against the flags the agent runs with then.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.domain import HostPolicy, JobSpec, UserNamespace
 from agent.errors import InvalidSpec
+from agent.mounts import check_host_access
 
 # Every capability Linux defines (capability.h), by its runtime-spec name.
 ALL_CAPABILITIES = (
@@ -45,6 +46,13 @@ def parse_capabilities(value: Any, path: str) -> tuple[str, ...]:
         raise InvalidSpec(path, "must be a list of capability names")
     return tuple(normalize_capability(item, f"{path}[{index}]")
                  for index, item in enumerate(value))  # fmt: skip
+
+
+def check_host_policy(spec: JobSpec, policy: HostPolicy, path: str) -> None:
+    """Everything the agent's flags decide about a job: privileged, capabilities, host
+    networking and bind sources. Raises InvalidSpec naming the field."""
+    check_host_access(spec.storage, spec.host_network, policy, path)
+    check_privileges(spec, policy, path)
 
 
 def check_privileges(spec: JobSpec, policy: HostPolicy, path: str) -> None:

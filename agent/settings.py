@@ -1,7 +1,7 @@
 """Settings: the `serve` flags and a YAML config file, turned into an AgentConfig.
 
 A config file holds the flags' names with underscores (`max_concurrent: 32`,
-`listen: [unix:/run/jobagent/agent.sock]`); flags given on the command line win.
+`listen: [unix:/run/jobagent/jobagent.sock]`); flags given on the command line win.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         data_dir=args.data_dir,
         listen=tuple(args.listen or DEFAULTS.listen),
         socket_mode=_octal(args.socket_mode, "socket_mode"),
+        socket_group=args.socket_group,
         tls=_tls(args),
         tokens_file=args.tokens_file,
+        show_env_to_viewers=args.show_env_to_viewers,
         metrics_listen=args.metrics_listen,
         runtime=args.runtime,
         conmon=args.conmon,

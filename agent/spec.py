@@ -7,15 +7,17 @@ agent's to run and are skipped. Every error names the field path that caused it.
 
 from __future__ import annotations
 
+import math
 import re
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from croniter import croniter
 
+from agent.containerpath import is_absolute_normalized
 from agent.dispatch import ENV_NAME_PATTERN, check_dispatch_policy, parse_dispatch_policy
 from agent.domain import (
     CommandSpec,
@@ -36,9 +38,13 @@ from agent.domain import (
 from agent.errors import InvalidSpec
 from agent.mounts import check_host_access, check_mounts, parse_storage
 from agent.privileges import check_privileges, parse_capabilities, parse_user_namespace
+from agent.reference import reference_problem
 
-NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-IMAGE_PATTERN = re.compile(r"^[^\s]+$")
+NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# A label becomes a container annotation: a reverse-DNS style key, as OCI annotations are.
+LABEL_KEY_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?")
+# Annotation prefixes that runtimes and the agent interpret: a job's label must not set them.
+RESERVED_LABEL_PREFIXES = ("org.opencontainers.", "run.oci.", "io.kubernetes.")
 
 DOCUMENT_FIELDS = {"version", "deployment", "services", "tunnels", "api"}
 # Fields of a ZLayer service that only mean something for long-running services:
@@ -82,7 +88,7 @@ NOT_YET_SUPPORTED_FIELDS = {
 }
 IMAGE_FIELDS = {"name", "pull_policy"}
 RESOURCE_FIELDS = {"cpu", "memory", "pids_limit", "gpu"}
-MEMORY_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+MEMORY_PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?")
 MEMORY_UNITS = {
     None: 1,
     "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
@@ -90,7 +96,7 @@ MEMORY_UNITS = {
 }  # fmt: skip
 MIN_MEMORY_BYTES = 4 * 1024**2
 MIN_LOG_BYTES = 1024
-USER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
+USER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
 COMMAND_FIELDS = {"entrypoint", "args", "workdir"}
 
 
@@ -109,7 +115,7 @@ def parse_document(text: str, policy: HostPolicy | None = None) -> list[JobSpec]
     if version != "v1":
         raise InvalidSpec("version", f"must be v1, got {version!r}")
     deployment = _string(_required(root, "deployment", ""), "deployment")
-    if not NAME_PATTERN.match(deployment):
+    if not NAME_PATTERN.fullmatch(deployment):
         raise InvalidSpec("deployment", _name_rule(deployment))
     services = _mapping(_required(root, "services", ""), "services")
     jobs = []
@@ -120,8 +126,7 @@ def parse_document(text: str, policy: HostPolicy | None = None) -> list[JobSpec]
         if rtype == "service":
             continue
         job = parse_service(str(name), service, deployment, path)
-        check_host_access(job.storage, job.host_network, policy or HostPolicy(), path)
-        check_privileges(job, policy or HostPolicy(), path)
+        validate_job_spec(job, policy, path, YAML_FIELDS)
         jobs.append(job)
     if not jobs:
         raise InvalidSpec("services", "declares no service with rtype job or cron")
@@ -130,7 +135,7 @@ def parse_document(text: str, policy: HostPolicy | None = None) -> list[JobSpec]
 
 def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: str) -> JobSpec:
     """Parses one service with rtype job or cron; `path` prefixes error fields."""
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise InvalidSpec(path, _name_rule(name))
     for key in service:
         if key in NOT_YET_SUPPORTED_FIELDS:
@@ -142,7 +147,6 @@ def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: 
     except ValueError:
         raise InvalidSpec(f"{path}.rtype", f"must be job or cron, got {rtype!r}") from None
     schedule = _optional_string(service, "schedule", path)
-    validate_schedule(kind, schedule, f"{path}.schedule")
     return JobSpec(
         name=name,
         deployment=deployment,
@@ -185,7 +189,6 @@ def _cron(service: Mapping[str, Any], kind: JobKind, path: str) -> CronPolicy:
         return CronPolicy()
     defaults = CronPolicy()
     zone = _optional_string(service, "time_zone", path) or defaults.time_zone
-    check_time_zone(zone, f"{path}.time_zone")
     policy_text = service.get("concurrency_policy", defaults.concurrency_policy.value)
     try:
         policy = ConcurrencyPolicy(policy_text)
@@ -235,41 +238,158 @@ def _flag(value: Any, path: str) -> bool:
     return value
 
 
-def validate_job_spec(spec: JobSpec, policy: HostPolicy | None = None, path: str = "spec") -> None:
-    """Checks a JobSpec that arrived as a structured message (not YAML)."""
-    check_mounts(spec.storage, f"{path}.storage")
+# How each format names the fields that validate_job_spec checks, where it differs from the
+# domain's dotted names. A rule names a field as the caller wrote it: the proto's JobSpec
+# fields (spec.cron_policy.time_zone) or the YAML service's keys (services.x.time_zone);
+# "" is the prefix itself (a service's name is its key), and storage.size_bytes is relative
+# to the mount (storage[0].size).
+PROTO_FIELDS: Mapping[str, str] = {
+    "cron.time_zone": "cron_policy.time_zone",
+    "cron.starting_deadline_seconds": "cron_policy.starting_deadline_seconds",
+    "cron.successful_history_limit": "cron_policy.successful_jobs_history_limit",
+    "cron.failed_history_limit": "cron_policy.failed_jobs_history_limit",
+    "cron.concurrency_policy": "cron_policy.concurrency_policy",
+    "cron.suspend": "cron_policy.suspend",
+    "timeout_seconds": "timeout",
+    "stop_grace_seconds": "stop_grace_period",
+    "retry.backoff_limit": "retry_policy.backoff_limit",
+    "retry.initial_delay_seconds": "retry_policy.initial_delay",
+    "retry.max_delay_seconds": "retry_policy.max_delay",
+    "retry.fail_exit_codes": "retry_policy.fail_exit_codes",
+    "retry.retry_exit_codes": "retry_policy.retry_exit_codes",
+    "dispatch": "dispatch_policy",
+    "storage.size_bytes": "size_bytes",
+}
+YAML_FIELDS: Mapping[str, str] = {
+    **PROTO_FIELDS,
+    "name": "",
+    "kind": "rtype",
+    "cron.time_zone": "time_zone",
+    "cron.starting_deadline_seconds": "starting_deadline_seconds",
+    "cron.successful_history_limit": "successful_jobs_history_limit",
+    "cron.failed_history_limit": "failed_jobs_history_limit",
+    "cron.concurrency_policy": "concurrency_policy",
+    "cron.suspend": "suspend",
+    "retry.backoff_limit": "backoff_limit",
+    "max_log_bytes": "max_log_size",
+    "resources.memory_bytes": "resources.memory",
+    "dispatch": "dispatch",
+    "storage.size_bytes": "size",
+}
+
+
+def validate_job_spec(
+    spec: JobSpec,
+    policy: HostPolicy | None = None,
+    path: str = "spec",
+    fields: Mapping[str, str] = PROTO_FIELDS,
+) -> None:
+    """The one check of a JobSpec's values, whichever way it came (YAML or proto).
+
+    `path` prefixes every field path and `fields` renames the domain's fields into the
+    format's (PROTO_FIELDS or YAML_FIELDS). Types and unknown fields are the parsers' job.
+    """
+
+    def at(key: str) -> str:
+        name = fields.get(key, key)
+        return _join(path, name) if name else path
+
+    if not NAME_PATTERN.fullmatch(spec.name):
+        raise InvalidSpec(at("name"), _name_rule(spec.name))
+    if spec.deployment and not NAME_PATTERN.fullmatch(spec.deployment):
+        raise InvalidSpec(at("deployment"), _name_rule(spec.deployment))
+    problem = reference_problem(spec.image.name) if spec.image.name else "is required"
+    if problem is not None:
+        raise InvalidSpec(at("image.name"), problem)
+    _check_command(spec.command, at)
+    for key, value in spec.env.items():
+        if not ENV_NAME_PATTERN.fullmatch(key):
+            raise InvalidSpec(f"{at('env')}.{key}", "is not a valid environment variable name")
+        if "\0" in value:
+            raise InvalidSpec(f"{at('env')}.{key}", "may not contain NUL")
+    for key in spec.labels:
+        check_label_key(key, f"{at('labels')}.{key}")
+    validate_schedule(spec.kind, spec.schedule, at("schedule"))
+    _check_cron(spec.kind, spec.cron, at)
+    _check_resources(spec.resources, at)
+    if spec.user:
+        _user(spec.user, at("user"))
+    if spec.timeout_seconds is not None:
+        check_duration(spec.timeout_seconds, at("timeout_seconds"), positive=True)
+    if spec.stop_signal:
+        normalize_signal(spec.stop_signal, at("stop_signal"))
+    if spec.stop_grace_seconds is not None:
+        check_duration(spec.stop_grace_seconds, at("stop_grace_seconds"))
+    _grace(spec.stop_grace_seconds, at("stop_grace_seconds"))
+    _positive_int(spec.max_concurrent, at("max_concurrent"))
+    if spec.max_log_bytes is not None and spec.max_log_bytes < MIN_LOG_BYTES:
+        raise InvalidSpec(at("max_log_bytes"), f"must be at least {MIN_LOG_BYTES} bytes")
+    _check_retry(spec.retry, at)
+    check_mounts(spec.storage, at("storage"))
+    for index, mount in enumerate(spec.storage):
+        if mount.size_bytes is not None and mount.size_bytes < MIN_MEMORY_BYTES:
+            size = fields.get("storage.size_bytes", "size_bytes")
+            raise InvalidSpec(
+                f"{at('storage')}[{index}].{size}", f"must be at least {MIN_MEMORY_BYTES} bytes"
+            )
     check_host_access(spec.storage, spec.host_network, policy or HostPolicy(), path)
     check_privileges(spec, policy or HostPolicy(), path)
-    check_dispatch_policy(spec.dispatch, f"{path}.dispatch")
-    if not NAME_PATTERN.match(spec.name):
-        raise InvalidSpec(f"{path}.name", _name_rule(spec.name))
-    if spec.deployment and not NAME_PATTERN.match(spec.deployment):
-        raise InvalidSpec(f"{path}.deployment", _name_rule(spec.deployment))
-    if not IMAGE_PATTERN.match(spec.image.name):
-        raise InvalidSpec(f"{path}.image.name", "is required and may not contain spaces")
-    for key in spec.env:
-        if not ENV_NAME_PATTERN.match(key):
-            raise InvalidSpec(f"{path}.env.{key}", "is not a valid environment variable name")
-    validate_schedule(spec.kind, spec.schedule, f"{path}.schedule")
-    resources = spec.resources
-    if resources.cpu is not None and resources.cpu <= 0:
-        raise InvalidSpec(f"{path}.resources.cpu", "must be a positive number of cores")
+    check_dispatch_policy(spec.dispatch, at("dispatch"))
+
+
+def _check_command(command: CommandSpec, at: Callable[[str], str]) -> None:
+    if command.workdir and not is_absolute_normalized(command.workdir):
+        raise InvalidSpec(at("command.workdir"), "must be an absolute, normalized path")
+    for key in ("entrypoint", "args"):
+        for index, item in enumerate(getattr(command, key)):
+            if "\0" in item:
+                raise InvalidSpec(f"{at(f'command.{key}')}[{index}]", "may not contain NUL")
+
+
+def _check_cron(kind: JobKind, cron: CronPolicy, at: Callable[[str], str]) -> None:
+    """A cron job's policy; a job has none (every field at its default)."""
+    if kind is JobKind.JOB:
+        for key, value in vars(cron).items():
+            if value != getattr(CronPolicy(), key):
+                raise InvalidSpec(at(f"cron.{key}"), "is only allowed with rtype cron")
+        return
+    check_time_zone(cron.time_zone, at("cron.time_zone"))
+    deadline = cron.starting_deadline_seconds
+    if deadline is not None:
+        check_duration(deadline, at("cron.starting_deadline_seconds"), positive=True)
+    for key in ("successful_history_limit", "failed_history_limit"):
+        if getattr(cron, key) < 0:
+            raise InvalidSpec(at(f"cron.{key}"), "must be a non-negative integer")
+
+
+def _check_resources(resources: Resources, at: Callable[[str], str]) -> None:
+    cpu = resources.cpu
+    if cpu is not None and (not math.isfinite(cpu) or cpu <= 0):
+        raise InvalidSpec(at("resources.cpu"), "must be a positive number of cores")
     if resources.memory_bytes is not None and resources.memory_bytes < MIN_MEMORY_BYTES:
-        raise InvalidSpec(f"{path}.resources.memory_bytes", "must be at least 4Mi")
+        raise InvalidSpec(
+            at("resources.memory_bytes"), f"must be at least {MIN_MEMORY_BYTES} bytes"
+        )
     if resources.pids_limit is not None and resources.pids_limit <= 0:
-        raise InvalidSpec(f"{path}.resources.pids_limit", "must be a positive integer")
-    if spec.user:
-        _user(spec.user, f"{path}.user")
-    if spec.timeout_seconds is not None and spec.timeout_seconds <= 0:
-        raise InvalidSpec(f"{path}.timeout", "must be positive")
-    if spec.stop_signal:
-        normalize_signal(spec.stop_signal, f"{path}.stop_signal")
-    _grace(spec.stop_grace_seconds, f"{path}.stop_grace_period")
-    _positive_int(spec.max_concurrent, f"{path}.max_concurrent")
-    if spec.max_log_bytes is not None and spec.max_log_bytes < MIN_LOG_BYTES:
-        raise InvalidSpec(f"{path}.max_log_bytes", f"must be at least {MIN_LOG_BYTES}")
-    if spec.retry.backoff_limit < 0:
-        raise InvalidSpec(f"{path}.retry_policy.backoff_limit", "must not be negative")
+        raise InvalidSpec(at("resources.pids_limit"), "must be a positive integer")
+
+
+def _check_retry(retry: RetryPolicy, at: Callable[[str], str]) -> None:
+    if retry.backoff_limit < 0:
+        raise InvalidSpec(at("retry.backoff_limit"), "must be a non-negative integer")
+    check_duration(retry.initial_delay_seconds, at("retry.initial_delay_seconds"))
+    check_duration(retry.max_delay_seconds, at("retry.max_delay_seconds"))
+    for key in ("fail_exit_codes", "retry_exit_codes"):
+        if not all(1 <= code <= 255 for code in getattr(retry, key)):
+            raise InvalidSpec(at(f"retry.{key}"), "must be a list of exit codes (1-255)")
+
+
+def check_duration(seconds: float, path: str, positive: bool = False) -> None:
+    """A duration in seconds: finite and not negative (or, with `positive`, above zero)."""
+    if not math.isfinite(seconds):
+        raise InvalidSpec(path, "must be a finite duration")
+    if seconds < 0 or (positive and seconds == 0):
+        raise InvalidSpec(path, "must be positive" if positive else "must not be negative")
 
 
 def validate_schedule(kind: JobKind, schedule: str, path: str) -> None:
@@ -288,8 +408,6 @@ def _image(value: Any, path: str) -> ImageSpec:
     image = _mapping(value, path)
     _check_fields(image, IMAGE_FIELDS, path)
     name = _string(_required(image, "name", path), f"{path}.name")
-    if not IMAGE_PATTERN.match(name):
-        raise InvalidSpec(f"{path}.name", "is required and may not contain spaces")
     policy_text = _optional_string(image, "pull_policy", path) or PullPolicy.IF_NOT_PRESENT.value
     try:
         policy = PullPolicy(policy_text)
@@ -320,7 +438,7 @@ def _resources(value: Any, path: str) -> Resources:
 
 def parse_memory(value: Any, path: str, minimum: int = MIN_MEMORY_BYTES) -> int:
     """Parses a size: bytes, or a number with K/M/G/T or Ki/Mi/Gi/Ti; at least `minimum`."""
-    match = MEMORY_PATTERN.match(str(value).strip()) if not isinstance(value, bool) else None
+    match = MEMORY_PATTERN.fullmatch(str(value).strip()) if not isinstance(value, bool) else None
     if match is None:
         raise InvalidSpec(path, f"{value!r} is not a size such as 512Mi or 1Gi")
     size = int(float(match.group(1)) * MEMORY_UNITS[match.group(2)])
@@ -399,7 +517,7 @@ def parse_init_step(value: Any, path: str) -> InitStep:
     step = _mapping(value, path)
     _check_fields(step, STEP_FIELDS, path)
     step_id = _string(_required(step, "id", path), f"{path}.id")
-    if not NAME_PATTERN.match(step_id):
+    if not NAME_PATTERN.fullmatch(step_id):
         raise InvalidSpec(f"{path}.id", _name_rule(step_id))
     uses = _required(step, "uses", path)
     try:
@@ -484,8 +602,7 @@ def parse_duration(value: Any, path: str) -> float:
         )
     else:
         raise InvalidSpec(path, f"{value!r} is not a duration such as 30s, 5m or 1h30m")
-    if seconds < 0:
-        raise InvalidSpec(path, "must not be negative")
+    check_duration(seconds, path)
     return seconds
 
 
@@ -523,9 +640,22 @@ def _user(value: Any, path: str) -> str:
         return ""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not USER_PATTERN.match(value):
+    if not isinstance(value, str) or not USER_PATTERN.fullmatch(value):
         raise InvalidSpec(path, "must be a user name or id, optionally with :group")
     return value
+
+
+def check_label_key(key: str, path: str) -> None:
+    """A label key is a plain annotation key outside the runtime-reserved prefixes."""
+    if not LABEL_KEY_PATTERN.fullmatch(key):
+        raise InvalidSpec(
+            path,
+            "must be letters, digits and '._/-', at most 253 characters, "
+            "starting and ending with a letter or digit",
+        )
+    for prefix in RESERVED_LABEL_PREFIXES:
+        if key.startswith(prefix):
+            raise InvalidSpec(path, f"the prefix {prefix!r} is reserved for the runtime")
 
 
 def _labels(value: Any, path: str) -> dict[str, str]:
@@ -550,7 +680,7 @@ def _env(value: Any, path: str) -> dict[str, str]:
     env = _mapping(value, path)
     result = {}
     for key, item in env.items():
-        if not isinstance(key, str) or not ENV_NAME_PATTERN.match(key):
+        if not isinstance(key, str) or not ENV_NAME_PATTERN.fullmatch(key):
             raise InvalidSpec(f"{path}.{key}", "is not a valid environment variable name")
         if isinstance(item, bool) or not isinstance(item, str | int | float):
             raise InvalidSpec(f"{path}.{key}", "must be a string")

@@ -7,6 +7,7 @@ resumes from a sequence number sees every later change once and in order.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent import hostfs
 from agent.domain import (
     TERMINAL_STATUSES,
     Attempt,
@@ -52,7 +54,13 @@ from agent.domain import (
     TriggerRequest,
     UserNamespace,
 )
-from agent.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
+from agent.errors import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -106,13 +114,12 @@ CREATE TABLE IF NOT EXISTS cron_state (
 CREATE TABLE IF NOT EXISTS trigger_requests (
     execution_id TEXT PRIMARY KEY,
     request_id TEXT NOT NULL,
+    caller TEXT NOT NULL DEFAULT '',
     fingerprint TEXT NOT NULL,
     args TEXT NOT NULL,
     env TEXT NOT NULL,
     payload BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS trigger_requests_by_id ON trigger_requests (request_id)
-    WHERE request_id != '';
 CREATE TABLE IF NOT EXISTS attempts (
     execution_id TEXT NOT NULL,
     number INTEGER NOT NULL,
@@ -130,6 +137,7 @@ CREATE TABLE IF NOT EXISTS user_ranges (
 );
 """
 
+log = logging.getLogger(__name__)
 EVENT_COLUMNS = (
     "sequence, time, execution_id, execution, kind, step_id, message, job_name, schedule_time"
 )
@@ -140,6 +148,9 @@ ADDED_COLUMNS = {
         "message": "TEXT NOT NULL DEFAULT ''",
         "job_name": "TEXT NOT NULL DEFAULT ''",
         "schedule_time": "TEXT",
+    },
+    "trigger_requests": {
+        "caller": "TEXT NOT NULL DEFAULT ''",
     },
     "executions": {
         "attempt": "INTEGER NOT NULL DEFAULT 1",
@@ -160,14 +171,21 @@ class Store:
     """The agent's embedded database (one file, WAL mode)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        hostfs.make_dir(path.parent)
+        # Job env, dispatch env and payloads are in here: root's only. SQLite gives the
+        # -wal and -shm files the database file's mode.
+        hostfs.create_file(path, hostfs.PRIVATE_FILE)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
+        for suffix in ("-wal", "-shm"):
+            hostfs.tighten(path.with_name(path.name + suffix), hostfs.PRIVATE_FILE)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         self._migrate()
+        # Names of job rows found unreadable (each is logged once).
+        self._unreadable: set[str] = set()
 
     def _migrate(self) -> None:
         """Adds the columns that a database written by an older agent lacks."""
@@ -176,6 +194,12 @@ class Store:
             for name, definition in added.items():
                 if name not in columns:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+        # A request_id was unique node-wide; it is unique per caller.
+        self._db.execute("DROP INDEX IF EXISTS trigger_requests_by_id")
+        self._db.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS trigger_requests_by_caller "
+            "ON trigger_requests (caller, request_id) WHERE request_id != ''"
+        )
 
     def close(self) -> None:
         """Closes the database."""
@@ -197,6 +221,7 @@ class Store:
         self, job: Job, note: JobNote | None = None, cron_state: CronState | None = None
     ) -> JobEvent | None:
         """Inserts or replaces a job (and its cron state) and records the job event if any."""
+        self._unreadable.discard(job.name)
         with self._transaction() as db:
             if cron_state is not None:
                 _put_cron_state(db, job.name, cron_state)
@@ -223,12 +248,23 @@ class Store:
         return _job_from_row(row)
 
     def list_jobs(self, after: str = "", limit: int | None = None) -> list[Job]:
-        """Returns the jobs named after `after` (every job by default), by name."""
-        rows = self._db.execute(
-            "SELECT * FROM jobs WHERE name > ? ORDER BY name LIMIT ?",
-            (after, -1 if limit is None else limit),
-        ).fetchall()
-        return [_job_from_row(row) for row in rows]
+        """Returns the jobs named after `after` (every job by default), by name.
+
+        A row that cannot be read is left out (and logged once): one damaged job never
+        hides the others. get_job of its name raises DataLoss.
+        """
+        jobs: list[Job] = []
+        rows = self._db.execute("SELECT * FROM jobs WHERE name > ? ORDER BY name", (after,))
+        for row in rows:
+            if limit is not None and len(jobs) >= limit:
+                break
+            try:
+                jobs.append(_job_from_row(row))
+            except DataLoss as error:
+                if row["name"] not in self._unreadable:
+                    self._unreadable.add(row["name"])
+                    log.error("%s; it is left out until it is replaced or unregistered", error)
+        return jobs
 
     def get_cron_state(self, name: str) -> CronState:
         """What the scheduler recorded of a cron job (empty before its first schedule)."""
@@ -312,9 +348,9 @@ class Store:
                 dispatch = request.dispatch
                 try:
                     db.execute(
-                        "INSERT INTO trigger_requests (execution_id, request_id, fingerprint, "
-                        "args, env, payload) VALUES (?, ?, ?, ?, ?, ?)",
-                        (execution.id, request.request_id, fingerprint,
+                        "INSERT INTO trigger_requests (execution_id, request_id, caller, "
+                        "fingerprint, args, env, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (execution.id, request.request_id, request.caller, fingerprint,
                          json.dumps(list(dispatch.args)), json.dumps(dict(dispatch.env)),
                          dispatch.payload),
                     )  # fmt: skip
@@ -322,11 +358,12 @@ class Store:
                     raise AlreadyExists(f"request_id {request.request_id!r} is in use") from None
             return _append_event(db, execution)
 
-    def find_request(self, request_id: str) -> tuple[str, str] | None:
-        """The execution id and fingerprint recorded for a request_id, if any."""
+    def find_request(self, request_id: str, caller: str = "") -> tuple[str, str] | None:
+        """The execution id and fingerprint recorded for a caller's request_id, if any."""
         row = self._db.execute(
-            "SELECT execution_id, fingerprint FROM trigger_requests WHERE request_id = ?",
-            (request_id,),
+            "SELECT execution_id, fingerprint FROM trigger_requests "
+            "WHERE caller = ? AND request_id = ?",
+            (caller, request_id),
         ).fetchone()
         return None if row is None else (row["execution_id"], row["fingerprint"])
 
@@ -339,7 +376,7 @@ class Store:
             return TriggerRequest()
         dispatch = Dispatch(tuple(json.loads(row["args"])), json.loads(row["env"]),
                             bytes(row["payload"]))  # fmt: skip
-        return TriggerRequest(row["request_id"], dispatch)
+        return TriggerRequest(row["request_id"], dispatch, row["caller"])
 
     def transition(
         self,
@@ -717,12 +754,18 @@ def _spec_from_json(data: dict[str, Any]) -> JobSpec:
 
 
 def _job_from_row(row: sqlite3.Row) -> Job:
-    return Job(
-        spec=_spec_from_json(json.loads(row["spec"])),
-        created_at=_parse_time(row["created_at"]),
-        updated_at=_parse_time(row["updated_at"]),
-        spec_yaml=row["spec_yaml"],
-    )
+    """A stored job; DataLoss when its row is not what this agent writes."""
+    try:
+        return Job(
+            spec=_spec_from_json(json.loads(row["spec"])),
+            created_at=_parse_time(row["created_at"]),
+            updated_at=_parse_time(row["updated_at"]),
+            spec_yaml=row["spec_yaml"],
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        # json.JSONDecodeError and a bad enum value are ValueErrors; a missing or
+        # unexpected field is a KeyError or TypeError.
+        raise DataLoss(f"the stored job {row['name']!r} cannot be read: {error!r}") from None
 
 
 def _trigger_to_json(trigger: Trigger) -> str:

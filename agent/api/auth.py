@@ -6,8 +6,11 @@ A tokens file (YAML) lists who may call:
       - {name: scheduler, role: operator, sha256: <hex digest of the token>}
       - {name: admin, role: admin, token: <the token itself>}
 
-viewer reads, watches and streams logs; operator also triggers, cancels, suspends and
-resumes; admin also registers, unregisters and prunes images. Health stays open to all.
+viewer reads, watches and streams logs (with env values redacted unless the agent runs
+with --show-env-to-viewers); operator also triggers, cancels, suspends and resumes; admin
+also registers, unregisters and prunes images. Health stays open to all, reflection needs
+viewer, and any other method, a JobService method missing from the table included, needs
+admin (fail closed).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import enum
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,8 @@ import yaml
 from grpc_health.v1 import health
 
 from agent.api.errors import to_status
+from agent.api.identity import TOKEN_NAME
+from agent.api.redact import redacted
 from agent.errors import AgentError, InvalidSpec, PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -40,7 +45,17 @@ class Role(enum.IntEnum):
 
 
 SERVICE_PREFIX = "/jobagent.v1.JobService/"
+# Every JobService method, by name; one that is not here needs admin.
 METHOD_ROLES = {
+    "GetJob": Role.VIEWER,
+    "ListJobs": Role.VIEWER,
+    "GetExecution": Role.VIEWER,
+    "ListExecutions": Role.VIEWER,
+    "WatchExecution": Role.VIEWER,
+    "StreamLogs": Role.VIEWER,
+    "DownloadLogs": Role.VIEWER,
+    "WatchEvents": Role.VIEWER,
+    "GetNodeInfo": Role.VIEWER,
     "TriggerJob": Role.OPERATOR,
     "CancelExecution": Role.OPERATOR,
     "SuspendJob": Role.OPERATOR,
@@ -50,15 +65,21 @@ METHOD_ROLES = {
     "PruneImages": Role.ADMIN,
 }
 OPEN_PREFIXES = (f"/{health.SERVICE_NAME}/",)
+VIEWER_PREFIXES = (
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+)
 
 
 def required_role(method: str) -> Role | None:
-    """The role a method needs (None: open to all). Reflection needs viewer."""
+    """The role a method needs (None: open to all); admin for any method not named."""
     if method.startswith(OPEN_PREFIXES):
         return None
+    if method.startswith(VIEWER_PREFIXES):
+        return Role.VIEWER
     if method.startswith(SERVICE_PREFIX):
-        return METHOD_ROLES.get(method.removeprefix(SERVICE_PREFIX), Role.VIEWER)
-    return Role.VIEWER
+        return METHOD_ROLES.get(method.removeprefix(SERVICE_PREFIX), Role.ADMIN)
+    return Role.ADMIN
 
 
 @dataclass(frozen=True)
@@ -72,11 +93,13 @@ class Caller:
 class TokenTable:
     """The known tokens, by the SHA-256 of each (tokens are never kept in the clear)."""
 
-    def __init__(self, entries: Mapping[str, Caller]) -> None:
+    def __init__(self, entries: Mapping[str, Caller], show_env_to_viewers: bool = False) -> None:
         self._entries = dict(entries)
+        # Whether viewers see env values (by default they see the names only).
+        self.show_env_to_viewers = show_env_to_viewers
 
     @classmethod
-    def load(cls, path: Path) -> TokenTable:
+    def load(cls, path: Path, show_env_to_viewers: bool = False) -> TokenTable:
         """Reads a tokens file; raises InvalidSpec naming the bad entry."""
         try:
             document = yaml.safe_load(path.read_text())
@@ -96,7 +119,7 @@ class TokenTable:
                 raise InvalidSpec(f"{where}.role", "must be viewer, operator or admin") from None
             digest = _digest_of(item, where)
             entries[digest] = Caller(str(item.get("name", where)), role)
-        return cls(entries)
+        return cls(entries, show_env_to_viewers)
 
     def caller(self, token: str) -> Caller | None:
         """Who holds `token`, or None."""
@@ -166,7 +189,43 @@ class TokenAuth(_Interceptor):
             return _refusal(handler, PermissionDenied(
                 f"{method.rsplit('/', 1)[-1]} needs role {needed.name.lower()}; "
                 f"{caller.name} has {caller.role.name.lower()}"))  # fmt: skip
+        redact = caller.role is Role.VIEWER and not self._tokens.show_env_to_viewers
+        return _as_caller(handler, caller.name, redact)
+
+
+def _as_caller(handler: Handler, name: str, redact: bool) -> Handler:
+    """`handler` run with the caller's token name known (agent.api.identity), and its
+    responses' env values redacted when `redact`."""
+    if handler.request_streaming:
         return handler
+
+    def response(message: Any) -> Any:
+        return redacted(message) if redact else message
+
+    if handler.response_streaming:
+        stream: Any = handler.unary_stream
+
+        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            TOKEN_NAME.set(name)
+            async for message in stream(request, context):
+                yield response(message)
+
+        return grpc.unary_stream_rpc_method_handler(
+            streaming,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    unary: Any = handler.unary_unary
+
+    async def single(request: Any, context: Any) -> Any:
+        TOKEN_NAME.set(name)
+        return response(await unary(request, context))
+
+    return grpc.unary_unary_rpc_method_handler(
+        single,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 def _refusal(handler: Handler, error: AgentError) -> Handler:

@@ -127,9 +127,36 @@ def timestamp(value: datetime) -> Timestamp:
                      nanos=since_epoch.microseconds * 1_000)  # fmt: skip
 
 
-def from_timestamp(message: Timestamp) -> datetime:
-    """An aware UTC datetime of a protobuf Timestamp."""
+# The ranges that google/protobuf/{timestamp,duration}.proto define (years 1 to 9999, and
+# +-10,000 years): a message outside them is the caller's mistake, not the agent's.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+MAX_DURATION_SECONDS = 315_576_000_000
+MAX_NANOS = 999_999_999
+
+
+def from_timestamp(message: Timestamp, path: str = "") -> datetime:
+    """An aware UTC datetime of a protobuf Timestamp; InvalidSpec naming `path` when the
+    message is not a valid timestamp."""
+    if not (
+        MIN_TIMESTAMP_SECONDS <= message.seconds <= MAX_TIMESTAMP_SECONDS
+        and 0 <= message.nanos <= MAX_NANOS
+    ):
+        raise InvalidSpec(path, "is not a valid timestamp (years 1 to 9999)")
     return message.ToDatetime(tzinfo=UTC)
+
+
+def duration_seconds(message: Duration, path: str) -> float:
+    """Seconds of a protobuf Duration; InvalidSpec naming `path` when it is not a valid one."""
+    seconds, nanos = message.seconds, message.nanos
+    if (
+        abs(seconds) > MAX_DURATION_SECONDS
+        or abs(nanos) > MAX_NANOS
+        or (seconds < 0 < nanos)
+        or (nanos < 0 < seconds)
+    ):
+        raise InvalidSpec(path, "is not a valid duration")
+    return seconds + nanos / 1e9
 
 
 def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
@@ -216,11 +243,10 @@ def _duration(seconds: float | None) -> Duration | None:
     return message
 
 
-def _seconds(message: Any, field: str) -> float | None:
+def _seconds(message: Any, field: str, path: str) -> float | None:
     if not message.HasField(field):
         return None
-    value: Duration = getattr(message, field)
-    return float(value.ToTimedelta().total_seconds())
+    return duration_seconds(getattr(message, field), f"{path}.{field}")
 
 
 def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
@@ -253,9 +279,9 @@ def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
         ),
         user=message.user,
         labels=dict(message.labels),
-        timeout_seconds=_seconds(message, "timeout"),
+        timeout_seconds=_seconds(message, "timeout", "spec"),
         stop_signal=message.stop_signal,
-        stop_grace_seconds=_seconds(message, "stop_grace_period"),
+        stop_grace_seconds=_seconds(message, "stop_grace_period", "spec"),
         max_concurrent=message.max_concurrent if message.HasField("max_concurrent") else None,
         retry=_retry_from_proto(message.retry_policy),
         max_log_bytes=message.max_log_bytes if message.HasField("max_log_bytes") else None,
@@ -335,8 +361,8 @@ def _mount_from_proto(message: pb.Mount, path: str) -> Mount:
 
 def _retry_from_proto(message: pb.RetryPolicy) -> RetryPolicy:
     defaults = RetryPolicy()
-    initial = _seconds(message, "initial_delay")
-    maximum = _seconds(message, "max_delay")
+    initial = _seconds(message, "initial_delay", "spec.retry_policy")
+    maximum = _seconds(message, "max_delay", "spec.retry_policy")
     return RetryPolicy(
         backoff_limit=message.backoff_limit,
         initial_delay_seconds=defaults.initial_delay_seconds if initial is None else initial,

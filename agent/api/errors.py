@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar, cast
 
@@ -14,7 +16,9 @@ from grpc_status import rpc_status
 from agent.errors import (
     AgentError,
     AlreadyExists,
+    DataLoss,
     FailedPrecondition,
+    HostPolicyRefused,
     InvalidSpec,
     NotFound,
     OutOfRange,
@@ -24,7 +28,10 @@ from agent.errors import (
     Unavailable,
 )
 
+log = logging.getLogger(__name__)
 ERROR_DOMAIN = "jobagent"
+# An error id is 12 hex digits: short enough to read out, unique enough to grep for.
+ERROR_ID_BYTES = 6
 CODES: list[tuple[type[AgentError], grpc.StatusCode, str]] = [
     (InvalidSpec, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
     (NotFound, grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
@@ -35,6 +42,7 @@ CODES: list[tuple[type[AgentError], grpc.StatusCode, str]] = [
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    (DataLoss, grpc.StatusCode.DATA_LOSS, "DATA_LOSS"),
 ]
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
@@ -53,11 +61,39 @@ def to_status(error: AgentError) -> grpc.Status:
             field=error.field, description=error.reason
         )
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    if isinstance(error, HostPolicyRefused):
+        refused = error_details_pb2.PreconditionFailure.Violation(
+            type="HOST_POLICY", subject=error.field, description=error.reason
+        )
+        status.details.add().Pack(error_details_pb2.PreconditionFailure(violations=[refused]))
+    return rpc_status.to_status(status)
+
+
+def internal_status(error: BaseException, method: str) -> grpc.Status:
+    """INTERNAL for an error nobody expected, with an id that is also in the agent's log.
+
+    The caller sees the id, never the exception (its text may hold paths or data); the
+    log line beside it has the traceback. Never UNKNOWN: that is what grpc.aio answers
+    for an exception that escapes a handler.
+    """
+    error_id = secrets.token_hex(ERROR_ID_BYTES)
+    log.error("internal error %s in %s: %r", error_id, method, error, exc_info=error)
+    status = status_pb2.Status(
+        code=grpc.StatusCode.INTERNAL.value[0],
+        message=f"internal error {error_id}: the agent's log has the details",
+    )
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(
+            reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"error_id": error_id}
+        )
+    )
     return rpc_status.to_status(status)
 
 
 def maps_errors(handler: Handler) -> Handler:
-    """Wraps a servicer method (coroutine or async generator) to answer AgentErrors properly."""
+    """Wraps a servicer method (coroutine or async generator): AgentErrors get their status
+    code, and anything else INTERNAL with an error id (never UNKNOWN)."""
+    method = handler.__name__
     if inspect.isasyncgenfunction(handler):
 
         @functools.wraps(handler)
@@ -67,6 +103,10 @@ def maps_errors(handler: Handler) -> Handler:
                     yield item
             except AgentError as error:
                 await context.abort_with_status(to_status(error))
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await context.abort_with_status(internal_status(error, method))
 
         return cast(Handler, stream)
 
@@ -76,5 +116,9 @@ def maps_errors(handler: Handler) -> Handler:
             return await handler(self, request, context)
         except AgentError as error:
             await context.abort_with_status(to_status(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await context.abort_with_status(internal_status(error, method))
 
     return cast(Handler, unary)

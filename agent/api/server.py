@@ -9,8 +9,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from jobagent.v1 import job_service_pb2, job_service_pb2_grpc
 
-from agent.api.auth import TokenAuth, TokenTable
+from agent.api import sockets
+from agent.api.access import Listeners, interceptors
+from agent.api.auth import TokenTable
 from agent.api.service import JobService, NodeFacts
+from agent.exclusive import address_in_use
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
 from agent.metrics import Metrics
@@ -28,10 +31,13 @@ class AgentServer:
         node: NodeFacts | None = None,
         tokens: TokenTable | None = None,
         metrics: Metrics | None = None,
+        listeners: Listeners | None = None,
     ) -> None:
-        interceptors = [] if tokens is None else [TokenAuth(tokens)]
-        self.server = grpc.aio.server(interceptors=interceptors)
-        self._sockets: list[tuple[Path, int]] = []
+        checks = () if tokens is None else interceptors(tokens, listeners or Listeners())
+        # No SO_REUSEPORT: a second agent on this address fails to bind instead of
+        # sharing its connections.
+        self.server = grpc.aio.server(interceptors=checks, options=[("grpc.so_reuseport", 0)])
+        self._sockets: list[tuple[Path, int, int | None]] = []
         # The stubs of grpcio-health-checking do not declare its aio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
@@ -45,22 +51,24 @@ class AgentServer:
     def listen(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
         """Binds a TCP address (with TLS when `credentials` are given; the caller checks that
         plain text stays on loopback); returns the port."""
-        if credentials is None:
-            return self.server.add_insecure_port(address)
-        return self.server.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                return self.server.add_insecure_port(address)
+            return self.server.add_secure_port(address, credentials)
+        except RuntimeError as error:
+            raise address_in_use(address) from error
 
-    def listen_unix(self, path: Path, mode: int) -> None:
-        """Binds a unix socket, replacing a stale one; it gets `mode` once serving."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
+    def listen_unix(self, path: Path, mode: int, gid: int | None = None) -> None:
+        """Binds a unix socket (see agent.api.sockets.prepare); it gets `mode` and group
+        `gid` once serving."""
         self.server.add_insecure_port(f"unix:{path}")
-        self._sockets.append((path, mode))
+        self._sockets.append((path, mode, gid))
 
     async def start(self) -> None:
         """Starts serving and reports SERVING."""
         await self.server.start()
-        for path, mode in self._sockets:
-            path.chmod(mode)
+        for path, mode, gid in self._sockets:
+            sockets.set_owner(path, mode, gid)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 

@@ -7,7 +7,7 @@ import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -18,6 +18,7 @@ from jobagent.v1 import jobs_pb2 as pb
 from agent import __version__
 from agent.api import convert
 from agent.api.errors import maps_errors
+from agent.api.identity import caller_identity
 from agent.domain import Bookmark, ExecutionFilter, Job, JobEvent, JobKind, NodeEvent
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
@@ -29,9 +30,11 @@ from agent.spec import NAME_PATTERN, normalize_signal, parse_document, validate_
 
 MAX_GRACE_SECONDS = 3600
 MAX_REQUEST_ID = 128
+DEFAULT_BOOKMARK_SECONDS = 30.0
+MIN_BOOKMARK_SECONDS = 1.0
 # Recent events' wire messages, shared by every watcher (the newest few thousand).
 EVENT_MESSAGE_CACHE = 4096
-EXECUTION_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+EXECUTION_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -121,9 +124,11 @@ class JobService(service_grpc.JobServiceServicer):
         ):
             raise InvalidSpec("request_id", f"at most {MAX_REQUEST_ID} printable ASCII characters")
         trigger = convert.trigger_from_request(request, context.peer())
-        execution = await self._executor.trigger(
-            request.job_name, trigger, convert.trigger_request_from_proto(request)
+        # A request_id is the caller's own: another caller's same id is another request.
+        trigger_request = replace(
+            convert.trigger_request_from_proto(request), caller=caller_identity(context)
         )
+        execution = await self._executor.trigger(request.job_name, trigger, trigger_request)
         return convert.execution_to_proto(execution)
 
     @maps_errors
@@ -152,9 +157,9 @@ class JobService(service_grpc.JobServiceServicer):
                                if s in convert.STATUS_FROM_PROTO),
             triggers=frozenset(convert.TRIGGER_FROM_PROTO[t] for t in request.trigger_kinds
                                if t in convert.TRIGGER_FROM_PROTO),
-            created_after=convert.from_timestamp(request.created_after)
+            created_after=convert.from_timestamp(request.created_after, "created_after")
             if request.HasField("created_after") else None,
-            created_before=convert.from_timestamp(request.created_before)
+            created_before=convert.from_timestamp(request.created_before, "created_before")
             if request.HasField("created_before") else None,
         )  # fmt: skip
         executions, token = self._executor.page_executions(
@@ -172,7 +177,7 @@ class JobService(service_grpc.JobServiceServicer):
         _require_id("id", request.id)
         grace = None
         if request.HasField("grace_period"):
-            grace = request.grace_period.ToTimedelta().total_seconds()
+            grace = convert.duration_seconds(request.grace_period, "grace_period")
             if not 0 <= grace <= MAX_GRACE_SECONDS:
                 raise InvalidSpec("grace_period", f"must be between 0 and {MAX_GRACE_SECONDS}s")
         signal = (
@@ -200,7 +205,9 @@ class JobService(service_grpc.JobServiceServicer):
             follow=request.follow,
             tail_lines=request.tail_lines,
             stream=convert.STREAM_FROM_PROTO.get(request.stream),
-            since=convert.from_timestamp(request.since) if request.HasField("since") else None,
+            since=convert.from_timestamp(request.since, "since")
+            if request.HasField("since")
+            else None,
         )
         self._executor.get_execution(request.execution_id)
         lines = self._executor.stream_logs(request.execution_id, query, request.attempt)
@@ -228,11 +235,14 @@ class JobService(service_grpc.JobServiceServicer):
     ) -> AsyncIterator[service_pb.WatchEventsResponse]:
         kinds = frozenset(convert.EVENT_FROM_PROTO[t] for t in request.types
                           if t in convert.EVENT_FROM_PROTO)  # fmt: skip
-        interval = 30.0
+        interval = DEFAULT_BOOKMARK_SECONDS
         if request.HasField("bookmark_interval"):
-            interval = request.bookmark_interval.ToTimedelta().total_seconds()
+            interval = convert.duration_seconds(request.bookmark_interval, "bookmark_interval")
             if interval <= 0:
                 raise InvalidSpec("bookmark_interval", "must be positive")
+            # Raised rather than refused: a client that asked for less keeps working, and
+            # no watcher can make the agent send more than one bookmark a second.
+            interval = max(interval, MIN_BOOKMARK_SECONDS)
         _require_name("job_name", request.job_name, optional=True)
         items = self._executor.watch_events(request.since_sequence, request.job_name, kinds,
                                             interval)  # fmt: skip
@@ -329,7 +339,7 @@ def _require_name(field: str, value: str, optional: bool = False) -> None:
     if optional and not value:
         return
     _require(field, value)
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise InvalidSpec(field, "must be a job name: lowercase letters, digits and '-', "
                           "at most 63 characters")  # fmt: skip
 
@@ -337,5 +347,5 @@ def _require_name(field: str, value: str, optional: bool = False) -> None:
 def _require_id(field: str, value: str) -> None:
     """An execution id (32 hex digits): nothing else may reach a log or bundle path."""
     _require(field, value)
-    if not EXECUTION_ID_PATTERN.match(value):
+    if not EXECUTION_ID_PATTERN.fullmatch(value):
         raise InvalidSpec(field, "must be an execution id (32 lowercase hex digits)")

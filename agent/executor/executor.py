@@ -41,12 +41,15 @@ from agent.domain import (
     NodeEvent,
     Status,
     Trigger,
+    TriggerKind,
     TriggerRequest,
     event_job_name,
 )
 from agent.errors import (
     AlreadyExists,
+    DataLoss,
     FailedPrecondition,
+    HostPolicyRefused,
     InvalidSpec,
     NotFound,
     OutOfRange,
@@ -60,6 +63,7 @@ from agent.executor.logs import LogChunk, LogQuery, read_log, read_log_chunks
 from agent.executor.ports import ContainerRuntime
 from agent.executor.recorder import Recorder
 from agent.executor.retention import Retention, RetentionPolicy
+from agent.privileges import check_host_policy
 from agent.runtime.errors import RuntimeLayerError
 from agent.runtime.images import PruneResult
 from agent.store import Store
@@ -129,7 +133,14 @@ class Executor:
         at = now()
         changes: list[tuple[Job, JobNote | None]] = []
         for spec in specs:
-            existing = self._find_job(spec.name)
+            try:
+                existing = self._find_job(spec.name)
+            except DataLoss:
+                if not replace_existing:
+                    raise AlreadyExists(
+                        f"job {spec.name!r} exists but its stored spec cannot be read (use replace)"
+                    ) from None
+                existing = None
             if existing is not None and existing.spec != spec and not replace_existing:
                 raise AlreadyExists(f"job {spec.name!r} exists with another spec (use replace)")
             created = existing.created_at if existing is not None else at
@@ -184,8 +195,9 @@ class Executor:
         return page[:page_size], token
 
     def unregister_job(self, name: str) -> None:
-        """Removes a job that has no active execution."""
-        self._store.get_job(name)
+        """Removes a job that has no active execution (also one whose row is unreadable)."""
+        with contextlib.suppress(DataLoss):
+            self._store.get_job(name)
         if self._store.list_executions(job_name=name, statuses=ACTIVE_STATUSES):
             raise FailedPrecondition(f"job {name!r} has active executions; cancel them first")
         self._publish(self._store.delete_job(name))
@@ -253,7 +265,7 @@ class Executor:
         request = request or TriggerRequest()
         digest = fingerprint(job_name, request.dispatch)
         if request.request_id:
-            seen = self._store.find_request(request.request_id)
+            seen = self._store.find_request(request.request_id, request.caller)
             if seen is not None:
                 if seen[1] != digest:
                     raise InvalidSpec("request_id", "was already used for another request "
@@ -261,6 +273,10 @@ class Executor:
                 return self.get_execution(seen[0])
         job = self._store.get_job(job_name)
         check_dispatch(job.spec.dispatch, request.dispatch)
+        refusal = self._policy_refusal(job.spec)
+        # A caller hears the refusal; a scheduled run is recorded as a failed execution.
+        if refusal is not None and trigger.kind is not TriggerKind.SCHEDULER:
+            raise refusal
         execution_id = uuid.uuid4().hex
         execution = Execution(
             id=execution_id,
@@ -274,6 +290,9 @@ class Executor:
         self._bus.publish(self._store.insert_execution(execution, request, digest))
         log.info("job %s: pending (trigger %s)", job.name, trigger.kind.value,
                  extra={"execution_id": execution.id})  # fmt: skip
+        if refusal is not None:
+            self._refuse(execution, refusal)
+            return self.get_execution(execution.id)
         self._enqueue(execution, job.spec, request.dispatch)
         position = self._admission.position(execution.id)
         if position:
@@ -370,12 +389,12 @@ class Executor:
         """Yields every event of the node after `since` (optionally of one job or some kinds),
         then each new one, once and in order, with a Bookmark after each quiet interval.
 
-        Raises OutOfRange when retention already removed events after `since` or `since` is
-        newer than any event, and
-        ResourceExhausted when the watcher falls too far behind; it resumes from the last
-        sequence it saw.
+        `since` 0 starts at the oldest event still held. Raises OutOfRange when retention
+        already removed events after a non-zero `since` or `since` is newer than any event,
+        and ResourceExhausted when the watcher falls too far behind; it resumes from the
+        last sequence it saw.
         """
-        if since < self._store.compacted_through():
+        if since and since < self._store.compacted_through():
             raise OutOfRange(f"events up to {self._store.compacted_through()} are gone; re-list")
         newest = self._store.last_sequence()
         if since > newest:
@@ -555,10 +574,39 @@ class Executor:
         """Starts every waiting execution that a free slot now allows, in FIFO order."""
         if self._closing:
             return
+        refused = False
         for execution_id in self._admission.admit():
             execution, spec, dispatch = self._waiting.pop(execution_id)
+            # The flags may have changed since the trigger (a restart): checked at the start.
+            refusal = self._policy_refusal(spec)
+            if refusal is not None:
+                self._refuse(execution, refusal)
+                self._admission.release(execution_id)
+                refused = True
+                continue
             run = self._new_run(execution, spec, dispatch)
             self._spawn(run, run.run())
+        if refused:
+            self._admit()
+
+    def _policy_refusal(self, spec: JobSpec) -> HostPolicyRefused | None:
+        """Why the agent's current host policy refuses a run of the job, if it does."""
+        try:
+            check_host_policy(spec, self.host_policy, "spec")
+        except InvalidSpec as error:
+            return HostPolicyRefused(error.field, error.reason)
+        return None
+
+    def _refuse(self, execution: Execution, refusal: HostPolicyRefused) -> None:
+        message = f"the agent's host policy refuses this run: {refusal}"
+        log.warning("%s", message, extra={"execution_id": execution.id})
+        self._recorder.transition(
+            self._store.get_execution(execution.id),
+            Status.FAILED,
+            failure_reason=FailureReason.CREATE,
+            message=message,
+            finished_at=now(),
+        )
 
     def _new_run(
         self, execution: Execution, spec: JobSpec, dispatch: Dispatch | None = None
@@ -598,6 +646,8 @@ class Executor:
             self._lost(execution, "the job was unregistered while the agent was down")
         elif execution.status is Status.PENDING:
             self._enqueue(execution, job.spec, self._store.get_request(execution.id).dispatch)
+        elif (refusal := self._policy_refusal(job.spec)) is not None:
+            self._refuse(execution, refusal)
         else:
             self._admission.occupy(execution.id, execution.job_name)
             run = self._new_run(execution, job.spec)

@@ -28,14 +28,16 @@ from agent.domain import (
     Trigger,
     TriggerKind,
 )
-from agent.errors import AgentError
+from agent.errors import AgentError, InvalidSpec
 from agent.executor.executor import Executor
+from agent.spec import check_time_zone, validate_schedule
 from agent.store import Store
 
 log = logging.getLogger(__name__)
 # More missed times than this are reported, never replayed.
 MISSED_REPORT_LIMIT = 100
 IDLE_SECONDS = 60.0
+RETRY_SECONDS = 1.0
 
 
 class Clock(Protocol):
@@ -74,35 +76,95 @@ def latest_time(job: Job, now: datetime) -> datetime:
     return following if following <= now else before
 
 
+def schedule_problem(job: Job) -> str | None:
+    """Why a stored cron job's schedule cannot run (a spec no validator saw), or None."""
+    try:
+        validate_schedule(job.spec.kind, job.spec.schedule, "schedule")
+        check_time_zone(job.spec.cron.time_zone, "time_zone")
+    except InvalidSpec as error:
+        return str(error)
+    return None
+
+
 class CronScheduler:
-    """Runs cron jobs on their schedules through the executor."""
+    """Runs cron jobs on their schedules through the executor.
+
+    One job whose schedule cannot be computed (a time zone or schedule that no validator
+    saw, or a date that never comes) is marked, reported once and left alone: the others
+    keep firing, and reading that job still works (without a next run).
+    """
 
     def __init__(self, executor: Executor, store: Store, clock: Clock | None = None) -> None:
         self._executor = executor
         self._store = store
         self._clock = clock or SystemClock()
         self._wake = asyncio.Event()
+        # Jobs that cannot be scheduled: name -> the spec version (updated_at) reported.
+        self._broken: dict[str, datetime] = {}
+        # Jobs whose schedule and time zone were found good: name -> spec version.
+        self._checked: dict[str, datetime] = {}
 
     def next_run(self, job: Job) -> datetime | None:
-        """When the job runs next (None when suspended or not a cron job)."""
-        if job.spec.kind is not JobKind.CRON or job.spec.cron.suspend:
+        """When the job runs next (None when suspended, not a cron job, or unschedulable)."""
+        if job.spec.kind is not JobKind.CRON or job.spec.cron.suspend or self._marked(job):
             return None
         state = self._store.get_cron_state(job.name)
         after = max(self._clock.now(), state.last_schedule_time or job.updated_at)
-        return next(schedule_times(job, after))
+        try:
+            return next(schedule_times(job, after))
+        except Exception as error:  # croniter gives up on dates that never come, for one
+            self._mark(job, f"its next schedule time cannot be computed: {error}")
+            return None
+
+    def _marked(self, job: Job) -> bool:
+        """True when the job cannot be scheduled (checked once per spec version)."""
+        if self._broken.get(job.name) == job.updated_at:
+            return True
+        if self._checked.get(job.name) == job.updated_at:
+            return False
+        problem = schedule_problem(job)
+        if problem is not None:
+            self._mark(job, problem)
+            return True
+        self._checked[job.name] = job.updated_at
+        return False
+
+    def _mark(self, job: Job, problem: str) -> None:
+        """Reports once per spec version that the job cannot be scheduled."""
+        if self._broken.get(job.name) == job.updated_at:
+            return
+        self._broken[job.name] = job.updated_at
+        message = (
+            f"cron job {job.name} cannot be scheduled and starts no run until its spec "
+            f"is replaced: {problem}"
+        )
+        log.error("%s", message)
+        try:
+            self._executor.record_cron_state(
+                job.name,
+                self._store.get_cron_state(job.name),
+                JobNote(EventKind.SCHEDULE_MISSED, message),
+            )
+        except Exception:
+            log.exception("cron job %s: recording that it cannot be scheduled", job.name)
 
     def wake(self) -> None:
         """Looks again now (a job was registered, changed or removed)."""
         self._wake.set()
 
     async def run_forever(self) -> None:
-        """Ticks at every schedule time until cancelled."""
+        """Ticks at every schedule time until cancelled; a failed tick is logged and the
+        next one comes a second later, so the schedules never stop for good."""
         while True:
-            await self.tick()
-            upcoming = [when for job in self._cron_jobs() if (when := self.next_run(job))]
-            delay = IDLE_SECONDS
-            if upcoming:
-                delay = max(0.0, (min(upcoming) - self._clock.now()).total_seconds())
+            try:
+                await self.tick()
+                upcoming = [when for job in self._cron_jobs() if (when := self.next_run(job))]
+                delay = IDLE_SECONDS
+                if upcoming:
+                    delay = max(0.0, (min(upcoming) - self._clock.now()).total_seconds())
+            except Exception:
+                log.exception("the cron scheduler's tick failed; trying again in a second")
+                delay = RETRY_SECONDS
             self._wake.clear()
             sleeper = asyncio.ensure_future(self._clock.sleep(delay))
             waker = asyncio.ensure_future(self._wake.wait())
@@ -113,14 +175,19 @@ class CronScheduler:
                 waker.cancel()
 
     async def tick(self) -> None:
-        """Handles every schedule time that is due now."""
+        """Handles every schedule time that is due now, job by job: one job's failure is
+        logged, and the others are handled all the same."""
         for job in self._cron_jobs():
-            if not job.spec.cron.suspend:
-                await self._handle(job)
-            policy = job.spec.cron
-            self._executor.retention.prune_history(
-                job.name, policy.successful_history_limit, policy.failed_history_limit
-            )
+            try:
+                if not job.spec.cron.suspend and not self._marked(job):
+                    await self._handle(job)
+                policy = job.spec.cron
+                self._executor.retention.prune_history(
+                    job.name, policy.successful_history_limit, policy.failed_history_limit
+                )
+            except Exception:
+                # Not marked: the time stays unhandled and is tried again at the next tick.
+                log.exception("cron job %s: handling its schedule failed", job.name)
 
     def _cron_jobs(self) -> list[Job]:
         return [job for job in self._store.list_jobs() if job.spec.kind is JobKind.CRON]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.domain import CommandSpec, IdRange, Resources
+from agent.hostfs import make_dir
 from agent.privileges import ALL_CAPABILITIES
 from agent.runtime import seccomp, syscalls
 from agent.runtime.images import ImageConfig
@@ -24,6 +25,8 @@ IDMAPPED_IMAGE = "image-idmapped"
 # In a bundle with a user namespace: where the job's volumes are mounted for the runtime to
 # bind (the range's root reaches them there; their place in the data directory is root's).
 VOLUME_MOUNTS = "volumes"
+# The umask of a job's process, as a shell's and other runtimes' default.
+CONTAINER_UMASK = 0o022
 
 CPU_PERIOD = 100_000
 NAMESPACES = ["pid", "network", "ipc", "uts", "mount"]
@@ -143,7 +146,9 @@ def build_config(
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
-            "user": {"uid": process.uid, "gid": process.gid},
+            # The agent's children run under umask 077 (agent.hostfs); the job gets the
+            # usual one.
+            "user": {"uid": process.uid, "gid": process.gid, "umask": CONTAINER_UMASK},
             "args": list(process.args),
             "env": list(process.env),
             "cwd": process.cwd,
@@ -277,7 +282,7 @@ def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
     reads it, several times per call: ~460 bytes per container with full paths), and the
     options stay far from the page-size limit on mount data whatever the data directory."""
     for directory in (upper, work, merged):
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dir(directory)
     root = os.stat(lower)
     os.chown(upper, root.st_uid, root.st_gid)
     os.chmod(upper, stat.S_IMODE(root.st_mode))
@@ -296,7 +301,7 @@ def mount_idmapped_image(rootfs: Path, directory: Path, userns_fd: int) -> Path:
     stays shared by every container and untouched. Raises OSError (EINVAL, EOPNOTSUPP)
     where the kernel or the image's filesystem cannot idmap."""
     view = directory / IDMAPPED_IMAGE
-    view.mkdir(exist_ok=True)
+    make_dir(view)
     _link(directory / IMAGE_LINK, rootfs)
     syscalls.mount_idmapped(rootfs, view, userns_fd, readonly=True)
     return view

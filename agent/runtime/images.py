@@ -6,7 +6,6 @@ unpacks each manifest digest once into a read-only rootfs that containers overla
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -18,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.domain import PullPolicy
+from agent.hostfs import PRIVATE_DIR, make_dir, tighten, write_file
 from agent.runtime.errors import CommandError, ImagePullError
 from agent.runtime.process import run
+from agent.runtime.storelock import StoreLock
 
 DEFAULT_REGISTRY = "docker.io"
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -99,8 +100,10 @@ class ImageStore:
         self._pulls_file = root / "pulls.json"
         self._usage_file = root / "usage.json"
         self._usage_cache: dict[str, float] | None = None
-        self._lock = asyncio.Lock()
-        self._rootfs_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(root)
+        tighten(root, PRIVATE_DIR)
+        make_dir(self._rootfs_dir)
+        self._lock = StoreLock(root / "lock")
 
     async def ensure(self, name: str, policy: PullPolicy) -> Image:
         """Makes the image present (pulling as the policy says) and unpacked; returns it."""
@@ -207,7 +210,7 @@ class ImageStore:
 
     def _write_json(self, path: Path, data: object) -> None:
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(data))
+        write_file(temporary, json.dumps(data).encode())
         temporary.replace(path)
 
     async def import_image(self, source: str, name: str) -> Image:
@@ -229,7 +232,7 @@ class ImageStore:
         return flags
 
     async def _copy(self, source: str, reference: str) -> None:
-        self._layout.mkdir(parents=True, exist_ok=True)
+        make_dir(self._layout)
         argv = [self._skopeo, "copy", "--quiet", *self._source_flags(source, "src-"), source,
                 f"oci:{self._layout}:{_tag_of(reference)}"]  # fmt: skip
         try:

@@ -28,6 +28,7 @@ from agent.domain import (
     MountKind,
     Resources,
 )
+from agent.hostfs import PRIVATE_DIR, READ_ONLY_FILE, make_dir, tighten, write_file
 from agent.runtime import bundle, syscalls
 from agent.runtime.cgroups import oom_kill_count
 from agent.runtime.errors import (
@@ -57,6 +58,9 @@ BUNDLE_PARENT_MODE = 0o711
 BUNDLE_MODE = 0o710
 # What mount_setattr answers where the kernel or a filesystem cannot idmap.
 IDMAP_UNSUPPORTED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM)
+# A volume's own directory, as the container sees it at its target (as Docker makes them);
+# its parents on the host are 0700, so no other host user reaches what a job writes there.
+VOLUME_DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -147,9 +151,16 @@ class ContainerManager:
         # Told how long each pull took and whether it worked (metrics).
         self.observe_pull: Callable[[float, bool], None] | None = None
         self._namespaces = NamespaceCache()
-        paths.bundles.mkdir(parents=True, exist_ok=True)
-        paths.writable.mkdir(parents=True, exist_ok=True)
-        for directory in (paths.bundles.parent, paths.bundles):
+        # What containers wrote (set-uid files included) and what describes them: root's
+        # only; but the bundles and their parent are searchable (see BUNDLE_PARENT_MODE):
+        # what else lies in that parent is 0700 of its own.
+        searchable = (paths.bundles.parent, paths.bundles)
+        for directory in (paths.volatile, paths.writable, paths.volumes):
+            if directory not in searchable:
+                make_dir(directory)
+                tighten(directory, PRIVATE_DIR)
+        for directory in searchable:
+            make_dir(directory, BUNDLE_PARENT_MODE)
             os.chmod(directory, BUNDLE_PARENT_MODE)
 
     async def pull(self, image: ImageSpec) -> Image:
@@ -192,7 +203,7 @@ class ContainerManager:
             await self.remove(request.container_id)
             raise ContainerCreateError(str(error)) from None
         try:
-            request.log_file.parent.mkdir(parents=True, exist_ok=True)
+            make_dir(request.log_file.parent)
             free = shutil.disk_usage(request.log_file.parent).free
         except OSError as error:
             await self.remove(request.container_id)
@@ -219,7 +230,8 @@ class ContainerManager:
             image.config, request.command, request.env, image.rootfs, request.user
         )
         ids = request.id_range
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dir(directory)
+        make_dir(writable)
         lower = image.rootfs
         if ids is not None:
             os.chown(directory, 0, ids.start)
@@ -230,8 +242,11 @@ class ContainerManager:
             self._oci_mount(mount, writable, index, directory, ids)
             for index, mount in enumerate(request.mounts)
         ]
+        shift = 0 if ids is None else ids.start
+        owner = (shift + process.uid, shift + process.gid)
         for index, (target, content) in enumerate(request.files.items()):
-            mounts.append(_file_mount(target, content, directory / "files" / str(index)))
+            source = directory / "files" / str(index)
+            mounts.append(_file_mount(target, content, source, owner))
         config = bundle.build_config(
             process,
             rootfs,
@@ -250,7 +265,7 @@ class ContainerManager:
             request.capabilities,
             ids,
         )
-        (directory / "config.json").write_text(json.dumps(config))
+        write_file(directory / "config.json", json.dumps(config).encode())
 
     def _idmapped_image(self, image: Image, directory: Path, ids: IdRange) -> Path:
         """The image's rootfs as the container's root sees it: its owners shifted into the
@@ -361,10 +376,11 @@ class ContainerManager:
         else:
             source = writable / "anonymous" / str(index)
         created = not source.exists()
-        source.mkdir(parents=True, exist_ok=True)
+        make_dir(source, VOLUME_DIR_MODE)
         if ids is not None:
             point = directory / bundle.VOLUME_MOUNTS / str(index)
-            point.mkdir(parents=True, exist_ok=True)
+            make_dir(point.parent, BUNDLE_PARENT_MODE)
+            make_dir(point, BUNDLE_PARENT_MODE)
             if mount.kind is MountKind.BIND:
                 # As the host path is: the range's ids are no owner of it.
                 syscalls.mount(str(source), point, "", syscalls.MS_BIND | syscalls.MS_REC, "")
@@ -422,11 +438,15 @@ class ContainerManager:
         )
 
 
-def _file_mount(target: str, content: bytes, source: Path) -> dict[str, Any]:
-    """Writes `content` beside the bundle and binds it read-only at `target`."""
-    source.parent.mkdir(parents=True, exist_ok=True)
-    source.write_bytes(content)
-    source.chmod(0o444)
+def _file_mount(
+    target: str, content: bytes, source: Path, owner: tuple[int, int]
+) -> dict[str, Any]:
+    """Writes `content` beside the bundle, readable by its `owner` (the job's uid and gid,
+    as the host sees them) only, and binds it read-only at `target`. Its directory is
+    searchable: in a bundle with a user namespace the range's root resolves the source."""
+    make_dir(source.parent, BUNDLE_PARENT_MODE)
+    write_file(source, content, READ_ONLY_FILE)
+    os.chown(source, *owner)
     return {"destination": target, "type": "bind", "source": str(source),
             "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}  # fmt: skip
 

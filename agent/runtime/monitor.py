@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.hostfs import CHILD_UMASK, make_dir
 from agent.runtime.errors import ContainerCreateError
 from agent.runtime.oci import OciRuntime
 from agent.runtime.process import exited, read_to_end
@@ -47,15 +48,15 @@ class ConmonMonitor:
         # conmon must outlive the agent: it is a plain Popen child, never an asyncio
         # transport (closing one kills its process), and is waited for through a pidfd.
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
-        exits_dir.mkdir(parents=True, exist_ok=True)
-        sockets_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(exits_dir)
+        make_dir(sockets_dir)
 
     async def create(
         self, container_id: str, paths: MonitorPaths, log_size_max: int | None = None
     ) -> int:
         """Creates the container under a new conmon; returns the container's pid."""
         self.forget(container_id)
-        self.persist_dir(container_id).mkdir(parents=True)
+        make_dir(self.persist_dir(container_id))
         argv = [
             self._conmon, "--api-version", "1", "--sync",
             "--cid", container_id, "--cuuid", container_id, "--name", container_id,
@@ -185,7 +186,10 @@ def _runtime_error(detail: str, runtime_log: Path, conmon_log: Path) -> str:
 
 def _spawn_conmon(argv: list[str], conmon_log: Path, sync_fd: int) -> subprocess.Popen[bytes]:
     """Starts conmon in its own session with its sync pipe, logging to `conmon_log`."""
-    with conmon_log.open("wb") as log:
+    log_fd = os.open(conmon_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(log_fd, "wb") as log:
+        # Its umask reaches the log file it makes, the runtime and its files (the
+        # container's process gets its own, from the bundle).
         return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -194,6 +198,7 @@ def _spawn_conmon(argv: list[str], conmon_log: Path, sync_fd: int) -> subprocess
             pass_fds=(sync_fd,),
             env={**os.environ, "_OCI_SYNCPIPE": str(sync_fd)},
             start_new_session=True,
+            umask=CHILD_UMASK,
             # conmon writes a file named `oom` into its working directory when the
             # container is OOM-killed: the bundle's, which goes with the container.
             cwd=conmon_log.parent,

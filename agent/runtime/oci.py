@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agent.hostfs import make_dir
 from agent.runtime.errors import CommandError
 from agent.runtime.process import run
 from agent.runtime.sealed import SealedBinary
@@ -19,7 +20,7 @@ class OciRuntime:
         the file (None: the file)."""
         self.binary = binary
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        make_dir(root)
         self._sealed = None if sealed_dir is None else SealedBinary.copy_of(binary, sealed_dir)
         # What is executed: the sealed copy when there is one (see agent.runtime.sealed).
         self.executable = binary if self._sealed is None else self._sealed.path

@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
+from agent.hostfs import CHILD_UMASK
 from agent.runtime.errors import CommandError
 
 P = ParamSpec("P")
@@ -63,8 +64,14 @@ async def run(argv: list[str], timeout: float | None = None, executable: str | N
 
 
 def _spawn(argv: list[str], executable: str | None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, executable=executable, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        argv,
+        executable=executable,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        umask=CHILD_UMASK,
+    )
 
 
 async def read_to_end(fd: int, until: Callable[[bytes], bool] | None = None) -> bytes:

@@ -20,6 +20,8 @@ import logging
 import os
 from pathlib import Path
 
+from agent.hostfs import make_dir
+
 log = logging.getLogger(__name__)
 
 # Linux 6.3 added MFD_EXEC and F_SEAL_EXEC; the runtimes set both when the kernel has them
@@ -67,7 +69,7 @@ class SealedBinary:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, fcntl.F_ADD_SEALS, F_SEAL_EXEC)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _CONTENT_SEALS)
-            link_dir.mkdir(parents=True, exist_ok=True)
+            make_dir(link_dir)
             return cls(fd, binary, link_dir / os.path.basename(binary))
         except OSError as error:
             os.close(fd)

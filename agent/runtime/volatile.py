@@ -12,27 +12,34 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 from pathlib import Path
 
+from agent.hostfs import make_dir, tighten
 from agent.runtime import syscalls
 
 log = logging.getLogger(__name__)
 
 VOLATILE_ROOT = Path("/run/jobagent")
+# Each data directory's part below is 0700; this one only needs to be traversed (a unix
+# socket of the agent's may live here for a group to reach).
+ROOT_MODE = 0o711
 # As systemd mounts /run: no set-uid programs or device nodes, a fifth of memory at most.
-TMPFS_OPTIONS = "mode=0755,size=20%"
+TMPFS_OPTIONS = f"mode={ROOT_MODE:04o},size=20%"
 
 
 def ensure_tmpfs(directory: Path = VOLATILE_ROOT) -> bool:
     """Makes `directory` lie on a tmpfs, mounting one there unless it already does;
     True when this call mounted it. Raises OSError (not root, say)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dir(directory, ROOT_MODE)
+    tighten(directory, ROOT_MODE)
     if _in_memory(directory):
         return False
     # Agents starting together must not stack two mounts (the first one's files would
     # vanish under the second): the lock sits beside the directory, on the filesystem
     # that stays.
-    with open(directory.with_name(f".{directory.name}.lock"), "w") as lock:
+    lock_path = directory.with_name(f".{directory.name}.lock")
+    with open(os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _in_memory(directory):
             return False

@@ -19,10 +19,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobagent_client import JobAgentClient
 
+from agent.config import AgentConfig
 from agent.runtime.manager import RuntimePaths
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRED_BINARIES = ("conmon", "skopeo", "umoci", "docker-registry", "youki", "runc", "busybox")
+DEFAULT_LISTEN = AgentConfig().listen[0]
 
 
 def free_port() -> int:
@@ -132,7 +134,8 @@ class AgentProcess:
     extra_args: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
-    # Where the agent listens instead of 127.0.0.1:port (a unix:/PATH socket, say).
+    # Where the agent listens instead of 127.0.0.1:port (a unix:/PATH socket, say); with
+    # DEFAULT_LISTEN the agent is given no --listen at all.
     listen: str = ""
     # TLS for the health check and clients, when the agent serves TLS.
     credentials: grpc.ChannelCredentials | None = None
@@ -173,11 +176,21 @@ class AgentProcess:
             umask=self.umask,
         )  # fmt: skip
 
+    def access_flags(self) -> list[str]:
+        """--listen, and --insecure when the agent serves TCP without tokens or client
+        certificates, so that tests call it without a token as before TCP needed them."""
+        authenticated = {"--tokens-file", "--tls-client-ca", "--insecure"} & {
+            argument.partition("=")[0] for argument in self.extra_args
+        }
+        on_tcp = not self.target.startswith("unix:")
+        insecure = ["--insecure"] if on_tcp and not authenticated else []
+        return insecure + ([] if self.target == DEFAULT_LISTEN else ["--listen", self.target])
+
     def start(self) -> None:
         """Starts the agent and waits until its health service says SERVING."""
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(
-            self.python("serve", "--data-dir", str(self.data_dir), "--listen", self.target,
+            self.python("serve", "--data-dir", str(self.data_dir), *self.access_flags(),
                         "--runtime", self.runtime, *self.registry_flags(),
                         "--stop-grace", "5", "--drain", "0s", *self.extra_args),
             stdout=log,

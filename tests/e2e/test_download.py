@@ -20,8 +20,8 @@ def records(data: bytes) -> list[tuple[str, str, str]]:
 def test_download_returns_the_stored_log_and_resumes(
     client: JobAgentClient, agent: AgentProcess
 ) -> None:
-    # About 3 MB: several chunks; stderr between the stdout lines.
-    script = "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); echo line $i " + "x" * 80 + "; done; " \
+    # About 1.4 MB of records (1 MB of output, within the default cap): several chunks.
+    script = "i=0; while [ $i -lt 11000 ]; do i=$((i+1)); echo line $i " + "x" * 80 + "; done; " \
              "echo oops >&2; printf tail"  # fmt: skip
     execution = run(client, "bulk", script)
     assert execution.status == "completed"

@@ -4,17 +4,25 @@ nothing is left running or mounted."""
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
+import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
-from jobagent_client import JobAgentClient
+from google.protobuf import json_format
+from jobagent.v1 import job_service_pb2 as service_pb
+from jobagent.v1 import job_service_pb2_grpc as service_grpc
+from jobagent_client import ClientError, JobAgentClient
+from jobagent_client.models import JobEvent
 
-from tests.e2e.conftest import start_agent
+from tests.e2e.conftest import RUNTIMES, start_agent
 from tests.e2e.harness import (
     AgentProcess,
     Registry,
@@ -142,3 +150,135 @@ def test_cancel_works_during_init(client: JobAgentClient, agent: AgentProcess) -
     cancelled = client.cancel(execution.id)
     assert cancelled.status == "cancelled"
     assert settled_leftovers(agent, execution.container_id) == []
+
+
+TICKER = (
+    "version: v1\ndeployment: faults\nservices:\n  ticker:\n    rtype: cron\n"
+    "    schedule: '* * * * * *'\n    concurrency_policy: forbid\n"
+    "    image: {name: busybox:latest}\n    command: {entrypoint: [/bin/true]}\n"
+)
+BAD_TIME_ZONE = {
+    "spec": {
+        "name": "badtz",
+        "kind": "JOB_KIND_CRON",
+        "schedule": "* * * * *",
+        "image": {"name": "busybox:latest"},
+        "cron_policy": {"time_zone": "No/Such"},
+    }
+}
+
+
+def runs_of(client: JobAgentClient, name: str) -> int:
+    return len(client.list_executions(name))
+
+
+def test_a_bad_stored_job_stops_no_other_cron_job_and_no_listing(
+    tmp_path: Path, registry: Registry
+) -> None:
+    own = start_agent(tmp_path / "agent", RUNTIMES[0], registry)
+    try:
+        with grpc.insecure_channel(own.target) as channel:
+            stub = service_grpc.JobServiceStub(channel)
+            request = json_format.ParseDict(BAD_TIME_ZONE, service_pb.RegisterJobRequest())
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.RegisterJob(request, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "spec.cron_policy.time_zone" in (refused.value.details() or "")
+        with own.client() as client:
+            client.register(TICKER)
+        own.stop()
+        # As an older agent (or a hand) left them: one row with a time zone that does not
+        # exist, one that is not even JSON.
+        database = sqlite3.connect(own.cwd / own.data_dir / "agent.db")
+        with contextlib.closing(database), database as db:
+            (text,) = db.execute("SELECT spec FROM jobs WHERE name = 'ticker'").fetchone()
+            spec = json.loads(text)
+            spec.update(name="badtz")
+            spec["cron"]["time_zone"] = "No/Such"
+            for name, text in (("badtz", json.dumps(spec)), ("garbled", "{not json")):
+                db.execute(
+                    "INSERT INTO jobs (name, spec, spec_yaml, created_at, updated_at) "
+                    "SELECT ?, ?, '', created_at, updated_at FROM jobs WHERE name = 'ticker'",
+                    (name, text),
+                )
+        own.start()
+        with own.client() as client:
+            assert [job.name for job in client.list_jobs()] == ["badtz", "ticker"]
+            assert client.get_job("badtz").next_run_time is None
+            assert client.get_job("ticker").next_run_time is not None
+            with pytest.raises(ClientError) as lost:
+                client.get_job("garbled")
+            assert lost.value.code == grpc.StatusCode.DATA_LOSS
+            before = runs_of(client, "ticker")
+            wait_until(lambda: runs_of(client, "ticker") >= before + 2, 15, "the ticker to fire")
+            assert runs_of(client, "badtz") == 0
+            marked = next(iter(client.watch_events(0, job_name="badtz")))
+            assert isinstance(marked, JobEvent) and marked.type == "schedule_missed"
+            assert "No/Such" in marked.message
+            client.unregister("garbled")
+            assert [job.name for job in client.list_jobs()] == ["badtz", "ticker"]
+    finally:
+        own.stop()
+        sweep(own)
+
+
+def nasty_requests() -> list[tuple[str, Any]]:
+    """Requests a careless or hostile caller sends: each must be refused by a deliberate
+    code, never UNKNOWN or INTERNAL."""
+    spec = {"name": "nasty", "image": {"name": "busybox:latest"}}
+    cron = {**spec, "kind": "JOB_KIND_CRON", "schedule": "* * * * *"}
+    specs = [
+        BAD_TIME_ZONE["spec"],
+        {**cron, "schedule": "0 0 31 2 *", "cron_policy": {"starting_deadline_seconds": "NaN"}},
+        {**spec, "image": {"name": "--help"}},
+        {**spec, "resources": {"cpu": "NaN", "memory_bytes": "-1"}},
+        {**spec, "timeout": "-315576000000s"},
+        {**spec, "command": {"workdir": "/../..", "args": ["\u0000"]}},
+        {**spec, "storage": [{"type": "MOUNT_TYPE_BIND", "source": "/", "target": "/"}]},
+        {**spec, "dispatch_policy": {"payload_path": "../../etc/shadow"}},
+    ]
+    requests: list[tuple[str, Any]] = [
+        ("RegisterJob", json_format.ParseDict({"spec": body}, service_pb.RegisterJobRequest()))
+        for body in specs
+    ]
+    watch = service_pb.WatchEventsRequest(since_sequence=2**63)
+    bookmark = service_pb.WatchEventsRequest()
+    bookmark.bookmark_interval.seconds, bookmark.bookmark_interval.nanos = 1, -1
+    streams = service_pb.StreamLogsRequest(execution_id="0" * 32)
+    streams.since.seconds = 10**15
+    listed = service_pb.ListExecutionsRequest()
+    listed.created_after.seconds = -(10**15)
+    cancel = service_pb.CancelExecutionRequest(id="0" * 32)
+    cancel.grace_period.seconds = 10**17
+    requests += [
+        ("WatchEvents", watch),
+        ("WatchEvents", bookmark),
+        ("StreamLogs", streams),
+        ("ListExecutions", listed),
+        ("CancelExecution", cancel),
+        ("GetExecution", service_pb.GetExecutionRequest(id="../" * 10)),
+        ("TriggerJob", service_pb.TriggerJobRequest(job_name="x" * 10_000)),
+    ]
+    return requests
+
+
+def test_nasty_requests_are_refused_deliberately_and_the_node_keeps_serving(
+    agent: AgentProcess,
+) -> None:
+    with grpc.insecure_channel(agent.target) as channel:
+        for method, request in nasty_requests():
+            call = getattr(service_grpc.JobServiceStub(channel), method)
+            try:
+                answer = call(request, timeout=5)
+                if method in ("WatchEvents", "StreamLogs"):
+                    next(iter(answer))
+            except grpc.RpcError as error:
+                code = error.code()
+                assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), (
+                    f"{method}({request}) answered {code}: {error}"
+                )
+            else:
+                raise AssertionError(f"{method}({request}) was accepted")
+    assert agent.serving()
+    with agent.client() as client:
+        assert "nasty" not in {job.name for job in client.list_jobs()}

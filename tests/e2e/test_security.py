@@ -119,7 +119,7 @@ def test_tls_needs_a_client_certificate_from_the_agents_ca(
 def test_the_unix_socket_is_private_and_serves_the_same_api(guarded: AgentProcess) -> None:
     socket = Path(guarded.extra_args[-1].removeprefix("--listen=").removeprefix("unix:"))
     mode = socket.stat().st_mode
-    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
     with JobAgentClient.connect(f"unix:{socket}", token=TOKENS["operator"]) as client:
         execution = client.trigger("secured")
         assert client.wait(execution.id).status == "completed"
@@ -130,7 +130,7 @@ def test_the_unix_socket_is_private_and_serves_the_same_api(guarded: AgentProces
 def test_plain_tcp_beyond_loopback_is_refused_without_tls_or_insecure(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "agent", "serve", "--data-dir", str(tmp_path),
-         "--listen", f"0.0.0.0:{free_port()}"],
+         "--listen", f"0.0.0.0:{free_port()}", "--tokens-file", str(tmp_path / "tokens.yaml")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2

@@ -62,14 +62,49 @@ def test_bearer_header() -> None:
     assert bearer_token(None) is None
 
 
-def test_plain_tcp_stays_on_loopback_unless_tls_or_insecure(tmp_path: Path) -> None:
-    for address in ("127.0.0.1:1", "[::1]:1", "localhost:1", f"unix:{tmp_path}/s"):
-        AgentConfig(listen=(address,)).check_listen()
-    for address in ("0.0.0.0:1", "10.1.2.3:1", "agent.example:1"):
-        with pytest.raises(InvalidSpec, match="--insecure"):
-            AgentConfig(listen=(address,)).check_listen()
+def test_tcp_needs_tokens_or_client_certificates_unless_insecure(tmp_path: Path) -> None:
+    tokens, tls = tmp_path / "tokens.yaml", TlsFiles(tmp_path / "c", tmp_path / "k")
+    mtls = TlsFiles(tmp_path / "c", tmp_path / "k", tmp_path / "ca")
+    AgentConfig(listen=(f"unix:{tmp_path}/s",)).check_listen()
+    for address in ("127.0.0.1:1", "[::1]:1", "localhost:1", "0.0.0.0:1"):
+        for config in (AgentConfig(listen=(address,)), AgentConfig(listen=(address,), tls=tls)):
+            with pytest.raises(InvalidSpec, match=r"--tokens-file.*--tls-client-ca.*--insecure"):
+                config.check_listen()
         AgentConfig(listen=(address,), insecure=True).check_listen()
-        AgentConfig(listen=(address,), tls=TlsFiles(tmp_path / "c", tmp_path / "k")).check_listen()
-    for bad in ("unix:relative", "no-port", ""):
+        AgentConfig(listen=(address,), tls=mtls).check_listen()
+        AgentConfig(listen=(address,), tls=tls, tokens_file=tokens).check_listen()
+    for address in ("127.0.0.1:1", "[::1]:1", "localhost:1"):
+        AgentConfig(listen=(address,), tokens_file=tokens).check_listen()
+
+
+def test_tokens_cross_the_network_in_plain_text_only_with_insecure(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    for address in ("0.0.0.0:1", "10.1.2.3:1", "agent.example:1"):
+        with pytest.raises(InvalidSpec, match=r"not loopback.*--insecure"):
+            AgentConfig(listen=(address,), tokens_file=tokens).check_listen()
+        AgentConfig(listen=(address,), tokens_file=tokens, insecure=True).check_listen()
+
+
+def test_listen_addresses_are_checked(tmp_path: Path) -> None:
+    AgentConfig(listen=("unix:/" + "s" * 106,)).check_listen()
+    for bad in ("unix:relative", "no-port", "", "unix:/" + "s" * 107):
         with pytest.raises(InvalidSpec):
-            AgentConfig(listen=(bad,)).check_listen()
+            AgentConfig(listen=(bad,), insecure=True).check_listen()
+
+
+def test_the_default_listener_is_the_agents_socket_and_tcp_tokens_follow_the_file() -> None:
+    config = AgentConfig()
+    assert config.listen == ("unix:/run/jobagent/jobagent.sock",)
+    assert config.sockets == (Path("/run/jobagent/jobagent.sock"),)
+    assert (config.socket_mode, config.socket_gid()) == (0o660, None)
+    assert config.tcp_listen == () and not config.tcp_open
+    assert config.admin_token_file == Path("/var/lib/jobagent/admin.token")
+    both = AgentConfig(listen=("127.0.0.1:1", "unix:/s"), tokens_file=Path("t"))
+    assert both.tcp_listen == ("127.0.0.1:1",) and both.tcp_needs_token
+
+
+def test_an_unknown_socket_group_is_named() -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        AgentConfig(socket_group="no-such-group-here").check()
+    assert caught.value.field == "socket_group"
+    assert AgentConfig(socket_group="root").socket_gid() == 0

@@ -20,7 +20,7 @@ from agent.domain import (
     Trigger,
     TriggerKind,
 )
-from agent.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from agent.errors import AlreadyExists, DataLoss, FailedPrecondition, NotFound, Unavailable
 from agent.executor import Executor
 from agent.executor.events import EventBus
 from agent.executor.recorder import Recorder
@@ -457,3 +457,31 @@ async def test_start_sweeps_containers_that_no_active_execution_owns(
     await make_executor().start()
     assert set(runtime.removed) >= {finished.container_id, "ja-" + "f" * 32 + "-init0"}
     assert active.container_id not in runtime.removed
+
+
+async def test_an_unreadable_job_row_hides_no_other_job_and_can_be_replaced_or_removed(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "db")
+    executor = Executor(store, FakeRuntime(), tmp_path / "logs")
+    names = ["a-job", "b-job", "c-job", "d-job"]
+    executor.register_jobs([JobSpec(name, ImageSpec("busybox")) for name in names], "", False)
+    for broken in ("b-job", "c-job"):
+        store._db.execute("UPDATE jobs SET spec = '{not json' WHERE name = ?", (broken,))
+    seen, token = [], ""
+    while True:
+        page, token = executor.page_jobs(1, token)
+        seen += [job.name for job in page]
+        if not token:
+            break
+    assert seen == ["a-job", "d-job"]
+    with pytest.raises(DataLoss):
+        executor.get_job("b-job")
+    with pytest.raises(AlreadyExists):
+        executor.register_jobs([JobSpec("b-job", ImageSpec("busybox"))], "", False)
+    executor.register_jobs([JobSpec("b-job", ImageSpec("busybox"))], "", True)
+    assert executor.get_job("b-job").spec.image.name == "busybox"
+    executor.unregister_job("c-job")
+    assert [job.name for job in executor.list_jobs()] == ["a-job", "b-job", "d-job"]
+    await executor.close()
+    store.close()

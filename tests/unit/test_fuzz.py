@@ -3,8 +3,6 @@ answer is OK or a deliberate error code, never INTERNAL or UNKNOWN, and the serv
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,12 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jobagent.v1 import job_service_pb2 as service_pb
 
-from agent.api.server import AgentServer
-from agent.executor import Executor
-from agent.executor.scheduler import CronScheduler
 from agent.spec import JOB_FIELDS
-from agent.store import Store
-from tests.unit.fake_runtime import FakeRuntime
+from tests.unit.live_server import live_server
 
 SERVICE = service_pb.DESCRIPTOR.services_by_name["JobService"]
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
@@ -35,36 +29,8 @@ EXAMPLES = settings(max_examples=120, deadline=None,
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real AgentServer on 127.0.0.1 in a thread of its own, over a fake runtime."""
-    directory = tmp_path_factory.mktemp("fuzz")
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    port: list[int] = []
-    parts: dict[str, Any] = {}
-
-    async def start() -> None:
-        store = Store(directory / "db")
-        executor = Executor(store, FakeRuntime(), directory / "logs")
-        server = AgentServer(executor, CronScheduler(executor, store))
-        port.append(server.listen("127.0.0.1:0"))
-        await executor.start()
-        await server.start()
-        parts.update(store=store, executor=executor, server=server)
-        ready.set()
-
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    assert ready.wait(30)
-    yield f"127.0.0.1:{port[0]}"
-
-    async def stop() -> None:
-        await parts["server"].stop(0)
-        await parts["executor"].close()
-        parts["store"].close()
-
-    asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with live_server(tmp_path_factory.mktemp("fuzz")) as target:
+        yield target
 
 
 SCALARS: dict[int, st.SearchStrategy[Any]] = {
@@ -81,6 +47,9 @@ SCALARS: dict[int, st.SearchStrategy[Any]] = {
                 "busybox:latest",
                 "SIGTERM",
                 "Europe/Berlin",
+                "No/Such",
+                "--help",
+                "/a/../..",
             ]
         ),
     ),
@@ -165,6 +134,10 @@ def call(target: str, method: str, request: message.Message) -> grpc.StatusCode:
 def check(target: str, method: str, request: message.Message) -> None:
     code = call(target, method, request)
     assert code not in FORBIDDEN, f"{method}({request}) answered {code}"
+    if method == "RegisterJob":
+        # Whatever was registered, the node still lists its jobs.
+        listed = call(target, "ListJobs", service_pb.ListJobsRequest())
+        assert listed == grpc.StatusCode.OK, f"ListJobs after {request} answered {listed}"
 
 
 @pytest.mark.parametrize("method", sorted(SERVICE.methods_by_name))

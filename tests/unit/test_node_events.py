@@ -130,12 +130,29 @@ async def test_a_resume_point_that_retention_removed_is_out_of_range(
     await finish(executor)
     store.delete_executions([first.id])
     with pytest.raises(OutOfRange):
-        await anext(executor.watch_events(0))
+        await anext(executor.watch_events(store.compacted_through() - 1))
     held = store.node_events_after(store.compacted_through())
     remaining = await take(executor.watch_events(store.compacted_through()), len(held))
     assert remaining == held and held
     assert all(event.execution.id != first.id for event in remaining
                if isinstance(event, ExecutionEvent))  # fmt: skip
+
+
+async def test_since_zero_starts_at_the_oldest_event_still_held(
+    rig: tuple[Executor, Store],
+) -> None:
+    executor, store = rig
+    first = await executor.trigger("a", TRIGGER)
+    await executor.trigger("a", TRIGGER)
+    await finish(executor)
+    store.delete_executions([first.id])
+    assert store.compacted_through() > 0
+    held = store.node_events_after(0)
+    everything = await take(executor.watch_events(0), len(held))
+    assert everything == held
+    assert [event.sequence for event in everything] == sorted(e.sequence for e in everything)
+    assert not any(isinstance(event, ExecutionEvent) and event.execution.id == first.id
+                   for event in everything)  # fmt: skip
 
 
 async def test_job_changes_are_events_on_the_node_stream(rig: tuple[Executor, Store]) -> None:
@@ -164,7 +181,10 @@ async def test_old_job_events_age_out_and_a_resume_below_them_is_out_of_range(
     assert store.delete_job_events(datetime.now(UTC) + timedelta(seconds=1)) == 2
     assert store.compacted_through() == registered[-1].sequence
     with pytest.raises(OutOfRange):
-        await anext(executor.watch_events(0))
+        await anext(executor.watch_events(registered[0].sequence))
+    executor.register_jobs([JobSpec("c", ImageSpec("x"))], "", False)
+    (oldest,) = await take(executor.watch_events(0), 1)
+    assert isinstance(oldest, JobEvent) and oldest.job_name == "c"
 
 
 async def test_a_slow_watcher_is_cut_off_not_waited_for(

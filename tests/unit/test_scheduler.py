@@ -269,3 +269,56 @@ async def test_registrations_and_schedule_state_survive_a_restart(tmp_path: Path
     finally:
         await executor.close()
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("schedule", "zone"),
+    [("* * * * * *", "No/Such"), ("every tuesday", "UTC"), ("0 0 31 2 *", "UTC")],
+)
+async def test_a_stored_job_that_cannot_be_scheduled_is_marked_and_the_others_fire(
+    rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store], schedule: str, zone: str
+) -> None:
+    executor, scheduler, clock, _runtime, store = rig
+    executor.register_jobs([cron("* * * * * *")], "", False)
+    # Stored as an older agent stored it, past every validator.
+    broken = replace(cron(schedule, time_zone=zone), name="broken")
+    at = datetime.now(UTC)
+    store.put_job(Job(spec=broken, created_at=at, updated_at=at))
+    for _ in range(3):
+        clock.advance(1)
+        await scheduler.tick()
+        scheduler.next_run(store.get_job("broken"))
+    await settle()
+    assert {e.job_name for e in executor.list_executions()} == {"tick"}
+    assert len(executor.list_executions("tick")) == 3
+    assert scheduler.next_run(store.get_job("broken")) is None
+    assert scheduler.next_run(store.get_job("tick")) is not None
+    (marked,) = [e for e in job_events(store, EventKind.SCHEDULE_MISSED) if e.job_name == "broken"]
+    assert "cannot be scheduled" in marked.message
+    fixed = replace(broken, schedule="* * * * * *", cron=CronPolicy())
+    executor.register_jobs([fixed], "", True)
+    clock.advance(1)
+    await scheduler.tick()
+    await settle()
+    assert executor.list_executions("broken")
+
+
+async def test_the_scheduler_keeps_running_when_a_tick_fails(
+    rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _executor, scheduler, _clock, _runtime, store = rig
+    calls: list[int] = []
+
+    def failing(*args: object, **kwargs: object) -> list[Job]:
+        calls.append(1)
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(store, "list_jobs", failing)
+    running = asyncio.ensure_future(scheduler.run_forever())
+    for _ in range(3):
+        await asyncio.sleep(0.05)
+        scheduler.wake()
+    await asyncio.sleep(0.05)
+    assert not running.done() and len(calls) > 2
+    running.cancel()

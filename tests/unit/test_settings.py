@@ -26,8 +26,8 @@ def settings_of(argv: list[str]) -> AgentConfig:
 def test_the_annotated_deploy_config_is_valid_and_names_every_setting() -> None:
     config = settings_of(["serve", "--config", str(DEPLOY_CONFIG)])
     config.check()
-    assert config.listen == ("127.0.0.1:50051", "unix:/run/jobagent/agent.sock")
-    assert config.socket_mode == 0o600
+    assert config.listen == ("unix:/run/jobagent/jobagent.sock",)
+    assert (config.socket_mode, config.socket_group) == (0o660, "")
     text = DEPLOY_CONFIG.read_text()
     every = set(vars(build_parser().parse_args(["serve"]))) - {"command", "config"}
     assert {name for name in every if f"{name}:" not in text} == set()

@@ -191,6 +191,11 @@ def test_timeout_and_stop_settings_parse() -> None:
     [
         ("timeout: soon", "services.once.timeout"),
         ("timeout: -5", "services.once.timeout"),
+        ("timeout: .inf", "services.once.timeout"),
+        (
+            "init: {steps: [{id: nap, uses: init.sleep, with: {duration: .inf}}]}",
+            "services.once.init.steps[0].with.duration",
+        ),
         ("stop_signal: SIGNOPE", "services.once.stop_signal"),
         ("stop_grace_period: 2h", "services.once.stop_grace_period"),
     ],

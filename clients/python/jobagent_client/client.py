@@ -17,6 +17,7 @@ from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import job_service_pb2_grpc as service_grpc
 from jobagent.v1 import jobs_pb2 as pb
 
+from jobagent_client.local import DEFAULT_ADDRESS
 from jobagent_client.models import (
     Bookmark,
     Execution,
@@ -126,7 +127,7 @@ class JobAgentClient:
     @classmethod
     def connect(
         cls,
-        target: str = "127.0.0.1:50051",
+        target: str = DEFAULT_ADDRESS,
         timeout: float | None = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,

@@ -12,7 +12,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from jobagent_client.client import ClientError, JobAgentClient, tls_credentials
+from jobagent_client.local import (
+    ADDRESS_ENV,
+    DEFAULT_ADDRESS,
+    DEFAULT_TOKEN_FILE,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    find_address,
+    find_token,
+)
 from jobagent_client.models import Bookmark, Execution, ExecutionEvent, Job, JobEvent, LogLine
 
 EXECUTION_COLUMNS = ("id", "job_name", "status", "exit_code", "failure_reason", "created_at")
@@ -24,13 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobctl", description=__doc__)
     parser.add_argument(
         "--target",
-        default=os.environ.get("JOBAGENT_ADDR", "127.0.0.1:50051"),
-        help="agent address, host:port or unix:/PATH (default $JOBAGENT_ADDR or 127.0.0.1:50051)",
+        help=f"agent address, host:port or unix:/PATH (default ${ADDRESS_ENV}, else "
+        f"{DEFAULT_ADDRESS})",
     )
+    parser.add_argument("--token", help=f"bearer token (default ${TOKEN_ENV})")
     parser.add_argument(
-        "--token",
-        default=os.environ.get("JOBAGENT_TOKEN"),
-        help="bearer token (default $JOBAGENT_TOKEN)",
+        "--token-file",
+        type=Path,
+        help=f"a file holding the bearer token (default ${TOKEN_FILE_ENV}, else "
+        f"{DEFAULT_TOKEN_FILE} when readable)",
     )
     parser.add_argument("--tls", action="store_true", help="use TLS (implied by the files below)")
     parser.add_argument("--ca-file", type=Path, help="CA (PEM) that the agent's cert chains to")
@@ -97,16 +110,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     printer = Printer(args.output)
     try:
+        token = args.token or find_token(args.token_file)
+    except OSError as error:
+        print(f"jobctl: cannot read the token: {error}", file=sys.stderr)
+        return 2
+    try:
         credentials = None
         if args.tls or args.ca_file or args.cert_file:
             credentials = tls_credentials(args.ca_file, args.cert_file, args.key_file)
-        with JobAgentClient.connect(args.target, credentials=credentials,
-                                    token=args.token) as client:  # fmt: skip
+        target = args.target or find_address()
+        with JobAgentClient.connect(target, credentials=credentials, token=token) as client:
             return COMMANDS[args.command](client, args, printer)
     except ClientError as error:
         named = error.field and error.field not in error.message
         where = f" (field {error.field})" if named else ""
-        print(f"jobctl: {error}{where}", file=sys.stderr)
+        hint = ""
+        if error.code is grpc.StatusCode.UNAUTHENTICATED and not token:
+            hint = f" (no token given: --token, ${TOKEN_ENV} or ${TOKEN_FILE_ENV})"
+        print(f"jobctl: {error}{where}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -592,7 +592,9 @@ class WatchEventsRequest(_message.Message):
 
     @_builtins.property
     def bookmark_interval(self) -> _duration_pb2.Duration:
-        """How long a quiet stream waits before a bookmark (30s when unset)."""
+        """How long a quiet stream waits before a bookmark (30s when unset; at least 1s: a
+        shorter interval counts as 1s).
+        """
 
     def __init__(
         self,

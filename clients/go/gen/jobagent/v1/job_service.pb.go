@@ -1196,7 +1196,8 @@ type WatchEventsRequest struct {
 	JobName string `protobuf:"bytes,2,opt,name=job_name,json=jobName,proto3" json:"job_name,omitempty"`
 	// Only these types, when set.
 	Types []EventType `protobuf:"varint,3,rep,packed,name=types,proto3,enum=jobagent.v1.EventType" json:"types,omitempty"`
-	// How long a quiet stream waits before a bookmark (30s when unset).
+	// How long a quiet stream waits before a bookmark (30s when unset; at least 1s: a
+	// shorter interval counts as 1s).
 	BookmarkInterval *durationpb.Duration `protobuf:"bytes,4,opt,name=bookmark_interval,json=bookmarkInterval,proto3" json:"bookmark_interval,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache

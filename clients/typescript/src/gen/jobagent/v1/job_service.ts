@@ -261,7 +261,10 @@ export interface WatchEventsRequest {
   jobName: string;
   /** Only these types, when set. */
   types: EventType[];
-  /** How long a quiet stream waits before a bookmark (30s when unset). */
+  /**
+   * How long a quiet stream waits before a bookmark (30s when unset; at least 1s: a
+   * shorter interval counts as 1s).
+   */
   bookmarkInterval?: Duration | undefined;
 }
 
