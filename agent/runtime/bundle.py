@@ -302,6 +302,7 @@ def mount_idmapped_image(rootfs: Path, directory: Path, userns_fd: int) -> Path:
     where the kernel or the image's filesystem cannot idmap."""
     view = directory / IDMAPPED_IMAGE
     make_dir(view)
+    # First, so that the image is known to be in use whatever the mount does.
     _link(directory / IMAGE_LINK, rootfs)
     syscalls.mount_idmapped(rootfs, view, userns_fd, readonly=True)
     return view

@@ -40,6 +40,7 @@ from agent.runtime.images import Image, ImageStore, PruneResult
 from agent.runtime.monitor import ConmonMonitor, MonitorPaths
 from agent.runtime.oci import OciRuntime
 from agent.runtime.process import off_loop
+from agent.runtime.shifted import ShiftedCopies
 from agent.runtime.userns import IdMapping, NamespaceCache, shift_tree
 from agent.runtime.volatile import VOLATILE_ROOT
 
@@ -151,6 +152,7 @@ class ContainerManager:
         # Told how long each pull took and whether it worked (metrics).
         self.observe_pull: Callable[[float, bool], None] | None = None
         self._namespaces = NamespaceCache()
+        self._shifted = ShiftedCopies()
         # What containers wrote (set-uid files included) and what describes them: root's
         # only; but the bundles and their parent are searchable (see BUNDLE_PARENT_MODE):
         # what else lies in that parent is 0700 of its own.
@@ -236,7 +238,7 @@ class ContainerManager:
         if ids is not None:
             os.chown(directory, 0, ids.start)
             os.chmod(directory, BUNDLE_MODE)
-            lower = self._idmapped_image(image, directory, ids)
+            lower = self._image_view(image, directory, ids)
         bundle.mount_overlay(lower, writable / "upper", writable / "work", rootfs)
         mounts = [
             self._oci_mount(mount, writable, index, directory, ids)
@@ -267,22 +269,18 @@ class ContainerManager:
         )
         write_file(directory / "config.json", json.dumps(config).encode())
 
-    def _idmapped_image(self, image: Image, directory: Path, ids: IdRange) -> Path:
+    def _image_view(self, image: Image, directory: Path, ids: IdRange) -> Path:
         """The image's rootfs as the container's root sees it: its owners shifted into the
-        range by an idmapped mount (shared layers, nothing copied)."""
+        range by an idmapped mount (shared layers, nothing copied); where the kernel or the
+        image's filesystem cannot idmap, a copy with its owners shifted, made once per
+        image and range (the bundle's image link keeps the image from being pruned)."""
         try:
             userns = self._namespaces.fd(IdMapping.of(ids))
             return bundle.mount_idmapped_image(image.rootfs, directory, userns)
         except OSError as error:
             if error.errno not in IDMAP_UNSUPPORTED:
                 raise
-            raise OSError(
-                error.errno,
-                f"cannot give the container a user namespace: the image's filesystem cannot "
-                f"be idmapped on this host ({error.strerror}); a job may run in the host's "
-                f"user namespace with user_namespace: host where the agent allows it "
-                f"(--allow-host-userns)",
-            ) from None
+        return self._shifted.get(image.rootfs, ids.start)
 
     async def start(self, container_id: str) -> None:
         """Starts a created container's process; raises ContainerStartError."""

@@ -4,8 +4,10 @@ volumes is owned by its range on the host."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -16,6 +18,10 @@ import grpc
 import pytest
 from jobagent_client import ClientError, JobAgentClient
 
+from agent.domain import CommandSpec, IdRange, ImageSpec, PullPolicy
+from agent.runtime import bundle
+from agent.runtime.images import ImageStore
+from agent.runtime.manager import ContainerManager, ContainerRequest, RuntimePaths
 from tests.e2e.conftest import start_agent
 from tests.e2e.harness import AgentProcess, Registry, sweep, wait_until
 
@@ -284,3 +290,48 @@ def test_a_volume_a_host_namespace_job_made_moves_into_the_range_of_the_next(
     volume = lenient.paths.volumes / "userns-legacy"
     owners = {os.stat(volume / name).st_uid for name in ("", "old", "new")}
     assert len(owners) == 1 and in_range(owners.pop())
+
+
+async def test_where_the_image_cannot_be_idmapped_a_shifted_copy_serves_each_range(
+    tmp_path: Path, registry: Registry, agent: AgentProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(rootfs: Path, directory: Path, userns_fd: int) -> Path:
+        (directory / bundle.IMAGE_LINK).symlink_to(rootfs)
+        raise OSError(errno.EOPNOTSUPP, "idmapped mounts not supported")
+
+    monkeypatch.setattr(bundle, "mount_idmapped_image", refuse)
+    # The layout the agent uses: the bundles on the volatile tmpfs, searchable to them.
+    paths = RuntimePaths.under(tmp_path / "data", agent.runtime)
+    images = ImageStore(paths.images, insecure_registries=frozenset({registry.host}))
+    manager = ContainerManager(paths, shutil.which(agent.runtime) or agent.runtime, images=images)
+    ids = IdRange(RANGE_START + 5 * RANGE_SIZE)
+    try:
+        image = await manager.pull(image_spec(registry))
+        for run in range(2):
+            container_id = f"shifted-{run}"
+            request = ContainerRequest(
+                container_id=container_id,
+                image=image_spec(registry),
+                log_file=tmp_path / "logs" / f"{run}.log",
+                command=CommandSpec(
+                    entrypoint=("/bin/sh", "-c", "id -u; stat -c %u /bin/busybox; touch /mine")
+                ),
+                id_range=ids,
+            )
+            await manager.create(request, image)
+            await manager.start(container_id)
+            assert (await manager.wait(container_id)).exit_code == 0
+            mine = os.stat(paths.writable / container_id / "upper" / "mine").st_uid
+            await manager.remove(container_id)
+            lines = [line.split(" ", 3)[3] for line in request.log_file.read_text().splitlines()]
+            assert lines == ["0", "0"] and mine == ids.start
+        copy = image.rootfs.with_name(f"{image.rootfs.name}-{ids.start}")
+        assert os.stat(copy / "bin" / "busybox").st_uid == ids.start
+        assert os.stat(image.rootfs / "bin" / "busybox").st_uid == 0
+    finally:
+        manager.close()
+        shutil.rmtree(paths.volatile, ignore_errors=True)
+
+
+def image_spec(registry: Registry) -> ImageSpec:
+    return ImageSpec(f"{registry.host}/busybox:latest", PullPolicy.IF_NOT_PRESENT)
