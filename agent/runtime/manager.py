@@ -395,12 +395,16 @@ class ContainerManager:
         """Mounts a volume at `point` in the bundle, where the range's root reaches it. A
         volume keeps the owner it got when made: one made for another job's range is
         mounted idmapped from that range to this one; one owned by host ids (made by a job
-        in the host's namespace) is moved into this range first."""
+        in the host's namespace) is moved into this range first.
+
+        Only a range's root (an id aligned as ranges are) is mapped from: a volume whose
+        root a job gave to another of its ids is bound as it is, or the mapping from that
+        id would reach into the next range's ids."""
         owner = os.stat(volume).st_uid
         if owner < ID_RANGE_SIZE:
             shift_tree(volume, ids.start)
             owner = ids.start
-        if owner == ids.start:
+        if owner == ids.start or owner % ids.size != ids.start % ids.size:
             syscalls.mount(str(volume), point, "", syscalls.MS_BIND, "")
         else:
             userns = self._namespaces.fd(IdMapping(owner, ids.start, ids.size))

@@ -335,3 +335,19 @@ async def test_where_the_image_cannot_be_idmapped_a_shifted_copy_serves_each_ran
 
 def image_spec(registry: Registry) -> ImageSpec:
     return ImageSpec(f"{registry.host}/busybox:latest", PullPolicy.IF_NOT_PRESENT)
+
+
+def test_a_volume_root_given_to_another_id_maps_nothing_of_the_next_range(
+    client: JobAgentClient, agent: AgentProcess
+) -> None:
+    storage = "    storage:\n      - {type: named, name: userns-chowned, target: /data}\n"
+    script = "chown 5:5 /data; touch /data/f; stat -c %u /data /data/f; cat /proc/self/uid_map"
+    client.register(document("chowner", script, storage), replace=True)
+    for _ in range(2):
+        execution = client.wait(client.trigger("chowner").id)
+        assert execution.status == "completed", execution.message
+        lines = stdout(client, execution.id)
+        start = int(lines[2].split()[1])
+        # Bound as it is: the job's ids, not shifted by the root's new owner.
+        assert lines[:2] == ["5", "0"]
+        assert os.stat(agent.paths.volumes / "userns-chowned" / "f").st_uid == start
