@@ -3,6 +3,7 @@ mappings, the host-side helpers (namespaces, ownership shifts)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from datetime import UTC, datetime
@@ -14,12 +15,16 @@ from jobagent.v1 import jobs_pb2 as pb
 from agent.api.convert import job_spec_from_proto, job_spec_to_proto
 from agent.config import check_id_ranges, parse_id_ranges
 from agent.domain import (
+    FailureReason,
     HostPolicy,
     IdRange,
     IdRangePool,
     ImageSpec,
     Job,
     JobSpec,
+    Status,
+    Trigger,
+    TriggerKind,
     UserNamespace,
 )
 from agent.errors import InvalidSpec, NotFound, ResourceExhausted
@@ -32,6 +37,7 @@ from tests.unit.fake_runtime import FakeRuntime
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 ROOT = os.geteuid() == 0
+TRIGGER = Trigger(TriggerKind.INTERNAL, reason="test")
 
 
 def spec(name: str, userns: UserNamespace = UserNamespace.PRIVATE) -> JobSpec:
@@ -77,6 +83,33 @@ async def test_registration_gives_each_job_a_range_and_refuses_when_none_is_left
         executor.unregister_job("a")
         executor.register_jobs([spec("c")], "", False)
         assert executor.id_range(spec("c")) == IdRange(1 << 20)
+    finally:
+        await executor.close()
+        store.close()
+
+
+async def test_a_run_gets_its_jobs_range_and_fails_at_create_when_none_is_left(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "db")
+    runtime = FakeRuntime()
+    pool = IdRangePool(start=1 << 20, count=65536)
+    executor = Executor(store, runtime, tmp_path / "logs", id_ranges=pool)
+    try:
+        executor.register_jobs([spec("holder")], "", False)
+        # Registered before ranges were given out: it has none, and none is left.
+        store.put_job(Job(spec("late"), NOW, NOW))
+        execution = await executor.trigger("late", TRIGGER)
+        async for _ in executor.watch(execution.id):
+            pass
+        failed = executor.get_execution(execution.id)
+        assert failed.status is Status.FAILED
+        assert failed.failure_reason is FailureReason.CREATE
+        assert "--userns-range" in failed.message
+        execution = await executor.trigger("holder", TRIGGER)
+        await asyncio.wait_for(runtime.started_event.wait(), 5)
+        assert runtime.requests[-1].id_range == IdRange(1 << 20)
+        runtime.exit(runtime.requests[-1].container_id, 0)
     finally:
         await executor.close()
         store.close()
