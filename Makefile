@@ -32,7 +32,8 @@ GEN_DIR := clients/python/jobagent/v1
 PROTOS := $(wildcard protos/jobagent/v1/*.proto)
 
 .PHONY: help deps apt youki grpcurl venv lock fresh-check proto proto-check image run test lint unit e2e \
-  bench clean tools clients clients-check clients-build clients-lint buf-lint buf-breaking release-api
+  bench clean tools clients clients-check clients-build clients-lint clients-unit buf-lint buf-breaking \
+  release-api
 
 help:
 	@echo "make run    install what is missing, build the example image, start the agent on $(LISTEN)"
@@ -150,6 +151,11 @@ clients-lint: clients-build
 	cd bench/watchload && test -z "$$(gofmt -l .)" && go vet ./...
 	cd $(RUST_DIR) && cargo fmt --check
 
+# The clients' own unit tests (target parsing, where a token may go, the bearer header).
+clients-unit: clients-build
+	cd $(GO_DIR) && go test ./...
+	cd $(RUST_DIR) && cargo test --release --locked --lib --quiet
+
 $(EXAMPLE_IMAGE)/index.json: examples/build-busybox-image.sh
 	bash examples/build-busybox-image.sh $(EXAMPLE_IMAGE)
 
@@ -168,7 +174,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 # Strict: a program that these steps install and a test needs is a failure, not a skip.
-test: deps grpcurl proto-check clients-check buf-lint buf-breaking clients-lint lint
+test: deps grpcurl proto-check clients-check buf-lint buf-breaking clients-lint clients-unit lint
 	JOBAGENT_STRICT_TESTS=1 $(VENV)/bin/pytest -q -rs -p no:cacheprovider
 
 # A newcomer's run: a clone of the committed HEAD in a new directory, a new venv, no pip

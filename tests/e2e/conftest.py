@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -88,16 +90,27 @@ def start_agent(
     return agent
 
 
+@contextmanager
+def running_agent(
+    data_dir: Path, runtime: str, registry: Registry, **options: Any
+) -> Iterator[AgentProcess]:
+    """start_agent's agent, stopped and swept when the block ends."""
+    agent = start_agent(data_dir, runtime, registry, **options)
+    try:
+        yield agent
+    finally:
+        agent.stop()
+        sweep(agent)
+
+
 @pytest.fixture(scope="session", params=RUNTIMES)
 def agent(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, registry: Registry
 ) -> Iterator[AgentProcess]:
     """One agent per runtime, shared by the tests that do not stop it."""
     runtime: str = request.param
-    agent = start_agent(tmp_path_factory.mktemp(f"agent-{runtime}"), runtime, registry)
-    yield agent
-    agent.stop()
-    sweep(agent)
+    with running_agent(tmp_path_factory.mktemp(f"agent-{runtime}"), runtime, registry) as agent:
+        yield agent
 
 
 @pytest.fixture

@@ -11,7 +11,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,18 @@ from agent.runtime.manager import RuntimePaths
 REPO = Path(__file__).resolve().parents[2]
 REQUIRED_BINARIES = ("conmon", "skopeo", "umoci", "docker-registry", "youki", "runc", "busybox")
 DEFAULT_LISTEN = AgentConfig().listen[0]
+
+
+@contextmanager
+def host_user(prefix: str) -> Iterator[str]:
+    """A new unprivileged host user (with its own group and home), removed afterwards."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    command = ["useradd", "--create-home", "--user-group", name]
+    subprocess.run(command, check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ from agent.errors import InvalidSpec
 from tests import tools
 from tests.e2e.certs import make_certificates
 from tests.e2e.conftest import RUNTIMES, STARTED, start_agent
-from tests.e2e.harness import DEFAULT_LISTEN, AgentProcess, Registry, free_port, sweep
+from tests.e2e.harness import DEFAULT_LISTEN, AgentProcess, Registry, free_port, host_user, sweep
 
 JOBCTL = str(Path(sys.executable).parent / "jobctl")
 JOB = (
@@ -108,16 +108,14 @@ def stranger() -> Iterator[Stranger]:
     tools.require("grpcurl")
     found = tools.find("grpcurl")
     assert found is not None
-    name = f"jobagent-t{secrets.token_hex(4)}"
     place = Path(tempfile.mkdtemp(prefix="jobagent-stranger-"))
-    subprocess.run(["useradd", "--create-home", "--user-group", name], check=True)
-    try:
-        place.chmod(0o755)
-        shutil.copy(found, place / "grpcurl")
-        yield Stranger(name, place / "grpcurl")
-    finally:
-        subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
-        shutil.rmtree(place, ignore_errors=True)
+    with host_user("stranger") as name:
+        try:
+            place.chmod(0o755)
+            shutil.copy(found, place / "grpcurl")
+            yield Stranger(name, place / "grpcurl")
+        finally:
+            shutil.rmtree(place, ignore_errors=True)
 
 
 def test_the_default_listener_is_a_socket_only_root_may_reach(default_agent: AgentProcess) -> None:

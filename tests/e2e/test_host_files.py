@@ -9,7 +9,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import RUNTIMES, start_agent
-from tests.e2e.harness import AgentProcess, Registry, sweep, wait_until
+from tests.e2e.harness import AgentProcess, Registry, host_user, sweep, wait_until
 
 SETUID_JOB = (
     "version: v1\ndeployment: hygiene\nservices:\n  setuid:\n    rtype: job\n"
@@ -36,12 +35,8 @@ SETUID_JOB = (
 @pytest.fixture
 def prober() -> Iterator[str]:
     """An unprivileged host user, removed afterwards."""
-    name = f"probe{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--create-home", name], check=True, capture_output=True)
-    try:
+    with host_user("probe") as name:
         yield name
-    finally:
-        subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
 
 
 @pytest.fixture

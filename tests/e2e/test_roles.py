@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -18,7 +17,7 @@ from jobagent.v1 import jobs_pb2 as pb
 from jobagent_client import ClientError
 
 from tests.e2e.conftest import RUNTIMES, start_agent
-from tests.e2e.harness import AgentProcess, Registry, free_port, sweep
+from tests.e2e.harness import AgentProcess, Registry, free_port, host_user, sweep
 
 TOKENS = {
     "viewer": "viewer-token-0123456789",
@@ -117,12 +116,8 @@ def test_names_with_a_trailing_newline_are_invalid(guarded: AgentProcess) -> Non
 @pytest.fixture
 def local_user() -> Iterator[str]:
     """An unprivileged host user, removed afterwards."""
-    name = f"roles{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--create-home", name], check=True, capture_output=True)
-    try:
+    with host_user("roles") as name:
         yield name
-    finally:
-        subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
 
 
 def grpc_as(user: str, agent: AgentProcess, method: str, request: bytes, token: str) -> bytes:

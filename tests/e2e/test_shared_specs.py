@@ -14,8 +14,8 @@ import pytest
 from jobagent_client import ClientError, JobAgentClient
 from jobagent_client.models import Execution
 
-from tests.e2e.conftest import RUNTIMES, start_agent
-from tests.e2e.harness import REPO, AgentProcess, Registry, sweep
+from tests.e2e.conftest import RUNTIMES, running_agent
+from tests.e2e.harness import REPO, AgentProcess, Registry
 
 SPECS_DIR = Path(os.environ.get("JOBAGENT_SPECS_DIR", REPO.parent / "shared" / "specs"))
 SPECS = sorted(SPECS_DIR.glob("*.yaml")) if SPECS_DIR.is_dir() else []
@@ -110,10 +110,9 @@ def specs_agent(
     runtime: str = request.param
     data_dir = tmp_path_factory.mktemp(f"specs-{runtime}")
     cwd = tmp_path_factory.mktemp(f"specs-cwd-{runtime}")
-    agent = start_agent(data_dir, runtime, registry, cwd=cwd, extra_args=("--allow-host-network",))
-    yield agent
-    agent.stop()
-    sweep(agent)
+    options = {"cwd": cwd, "extra_args": ("--allow-host-network",)}
+    with running_agent(data_dir, runtime, registry, **options) as agent:
+        yield agent
 
 
 @pytest.fixture

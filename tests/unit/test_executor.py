@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,38 +32,12 @@ TRIGGER = Trigger(TriggerKind.ENDPOINT, remote_address="ipv4:127.0.0.1:1")
 
 
 @pytest.fixture
-def runtime() -> FakeRuntime:
-    return FakeRuntime()
-
-
-@pytest.fixture
 async def executor(tmp_path: Path, runtime: FakeRuntime) -> AsyncIterator[Executor]:
     store = Store(tmp_path / "agent.db")
     executor = Executor(store, runtime, tmp_path / "logs", stop_grace=2.0)
     executor.register_jobs([SPEC], "", replace_existing=False)
     yield executor
     await executor.close()
-    store.close()
-
-
-@pytest.fixture
-async def make_executor(
-    tmp_path: Path, runtime: FakeRuntime
-) -> AsyncIterator[Callable[..., Executor]]:
-    """Executors over one store in tmp_path, closed (with the store) after the test."""
-    store = Store(tmp_path / "shared.db")
-    made: list[Executor] = []
-
-    def make(*specs: JobSpec, **options: Any) -> Executor:
-        executor = Executor(store, runtime, tmp_path / "logs", **options)
-        if specs:
-            executor.register_jobs(list(specs), "", replace_existing=True)
-        made.append(executor)
-        return executor
-
-    yield make
-    for executor in made:
-        await executor.close()
     store.close()
 
 

@@ -13,6 +13,7 @@ import pytest
 from agent.domain import (
     Bookmark,
     EventKind,
+    Execution,
     ExecutionEvent,
     ImageSpec,
     JobEvent,
@@ -121,14 +122,20 @@ async def test_filters_and_live_events_after_the_backlog(rig: tuple[Executor, St
                                                                 "failed"]  # fmt: skip
 
 
-async def test_a_resume_point_that_retention_removed_is_out_of_range(
-    rig: tuple[Executor, Store],
-) -> None:
-    executor, store = rig
+async def history_with_its_oldest_removed(executor: Executor, store: Store) -> Execution:
+    """Two finished executions of job a, the first removed as retention does; returns it."""
     first = await executor.trigger("a", TRIGGER)
     await executor.trigger("a", TRIGGER)
     await finish(executor)
     store.delete_executions([first.id])
+    return first
+
+
+async def test_a_resume_point_that_retention_removed_is_out_of_range(
+    rig: tuple[Executor, Store],
+) -> None:
+    executor, store = rig
+    first = await history_with_its_oldest_removed(executor, store)
     with pytest.raises(OutOfRange):
         await anext(executor.watch_events(store.compacted_through() - 1))
     held = store.node_events_after(store.compacted_through())
@@ -142,10 +149,7 @@ async def test_since_zero_starts_at_the_oldest_event_still_held(
     rig: tuple[Executor, Store],
 ) -> None:
     executor, store = rig
-    first = await executor.trigger("a", TRIGGER)
-    await executor.trigger("a", TRIGGER)
-    await finish(executor)
-    store.delete_executions([first.id])
+    first = await history_with_its_oldest_removed(executor, store)
     assert store.compacted_through() > 0
     held = store.node_events_after(0)
     everything = await take(executor.watch_events(0), len(held))

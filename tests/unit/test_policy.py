@@ -4,10 +4,8 @@ without it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,39 +22,12 @@ from agent.domain import (
 )
 from agent.errors import FailedPrecondition, HostPolicyRefused
 from agent.executor import Executor
-from agent.store import Store
 from tests.unit.fake_runtime import FakeRuntime
 
 SPEC = JobSpec(name="powerful", image=ImageSpec("busybox:latest"), privileged=True)
 ALLOWED = HostPolicy(allow_privileged=True)
 CALLER = Trigger(TriggerKind.ENDPOINT, remote_address="ipv4:127.0.0.1:1")
 SCHEDULE = Trigger(TriggerKind.SCHEDULER, reason="schedule * * * * * at now")
-
-
-@pytest.fixture
-def runtime() -> FakeRuntime:
-    return FakeRuntime()
-
-
-@pytest.fixture
-async def make_executor(
-    tmp_path: Path, runtime: FakeRuntime
-) -> AsyncIterator[Callable[..., Executor]]:
-    """Executors over one store (an agent and the same agent restarted with other flags)."""
-    store = Store(tmp_path / "agent.db")
-    made: list[Executor] = []
-
-    def make(*specs: JobSpec, **options: Any) -> Executor:
-        executor = Executor(store, runtime, tmp_path / "logs", **options)
-        if specs:
-            executor.register_jobs(list(specs), "", replace_existing=True)
-        made.append(executor)
-        return executor
-
-    yield make
-    for executor in made:
-        await executor.close()
-    store.close()
 
 
 @pytest.mark.parametrize(

@@ -6,14 +6,16 @@ package jobagent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -22,29 +24,76 @@ import (
 
 // Client talks to one agent.
 type Client struct {
-	conn  *grpc.ClientConn
-	stub  pb.JobServiceClient
-	token string
+	conn *grpc.ClientConn
+	stub pb.JobServiceClient
 }
 
-// Options say how to reach the agent: TLS credentials (plain text when nil) and a bearer
-// token (none when empty).
+// Options say how to reach the agent.
 type Options struct {
-	TLS   credentials.TransportCredentials
+	// TLS secures the connection (server-authenticated, or mutual with a client
+	// certificate); plain text when nil.
+	TLS credentials.TransportCredentials
+	// Token is a bearer token, sent as `authorization: Bearer <token>` on every call
+	// (unary and streaming, through Stub too); none when empty. Without TLS it is sent
+	// only to a unix socket or a loopback address: Dial refuses any other target.
 	Token string
 }
 
-// Dial connects to target (host:port or unix:/path).
+// Dial connects to target: host:port, or unix:/path for the agent's unix socket (gRPC's
+// naming, as dns:///host:port and unix:///path). It does not wait for the connection; the
+// first call makes it.
 func Dial(target string, options Options) (*Client, error) {
 	transport := options.TLS
 	if transport == nil {
 		transport = insecure.NewCredentials()
 	}
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(transport))
+	dial := []grpc.DialOption{grpc.WithTransportCredentials(transport)}
+	if options.Token != "" {
+		local := isLocal(target)
+		if options.TLS == nil && !local {
+			return nil, fmt.Errorf("jobagent: a token goes in plain text only to a unix socket or a loopback address; use TLS to reach %s", target)
+		}
+		dial = append(dial, grpc.WithPerRPCCredentials(bearerToken{token: options.Token, local: local}))
+	}
+	conn, err := grpc.NewClient(target, dial...)
 	if err != nil {
 		return nil, err
 	}
-	return &Client{conn: conn, stub: pb.NewJobServiceClient(conn), token: options.Token}, nil
+	return &Client{conn: conn, stub: pb.NewJobServiceClient(conn)}, nil
+}
+
+// bearerToken is the credential of every call: `authorization: Bearer <token>`.
+type bearerToken struct {
+	token string
+	// local is a unix socket or loopback target, where plain text stays on the host.
+	local bool
+}
+
+func (b bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+// RequireTransportSecurity lets gRPC refuse to send the token over plain text, except to
+// a target on this host.
+func (b bearerToken) RequireTransportSecurity() bool { return !b.local }
+
+// isLocal reports whether target names a unix socket or a loopback address.
+func isLocal(target string) bool {
+	if strings.HasPrefix(target, "unix:") || strings.HasPrefix(target, "unix-abstract:") {
+		return true
+	}
+	for _, scheme := range []string{"dns:///", "passthrough:///"} {
+		target = strings.TrimPrefix(target, scheme)
+	}
+	host, _, err := net.SplitHostPort(target)
+	if err != nil {
+		host = target
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Close closes the connection.
@@ -53,16 +102,9 @@ func (c *Client) Close() error { return c.conn.Close() }
 // Stub is the generated client, for calls the wrapper does not cover.
 func (c *Client) Stub() pb.JobServiceClient { return c.stub }
 
-func (c *Client) ctx(ctx context.Context) context.Context {
-	if c.token == "" {
-		return ctx
-	}
-	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.token)
-}
-
 // Register registers the jobs of a deployment document.
 func (c *Client) Register(ctx context.Context, specYAML string, replace bool) ([]*pb.Job, error) {
-	response, err := c.stub.RegisterJob(c.ctx(ctx), &pb.RegisterJobRequest{
+	response, err := c.stub.RegisterJob(ctx, &pb.RegisterJobRequest{
 		Source: &pb.RegisterJobRequest_SpecYaml{SpecYaml: specYAML}, Replace: replace,
 	})
 	if err != nil {
@@ -73,12 +115,12 @@ func (c *Client) Register(ctx context.Context, specYAML string, replace bool) ([
 
 // Trigger starts an execution of a job.
 func (c *Client) Trigger(ctx context.Context, jobName string) (*pb.Execution, error) {
-	return c.stub.TriggerJob(c.ctx(ctx), &pb.TriggerJobRequest{JobName: jobName})
+	return c.stub.TriggerJob(ctx, &pb.TriggerJobRequest{JobName: jobName})
 }
 
 // GetExecution returns one execution.
 func (c *Client) GetExecution(ctx context.Context, id string) (*pb.Execution, error) {
-	return c.stub.GetExecution(c.ctx(ctx), &pb.GetExecutionRequest{Id: id})
+	return c.stub.GetExecution(ctx, &pb.GetExecutionRequest{Id: id})
 }
 
 // Terminal reports whether an execution's status is final.
@@ -90,7 +132,7 @@ func Terminal(status pb.ExecutionStatus) bool {
 
 // WatchUntil follows an execution until done says so or it ends, and returns it then.
 func (c *Client) WatchUntil(ctx context.Context, id string, done func(*pb.Execution) bool) (*pb.Execution, error) {
-	stream, err := c.stub.WatchExecution(c.ctx(ctx), &pb.WatchExecutionRequest{Id: id})
+	stream, err := c.stub.WatchExecution(ctx, &pb.WatchExecutionRequest{Id: id})
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +171,7 @@ func (c *Client) TriggerAndWait(ctx context.Context, jobName string) (*pb.Execut
 
 // Logs calls line for each output line; with follow, until the execution ends.
 func (c *Client) Logs(ctx context.Context, id string, follow bool, line func(*pb.LogLine)) error {
-	stream, err := c.stub.StreamLogs(c.ctx(ctx), &pb.StreamLogsRequest{ExecutionId: id, Follow: follow})
+	stream, err := c.stub.StreamLogs(ctx, &pb.StreamLogsRequest{ExecutionId: id, Follow: follow})
 	if err != nil {
 		return err
 	}
@@ -147,7 +189,7 @@ func (c *Client) Logs(ctx context.Context, id string, follow bool, line func(*pb
 
 // Cancel stops an execution (stop signal, grace, then SIGKILL) and returns it once final.
 func (c *Client) Cancel(ctx context.Context, id string, grace time.Duration) (*pb.Execution, error) {
-	return c.stub.CancelExecution(c.ctx(ctx), &pb.CancelExecutionRequest{
+	return c.stub.CancelExecution(ctx, &pb.CancelExecutionRequest{
 		Id: id, GracePeriod: durationpb.New(grace),
 	})
 }
@@ -180,7 +222,7 @@ func (w *EventWatcher) LastSequence() uint64 { return w.last }
 func (w *EventWatcher) Next(ctx context.Context) (Event, error) {
 	for {
 		if w.stream == nil {
-			stream, err := w.client.stub.WatchEvents(w.client.ctx(ctx), &pb.WatchEventsRequest{
+			stream, err := w.client.stub.WatchEvents(ctx, &pb.WatchEventsRequest{
 				SinceSequence: w.last, JobName: w.jobName,
 			})
 			if err != nil {

@@ -1,11 +1,17 @@
 """The conformance scenario every client passes against a live agent (clients/CONFORMANCE.md).
 
-python clients/python/examples/conformance.py 127.0.0.1:50051
+python clients/python/examples/conformance.py [--expect-unauthenticated] [TARGET]
+
+TARGET is host:port (127.0.0.1:50051 by default) or unix:/run/jobagent/jobagent.sock; the
+bearer token, when the agent requires one, comes from JOBAGENT_TOKEN. With
+--expect-unauthenticated it only checks that its first call is refused with UNAUTHENTICATED
+(run it without the token the agent requires).
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import os
 from datetime import timedelta
 
 import grpc
@@ -27,9 +33,19 @@ def check(condition: bool, what: str) -> None:
         raise SystemExit(f"conformance failed: {what}")
 
 
-def main(target: str) -> None:
+def expect_unauthenticated(client: JobAgentClient) -> None:
+    """The first call, without the token the agent requires, is refused."""
+    try:
+        client.get_execution("0" * 32)
+        check(False, "want UNAUTHENTICATED, got an answer")
+    except ClientError as error:
+        check(error.code is grpc.StatusCode.UNAUTHENTICATED, f"want UNAUTHENTICATED, got {error}")
+    print("unauthenticated ok: python")
+
+
+def main(target: str, token: str | None) -> None:
     """Runs the scenario against the agent at `target`."""
-    with JobAgentClient.connect(target) as client:
+    with JobAgentClient.connect(target, token=token) as client:
         client.register(SPEC, replace=True)
 
         done = client.wait(client.trigger(JOB).id)
@@ -63,4 +79,17 @@ def main(target: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("target", nargs="?", default="127.0.0.1:50051")
+    parser.add_argument(
+        "--expect-unauthenticated",
+        action="store_true",
+        help="only check that the first call is refused with UNAUTHENTICATED",
+    )
+    args = parser.parse_args()
+    token = os.environ.get("JOBAGENT_TOKEN") or None
+    if args.expect_unauthenticated:
+        with JobAgentClient.connect(args.target, token=token) as client:
+            expect_unauthenticated(client)
+    else:
+        main(args.target, token)

@@ -1,10 +1,18 @@
 //! The conformance scenario every client passes against a live agent (clients/CONFORMANCE.md):
-//! `cargo run --example conformance -- 127.0.0.1:50051`.
+//!
+//! ```text
+//! JOBAGENT_TOKEN=<token> cargo run --example conformance -- 127.0.0.1:50051
+//! JOBAGENT_TOKEN=<token> cargo run --example conformance -- unix:/run/jobagent/jobagent.sock
+//! cargo run --example conformance -- --expect-unauthenticated 127.0.0.1:50051
+//! ```
+//!
+//! With `--expect-unauthenticated` it only checks that its first call is refused with
+//! UNAUTHENTICATED (run it without the token the agent requires).
 
 use std::time::Duration;
 
 use jobagent_client::pb::ExecutionStatus;
-use jobagent_client::{JobAgent, NodeEvent};
+use jobagent_client::{JobAgent, NodeEvent, Options};
 use tonic::Code;
 
 type Failure = Box<dyn std::error::Error>;
@@ -19,10 +27,30 @@ fn check(condition: bool, what: &str) -> Result<(), Failure> {
 
 #[tokio::main]
 async fn main() -> Result<(), Failure> {
-    let target = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:50051".to_string());
-    let mut agent = JobAgent::connect(&format!("http://{target}")).await?;
+    let (flags, targets): (Vec<String>, Vec<String>) = std::env::args()
+        .skip(1)
+        .partition(|arg| arg.starts_with("--"));
+    let expect_unauthenticated = match flags.as_slice() {
+        [] => false,
+        [flag] if flag == "--expect-unauthenticated" => true,
+        _ => return Err(format!("unknown flags {flags:?}").into()),
+    };
+    let target = targets.first().map_or("127.0.0.1:50051", String::as_str);
+    let options = Options {
+        token: std::env::var("JOBAGENT_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    let mut agent = JobAgent::connect_with(target, options).await?;
+    if expect_unauthenticated {
+        let refused = agent.get_execution(&"0".repeat(32)).await;
+        check(
+            matches!(refused, Err(ref status) if status.code() == Code::Unauthenticated),
+            &format!("want UNAUTHENTICATED, got {refused:?}"),
+        )?;
+        println!("unauthenticated ok: rust");
+        return Ok(());
+    }
     let job = "conformance-rust";
     agent
         .register(

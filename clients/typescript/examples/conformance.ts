@@ -1,7 +1,15 @@
 /**
  * The conformance scenario every client passes against a live agent (clients/CONFORMANCE.md):
- * node dist/examples/conformance.js 127.0.0.1:50051
+ *
+ *     JOBAGENT_TOKEN=<token> node dist/examples/conformance.js 127.0.0.1:50051
+ *     JOBAGENT_TOKEN=<token> node dist/examples/conformance.js unix:/run/jobagent/jobagent.sock
+ *     node dist/examples/conformance.js --expect-unauthenticated 127.0.0.1:50051
+ *
+ * With --expect-unauthenticated it only checks that its first call is refused with
+ * UNAUTHENTICATED (run it without the token the agent requires).
  */
+import { parseArgs } from "node:util";
+
 import { ServiceError, status } from "@grpc/grpc-js";
 
 import { JobAgent, isTerminal } from "../src/index";
@@ -15,9 +23,15 @@ function check(condition: boolean, what: string): void {
   }
 }
 
-async function main(target: string): Promise<void> {
-  const agent = new JobAgent(target);
+async function main(target: string, expectUnauthenticated: boolean): Promise<void> {
+  const agent = new JobAgent(target, { token: process.env.JOBAGENT_TOKEN || undefined });
   try {
+    if (expectUnauthenticated) {
+      const refused = await agent.getExecution("0".repeat(32)).then(() => null, (error: ServiceError) => error);
+      check(refused?.code === status.UNAUTHENTICATED, `want UNAUTHENTICATED, got ${refused?.message ?? "an answer"}`);
+      console.log("unauthenticated ok: typescript");
+      return;
+    }
     await agent.register(
       `version: v1\ndeployment: ${job}\nservices:\n` +
       `  ${job}:\n    rtype: job\n    image: {name: busybox:latest}\n` +
@@ -69,7 +83,11 @@ async function main(target: string): Promise<void> {
   }
 }
 
-main(process.argv[2] ?? "127.0.0.1:50051").catch((error: unknown) => {
+const { values, positionals } = parseArgs({
+  options: { "expect-unauthenticated": { type: "boolean", default: false } },
+  allowPositionals: true,
+});
+main(positionals[0] ?? "127.0.0.1:50051", values["expect-unauthenticated"] === true).catch((error: unknown) => {
   console.error(error instanceof Error ? error.message : error);
   process.exit(1);
 });

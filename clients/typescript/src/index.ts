@@ -2,7 +2,18 @@
  * A client of the jobagent node agent: a thin typed layer over the code generated from
  * protos/ (src/gen): trigger and wait, follow logs, watch the node's events with resume.
  */
-import { ChannelCredentials, ClientReadableStream, Metadata, ServiceError, credentials, status } from "@grpc/grpc-js";
+import { BlockList, isIP } from "node:net";
+
+import {
+  ChannelCredentials,
+  ClientReadableStream,
+  InterceptingCall,
+  Interceptor,
+  Metadata,
+  ServiceError,
+  credentials,
+  status,
+} from "@grpc/grpc-js";
 
 import {
   CancelExecutionRequest,
@@ -21,10 +32,46 @@ import { Execution, ExecutionEvent, ExecutionStatus, Job, JobEvent, LogLine } fr
 export * as pb from "./gen/jobagent/v1/jobs";
 export * as service from "./gen/jobagent/v1/job_service";
 
-/** How to reach the agent: TLS (plain text when unset) and a bearer token (none when unset). */
+/** How to reach the agent. */
 export interface Options {
+  /** TLS (`credentials.createSsl(...)`, with a client certificate for mTLS); plain text when unset. */
   credentials?: ChannelCredentials;
+  /**
+   * A bearer token, sent as `authorization: Bearer <token>` on every call (unary and
+   * streaming, through `stub` too); none when unset. Without TLS it is sent only to a unix
+   * socket or a loopback address: the constructor refuses any other target.
+   */
   token?: string;
+}
+
+/** A client interceptor that adds `authorization: Bearer <token>` to every call. */
+export function bearerToken(token: string): Interceptor {
+  return (options, nextCall) =>
+    new InterceptingCall(nextCall(options), {
+      start(metadata: Metadata, listener, next) {
+        metadata.set("authorization", `Bearer ${token}`);
+        next(metadata, listener);
+      },
+    });
+}
+
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet("127.0.0.0", 8, "ipv4");
+LOOPBACK.addAddress("::1", "ipv6");
+
+/** True when `target` is a unix socket or a loopback address, where plain text stays on the host. */
+export function isLocalTarget(target: string): boolean {
+  if (target.startsWith("unix:") || target.startsWith("unix-abstract:")) {
+    return true;
+  }
+  const address = target.replace(/^(dns|passthrough):\/\/\//, "");
+  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(address);
+  const host = bracketed ? bracketed[1] : address.replace(/:\d+$/, "");
+  if (host === "localhost") {
+    return true;
+  }
+  const family = isIP(host);
+  return family !== 0 && LOOPBACK.check(host, family === 4 ? "ipv4" : "ipv6");
 }
 
 /** An event of the node's stream: of an execution or of a job. */
@@ -40,24 +87,27 @@ export function isTerminal(value: ExecutionStatus): boolean {
 
 /** Talks to one agent. Calls reject with the grpc-js ServiceError (code, details). */
 export class JobAgent {
+  /** The generated client, for calls this layer does not cover. */
   readonly stub: JobServiceClient;
-  private readonly token?: string;
 
+  /**
+   * A client of the agent at `target`: host:port, or unix:/path for the agent's unix socket
+   * (gRPC's naming). The connection is made by the first call.
+   */
   constructor(target: string, options: Options = {}) {
-    this.stub = new JobServiceClient(target, options.credentials ?? credentials.createInsecure());
-    this.token = options.token;
+    const interceptors: Interceptor[] = [];
+    if (options.token) {
+      if (!options.credentials && !isLocalTarget(target)) {
+        throw new Error(
+          `a token goes in plain text only to a unix socket or a loopback address; use TLS to reach ${target}`);
+      }
+      interceptors.push(bearerToken(options.token));
+    }
+    this.stub = new JobServiceClient(target, options.credentials ?? credentials.createInsecure(), { interceptors });
   }
 
   close(): void {
     this.stub.close();
-  }
-
-  private metadata(): Metadata {
-    const metadata = new Metadata();
-    if (this.token) {
-      metadata.set("authorization", `Bearer ${this.token}`);
-    }
-    return metadata;
   }
 
   private unary<Request, Response>(
@@ -65,7 +115,7 @@ export class JobAgent {
     request: Request,
   ): Promise<Response> {
     return new Promise((resolve, reject) => {
-      method.call(this.stub, request, this.metadata(), (error: ServiceError | null, response: Response) =>
+      method.call(this.stub, request, new Metadata(), (error: ServiceError | null, response: Response) =>
         error ? reject(error) : resolve(response));
     });
   }
@@ -89,7 +139,7 @@ export class JobAgent {
 
   /** Follows an execution until `done` says so (or it ends) and returns it then. */
   async watchUntil(id: string, done: (execution: Execution) => boolean): Promise<Execution> {
-    const stream = this.stub.watchExecution(WatchExecutionRequest.fromPartial({ id }), this.metadata());
+    const stream = this.stub.watchExecution(WatchExecutionRequest.fromPartial({ id }));
     let last: Execution | undefined;
     try {
       for await (const event of stream as AsyncIterable<ExecutionEvent>) {
@@ -119,7 +169,7 @@ export class JobAgent {
 
   /** The execution's output lines; with `follow`, as they come until it ends. */
   async *logs(executionId: string, follow = false): AsyncGenerator<LogLine> {
-    const stream = this.stub.streamLogs(StreamLogsRequest.fromPartial({ executionId, follow }), this.metadata());
+    const stream = this.stub.streamLogs(StreamLogsRequest.fromPartial({ executionId, follow }));
     yield* stream as AsyncIterable<LogLine>;
   }
 
@@ -138,7 +188,7 @@ export class JobAgent {
 
   /** @internal */
   openEvents(since: number, jobName: string): ClientReadableStream<WatchEventsResponse> {
-    return this.stub.watchEvents(WatchEventsRequest.fromPartial({ sinceSequence: since, jobName }), this.metadata());
+    return this.stub.watchEvents(WatchEventsRequest.fromPartial({ sinceSequence: since, jobName }));
   }
 }
 

@@ -1,9 +1,18 @@
 // Command conformance runs the scenario every client passes against a live agent
-// (clients/CONFORMANCE.md): conformance 127.0.0.1:50051.
+// (clients/CONFORMANCE.md):
+//
+//	JOBAGENT_TOKEN=<token> conformance 127.0.0.1:50051
+//	JOBAGENT_TOKEN=<token> conformance unix:/run/jobagent/jobagent.sock
+//	conformance --expect-unauthenticated 127.0.0.1:50051
+//
+// With --expect-unauthenticated it only checks that its first call is refused with
+// UNAUTHENTICATED (run it without the token the agent requires).
 package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -38,14 +47,25 @@ func must[T any](value T, err error) T {
 }
 
 func main() {
+	expectUnauthenticated := flag.Bool("expect-unauthenticated", false,
+		"only check that the first call is refused with UNAUTHENTICATED")
+	flag.Parse()
 	target := "127.0.0.1:50051"
-	if len(os.Args) > 1 {
-		target = os.Args[1]
+	if flag.NArg() > 0 {
+		target = flag.Arg(0)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	client := must(jobagent.Dial(target, jobagent.Options{}))
+	client := must(jobagent.Dial(target, jobagent.Options{Token: os.Getenv("JOBAGENT_TOKEN")}))
 	defer client.Close()
+	if *expectUnauthenticated {
+		_, err := client.GetExecution(ctx, strings.Repeat("0", 32))
+		if status.Code(err) != codes.Unauthenticated {
+			fail(errors.Join(errors.New("want UNAUTHENTICATED"), err))
+		}
+		fmt.Println("unauthenticated ok: go")
+		return
+	}
 	spec := fmt.Sprintf("version: v1\ndeployment: %[1]s\nservices:\n"+
 		"  %[1]s:\n    rtype: job\n    image: {name: busybox:latest}\n"+
 		"    command: {entrypoint: [/bin/echo, hello from go]}\n"+
