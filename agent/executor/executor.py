@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent import faults
 from agent.dispatch import check_dispatch, fingerprint
 from agent.domain import (
     ACTIVE_STATUSES,
@@ -37,6 +38,7 @@ from agent.domain import (
     JobKind,
     JobNote,
     JobSpec,
+    LogBatch,
     LogLine,
     NodeEvent,
     Status,
@@ -59,10 +61,11 @@ from agent.errors import (
 from agent.executor.admission import Admission
 from agent.executor.events import QUIET, EventBus
 from agent.executor.lifecycle import ExecutionRun, container_id_of, log_file_of, now
-from agent.executor.logs import LogChunk, LogQuery, read_log, read_log_chunks
+from agent.executor.logs import LogChunk, LogQuery, read_log_batches, read_log_chunks
 from agent.executor.ports import ContainerRuntime
 from agent.executor.recorder import Recorder
 from agent.executor.retention import Retention, RetentionPolicy
+from agent.executor.stored_jobs import stored_spec_problem
 from agent.privileges import check_host_policy
 from agent.runtime.errors import RuntimeLayerError
 from agent.runtime.images import PruneResult
@@ -119,7 +122,8 @@ class Executor:
         self._admission = Admission(node_limit)
         self._waiting: dict[str, tuple[Execution, JobSpec, Dispatch]] = {}
         self.retention = Retention(store, log_dir, retention or RetentionPolicy())
-        self._pruner: asyncio.Task[None] | None = None
+        # Jobs whose stored spec today's validator refuses: name -> why (until replaced).
+        self._invalid: dict[str, str] = {}
 
     # Jobs
 
@@ -163,6 +167,7 @@ class Executor:
                 f"holds one of {self.id_ranges.slots} (--userns-range)"
             )
         for job, note in changes:
+            self._invalid.pop(job.name, None)
             self._publish(self._store.put_job(job, note))
             if job.name in needing:
                 self._store.user_range_slot(job.name, self.id_ranges.slots)
@@ -201,12 +206,15 @@ class Executor:
         if self._store.list_executions(job_name=name, statuses=ACTIVE_STATUSES):
             raise FailedPrecondition(f"job {name!r} has active executions; cancel them first")
         self._publish(self._store.delete_job(name))
+        self._invalid.pop(name, None)
 
     def set_suspended(self, name: str, suspended: bool) -> Job:
         """Suspends or resumes a cron job's schedule; resuming skips the times it missed."""
         job = self._store.get_job(name)
         if job.spec.kind is not JobKind.CRON:
             raise FailedPrecondition(f"job {name!r} has no schedule to suspend or resume")
+        if not suspended:
+            self._refuse_if_invalid(name)
         if job.spec.cron.suspend == suspended:
             return job
         spec = replace(job.spec, cron=replace(job.spec.cron, suspend=suspended))
@@ -218,6 +226,40 @@ class Executor:
             note = JobNote(EventKind.JOB_RESUMED, "times missed while suspended are skipped")
             self._publish(self._store.put_job(updated, note, state))
         return updated
+
+    def suspend_invalid_jobs(self) -> None:
+        """Suspends each stored job that today's validator refuses (written by an older
+        version, or by hand), at every start until it is registered again or removed.
+
+        The reason is logged and recorded as a JOB_SUSPENDED event; a cron job is stored
+        suspended (GetJob shows it, without a next run), and triggers and ResumeJob of any
+        such job answer FAILED_PRECONDITION with the reason. Reading it still works.
+        """
+        for job in self._store.list_jobs():
+            problem = stored_spec_problem(job.spec)
+            if problem is None:
+                continue
+            self._invalid[job.name] = problem
+            message = (
+                f"suspended at start: its stored spec no longer validates ({problem}); "
+                "register it again"
+            )
+            log.error("job %s %s", job.name, message)
+            if job.spec.kind is JobKind.CRON and not job.spec.cron.suspend:
+                spec = replace(job.spec, cron=replace(job.spec.cron, suspend=True))
+                job = replace(job, spec=spec, updated_at=now())
+            try:
+                self._publish(self._store.put_job(job, JobNote(EventKind.JOB_SUSPENDED, message)))
+            except Exception:  # it stays refused; the agent starts all the same
+                log.exception("job %s: recording its suspension failed", job.name)
+
+    def _refuse_if_invalid(self, name: str) -> None:
+        problem = self._invalid.get(name)
+        if problem is not None:
+            raise FailedPrecondition(
+                f"job {name!r} is suspended: its stored spec no longer validates ({problem}); "
+                "register it again"
+            )
 
     def record_cron_state(self, name: str, state: CronState, note: JobNote | None = None) -> None:
         """Stores what the scheduler did for a cron job, with a job event when `note` says one."""
@@ -272,6 +314,7 @@ class Executor:
                                       "(another job or other parameters)")  # fmt: skip
                 return self.get_execution(seen[0])
         job = self._store.get_job(job_name)
+        self._refuse_if_invalid(job.name)
         check_dispatch(job.spec.dispatch, request.dispatch)
         refusal = self._policy_refusal(job.spec)
         # A caller hears the refusal; a scheduled run is recorded as a failed execution.
@@ -434,10 +477,18 @@ class Executor:
         self, execution_id: str, query: LogQuery, attempt: int = 0
     ) -> AsyncIterator[LogLine]:
         """Yields the output of one attempt (the latest when 0); with follow, until it ends."""
+        async for batch in self.stream_log_batches(execution_id, query, attempt):
+            for line in batch.lines():
+                yield line
+
+    async def stream_log_batches(
+        self, execution_id: str, query: LogQuery, attempt: int = 0
+    ) -> AsyncIterator[LogBatch]:
+        """stream_logs, many lines at a time."""
         async with self._attempt_log(execution_id, attempt) as log_:
             query = replace(query, max_bytes=log_.max_bytes)
-            async for line in read_log(log_.path, query, log_.ended):
-                yield line
+            async for batch in read_log_batches(log_.path, query, log_.ended):
+                yield batch
             self._raise_if_stopping(log_, query.follow)
 
     async def download_logs(
@@ -502,7 +553,9 @@ class Executor:
     async def start(self) -> None:
         """Picks up what the store says was active when the agent last stopped, and removes
         containers that no active execution owns (left by a crash after the outcome was
-        recorded, or init containers of a run that was interrupted)."""
+        recorded, or init containers of a run that was interrupted). Stored jobs that today's
+        validator refuses are suspended first."""
+        self.suspend_invalid_jobs()
         active = self._store.list_executions(statuses=ACTIVE_STATUSES)
         owned = {execution.container_id for execution in active}
         for container_id in self._runtime.containers():
@@ -513,7 +566,6 @@ class Executor:
         for execution in reversed(active):
             await self._recover(execution)
         self._admit()
-        self._pruner = asyncio.create_task(self._maintain_forever())
 
     def begin_stop(self) -> None:
         """Refuses new triggers (UNAVAILABLE) and ends every watch and followed log with
@@ -524,8 +576,6 @@ class Executor:
     async def close(self) -> None:
         """Stops accepting triggers and lets go of running containers (they keep running)."""
         self.begin_stop()
-        if self._pruner is not None:
-            self._pruner.cancel()
         tasks = [run.task for run in self._runs.values() if run.task is not None]
         for run in self._runs.values():
             # A run that only removes its finished container is let finish (it is quick);
@@ -548,16 +598,25 @@ class Executor:
         in_use.update(spec.image.name for _, spec, _ in self._waiting.values())
         return await self._runtime.prune_images(in_use, budget_bytes)
 
-    async def _maintain_forever(self) -> None:
-        """Retention and the image budget, at start and then every interval."""
+    async def retain_forever(self) -> None:
+        """Retention, at once and then every interval, until cancelled (run it supervised:
+        an error ends it)."""
+        while True:
+            faults.hit("retention")
+            self.retention.prune()
+            await asyncio.sleep(self.retention.policy.interval_seconds)
+
+    async def collect_images_forever(self) -> None:
+        """Keeps the image store within the retention policy's image budget (run it only
+        with one), at once and then every interval, until cancelled (run it supervised: an
+        unexpected error ends it)."""
         policy = self.retention.policy
         while True:
-            self.retention.prune()
-            if policy.image_budget_bytes is not None:
-                try:
-                    await self.prune_images(policy.image_budget_bytes)
-                except RuntimeLayerError as error:
-                    log.warning("image budget: %s", error)
+            faults.hit("image-gc")
+            try:
+                await self.prune_images(policy.image_budget_bytes)
+            except RuntimeLayerError as error:
+                log.warning("image budget: %s", error)
             await asyncio.sleep(policy.interval_seconds)
 
     def _with_position(self, execution: Execution) -> Execution:

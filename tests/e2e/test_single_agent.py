@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import RUNTIMES, start_agent
-from tests.e2e.harness import AgentProcess, Registry, free_port, sweep
+from tests.e2e.conftest import RUNTIMES, running_agent
+from tests.e2e.harness import AgentProcess, Registry, free_port
 
 JOB = (
     "version: v1\ndeployment: single\nservices:\n  imported:\n    rtype: job\n"
@@ -20,17 +20,22 @@ JOB = (
 
 @pytest.fixture(scope="module")
 def first(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iterator[AgentProcess]:
-    agent = start_agent(tmp_path_factory.mktemp("first") / "data", RUNTIMES[0], registry)
-    yield agent
-    agent.stop()
-    sweep(agent)
+    with running_agent(tmp_path_factory.mktemp("first") / "data", RUNTIMES[0], registry) as agent:
+        yield agent
 
 
 def second(agent: AgentProcess, data_dir: Path, listen: str) -> subprocess.CompletedProcess[str]:
-    """Runs another agent to its end (it should end at once)."""
+    """Runs another agent to its end (it should end at once); plain TCP, as the first's."""
     return subprocess.run(
         agent.python(
-            "serve", "--data-dir", str(data_dir), "--listen", listen, "--runtime", agent.runtime
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            listen,
+            "--runtime",
+            agent.runtime,
+            "--insecure",
         ),
         capture_output=True,
         text=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from jobagent_client.models import (
     ExecutionEvent,
     Job,
     JobEvent,
+    LogBatch,
     LogChunk,
     LogLine,
     NodeInfo,
@@ -31,6 +33,24 @@ from jobagent_client.models import (
 
 Response = TypeVar("Response")
 STREAMS = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
+
+
+class PlainTextToken(ValueError):
+    """A bearer token would be sent without TLS to a host beyond this machine."""
+
+
+def is_local_target(target: str) -> bool:
+    """True for a unix socket and for a loopback host (127.0.0.0/8, ::1, localhost)."""
+    if target.startswith("unix:"):
+        return True
+    host = target.removeprefix("dns:///").rpartition(":")[0] or target
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -134,7 +154,14 @@ class JobAgentClient:
     ) -> JobAgentClient:
         """A client of the agent at `target` (host:port or unix:/PATH): over TLS with
         `credentials` (see `tls_credentials`), else plain text; with a bearer token if given.
+        A token goes in plain text only to a unix socket or a loopback address:
+        PlainTextToken for any other target without TLS, as the other languages' clients do.
         """
+        if token and credentials is None and not is_local_target(target):
+            raise PlainTextToken(
+                f"a bearer token would cross the network in plain text to {target}: "
+                "connect with TLS credentials"
+            )
         channel = (
             grpc.insecure_channel(target)
             if credentials is None
@@ -315,7 +342,21 @@ class JobAgentClient:
         attempt: int = 0,
     ) -> Iterator[LogLine]:
         """Yields an attempt's output lines (the latest's when 0); with follow, until it ends."""
-        request = service_pb.StreamLogsRequest(
+        batches = self.log_batches(execution_id, follow, tail_lines, stream, since, attempt)
+        for batch in batches:
+            yield from batch.lines()
+
+    def log_batches(
+        self,
+        execution_id: str,
+        follow: bool = False,
+        tail_lines: int = 0,
+        stream: str = "",
+        since: datetime | None = None,
+        attempt: int = 0,
+    ) -> Iterator[LogBatch]:
+        """logs, many lines at a time (StreamLogBatches): for readers of large logs."""
+        request = service_pb.StreamLogBatchesRequest(
             execution_id=execution_id,
             follow=follow,
             tail_lines=tail_lines,
@@ -326,8 +367,8 @@ class JobAgentClient:
             request.since.CopyFrom(Timestamp())
             request.since.FromDatetime(since)
         try:
-            for line in self._stub.StreamLogs(request):
-                yield LogLine.from_proto(line)
+            for batch in self._stub.StreamLogBatches(request):
+                yield LogBatch.from_proto(batch)
         except grpc.RpcError as error:
             raise ClientError.from_rpc_error(error) from None
 
