@@ -48,9 +48,12 @@ DEFAULT_CAPABILITIES = [
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ]
+# containerd's and moby's masked paths: what tells of the host's hardware, kernel memory,
+# keys and timers (/proc/interrupts as in their latest releases).
 MASKED_PATHS = [
     "/proc/acpi",
     "/proc/asound",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -59,8 +62,10 @@ MASKED_PATHS = [
     "/proc/sched_debug",
     "/proc/scsi",
     "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+TMP = "/tmp"
 
 
 @dataclass(frozen=True)
@@ -123,13 +128,17 @@ def build_config(
     host_network: bool = False,
     privileged: bool = False,
     extra_capabilities: Sequence[str] = (),
+    tmp_size: int | None = None,
+    runtime: str = "runc",
     id_range: IdRange | None = None,
 ) -> dict[str, Any]:
     """Returns a runtime-spec config.json, hardened unless `privileged`: containerd's
     default capabilities (plus `extra_capabilities`), no_new_privileges, masked and
-    read-only /proc paths, the default seccomp profile, and no network but loopback
-    (unless `host_network`); the job's `mounts` come after the standard ones. With an
-    `id_range`, the container gets a user namespace whose ids 0.. are that range's."""
+    read-only /proc paths, the default seccomp profile for those capabilities, and no
+    network but loopback (unless `host_network`); the job's `mounts` come after the
+    standard ones, and replace the /tmp tmpfs (`tmp_size` bytes) when one is at /tmp.
+    `runtime` names the OCI runtime, whose reading of the seccomp profile differs. With
+    an `id_range`, the container gets a user namespace whose ids 0.. are that range's."""
     linux: dict[str, Any] = {}
     namespaces = ["pid", "ipc", "uts", "mount"] if host_network else list(NAMESPACES)
     if id_range is not None:
@@ -141,7 +150,10 @@ def build_config(
     capabilities = {name: list(granted) for name in ("bounding", "effective", "permitted")}
     if not privileged:
         linux |= {"maskedPaths": MASKED_PATHS, "readonlyPaths": READONLY_PATHS,
-                  "seccomp": seccomp.default_profile()}  # fmt: skip
+                  "seccomp": seccomp.default_profile(granted, runtime)}  # fmt: skip
+    standard = _default_mounts(tmp_size, sysfs=id_range is None or not host_network)
+    if any(mount.get("destination", "").rstrip("/") == TMP for mount in mounts):
+        standard = [mount for mount in standard if mount["destination"] != TMP]
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -158,10 +170,7 @@ def build_config(
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": hostname,
-        "mounts": [
-            *_default_mounts(sysfs=id_range is None or not host_network),
-            *(dict(mount) for mount in mounts),
-        ],
+        "mounts": [*standard, *(dict(mount) for mount in mounts)],
         "annotations": dict(annotations or {}),
         "linux": {
             "cgroupsPath": cgroups_path,
@@ -206,9 +215,12 @@ def _linux_resources(resources: Resources) -> dict[str, Any]:
     return limits
 
 
-def _default_mounts(sysfs: bool = True) -> list[dict[str, Any]]:
+def _default_mounts(tmp_size: int | None, sysfs: bool = True) -> list[dict[str, Any]]:
     """The standard mounts. Without `sysfs`, /sys is the host's bound read-only: a user
     namespace may mount a sysfs only with a network namespace of its own."""
+    tmp_options = ["nosuid", "nodev", "mode=1777"]
+    if tmp_size is not None:
+        tmp_options.append(f"size={tmp_size}")
 
     def mount(destination: str, kind: str, source: str, *options: str) -> dict[str, Any]:
         return {
@@ -237,7 +249,7 @@ def _default_mounts(sysfs: bool = True) -> list[dict[str, Any]]:
         mount("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro")
         if sysfs
         else mount("/sys", "bind", "/sys", "rbind", "nosuid", "noexec", "nodev", "ro"),
-        mount("/tmp", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=1777"),
+        mount(TMP, "tmpfs", "tmpfs", *tmp_options),
     ]
 
 
