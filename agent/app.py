@@ -71,6 +71,7 @@ class Agent:
             max_log_bytes=config.max_log_bytes,
             retention=config.retention,
             host_policy=config.host_policy,
+            id_ranges=config.id_ranges,
         )
         self.scheduler = CronScheduler(self.executor, self.store)
         self.metrics = Metrics()

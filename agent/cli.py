@@ -135,6 +135,17 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
         help="a capability jobs may add, NET_ADMIN say (repeatable)",
     )
     run.add_argument(
+        "--allow-host-userns",
+        action="store_true",
+        help="let jobs with user_namespace: host run in the host's user namespace",
+    )
+    run.add_argument(
+        "--userns-range",
+        default=f"{DEFAULTS.id_ranges.start}:{DEFAULTS.id_ranges.count}",
+        metavar="START:COUNT",
+        help="the host ids given to jobs' user namespaces, 65536 per registered job",
+    )
+    run.add_argument(
         "--allow-host-network",
         action="store_true",
         help="let jobs with host_network: true share the host's network",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 
-from agent.domain import HostPolicy
+from agent.domain import ID_RANGE_SIZE, HostPolicy, IdRangePool
 from agent.errors import InvalidSpec
 from agent.executor.retention import RetentionPolicy
 from agent.runtime.limits import JobLimits
@@ -77,6 +77,8 @@ class AgentConfig:
     host_policy: HostPolicy = field(default_factory=HostPolicy)
     # Per-job defaults (pids, /tmp size) and the parent of the jobs' cgroups.
     limits: JobLimits = field(default_factory=JobLimits)
+    # The host ids that jobs' user namespaces map to.
+    id_ranges: IdRangePool = field(default_factory=IdRangePool)
 
     @property
     def database(self) -> Path:
@@ -154,6 +156,7 @@ class AgentConfig:
             raise InvalidSpec("retention_interval", "must be positive")
         self.limits.check()
         self.check_listen()
+        check_id_ranges(self.id_ranges)
         self.socket_gid()
         if self.metrics_listen:
             host, _, port = self.metrics_listen.rpartition(":")
@@ -201,3 +204,26 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+# The highest host id (2^32 - 2; 2^32 - 1 means "no id").
+MAX_HOST_ID = 2**32 - 2
+
+
+def parse_id_ranges(text: str) -> IdRangePool:
+    """START:COUNT, as a line of /etc/subuid without the name; raises InvalidSpec."""
+    start, _, count = text.partition(":")
+    if not (start.isdigit() and count.isdigit()):
+        raise InvalidSpec("userns_range", f"{text!r} is not START:COUNT")
+    return IdRangePool(int(start), int(count))
+
+
+def check_id_ranges(pool: IdRangePool) -> None:
+    """The range must hold at least one job's ids, and none of the host's first 65536."""
+    if pool.start < ID_RANGE_SIZE:
+        reason = f"START must be at least {ID_RANGE_SIZE}, above the host's own users' ids"
+        raise InvalidSpec("userns_range", reason)
+    if pool.count < ID_RANGE_SIZE:
+        raise InvalidSpec("userns_range", f"COUNT must be at least {ID_RANGE_SIZE} (one job)")
+    if pool.start + pool.count - 1 > MAX_HOST_ID:
+        raise InvalidSpec("userns_range", "the range passes the highest host id")

@@ -204,6 +204,46 @@ class Mount:
     mode: int | None = None
 
 
+class UserNamespace(enum.Enum):
+    """Whose user ids a job's container runs with."""
+
+    # Its own: container ids 0-65535 are an unprivileged host range of the job's.
+    PRIVATE = "private"
+    # The host's: container root is host root (only where the agent allows it).
+    HOST = "host"
+
+
+# A job's container ids 0 to ID_RANGE_SIZE - 1 map to as many host ids.
+ID_RANGE_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """Host user and group ids `start` to `start + size - 1`, seen as 0 to `size - 1` in a
+    container's user namespace."""
+
+    start: int
+    size: int = ID_RANGE_SIZE
+
+
+@dataclass(frozen=True)
+class IdRangePool:
+    """The host ids the agent gives jobs (as a line of /etc/subuid): `count` ids from
+    `start`, cut into ranges of ID_RANGE_SIZE, one per job."""
+
+    start: int = 1 << 20
+    count: int = ID_RANGE_SIZE * 64
+
+    @property
+    def slots(self) -> int:
+        """How many ranges the pool holds."""
+        return self.count // ID_RANGE_SIZE
+
+    def range(self, slot: int) -> IdRange:
+        """The range of one slot (0 to slots - 1)."""
+        return IdRange(self.start + slot * ID_RANGE_SIZE)
+
+
 @dataclass(frozen=True)
 class HostPolicy:
     """What the agent lets a job reach on the host."""
@@ -211,6 +251,8 @@ class HostPolicy:
     bind_allowlist: tuple[str, ...] = ()
     allow_host_network: bool = False
     allow_privileged: bool = False
+    # Jobs with user_namespace: host (container root is host root).
+    allow_host_userns: bool = False
     # Capabilities a job may add to the default set (CAP_NET_ADMIN, ...).
     allowed_capabilities: frozenset[str] = frozenset()
 
@@ -329,8 +371,15 @@ class JobSpec:
     privileged: bool = False
     # Capabilities added to the default set (only those the agent allows).
     capabilities: tuple[str, ...] = ()
+    user_namespace: UserNamespace = UserNamespace.PRIVATE
     cron: CronPolicy = field(default_factory=CronPolicy)
     dispatch: DispatchPolicy = field(default_factory=DispatchPolicy)
+
+    @property
+    def own_user_namespace(self) -> bool:
+        """True when the job's container gets a user namespace (and the job an id range):
+        unless it asks for the host's, or is privileged."""
+        return self.user_namespace is UserNamespace.PRIVATE and not self.privileged
 
     def with_dispatch(self, dispatch: Dispatch) -> JobSpec:
         """The spec of one run: the trigger's args after the command, its env over the job's."""

@@ -1,15 +1,16 @@
-"""What a job may hold beyond the default container: `privileged`, extra capabilities.
+"""What a job may hold beyond the default container: `privileged`, extra capabilities,
+the host's user namespace.
 
-Both are refused unless the agent's configuration allows them (--allow-privileged,
---allow-capability), so a registration cannot widen what the node operator chose; and
-checked again at every run, against the flags the agent runs with then.
+Each is refused unless the agent's configuration allows it (--allow-privileged,
+--allow-capability, --allow-host-userns), so a registration cannot widen what the node
+operator chose; and checked again at every run, against the flags the agent runs with then.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from agent.domain import HostPolicy, JobSpec
+from agent.domain import HostPolicy, JobSpec, UserNamespace
 from agent.errors import InvalidSpec
 from agent.mounts import check_host_access
 
@@ -59,8 +60,21 @@ def check_privileges(spec: JobSpec, policy: HostPolicy, path: str) -> None:
     if spec.privileged and not policy.allow_privileged:
         raise InvalidSpec(f"{path}.privileged", "the agent does not allow privileged jobs "
                           "(--allow-privileged)")  # fmt: skip
+    if spec.user_namespace is UserNamespace.HOST and not policy.allow_host_userns:
+        reason = "the agent does not allow jobs in the host's user namespace"
+        raise InvalidSpec(f"{path}.user_namespace", f"{reason} (--allow-host-userns)")
     for index, name in enumerate(spec.capabilities):
         normalize_capability(name, f"{path}.capabilities[{index}]")
         if name not in policy.allowed_capabilities:
             raise InvalidSpec(f"{path}.capabilities[{index}]", f"the agent does not allow "
                               f"{name} (--allow-capability)")  # fmt: skip
+
+
+def parse_user_namespace(value: Any, path: str) -> UserNamespace:
+    """The `user_namespace` of a service: private (the default) or host."""
+    if value is None:
+        return UserNamespace.PRIVATE
+    try:
+        return UserNamespace(value)
+    except ValueError:
+        raise InvalidSpec(path, "must be private or host") from None

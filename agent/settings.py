@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from agent.config import AgentConfig, TlsFiles
+from agent.config import AgentConfig, TlsFiles, parse_id_ranges
 from agent.domain import HostPolicy
 from agent.errors import InvalidSpec
 from agent.executor.retention import RetentionPolicy
@@ -71,10 +71,12 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             bind_allowlist=tuple(args.bind_allow),
             allow_host_network=args.allow_host_network,
             allow_privileged=args.allow_privileged,
+            allow_host_userns=args.allow_host_userns,
             allowed_capabilities=frozenset(
                 normalize_capability(name, "allow_capability") for name in args.allow_capability
             ),
         ),
+        id_ranges=parse_id_ranges(args.userns_range),
         limits=JobLimits(
             pids_limit=args.default_pids_limit or None,
             tmp_size_bytes=parse_memory(args.default_tmp_size, "default_tmp_size", 0) or None,

@@ -37,7 +37,7 @@ from agent.domain import (
 )
 from agent.errors import InvalidSpec
 from agent.mounts import check_host_access, check_mounts, parse_storage
-from agent.privileges import check_privileges, parse_capabilities
+from agent.privileges import check_privileges, parse_capabilities, parse_user_namespace
 from agent.reference import reference_problem
 
 NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -68,7 +68,7 @@ JOB_FIELDS = {
     "rtype", "schedule", "image", "command", "env", "resources", "user", "labels",
     "timeout", "stop_signal", "stop_grace_period", "init", "errors", "max_concurrent",
     "backoff_limit", "retry_policy", "max_log_size", "storage", "host_network", "dispatch",
-    "privileged", "capabilities",
+    "privileged", "capabilities", "user_namespace",
     *CRON_FIELDS,
 }  # fmt: skip
 STEP_FIELDS = {"id", "uses", "with", "retry", "timeout", "on_failure"}
@@ -174,6 +174,9 @@ def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: 
         dispatch=parse_dispatch_policy(service.get("dispatch"), f"{path}.dispatch"),
         privileged=_flag(service.get("privileged"), f"{path}.privileged"),
         capabilities=parse_capabilities(service.get("capabilities"), f"{path}.capabilities"),
+        user_namespace=parse_user_namespace(
+            service.get("user_namespace"), f"{path}.user_namespace"
+        ),
     )
 
 

@@ -52,8 +52,15 @@ from agent.domain import (
     Trigger,
     TriggerKind,
     TriggerRequest,
+    UserNamespace,
 )
-from agent.errors import AlreadyExists, DataLoss, FailedPrecondition, NotFound
+from agent.errors import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -123,6 +130,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     failure_reason TEXT,
     message TEXT NOT NULL,
     PRIMARY KEY (execution_id, number)
+);
+CREATE TABLE IF NOT EXISTS user_ranges (
+    job_name TEXT PRIMARY KEY,
+    slot INTEGER NOT NULL UNIQUE
 );
 """
 
@@ -281,7 +292,44 @@ class Store:
             if db.execute("DELETE FROM jobs WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFound(f"job {name!r} is not registered")
             db.execute("DELETE FROM cron_state WHERE job_name = ?", (name,))
+            db.execute("DELETE FROM user_ranges WHERE job_name = ?", (name,))
             return _append_job_event(db, name, JobNote(EventKind.JOB_UNREGISTERED))
+
+    # User id ranges
+
+    def user_range_slot(self, job_name: str, slots: int) -> int:
+        """The job's slot among `slots` id ranges: the one it holds, else the lowest free one,
+        held until the job is unregistered. Raises ResourceExhausted when none is free."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT slot FROM user_ranges WHERE job_name = ?", (job_name,)
+            ).fetchone()
+            if row is not None and row["slot"] < slots:
+                return int(row["slot"])
+            taken = {r["slot"] for r in db.execute("SELECT slot FROM user_ranges")}
+            free = next((slot for slot in range(slots) if slot not in taken), None)
+            if free is None:
+                raise ResourceExhausted(
+                    f"all {slots} user id ranges are held by registered jobs (--userns-range)"
+                )
+            db.execute(
+                "INSERT INTO user_ranges (job_name, slot) VALUES (?, ?) "
+                "ON CONFLICT(job_name) DO UPDATE SET slot = excluded.slot",
+                (job_name, free),
+            )
+            return free
+
+    def free_user_range_slots(self, slots: int) -> int:
+        """How many of `slots` id ranges no job holds."""
+        row = self._db.execute(
+            "SELECT COUNT(*) AS held FROM user_ranges WHERE slot < ?", (slots,)
+        ).fetchone()
+        return slots - int(row["held"])
+
+    def has_user_range(self, job_name: str) -> bool:
+        """True when the job holds an id range."""
+        query = "SELECT 1 FROM user_ranges WHERE job_name = ?"
+        return self._db.execute(query, (job_name,)).fetchone() is not None
 
     # Executions
 
@@ -647,6 +695,7 @@ def _spec_to_json(spec: JobSpec) -> dict[str, Any]:
     data["storage"] = [{**asdict(mount), "kind": mount.kind.value} for mount in spec.storage]
     data["cron"]["concurrency_policy"] = spec.cron.concurrency_policy.value
     data["dispatch"]["payload"] = spec.dispatch.payload.value
+    data["user_namespace"] = spec.user_namespace.value
     return data
 
 
@@ -677,6 +726,7 @@ def _spec_from_json(data: dict[str, Any]) -> JobSpec:
         Mount(**{**mount, "kind": MountKind(mount["kind"])}) for mount in fields.pop("storage", [])
     )
     fields["capabilities"] = tuple(fields.get("capabilities", ()))
+    fields["user_namespace"] = UserNamespace(fields.get("user_namespace", "private"))
     dispatch_data = fields.pop("dispatch", {})
     dispatch = DispatchPolicy(**{
         **dispatch_data,

@@ -41,6 +41,7 @@ from agent.domain import (
     Trigger,
     TriggerKind,
     TriggerRequest,
+    UserNamespace,
 )
 from agent.errors import InvalidSpec
 from agent.executor.logs import LogChunk
@@ -88,6 +89,11 @@ PAYLOAD_TO_PROTO = {
     PayloadRequirement.REQUIRED: pb.PAYLOAD_REQUIREMENT_REQUIRED,
 }
 PAYLOAD_FROM_PROTO = {value: key for key, value in PAYLOAD_TO_PROTO.items()}
+USERNS_TO_PROTO = {
+    UserNamespace.PRIVATE: pb.USER_NAMESPACE_UNSPECIFIED,
+    UserNamespace.HOST: pb.USER_NAMESPACE_HOST,
+}
+USERNS_FROM_PROTO = {value: key for key, value in USERNS_TO_PROTO.items()}
 CONCURRENCY_TO_PROTO = {
     ConcurrencyPolicy.ALLOW: pb.CONCURRENCY_POLICY_ALLOW,
     ConcurrencyPolicy.FORBID: pb.CONCURRENCY_POLICY_FORBID,
@@ -204,6 +210,7 @@ def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         ),
         privileged=spec.privileged,
         capabilities=spec.capabilities,
+        user_namespace=USERNS_TO_PROTO[spec.user_namespace],
         dispatch_policy=pb.DispatchPolicy(
             payload=PAYLOAD_TO_PROTO[spec.dispatch.payload],
             payload_path=spec.dispatch.payload_path,
@@ -219,6 +226,14 @@ def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
             retry_exit_codes=spec.retry.retry_exit_codes,
         ),
     )
+
+
+def _user_namespace_from_proto(value: pb.UserNamespace.ValueType) -> UserNamespace:
+    """A value this agent does not know is refused rather than read as the default."""
+    try:
+        return USERNS_FROM_PROTO[value]
+    except KeyError:
+        raise InvalidSpec("spec.user_namespace", f"{value} is not a UserNamespace") from None
 
 
 def _duration(seconds: float | None) -> Duration | None:
@@ -278,6 +293,7 @@ def job_spec_from_proto(message: pb.JobSpec) -> JobSpec:
         host_network=message.host_network,
         cron=_cron_from_proto(message.cron_policy),
         privileged=message.privileged,
+        user_namespace=_user_namespace_from_proto(message.user_namespace),
         capabilities=tuple(
             normalize_capability(name, f"spec.capabilities[{index}]")
             for index, name in enumerate(message.capabilities)

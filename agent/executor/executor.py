@@ -31,6 +31,8 @@ from agent.domain import (
     ExecutionFilter,
     FailureReason,
     HostPolicy,
+    IdRange,
+    IdRangePool,
     Job,
     JobEvent,
     JobKind,
@@ -102,8 +104,11 @@ class Executor:
         max_log_bytes: int = 1024**2,
         retention: RetentionPolicy | None = None,
         host_policy: HostPolicy | None = None,
+        id_ranges: IdRangePool | None = None,
     ) -> None:
         self._store = store
+        # The host ids that jobs' user namespaces map to, one range per job.
+        self.id_ranges = id_ranges or IdRangePool()
         self._runtime = runtime
         self._log_dir = log_dir
         self._stop_grace = stop_grace
@@ -151,10 +156,30 @@ class Executor:
             elif existing.spec != spec:
                 note = JobNote(EventKind.JOB_UPDATED, "the spec was replaced")
             changes.append((job, note))
+        needing = [
+            spec.name
+            for spec in specs
+            if spec.own_user_namespace and not self._store.has_user_range(spec.name)
+        ]
+        if len(needing) > self._store.free_user_range_slots(self.id_ranges.slots):
+            raise ResourceExhausted(
+                f"no user id range is left for {', '.join(needing)}: each registered job "
+                f"holds one of {self.id_ranges.slots} (--userns-range)"
+            )
         for job, note in changes:
             self._invalid.pop(job.name, None)
             self._publish(self._store.put_job(job, note))
+            if job.name in needing:
+                self._store.user_range_slot(job.name, self.id_ranges.slots)
         return [job for job, _ in changes]
+
+    def id_range(self, spec: JobSpec) -> IdRange | None:
+        """The host ids the job's container root maps to; None when it runs in the host's
+        user namespace. Raises ResourceExhausted when the job holds no range and none is
+        free (a job registered before ranges were given out)."""
+        if not spec.own_user_namespace:
+            return None
+        return self.id_ranges.range(self._store.user_range_slot(spec.name, self.id_ranges.slots))
 
     def get_job(self, name: str) -> Job:
         """Returns a job; raises NotFound."""
@@ -650,7 +675,7 @@ class Executor:
         return ExecutionRun(execution, spec, self._runtime, self._recorder, self._log_dir,
                             self._stop_grace, lambda: self._closing,
                             self._log_cap(spec), dispatch,
-                            lambda: self._release(execution.id))  # fmt: skip
+                            lambda: self._release(execution.id), self.id_range)  # fmt: skip
 
     def _log_cap(self, spec: JobSpec | None) -> int:
         """The job's log size cap, else the agent's."""

@@ -20,11 +20,13 @@ from agent.domain import (
     EventKind,
     Execution,
     FailureReason,
+    IdRange,
     InitFailurePolicy,
     InitStep,
     JobSpec,
     Status,
 )
+from agent.errors import ResourceExhausted
 from agent.executor.init_steps import StepFailed, run_steps
 from agent.executor.logs import log_file_limit
 from agent.executor.ports import ContainerRuntime
@@ -80,9 +82,12 @@ class ExecutionRun:
         log_cap: int,
         dispatch: Dispatch | None = None,
         outcome_recorded: Callable[[], None] | None = None,
+        id_range: Callable[[JobSpec], IdRange | None] | None = None,
     ) -> None:
         """`outcome_recorded` is called once the terminal state is stored, before the
-        container is removed: the execution no longer needs its admission slot."""
+        container is removed: the execution no longer needs its admission slot.
+        `id_range` gives the host ids a job's user namespace maps to (None: the host's
+        namespace); it raises ResourceExhausted when the job can have none."""
         dispatch = dispatch or Dispatch()
         self.execution = execution
         self.spec = spec.with_dispatch(dispatch)
@@ -94,6 +99,7 @@ class ExecutionRun:
         self._log_cap = log_cap
         self._closing = closing
         self._outcome_recorded = outcome_recorded
+        self._id_range = id_range or (lambda _spec: None)
         self._phase = Phase.PREPARING
         self._cancel_requested = False
         self._deadline_passed = False
@@ -187,12 +193,12 @@ class ExecutionRun:
             index = self.spec.init_steps.index(step)
             container_id = f"{container_id_of(self.execution.id, 1)}-init{index}"
             log_file = self._log_dir / self.execution.id / f"init-{step.id}.log"
-            request = self._request(container_id, CommandSpec(entrypoint=tuple(argv)), log_file)
             try:
+                request = self._request(container_id, CommandSpec(entrypoint=tuple(argv)), log_file)
                 await self._runtime.create(request, image)
                 await self._runtime.start(container_id)
                 return (await self._wait(container_id, timeout)).exit_code
-            except (ContainerCreateError, ContainerStartError) as error:
+            except (ContainerCreateError, ContainerStartError, ResourceExhausted) as error:
                 raise StepFailed(str(error)) from None
             finally:
                 await self._runtime.remove(container_id)
@@ -232,14 +238,21 @@ class ExecutionRun:
             files=self._files,
             privileged=spec.privileged,
             capabilities=spec.capabilities,
+            id_range=self._id_range(spec),
         )
 
     async def _start_attempt(self, image: Image, number: int) -> bool:
         """Creates and starts the attempt's container; False when that failed (recorded)."""
         container_id = container_id_of(self.execution.id, number)
-        request = self._request(
-            container_id, self.spec.command, log_file_of(self._log_dir, self.execution.id, number)
-        )
+        try:
+            request = self._request(
+                container_id,
+                self.spec.command,
+                log_file_of(self._log_dir, self.execution.id, number),
+            )
+        except ResourceExhausted as error:
+            self._fail(FailureReason.CREATE, str(error))
+            return False
         # The new container is the execution's from now on (for a cancel and for cleanup).
         self.execution = replace(self.execution, container_id=container_id, attempt=number)
         try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.domain import CommandSpec, Resources
+from agent.domain import CommandSpec, IdRange, Resources
 from agent.hostfs import make_dir
 from agent.privileges import ALL_CAPABILITIES
 from agent.runtime import seccomp, syscalls
@@ -19,6 +19,13 @@ from agent.runtime.images import ImageConfig
 
 # The link, in a container's bundle, to the image rootfs under its overlay.
 LOWER_LINK = "lower"
+# In a bundle with a user namespace: the link to the image rootfs, and the mount point of
+# its idmapped view (the overlay's lower layer then).
+IMAGE_LINK = "image"
+IDMAPPED_IMAGE = "image-idmapped"
+# In a bundle with a user namespace: where the job's volumes are mounted for the runtime to
+# bind (the range's root reaches them there; their place in the data directory is root's).
+VOLUME_MOUNTS = "volumes"
 # The umask of a job's process, as a shell's and other runtimes' default.
 CONTAINER_UMASK = 0o022
 
@@ -131,23 +138,28 @@ def build_config(
     extra_capabilities: Sequence[str] = (),
     tmp_size: int | None = None,
     runtime: str = "runc",
+    id_range: IdRange | None = None,
 ) -> dict[str, Any]:
     """Returns a runtime-spec config.json, hardened unless `privileged`: containerd's
     default capabilities (plus `extra_capabilities`), no_new_privileges, masked and
     read-only /proc paths, the default seccomp profile for those capabilities, and no
     network but loopback (unless `host_network`); the job's `mounts` come after the
     standard ones, and replace the /tmp tmpfs (`tmp_size` bytes) when one is at /tmp.
-    `runtime` names the OCI runtime, whose reading of the seccomp profile differs."""
-    namespaces = ["pid", "ipc", "uts", "mount"] if host_network else NAMESPACES
+    `runtime` names the OCI runtime, whose reading of the seccomp profile differs. With
+    an `id_range`, the container gets a user namespace whose ids 0.. are that range's."""
+    linux: dict[str, Any] = {}
+    namespaces = ["pid", "ipc", "uts", "mount"] if host_network else list(NAMESPACES)
+    if id_range is not None:
+        namespaces.append("user")
+        linux.update(id_mappings(id_range))
     granted = held_capabilities() if privileged else (
         *DEFAULT_CAPABILITIES, *(c for c in extra_capabilities if c not in DEFAULT_CAPABILITIES)
     )  # fmt: skip
     capabilities = {name: list(granted) for name in ("bounding", "effective", "permitted")}
-    linux: dict[str, Any] = {}
     if not privileged:
-        linux = {"maskedPaths": MASKED_PATHS, "readonlyPaths": READONLY_PATHS,
-                 "seccomp": seccomp.default_profile(granted, runtime)}  # fmt: skip
-    standard = _default_mounts(tmp_size)
+        linux |= {"maskedPaths": MASKED_PATHS, "readonlyPaths": READONLY_PATHS,
+                  "seccomp": seccomp.default_profile(granted, runtime)}  # fmt: skip
+    standard = _default_mounts(tmp_size, sysfs=id_range is None or not host_network)
     if any(mount.get("destination", "").rstrip("/") == TMP for mount in mounts):
         standard = [mount for mount in standard if mount["destination"] != TMP]
     return {
@@ -177,6 +189,13 @@ def build_config(
     }
 
 
+def id_mappings(id_range: IdRange) -> dict[str, Any]:
+    """The runtime-spec `linux.uidMappings` and `gidMappings` of a user namespace whose ids
+    0 to size - 1 are the host's `id_range`."""
+    mapping = [{"containerID": 0, "hostID": id_range.start, "size": id_range.size}]
+    return {"uidMappings": mapping, "gidMappings": mapping}
+
+
 @functools.cache
 def held_capabilities() -> tuple[str, ...]:
     """The capabilities in the agent's own bounding set: what a privileged container gets
@@ -204,7 +223,9 @@ def _linux_resources(resources: Resources) -> dict[str, Any]:
     return limits
 
 
-def _default_mounts(tmp_size: int | None) -> list[dict[str, Any]]:
+def _default_mounts(tmp_size: int | None, sysfs: bool = True) -> list[dict[str, Any]]:
+    """The standard mounts. Without `sysfs`, /sys is the host's bound read-only: a user
+    namespace may mount a sysfs only with a network namespace of its own."""
     tmp_options = ["nosuid", "nodev", "mode=1777"]
     if tmp_size is not None:
         tmp_options.append(f"size={tmp_size}")
@@ -233,7 +254,9 @@ def _default_mounts(tmp_size: int | None) -> list[dict[str, Any]]:
         ),
         mount("/dev/shm", "tmpfs", "shm", "nosuid", "noexec", "nodev", "mode=1777", "size=65536k"),
         mount("/dev/mqueue", "mqueue", "mqueue", "nosuid", "noexec", "nodev"),
-        mount("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro"),
+        mount("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro")
+        if sysfs
+        else mount("/sys", "bind", "/sys", "rbind", "nosuid", "noexec", "nodev", "ro"),
         mount(TMP, "tmpfs", "tmpfs", *tmp_options),
     ]
 
@@ -288,20 +311,56 @@ def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
     os.chmod(upper, stat.S_IMODE(root.st_mode))
     links = merged.parent
     for name, target in ((LOWER_LINK, lower), ("upper", upper), ("work", work)):
-        link = links / name
-        try:
-            link.symlink_to(target)
-        except FileExistsError:  # a bundle prepared again
-            link.unlink()
-            link.symlink_to(target)
+        _link(links / name, target)
     with syscalls.working_directory(links):
         syscalls.mount("overlay", merged, "overlay", 0,
                        f"lowerdir={LOWER_LINK},upperdir=upper,workdir=work")  # fmt: skip
 
 
+def mount_idmapped_image(rootfs: Path, directory: Path, userns_fd: int) -> Path:
+    """Mounts a read-only view of the image `rootfs` in the bundle `directory` whose owners
+    are shifted by the user namespace `userns_fd` (the image's root shows as the range's
+    root), and returns where: the lower layer of the container's overlay. The image itself
+    stays shared by every container and untouched. Raises OSError (EINVAL, EOPNOTSUPP)
+    where the kernel or the image's filesystem cannot idmap."""
+    view = directory / IDMAPPED_IMAGE
+    make_dir(view)
+    # First, so that the image is known to be in use whatever the mount does.
+    _link(directory / IMAGE_LINK, rootfs)
+    syscalls.mount_idmapped(rootfs, view, userns_fd, readonly=True)
+    return view
+
+
+def unmount_bundle(directory: Path) -> None:
+    """Unmounts what the bundle `directory` holds: the container's rootfs, the volumes'
+    mount points, the idmapped image; raises OSError when one stays mounted (the bundle
+    must not be removed then: a removal would reach into what is mounted)."""
+    volumes = directory / VOLUME_MOUNTS
+    points = [directory / "rootfs"]
+    if volumes.is_dir():
+        points.extend(sorted(volumes.iterdir()))
+    points.append(directory / IDMAPPED_IMAGE)
+    for point in points:
+        syscalls.unmount(point)
+    still = [str(point) for point in points if os.path.ismount(point)]
+    if still:
+        raise OSError(f"still mounted: {', '.join(still)}")
+
+
 def overlay_lower(directory: Path) -> Path | None:
-    """The image rootfs under the overlay that mount_overlay made in `directory`, if any."""
+    """The image rootfs under the overlay that mount_overlay made in `directory`, if any
+    (through its idmapped view in a bundle with a user namespace)."""
+    for name in (IMAGE_LINK, LOWER_LINK):
+        try:
+            return Path(os.readlink(directory / name))
+        except OSError:
+            continue
+    return None
+
+
+def _link(link: Path, target: Path) -> None:
     try:
-        return Path(os.readlink(directory / LOWER_LINK))
-    except OSError:
-        return None
+        link.symlink_to(target)
+    except FileExistsError:  # a bundle prepared again
+        link.unlink()
+        link.symlink_to(target)

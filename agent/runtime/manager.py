@@ -7,8 +7,10 @@ waits for it, stops it and removes it, keeping the log file.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -17,7 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.domain import CommandSpec, ImageSpec, Mount, MountKind, Resources
+from agent.domain import (
+    ID_RANGE_SIZE,
+    CommandSpec,
+    IdRange,
+    ImageSpec,
+    Mount,
+    MountKind,
+    Resources,
+)
 from agent.hostfs import PRIVATE_DIR, READ_ONLY_FILE, make_dir, tighten, write_file
 from agent.runtime import binds, bundle, syscalls
 from agent.runtime.cgroups import oom_kill_count
@@ -31,7 +41,11 @@ from agent.runtime.limits import JobLimits
 from agent.runtime.monitor import ConmonMonitor, MonitorPaths
 from agent.runtime.oci import OciRuntime
 from agent.runtime.process import off_loop
+from agent.runtime.shifted import ShiftedCopies
+from agent.runtime.userns import IdMapping, NamespaceCache, shift_tree
 from agent.runtime.volatile import VOLATILE_ROOT
+
+log = logging.getLogger(__name__)
 
 KILL_SIGNAL = "SIGKILL"
 # A container does not start when its log disk has less room than this: its output would be lost.
@@ -39,6 +53,13 @@ MIN_LOG_SPACE = 1 << 20
 DEFAULT_STOP_SIGNAL = "SIGTERM"
 # Where the stop signal is kept, so that a restarted agent stops a container the same way.
 STOP_SIGNAL_ANNOTATION = "org.opencontainers.image.stopSignal"
+# The bundles and their parent in the volatile directory: searchable, not listable, so that
+# the root of a job's user namespace reaches its own bundle (which is 0710, root and the
+# range's root group) to mount its rootfs and volumes from there.
+BUNDLE_PARENT_MODE = 0o711
+BUNDLE_MODE = 0o710
+# What mount_setattr answers where the kernel or a filesystem cannot idmap.
+IDMAP_UNSUPPORTED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM)
 # A volume's own directory, as the container sees it at its target (as Docker makes them);
 # its parents on the host are 0700, so no other host user reaches what a job writes there.
 VOLUME_DIR_MODE = 0o755
@@ -66,6 +87,8 @@ class ContainerRequest:
     files: Mapping[str, bytes] = field(default_factory=dict)
     privileged: bool = False
     capabilities: tuple[str, ...] = ()
+    # The host ids the container's user namespace maps 0.. to; None: the host's namespace.
+    id_range: IdRange | None = None
 
 
 @dataclass(frozen=True)
@@ -134,14 +157,19 @@ class ContainerManager:
         self.monitor = ConmonMonitor(conmon, self.runtime, paths.exits, paths.sockets)
         # Told how long each pull took and whether it worked (metrics).
         self.observe_pull: Callable[[float, bool], None] | None = None
+        self._namespaces = NamespaceCache()
+        self._shifted = ShiftedCopies()
         # What containers wrote (set-uid files included) and what describes them: root's
-        # only. Containers run as host root today; with user namespaces, the bundles' and
-        # volumes' parents must become 0711 for the mapped root to reach its rootfs and
-        # mount sources.
+        # only; but the bundles and their parent are searchable (see BUNDLE_PARENT_MODE):
+        # what else lies in that parent is 0700 of its own.
+        searchable = (paths.bundles.parent, paths.bundles)
         for directory in (paths.volatile, paths.writable, paths.volumes):
-            make_dir(directory)
-            tighten(directory, PRIVATE_DIR)
-        make_dir(paths.bundles)
+            if directory not in searchable:
+                make_dir(directory)
+                tighten(directory, PRIVATE_DIR)
+        for directory in searchable:
+            make_dir(directory, BUNDLE_PARENT_MODE)
+            os.chmod(directory, BUNDLE_PARENT_MODE)
 
     async def pull(self, image: ImageSpec) -> Image:
         """Makes the image present as its pull policy says; raises ImagePullError."""
@@ -209,14 +237,24 @@ class ContainerManager:
         process = bundle.resolve_process(
             image.config, request.command, request.env, image.rootfs, request.user
         )
+        ids = request.id_range
         make_dir(directory)
         make_dir(writable)
-        bundle.mount_overlay(image.rootfs, writable / "upper", writable / "work", rootfs)
-        mounts = [self._oci_mount(mount, writable, index, directory)
-                  for index, mount in enumerate(request.mounts)]  # fmt: skip
+        lower = image.rootfs
+        if ids is not None:
+            os.chown(directory, 0, ids.start)
+            os.chmod(directory, BUNDLE_MODE)
+            lower = self._image_view(image, directory, ids)
+        bundle.mount_overlay(lower, writable / "upper", writable / "work", rootfs)
+        mounts = [
+            self._oci_mount(mount, writable, index, directory, ids)
+            for index, mount in enumerate(request.mounts)
+        ]
+        shift = 0 if ids is None else ids.start
+        owner = (shift + process.uid, shift + process.gid)
         for index, (target, content) in enumerate(request.files.items()):
             source = directory / "files" / str(index)
-            mounts.append(_file_mount(target, content, source, (process.uid, process.gid)))
+            mounts.append(_file_mount(target, content, source, owner))
         config = bundle.build_config(
             process,
             rootfs,
@@ -235,8 +273,22 @@ class ContainerManager:
             request.capabilities,
             self.limits.tmp_size_bytes,
             Path(self.runtime.binary).name,
+            ids,
         )
         write_file(directory / "config.json", json.dumps(config).encode())
+
+    def _image_view(self, image: Image, directory: Path, ids: IdRange) -> Path:
+        """The image's rootfs as the container's root sees it: its owners shifted into the
+        range by an idmapped mount (shared layers, nothing copied); where the kernel or the
+        image's filesystem cannot idmap, a copy with its owners shifted, made once per
+        image and range (the bundle's image link keeps the image from being pruned)."""
+        try:
+            userns = self._namespaces.fd(IdMapping.of(ids))
+            return bundle.mount_idmapped_image(image.rootfs, directory, userns)
+        except OSError as error:
+            if error.errno not in IDMAP_UNSUPPORTED:
+                raise
+        return self._shifted.get(image.rootfs, ids.start)
 
     async def start(self, container_id: str) -> None:
         """Starts a created container's process; raises ContainerStartError."""
@@ -297,6 +349,7 @@ class ContainerManager:
     def close(self) -> None:
         """Releases what the manager holds (running containers are left alone)."""
         self.runtime.close()
+        self._namespaces.close()
 
     async def forget(self, container_id: str) -> None:
         """Drops the exit record of a removed container once its outcome is stored (a file
@@ -304,10 +357,17 @@ class ContainerManager:
         self.monitor.forget(container_id)
 
     def _oci_mount(
-        self, mount: Mount, writable: Path, index: int, directory: Path
+        self, mount: Mount, writable: Path, index: int, directory: Path, ids: IdRange | None
     ) -> dict[str, Any]:
-        """The runtime-spec mount of a job's storage entry (volumes are made on first use;
-        a bind source is staged in the bundle `directory`)."""
+        """The runtime-spec mount of a job's storage entry (volumes are made on first use).
+
+        A bind source is opened beneath its allowed directory and staged in the bundle
+        `directory` (_stage_bind). With a user namespace, a new volume is owned by the
+        range's root, and volumes are mounted in the bundle for the runtime to bind from
+        there (youki resolves a source as the range's root, who cannot reach the data
+        directory; see _volume_mount). A bind source keeps its host owners and modes: the
+        job reaches what host users other than its owners may. A tmpfs is mounted by the
+        runtime inside the namespace, so its root is the range's root already."""
         if mount.kind is MountKind.TMPFS:
             options = ["nosuid", "nodev"]
             if mount.size_bytes is not None:
@@ -324,7 +384,16 @@ class ContainerManager:
                 if mount.kind is MountKind.NAMED
                 else writable / "anonymous" / str(index)
             )
+            created = not source.exists()
             make_dir(source, VOLUME_DIR_MODE)
+            if ids is not None:
+                point = directory / bundle.VOLUME_MOUNTS / str(index)
+                make_dir(point.parent, BUNDLE_PARENT_MODE)
+                make_dir(point, BUNDLE_PARENT_MODE)
+                if created:
+                    os.chown(source, ids.start, ids.start)
+                self._volume_mount(source, point, ids)
+                source = point
         access = "ro" if mount.readonly else "rw"
         return {"destination": mount.target, "type": "bind", "source": str(source),
                 "options": ["rbind", access, "nosuid", "nodev"]}  # fmt: skip
@@ -335,7 +404,8 @@ class ContainerManager:
         the storage entry."""
         staging = directory / binds.STAGING_DIR / str(index)
         try:
-            make_dir(staging.parent)
+            # Traversable: in a user namespace, the runtime reaches it as the range's root.
+            make_dir(staging.parent, BUNDLE_PARENT_MODE)
             source = self.bind_roots.open(mount.source)
             try:
                 binds.stage(source, staging, mount.readonly)
@@ -344,6 +414,25 @@ class ContainerManager:
         except (binds.BindRefused, OSError) as error:
             raise ValueError(f"storage[{index}] (bind on {mount.target}): {error}") from None
         return staging
+
+    def _volume_mount(self, volume: Path, point: Path, ids: IdRange) -> None:
+        """Mounts a volume at `point` in the bundle, where the range's root reaches it. A
+        volume keeps the owner it got when made: one made for another job's range is
+        mounted idmapped from that range to this one; one owned by host ids (made by a job
+        in the host's namespace) is moved into this range first.
+
+        Only a range's root (an id aligned as ranges are) is mapped from: a volume whose
+        root a job gave to another of its ids is bound as it is, or the mapping from that
+        id would reach into the next range's ids."""
+        owner = os.stat(volume).st_uid
+        if owner < ID_RANGE_SIZE:
+            shift_tree(volume, ids.start)
+            owner = ids.start
+        if owner == ids.start or owner % ids.size != ids.start % ids.size:
+            syscalls.mount(str(volume), point, "", syscalls.MS_BIND, "")
+        else:
+            userns = self._namespaces.fd(IdMapping(owner, ids.start, ids.size))
+            syscalls.mount_idmapped(volume, point, userns)
 
     def _stop_signal(self, container_id: str) -> str:
         try:
@@ -357,8 +446,13 @@ class ContainerManager:
 
     def _remove_bundle(self, container_id: str) -> None:
         directory = self._directory(container_id)
-        binds.unstage_all(directory)
-        syscalls.unmount(directory / "rootfs")
+        try:
+            binds.unstage_all(directory)
+            bundle.unmount_bundle(directory)
+        except OSError as error:
+            # Removing the bundle now would reach into a volume, a bind source or the image.
+            log.error("container %s: bundle kept: %s", container_id, error)
+            return
         shutil.rmtree(directory, ignore_errors=True)
         shutil.rmtree(self.paths.writable / container_id, ignore_errors=True)
 
@@ -374,9 +468,10 @@ class ContainerManager:
 def _file_mount(
     target: str, content: bytes, source: Path, owner: tuple[int, int]
 ) -> dict[str, Any]:
-    """Writes `content` beside the bundle, readable by its `owner` (the job's uid and gid)
-    only, and binds it read-only at `target`."""
-    make_dir(source.parent)
+    """Writes `content` beside the bundle, readable by its `owner` (the job's uid and gid,
+    as the host sees them) only, and binds it read-only at `target`. Its directory is
+    searchable: in a bundle with a user namespace the range's root resolves the source."""
+    make_dir(source.parent, BUNDLE_PARENT_MODE)
     write_file(source, content, READ_ONLY_FILE)
     os.chown(source, *owner)
     return {"destination": target, "type": "bind", "source": str(source),

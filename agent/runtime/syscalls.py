@@ -15,6 +15,8 @@ from pathlib import Path
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_BIND = 0x1000
+MS_REC = 0x4000
 MNT_DETACH = 2
 CLONE_FS = 0x200
 TMPFS_MAGIC = 0x01021994
@@ -35,6 +37,7 @@ OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_IDMAP = 0x100000
 MS_PRIVATE = 1 << 18
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 # These calls came after the syscall tables were unified: one number on every
@@ -138,11 +141,18 @@ def open_tree(dirfd: int, path: str, flags: int) -> int:
 
 
 def mount_setattr(
-    dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0, propagation: int = 0
+    dirfd: int,
+    path: str,
+    flags: int,
+    attr_set: int,
+    attr_clr: int = 0,
+    propagation: int = 0,
+    userns_fd: int = 0,
 ) -> None:
     """mount_setattr(2): sets and clears MOUNT_ATTR_* flags (and the propagation type, when
-    not 0) of the mount at `path`; raises OSError."""
-    attr = _MountAttr(attr_set, attr_clr, propagation, 0)
+    not 0; with MOUNT_ATTR_IDMAP, the user namespace `userns_fd`) of the mount at `path`;
+    raises OSError."""
+    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
     size = ctypes.c_size_t(ctypes.sizeof(attr))
     _syscall(
         f"mount_setattr {path}",
@@ -175,3 +185,16 @@ def umount2(path: Path, flags: int) -> None:
     if _libc.umount2(str(path).encode(), flags) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"unmount {path}: {os.strerror(error)}")
+
+
+def mount_idmapped(source: Path, target: Path, userns_fd: int, readonly: bool = False) -> None:
+    """Mounts a copy of the tree at `source` on `target` with its owners shifted by the
+    user namespace `userns_fd` (an id mapped to host id H there shows as H); raises OSError
+    (EINVAL or EOPNOTSUPP where the kernel or the filesystem cannot idmap)."""
+    tree = open_tree(AT_FDCWD, str(source), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
+    try:
+        attributes = MOUNT_ATTR_IDMAP | (MOUNT_ATTR_RDONLY if readonly else 0)
+        mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, attributes, userns_fd=userns_fd)
+        move_mount(tree, "", AT_FDCWD, str(target), MOVE_MOUNT_F_EMPTY_PATH)
+    finally:
+        os.close(tree)

@@ -105,22 +105,27 @@ def test_nothing_the_agent_keeps_is_reachable_by_another_user(
 
 def check_modes(agent: AgentProcess, data_dir: Path, bundle: Path, log_dir: Path) -> None:
     """The modes themselves: the tops 0700, every entry in them owner-only, the files the
-    agent writes exactly as it means them."""
+    agent writes exactly as it means them. The bundles and their parent are searchable
+    only: a job's mapped root reaches its own bundle, which is its range's group's only."""
     volatile = agent.paths.volatile
     assert mode_of(data_dir) == 0o700
-    assert mode_of(volatile) == 0o700
+    assert mode_of(volatile) == 0o711
     assert mode_of(volatile.parent) & 0o077 in (0o011, 0o000)
+    assert mode_of(agent.paths.bundles) == 0o711
     for top in (data_dir, volatile):
         for entry in top.iterdir():
-            assert mode_of(entry) & 0o077 == 0, (entry, oct(mode_of(entry)))
+            if entry != agent.paths.bundles:
+                assert mode_of(entry) & 0o077 == 0, (entry, oct(mode_of(entry)))
     for name in ("agent.db", "agent.db-wal", "agent.db-shm"):
         assert mode_of(data_dir / name) == 0o600, name
     assert mode_of(log_dir) == 0o700
     assert mode_of(log_dir / "1.log") == 0o600
-    assert mode_of(bundle) == 0o700
+    range_root = os.stat(bundle).st_gid
+    assert mode_of(bundle) == 0o710 and range_root >= 1 << 20
     assert mode_of(bundle / "config.json") == 0o600
     payload = bundle / "files" / "0"
-    assert (mode_of(payload), os.stat(payload).st_uid) == (0o400, 0)
+    # The job's root owns it: its range's root on the host.
+    assert (mode_of(payload), os.stat(payload).st_uid) == (0o400, range_root)
     # Whatever the agent's umask, nothing it or its children made is writable by others
     # (what a container sees as its own files keeps the modes the image or the job gave).
     for top in (data_dir, volatile):
@@ -131,7 +136,7 @@ def check_modes(agent: AgentProcess, data_dir: Path, bundle: Path, log_dir: Path
 def walk_agent_files(top: Path) -> Iterator[Path]:
     """Every path under `top` but the trees a container sees as its own files (volumes,
     writable layers, unpacked images and mounted rootfs) and symlinks."""
-    container_trees = {"v", "upper", "work", "rootfs", "anonymous"}
+    container_trees = {"v", "upper", "work", "rootfs", "anonymous", "image-idmapped", "volumes"}
     for root, directories, files in os.walk(top):
         directories[:] = [name for name in directories if name not in container_trees]
         for name in (*directories, *files):

@@ -52,7 +52,10 @@ def test_bundles_and_runtime_state_are_in_memory_and_writes_on_the_data_disk(
         options = line.split(" - ")[1].split()[2]
         assert options.startswith("rw,lowerdir=lower,upperdir=upper,workdir=work"), options
         assert (bundle / "upper").resolve() == (writable / "upper").resolve()
-        assert (bundle / "lower").resolve().is_relative_to(paths.images.resolve())
+        # The lower layer is the image seen through an idmapped mount in the bundle.
+        assert (bundle / "lower").resolve() == bundle / "image-idmapped"
+        assert (bundle / "image").resolve().is_relative_to(paths.images.resolve())
+        assert os.stat(bundle / "image-idmapped" / "bin").st_uid >= 1 << 20
         assert (writable / "upper" / "written").read_text() == "root\n"
         assert (writable / "anonymous" / "0" / "kept").read_text() == "volume\n"
         data_disk = os.stat(agent.cwd / agent.data_dir).st_dev

@@ -16,6 +16,8 @@ from tests.e2e.harness import AgentProcess, Registry, sweep
 @pytest.fixture(scope="module")
 def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("allowed")
+    # A job's root is no host user that owns it: it reaches what others may.
+    directory.chmod(0o755)
     (directory / "input.txt").write_text("from the host\n")
     return directory
 

@@ -135,6 +135,26 @@ CONCURRENCY_POLICY_REPLACE: ConcurrencyPolicy.ValueType  # 3
 """Cancel the active run, then start the new one."""
 Global___ConcurrencyPolicy: _TypeAlias = ConcurrencyPolicy  # noqa: Y015
 
+class _UserNamespace:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UserNamespaceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UserNamespace.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USER_NAMESPACE_UNSPECIFIED: _UserNamespace.ValueType  # 0
+    """Its own (container ids 0-65535 are a range of unprivileged host ids given to the job)."""
+    USER_NAMESPACE_HOST: _UserNamespace.ValueType  # 1
+    """The host's: container root is host root."""
+
+class UserNamespace(_UserNamespace, metaclass=_UserNamespaceEnumTypeWrapper):
+    """Whose user ids a job's container runs with."""
+
+USER_NAMESPACE_UNSPECIFIED: UserNamespace.ValueType  # 0
+"""Its own (container ids 0-65535 are a range of unprivileged host ids given to the job)."""
+USER_NAMESPACE_HOST: UserNamespace.ValueType  # 1
+"""The host's: container root is host root."""
+Global___UserNamespace: _TypeAlias = UserNamespace  # noqa: Y015
+
 class _PayloadRequirement:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -734,6 +754,7 @@ class JobSpec(_message.Message):
     DISPATCH_POLICY_FIELD_NUMBER: _builtins.int
     PRIVILEGED_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
+    USER_NAMESPACE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Job name, unique on the node: lowercase letters, digits and '-', at most 63."""
     deployment: _builtins.str
@@ -755,6 +776,11 @@ class JobSpec(_message.Message):
     privileged: _builtins.bool
     """Every capability, no seccomp filter, no masked /proc paths (only when the agent allows
     privileged jobs).
+    """
+    user_namespace: Global___UserNamespace.ValueType
+    """Whose user ids the container runs with: a user namespace of its own when unspecified
+    (container root is an unprivileged host id), or the host's (only when the agent allows
+    it). A privileged job always runs in the host's.
     """
     @_builtins.property
     def image(self) -> Global___ImageSpec:
@@ -829,10 +855,11 @@ class JobSpec(_message.Message):
         dispatch_policy: Global___DispatchPolicy | None = ...,
         privileged: _builtins.bool = ...,
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        user_namespace: Global___UserNamespace.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "command", b"command", "cron_policy", b"cron_policy", "dispatch_policy", b"dispatch_policy", "image", b"image", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "resources", b"resources", "retry_policy", b"retry_policy", "stop_grace_period", b"stop_grace_period", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "capabilities", b"capabilities", "command", b"command", "cron_policy", b"cron_policy", "deployment", b"deployment", "dispatch_policy", b"dispatch_policy", "env", b"env", "host_network", b"host_network", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "name", b"name", "privileged", b"privileged", "resources", b"resources", "retry_policy", b"retry_policy", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "storage", b"storage", "timeout", b"timeout", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_max_log_bytes", b"_max_log_bytes", "capabilities", b"capabilities", "command", b"command", "cron_policy", b"cron_policy", "deployment", b"deployment", "dispatch_policy", b"dispatch_policy", "env", b"env", "host_network", b"host_network", "image", b"image", "kind", b"kind", "labels", b"labels", "max_concurrent", b"max_concurrent", "max_log_bytes", b"max_log_bytes", "name", b"name", "privileged", b"privileged", "resources", b"resources", "retry_policy", b"retry_policy", "schedule", b"schedule", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "storage", b"storage", "timeout", b"timeout", "user", b"user", "user_namespace", b"user_namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_concurrent: _TypeAlias = _typing.Literal["max_concurrent"]  # noqa: Y015
     _WhichOneofArgType__max_concurrent: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent"]  # noqa: Y015

@@ -256,6 +256,55 @@ func (ConcurrencyPolicy) EnumDescriptor() ([]byte, []int) {
 	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{3}
 }
 
+// Whose user ids a job's container runs with.
+type UserNamespace int32
+
+const (
+	// Its own (container ids 0-65535 are a range of unprivileged host ids given to the job).
+	UserNamespace_USER_NAMESPACE_UNSPECIFIED UserNamespace = 0
+	// The host's: container root is host root.
+	UserNamespace_USER_NAMESPACE_HOST UserNamespace = 1
+)
+
+// Enum value maps for UserNamespace.
+var (
+	UserNamespace_name = map[int32]string{
+		0: "USER_NAMESPACE_UNSPECIFIED",
+		1: "USER_NAMESPACE_HOST",
+	}
+	UserNamespace_value = map[string]int32{
+		"USER_NAMESPACE_UNSPECIFIED": 0,
+		"USER_NAMESPACE_HOST":        1,
+	}
+)
+
+func (x UserNamespace) Enum() *UserNamespace {
+	p := new(UserNamespace)
+	*p = x
+	return p
+}
+
+func (x UserNamespace) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (UserNamespace) Descriptor() protoreflect.EnumDescriptor {
+	return file_jobagent_v1_jobs_proto_enumTypes[4].Descriptor()
+}
+
+func (UserNamespace) Type() protoreflect.EnumType {
+	return &file_jobagent_v1_jobs_proto_enumTypes[4]
+}
+
+func (x UserNamespace) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use UserNamespace.Descriptor instead.
+func (UserNamespace) EnumDescriptor() ([]byte, []int) {
+	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{4}
+}
+
 // Whether a trigger may, must or must not carry a payload.
 type PayloadRequirement int32
 
@@ -291,11 +340,11 @@ func (x PayloadRequirement) String() string {
 }
 
 func (PayloadRequirement) Descriptor() protoreflect.EnumDescriptor {
-	return file_jobagent_v1_jobs_proto_enumTypes[4].Descriptor()
+	return file_jobagent_v1_jobs_proto_enumTypes[5].Descriptor()
 }
 
 func (PayloadRequirement) Type() protoreflect.EnumType {
-	return &file_jobagent_v1_jobs_proto_enumTypes[4]
+	return &file_jobagent_v1_jobs_proto_enumTypes[5]
 }
 
 func (x PayloadRequirement) Number() protoreflect.EnumNumber {
@@ -304,7 +353,7 @@ func (x PayloadRequirement) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PayloadRequirement.Descriptor instead.
 func (PayloadRequirement) EnumDescriptor() ([]byte, []int) {
-	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{4}
+	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{5}
 }
 
 // The lifecycle of an execution. Completed, Failed and Cancelled are terminal.
@@ -359,11 +408,11 @@ func (x ExecutionStatus) String() string {
 }
 
 func (ExecutionStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_jobagent_v1_jobs_proto_enumTypes[5].Descriptor()
+	return file_jobagent_v1_jobs_proto_enumTypes[6].Descriptor()
 }
 
 func (ExecutionStatus) Type() protoreflect.EnumType {
-	return &file_jobagent_v1_jobs_proto_enumTypes[5]
+	return &file_jobagent_v1_jobs_proto_enumTypes[6]
 }
 
 func (x ExecutionStatus) Number() protoreflect.EnumNumber {
@@ -372,7 +421,7 @@ func (x ExecutionStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ExecutionStatus.Descriptor instead.
 func (ExecutionStatus) EnumDescriptor() ([]byte, []int) {
-	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{5}
+	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{6}
 }
 
 // Why an execution failed, for machines; the message says it for people.
@@ -439,11 +488,11 @@ func (x FailureReason) String() string {
 }
 
 func (FailureReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_jobagent_v1_jobs_proto_enumTypes[6].Descriptor()
+	return file_jobagent_v1_jobs_proto_enumTypes[7].Descriptor()
 }
 
 func (FailureReason) Type() protoreflect.EnumType {
-	return &file_jobagent_v1_jobs_proto_enumTypes[6]
+	return &file_jobagent_v1_jobs_proto_enumTypes[7]
 }
 
 func (x FailureReason) Number() protoreflect.EnumNumber {
@@ -452,7 +501,7 @@ func (x FailureReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FailureReason.Descriptor instead.
 func (FailureReason) EnumDescriptor() ([]byte, []int) {
-	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{6}
+	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{7}
 }
 
 // Where an execution's trigger came from.
@@ -499,11 +548,11 @@ func (x TriggerKind) String() string {
 }
 
 func (TriggerKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_jobagent_v1_jobs_proto_enumTypes[7].Descriptor()
+	return file_jobagent_v1_jobs_proto_enumTypes[8].Descriptor()
 }
 
 func (TriggerKind) Type() protoreflect.EnumType {
-	return &file_jobagent_v1_jobs_proto_enumTypes[7]
+	return &file_jobagent_v1_jobs_proto_enumTypes[8]
 }
 
 func (x TriggerKind) Number() protoreflect.EnumNumber {
@@ -512,7 +561,7 @@ func (x TriggerKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TriggerKind.Descriptor instead.
 func (TriggerKind) EnumDescriptor() ([]byte, []int) {
-	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{7}
+	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{8}
 }
 
 // What an event records: TRANSITION to ATTEMPT_STARTED are execution events (ExecutionEvent),
@@ -601,11 +650,11 @@ func (x EventType) String() string {
 }
 
 func (EventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_jobagent_v1_jobs_proto_enumTypes[8].Descriptor()
+	return file_jobagent_v1_jobs_proto_enumTypes[9].Descriptor()
 }
 
 func (EventType) Type() protoreflect.EnumType {
-	return &file_jobagent_v1_jobs_proto_enumTypes[8]
+	return &file_jobagent_v1_jobs_proto_enumTypes[9]
 }
 
 func (x EventType) Number() protoreflect.EnumNumber {
@@ -614,7 +663,7 @@ func (x EventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventType.Descriptor instead.
 func (EventType) EnumDescriptor() ([]byte, []int) {
-	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{8}
+	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{9}
 }
 
 // The output stream a log line came from.
@@ -652,11 +701,11 @@ func (x LogStream) String() string {
 }
 
 func (LogStream) Descriptor() protoreflect.EnumDescriptor {
-	return file_jobagent_v1_jobs_proto_enumTypes[9].Descriptor()
+	return file_jobagent_v1_jobs_proto_enumTypes[10].Descriptor()
 }
 
 func (LogStream) Type() protoreflect.EnumType {
-	return &file_jobagent_v1_jobs_proto_enumTypes[9]
+	return &file_jobagent_v1_jobs_proto_enumTypes[10]
 }
 
 func (x LogStream) Number() protoreflect.EnumNumber {
@@ -665,7 +714,7 @@ func (x LogStream) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LogStream.Descriptor instead.
 func (LogStream) EnumDescriptor() ([]byte, []int) {
-	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{9}
+	return file_jobagent_v1_jobs_proto_rawDescGZIP(), []int{10}
 }
 
 // The image a job runs.
@@ -1254,7 +1303,11 @@ type JobSpec struct {
 	// privileged jobs).
 	Privileged bool `protobuf:"varint,21,opt,name=privileged,proto3" json:"privileged,omitempty"`
 	// Capabilities added to the default set, CAP_NET_ADMIN say (only those the agent allows).
-	Capabilities  []string `protobuf:"bytes,22,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	Capabilities []string `protobuf:"bytes,22,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	// Whose user ids the container runs with: a user namespace of its own when unspecified
+	// (container root is an unprivileged host id), or the host's (only when the agent allows
+	// it). A privileged job always runs in the host's.
+	UserNamespace UserNamespace `protobuf:"varint,23,opt,name=user_namespace,json=userNamespace,proto3,enum=jobagent.v1.UserNamespace" json:"user_namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1441,6 +1494,13 @@ func (x *JobSpec) GetCapabilities() []string {
 		return x.Capabilities
 	}
 	return nil
+}
+
+func (x *JobSpec) GetUserNamespace() UserNamespace {
+	if x != nil {
+		return x.UserNamespace
+	}
+	return UserNamespace_USER_NAMESPACE_UNSPECIFIED
 }
 
 // What a trigger may add to a run of a job (as a Nomad parameterized job).
@@ -2429,7 +2489,7 @@ const file_jobagent_v1_jobs_proto_rawDesc = "" +
 	"\x11last_execution_id\x18\x03 \x01(\tR\x0flastExecutionId\x12\x1c\n" +
 	"\tsuspended\x18\x04 \x01(\bR\tsuspended\x12\x18\n" +
 	"\askipped\x18\x05 \x01(\rR\askipped\x12\x16\n" +
-	"\x06missed\x18\x06 \x01(\rR\x06missed\"\xf6\b\n" +
+	"\x06missed\x18\x06 \x01(\rR\x06missed\"\xb9\t\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +
@@ -2459,7 +2519,8 @@ const file_jobagent_v1_jobs_proto_rawDesc = "" +
 	"\n" +
 	"privileged\x18\x15 \x01(\bR\n" +
 	"privileged\x12\"\n" +
-	"\fcapabilities\x18\x16 \x03(\tR\fcapabilities\x1a6\n" +
+	"\fcapabilities\x18\x16 \x03(\tR\fcapabilities\x12A\n" +
+	"\x0euser_namespace\x18\x17 \x01(\x0e2\x1a.jobagent.v1.UserNamespaceR\ruserNamespace\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -2578,7 +2639,10 @@ const file_jobagent_v1_jobs_proto_rawDesc = "" +
 	"\x1eCONCURRENCY_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CONCURRENCY_POLICY_ALLOW\x10\x01\x12\x1d\n" +
 	"\x19CONCURRENCY_POLICY_FORBID\x10\x02\x12\x1e\n" +
-	"\x1aCONCURRENCY_POLICY_REPLACE\x10\x03*}\n" +
+	"\x1aCONCURRENCY_POLICY_REPLACE\x10\x03*H\n" +
+	"\rUserNamespace\x12\x1e\n" +
+	"\x1aUSER_NAMESPACE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13USER_NAMESPACE_HOST\x10\x01*}\n" +
 	"\x12PayloadRequirement\x12#\n" +
 	"\x1fPAYLOAD_REQUIREMENT_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cPAYLOAD_REQUIREMENT_OPTIONAL\x10\x01\x12 \n" +
@@ -2643,95 +2707,97 @@ func file_jobagent_v1_jobs_proto_rawDescGZIP() []byte {
 	return file_jobagent_v1_jobs_proto_rawDescData
 }
 
-var file_jobagent_v1_jobs_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_jobagent_v1_jobs_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
 var file_jobagent_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_jobagent_v1_jobs_proto_goTypes = []any{
 	(JobKind)(0),                  // 0: jobagent.v1.JobKind
 	(PullPolicy)(0),               // 1: jobagent.v1.PullPolicy
 	(MountType)(0),                // 2: jobagent.v1.MountType
 	(ConcurrencyPolicy)(0),        // 3: jobagent.v1.ConcurrencyPolicy
-	(PayloadRequirement)(0),       // 4: jobagent.v1.PayloadRequirement
-	(ExecutionStatus)(0),          // 5: jobagent.v1.ExecutionStatus
-	(FailureReason)(0),            // 6: jobagent.v1.FailureReason
-	(TriggerKind)(0),              // 7: jobagent.v1.TriggerKind
-	(EventType)(0),                // 8: jobagent.v1.EventType
-	(LogStream)(0),                // 9: jobagent.v1.LogStream
-	(*ImageSpec)(nil),             // 10: jobagent.v1.ImageSpec
-	(*CommandSpec)(nil),           // 11: jobagent.v1.CommandSpec
-	(*Resources)(nil),             // 12: jobagent.v1.Resources
-	(*RetryPolicy)(nil),           // 13: jobagent.v1.RetryPolicy
-	(*Mount)(nil),                 // 14: jobagent.v1.Mount
-	(*CronPolicy)(nil),            // 15: jobagent.v1.CronPolicy
-	(*CronStatus)(nil),            // 16: jobagent.v1.CronStatus
-	(*JobSpec)(nil),               // 17: jobagent.v1.JobSpec
-	(*DispatchPolicy)(nil),        // 18: jobagent.v1.DispatchPolicy
-	(*Dispatch)(nil),              // 19: jobagent.v1.Dispatch
-	(*Attempt)(nil),               // 20: jobagent.v1.Attempt
-	(*Job)(nil),                   // 21: jobagent.v1.Job
-	(*Trigger)(nil),               // 22: jobagent.v1.Trigger
-	(*Execution)(nil),             // 23: jobagent.v1.Execution
-	(*ExecutionEvent)(nil),        // 24: jobagent.v1.ExecutionEvent
-	(*JobEvent)(nil),              // 25: jobagent.v1.JobEvent
-	(*LogLine)(nil),               // 26: jobagent.v1.LogLine
-	(*LogChunk)(nil),              // 27: jobagent.v1.LogChunk
-	nil,                           // 28: jobagent.v1.JobSpec.EnvEntry
-	nil,                           // 29: jobagent.v1.JobSpec.LabelsEntry
-	nil,                           // 30: jobagent.v1.Dispatch.EnvEntry
-	(*durationpb.Duration)(nil),   // 31: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
+	(UserNamespace)(0),            // 4: jobagent.v1.UserNamespace
+	(PayloadRequirement)(0),       // 5: jobagent.v1.PayloadRequirement
+	(ExecutionStatus)(0),          // 6: jobagent.v1.ExecutionStatus
+	(FailureReason)(0),            // 7: jobagent.v1.FailureReason
+	(TriggerKind)(0),              // 8: jobagent.v1.TriggerKind
+	(EventType)(0),                // 9: jobagent.v1.EventType
+	(LogStream)(0),                // 10: jobagent.v1.LogStream
+	(*ImageSpec)(nil),             // 11: jobagent.v1.ImageSpec
+	(*CommandSpec)(nil),           // 12: jobagent.v1.CommandSpec
+	(*Resources)(nil),             // 13: jobagent.v1.Resources
+	(*RetryPolicy)(nil),           // 14: jobagent.v1.RetryPolicy
+	(*Mount)(nil),                 // 15: jobagent.v1.Mount
+	(*CronPolicy)(nil),            // 16: jobagent.v1.CronPolicy
+	(*CronStatus)(nil),            // 17: jobagent.v1.CronStatus
+	(*JobSpec)(nil),               // 18: jobagent.v1.JobSpec
+	(*DispatchPolicy)(nil),        // 19: jobagent.v1.DispatchPolicy
+	(*Dispatch)(nil),              // 20: jobagent.v1.Dispatch
+	(*Attempt)(nil),               // 21: jobagent.v1.Attempt
+	(*Job)(nil),                   // 22: jobagent.v1.Job
+	(*Trigger)(nil),               // 23: jobagent.v1.Trigger
+	(*Execution)(nil),             // 24: jobagent.v1.Execution
+	(*ExecutionEvent)(nil),        // 25: jobagent.v1.ExecutionEvent
+	(*JobEvent)(nil),              // 26: jobagent.v1.JobEvent
+	(*LogLine)(nil),               // 27: jobagent.v1.LogLine
+	(*LogChunk)(nil),              // 28: jobagent.v1.LogChunk
+	nil,                           // 29: jobagent.v1.JobSpec.EnvEntry
+	nil,                           // 30: jobagent.v1.JobSpec.LabelsEntry
+	nil,                           // 31: jobagent.v1.Dispatch.EnvEntry
+	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
 }
 var file_jobagent_v1_jobs_proto_depIdxs = []int32{
 	1,  // 0: jobagent.v1.ImageSpec.pull_policy:type_name -> jobagent.v1.PullPolicy
-	31, // 1: jobagent.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
-	31, // 2: jobagent.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
+	32, // 1: jobagent.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
+	32, // 2: jobagent.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
 	2,  // 3: jobagent.v1.Mount.type:type_name -> jobagent.v1.MountType
 	3,  // 4: jobagent.v1.CronPolicy.concurrency_policy:type_name -> jobagent.v1.ConcurrencyPolicy
-	32, // 5: jobagent.v1.CronStatus.next_run_time:type_name -> google.protobuf.Timestamp
-	32, // 6: jobagent.v1.CronStatus.last_schedule_time:type_name -> google.protobuf.Timestamp
+	33, // 5: jobagent.v1.CronStatus.next_run_time:type_name -> google.protobuf.Timestamp
+	33, // 6: jobagent.v1.CronStatus.last_schedule_time:type_name -> google.protobuf.Timestamp
 	0,  // 7: jobagent.v1.JobSpec.kind:type_name -> jobagent.v1.JobKind
-	10, // 8: jobagent.v1.JobSpec.image:type_name -> jobagent.v1.ImageSpec
-	11, // 9: jobagent.v1.JobSpec.command:type_name -> jobagent.v1.CommandSpec
-	28, // 10: jobagent.v1.JobSpec.env:type_name -> jobagent.v1.JobSpec.EnvEntry
-	12, // 11: jobagent.v1.JobSpec.resources:type_name -> jobagent.v1.Resources
-	29, // 12: jobagent.v1.JobSpec.labels:type_name -> jobagent.v1.JobSpec.LabelsEntry
-	31, // 13: jobagent.v1.JobSpec.timeout:type_name -> google.protobuf.Duration
-	31, // 14: jobagent.v1.JobSpec.stop_grace_period:type_name -> google.protobuf.Duration
-	13, // 15: jobagent.v1.JobSpec.retry_policy:type_name -> jobagent.v1.RetryPolicy
-	14, // 16: jobagent.v1.JobSpec.storage:type_name -> jobagent.v1.Mount
-	15, // 17: jobagent.v1.JobSpec.cron_policy:type_name -> jobagent.v1.CronPolicy
-	18, // 18: jobagent.v1.JobSpec.dispatch_policy:type_name -> jobagent.v1.DispatchPolicy
-	4,  // 19: jobagent.v1.DispatchPolicy.payload:type_name -> jobagent.v1.PayloadRequirement
-	30, // 20: jobagent.v1.Dispatch.env:type_name -> jobagent.v1.Dispatch.EnvEntry
-	32, // 21: jobagent.v1.Attempt.started_at:type_name -> google.protobuf.Timestamp
-	32, // 22: jobagent.v1.Attempt.finished_at:type_name -> google.protobuf.Timestamp
-	6,  // 23: jobagent.v1.Attempt.failure_reason:type_name -> jobagent.v1.FailureReason
-	17, // 24: jobagent.v1.Job.spec:type_name -> jobagent.v1.JobSpec
-	32, // 25: jobagent.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	32, // 26: jobagent.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
-	16, // 27: jobagent.v1.Job.cron_status:type_name -> jobagent.v1.CronStatus
-	7,  // 28: jobagent.v1.Trigger.kind:type_name -> jobagent.v1.TriggerKind
-	5,  // 29: jobagent.v1.Execution.status:type_name -> jobagent.v1.ExecutionStatus
-	6,  // 30: jobagent.v1.Execution.failure_reason:type_name -> jobagent.v1.FailureReason
-	22, // 31: jobagent.v1.Execution.trigger:type_name -> jobagent.v1.Trigger
-	32, // 32: jobagent.v1.Execution.created_at:type_name -> google.protobuf.Timestamp
-	32, // 33: jobagent.v1.Execution.started_at:type_name -> google.protobuf.Timestamp
-	32, // 34: jobagent.v1.Execution.finished_at:type_name -> google.protobuf.Timestamp
-	31, // 35: jobagent.v1.Execution.duration:type_name -> google.protobuf.Duration
-	20, // 36: jobagent.v1.Execution.attempts:type_name -> jobagent.v1.Attempt
-	19, // 37: jobagent.v1.Execution.dispatch:type_name -> jobagent.v1.Dispatch
-	32, // 38: jobagent.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
-	23, // 39: jobagent.v1.ExecutionEvent.execution:type_name -> jobagent.v1.Execution
-	8,  // 40: jobagent.v1.ExecutionEvent.type:type_name -> jobagent.v1.EventType
-	32, // 41: jobagent.v1.JobEvent.time:type_name -> google.protobuf.Timestamp
-	8,  // 42: jobagent.v1.JobEvent.type:type_name -> jobagent.v1.EventType
-	32, // 43: jobagent.v1.JobEvent.schedule_time:type_name -> google.protobuf.Timestamp
-	32, // 44: jobagent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	9,  // 45: jobagent.v1.LogLine.stream:type_name -> jobagent.v1.LogStream
-	46, // [46:46] is the sub-list for method output_type
-	46, // [46:46] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	11, // 8: jobagent.v1.JobSpec.image:type_name -> jobagent.v1.ImageSpec
+	12, // 9: jobagent.v1.JobSpec.command:type_name -> jobagent.v1.CommandSpec
+	29, // 10: jobagent.v1.JobSpec.env:type_name -> jobagent.v1.JobSpec.EnvEntry
+	13, // 11: jobagent.v1.JobSpec.resources:type_name -> jobagent.v1.Resources
+	30, // 12: jobagent.v1.JobSpec.labels:type_name -> jobagent.v1.JobSpec.LabelsEntry
+	32, // 13: jobagent.v1.JobSpec.timeout:type_name -> google.protobuf.Duration
+	32, // 14: jobagent.v1.JobSpec.stop_grace_period:type_name -> google.protobuf.Duration
+	14, // 15: jobagent.v1.JobSpec.retry_policy:type_name -> jobagent.v1.RetryPolicy
+	15, // 16: jobagent.v1.JobSpec.storage:type_name -> jobagent.v1.Mount
+	16, // 17: jobagent.v1.JobSpec.cron_policy:type_name -> jobagent.v1.CronPolicy
+	19, // 18: jobagent.v1.JobSpec.dispatch_policy:type_name -> jobagent.v1.DispatchPolicy
+	4,  // 19: jobagent.v1.JobSpec.user_namespace:type_name -> jobagent.v1.UserNamespace
+	5,  // 20: jobagent.v1.DispatchPolicy.payload:type_name -> jobagent.v1.PayloadRequirement
+	31, // 21: jobagent.v1.Dispatch.env:type_name -> jobagent.v1.Dispatch.EnvEntry
+	33, // 22: jobagent.v1.Attempt.started_at:type_name -> google.protobuf.Timestamp
+	33, // 23: jobagent.v1.Attempt.finished_at:type_name -> google.protobuf.Timestamp
+	7,  // 24: jobagent.v1.Attempt.failure_reason:type_name -> jobagent.v1.FailureReason
+	18, // 25: jobagent.v1.Job.spec:type_name -> jobagent.v1.JobSpec
+	33, // 26: jobagent.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	33, // 27: jobagent.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
+	17, // 28: jobagent.v1.Job.cron_status:type_name -> jobagent.v1.CronStatus
+	8,  // 29: jobagent.v1.Trigger.kind:type_name -> jobagent.v1.TriggerKind
+	6,  // 30: jobagent.v1.Execution.status:type_name -> jobagent.v1.ExecutionStatus
+	7,  // 31: jobagent.v1.Execution.failure_reason:type_name -> jobagent.v1.FailureReason
+	23, // 32: jobagent.v1.Execution.trigger:type_name -> jobagent.v1.Trigger
+	33, // 33: jobagent.v1.Execution.created_at:type_name -> google.protobuf.Timestamp
+	33, // 34: jobagent.v1.Execution.started_at:type_name -> google.protobuf.Timestamp
+	33, // 35: jobagent.v1.Execution.finished_at:type_name -> google.protobuf.Timestamp
+	32, // 36: jobagent.v1.Execution.duration:type_name -> google.protobuf.Duration
+	21, // 37: jobagent.v1.Execution.attempts:type_name -> jobagent.v1.Attempt
+	20, // 38: jobagent.v1.Execution.dispatch:type_name -> jobagent.v1.Dispatch
+	33, // 39: jobagent.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
+	24, // 40: jobagent.v1.ExecutionEvent.execution:type_name -> jobagent.v1.Execution
+	9,  // 41: jobagent.v1.ExecutionEvent.type:type_name -> jobagent.v1.EventType
+	33, // 42: jobagent.v1.JobEvent.time:type_name -> google.protobuf.Timestamp
+	9,  // 43: jobagent.v1.JobEvent.type:type_name -> jobagent.v1.EventType
+	33, // 44: jobagent.v1.JobEvent.schedule_time:type_name -> google.protobuf.Timestamp
+	33, // 45: jobagent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	10, // 46: jobagent.v1.LogLine.stream:type_name -> jobagent.v1.LogStream
+	47, // [47:47] is the sub-list for method output_type
+	47, // [47:47] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_jobagent_v1_jobs_proto_init() }
@@ -2750,7 +2816,7 @@ func file_jobagent_v1_jobs_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobagent_v1_jobs_proto_rawDesc), len(file_jobagent_v1_jobs_proto_rawDesc)),
-			NumEnums:      10,
+			NumEnums:      11,
 			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -218,6 +218,42 @@ export function concurrencyPolicyToJSON(object: ConcurrencyPolicy): string {
   }
 }
 
+/** Whose user ids a job's container runs with. */
+export enum UserNamespace {
+  /** USER_NAMESPACE_UNSPECIFIED - Its own (container ids 0-65535 are a range of unprivileged host ids given to the job). */
+  USER_NAMESPACE_UNSPECIFIED = 0,
+  /** USER_NAMESPACE_HOST - The host's: container root is host root. */
+  USER_NAMESPACE_HOST = 1,
+  UNRECOGNIZED = -1,
+}
+
+export function userNamespaceFromJSON(object: any): UserNamespace {
+  switch (object) {
+    case 0:
+    case "USER_NAMESPACE_UNSPECIFIED":
+      return UserNamespace.USER_NAMESPACE_UNSPECIFIED;
+    case 1:
+    case "USER_NAMESPACE_HOST":
+      return UserNamespace.USER_NAMESPACE_HOST;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return UserNamespace.UNRECOGNIZED;
+  }
+}
+
+export function userNamespaceToJSON(object: UserNamespace): string {
+  switch (object) {
+    case UserNamespace.USER_NAMESPACE_UNSPECIFIED:
+      return "USER_NAMESPACE_UNSPECIFIED";
+    case UserNamespace.USER_NAMESPACE_HOST:
+      return "USER_NAMESPACE_HOST";
+    case UserNamespace.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Whether a trigger may, must or must not carry a payload. */
 export enum PayloadRequirement {
   /** PAYLOAD_REQUIREMENT_UNSPECIFIED - Forbidden. */
@@ -829,6 +865,12 @@ export interface JobSpec {
   privileged: boolean;
   /** Capabilities added to the default set, CAP_NET_ADMIN say (only those the agent allows). */
   capabilities: string[];
+  /**
+   * Whose user ids the container runs with: a user namespace of its own when unspecified
+   * (container root is an unprivileged host id), or the host's (only when the agent allows
+   * it). A privileged job always runs in the host's.
+   */
+  userNamespace: UserNamespace;
 }
 
 export interface JobSpec_EnvEntry {
@@ -2052,6 +2094,7 @@ function createBaseJobSpec(): JobSpec {
     dispatchPolicy: undefined,
     privileged: false,
     capabilities: [],
+    userNamespace: 0,
   };
 }
 
@@ -2122,6 +2165,9 @@ export const JobSpec: MessageFns<JobSpec> = {
     }
     for (const v of message.capabilities) {
       writer.uint32(178).string(v!);
+    }
+    if (message.userNamespace !== 0) {
+      writer.uint32(184).int32(message.userNamespace);
     }
     return writer;
   },
@@ -2321,6 +2367,14 @@ export const JobSpec: MessageFns<JobSpec> = {
             message.capabilities.push(reader.string());
             continue;
           }
+          case 23: {
+            if (tag !== 184) {
+              break;
+            }
+
+            message.userNamespace = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2419,6 +2473,11 @@ export const JobSpec: MessageFns<JobSpec> = {
       capabilities: globalThis.Array.isArray(object?.capabilities)
         ? object.capabilities.map((e: any) => globalThis.String(e))
         : [],
+      userNamespace: isSet(object.userNamespace)
+        ? userNamespaceFromJSON(object.userNamespace)
+        : isSet(object.user_namespace)
+        ? userNamespaceFromJSON(object.user_namespace)
+        : 0,
     };
   },
 
@@ -2502,6 +2561,9 @@ export const JobSpec: MessageFns<JobSpec> = {
     if (message.capabilities?.length) {
       obj.capabilities = message.capabilities;
     }
+    if (message.userNamespace !== 0) {
+      obj.userNamespace = userNamespaceToJSON(message.userNamespace);
+    }
     return obj;
   },
 
@@ -2564,6 +2626,7 @@ export const JobSpec: MessageFns<JobSpec> = {
       : undefined;
     message.privileged = object.privileged ?? false;
     message.capabilities = object.capabilities?.map((e) => e) || [];
+    message.userNamespace = object.userNamespace ?? 0;
     return message;
   },
 };
