@@ -29,6 +29,9 @@ def allowing(
     tmp_path_factory: pytest.TempPathFactory, registry: Registry, agent: AgentProcess
 ) -> Iterator[Allowing]:
     allowed = tmp_path_factory.mktemp("srv-in")
+    # Open to every user: jobs run in their own user namespaces, so what stops them below is
+    # the mount and the path's resolution, not the directory's owner.
+    allowed.chmod(0o1777)
     own = start_agent(
         tmp_path_factory.mktemp("binds"),
         agent.runtime,
@@ -101,8 +104,10 @@ def test_a_symlink_planted_after_the_policy_check_does_not_lead_a_bind_out(
 
 def test_a_read_only_bind_refuses_writes_and_remounts(allowing: Allowing) -> None:
     client, allowed = allowing.client, allowing.allowed
-    (allowed / "ro").mkdir()
+    (allowed / "ro").mkdir(mode=0o777)
+    (allowed / "ro").chmod(0o777)
     (allowed / "ro" / "settings").write_text("keep\n")
+    (allowed / "ro" / "settings").chmod(0o666)
     storage = (
         f"      - {{type: bind, source: {allowed}/ro, target: /in, readonly: true}}\n"
         f"      - {{type: bind, source: {allowed}/ro/settings, target: /etc/app.conf,"
@@ -153,16 +158,29 @@ def test_a_staged_bind_is_read_only_on_the_host_and_goes_with_the_container(
     assert mounts_under(staged) == []
 
 
-def test_a_writable_bind_writes_through_and_a_missing_source_is_made_beneath(
+def test_a_writable_bind_writes_through_as_the_jobs_range_and_a_missing_source_is_made(
     allowing: Allowing,
 ) -> None:
     client, allowed = allowing.client, allowing.allowed
+    (allowed / "open").mkdir()
+    (allowed / "open").chmod(0o777)
     register(
         client,
         "writer",
-        f"      - {{type: bind, source: {allowed}/made/here, target: /out}}\n",
-        "echo result > /out/file",
+        f"      - {{type: bind, source: {allowed}/open, target: /out}}\n"
+        f"      - {{type: bind, source: {allowed}/made/here, target: /made}}\n",
+        "echo result > /out/file; test -d /made && echo made; "
+        "touch /made/x 2>/dev/null && echo wrote || echo refused",
     )
-    execution, _ = run(client, "writer")
+    execution, output = run(client, "writer")
     assert execution.status == "completed", execution.message
-    assert (allowed / "made" / "here" / "file").read_text() == "result\n"
+    assert output == ["made", "refused"]
+    written = allowed / "open" / "file"
+    assert written.read_text() == "result\n"
+    # Written by the job's root, which is an unprivileged id of its range on the host.
+    assert written.stat().st_uid >= 1 << 20
+    # Made by the agent beneath the allowed directory, owned by host root: the job reaches
+    # it only as any other host user would.
+    made = (allowed / "made" / "here").stat()
+    assert made.st_uid == 0
+    assert list((allowed / "made" / "here").iterdir()) == []
