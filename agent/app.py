@@ -59,6 +59,7 @@ class Agent:
                 insecure_registries=config.insecure_registries,
                 auth_file=config.registry_auth_file,
             ),
+            limits=config.limits,
         )
         self.executor = Executor(
             self.store,

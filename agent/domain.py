@@ -114,6 +114,11 @@ class InitAction(enum.Enum):
     RUN = "init.run"
     SLEEP = "init.sleep"
 
+    @property
+    def probes_network(self) -> bool:
+        """True for the waits, which probe from the job's network namespace."""
+        return self in (InitAction.WAIT_TCP, InitAction.WAIT_HTTP)
+
 
 class StepFailure(enum.Enum):
     """What a failed init step does to the execution."""
