@@ -154,6 +154,7 @@ clients-lint: clients-build
 # The clients' own unit tests (target parsing, where a token may go, the bearer header).
 clients-unit: clients-build
 	cd $(GO_DIR) && go test ./...
+	cd $(TS_DIR) && node --test dist/test/
 	cd $(RUST_DIR) && cargo test --release --locked --lib --quiet
 
 $(EXAMPLE_IMAGE)/index.json: examples/build-busybox-image.sh

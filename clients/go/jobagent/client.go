@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"net"
 	"strings"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "jobagent/clients/go/gen/jobagent/v1"
 )
@@ -169,22 +171,132 @@ func (c *Client) TriggerAndWait(ctx context.Context, jobName string) (*pb.Execut
 	return c.Wait(ctx, execution.GetId())
 }
 
+// LogOptions choose which output a log read returns; the zero value reads all of the latest
+// attempt's output as it is now.
+type LogOptions struct {
+	// Follow keeps the read open and returns new lines until the attempt ends.
+	Follow bool
+	// TailLines starts with the last N lines (0: from the start).
+	TailLines int32
+	// Stream keeps only stdout or stderr (both when unspecified).
+	Stream pb.LogStream
+	// Since keeps only lines written at or after this time (all when zero).
+	Since time.Time
+	// Attempt is the attempt whose output to read (1 for the first); the latest when 0.
+	Attempt uint32
+}
+
+// LogBatches yields the execution's output many lines at a time (StreamLogBatches), column
+// by column, for readers of large logs; BatchLines turns a batch into LogLine values. A
+// batch whose columns disagree in length is an error. Breaking out of the loop ends the call.
+func (c *Client) LogBatches(ctx context.Context, id string, options LogOptions) iter.Seq2[*pb.StreamLogBatchesResponse, error] {
+	return func(yield func(*pb.StreamLogBatchesResponse, error) bool) {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		request := &pb.StreamLogBatchesRequest{
+			ExecutionId: id, Follow: options.Follow, TailLines: options.TailLines,
+			Stream: options.Stream, Attempt: options.Attempt,
+		}
+		if !options.Since.IsZero() {
+			request.Since = timestamppb.New(options.Since)
+		}
+		stream, err := c.stub.StreamLogBatches(ctx, request)
+		if err != nil {
+			yield(nil, err)
+			return
+		}
+		for {
+			batch, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			if err == nil {
+				err = checkBatch(batch)
+			}
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			if !yield(batch, nil) {
+				return
+			}
+		}
+	}
+}
+
+// checkBatch reports a batch whose columns do not describe the same lines.
+func checkBatch(batch *pb.StreamLogBatchesResponse) error {
+	lines := len(batch.GetMessages())
+	if len(batch.GetTimesUnixNano()) != lines || len(batch.GetStreams()) != lines {
+		return fmt.Errorf("jobagent: a log batch of %d messages has %d times and %d streams",
+			lines, len(batch.GetTimesUnixNano()), len(batch.GetStreams()))
+	}
+	for _, index := range batch.GetPartialLines() {
+		if int(index) >= lines {
+			return fmt.Errorf("jobagent: a log batch of %d messages marks line %d partial", lines, index)
+		}
+	}
+	return nil
+}
+
+// BatchLines yields the lines of a batch as LogLine values, as StreamLogs sends them:
+// partial on the fragments, truncated on the first line of a truncated batch.
+func BatchLines(batch *pb.StreamLogBatchesResponse) iter.Seq[*pb.LogLine] {
+	return func(yield func(*pb.LogLine) bool) {
+		messages := batch.GetMessages()
+		partial := make([]bool, len(messages))
+		for _, index := range batch.GetPartialLines() {
+			if int(index) < len(partial) {
+				partial[index] = true
+			}
+		}
+		times, streams := batch.GetTimesUnixNano(), batch.GetStreams()
+		for index, message := range messages {
+			line := &pb.LogLine{
+				Message:   message,
+				Partial:   partial[index],
+				Truncated: batch.GetTruncated() && index == 0,
+			}
+			if index < len(times) {
+				line.Time = timestamppb.New(time.Unix(0, times[index]))
+			}
+			if index < len(streams) {
+				line.Stream = streams[index]
+			}
+			if !yield(line) {
+				return
+			}
+		}
+	}
+}
+
+// LogLines yields the execution's output one line at a time (read in batches). Breaking out
+// of the loop ends the call.
+func (c *Client) LogLines(ctx context.Context, id string, options LogOptions) iter.Seq2[*pb.LogLine, error] {
+	return func(yield func(*pb.LogLine, error) bool) {
+		for batch, err := range c.LogBatches(ctx, id, options) {
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			for line := range BatchLines(batch) {
+				if !yield(line, nil) {
+					return
+				}
+			}
+		}
+	}
+}
+
 // Logs calls line for each output line; with follow, until the execution ends.
 func (c *Client) Logs(ctx context.Context, id string, follow bool, line func(*pb.LogLine)) error {
-	stream, err := c.stub.StreamLogs(ctx, &pb.StreamLogsRequest{ExecutionId: id, Follow: follow})
-	if err != nil {
-		return err
-	}
-	for {
-		item, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
+	for item, err := range c.LogLines(ctx, id, LogOptions{Follow: follow}) {
 		if err != nil {
 			return err
 		}
 		line(item)
 	}
+	return nil
 }
 
 // Cancel stops an execution (stop signal, grace, then SIGKILL) and returns it once final.

@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import argparse
 import os
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
-from jobagent_client import ClientError, ExecutionEvent, JobAgentClient
+from jobagent_client import ClientError, ExecutionEvent, JobAgentClient, LogLine
 
 JOB = "conformance-python"
+# Writes both streams and ends with a fragment (no newline).
+LINES_SCRIPT = "echo one; echo two >&2; echo three; echo four >&2; printf tail"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SPEC = (
     f"version: v1\ndeployment: {JOB}\nservices:\n"
     f"  {JOB}:\n    rtype: job\n    image: {{name: busybox:latest}}\n"
     "    command: {entrypoint: [/bin/echo, hello from python]}\n"
     f"  {JOB}-long:\n    rtype: job\n    image: {{name: busybox:latest}}\n"
     "    command: {entrypoint: [/bin/sleep, '300']}\n"
+    f"  {JOB}-lines:\n    rtype: job\n    image: {{name: busybox:latest}}\n"
+    f"    command: {{entrypoint: [/bin/sh, -c, '{LINES_SCRIPT}']}}\n"
 )
 
 
@@ -43,6 +48,39 @@ def expect_unauthenticated(client: JobAgentClient) -> None:
     print("unauthenticated ok: python")
 
 
+# What the scenario compares of a log line: time (microseconds), stream, text, partial,
+# truncated.
+Line = tuple[int, str, str, bool, bool]
+
+
+def _line(line: LogLine) -> Line:
+    micros = -1 if line.time is None else (line.time - EPOCH) // timedelta(microseconds=1)
+    return (micros, line.stream, line.message, line.partial, line.truncated)
+
+
+def check_log_reads(client: JobAgentClient) -> None:
+    """Reads the log of a job that writes both streams and a fragment line by line and batch
+    by batch (the lines made here from the columns): the same lines, in order."""
+    done = client.wait(client.trigger(f"{JOB}-lines").id)
+    check(done.status == "completed", "lines completed")
+    by_line = [_line(line) for line in client.logs(done.id)]
+    by_batch: list[Line] = []
+    for batch in client.log_batches(done.id):
+        for index, message in enumerate(batch.messages):
+            by_batch.append((batch.times_unix_nano[index] // 1000, batch.streams[index], message,
+                             index in batch.partial, batch.truncated and index == 0))  # fmt: skip
+    check(by_line == by_batch, f"line and batch reads differ: {by_line}, {by_batch}")
+    stdout = [line[2] for line in by_line if line[1] == "stdout"]
+    stderr = [line[2] for line in by_line if line[1] == "stderr"]
+    check(stdout == ["one", "three", "tail"] and stderr == ["two", "four"],
+          f"lines of each stream: {by_line}")  # fmt: skip
+    check(all(line[3] == (line[2] == "tail") and not line[4] for line in by_line),
+          f"partial only on the fragment: {by_line}")  # fmt: skip
+    tail = [message for batch in client.log_batches(done.id, tail_lines=2)
+            for message in batch.messages]  # fmt: skip
+    check(tail == [line[2] for line in by_line[-2:]], f"tail 2: {tail} of {by_line}")
+
+
 def main(target: str, token: str | None) -> None:
     """Runs the scenario against the agent at `target`."""
     with JobAgentClient.connect(target, token=token) as client:
@@ -51,6 +89,8 @@ def main(target: str, token: str | None) -> None:
         done = client.wait(client.trigger(JOB).id)
         check(done.status == "completed" and done.exit_code == 0, "completed")
         check([line.message for line in client.logs(done.id)] == ["hello from python"], "logs")
+
+        check_log_reads(client)
 
         long = client.trigger(f"{JOB}-long")
         for event in client.watch(long.id):

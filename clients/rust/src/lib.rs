@@ -1,8 +1,9 @@
 //! A client of the jobagent node agent.
 //!
 //! [`pb`] holds the code generated from `protos/` (messages and the tonic `JobServiceClient`);
-//! [`JobAgent`] is the thin typed layer a scheduler uses: trigger and wait, follow logs,
-//! watch the node's events with resume.
+//! [`JobAgent`] is the thin typed layer a scheduler uses: trigger and wait, follow logs
+//! (line by line with [`LogLines`], or many lines at a time with [`LogBatches`]), watch the
+//! node's events with resume.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,10 +23,13 @@ use std::error::Error;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::{InterceptedService, Interceptor};
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -188,6 +192,157 @@ impl NodeEvent {
     }
 }
 
+/// Which output a log read returns; the default reads all of the latest attempt's output as
+/// it is now.
+#[derive(Debug, Clone, Default)]
+pub struct LogOptions {
+    /// Keep the read open and return new lines until the attempt ends.
+    pub follow: bool,
+    /// Start with the last N lines (0: from the start).
+    pub tail_lines: i32,
+    /// Only stdout or stderr (both when unspecified).
+    pub stream: pb::LogStream,
+    /// Only lines written at or after this time.
+    pub since: Option<SystemTime>,
+    /// The attempt whose output to read (1 for the first); the latest when 0.
+    pub attempt: u32,
+}
+
+impl pb::StreamLogBatchesResponse {
+    /// The number of lines in the batch.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// True when the batch has no line.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// The lines as the [`pb::LogLine`] values StreamLogs sends: partial on the fragments,
+    /// truncated on the first line of a truncated batch.
+    pub fn lines(&self) -> impl Iterator<Item = pb::LogLine> + '_ {
+        let partial = self.partial_flags();
+        self.messages
+            .iter()
+            .enumerate()
+            .map(move |(index, message)| self.line(index, message.clone(), partial[index]))
+    }
+
+    /// [`lines`](Self::lines), moving the messages out of the batch.
+    pub fn into_lines(mut self) -> Vec<pb::LogLine> {
+        let partial = self.partial_flags();
+        std::mem::take(&mut self.messages)
+            .into_iter()
+            .enumerate()
+            .map(|(index, message)| self.line(index, message, partial[index]))
+            .collect()
+    }
+
+    /// For each line, whether it is a fragment.
+    fn partial_flags(&self) -> Vec<bool> {
+        let mut partial = vec![false; self.messages.len()];
+        for &index in &self.partial_lines {
+            if let Some(flag) = partial.get_mut(index as usize) {
+                *flag = true;
+            }
+        }
+        partial
+    }
+
+    /// The line at `index`, whose text is `message`.
+    fn line(&self, index: usize, message: String, partial: bool) -> pb::LogLine {
+        const NANOS: i64 = 1_000_000_000;
+        let time = self
+            .times_unix_nano
+            .get(index)
+            .map(|nanos| prost_types::Timestamp {
+                seconds: nanos.div_euclid(NANOS),
+                nanos: nanos.rem_euclid(NANOS) as i32,
+            });
+        pb::LogLine {
+            time,
+            stream: self.streams.get(index).copied().unwrap_or_default(),
+            message,
+            partial,
+            truncated: self.truncated && index == 0,
+        }
+    }
+
+    /// The batch itself, or an error when its columns do not describe the same lines.
+    fn checked(self) -> Result<Self, Status> {
+        let lines = self.messages.len();
+        if self.times_unix_nano.len() != lines || self.streams.len() != lines {
+            return Err(Status::internal(format!(
+                "a log batch of {lines} messages has {} times and {} streams",
+                self.times_unix_nano.len(),
+                self.streams.len()
+            )));
+        }
+        if let Some(index) = self.partial_lines.iter().find(|&&i| i as usize >= lines) {
+            return Err(Status::internal(format!(
+                "a log batch of {lines} messages marks line {index} partial"
+            )));
+        }
+        Ok(self)
+    }
+}
+
+/// An execution's output, many lines at a time (StreamLogBatches), column by column: for
+/// readers of large logs. A [`Stream`] of batches; a batch whose columns disagree in length
+/// is an error. Dropping it ends the call.
+pub struct LogBatches {
+    inner: Streaming<pb::StreamLogBatchesResponse>,
+}
+
+impl LogBatches {
+    /// The next batch; `None` at the end of the output.
+    pub async fn message(&mut self) -> Result<Option<pb::StreamLogBatchesResponse>, Status> {
+        self.next().await.transpose()
+    }
+}
+
+impl Stream for LogBatches {
+    type Item = Result<pb::StreamLogBatchesResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.inner)
+            .poll_next(cx)
+            .map(|item| item.map(|batch| batch.and_then(pb::StreamLogBatchesResponse::checked)))
+    }
+}
+
+/// An execution's output one line at a time (read in batches): a [`Stream`] of
+/// [`pb::LogLine`]. Dropping it ends the call.
+pub struct LogLines {
+    batches: LogBatches,
+    pending: std::vec::IntoIter<pb::LogLine>,
+}
+
+impl LogLines {
+    /// The next line; `None` at the end of the output.
+    pub async fn message(&mut self) -> Result<Option<pb::LogLine>, Status> {
+        self.next().await.transpose()
+    }
+}
+
+impl Stream for LogLines {
+    type Item = Result<pb::LogLine, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(line) = self.pending.next() {
+                return Poll::Ready(Some(Ok(line)));
+            }
+            match ready!(Pin::new(&mut self.batches).poll_next(cx)) {
+                Some(Ok(batch)) => self.pending = batch.into_lines().into_iter(),
+                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
 /// True for the statuses an execution never leaves.
 pub fn is_terminal(status: i32) -> bool {
     [
@@ -295,18 +450,39 @@ impl JobAgent {
         self.wait(&execution.id).await
     }
 
-    /// The execution's output as it comes; with `follow`, until the execution ends.
-    pub async fn follow_logs(
+    /// The execution's output, many lines at a time (see [`LogBatches`]).
+    pub async fn log_batches(
         &mut self,
         id: &str,
-        follow: bool,
-    ) -> Result<Streaming<pb::LogLine>, Status> {
-        let request = pb::StreamLogsRequest {
+        options: &LogOptions,
+    ) -> Result<LogBatches, Status> {
+        let request = pb::StreamLogBatchesRequest {
             execution_id: id.to_string(),
+            follow: options.follow,
+            tail_lines: options.tail_lines,
+            stream: options.stream as i32,
+            since: options.since.map(prost_types::Timestamp::from),
+            attempt: options.attempt,
+        };
+        let inner = self.inner.stream_log_batches(request).await?.into_inner();
+        Ok(LogBatches { inner })
+    }
+
+    /// The execution's output one line at a time (see [`LogLines`]).
+    pub async fn log_lines(&mut self, id: &str, options: &LogOptions) -> Result<LogLines, Status> {
+        Ok(LogLines {
+            batches: self.log_batches(id, options).await?,
+            pending: Vec::new().into_iter(),
+        })
+    }
+
+    /// The execution's output lines as they come; with `follow`, until the execution ends.
+    pub async fn follow_logs(&mut self, id: &str, follow: bool) -> Result<LogLines, Status> {
+        let options = LogOptions {
             follow,
             ..Default::default()
         };
-        Ok(self.inner.stream_logs(request).await?.into_inner())
+        self.log_lines(id, &options).await
     }
 
     /// The execution's output lines (all of them, once it ended, with `follow`).
@@ -434,6 +610,67 @@ mod tests {
         };
         let refused = JobAgent::connect_with("agent.example:50051", options).await;
         assert!(matches!(refused, Err(ConnectError::TokenInPlainText(_))));
+    }
+
+    /// 2026-12-07T07:00:00.123456789Z: more digits than a double holds.
+    const MOMENT: i64 = 1_796_626_800_123_456_789;
+
+    fn batch() -> pb::StreamLogBatchesResponse {
+        let (stdout, stderr) = (pb::LogStream::Stdout as i32, pb::LogStream::Stderr as i32);
+        pb::StreamLogBatchesResponse {
+            messages: vec!["one".into(), "two".into(), "half".into()],
+            times_unix_nano: vec![MOMENT, MOMENT + 1, -1],
+            streams: vec![stdout, stderr, stdout],
+            partial_lines: vec![2],
+            truncated: true,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_the_log_lines_column_by_column() {
+        let (stdout, stderr) = (pb::LogStream::Stdout as i32, pb::LogStream::Stderr as i32);
+        let time = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+        let want = vec![
+            pb::LogLine {
+                time: time(1_796_626_800, 123_456_789),
+                stream: stdout,
+                message: "one".into(),
+                partial: false,
+                truncated: true,
+            },
+            pb::LogLine {
+                time: time(1_796_626_800, 123_456_790),
+                stream: stderr,
+                message: "two".into(),
+                partial: false,
+                truncated: false,
+            },
+            pb::LogLine {
+                time: time(-1, 999_999_999),
+                stream: stdout,
+                message: "half".into(),
+                partial: true,
+                truncated: false,
+            },
+        ];
+        assert_eq!(batch().lines().collect::<Vec<_>>(), want);
+        assert_eq!(batch().into_lines(), want);
+        assert_eq!(batch().len(), 3);
+        assert!(pb::StreamLogBatchesResponse::default().is_empty());
+    }
+
+    #[test]
+    fn a_batch_whose_columns_disagree_is_an_error() {
+        assert!(batch().checked().is_ok());
+        let mut short = batch();
+        short.streams.pop();
+        let mut beyond = batch();
+        beyond.partial_lines.push(3);
+        for bad in [short, beyond] {
+            let status = bad.checked().expect_err("a bad batch");
+            assert_eq!(status.code(), Code::Internal);
+            assert!(status.message().contains("log batch"), "{status}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ import { parseArgs } from "node:util";
 import { ServiceError, status } from "@grpc/grpc-js";
 
 import { JobAgent, isTerminal } from "../src/index";
-import { ExecutionStatus } from "../src/gen/jobagent/v1/jobs";
+import { ExecutionStatus, LogStream } from "../src/gen/jobagent/v1/jobs";
 
 const job = "conformance-typescript";
 
@@ -21,6 +21,50 @@ function check(condition: boolean, what: string): void {
   if (!condition) {
     throw new Error(`conformance failed: ${what}`);
   }
+}
+
+/** Writes both streams and ends with a fragment (no newline). */
+const linesScript = "echo one; echo two >&2; echo three; echo four >&2; printf tail";
+
+/** What the scenario compares of a log line: time (ms), stream, text, partial, truncated. */
+type Line = [number, LogStream, string, boolean, boolean];
+
+function messages(lines: Line[], stream?: LogStream): string[] {
+  return lines.filter((line) => stream === undefined || line[1] === stream).map((line) => line[2]);
+}
+
+/**
+ * Reads the log of a job that writes both streams and a fragment line by line and batch by
+ * batch (the lines made here from the columns): the same lines, in order.
+ */
+async function checkLogReads(agent: JobAgent): Promise<void> {
+  const done = await agent.triggerAndWait(`${job}-lines`);
+  check(done.status === ExecutionStatus.EXECUTION_STATUS_COMPLETED, "lines completed");
+  const byLine: Line[] = [];
+  for await (const line of agent.logs(done.id)) {
+    byLine.push([line.time?.getTime() ?? NaN, line.stream, line.message, line.partial, line.truncated]);
+  }
+  const byBatch: Line[] = [];
+  for await (const batch of agent.logBatches(done.id)) {
+    batch.messages.forEach((message, index) => {
+      const millis = Number(BigInt(batch.timesUnixNano[index]) / 1_000_000n);
+      byBatch.push([millis, batch.streams[index], message, batch.partialLines.includes(index),
+                    batch.truncated && index === 0]);
+    });
+  }
+  check(JSON.stringify(byLine) === JSON.stringify(byBatch),
+        `line and batch reads differ: ${JSON.stringify(byLine)}, ${JSON.stringify(byBatch)}`);
+  check(messages(byLine, LogStream.LOG_STREAM_STDOUT).join() === "one,three,tail" &&
+        messages(byLine, LogStream.LOG_STREAM_STDERR).join() === "two,four",
+        `lines of each stream: ${JSON.stringify(byLine)}`);
+  check(byLine.every(([, , message, partial, truncated]) => partial === (message === "tail") && !truncated),
+        `partial only on the fragment: ${JSON.stringify(byLine)}`);
+  const tail: string[] = [];
+  for await (const batch of agent.logBatches(done.id, { tailLines: 2 })) {
+    tail.push(...batch.messages);
+  }
+  const all = messages(byLine);
+  check(tail.join() === all.slice(-2).join(), `tail 2: ${tail} of ${all}`);
 }
 
 async function main(target: string, expectUnauthenticated: boolean): Promise<void> {
@@ -37,7 +81,9 @@ async function main(target: string, expectUnauthenticated: boolean): Promise<voi
       `  ${job}:\n    rtype: job\n    image: {name: busybox:latest}\n` +
       `    command: {entrypoint: [/bin/echo, hello from typescript]}\n` +
       `  ${job}-long:\n    rtype: job\n    image: {name: busybox:latest}\n` +
-      `    command: {entrypoint: [/bin/sleep, '300']}\n`,
+      `    command: {entrypoint: [/bin/sleep, '300']}\n` +
+      `  ${job}-lines:\n    rtype: job\n    image: {name: busybox:latest}\n` +
+      `    command: {entrypoint: [/bin/sh, -c, ${JSON.stringify(linesScript)}]}\n`,
       true,
     );
 
@@ -49,6 +95,8 @@ async function main(target: string, expectUnauthenticated: boolean): Promise<voi
       lines.push(line.message);
     }
     check(lines.join("\n") === "hello from typescript", "logs");
+
+    await checkLogReads(agent);
 
     // Cancel a long job once it runs.
     const long = await agent.trigger(`${job}-long`);

@@ -21,13 +21,14 @@ import {
   JobServiceClient,
   RegisterJobRequest,
   RegisterJobResponse,
-  StreamLogsRequest,
+  StreamLogBatchesRequest,
+  StreamLogBatchesResponse,
   TriggerJobRequest,
   WatchEventsRequest,
   WatchEventsResponse,
   WatchExecutionRequest,
 } from "./gen/jobagent/v1/job_service";
-import { Execution, ExecutionEvent, ExecutionStatus, Job, JobEvent, LogLine } from "./gen/jobagent/v1/jobs";
+import { Execution, ExecutionEvent, ExecutionStatus, Job, JobEvent, LogLine, LogStream } from "./gen/jobagent/v1/jobs";
 
 export * as pb from "./gen/jobagent/v1/jobs";
 export * as service from "./gen/jobagent/v1/job_service";
@@ -78,6 +79,56 @@ export function isLocalTarget(target: string): boolean {
 export type NodeEvent =
   | { sequence: number; execution: ExecutionEvent; job?: undefined }
   | { sequence: number; job: JobEvent; execution?: undefined };
+
+/** Which output a log read returns; by default all of the latest attempt's output as it is now. */
+export interface LogOptions {
+  /** Keep the read open and return new lines until the attempt ends. */
+  follow?: boolean;
+  /** Start with the last N lines (0: from the start). */
+  tailLines?: number;
+  /** Only stdout or stderr (both when unspecified). */
+  stream?: LogStream;
+  /** Only lines written at or after this time. */
+  since?: Date;
+  /** The attempt whose output to read (1 for the first); the latest when 0. */
+  attempt?: number;
+}
+
+/** Throws when a batch's columns do not describe the same lines. */
+function checkBatch(batch: StreamLogBatchesResponse): void {
+  const lines = batch.messages.length;
+  if (batch.timesUnixNano.length !== lines || batch.streams.length !== lines) {
+    throw new Error(`a log batch of ${lines} messages has ${batch.timesUnixNano.length} times and ${batch.streams.length} streams`);
+  }
+  const beyond = batch.partialLines.find((index) => index >= lines);
+  if (beyond !== undefined) {
+    throw new Error(`a log batch of ${lines} messages marks line ${beyond} partial`);
+  }
+}
+
+/** A time in nanoseconds since the Unix epoch (a decimal string) as a Date (whole milliseconds). */
+export function dateOfUnixNano(nanoseconds: string): Date {
+  const value = BigInt(nanoseconds);
+  const millis = value / 1_000_000n - (value % 1_000_000n < 0n ? 1n : 0n);
+  return new Date(Number(millis));
+}
+
+/**
+ * The lines of a batch as the LogLine values StreamLogs sends: partial on the fragments,
+ * truncated on the first line of a truncated batch.
+ */
+export function* batchLines(batch: StreamLogBatchesResponse): Generator<LogLine> {
+  const partial = new Set(batch.partialLines);
+  for (let index = 0; index < batch.messages.length; index++) {
+    yield {
+      time: dateOfUnixNano(batch.timesUnixNano[index]),
+      stream: batch.streams[index],
+      message: batch.messages[index],
+      partial: partial.has(index),
+      truncated: batch.truncated && index === 0,
+    };
+  }
+}
 
 /** True for the statuses an execution never leaves. */
 export function isTerminal(value: ExecutionStatus): boolean {
@@ -167,10 +218,37 @@ export class JobAgent {
     return this.wait((await this.trigger(jobName)).id);
   }
 
-  /** The execution's output lines; with `follow`, as they come until it ends. */
-  async *logs(executionId: string, follow = false): AsyncGenerator<LogLine> {
-    const stream = this.stub.streamLogs(StreamLogsRequest.fromPartial({ executionId, follow }));
-    yield* stream as AsyncIterable<LogLine>;
+  /**
+   * The execution's output, many lines at a time (StreamLogBatches), column by column: for
+   * readers of large logs (`batchLines` makes LogLine values of a batch). A batch whose
+   * columns disagree in length throws. Leaving the loop ends the call.
+   */
+  async *logBatches(executionId: string, options: LogOptions = {}): AsyncGenerator<StreamLogBatchesResponse> {
+    const stream = this.stub.streamLogBatches(StreamLogBatchesRequest.fromPartial({
+      executionId,
+      follow: options.follow ?? false,
+      tailLines: options.tailLines ?? 0,
+      stream: options.stream ?? LogStream.LOG_STREAM_UNSPECIFIED,
+      since: options.since,
+      attempt: options.attempt ?? 0,
+    }));
+    try {
+      for await (const batch of stream as AsyncIterable<StreamLogBatchesResponse>) {
+        checkBatch(batch);
+        yield batch;
+      }
+    } finally {
+      stream.cancel();
+    }
+  }
+
+  /** The execution's output lines (read in batches); with `follow`, as they come until it ends. */
+  logs(executionId: string, follow?: boolean): AsyncGenerator<LogLine>;
+  logs(executionId: string, options: LogOptions): AsyncGenerator<LogLine>;
+  async *logs(executionId: string, options: boolean | LogOptions = false): AsyncGenerator<LogLine> {
+    for await (const batch of this.logBatches(executionId, typeof options === "boolean" ? { follow: options } : options)) {
+      yield* batchLines(batch);
+    }
   }
 
   /** Stops an execution (stop signal, grace, then SIGKILL) and returns it once final. */

@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -46,6 +47,63 @@ func must[T any](value T, err error) T {
 	return value
 }
 
+// linesScript writes both streams and ends with a fragment (no newline).
+const linesScript = "echo one; echo two >&2; echo three; echo four >&2; printf tail"
+
+// line is what the scenario compares of a log line.
+type line struct {
+	nanos              int64
+	stream             pb.LogStream
+	message            string
+	partial, truncated bool
+}
+
+func messages(lines []line, stream pb.LogStream) []string {
+	var out []string
+	for _, l := range lines {
+		if stream == pb.LogStream_LOG_STREAM_UNSPECIFIED || l.stream == stream {
+			out = append(out, l.message)
+		}
+	}
+	return out
+}
+
+// checkLogReads reads the log of a job that writes both streams and a fragment line by line
+// and batch by batch (the lines made here from the columns): the same lines, in order.
+func checkLogReads(ctx context.Context, client *jobagent.Client) {
+	done := must(client.TriggerAndWait(ctx, job+"-lines"))
+	check(done.GetStatus() == pb.ExecutionStatus_EXECUTION_STATUS_COMPLETED, "lines completed")
+	var byLine, byBatch []line
+	fail(client.Logs(ctx, done.GetId(), false, func(l *pb.LogLine) {
+		byLine = append(byLine, line{l.GetTime().AsTime().UnixNano(), l.GetStream(), l.GetMessage(), l.GetPartial(), l.GetTruncated()})
+	}))
+	for batch, err := range client.LogBatches(ctx, done.GetId(), jobagent.LogOptions{}) {
+		fail(err)
+		partial := map[int]bool{}
+		for _, index := range batch.GetPartialLines() {
+			partial[int(index)] = true
+		}
+		for index, message := range batch.GetMessages() {
+			byBatch = append(byBatch, line{batch.GetTimesUnixNano()[index], batch.GetStreams()[index], message,
+				partial[index], batch.GetTruncated() && index == 0})
+		}
+	}
+	check(slices.Equal(byLine, byBatch), fmt.Sprintf("line and batch reads differ: %v, %v", byLine, byBatch))
+	check(slices.Equal(messages(byLine, pb.LogStream_LOG_STREAM_STDOUT), []string{"one", "three", "tail"}) &&
+		slices.Equal(messages(byLine, pb.LogStream_LOG_STREAM_STDERR), []string{"two", "four"}),
+		fmt.Sprintf("lines of each stream: %v", byLine))
+	for _, l := range byLine {
+		check(l.partial == (l.message == "tail") && !l.truncated, fmt.Sprintf("partial only on the fragment: %v", byLine))
+	}
+	var tail []string
+	for batch, err := range client.LogBatches(ctx, done.GetId(), jobagent.LogOptions{TailLines: 2}) {
+		fail(err)
+		tail = append(tail, batch.GetMessages()...)
+	}
+	all := messages(byLine, pb.LogStream_LOG_STREAM_UNSPECIFIED)
+	check(slices.Equal(tail, all[len(all)-2:]), fmt.Sprintf("tail 2: %v of %v", tail, all))
+}
+
 func main() {
 	expectUnauthenticated := flag.Bool("expect-unauthenticated", false,
 		"only check that the first call is refused with UNAUTHENTICATED")
@@ -70,7 +128,9 @@ func main() {
 		"  %[1]s:\n    rtype: job\n    image: {name: busybox:latest}\n"+
 		"    command: {entrypoint: [/bin/echo, hello from go]}\n"+
 		"  %[1]s-long:\n    rtype: job\n    image: {name: busybox:latest}\n"+
-		"    command: {entrypoint: [/bin/sleep, '300']}\n", job)
+		"    command: {entrypoint: [/bin/sleep, '300']}\n"+
+		"  %[1]s-lines:\n    rtype: job\n    image: {name: busybox:latest}\n"+
+		"    command: {entrypoint: [/bin/sh, -c, %[2]q]}\n", job, linesScript)
 	must(client.Register(ctx, spec, true))
 
 	// Trigger, watch to the end, read the logs.
@@ -79,6 +139,8 @@ func main() {
 	var lines []string
 	fail(client.Logs(ctx, done.GetId(), false, func(line *pb.LogLine) { lines = append(lines, line.GetMessage()) }))
 	check(strings.Join(lines, "\n") == "hello from go", "logs")
+
+	checkLogReads(ctx, client)
 
 	// Cancel a long job once it runs.
 	long := must(client.Trigger(ctx, job+"-long"))

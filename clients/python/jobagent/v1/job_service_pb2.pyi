@@ -522,7 +522,9 @@ class StreamLogBatchesResponse(_message.Message):
 
     @_builtins.property
     def times_unix_nano(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """When the monitor read each line, in nanoseconds since the Unix epoch."""
+        """When the monitor read each line, in nanoseconds since the Unix epoch. JavaScript gets
+        decimal strings: these values do not fit a double exactly.
+        """
 
     @_builtins.property
     def streams(self) -> _containers.RepeatedScalarFieldContainer[_jobs_pb2.LogStream.ValueType]:

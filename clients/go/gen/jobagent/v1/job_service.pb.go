@@ -1030,7 +1030,8 @@ type StreamLogBatchesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Each line's text without its newline (invalid UTF-8 is replaced).
 	Messages []string `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
-	// When the monitor read each line, in nanoseconds since the Unix epoch.
+	// When the monitor read each line, in nanoseconds since the Unix epoch. JavaScript gets
+	// decimal strings: these values do not fit a double exactly.
 	TimesUnixNano []int64 `protobuf:"varint,2,rep,packed,name=times_unix_nano,json=timesUnixNano,proto3" json:"times_unix_nano,omitempty"`
 	// Each line's stream.
 	Streams []LogStream `protobuf:"varint,3,rep,packed,name=streams,proto3,enum=jobagent.v1.LogStream" json:"streams,omitempty"`
@@ -1805,10 +1806,10 @@ const file_jobagent_v1_job_service_proto_rawDesc = "" +
 	"tail_lines\x18\x03 \x01(\x05R\ttailLines\x12.\n" +
 	"\x06stream\x18\x04 \x01(\x0e2\x16.jobagent.v1.LogStreamR\x06stream\x120\n" +
 	"\x05since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
-	"\aattempt\x18\x06 \x01(\rR\aattempt\"\xd3\x01\n" +
+	"\aattempt\x18\x06 \x01(\rR\aattempt\"\xd7\x01\n" +
 	"\x18StreamLogBatchesResponse\x12\x1a\n" +
-	"\bmessages\x18\x01 \x03(\tR\bmessages\x12&\n" +
-	"\x0ftimes_unix_nano\x18\x02 \x03(\x03R\rtimesUnixNano\x120\n" +
+	"\bmessages\x18\x01 \x03(\tR\bmessages\x12*\n" +
+	"\x0ftimes_unix_nano\x18\x02 \x03(\x03B\x020\x01R\rtimesUnixNano\x120\n" +
 	"\astreams\x18\x03 \x03(\x0e2\x16.jobagent.v1.LogStreamR\astreams\x12#\n" +
 	"\rpartial_lines\x18\x04 \x03(\rR\fpartialLines\x12\x1c\n" +
 	"\ttruncated\x18\x05 \x01(\bR\ttruncated\"\x82\x01\n" +

@@ -241,8 +241,11 @@ export interface StreamLogBatchesRequest {
 export interface StreamLogBatchesResponse {
   /** Each line's text without its newline (invalid UTF-8 is replaced). */
   messages: string[];
-  /** When the monitor read each line, in nanoseconds since the Unix epoch. */
-  timesUnixNano: number[];
+  /**
+   * When the monitor read each line, in nanoseconds since the Unix epoch. JavaScript gets
+   * decimal strings: these values do not fit a double exactly.
+   */
+  timesUnixNano: string[];
   /** Each line's stream. */
   streams: LogStream[];
   /**
@@ -2037,12 +2040,8 @@ export const StreamLogBatchesResponse: MessageFns<StreamLogBatchesResponse> = {
     for (const v of message.messages) {
       writer.uint32(10).string(v!);
     }
-    if (message.timesUnixNano.length !== 0) {
-      writer.uint32(18).fork();
-      for (const v of message.timesUnixNano) {
-        writer.int64(v);
-      }
-      writer.join();
+    for (const v of message.timesUnixNano) {
+      writer.uint32(16).int64(v!);
     }
     if (message.streams.length !== 0) {
       writer.uint32(26).fork();
@@ -2087,7 +2086,7 @@ export const StreamLogBatchesResponse: MessageFns<StreamLogBatchesResponse> = {
           }
           case 2: {
             if (tag === 16) {
-              message.timesUnixNano.push(longToNumber(reader.int64()));
+              message.timesUnixNano.push(reader.int64().toString());
 
               continue;
             }
@@ -2095,7 +2094,7 @@ export const StreamLogBatchesResponse: MessageFns<StreamLogBatchesResponse> = {
             if (tag === 18) {
               const end2 = reader.uint32() + reader.pos;
               while (reader.pos < end2) {
-                message.timesUnixNano.push(longToNumber(reader.int64()));
+                message.timesUnixNano.push(reader.int64().toString());
               }
 
               continue;
@@ -2163,9 +2162,9 @@ export const StreamLogBatchesResponse: MessageFns<StreamLogBatchesResponse> = {
     return {
       messages: globalThis.Array.isArray(object?.messages) ? object.messages.map((e: any) => globalThis.String(e)) : [],
       timesUnixNano: globalThis.Array.isArray(object?.timesUnixNano)
-        ? object.timesUnixNano.map((e: any) => globalThis.Number(e))
+        ? object.timesUnixNano.map((e: any) => globalThis.String(e))
         : globalThis.Array.isArray(object?.times_unix_nano)
-        ? object.times_unix_nano.map((e: any) => globalThis.Number(e))
+        ? object.times_unix_nano.map((e: any) => globalThis.String(e))
         : [],
       streams: globalThis.Array.isArray(object?.streams) ? object.streams.map((e: any) => logStreamFromJSON(e)) : [],
       partialLines: globalThis.Array.isArray(object?.partialLines)
@@ -2183,7 +2182,7 @@ export const StreamLogBatchesResponse: MessageFns<StreamLogBatchesResponse> = {
       obj.messages = message.messages;
     }
     if (message.timesUnixNano?.length) {
-      obj.timesUnixNano = message.timesUnixNano.map((e) => Math.round(e));
+      obj.timesUnixNano = message.timesUnixNano.map((e) => globalThis.String(e));
     }
     if (message.streams?.length) {
       obj.streams = message.streams.map((e) => logStreamToJSON(e));
