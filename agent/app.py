@@ -18,6 +18,7 @@ from agent.api.auth import TokenTable
 from agent.api.server import AgentServer
 from agent.api.service import NodeFacts
 from agent.config import AgentConfig, is_loopback
+from agent.diskspace import DiskSpace
 from agent.exclusive import DataDirLock
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
@@ -68,6 +69,7 @@ class Agent:
             max_log_bytes=config.max_log_bytes,
             retention=config.retention,
             host_policy=config.host_policy,
+            disk=DiskSpace(config.data_dir, config.min_free_bytes),
         )
         self.scheduler = CronScheduler(self.executor, self.store)
         self.metrics = Metrics()

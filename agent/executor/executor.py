@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent.diskspace import DiskSpace, format_bytes, usage
 from agent.dispatch import check_dispatch, fingerprint
 from agent.domain import (
     ACTIVE_STATUSES,
@@ -71,6 +72,9 @@ log = logging.getLogger(__name__)
 NODE_WATCH_CAPACITY = 10_000
 WATCH_PAGE = 1000
 STOPPING = "the agent is stopping"
+DISK_CHECK_SECONDS = 1.0
+# A running execution that takes less of a full disk than this is never stopped for it.
+EVICT_MIN_BYTES = 1024**2
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,10 @@ class Executor:
         max_log_bytes: int = 1024**2,
         retention: RetentionPolicy | None = None,
         host_policy: HostPolicy | None = None,
+        disk: DiskSpace | None = None,
     ) -> None:
+        """`disk` (the data directory's free space) refuses triggers while it is low and
+        stops the biggest writer when it is full; None leaves the disk unwatched."""
         self._store = store
         self._runtime = runtime
         self._log_dir = log_dir
@@ -107,7 +114,8 @@ class Executor:
         self.host_policy = host_policy or HostPolicy()
         self._max_log_bytes = max_log_bytes
         self._bus = EventBus()
-        self._recorder = Recorder(store, self._bus)
+        self._disk = disk
+        self._recorder = Recorder(store, self._bus, disk.release_reserve if disk else None)
         self._runs: dict[str, ExecutionRun] = {}
         self._closing = False
         self._node_limit = node_limit
@@ -115,6 +123,7 @@ class Executor:
         self._waiting: dict[str, tuple[Execution, JobSpec, Dispatch]] = {}
         self.retention = Retention(store, log_dir, retention or RetentionPolicy())
         self._pruner: asyncio.Task[None] | None = None
+        self._disk_watch: asyncio.Task[None] | None = None
 
     # Jobs
 
@@ -246,6 +255,8 @@ class Executor:
                     raise InvalidSpec("request_id", "was already used for another request "
                                       "(another job or other parameters)")  # fmt: skip
                 return self.get_execution(seen[0])
+        if self._disk is not None:
+            self._disk.check()
         job = self._store.get_job(job_name)
         check_dispatch(job.spec.dispatch, request.dispatch)
         refusal = self._policy_refusal(job.spec)
@@ -313,7 +324,7 @@ class Executor:
     ) -> Execution:
         """Stops an active execution and returns it once it is terminal; the grace period
         and stop signal of the request win over the job's."""
-        execution = self._store.get_execution(execution_id)
+        execution = self._recorder.latest(self._store.get_execution(execution_id))
         if execution.status.terminal:
             raise FailedPrecondition(
                 f"execution {execution_id} already finished ({execution.status.value})"
@@ -327,7 +338,7 @@ class Executor:
         if run is not None and run.task is not None:
             await run.cancel(grace_seconds, signal)
             await asyncio.wait([run.task])
-        execution = self._store.get_execution(execution_id)
+        execution = self._recorder.latest(self._store.get_execution(execution_id))
         if not execution.status.terminal:
             # The task was cancelled before its first step, so it could record nothing.
             await self._runtime.remove(execution.container_id)
@@ -489,6 +500,9 @@ class Executor:
             await self._recover(execution)
         self._admit()
         self._pruner = asyncio.create_task(self._maintain_forever())
+        if self._disk is not None:
+            await asyncio.to_thread(self._disk.make_reserve)
+            self._disk_watch = asyncio.create_task(self._watch_disk_forever(self._disk))
 
     def begin_stop(self) -> None:
         """Refuses new triggers (UNAVAILABLE) and ends every watch and followed log with
@@ -499,8 +513,9 @@ class Executor:
     async def close(self) -> None:
         """Stops accepting triggers and lets go of running containers (they keep running)."""
         self.begin_stop()
-        if self._pruner is not None:
-            self._pruner.cancel()
+        for task in (self._pruner, self._disk_watch):
+            if task is not None:
+                task.cancel()
         tasks = [run.task for run in self._runs.values() if run.task is not None]
         for run in self._runs.values():
             # A run that only removes its finished container is let finish (it is quick);
@@ -535,7 +550,48 @@ class Executor:
                     log.warning("image budget: %s", error)
             await asyncio.sleep(policy.interval_seconds)
 
+    async def _watch_disk_forever(self, disk: DiskSpace) -> None:
+        """Every second: when the disk is full, releases the reserve and stops the biggest
+        writer; once there is room again, makes the reserve again; writes kept ends."""
+        while True:
+            try:
+                if disk.full():
+                    disk.release_reserve()
+                    await self._evict_biggest(disk)
+                elif not disk.low():
+                    await asyncio.to_thread(disk.make_reserve)
+                if self._recorder.unwritten:
+                    self._recorder.flush()
+            except Exception:
+                log.exception("watching the data directory's free space failed")
+            await asyncio.sleep(DISK_CHECK_SECONDS)
+
+    async def _evict_biggest(self, disk: DiskSpace) -> None:
+        """Stops the running execution that takes the most of the data disk (its log,
+        writable layer and anonymous volumes), as a kubelet evicts under disk pressure."""
+        runs = [run for run in self._runs.values() if run.running and not run.evicted]
+        if not runs:
+            return
+
+        def measure(run: ExecutionRun) -> int:
+            execution = run.execution
+            return usage(self._log_dir / execution.id) + self._runtime.disk_usage(
+                execution.container_id
+            )
+
+        sizes = await asyncio.to_thread(lambda: [measure(run) for run in runs])
+        size, run = max(zip(sizes, runs, strict=True), key=lambda pair: pair[0])
+        if size < EVICT_MIN_BYTES:
+            return
+        why = (
+            f"stopped by the agent: {disk.describe()}; this execution took the most of it "
+            f"({format_bytes(size)})"
+        )
+        log.warning("%s", why, extra={"execution_id": run.execution.id})
+        await run.evict(why)
+
     def _with_position(self, execution: Execution) -> Execution:
+        execution = self._recorder.latest(execution)
         if execution.status is not Status.PENDING:
             return execution
         return replace(execution, queue_position=self._admission.position(execution.id))
@@ -591,7 +647,7 @@ class Executor:
         return ExecutionRun(execution, spec, self._runtime, self._recorder, self._log_dir,
                             self._stop_grace, lambda: self._closing,
                             self._log_cap(spec), dispatch,
-                            lambda: self._release(execution.id))  # fmt: skip
+                            lambda: self._release(execution.id), self._disk)  # fmt: skip
 
     def _log_cap(self, spec: JobSpec | None) -> int:
         """The job's log size cap, else the agent's."""
@@ -630,7 +686,7 @@ class Executor:
 
     def _fail_unfinished(self, execution_id: str, error: BaseException) -> None:
         """An execution whose run died of an agent error still gets a terminal state."""
-        execution = self._store.get_execution(execution_id)
+        execution = self._recorder.latest(self._store.get_execution(execution_id))
         if not execution.status.terminal:
             self._recorder.transition(
                 execution, Status.FAILED, failure_reason=FailureReason.AGENT_ERROR,
@@ -655,11 +711,14 @@ class Executor:
             del self._runs[execution_id]
         assert run.task is not None
         error = None if run.task.cancelled() else run.task.exception()
-        if error is not None:
-            log.error("execution %s: %s", execution_id, error, exc_info=error,
-                      extra={"execution_id": execution_id})  # fmt: skip
-            self._fail_unfinished(execution_id, error)
-        self._release(execution_id)
+        try:
+            if error is not None:
+                log.error("execution %s: %s", execution_id, error, exc_info=error,
+                          extra={"execution_id": execution_id})  # fmt: skip
+                self._fail_unfinished(execution_id, error)
+        finally:
+            # Whatever recording the end did, the slot is free.
+            self._release(execution_id)
 
     def _release(self, execution_id: str) -> None:
         """Frees the execution's slot (if it still holds one) for the next in the queue."""
