@@ -551,12 +551,15 @@ class Executor:
             await asyncio.sleep(policy.interval_seconds)
 
     async def _watch_disk_forever(self, disk: DiskSpace) -> None:
-        """Every second: when the disk is full, releases the reserve and stops the biggest
-        writer; once there is room again, makes the reserve again; writes kept ends."""
+        """Every second: when the disk is full, stops the biggest writer; once there is room
+        again, makes the reserve again; writes the ends kept in memory.
+
+        The reserve is released only when a write of the agent's own fails (the recorder):
+        released earlier, a writer that still runs would take it first.
+        """
         while True:
             try:
                 if disk.full():
-                    disk.release_reserve()
                     await self._evict_biggest(disk)
                 elif not disk.low():
                     await asyncio.to_thread(disk.make_reserve)
