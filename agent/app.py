@@ -28,6 +28,7 @@ from agent.runtime import volatile
 from agent.runtime.images import ImageStore
 from agent.runtime.manager import ContainerManager, RuntimePaths
 from agent.store import Store
+from agent.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Agent:
                 insecure_registries=config.insecure_registries,
                 auth_file=config.registry_auth_file,
             ),
+            limits=config.limits,
         )
         self.executor = Executor(
             self.store,
@@ -78,7 +80,9 @@ class Agent:
         self.metrics.watch_load(lambda: self.executor.load()[0], lambda: self.executor.load()[1],
                                 self.executor.running_count)  # fmt: skip
         self.server: AgentServer | None = None
-        self._scheduling: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor(
+            on_restart=self.metrics.count_restart, on_health=self._report_core_health
+        )
         self.port = 0
 
     async def start(self) -> None:
@@ -95,7 +99,7 @@ class Agent:
             self.executor, self.scheduler, node, tokens, self.metrics, listeners
         )
         await self.executor.start()
-        self._scheduling = asyncio.create_task(self.scheduler.run_forever())
+        self.supervise_background_work()
         for path in config.sockets:
             self.server.listen_unix(path, config.socket_mode, gid)
         for address in config.tcp_listen:
@@ -110,6 +114,21 @@ class Agent:
         log.info("serving on %s (runtime %s, tls %s, tokens %s)", ", ".join(config.listen),
                  config.runtime_name, "on" if credentials else "off",
                  "on" if tokens else "off")  # fmt: skip
+
+    def supervise_background_work(self) -> None:
+        """Starts the long-lived tasks under the supervisor. The cron scheduler is core:
+        while it is down, health says NOT_SERVING. Retention and the image budget are not:
+        while they are down only disk use grows, and every job still runs; so while the
+        disk watch is (a full disk then stops no writer, but triggers are still refused)."""
+        self.supervisor.start("scheduler", self.scheduler.run_forever, core=True)
+        self.supervisor.start("retention", self.executor.retain_forever, core=False)
+        self.supervisor.start("disk", self.executor.watch_disk_forever, core=False)
+        if self.config.retention.image_budget_bytes is not None:
+            self.supervisor.start("image-gc", self.executor.collect_images_forever, core=False)
+
+    async def _report_core_health(self, healthy: bool) -> None:
+        if self.server is not None:
+            await self.server.set_core_health(healthy)
 
     def load_tokens(self) -> TokenTable:
         """The tokens file's tokens; without one, the admin token of the data directory,
@@ -145,8 +164,7 @@ class Agent:
         if self.server is not None:
             await asyncio.sleep(self.config.drain_seconds)
             await self.server.stop(grace=2.0)
-        if self._scheduling is not None:
-            self._scheduling.cancel()
+        await self.supervisor.stop()
         await self.executor.close()
         self.runtime.close()
         self.store.close()

@@ -145,6 +145,24 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
         action="store_true",
         help="let jobs with host_network: true share the host's network",
     )
+    run.add_argument(
+        "--default-pids-limit",
+        type=int,
+        default=DEFAULTS.limits.pids_limit,
+        help="processes a job may have when its spec sets no pids_limit (0: no limit)",
+    )
+    run.add_argument(
+        "--default-tmp-size",
+        default="64Mi",
+        help="size of the tmpfs on each job's /tmp, unless it mounts its own (0: no size)",
+    )
+    run.add_argument(
+        "--cgroup-parent",
+        default=DEFAULTS.limits.cgroup_parent,
+        metavar="PATH",
+        help="the cgroup (below the root) under which each job's cgroup is made; set "
+        "node-wide ceilings on it",
+    )
     _registry_flag(run)
     run.set_defaults(**(serve_defaults or {}))
 

@@ -13,6 +13,7 @@ import grpc
 from agent.domain import HostPolicy
 from agent.errors import InvalidSpec
 from agent.executor.retention import RetentionPolicy
+from agent.runtime.limits import JobLimits
 
 KNOWN_RUNTIMES = ("youki", "runc", "crun")
 UNIX_PREFIX = "unix:"
@@ -76,6 +77,8 @@ class AgentConfig:
     min_free_bytes: int = 64 * 1024**2
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     host_policy: HostPolicy = field(default_factory=HostPolicy)
+    # Per-job defaults (pids, /tmp size) and the parent of the jobs' cgroups.
+    limits: JobLimits = field(default_factory=JobLimits)
 
     @property
     def database(self) -> Path:
@@ -151,6 +154,7 @@ class AgentConfig:
             raise InvalidSpec("retention_per_job", "must not be negative")
         if self.retention.interval_seconds <= 0:
             raise InvalidSpec("retention_interval", "must be positive")
+        self.limits.check()
         self.check_listen()
         self.socket_gid()
         if self.metrics_listen:

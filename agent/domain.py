@@ -6,9 +6,9 @@ Protobuf classes never appear below agent/api; these types do.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
@@ -113,6 +113,11 @@ class InitAction(enum.Enum):
     WAIT_HTTP = "init.wait_http"
     RUN = "init.run"
     SLEEP = "init.sleep"
+
+    @property
+    def probes_network(self) -> bool:
+        """True for the waits, which probe from the job's network namespace."""
+        return self in (InitAction.WAIT_TCP, InitAction.WAIT_HTTP)
 
 
 class StepFailure(enum.Enum):
@@ -493,3 +498,66 @@ class LogLine:
     message: str
     partial: bool = False
     truncated: bool = False
+
+
+NANOS_PER_SECOND = 1_000_000_000
+
+
+@dataclass
+class LogBatch:
+    """Consecutive lines of one attempt's output, column by column: the i-th line is
+    (messages[i], times[i], streams[i]), a fragment when i is in `partial` (see LogLine)."""
+
+    messages: list[str] = field(default_factory=list)
+    # When the monitor read each line, in nanoseconds since the Unix epoch.
+    times: list[int] = field(default_factory=list)
+    streams: list[LogStream] = field(default_factory=list)
+    partial: list[int] = field(default_factory=list)
+    # Older output was dropped before the first line.
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def extend(self, other: LogBatch) -> None:
+        """Appends `other`'s lines."""
+        base = len(self.messages)
+        self.messages.extend(other.messages)
+        self.times.extend(other.times)
+        self.streams.extend(other.streams)
+        self.partial.extend(base + index for index in other.partial)
+
+    def slice(self, start: int, stop: int) -> LogBatch:
+        """Lines start..stop-1 (negative indexes count from the end, as in a list's)."""
+        start, stop, _ = slice(start, stop).indices(len(self.messages))
+        return LogBatch(
+            self.messages[start:stop],
+            self.times[start:stop],
+            self.streams[start:stop],
+            [index - start for index in self.partial if start <= index < stop],
+        )
+
+    def pieces(self, max_chars: int) -> Iterator[LogBatch]:
+        """The batch cut into batches of about `max_chars` characters of text each."""
+        start, size = 0, 0
+        for index, message in enumerate(self.messages):
+            size += len(message) + 1
+            if size >= max_chars:
+                yield self.slice(start, index + 1)
+                start, size = index + 1, 0
+        if start < len(self.messages):
+            yield self.slice(start, len(self.messages))
+
+    def lines(self) -> Iterator[LogLine]:
+        """The lines, one LogLine each."""
+        fragments = set(self.partial)
+        for index, message in enumerate(self.messages):
+            seconds, nanos = divmod(self.times[index], NANOS_PER_SECOND)
+            time = datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
+            yield LogLine(
+                time,
+                self.streams[index],
+                message,
+                partial=index in fragments,
+                truncated=self.truncated and index == 0,
+            )

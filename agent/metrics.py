@@ -1,7 +1,8 @@
 """Prometheus metrics: what happened to executions, and the node's load, over HTTP.
 
-Counters and histograms are fed by the event bus (every recorded transition passes it) and
-by the runtime manager (pulls); gauges are read from the executor when scraped.
+Counters and histograms are fed by the event bus (every recorded transition passes it), by
+the runtime manager (pulls) and by the supervisor (restarts of background tasks); gauges
+are read from the executor when scraped.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ class Metrics:
                             "Executions waiting for a slot.", registry=self.registry)  # fmt: skip
         self.running = Gauge("jobagent_running_containers", "Executions whose container "
                              "runs now.", registry=self.registry)  # fmt: skip
+        self.task_restarts = Counter(
+            "jobagent_task_restarts",
+            "Restarts of the agent's background tasks after a failure, by task.",
+            ["task"],
+            registry=self.registry,
+        )
 
     def watch_load(self, active: Callable[[], int], queued: Callable[[], int],
                    running: Callable[[], int]) -> None:  # fmt: skip
@@ -74,6 +81,10 @@ class Metrics:
     def observe_pull(self, seconds: float, succeeded: bool) -> None:
         """Counts one image pull (or presence check)."""
         self.pulls.labels("ok" if succeeded else "error").observe(seconds)
+
+    def count_restart(self, task: str) -> None:
+        """Counts one restart of a supervised background task."""
+        self.task_restarts.labels(task).inc()
 
     def open_stream(self, rpc: str) -> AbstractContextManager[object]:
         """Counts a server stream of `rpc` as open for the duration of a `with`."""

@@ -17,6 +17,7 @@ from agent.domain import HostPolicy
 from agent.errors import InvalidSpec
 from agent.executor.retention import RetentionPolicy
 from agent.privileges import normalize_capability
+from agent.runtime.limits import JobLimits
 from agent.spec import MIN_LOG_BYTES, parse_duration, parse_memory
 
 DEFAULTS = AgentConfig()
@@ -74,6 +75,11 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             allowed_capabilities=frozenset(
                 normalize_capability(name, "allow_capability") for name in args.allow_capability
             ),
+        ),
+        limits=JobLimits(
+            pids_limit=args.default_pids_limit or None,
+            tmp_size_bytes=parse_memory(args.default_tmp_size, "default_tmp_size", 0) or None,
+            cgroup_parent=args.cgroup_parent,
         ),
         retention=RetentionPolicy(
             max_age_seconds=parse_duration(args.retention_max_age, "retention_max_age"),

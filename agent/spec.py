@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -331,6 +331,7 @@ def validate_job_spec(
             )
     check_host_access(spec.storage, spec.host_network, policy or HostPolicy(), path)
     check_privileges(spec, policy or HostPolicy(), path)
+    check_init_network(spec.init_steps, spec.host_network, at("init"))
     check_dispatch_policy(spec.dispatch, at("dispatch"))
 
 
@@ -507,6 +508,20 @@ def _init_steps(value: Any, path: str) -> tuple[InitStep, ...]:
             raise InvalidSpec(f"{path}.steps[{index}].id", f"{step.id!r} is used twice")
         parsed.append(step)
     return tuple(parsed)
+
+
+def check_init_network(steps: Sequence[InitStep], host_network: bool, path: str) -> None:
+    """Refuses wait_tcp and wait_http in a job without host networking: they probe from
+    the job's network namespace, which then holds only loopback and reaches nothing."""
+    if host_network:
+        return
+    for index, step in enumerate(steps):
+        if step.action.probes_network:
+            raise InvalidSpec(
+                f"{path}.steps[{index}].uses",
+                f"{step.action.value} probes from the job's network, which is loopback only "
+                "without host_network: true",
+            )
 
 
 def parse_init_step(value: Any, path: str) -> InitStep:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from jobagent_client import JobAgentClient
 
-from agent.domain import CommandSpec
+from agent.domain import CommandSpec, Resources
 from agent.runtime.bundle import build_config, resolve_process
 from agent.runtime.images import ImageConfig
+from agent.runtime.limits import DEFAULT_PIDS_LIMIT, DEFAULT_TMP_SIZE
 from tests import tools
 from tests.e2e.harness import REQUIRED_BINARIES, AgentProcess, build_example_image, sweep
 
@@ -61,7 +62,15 @@ class Bench:
         bundle = self.root / "bundles" / name
         bundle.mkdir(parents=True, exist_ok=True)
         process = resolve_process(ImageConfig(), CommandSpec(entrypoint=("/bin/true",)), {}, rootfs)
-        config = build_config(process, rootfs, name, f"/jobagent-bench/{name}")
+        config = build_config(
+            process,
+            rootfs,
+            name,
+            f"/jobagent-bench/{name}",
+            Resources(pids_limit=DEFAULT_PIDS_LIMIT),
+            tmp_size=DEFAULT_TMP_SIZE,
+            runtime=Path(self.agent.runtime).name,
+        )
         config["root"]["readonly"] = True
         (bundle / "config.json").write_text(json.dumps(config))
         return bundle

@@ -1,11 +1,15 @@
 """P4: the logs of a 100 MB output to a client, against `cat` of the log file.
 
 A job writes `--size-mb` of `--line-bytes` lines; then the whole log is read over
-DownloadLogs (the stored file in chunks of whole records) and, in the same run, by `cat`
-of the attempt's log file into a pipe this process reads, as a client receives it; once
-more over StreamLogs (one message per parsed line), for the record. Clients are the
-generated stubs, so that the figures are the agent's, not a wrapper's. All as megabytes of
-the job's output per second.
+StreamLogBatches (StreamLogs' lines, many per message) into a client that counts the lines
+and their bytes and, in the same run, by `cat` of the attempt's log file into a pipe this
+process reads, as a client receives it: P4, in megabytes of the log file per second.
+P4b is DownloadLogs (the stored file in chunks of whole records) against the same `cat`.
+The old one-line-per-message StreamLogs is recorded beside them. Clients are the generated
+stubs, so that the figures are the agent's, not a wrapper's.
+
+Then `jobctl logs` of a log of about 10.5 MiB (185,000 lines) to /dev/null, as a person
+runs it: the whole command's time, start-up included.
 
 `cat` to /dev/null is recorded too but is no baseline: the kernel splices to /dev/null
 without copying, so it moves no bytes at all.
@@ -19,14 +23,20 @@ import argparse
 import os
 import statistics
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import job_service_pb2_grpc as service_grpc
 
-from bench.common import report, scratch_agent
+from bench.common import Bench, report, report_value, scratch_agent
+
+# What `jobctl logs` is timed on: the stored log of a 200,000-line job under the old cap.
+JOBCTL_LINES = 185_000
+JOBCTL_LINE = "jobctl line of some text"
 
 
 def cat_to_reader(log_file: Path) -> int:
@@ -40,6 +50,30 @@ def cat_to_reader(log_file: Path) -> int:
     return received
 
 
+def run_job(bench: Bench, name: str, lines: int, line: str, cap_mb: int) -> Path:
+    """Runs a job that prints `lines` copies of `line`; returns its log file."""
+    bench.client.register(
+        f"version: v1\ndeployment: bench\nservices:\n  {name}:\n    rtype: job\n"
+        "    image: {name: busybox:latest, pull_policy: never}\n"
+        f"    max_log_size: {cap_mb}Mi\n"
+        # awk writes exactly the payload; a `yes | head` pipe would rely on SIGPIPE,
+        # which youki's containers start with ignored.
+        f"    command: {{entrypoint: [/bin/awk, 'BEGIN {{ for (i = 0; i < {lines}; i++) "
+        f'print "{line}" }}\']}}\n',
+        replace=True,
+    )
+    execution = bench.client.wait(bench.client.trigger(name).id)
+    assert execution.status == "completed", execution.message
+    return bench.agent.data_dir / "logs" / execution.id / "1.log"
+
+
+def timed(action: Callable[[], object]) -> float:
+    """Seconds `action` takes."""
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
 def main() -> int:
     """Runs the benchmark; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -50,53 +84,99 @@ def main() -> int:
     args = parser.parse_args()
     lines = (args.size_mb << 20) // args.line_bytes
     payload = lines * args.line_bytes
-    line = "x" * (args.line_bytes - 1)
     with scratch_agent(args.runtime) as bench:
-        bench.client.register(
-            "version: v1\ndeployment: bench\nservices:\n  chatty:\n    rtype: job\n"
-            "    image: {name: busybox:latest, pull_policy: never}\n"
-            f"    max_log_size: {2 * args.size_mb}Mi\n"
-            # awk writes exactly the payload; a `yes | head` pipe would rely on SIGPIPE,
-            # which youki's containers start with ignored.
-            f"    command: {{entrypoint: [/bin/awk, 'BEGIN {{ for (i = 0; i < {lines}; i++) "
-            f'print "{line}" }}\']}}\n',
-            replace=True,
-        )
-        execution = bench.client.wait(bench.client.trigger("chatty").id)
-        assert execution.status == "completed", execution.message
-        log_file = bench.agent.data_dir / "logs" / execution.id / "1.log"
-        agent_s: list[float] = []
+        log_file = run_job(bench, "chatty", lines, "x" * (args.line_bytes - 1), 2 * args.size_mb)
+        execution_id = log_file.parent.name
+        size = log_file.stat().st_size
+        batches_s: list[float] = []
+        download_s: list[float] = []
         cat_s: list[float] = []
         null_s: list[float] = []
         with grpc.insecure_channel(bench.agent.target) as channel:
             stub = service_grpc.JobServiceStub(channel)
+
+            def count_lines() -> None:
+                request = service_pb.StreamLogBatchesRequest(execution_id=execution_id)
+                counted = received = 0
+                for batch in stub.StreamLogBatches(request):
+                    # A fragment (conmon's read ended mid-line) has no newline of its own.
+                    full = len(batch.messages) - len(batch.partial_lines)
+                    counted += full
+                    received += sum(map(len, batch.messages)) + full
+                assert (counted, received) == (lines, payload), (counted, received)
+
+            def download() -> None:
+                request = service_pb.DownloadLogsRequest(execution_id=execution_id)
+                assert sum(len(chunk.data) for chunk in stub.DownloadLogs(request)) == size
+
+            def one_per_line() -> None:
+                request = service_pb.StreamLogsRequest(execution_id=execution_id)
+                received = sum(
+                    len(line.message) + (not line.partial) for line in stub.StreamLogs(request)
+                )
+                assert received == payload, (received, payload)
+
             for _ in range(args.runs):
-                started = time.perf_counter()
-                download = service_pb.DownloadLogsRequest(execution_id=execution.id)
-                received = sum(len(chunk.data) for chunk in stub.DownloadLogs(download))
-                agent_s.append(time.perf_counter() - started)
-                assert received == log_file.stat().st_size, (received, log_file.stat())
-                started = time.perf_counter()
-                assert cat_to_reader(log_file) == log_file.stat().st_size
-                cat_s.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                subprocess.run(["cat", str(log_file)], check=True, stdout=subprocess.DEVNULL)
-                null_s.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            request = service_pb.StreamLogsRequest(execution_id=execution.id)
-            # A partial line (conmon's read ended mid-line) has no newline of its own.
-            lines_payload = sum(len(item.message) + (not item.partial)
-                                for item in stub.StreamLogs(request))  # fmt: skip
-            lines_s = time.perf_counter() - started
-            assert lines_payload == payload, (lines_payload, payload)
-    megabytes = payload / 1e6
-    report("P4", f"P4 DownloadLogs of a {args.size_mb} MB output ({args.line_bytes}-byte lines), "
-           f"{args.runtime}, n={args.runs}", megabytes / statistics.median(agent_s),
-           megabytes / statistics.median(cat_s), "MB/s", args.runs,
-           "cat of the log file to a reader", [megabytes / s for s in agent_s],
-           [megabytes / s for s in cat_s], line_bytes=args.line_bytes,
-           stream_logs=round(megabytes / lines_s, 2),
-           cat_to_dev_null=round(megabytes / statistics.median(null_s), 2))  # fmt: skip
+                batches_s.append(timed(count_lines))
+                download_s.append(timed(download))
+                cat_s.append(timed(lambda: cat_to_reader(log_file)))
+                null_s.append(
+                    timed(
+                        lambda: subprocess.run(
+                            ["cat", str(log_file)], check=True, stdout=subprocess.DEVNULL
+                        )
+                    )
+                )
+            lines_s = timed(one_per_line)
+        small = run_job(bench, "jobctl", JOBCTL_LINES, JOBCTL_LINE, 16)
+        small_mib = small.stat().st_size / 2**20
+        jobctl = [str(Path(sys.executable).parent / "jobctl"), "--target", bench.agent.target]
+        jobctl_s = [
+            timed(
+                lambda: subprocess.run(
+                    [*jobctl, "logs", small.parent.name], check=True, stdout=subprocess.DEVNULL
+                )
+            )
+            for _ in range(args.runs)
+        ]
+    file_mb = size / 1e6
+    title = f"of a {args.size_mb} MB output ({args.line_bytes}-byte lines), {args.runtime}"
+    report(
+        "P4",
+        f"P4 StreamLogBatches {title}, n={args.runs}",
+        file_mb / statistics.median(batches_s),
+        file_mb / statistics.median(cat_s),
+        "MB/s",
+        args.runs,
+        "cat of the log file to a reader",
+        [file_mb / s for s in batches_s],
+        [file_mb / s for s in cat_s],
+        line_bytes=args.line_bytes,
+        log_file_mb=round(file_mb),
+        stream_logs_one_per_line=round(file_mb / lines_s, 2),
+        cat_to_dev_null=round(file_mb / statistics.median(null_s), 2),
+    )
+    report(
+        "P4b",
+        f"P4b DownloadLogs {title}, n={args.runs}",
+        file_mb / statistics.median(download_s),
+        file_mb / statistics.median(cat_s),
+        "MB/s",
+        args.runs,
+        "cat of the log file to a reader",
+        [file_mb / s for s in download_s],
+        [file_mb / s for s in cat_s],
+    )
+    report_value(
+        "P4c",
+        f"P4c jobctl logs of a {small_mib:.1f} MiB log "
+        f"({JOBCTL_LINES} lines) to /dev/null, n={args.runs}",
+        statistics.median(jobctl_s),
+        "s",
+        args.runs,
+        {"jobctl": jobctl_s},
+        target="< 1 s",
+    )
     return 0
 
 

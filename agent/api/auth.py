@@ -53,6 +53,7 @@ METHOD_ROLES = {
     "ListExecutions": Role.VIEWER,
     "WatchExecution": Role.VIEWER,
     "StreamLogs": Role.VIEWER,
+    "StreamLogBatches": Role.VIEWER,
     "DownloadLogs": Role.VIEWER,
     "WatchEvents": Role.VIEWER,
     "GetNodeInfo": Role.VIEWER,

@@ -28,6 +28,7 @@ from agent.domain import (
     JobEvent,
     JobKind,
     JobSpec,
+    LogBatch,
     LogLine,
     LogStream,
     Mount,
@@ -451,6 +452,17 @@ def log_line_to_proto(line: LogLine) -> pb.LogLine:
         partial=line.partial,
         truncated=line.truncated,
     )
+
+
+def log_batch_to_proto(batch: LogBatch) -> service_pb.StreamLogBatchesResponse:
+    """Domain LogBatch -> proto, column by column."""
+    message = service_pb.StreamLogBatchesResponse(truncated=batch.truncated)
+    message.messages.extend(batch.messages)
+    message.times_unix_nano.extend(batch.times)
+    codes = STREAM_TO_PROTO
+    message.streams.extend([codes[stream] for stream in batch.streams])
+    message.partial_lines.extend(batch.partial)
+    return message
 
 
 def log_chunk_to_proto(chunk: LogChunk) -> pb.LogChunk:

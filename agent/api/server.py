@@ -38,6 +38,9 @@ class AgentServer:
         # sharing its connections.
         self.server = grpc.aio.server(interceptors=checks, options=[("grpc.so_reuseport", 0)])
         self._sockets: list[tuple[Path, int, int | None]] = []
+        self._started = False
+        # False while a core background task is down (see agent.supervisor).
+        self._core_healthy = True
         # The stubs of grpcio-health-checking do not declare its aio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
@@ -69,8 +72,22 @@ class AgentServer:
         await self.server.start()
         for path, mode, gid in self._sockets:
             sockets.set_owner(path, mode, gid)
+        self._started = True
+        await self._report_health()
+
+    async def set_core_health(self, healthy: bool) -> None:
+        """Health answers NOT_SERVING, for the node ("") and JobService alike, while a core
+        background task is down, and SERVING again once it runs (until stopping)."""
+        self._core_healthy = healthy
+        if self._started:
+            await self._report_health()
+
+    async def _report_health(self) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not self._core_healthy:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, status)
 
     async def report_stopping(self) -> None:
         """Health answers NOT_SERVING from now on (load balancers and schedulers look away)."""

@@ -198,22 +198,35 @@ class JobService(service_grpc.JobServiceServicer):
     async def StreamLogs(
         self, request: service_pb.StreamLogsRequest, context: Context
     ) -> AsyncIterator[pb.LogLine]:
-        _require_id("execution_id", request.execution_id)
-        if request.tail_lines < 0:
-            raise InvalidSpec("tail_lines", "must not be negative")
-        query = LogQuery(
-            follow=request.follow,
-            tail_lines=request.tail_lines,
-            stream=convert.STREAM_FROM_PROTO.get(request.stream),
-            since=convert.from_timestamp(request.since, "since")
-            if request.HasField("since")
-            else None,
-        )
-        self._executor.get_execution(request.execution_id)
+        query = self._log_query(request)
         lines = self._executor.stream_logs(request.execution_id, query, request.attempt)
         with self._open_stream("StreamLogs"):
             async for line in lines:
                 yield convert.log_line_to_proto(line)
+
+    @maps_errors
+    async def StreamLogBatches(
+        self, request: service_pb.StreamLogBatchesRequest, context: Context
+    ) -> AsyncIterator[service_pb.StreamLogBatchesResponse]:
+        query = self._log_query(request)
+        batches = self._executor.stream_log_batches(request.execution_id, query, request.attempt)
+        with self._open_stream("StreamLogBatches"):
+            async for batch in batches:
+                yield convert.log_batch_to_proto(batch)
+
+    def _log_query(
+        self, request: service_pb.StreamLogsRequest | service_pb.StreamLogBatchesRequest
+    ) -> LogQuery:
+        """The query of a log stream request, once its execution is known to exist."""
+        _require_id("execution_id", request.execution_id)
+        if request.tail_lines < 0:
+            raise InvalidSpec("tail_lines", "must not be negative")
+        since = None
+        if request.HasField("since"):
+            since = convert.from_timestamp(request.since, "since")
+        self._executor.get_execution(request.execution_id)
+        stream = convert.STREAM_FROM_PROTO.get(request.stream)
+        return LogQuery(request.follow, request.tail_lines, stream, since)
 
     @maps_errors
     async def DownloadLogs(

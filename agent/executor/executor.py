@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent import faults
 from agent.diskspace import DiskSpace, format_bytes, usage
 from agent.dispatch import check_dispatch, fingerprint
 from agent.domain import (
@@ -36,6 +37,7 @@ from agent.domain import (
     JobKind,
     JobNote,
     JobSpec,
+    LogBatch,
     LogLine,
     NodeEvent,
     Status,
@@ -58,10 +60,11 @@ from agent.errors import (
 from agent.executor.admission import Admission
 from agent.executor.events import QUIET, EventBus
 from agent.executor.lifecycle import ExecutionRun, container_id_of, log_file_of, now
-from agent.executor.logs import LogChunk, LogQuery, read_log, read_log_chunks
+from agent.executor.logs import LogChunk, LogQuery, read_log_batches, read_log_chunks
 from agent.executor.ports import ContainerRuntime
 from agent.executor.recorder import Recorder
 from agent.executor.retention import Retention, RetentionPolicy
+from agent.executor.stored_jobs import stored_spec_problem
 from agent.privileges import check_host_policy
 from agent.runtime.errors import RuntimeLayerError
 from agent.runtime.images import PruneResult
@@ -122,8 +125,8 @@ class Executor:
         self._admission = Admission(node_limit)
         self._waiting: dict[str, tuple[Execution, JobSpec, Dispatch]] = {}
         self.retention = Retention(store, log_dir, retention or RetentionPolicy())
-        self._pruner: asyncio.Task[None] | None = None
-        self._disk_watch: asyncio.Task[None] | None = None
+        # Jobs whose stored spec today's validator refuses: name -> why (until replaced).
+        self._invalid: dict[str, str] = {}
 
     # Jobs
 
@@ -157,6 +160,7 @@ class Executor:
                 note = JobNote(EventKind.JOB_UPDATED, "the spec was replaced")
             changes.append((job, note))
         for job, note in changes:
+            self._invalid.pop(job.name, None)
             self._publish(self._store.put_job(job, note))
         return [job for job, _ in changes]
 
@@ -185,12 +189,15 @@ class Executor:
         if self._store.list_executions(job_name=name, statuses=ACTIVE_STATUSES):
             raise FailedPrecondition(f"job {name!r} has active executions; cancel them first")
         self._publish(self._store.delete_job(name))
+        self._invalid.pop(name, None)
 
     def set_suspended(self, name: str, suspended: bool) -> Job:
         """Suspends or resumes a cron job's schedule; resuming skips the times it missed."""
         job = self._store.get_job(name)
         if job.spec.kind is not JobKind.CRON:
             raise FailedPrecondition(f"job {name!r} has no schedule to suspend or resume")
+        if not suspended:
+            self._refuse_if_invalid(name)
         if job.spec.cron.suspend == suspended:
             return job
         spec = replace(job.spec, cron=replace(job.spec.cron, suspend=suspended))
@@ -202,6 +209,40 @@ class Executor:
             note = JobNote(EventKind.JOB_RESUMED, "times missed while suspended are skipped")
             self._publish(self._store.put_job(updated, note, state))
         return updated
+
+    def suspend_invalid_jobs(self) -> None:
+        """Suspends each stored job that today's validator refuses (written by an older
+        version, or by hand), at every start until it is registered again or removed.
+
+        The reason is logged and recorded as a JOB_SUSPENDED event; a cron job is stored
+        suspended (GetJob shows it, without a next run), and triggers and ResumeJob of any
+        such job answer FAILED_PRECONDITION with the reason. Reading it still works.
+        """
+        for job in self._store.list_jobs():
+            problem = stored_spec_problem(job.spec)
+            if problem is None:
+                continue
+            self._invalid[job.name] = problem
+            message = (
+                f"suspended at start: its stored spec no longer validates ({problem}); "
+                "register it again"
+            )
+            log.error("job %s %s", job.name, message)
+            if job.spec.kind is JobKind.CRON and not job.spec.cron.suspend:
+                spec = replace(job.spec, cron=replace(job.spec.cron, suspend=True))
+                job = replace(job, spec=spec, updated_at=now())
+            try:
+                self._publish(self._store.put_job(job, JobNote(EventKind.JOB_SUSPENDED, message)))
+            except Exception:  # it stays refused; the agent starts all the same
+                log.exception("job %s: recording its suspension failed", job.name)
+
+    def _refuse_if_invalid(self, name: str) -> None:
+        problem = self._invalid.get(name)
+        if problem is not None:
+            raise FailedPrecondition(
+                f"job {name!r} is suspended: its stored spec no longer validates ({problem}); "
+                "register it again"
+            )
 
     def record_cron_state(self, name: str, state: CronState, note: JobNote | None = None) -> None:
         """Stores what the scheduler did for a cron job, with a job event when `note` says one."""
@@ -258,6 +299,7 @@ class Executor:
         if self._disk is not None:
             self._disk.check()
         job = self._store.get_job(job_name)
+        self._refuse_if_invalid(job.name)
         check_dispatch(job.spec.dispatch, request.dispatch)
         refusal = self._policy_refusal(job.spec)
         # A caller hears the refusal; a scheduled run is recorded as a failed execution.
@@ -420,10 +462,18 @@ class Executor:
         self, execution_id: str, query: LogQuery, attempt: int = 0
     ) -> AsyncIterator[LogLine]:
         """Yields the output of one attempt (the latest when 0); with follow, until it ends."""
+        async for batch in self.stream_log_batches(execution_id, query, attempt):
+            for line in batch.lines():
+                yield line
+
+    async def stream_log_batches(
+        self, execution_id: str, query: LogQuery, attempt: int = 0
+    ) -> AsyncIterator[LogBatch]:
+        """stream_logs, many lines at a time."""
         async with self._attempt_log(execution_id, attempt) as log_:
             query = replace(query, max_bytes=log_.max_bytes)
-            async for line in read_log(log_.path, query, log_.ended):
-                yield line
+            async for batch in read_log_batches(log_.path, query, log_.ended):
+                yield batch
             self._raise_if_stopping(log_, query.follow)
 
     async def download_logs(
@@ -488,7 +538,9 @@ class Executor:
     async def start(self) -> None:
         """Picks up what the store says was active when the agent last stopped, and removes
         containers that no active execution owns (left by a crash after the outcome was
-        recorded, or init containers of a run that was interrupted)."""
+        recorded, or init containers of a run that was interrupted). Stored jobs that today's
+        validator refuses are suspended first."""
+        self.suspend_invalid_jobs()
         active = self._store.list_executions(statuses=ACTIVE_STATUSES)
         owned = {execution.container_id for execution in active}
         for container_id in self._runtime.containers():
@@ -499,10 +551,6 @@ class Executor:
         for execution in reversed(active):
             await self._recover(execution)
         self._admit()
-        self._pruner = asyncio.create_task(self._maintain_forever())
-        if self._disk is not None:
-            await asyncio.to_thread(self._disk.make_reserve)
-            self._disk_watch = asyncio.create_task(self._watch_disk_forever(self._disk))
 
     def begin_stop(self) -> None:
         """Refuses new triggers (UNAVAILABLE) and ends every watch and followed log with
@@ -513,9 +561,6 @@ class Executor:
     async def close(self) -> None:
         """Stops accepting triggers and lets go of running containers (they keep running)."""
         self.begin_stop()
-        for task in (self._pruner, self._disk_watch):
-            if task is not None:
-                task.cancel()
         tasks = [run.task for run in self._runs.values() if run.task is not None]
         for run in self._runs.values():
             # A run that only removes its finished container is let finish (it is quick);
@@ -538,35 +583,45 @@ class Executor:
         in_use.update(spec.image.name for _, spec, _ in self._waiting.values())
         return await self._runtime.prune_images(in_use, budget_bytes)
 
-    async def _maintain_forever(self) -> None:
-        """Retention and the image budget, at start and then every interval."""
+    async def retain_forever(self) -> None:
+        """Retention, at once and then every interval, until cancelled (run it supervised:
+        an error ends it)."""
+        while True:
+            faults.hit("retention")
+            self.retention.prune()
+            await asyncio.sleep(self.retention.policy.interval_seconds)
+
+    async def collect_images_forever(self) -> None:
+        """Keeps the image store within the retention policy's image budget (run it only
+        with one), at once and then every interval, until cancelled (run it supervised: an
+        unexpected error ends it)."""
         policy = self.retention.policy
         while True:
-            self.retention.prune()
-            if policy.image_budget_bytes is not None:
-                try:
-                    await self.prune_images(policy.image_budget_bytes)
-                except RuntimeLayerError as error:
-                    log.warning("image budget: %s", error)
+            faults.hit("image-gc")
+            try:
+                await self.prune_images(policy.image_budget_bytes)
+            except RuntimeLayerError as error:
+                log.warning("image budget: %s", error)
             await asyncio.sleep(policy.interval_seconds)
 
-    async def _watch_disk_forever(self, disk: DiskSpace) -> None:
-        """Every second: when the disk is full, stops the biggest writer; once there is room
-        again, makes the reserve again; writes the ends kept in memory.
+    async def watch_disk_forever(self) -> None:
+        """Every second, until cancelled (run it supervised: an error ends it): when the
+        data disk is full, stops the biggest writer; while it has room, keeps the reserve
+        file made; writes the ends kept in memory. Returns at once without a disk to watch.
 
         The reserve is released only when a write of the agent's own fails (the recorder):
         released earlier, a writer that still runs would take it first.
         """
+        disk = self._disk
+        if disk is None:
+            return
         while True:
-            try:
-                if disk.full():
-                    await self._evict_biggest(disk)
-                elif not disk.low():
-                    await asyncio.to_thread(disk.make_reserve)
-                if self._recorder.unwritten:
-                    self._recorder.flush()
-            except Exception:
-                log.exception("watching the data directory's free space failed")
+            if disk.full():
+                await self._evict_biggest(disk)
+            elif not disk.low():
+                await asyncio.to_thread(disk.make_reserve)
+            if self._recorder.unwritten:
+                self._recorder.flush()
             await asyncio.sleep(DISK_CHECK_SECONDS)
 
     async def _evict_biggest(self, disk: DiskSpace) -> None:

@@ -1,8 +1,11 @@
 """Init steps: the waits and commands that run before a job's container starts.
 
-wait_tcp, wait_http and sleep run in the agent (on the host's network, where the job's
-dependencies are reached from); init.run runs in a container of the job's image through
-a callback, never on the host.
+wait_tcp and wait_http probe from the job's network namespace. Only a job with
+host_network has a network beyond loopback, and its namespace is the host's, the
+agent's own: so the agent probes itself, and refuses the waits of any other job (spec
+validation refuses them at registration; a stored spec is checked again here). sleep
+runs in the agent; init.run runs in a container of the job's image through a callback,
+never on the host.
 """
 
 from __future__ import annotations
@@ -28,15 +31,20 @@ class StepFailed(Exception):
     """An init step did not succeed; the message says why."""
 
 
-async def run_steps(steps: Sequence[InitStep], run: RunInContainer, report: Report) -> str | None:
+async def run_steps(
+    steps: Sequence[InitStep], run: RunInContainer, report: Report, *, host_network: bool
+) -> str | None:
     """Runs the steps in order. Returns why the sequence failed, or None when it may go on.
 
     A step that fails with on_failure `warn` or `continue` lets the sequence go on; a
-    `warn` says so in the step's failure event.
+    `warn` says so in the step's failure event. `host_network`: the job shares the host's
+    network namespace (without it, a wait fails without probing).
     """
     for step in steps:
         report(EventKind.INIT_STEP_STARTED, step.id, f"{step.action.value} started")
         try:
+            if step.action.probes_network and not host_network:
+                raise StepFailed("a wait needs host_network: the job's own network is loopback")
             attempts = await _run_with_retries(step, run)
         except StepFailed as failure:
             reason = f"init step {step.id} failed: {failure}"

@@ -244,7 +244,9 @@ class ExecutionRun:
         runs = 1 if policy is InitFailurePolicy.FAIL else INIT_RUN_LIMIT
         failure = None
         for run in range(runs):
-            failure = await run_steps(self.spec.init_steps, run_in_container, report)
+            failure = await run_steps(
+                self.spec.init_steps, run_in_container, report, host_network=self.spec.host_network
+            )
             if failure is None:
                 return None
             if policy is InitFailurePolicy.BACKOFF and run + 1 < runs:

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from agent.domain import LogLine, LogStream
+from agent.domain import LogBatch, LogLine, LogStream
 from agent.errors import OutOfRange
-from agent.runtime.crilog import parse_line
+from agent.runtime.crilog import datetime_nanos, parse_records
 
 FOLLOW_POLL_SECONDS = 0.05
 CHUNK_SIZE = 1 << 16
 # What one read of a log takes into memory, whatever the file's size.
 READ_BYTES = 1 << 20
+# The text of one batch of lines: about what a message of the batched stream carries.
+BATCH_CHARS = 1 << 16
 # The largest chunk of a download: big enough that a message's cost is spread over a
 # megabyte (2 MiB measured no faster), well under gRPC's default 4 MiB message limit.
 DOWNLOAD_CHUNK_BYTES = 1 << 20
@@ -54,12 +55,6 @@ class LogQuery:
     since: datetime | None = None
     # The attempt's size cap: output older than the newest max_bytes is not shown.
     max_bytes: int | None = None
-
-    def wants(self, line: LogLine) -> bool:
-        """True when the line passes the stream and time filters."""
-        if self.stream is not None and line.stream is not self.stream:
-            return False
-        return self.since is None or line.time >= self.since
 
 
 @dataclass(frozen=True)
@@ -132,54 +127,57 @@ def _records_backwards(path: Path, size: int) -> Iterator[tuple[int, bytes]]:
 
 
 async def read_log(path: Path, query: LogQuery, ended: asyncio.Event) -> AsyncIterator[LogLine]:
-    """Yields the file's lines; with follow, keeps reading until `ended` is set and drained.
+    """read_log_batches, one line at a time."""
+    async for batch in read_log_batches(path, query, ended):
+        for line in batch.lines():
+            yield line
+
+
+async def read_log_batches(
+    path: Path, query: LogQuery, ended: asyncio.Event, max_chars: int = BATCH_CHARS
+) -> AsyncIterator[LogBatch]:
+    """Yields the file's lines in batches of about `max_chars` characters; with follow,
+    keeps reading until `ended` is set and the file drained.
 
     `ended` must be set only once the writer has finished the file (the container's
     monitor has exited), so the final read sees every line. Only the newest
     `query.max_bytes` of output are read; the first line read then says it was truncated.
+    Memory holds one read of the file (READ_BYTES) and, for a tail, the lines kept.
     """
     begin = cap_start(path, query.max_bytes)
     offset, cut, truncated = begin.offset, begin.cut, begin.truncated
+    since = None if query.since is None else datetime_nanos(query.since)
     pending = b""
     # The lines there are when the reader comes, of which `tail_lines` are kept.
     catching_up = _size(path)
-    tail: deque[LogLine] | None = deque(maxlen=query.tail_lines) if query.tail_lines else None
+    tail: LogBatch | None = LogBatch() if query.tail_lines else None
     while True:
         finished = ended.is_set()
         if _size(path) < offset:
             # The monitor rotated the file under its size cap: read the new one from its start.
             offset, pending, cut, truncated = 0, b"", 0, True
         chunk, offset = _read_from(path, offset, limit=READ_BYTES)
-        *complete, pending = (pending + chunk).split(b"\n")
-        lines = []
-        for raw in complete:
-            line = parse_line(raw)
-            if line is not None and cut:
-                line = replace(line, message=_drop_bytes(line.message, cut))
-            cut = 0
-            if line is not None and query.wants(line):
-                lines.append(line)
+        data = pending + chunk
+        end = data.rfind(b"\n") + 1
+        batch = parse_records(data[:end], cut=cut, stream=query.stream, since=since)
+        pending = data[end:]
+        cut = cut if end == 0 else 0
         if tail is not None:
-            tail.extend(lines)
+            tail.extend(batch)
+            if len(tail) > 2 * query.tail_lines:
+                tail = tail.slice(-query.tail_lines, len(tail))
             if offset < catching_up and chunk:
                 continue
-            lines, tail = list(tail), None
-        for line in lines:
-            if truncated:
-                line = replace(line, truncated=True)
-                truncated = False
-            yield line
+            batch, tail = tail.slice(-query.tail_lines, len(tail)), None
+        for piece in batch.pieces(max_chars):
+            piece.truncated, truncated = truncated, False
+            yield piece
         if chunk and len(chunk) == READ_BYTES:
             continue
         if finished or not query.follow:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ended.wait(), FOLLOW_POLL_SECONDS)
-
-
-def _drop_bytes(message: str, count: int) -> str:
-    """`message` without its first `count` bytes (of its UTF-8 form)."""
-    return message.encode()[count:].decode(errors="replace")
 
 
 async def read_log_chunks(

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from agent import faults
 from agent.domain import (
     ACTIVE_STATUSES,
     ConcurrencyPolicy,
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 # More missed times than this are reported, never replayed.
 MISSED_REPORT_LIMIT = 100
 IDLE_SECONDS = 60.0
-RETRY_SECONDS = 1.0
 
 
 class Clock(Protocol):
@@ -153,18 +153,18 @@ class CronScheduler:
         self._wake.set()
 
     async def run_forever(self) -> None:
-        """Ticks at every schedule time until cancelled; a failed tick is logged and the
-        next one comes a second later, so the schedules never stop for good."""
+        """Ticks at every schedule time until cancelled.
+
+        One job's failure stays its own (see tick); a failure of the tick as a whole (the
+        store, say) ends this coroutine, for its supervisor (agent.supervisor) to log,
+        count, show in health and restart with a backoff.
+        """
         while True:
-            try:
-                await self.tick()
-                upcoming = [when for job in self._cron_jobs() if (when := self.next_run(job))]
-                delay = IDLE_SECONDS
-                if upcoming:
-                    delay = max(0.0, (min(upcoming) - self._clock.now()).total_seconds())
-            except Exception:
-                log.exception("the cron scheduler's tick failed; trying again in a second")
-                delay = RETRY_SECONDS
+            await self.tick()
+            upcoming = [when for job in self._cron_jobs() if (when := self.next_run(job))]
+            delay = IDLE_SECONDS
+            if upcoming:
+                delay = max(0.0, (min(upcoming) - self._clock.now()).total_seconds())
             self._wake.clear()
             sleeper = asyncio.ensure_future(self._clock.sleep(delay))
             waker = asyncio.ensure_future(self._wake.wait())
@@ -177,6 +177,7 @@ class CronScheduler:
     async def tick(self) -> None:
         """Handles every schedule time that is due now, job by job: one job's failure is
         logged, and the others are handled all the same."""
+        faults.hit("scheduler")
         for job in self._cron_jobs():
             try:
                 if not job.spec.cron.suspend and not self._marked(job):

@@ -41,9 +41,12 @@ DEFAULT_CAPABILITIES = [
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ]
+# containerd's and moby's masked paths: what tells of the host's hardware, kernel memory,
+# keys and timers (/proc/interrupts as in their latest releases).
 MASKED_PATHS = [
     "/proc/acpi",
     "/proc/asound",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -52,8 +55,10 @@ MASKED_PATHS = [
     "/proc/sched_debug",
     "/proc/scsi",
     "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+TMP = "/tmp"
 
 
 @dataclass(frozen=True)
@@ -116,11 +121,15 @@ def build_config(
     host_network: bool = False,
     privileged: bool = False,
     extra_capabilities: Sequence[str] = (),
+    tmp_size: int | None = None,
+    runtime: str = "runc",
 ) -> dict[str, Any]:
     """Returns a runtime-spec config.json, hardened unless `privileged`: containerd's
     default capabilities (plus `extra_capabilities`), no_new_privileges, masked and
-    read-only /proc paths, the default seccomp profile, and no network but loopback
-    (unless `host_network`); the job's `mounts` come after the standard ones."""
+    read-only /proc paths, the default seccomp profile for those capabilities, and no
+    network but loopback (unless `host_network`); the job's `mounts` come after the
+    standard ones, and replace the /tmp tmpfs (`tmp_size` bytes) when one is at /tmp.
+    `runtime` names the OCI runtime, whose reading of the seccomp profile differs."""
     namespaces = ["pid", "ipc", "uts", "mount"] if host_network else NAMESPACES
     granted = held_capabilities() if privileged else (
         *DEFAULT_CAPABILITIES, *(c for c in extra_capabilities if c not in DEFAULT_CAPABILITIES)
@@ -129,7 +138,10 @@ def build_config(
     linux: dict[str, Any] = {}
     if not privileged:
         linux = {"maskedPaths": MASKED_PATHS, "readonlyPaths": READONLY_PATHS,
-                 "seccomp": seccomp.default_profile()}  # fmt: skip
+                 "seccomp": seccomp.default_profile(granted, runtime)}  # fmt: skip
+    standard = _default_mounts(tmp_size)
+    if any(mount.get("destination", "").rstrip("/") == TMP for mount in mounts):
+        standard = [mount for mount in standard if mount["destination"] != TMP]
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -146,7 +158,7 @@ def build_config(
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": hostname,
-        "mounts": [*_default_mounts(), *(dict(mount) for mount in mounts)],
+        "mounts": [*standard, *(dict(mount) for mount in mounts)],
         "annotations": dict(annotations or {}),
         "linux": {
             "cgroupsPath": cgroups_path,
@@ -184,7 +196,11 @@ def _linux_resources(resources: Resources) -> dict[str, Any]:
     return limits
 
 
-def _default_mounts() -> list[dict[str, Any]]:
+def _default_mounts(tmp_size: int | None) -> list[dict[str, Any]]:
+    tmp_options = ["nosuid", "nodev", "mode=1777"]
+    if tmp_size is not None:
+        tmp_options.append(f"size={tmp_size}")
+
     def mount(destination: str, kind: str, source: str, *options: str) -> dict[str, Any]:
         return {
             "destination": destination,
@@ -210,7 +226,7 @@ def _default_mounts() -> list[dict[str, Any]]:
         mount("/dev/shm", "tmpfs", "shm", "nosuid", "noexec", "nodev", "mode=1777", "size=65536k"),
         mount("/dev/mqueue", "mqueue", "mqueue", "nosuid", "noexec", "nodev"),
         mount("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro"),
-        mount("/tmp", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=1777"),
+        mount(TMP, "tmpfs", "tmpfs", *tmp_options),
     ]
 
 

@@ -28,6 +28,7 @@ from agent.runtime.errors import (
     ContainerStartError,
 )
 from agent.runtime.images import Image, ImageStore, PruneResult
+from agent.runtime.limits import JobLimits
 from agent.runtime.monitor import ConmonMonitor, MonitorPaths
 from agent.runtime.oci import OciRuntime
 from agent.runtime.process import off_loop
@@ -122,8 +123,10 @@ class ContainerManager:
         runtime_binary: str,
         conmon: str = "conmon",
         images: ImageStore | None = None,
+        limits: JobLimits | None = None,
     ) -> None:
         self.paths = paths
+        self.limits = limits or JobLimits()
         self.images = images or ImageStore(paths.images)
         self.runtime = OciRuntime(runtime_binary, paths.runtime_state, paths.binaries)
         self.monitor = ConmonMonitor(conmon, self.runtime, paths.exits, paths.sockets)
@@ -216,8 +219,8 @@ class ContainerManager:
             process,
             rootfs,
             request.hostname or request.container_id,
-            _cgroups_path(request.container_id),
-            request.resources,
+            self.limits.cgroups_path(request.container_id),
+            self.limits.resources(request.resources),
             {
                 **request.labels,
                 STOP_SIGNAL_ANNOTATION: request.stop_signal
@@ -228,6 +231,8 @@ class ContainerManager:
             request.host_network,
             request.privileged,
             request.capabilities,
+            self.limits.tmp_size_bytes,
+            Path(self.runtime.binary).name,
         )
         write_file(directory / "config.json", json.dumps(config).encode())
 
@@ -252,7 +257,7 @@ class ContainerManager:
 
     def _oom_killed(self, container_id: str) -> bool:
         """The kernel's OOM kill count of the container's cgroup, or conmon's record of it."""
-        if oom_kill_count(_cgroups_path(container_id)) > 0:
+        if oom_kill_count(self.limits.cgroups_path(container_id)) > 0:
             return True
         return self.monitor.oom_killed(container_id)
 
@@ -357,7 +362,3 @@ def _file_mount(
     os.chown(source, *owner)
     return {"destination": target, "type": "bind", "source": str(source),
             "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}  # fmt: skip
-
-
-def _cgroups_path(container_id: str) -> str:
-    return f"/jobagent/{container_id}"

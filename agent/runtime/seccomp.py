@@ -1,41 +1,77 @@
-"""The default seccomp profile: every syscall is allowed but those a job never needs and
-that reach past its container (kernel modules, mounts, namespaces, keyrings, tracing
-other processes, clocks, reboot), which fail with EPERM.
+"""The default seccomp profile: the allowlist of seccomp_rules, fitted to one job.
 
-A deny list rather than Docker's allow list: short enough to read, and it cannot break a
-job that uses a syscall newer than the list.
+Every syscall not allowed fails with EPERM. Which rules apply depends on the machine
+(x86_64 or aarch64), the kernel and the job's capabilities: a job that was granted
+CAP_SYS_ADMIN may also mount and make namespaces, one with CAP_SYS_PTRACE may trace, and
+so on, as in the moby/containerd default profile.
+
+runc and crun read a masked comparison as libseccomp orders it (value is the mask,
+valueTwo the datum), as moby's profile is written; youki reads it the other way round.
+The profile is written in each runtime's reading: given moby's, youki would allow clone
+with every namespace flag.
 """
 
 from __future__ import annotations
 
 import platform
+import re
+from collections.abc import Collection
 from typing import Any
 
-DENIED = (
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "delete_module",
-    "finit_module", "fsconfig", "fsmount", "fsopen", "fspick", "init_module", "kcmp",
-    "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mount", "mount_setattr",
-    "move_mount", "name_to_handle_at", "open_by_handle_at", "open_tree", "perf_event_open",
-    "pivot_root", "process_vm_readv", "process_vm_writev", "ptrace", "quotactl", "reboot",
-    "request_key", "setns", "settimeofday", "swapoff", "swapon", "syslog", "umount2",
-    "unshare", "userfaultfd",
-)  # fmt: skip
-# Syscalls of x86 that other architectures lack.
-DENIED_X86 = ("ioperm", "iopl", "create_module", "get_kernel_syms", "query_module",
-              "nfsservctl", "uselib", "_sysctl", "ustat", "sysfs")  # fmt: skip
-ARCHITECTURES = {
-    "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-    "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
-}
-EPERM = 1
+from agent.runtime.seccomp_rules import ARCHITECTURES, EPERM, ERRNO, MASKED_EQ, RULES, Arg, Rule
+
+# Runtimes that take a masked comparison's mask from valueTwo and its datum from value.
+MASK_IN_VALUE_TWO = frozenset({"youki"})
 
 
-def default_profile(machine: str | None = None) -> dict[str, Any]:
-    """The runtime-spec `linux.seccomp` of an unprivileged job on this machine."""
+def default_profile(
+    capabilities: Collection[str],
+    runtime: str = "runc",
+    machine: str | None = None,
+    kernel: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """The runtime-spec `linux.seccomp` of an unprivileged job holding `capabilities`
+    (CAP_ names), for `runtime` (its name) on `machine` with `kernel` (this host's when
+    not given)."""
     machine = machine or platform.machine()
-    names = [*DENIED, *(DENIED_X86 if machine == "x86_64" else ())]
+    kernel = kernel or kernel_version()
+    held = frozenset(capabilities)
+    swap = runtime in MASK_IN_VALUE_TWO
+    syscalls = [_syscall(rule, swap) for rule in RULES if _applies(rule, held, machine, kernel)]
     return {
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ARCHITECTURES.get(machine, []),
-        "syscalls": [{"names": sorted(names), "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM}],
+        "defaultAction": ERRNO,
+        "defaultErrnoRet": EPERM,
+        "architectures": list(ARCHITECTURES.get(machine, ())),
+        "syscalls": syscalls,
     }
+
+
+def kernel_version(release: str | None = None) -> tuple[int, int]:
+    """(major, minor) of a kernel release string such as 6.1.0-18-amd64 (this host's)."""
+    found = re.match(r"(\d+)\.(\d+)", release or platform.release())
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+def _applies(rule: Rule, held: frozenset[str], machine: str, kernel: tuple[int, int]) -> bool:
+    return (
+        (not rule.machines or machine in rule.machines)
+        and rule.needs <= held
+        and not rule.unless & held
+        and (rule.min_kernel is None or kernel >= rule.min_kernel)
+    )
+
+
+def _syscall(rule: Rule, swap_mask: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {"names": list(rule.names), "action": rule.action}
+    if rule.errno is not None:
+        entry["errnoRet"] = rule.errno
+    if rule.args:
+        entry["args"] = [_arg(arg, swap_mask) for arg in rule.args]
+    return entry
+
+
+def _arg(arg: Arg, swap_mask: bool) -> dict[str, Any]:
+    value, value_two = arg.value, arg.value_two
+    if swap_mask and arg.op == MASKED_EQ:
+        value, value_two = value_two, value
+    return {"index": arg.index, "value": value, "valueTwo": value_two, "op": arg.op}

@@ -22,7 +22,7 @@ from jobagent.v1 import job_service_pb2_grpc as service_grpc
 from jobagent_client import ClientError, JobAgentClient
 from jobagent_client.models import JobEvent
 
-from tests.e2e.conftest import RUNTIMES, start_agent
+from tests.e2e.conftest import RUNTIMES, running_agent, start_agent
 from tests.e2e.harness import (
     AgentProcess,
     Registry,
@@ -139,6 +139,18 @@ def test_cancel_works_while_pulling(client: JobAgentClient, blackhole: str) -> N
     assert cancelled.status == "cancelled"
 
 
+def test_a_registry_that_hangs_fails_the_pull_after_the_pull_timeout(
+    tmp_path: Path, registry: Registry, blackhole: str
+) -> None:
+    flags = ("--pull-timeout", "2s")
+    hung = job("hung-pull", f"{blackhole}/busybox:1")
+    agent = running_agent(tmp_path / "agent", RUNTIMES[0], registry, extra_args=flags)
+    with agent as own, own.client() as client:
+        reason, message = fails(client, hung, "hung-pull")
+    assert reason == "image_pull"
+    assert "timed out after 2s" in message
+
+
 def test_cancel_works_during_init(client: JobAgentClient, agent: AgentProcess) -> None:
     steps = "    init:\n      steps:\n        - {id: nap, uses: init.sleep, with: {duration: 5m}}\n"
     client.register(job("napping", extra=steps), replace=True)
@@ -195,7 +207,10 @@ def test_a_bad_stored_job_stops_no_other_cron_job_and_no_listing(
             spec = json.loads(text)
             spec.update(name="badtz")
             spec["cron"]["time_zone"] = "No/Such"
-            for name, text in (("badtz", json.dumps(spec)), ("garbled", "{not json")):
+            plain = json.loads(text)
+            plain.update(name="badenv", kind="job", schedule="", env={"1-BAD": "x"})
+            rows = {"badtz": json.dumps(spec), "badenv": json.dumps(plain), "garbled": "{not"}
+            for name, text in rows.items():
                 db.execute(
                     "INSERT INTO jobs (name, spec, spec_yaml, created_at, updated_at) "
                     "SELECT ?, ?, '', created_at, updated_at FROM jobs WHERE name = 'ticker'",
@@ -203,20 +218,42 @@ def test_a_bad_stored_job_stops_no_other_cron_job_and_no_listing(
                 )
         own.start()
         with own.client() as client:
-            assert [job.name for job in client.list_jobs()] == ["badtz", "ticker"]
+            assert [job.name for job in client.list_jobs()] == ["badenv", "badtz", "ticker"]
+            # Suspended at start, still read; the reason is in the log and in a job event.
             assert client.get_job("badtz").next_run_time is None
+            assert client.get_job("badtz").suspended
+            assert client.get_job("badenv").kind == "job"
             assert client.get_job("ticker").next_run_time is not None
+            for name in ("badtz", "badenv"):
+                with pytest.raises(ClientError) as suspended:
+                    client.trigger(name)
+                assert suspended.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            with pytest.raises(ClientError) as suspended:
+                client.resume("badtz")
+            assert suspended.value.code == grpc.StatusCode.FAILED_PRECONDITION
             with pytest.raises(ClientError) as lost:
                 client.get_job("garbled")
             assert lost.value.code == grpc.StatusCode.DATA_LOSS
+            # Valid, but its day never comes: only this job is marked.
+            client.register(TICKER.replace("ticker", "never").replace("* * * * * *", "0 0 30 2 *"))
+            assert client.get_job("never").next_run_time is None
+            missed = client.watch_events(0, job_name="never", types=("schedule_missed",))
+            never = next(iter(missed))
+            assert isinstance(never, JobEvent) and "cannot be scheduled" in never.message
             before = runs_of(client, "ticker")
             wait_until(lambda: runs_of(client, "ticker") >= before + 2, 15, "the ticker to fire")
             assert runs_of(client, "badtz") == 0
             marked = next(iter(client.watch_events(0, job_name="badtz")))
-            assert isinstance(marked, JobEvent) and marked.type == "schedule_missed"
-            assert "No/Such" in marked.message
+            assert isinstance(marked, JobEvent) and marked.type == "job_suspended"
+            assert "spec.cron_policy.time_zone" in marked.message and "No/Such" in marked.message
+            marked = next(iter(client.watch_events(0, job_name="badenv")))
+            assert isinstance(marked, JobEvent) and marked.type == "job_suspended"
+            assert "spec.env.1-BAD" in marked.message
+            log = own.log_file.read_text()
+            assert "job badenv suspended at start: its stored spec no longer validates" in log
             client.unregister("garbled")
-            assert [job.name for job in client.list_jobs()] == ["badtz", "ticker"]
+            listed = [job.name for job in client.list_jobs()]
+            assert listed == ["badenv", "badtz", "never", "ticker"]
     finally:
         own.stop()
         sweep(own)

@@ -67,6 +67,23 @@ def test_limits_are_set_on_the_cgroup_and_labels_on_the_bundle(
         client.cancel(execution.id)
 
 
+def test_every_job_gets_the_default_pids_limit_and_tmp_size(client: JobAgentClient) -> None:
+    register(
+        client,
+        "defaults",
+        "",
+        "trap 'exit 0' TERM; df -k /tmp | awk 'NR == 2 {print $2}'; sleep 30 & wait",
+    )
+    execution = client.trigger("defaults")
+    wait_until(lambda: client.get_execution(execution.id).status == "running", 30, "running")
+    try:
+        pids = cgroup_value(execution.container_id, "pids", "pids.max", "pids.max")
+        assert pids == str(DEFAULTS.limits.pids_limit) == "4096"
+    finally:
+        client.cancel(execution.id)
+    assert [line.message for line in client.logs(execution.id)] == [str(64 * 1024)]
+
+
 def test_the_pids_limit_stops_a_fork_storm(client: JobAgentClient) -> None:
     register(client, "forky", "    resources: {pids_limit: 16}\n",
              "for i in $(seq 40); do sleep 2 & done; wait")  # fmt: skip

@@ -30,7 +30,7 @@ from tests.e2e.harness import AgentProcess
 RPCS = {
     "RegisterJob", "GetJob", "ListJobs", "UnregisterJob", "TriggerJob", "GetExecution",
     "ListExecutions", "CancelExecution", "WatchExecution", "StreamLogs", "PruneImages",
-    "SuspendJob", "ResumeJob", "WatchEvents", "GetNodeInfo", "DownloadLogs",
+    "SuspendJob", "ResumeJob", "WatchEvents", "GetNodeInfo", "DownloadLogs", "StreamLogBatches",
 }  # fmt: skip
 
 

@@ -114,18 +114,34 @@ def test_cancel_sends_the_grace_period(channel: Any) -> None:
 def test_logs_stream_typed_lines_with_the_query(channel: Any) -> None:
     client = JobAgentClient(channel)
 
-    def read() -> list[tuple[str, str]]:
+    def read() -> list[tuple[str, str, bool, bool]]:
         lines: Iterator[Any] = client.logs("e1", follow=True, tail_lines=5, stream="stderr")
-        return [(line.stream, line.message) for line in lines]
+        return [(line.stream, line.message, line.partial, line.truncated) for line in lines]
 
     future = in_thread(read)
-    _, request, rpc = channel.take_unary_stream(method("StreamLogs"))
+    _, request, rpc = channel.take_unary_stream(method("StreamLogBatches"))
     assert (request.execution_id, request.follow, request.tail_lines) == ("e1", True, 5)
     assert request.stream == pb.LOG_STREAM_STDERR
-    rpc.send_response(pb.LogLine(stream=pb.LOG_STREAM_STDERR, message="schema locked"))
-    rpc.send_response(pb.LogLine(stream=pb.LOG_STREAM_STDOUT, message="starting"))
+    first = service_pb.StreamLogBatchesResponse(
+        messages=["schema locked", "start"],
+        times_unix_nano=[1_700_000_000_123_456_789, 1_700_000_001_000_000_000],
+        streams=[pb.LOG_STREAM_STDERR, pb.LOG_STREAM_STDOUT],
+        partial_lines=[1],
+        truncated=True,
+    )
+    rpc.send_response(first)
+    second = service_pb.StreamLogBatchesResponse(
+        messages=["ing"],
+        times_unix_nano=[1_700_000_002_000_000_000],
+        streams=[pb.LOG_STREAM_STDOUT],
+    )
+    rpc.send_response(second)
     rpc.terminate((), grpc.StatusCode.OK, "")
-    assert future.result(timeout=5) == [("stderr", "schema locked"), ("stdout", "starting")]
+    assert future.result(timeout=5) == [
+        ("stderr", "schema locked", False, True),
+        ("stdout", "start", True, False),
+        ("stdout", "ing", False, False),
+    ]
 
 
 def test_wait_follows_the_watch_to_the_terminal_event(channel: Any) -> None:
@@ -159,8 +175,8 @@ def test_jobctl_has_a_command_for_every_rpc() -> None:
         "UnregisterJob": "unregister", "SuspendJob": "suspend", "ResumeJob": "resume",
         "TriggerJob": "trigger", "GetExecution": "get", "ListExecutions": "list",
         "CancelExecution": "cancel", "WatchExecution": "watch", "WatchEvents": "events",
-        "StreamLogs": "logs", "DownloadLogs": "download", "PruneImages": "prune-images",
-        "GetNodeInfo": "node",
+        "StreamLogs": "logs", "StreamLogBatches": "logs", "DownloadLogs": "download",
+        "PruneImages": "prune-images", "GetNodeInfo": "node",
     }  # fmt: skip
     assert set(covered) == set(SERVICE.methods_by_name)
     assert set(covered.values()) <= set(COMMANDS)

@@ -72,7 +72,9 @@ async def rig(
     executor = Executor(store, runtime, tmp_path / "logs", node_limit=1, disk=disk)
     executor.register_jobs([SPEC], "", replace_existing=False)
     await executor.start()
+    watching = asyncio.create_task(executor.watch_disk_forever())
     yield executor, disk, FullStore(store, monkeypatch), store
+    watching.cancel()
     await executor.close()
     store.close()
 
@@ -238,6 +240,7 @@ async def test_on_a_full_disk_the_biggest_writer_is_stopped_and_no_one_else(
     quiet_spec = JobSpec(name="quiet", image=ImageSpec("busybox:latest"))
     executor.register_jobs([SPEC, quiet_spec], "", replace_existing=False)
     await executor.start()
+    watching = asyncio.create_task(executor.watch_disk_forever())
     try:
         filler = await executor.trigger("filler", TRIGGER)
         quiet = await executor.trigger("quiet", TRIGGER)
@@ -255,6 +258,7 @@ async def test_on_a_full_disk_the_biggest_writer_is_stopped_and_no_one_else(
         await asyncio.sleep(1.5)
         assert executor.get_execution(quiet.id).status is Status.RUNNING
     finally:
+        watching.cancel()
         await executor.close()
         store.close()
 

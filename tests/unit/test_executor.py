@@ -406,10 +406,12 @@ async def test_images_of_registered_jobs_are_kept_by_the_image_budget(
     policy = RetentionPolicy(image_budget_bytes=1 << 30, interval_seconds=3600)
     executor = make_executor(SPEC, retention=policy)
     await executor.start()
+    collecting = asyncio.ensure_future(executor.collect_images_forever())
     for _ in range(100):
         if runtime.pruned_with is not None:
             break
         await asyncio.sleep(0.01)
+    collecting.cancel()
     assert runtime.pruned_with == (frozenset({"busybox:latest"}), 1 << 30)
 
 

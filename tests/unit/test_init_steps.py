@@ -13,6 +13,7 @@ import pytest
 from agent.domain import (
     EventKind,
     FailureReason,
+    HostPolicy,
     ImageSpec,
     InitAction,
     InitFailurePolicy,
@@ -29,6 +30,8 @@ from agent.store import Store
 from tests.unit.fake_runtime import FakeRuntime
 
 Events = list[tuple[EventKind, str, str]]
+# Wait steps need host networking, which the agent must allow.
+ON_HOST_NETWORK = HostPolicy(allow_host_network=True)
 
 
 def tcp(step_id: str, port: int, **options: object) -> InitStep:
@@ -58,7 +61,9 @@ def closed_port() -> int:
 
 async def test_wait_tcp_succeeds_on_an_open_port(open_port: int) -> None:
     events: Events = []
-    failure = await run_steps([tcp("db", open_port)], never_runs, lambda *e: events.append(e))
+    failure = await run_steps(
+        [tcp("db", open_port)], never_runs, lambda *e: events.append(e), host_network=True
+    )
     assert failure is None
     assert [kind for kind, _, _ in events] == [
         EventKind.INIT_STEP_STARTED,
@@ -66,10 +71,24 @@ async def test_wait_tcp_succeeds_on_an_open_port(open_port: int) -> None:
     ]
 
 
+async def test_a_wait_of_a_job_with_its_own_network_fails_without_probing(
+    open_port: int,
+) -> None:
+    events: Events = []
+    failure = await run_steps(
+        [tcp("db", open_port)], never_runs, lambda *e: events.append(e), host_network=False
+    )
+    assert failure is not None and "needs host_network" in failure
+    assert [kind for kind, _, _ in events] == [
+        EventKind.INIT_STEP_STARTED,
+        EventKind.INIT_STEP_FAILED,
+    ]
+
+
 async def test_a_failed_step_is_retried_then_fails_the_sequence(closed_port: int) -> None:
     events: Events = []
     steps = [tcp("db", closed_port, retry=1), tcp("never", closed_port)]
-    failure = await run_steps(steps, never_runs, lambda *e: events.append(e))
+    failure = await run_steps(steps, never_runs, lambda *e: events.append(e), host_network=True)
     assert failure is not None and "init step db failed" in failure
     assert [step for _, step, _ in events] == ["db", "db"]
     assert events[-1][0] is EventKind.INIT_STEP_FAILED
@@ -81,7 +100,9 @@ async def test_warn_and_continue_let_the_sequence_go_on(
 ) -> None:
     events: Events = []
     steps = [tcp("optional", closed_port, on_failure=mode), tcp("db", open_port)]
-    assert await run_steps(steps, never_runs, lambda *e: events.append(e)) is None
+    assert (
+        await run_steps(steps, never_runs, lambda *e: events.append(e), host_network=True) is None
+    )
     failed = [message for kind, _, message in events if kind is EventKind.INIT_STEP_FAILED]
     assert len(failed) == 1
     assert ("warning" in failed[0]) is (mode is StepFailure.WARN)
@@ -90,7 +111,7 @@ async def test_warn_and_continue_let_the_sequence_go_on(
 
 async def test_the_step_timeout_bounds_each_attempt() -> None:
     step = InitStep("nap", InitAction.SLEEP, {"seconds": 5}, timeout_seconds=0.05)
-    failure = await run_steps([step], never_runs, lambda *e: None)
+    failure = await run_steps([step], never_runs, lambda *e: None, host_network=True)
     assert failure is not None and "timed out after 0.05s" in failure
 
 
@@ -116,7 +137,7 @@ def http_server() -> Iterator[str]:
 async def test_wait_http_waits_for_the_expected_status(http_server: str) -> None:
     step = InitStep("ready", InitAction.WAIT_HTTP,
                     {"url": http_server, "expect_status": 200, "timeout": 10})  # fmt: skip
-    assert await run_steps([step], never_runs, lambda *e: None) is None
+    assert await run_steps([step], never_runs, lambda *e: None, host_network=True) is None
 
 
 async def test_run_fails_on_a_nonzero_exit() -> None:
@@ -126,7 +147,7 @@ async def test_run_fails_on_a_nonzero_exit() -> None:
 
     step = InitStep("migrate", InitAction.RUN, {"command": ["/bin/sh", "-c", "migrate"],
                                                  "timeout": 5})  # fmt: skip
-    failure = await run_steps([step], exits_two, lambda *e: None)
+    failure = await run_steps([step], exits_two, lambda *e: None, host_network=True)
     assert failure is not None and "exited with code 2" in failure
 
 
@@ -135,8 +156,9 @@ async def test_the_executor_fails_with_init_and_records_step_events(
 ) -> None:
     runtime = FakeRuntime()
     store = Store(tmp_path / "db")
-    executor = Executor(store, runtime, tmp_path / "logs")
-    spec = JobSpec("gated", ImageSpec("busybox"), init_steps=(tcp("db", closed_port),))
+    executor = Executor(store, runtime, tmp_path / "logs", host_policy=ON_HOST_NETWORK)
+    steps = (tcp("db", closed_port),)
+    spec = JobSpec("gated", ImageSpec("busybox"), init_steps=steps, host_network=True)
     executor.register_jobs([spec], "", replace_existing=False)
     execution = await executor.trigger("gated", Trigger(TriggerKind.CLI))
     events = [event async for event in executor.watch(execution.id)]
@@ -155,9 +177,9 @@ async def test_the_executor_fails_with_init_and_records_step_events(
 async def test_restart_runs_the_init_steps_again(tmp_path: Path, closed_port: int) -> None:
     runtime = FakeRuntime()
     store = Store(tmp_path / "db")
-    executor = Executor(store, runtime, tmp_path / "logs")
+    executor = Executor(store, runtime, tmp_path / "logs", host_policy=ON_HOST_NETWORK)
     spec = JobSpec("again", ImageSpec("busybox"), init_steps=(tcp("db", closed_port),),
-                   on_init_failure=InitFailurePolicy.RESTART)  # fmt: skip
+                   on_init_failure=InitFailurePolicy.RESTART, host_network=True)  # fmt: skip
     executor.register_jobs([spec], "", replace_existing=False)
     execution = await executor.trigger("again", Trigger(TriggerKind.CLI))
     events = [event async for event in executor.watch(execution.id)]

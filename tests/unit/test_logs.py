@@ -9,13 +9,16 @@ from pathlib import Path
 
 from agent.domain import LogLine, LogStream
 from agent.executor.logs import (
+    BATCH_CHARS,
     DOWNLOAD_CHUNK_BYTES,
     READ_BYTES,
     LogChunk,
     LogQuery,
     read_log,
+    read_log_batches,
     read_log_chunks,
 )
+from agent.runtime.crilog import parse_line, parse_records, stamp_nanos
 
 
 def cri(stream: str, text: str, second: int = 0) -> bytes:
@@ -184,3 +187,46 @@ async def test_a_log_larger_than_one_read_is_read_whole_and_its_tail_is_the_file
     assert [x.message for x in every] == [f"line {i:06d}" for i in range(count)]
     tail = await read_all(path, LogQuery(tail_lines=3))
     assert [x.message for x in tail] == [f"line {i:06d}" for i in range(count - 3, count)]
+
+
+async def test_batches_carry_the_same_lines_as_the_line_reader_in_pieces_of_64k(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "1.log"
+    records = [
+        cri("stderr" if i % 7 == 0 else "stdout", f"line {i} " + "z" * (i % 90), i % 60)
+        for i in range(20000)
+    ]
+    path.write_bytes(b"".join(records) + b"2026-11-26T10:00:00.1Z stdout P unfinished")
+    ended = asyncio.Event()
+    ended.set()
+    queries = [LogQuery(), LogQuery(tail_lines=1234), LogQuery(stream=LogStream.STDERR)]
+    queries += [LogQuery(max_bytes=300_000), LogQuery(tail_lines=5, max_bytes=1000)]
+    for query in queries:
+        batches = [batch async for batch in read_log_batches(path, query, ended)]
+        sizes = [sum(len(message) + 1 for message in batch.messages) for batch in batches]
+        assert max(sizes) <= BATCH_CHARS + 200
+        assert [batch.truncated for batch in batches[1:]] == [False] * (len(batches) - 1)
+        flat = [line for batch in batches for line in batch.lines()]
+        assert flat == await read_all(path, query)
+        assert flat and flat[-1].message.startswith("line 19999")
+
+
+def test_records_parse_as_parse_line_does() -> None:
+    data = (
+        cri("stdout", "plain")
+        + "2026-11-26T10:00:00.123456789+00:00 stderr P caf\u00e9 \u2603\n".encode()
+        + b"2026-11-26T10:00:00.5+01:00 stdout F offset zone\n"
+        + b"garbage without fields\n"
+        + b"2026-11-26T10:00:00.1Z nowhere F bad stream\n"
+        + b"not-a-time stdout F bad time\n"
+        + b"2026-11-26T10:00:01.000000001Z stdout F \xff\xfe invalid utf-8\n"
+    )
+    batch = parse_records(data)
+    expected = [line for raw in data.split(b"\n") if (line := parse_line(raw)) is not None]
+    assert [(x.stream, x.message, x.partial) for x in batch.lines()] == [
+        (x.stream, x.message, x.partial) for x in expected
+    ]
+    assert [x.time for x in batch.lines()] == [x.time for x in expected]
+    assert batch.times[1] == stamp_nanos("2026-11-26T10:00:00.123456789Z")
+    assert batch.times[1] % 1_000_000_000 == 123_456_789

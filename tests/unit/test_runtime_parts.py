@@ -83,9 +83,8 @@ def test_config_is_unprivileged_with_its_own_cgroup(tmp_path: Path) -> None:
     assert {"type": "network"} in config["linux"]["namespaces"]
     assert config["root"]["path"] == str(tmp_path)
     assert "/proc/kcore" in config["linux"]["maskedPaths"]
-    seccomp = config["linux"]["seccomp"]
-    assert seccomp["defaultAction"] == "SCMP_ACT_ALLOW"
-    assert {"mount", "ptrace", "kexec_load", "unshare"} <= set(seccomp["syscalls"][0]["names"])
+    assert "/sys/devices/virtual/powercap" in config["linux"]["maskedPaths"]
+    assert config["linux"]["seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO"
 
 
 def test_extra_capabilities_add_to_the_default_and_privileged_drops_the_fences(
@@ -100,6 +99,16 @@ def test_extra_capabilities_add_to_the_default_and_privileged_drops_the_fences(
     assert "CAP_SYS_ADMIN" in privileged["process"]["capabilities"]["bounding"]
     assert privileged["process"]["noNewPrivileges"] is False
     assert not {"seccomp", "maskedPaths", "readonlyPaths"} & privileged["linux"].keys()
+
+
+def test_tmp_gets_its_size_unless_the_job_mounts_its_own(tmp_path: Path) -> None:
+    process = resolve_process(IMAGE, CommandSpec(), {}, tmp_path)
+    sized = build_config(process, tmp_path, "h", "/j/c", tmp_size=64 << 20)
+    (tmp,) = [mount for mount in sized["mounts"] if mount["destination"] == "/tmp"]
+    assert f"size={64 << 20}" in tmp["options"]
+    own = {"destination": "/tmp/", "type": "tmpfs", "source": "tmpfs", "options": ["size=1g"]}
+    replaced = build_config(process, tmp_path, "h", "/j/c", mounts=[own], tmp_size=64 << 20)
+    assert [m for m in replaced["mounts"] if m["destination"].rstrip("/") == "/tmp"] == [own]
 
 
 def test_cri_lines_parse_with_nanoseconds_and_partials() -> None:

@@ -26,6 +26,7 @@ from agent.errors import FailedPrecondition
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler, latest_time, schedule_times
 from agent.store import Store
+from agent.supervisor import Backoff, Supervisor
 from tests.unit.fake_runtime import FakeRuntime
 
 
@@ -303,22 +304,37 @@ async def test_a_stored_job_that_cannot_be_scheduled_is_marked_and_the_others_fi
     assert executor.list_executions("broken")
 
 
-async def test_the_scheduler_keeps_running_when_a_tick_fails(
+async def test_a_failed_tick_ends_run_forever_and_its_supervisor_starts_it_again(
     rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _executor, scheduler, _clock, _runtime, store = rig
-    calls: list[int] = []
+    executor, scheduler, clock, _runtime, store = rig
+    executor.register_jobs([cron("* * * * * *")], "", replace_existing=True)
+    failures: list[int] = []
+    real_list_jobs = store.list_jobs
 
-    def failing(*args: object, **kwargs: object) -> list[Job]:
-        calls.append(1)
-        raise RuntimeError("disk on fire")
+    def failing_twice(*args: object, **kwargs: object) -> list[Job]:
+        if len(failures) < 2:
+            failures.append(1)
+            raise RuntimeError("disk on fire")
+        return real_list_jobs()
 
-    monkeypatch.setattr(store, "list_jobs", failing)
-    running = asyncio.ensure_future(scheduler.run_forever())
-    for _ in range(3):
-        await asyncio.sleep(0.05)
-        scheduler.wake()
-    await asyncio.sleep(0.05)
-    assert not running.done() and len(calls) > 2
-    running.cancel()
+    monkeypatch.setattr(store, "list_jobs", failing_twice)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        await scheduler.run_forever()
+    health: list[bool] = []
+
+    async def report(healthy: bool) -> None:
+        health.append(healthy)
+
+    supervisor = Supervisor(Backoff(initial=0.01, maximum=0.05), on_health=report)
+    supervisor.start("scheduler", scheduler.run_forever, core=True)
+    clock.advance(1)
+    for _ in range(100):
+        if executor.list_executions("tick") and health == [False, True]:
+            break
+        await asyncio.sleep(0.01)
+    await supervisor.stop()
+    assert supervisor.restarts("scheduler") == 1
+    assert health == [False, True]
+    assert executor.list_executions("tick")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from agent.domain import CommandSpec, ImageSpec, JobKind, JobSpec, PullPolicy, RetryPolicy
+from agent.domain import (
+    CommandSpec,
+    HostPolicy,
+    ImageSpec,
+    JobKind,
+    JobSpec,
+    PullPolicy,
+    RetryPolicy,
+)
 from agent.errors import InvalidSpec
 from agent.spec import parse_document, validate_job_spec
 
@@ -237,3 +245,25 @@ def test_the_log_cap_parses_with_a_small_minimum() -> None:
     with pytest.raises(InvalidSpec) as caught:
         parse_document(service("rtype: job\nimage: {name: a}\nmax_log_size: 10"))
     assert caught.value.field == "services.once.max_log_size"
+
+
+WAITS_FOR_A_DATABASE = """
+rtype: job
+image: {name: a}
+init:
+  steps:
+    - {id: pause, uses: init.sleep, with: {duration: 1s}}
+    - {id: db, uses: init.wait_tcp, with: {host: db.internal, port: 5432}}
+"""
+
+
+def test_a_wait_step_needs_host_network_since_it_probes_from_the_jobs_network() -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        parse_document(service(WAITS_FOR_A_DATABASE))
+    assert caught.value.field == "services.once.init.steps[1].uses"
+    assert "host_network" in caught.value.reason
+    (spec,) = parse_document(
+        service(WAITS_FOR_A_DATABASE + "host_network: true"),
+        HostPolicy(allow_host_network=True),
+    )
+    assert spec.host_network and len(spec.init_steps) == 2

@@ -25,6 +25,7 @@ from jobagent_client.models import (
     ExecutionEvent,
     Job,
     JobEvent,
+    LogBatch,
     LogChunk,
     LogLine,
     NodeInfo,
@@ -341,7 +342,21 @@ class JobAgentClient:
         attempt: int = 0,
     ) -> Iterator[LogLine]:
         """Yields an attempt's output lines (the latest's when 0); with follow, until it ends."""
-        request = service_pb.StreamLogsRequest(
+        batches = self.log_batches(execution_id, follow, tail_lines, stream, since, attempt)
+        for batch in batches:
+            yield from batch.lines()
+
+    def log_batches(
+        self,
+        execution_id: str,
+        follow: bool = False,
+        tail_lines: int = 0,
+        stream: str = "",
+        since: datetime | None = None,
+        attempt: int = 0,
+    ) -> Iterator[LogBatch]:
+        """logs, many lines at a time (StreamLogBatches): for readers of large logs."""
+        request = service_pb.StreamLogBatchesRequest(
             execution_id=execution_id,
             follow=follow,
             tail_lines=tail_lines,
@@ -352,8 +367,8 @@ class JobAgentClient:
             request.since.CopyFrom(Timestamp())
             request.since.FromDatetime(since)
         try:
-            for line in self._stub.StreamLogs(request):
-                yield LogLine.from_proto(line)
+            for batch in self._stub.StreamLogBatches(request):
+                yield LogBatch.from_proto(batch)
         except grpc.RpcError as error:
             raise ClientError.from_rpc_error(error) from None
 

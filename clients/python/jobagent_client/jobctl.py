@@ -24,7 +24,7 @@ from jobagent_client.local import (
     find_address,
     find_token,
 )
-from jobagent_client.models import Bookmark, Execution, ExecutionEvent, Job, JobEvent, LogLine
+from jobagent_client.models import Bookmark, Execution, ExecutionEvent, Job, JobEvent, LogBatch
 
 EXECUTION_COLUMNS = ("id", "job_name", "status", "exit_code", "failure_reason", "created_at")
 JOB_COLUMNS = ("name", "kind", "deployment", "image", "schedule", "next_run_time")
@@ -193,13 +193,30 @@ class Printer:
             job_name = item.job_name if isinstance(item, JobEvent) else item.execution.job_name
             print(f"{item.sequence:>8}  {job_name}  {subject:<32}  {what}", flush=True)
 
-    def log_line(self, line: LogLine) -> None:
-        """Prints one output line (stderr lines go to stderr)."""
+    def log_batch(self, batch: LogBatch) -> None:
+        """Prints a batch of output lines (stderr lines go to stderr), in their order."""
         if self.json:
-            print(json.dumps(asdict(line), default=str))
+            for line in batch.lines():
+                print(json.dumps(asdict(line), default=str))
+            sys.stdout.flush()
             return
-        stream = sys.stderr if line.stream == "stderr" else sys.stdout
-        print(line.message, file=stream, end="" if line.partial else "\n", flush=True)
+        run: list[str] = []
+        current = ""
+        for index, message in enumerate(batch.messages):
+            if batch.streams[index] != current and run:
+                _write(current, run)
+                run = []
+            current = batch.streams[index]
+            run.append(message if index in batch.partial else message + "\n")
+        if run:
+            _write(current, run)
+
+
+def _write(stream: str, pieces: list[str]) -> None:
+    """Writes consecutive lines of one output stream, at once."""
+    out = sys.stderr if stream == "stderr" else sys.stdout
+    out.write("".join(pieces))
+    out.flush()
 
 
 def _plain(item: Execution | Job) -> dict[str, Any]:
@@ -254,8 +271,8 @@ def _trigger(client: JobAgentClient, args: argparse.Namespace, printer: Printer)
     execution = client.trigger(args.name, from_cli=True, request_id=args.request_id,
                                args=args.arg, env=env, payload=payload)  # fmt: skip
     if args.follow:
-        for line in client.logs(execution.id, follow=True):
-            printer.log_line(line)
+        for batch in client.log_batches(execution.id, follow=True):
+            printer.log_batch(batch)
     if args.wait or args.follow:
         execution = client.wait(execution.id)
         printer.record(execution)
@@ -303,11 +320,11 @@ def _download(client: JobAgentClient, args: argparse.Namespace, printer: Printer
 
 
 def _logs(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
-    lines = client.logs(
+    batches = client.log_batches(
         args.id, follow=args.follow, tail_lines=args.tail, stream=args.stream, attempt=args.attempt
     )
-    for line in lines:
-        printer.log_line(line)
+    for batch in batches:
+        printer.log_batch(batch)
     return 0
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import jobs_pb2 as pb
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -217,6 +218,46 @@ class LogLine:
             partial=message.partial,
             truncated=message.truncated,
         )
+
+
+STREAM_NAMES = {pb.LOG_STREAM_STDOUT: "stdout", pb.LOG_STREAM_STDERR: "stderr"}
+
+
+@dataclass(frozen=True)
+class LogBatch:
+    """Consecutive output lines, column by column: the i-th line is messages[i], written at
+    times_unix_nano[i] to streams[i], a fragment when i is in `partial`."""
+
+    messages: list[str]
+    times_unix_nano: list[int]
+    streams: list[str]
+    partial: frozenset[int] = frozenset()
+    # Older output was dropped before the first line.
+    truncated: bool = False
+
+    @classmethod
+    def from_proto(cls, message: service_pb.StreamLogBatchesResponse) -> LogBatch:
+        """Builds the client type from the wire message."""
+        return cls(
+            messages=list(message.messages),
+            times_unix_nano=list(message.times_unix_nano),
+            streams=[STREAM_NAMES.get(code, "") for code in message.streams],
+            partial=frozenset(message.partial_lines),
+            truncated=message.truncated,
+        )
+
+    def lines(self) -> Iterator[LogLine]:
+        """The lines, one LogLine each."""
+        for index, message in enumerate(self.messages):
+            seconds, nanos = divmod(self.times_unix_nano[index], 1_000_000_000)
+            time = datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
+            yield LogLine(
+                time=time,
+                stream=self.streams[index],
+                message=message,
+                partial=index in self.partial,
+                truncated=self.truncated and index == 0,
+            )
 
 
 @dataclass(frozen=True)

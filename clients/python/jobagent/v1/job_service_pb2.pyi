@@ -460,6 +460,98 @@ class StreamLogsRequest(_message.Message):
 Global___StreamLogsRequest: _TypeAlias = StreamLogsRequest  # noqa: Y015
 
 @_typing.final
+class StreamLogBatchesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_LINES_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    """The execution's id."""
+    follow: _builtins.bool
+    """Keep the stream open and send new lines until the execution ends."""
+    tail_lines: _builtins.int
+    """Start with the last N lines (0: from the start)."""
+    stream: _jobs_pb2.LogStream.ValueType
+    """Only this stream (both when unspecified)."""
+    attempt: _builtins.int
+    """The attempt whose output to read (1 for the first); the latest when 0."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only lines written at or after this time."""
+
+    def __init__(
+        self,
+        *,
+        execution_id: _builtins.str = ...,
+        follow: _builtins.bool = ...,
+        tail_lines: _builtins.int = ...,
+        stream: _jobs_pb2.LogStream.ValueType = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "execution_id", b"execution_id", "follow", b"follow", "since", b"since", "stream", b"stream", "tail_lines", b"tail_lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamLogBatchesRequest: _TypeAlias = StreamLogBatchesRequest  # noqa: Y015
+
+@_typing.final
+class StreamLogBatchesResponse(_message.Message):
+    """Consecutive output lines, one entry per line in each of the lists."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    TIMES_UNIX_NANO_FIELD_NUMBER: _builtins.int
+    STREAMS_FIELD_NUMBER: _builtins.int
+    PARTIAL_LINES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """True when older output was dropped before this message's first line (the attempt's
+    size cap; LogLine.truncated).
+    """
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Each line's text without its newline (invalid UTF-8 is replaced)."""
+
+    @_builtins.property
+    def times_unix_nano(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """When the monitor read each line, in nanoseconds since the Unix epoch."""
+
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedScalarFieldContainer[_jobs_pb2.LogStream.ValueType]:
+        """Each line's stream."""
+
+    @_builtins.property
+    def partial_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The indexes, in this message, of the lines that are fragments: the process wrote no
+        newline yet (LogLine.partial).
+        """
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_builtins.str] | None = ...,
+        times_unix_nano: _abc.Iterable[_builtins.int] | None = ...,
+        streams: _abc.Iterable[_jobs_pb2.LogStream.ValueType] | None = ...,
+        partial_lines: _abc.Iterable[_builtins.int] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "partial_lines", b"partial_lines", "streams", b"streams", "times_unix_nano", b"times_unix_nano", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamLogBatchesResponse: _TypeAlias = StreamLogBatchesResponse  # noqa: Y015
+
+@_typing.final
 class DownloadLogsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

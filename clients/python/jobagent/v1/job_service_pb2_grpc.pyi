@@ -86,6 +86,11 @@ class JobServiceStub:
     `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
     record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
     """
+    StreamLogBatches: _grpc.UnaryStreamMultiCallable[_job_service_pb2.StreamLogBatchesRequest, _job_service_pb2.StreamLogBatchesResponse]
+    """StreamLogs with many lines per message (up to about 64 KiB of text each), column by
+    column: the same lines, filters, tail, follow and truncation, at a fraction of the cost
+    per line. What the clients' follow_logs and `jobctl logs` use.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -143,6 +148,11 @@ class JobServiceAsyncStub(JobServiceStub):
     transfer and archiving: the CRI logging format, one record per line,
     `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
     record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
+    """
+    StreamLogBatches: _aio.UnaryStreamMultiCallable[_job_service_pb2.StreamLogBatchesRequest, _job_service_pb2.StreamLogBatchesResponse]  # type: ignore[assignment]
+    """StreamLogs with many lines per message (up to about 64 KiB of text each), column by
+    column: the same lines, filters, tail, follow and truncation, at a fraction of the cost
+    per line. What the clients' follow_logs and `jobctl logs` use.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -294,6 +304,17 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         transfer and archiving: the CRI logging format, one record per line,
         `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
         record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamLogBatches(
+        self,
+        request: _job_service_pb2.StreamLogBatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_job_service_pb2.StreamLogBatchesResponse], _abc.AsyncIterator[_job_service_pb2.StreamLogBatchesResponse]]:
+        """StreamLogs with many lines per message (up to about 64 KiB of text each), column by
+        column: the same lines, filters, tail, follow and truncation, at a fraction of the cost
+        per line. What the clients' follow_logs and `jobctl logs` use.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

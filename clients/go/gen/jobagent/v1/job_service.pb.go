@@ -935,6 +935,180 @@ func (x *StreamLogsRequest) GetAttempt() uint32 {
 	return 0
 }
 
+type StreamLogBatchesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The execution's id.
+	ExecutionId string `protobuf:"bytes,1,opt,name=execution_id,json=executionId,proto3" json:"execution_id,omitempty"`
+	// Keep the stream open and send new lines until the execution ends.
+	Follow bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	// Start with the last N lines (0: from the start).
+	TailLines int32 `protobuf:"varint,3,opt,name=tail_lines,json=tailLines,proto3" json:"tail_lines,omitempty"`
+	// Only this stream (both when unspecified).
+	Stream LogStream `protobuf:"varint,4,opt,name=stream,proto3,enum=jobagent.v1.LogStream" json:"stream,omitempty"`
+	// Only lines written at or after this time.
+	Since *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=since,proto3" json:"since,omitempty"`
+	// The attempt whose output to read (1 for the first); the latest when 0.
+	Attempt       uint32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamLogBatchesRequest) Reset() {
+	*x = StreamLogBatchesRequest{}
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamLogBatchesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamLogBatchesRequest) ProtoMessage() {}
+
+func (x *StreamLogBatchesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamLogBatchesRequest.ProtoReflect.Descriptor instead.
+func (*StreamLogBatchesRequest) Descriptor() ([]byte, []int) {
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *StreamLogBatchesRequest) GetExecutionId() string {
+	if x != nil {
+		return x.ExecutionId
+	}
+	return ""
+}
+
+func (x *StreamLogBatchesRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *StreamLogBatchesRequest) GetTailLines() int32 {
+	if x != nil {
+		return x.TailLines
+	}
+	return 0
+}
+
+func (x *StreamLogBatchesRequest) GetStream() LogStream {
+	if x != nil {
+		return x.Stream
+	}
+	return LogStream_LOG_STREAM_UNSPECIFIED
+}
+
+func (x *StreamLogBatchesRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *StreamLogBatchesRequest) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+// Consecutive output lines, one entry per line in each of the lists.
+type StreamLogBatchesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Each line's text without its newline (invalid UTF-8 is replaced).
+	Messages []string `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	// When the monitor read each line, in nanoseconds since the Unix epoch.
+	TimesUnixNano []int64 `protobuf:"varint,2,rep,packed,name=times_unix_nano,json=timesUnixNano,proto3" json:"times_unix_nano,omitempty"`
+	// Each line's stream.
+	Streams []LogStream `protobuf:"varint,3,rep,packed,name=streams,proto3,enum=jobagent.v1.LogStream" json:"streams,omitempty"`
+	// The indexes, in this message, of the lines that are fragments: the process wrote no
+	// newline yet (LogLine.partial).
+	PartialLines []uint32 `protobuf:"varint,4,rep,packed,name=partial_lines,json=partialLines,proto3" json:"partial_lines,omitempty"`
+	// True when older output was dropped before this message's first line (the attempt's
+	// size cap; LogLine.truncated).
+	Truncated     bool `protobuf:"varint,5,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamLogBatchesResponse) Reset() {
+	*x = StreamLogBatchesResponse{}
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamLogBatchesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamLogBatchesResponse) ProtoMessage() {}
+
+func (x *StreamLogBatchesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamLogBatchesResponse.ProtoReflect.Descriptor instead.
+func (*StreamLogBatchesResponse) Descriptor() ([]byte, []int) {
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *StreamLogBatchesResponse) GetMessages() []string {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *StreamLogBatchesResponse) GetTimesUnixNano() []int64 {
+	if x != nil {
+		return x.TimesUnixNano
+	}
+	return nil
+}
+
+func (x *StreamLogBatchesResponse) GetStreams() []LogStream {
+	if x != nil {
+		return x.Streams
+	}
+	return nil
+}
+
+func (x *StreamLogBatchesResponse) GetPartialLines() []uint32 {
+	if x != nil {
+		return x.PartialLines
+	}
+	return nil
+}
+
+func (x *StreamLogBatchesResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
 type DownloadLogsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The execution's id.
@@ -952,7 +1126,7 @@ type DownloadLogsRequest struct {
 
 func (x *DownloadLogsRequest) Reset() {
 	*x = DownloadLogsRequest{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[14]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -964,7 +1138,7 @@ func (x *DownloadLogsRequest) String() string {
 func (*DownloadLogsRequest) ProtoMessage() {}
 
 func (x *DownloadLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[14]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -977,7 +1151,7 @@ func (x *DownloadLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadLogsRequest.ProtoReflect.Descriptor instead.
 func (*DownloadLogsRequest) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{14}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DownloadLogsRequest) GetExecutionId() string {
@@ -1016,7 +1190,7 @@ type PruneImagesRequest struct {
 
 func (x *PruneImagesRequest) Reset() {
 	*x = PruneImagesRequest{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[15]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1202,7 @@ func (x *PruneImagesRequest) String() string {
 func (*PruneImagesRequest) ProtoMessage() {}
 
 func (x *PruneImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[15]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1215,7 @@ func (x *PruneImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneImagesRequest.ProtoReflect.Descriptor instead.
 func (*PruneImagesRequest) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{15}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{17}
 }
 
 type PruneImagesResponse struct {
@@ -1056,7 +1230,7 @@ type PruneImagesResponse struct {
 
 func (x *PruneImagesResponse) Reset() {
 	*x = PruneImagesResponse{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[16]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1242,7 @@ func (x *PruneImagesResponse) String() string {
 func (*PruneImagesResponse) ProtoMessage() {}
 
 func (x *PruneImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[16]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1255,7 @@ func (x *PruneImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneImagesResponse.ProtoReflect.Descriptor instead.
 func (*PruneImagesResponse) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{16}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PruneImagesResponse) GetRemoved() []string {
@@ -1108,7 +1282,7 @@ type SuspendJobRequest struct {
 
 func (x *SuspendJobRequest) Reset() {
 	*x = SuspendJobRequest{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[17]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1294,7 @@ func (x *SuspendJobRequest) String() string {
 func (*SuspendJobRequest) ProtoMessage() {}
 
 func (x *SuspendJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[17]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1307,7 @@ func (x *SuspendJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SuspendJobRequest.ProtoReflect.Descriptor instead.
 func (*SuspendJobRequest) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{17}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SuspendJobRequest) GetName() string {
@@ -1153,7 +1327,7 @@ type ResumeJobRequest struct {
 
 func (x *ResumeJobRequest) Reset() {
 	*x = ResumeJobRequest{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[18]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1339,7 @@ func (x *ResumeJobRequest) String() string {
 func (*ResumeJobRequest) ProtoMessage() {}
 
 func (x *ResumeJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[18]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1352,7 @@ func (x *ResumeJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeJobRequest.ProtoReflect.Descriptor instead.
 func (*ResumeJobRequest) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{18}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResumeJobRequest) GetName() string {
@@ -1205,7 +1379,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[19]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1391,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[19]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1404,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{19}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchEventsRequest) GetSinceSequence() uint64 {
@@ -1272,7 +1446,7 @@ type Bookmark struct {
 
 func (x *Bookmark) Reset() {
 	*x = Bookmark{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[20]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1458,7 @@ func (x *Bookmark) String() string {
 func (*Bookmark) ProtoMessage() {}
 
 func (x *Bookmark) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[20]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1471,7 @@ func (x *Bookmark) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bookmark.ProtoReflect.Descriptor instead.
 func (*Bookmark) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{20}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Bookmark) GetSequence() uint64 {
@@ -1323,7 +1497,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[21]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1335,7 +1509,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[21]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1348,7 +1522,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{21}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchEventsResponse) GetItem() isWatchEventsResponse_Item {
@@ -1415,7 +1589,7 @@ type GetNodeInfoRequest struct {
 
 func (x *GetNodeInfoRequest) Reset() {
 	*x = GetNodeInfoRequest{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[22]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1601,7 @@ func (x *GetNodeInfoRequest) String() string {
 func (*GetNodeInfoRequest) ProtoMessage() {}
 
 func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[22]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1614,7 @@ func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{22}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{24}
 }
 
 // The node as a scheduler sees it.
@@ -1467,7 +1641,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[23]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1479,7 +1653,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_jobagent_v1_job_service_proto_msgTypes[23]
+	mi := &file_jobagent_v1_job_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1492,7 +1666,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{23}
+	return file_jobagent_v1_job_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *NodeInfo) GetAgentVersion() string {
@@ -1623,7 +1797,21 @@ const file_jobagent_v1_job_service_proto_rawDesc = "" +
 	"tail_lines\x18\x03 \x01(\x05R\ttailLines\x12.\n" +
 	"\x06stream\x18\x04 \x01(\x0e2\x16.jobagent.v1.LogStreamR\x06stream\x120\n" +
 	"\x05since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
-	"\aattempt\x18\x06 \x01(\rR\aattempt\"\x82\x01\n" +
+	"\aattempt\x18\x06 \x01(\rR\aattempt\"\xef\x01\n" +
+	"\x17StreamLogBatchesRequest\x12!\n" +
+	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x1d\n" +
+	"\n" +
+	"tail_lines\x18\x03 \x01(\x05R\ttailLines\x12.\n" +
+	"\x06stream\x18\x04 \x01(\x0e2\x16.jobagent.v1.LogStreamR\x06stream\x120\n" +
+	"\x05since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
+	"\aattempt\x18\x06 \x01(\rR\aattempt\"\xd3\x01\n" +
+	"\x18StreamLogBatchesResponse\x12\x1a\n" +
+	"\bmessages\x18\x01 \x03(\tR\bmessages\x12&\n" +
+	"\x0ftimes_unix_nano\x18\x02 \x03(\x03R\rtimesUnixNano\x120\n" +
+	"\astreams\x18\x03 \x03(\x0e2\x16.jobagent.v1.LogStreamR\astreams\x12#\n" +
+	"\rpartial_lines\x18\x04 \x03(\rR\fpartialLines\x12\x1c\n" +
+	"\ttruncated\x18\x05 \x01(\bR\ttruncated\"\x82\x01\n" +
 	"\x13DownloadLogsRequest\x12!\n" +
 	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x16\n" +
@@ -1663,7 +1851,8 @@ const file_jobagent_v1_job_service_proto_rawDesc = "" +
 	"\rlast_sequence\x18\t \x01(\x04R\flastSequence*G\n" +
 	"\rTriggerOrigin\x12\x1e\n" +
 	"\x1aTRIGGER_ORIGIN_UNSPECIFIED\x10\x00\x12\x16\n" +
-	"\x12TRIGGER_ORIGIN_CLI\x10\x012\xc3\t\n" +
+	"\x12TRIGGER_ORIGIN_CLI\x10\x012\xa6\n" +
+	"\n" +
 	"\n" +
 	"JobService\x12P\n" +
 	"\vRegisterJob\x12\x1f.jobagent.v1.RegisterJobRequest\x1a .jobagent.v1.RegisterJobResponse\x126\n" +
@@ -1684,7 +1873,8 @@ const file_jobagent_v1_job_service_proto_rawDesc = "" +
 	"\n" +
 	"SuspendJob\x12\x1e.jobagent.v1.SuspendJobRequest\x1a\x10.jobagent.v1.Job\x12<\n" +
 	"\tResumeJob\x12\x1d.jobagent.v1.ResumeJobRequest\x1a\x10.jobagent.v1.Job\x12I\n" +
-	"\fDownloadLogs\x12 .jobagent.v1.DownloadLogsRequest\x1a\x15.jobagent.v1.LogChunk0\x01B\x9f\x01\n" +
+	"\fDownloadLogs\x12 .jobagent.v1.DownloadLogsRequest\x1a\x15.jobagent.v1.LogChunk0\x01\x12a\n" +
+	"\x10StreamLogBatches\x12$.jobagent.v1.StreamLogBatchesRequest\x1a%.jobagent.v1.StreamLogBatchesResponse0\x01B\x9f\x01\n" +
 	"\x0fcom.jobagent.v1B\x0fJobServiceProtoP\x01Z.jobagent/clients/go/gen/jobagent/v1;jobagentv1\xa2\x02\x03JXX\xaa\x02\vJobagent.V1\xca\x02\vJobagent\\V1\xe2\x02\x17Jobagent\\V1\\GPBMetadata\xea\x02\fJobagent::V1b\x06proto3"
 
 var (
@@ -1700,104 +1890,111 @@ func file_jobagent_v1_job_service_proto_rawDescGZIP() []byte {
 }
 
 var file_jobagent_v1_job_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_jobagent_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_jobagent_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_jobagent_v1_job_service_proto_goTypes = []any{
-	(TriggerOrigin)(0),             // 0: jobagent.v1.TriggerOrigin
-	(*RegisterJobRequest)(nil),     // 1: jobagent.v1.RegisterJobRequest
-	(*RegisterJobResponse)(nil),    // 2: jobagent.v1.RegisterJobResponse
-	(*GetJobRequest)(nil),          // 3: jobagent.v1.GetJobRequest
-	(*ListJobsRequest)(nil),        // 4: jobagent.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),       // 5: jobagent.v1.ListJobsResponse
-	(*UnregisterJobRequest)(nil),   // 6: jobagent.v1.UnregisterJobRequest
-	(*UnregisterJobResponse)(nil),  // 7: jobagent.v1.UnregisterJobResponse
-	(*TriggerJobRequest)(nil),      // 8: jobagent.v1.TriggerJobRequest
-	(*GetExecutionRequest)(nil),    // 9: jobagent.v1.GetExecutionRequest
-	(*ListExecutionsRequest)(nil),  // 10: jobagent.v1.ListExecutionsRequest
-	(*ListExecutionsResponse)(nil), // 11: jobagent.v1.ListExecutionsResponse
-	(*CancelExecutionRequest)(nil), // 12: jobagent.v1.CancelExecutionRequest
-	(*WatchExecutionRequest)(nil),  // 13: jobagent.v1.WatchExecutionRequest
-	(*StreamLogsRequest)(nil),      // 14: jobagent.v1.StreamLogsRequest
-	(*DownloadLogsRequest)(nil),    // 15: jobagent.v1.DownloadLogsRequest
-	(*PruneImagesRequest)(nil),     // 16: jobagent.v1.PruneImagesRequest
-	(*PruneImagesResponse)(nil),    // 17: jobagent.v1.PruneImagesResponse
-	(*SuspendJobRequest)(nil),      // 18: jobagent.v1.SuspendJobRequest
-	(*ResumeJobRequest)(nil),       // 19: jobagent.v1.ResumeJobRequest
-	(*WatchEventsRequest)(nil),     // 20: jobagent.v1.WatchEventsRequest
-	(*Bookmark)(nil),               // 21: jobagent.v1.Bookmark
-	(*WatchEventsResponse)(nil),    // 22: jobagent.v1.WatchEventsResponse
-	(*GetNodeInfoRequest)(nil),     // 23: jobagent.v1.GetNodeInfoRequest
-	(*NodeInfo)(nil),               // 24: jobagent.v1.NodeInfo
-	nil,                            // 25: jobagent.v1.TriggerJobRequest.EnvEntry
-	(*JobSpec)(nil),                // 26: jobagent.v1.JobSpec
-	(*Job)(nil),                    // 27: jobagent.v1.Job
-	(ExecutionStatus)(0),           // 28: jobagent.v1.ExecutionStatus
-	(TriggerKind)(0),               // 29: jobagent.v1.TriggerKind
-	(*timestamppb.Timestamp)(nil),  // 30: google.protobuf.Timestamp
-	(*Execution)(nil),              // 31: jobagent.v1.Execution
-	(*durationpb.Duration)(nil),    // 32: google.protobuf.Duration
-	(LogStream)(0),                 // 33: jobagent.v1.LogStream
-	(EventType)(0),                 // 34: jobagent.v1.EventType
-	(*ExecutionEvent)(nil),         // 35: jobagent.v1.ExecutionEvent
-	(*JobEvent)(nil),               // 36: jobagent.v1.JobEvent
-	(*LogLine)(nil),                // 37: jobagent.v1.LogLine
-	(*LogChunk)(nil),               // 38: jobagent.v1.LogChunk
+	(TriggerOrigin)(0),               // 0: jobagent.v1.TriggerOrigin
+	(*RegisterJobRequest)(nil),       // 1: jobagent.v1.RegisterJobRequest
+	(*RegisterJobResponse)(nil),      // 2: jobagent.v1.RegisterJobResponse
+	(*GetJobRequest)(nil),            // 3: jobagent.v1.GetJobRequest
+	(*ListJobsRequest)(nil),          // 4: jobagent.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 5: jobagent.v1.ListJobsResponse
+	(*UnregisterJobRequest)(nil),     // 6: jobagent.v1.UnregisterJobRequest
+	(*UnregisterJobResponse)(nil),    // 7: jobagent.v1.UnregisterJobResponse
+	(*TriggerJobRequest)(nil),        // 8: jobagent.v1.TriggerJobRequest
+	(*GetExecutionRequest)(nil),      // 9: jobagent.v1.GetExecutionRequest
+	(*ListExecutionsRequest)(nil),    // 10: jobagent.v1.ListExecutionsRequest
+	(*ListExecutionsResponse)(nil),   // 11: jobagent.v1.ListExecutionsResponse
+	(*CancelExecutionRequest)(nil),   // 12: jobagent.v1.CancelExecutionRequest
+	(*WatchExecutionRequest)(nil),    // 13: jobagent.v1.WatchExecutionRequest
+	(*StreamLogsRequest)(nil),        // 14: jobagent.v1.StreamLogsRequest
+	(*StreamLogBatchesRequest)(nil),  // 15: jobagent.v1.StreamLogBatchesRequest
+	(*StreamLogBatchesResponse)(nil), // 16: jobagent.v1.StreamLogBatchesResponse
+	(*DownloadLogsRequest)(nil),      // 17: jobagent.v1.DownloadLogsRequest
+	(*PruneImagesRequest)(nil),       // 18: jobagent.v1.PruneImagesRequest
+	(*PruneImagesResponse)(nil),      // 19: jobagent.v1.PruneImagesResponse
+	(*SuspendJobRequest)(nil),        // 20: jobagent.v1.SuspendJobRequest
+	(*ResumeJobRequest)(nil),         // 21: jobagent.v1.ResumeJobRequest
+	(*WatchEventsRequest)(nil),       // 22: jobagent.v1.WatchEventsRequest
+	(*Bookmark)(nil),                 // 23: jobagent.v1.Bookmark
+	(*WatchEventsResponse)(nil),      // 24: jobagent.v1.WatchEventsResponse
+	(*GetNodeInfoRequest)(nil),       // 25: jobagent.v1.GetNodeInfoRequest
+	(*NodeInfo)(nil),                 // 26: jobagent.v1.NodeInfo
+	nil,                              // 27: jobagent.v1.TriggerJobRequest.EnvEntry
+	(*JobSpec)(nil),                  // 28: jobagent.v1.JobSpec
+	(*Job)(nil),                      // 29: jobagent.v1.Job
+	(ExecutionStatus)(0),             // 30: jobagent.v1.ExecutionStatus
+	(TriggerKind)(0),                 // 31: jobagent.v1.TriggerKind
+	(*timestamppb.Timestamp)(nil),    // 32: google.protobuf.Timestamp
+	(*Execution)(nil),                // 33: jobagent.v1.Execution
+	(*durationpb.Duration)(nil),      // 34: google.protobuf.Duration
+	(LogStream)(0),                   // 35: jobagent.v1.LogStream
+	(EventType)(0),                   // 36: jobagent.v1.EventType
+	(*ExecutionEvent)(nil),           // 37: jobagent.v1.ExecutionEvent
+	(*JobEvent)(nil),                 // 38: jobagent.v1.JobEvent
+	(*LogLine)(nil),                  // 39: jobagent.v1.LogLine
+	(*LogChunk)(nil),                 // 40: jobagent.v1.LogChunk
 }
 var file_jobagent_v1_job_service_proto_depIdxs = []int32{
-	26, // 0: jobagent.v1.RegisterJobRequest.spec:type_name -> jobagent.v1.JobSpec
-	27, // 1: jobagent.v1.RegisterJobResponse.jobs:type_name -> jobagent.v1.Job
-	27, // 2: jobagent.v1.ListJobsResponse.jobs:type_name -> jobagent.v1.Job
+	28, // 0: jobagent.v1.RegisterJobRequest.spec:type_name -> jobagent.v1.JobSpec
+	29, // 1: jobagent.v1.RegisterJobResponse.jobs:type_name -> jobagent.v1.Job
+	29, // 2: jobagent.v1.ListJobsResponse.jobs:type_name -> jobagent.v1.Job
 	0,  // 3: jobagent.v1.TriggerJobRequest.origin:type_name -> jobagent.v1.TriggerOrigin
-	25, // 4: jobagent.v1.TriggerJobRequest.env:type_name -> jobagent.v1.TriggerJobRequest.EnvEntry
-	28, // 5: jobagent.v1.ListExecutionsRequest.statuses:type_name -> jobagent.v1.ExecutionStatus
-	29, // 6: jobagent.v1.ListExecutionsRequest.trigger_kinds:type_name -> jobagent.v1.TriggerKind
-	30, // 7: jobagent.v1.ListExecutionsRequest.created_after:type_name -> google.protobuf.Timestamp
-	30, // 8: jobagent.v1.ListExecutionsRequest.created_before:type_name -> google.protobuf.Timestamp
-	31, // 9: jobagent.v1.ListExecutionsResponse.executions:type_name -> jobagent.v1.Execution
-	32, // 10: jobagent.v1.CancelExecutionRequest.grace_period:type_name -> google.protobuf.Duration
-	33, // 11: jobagent.v1.StreamLogsRequest.stream:type_name -> jobagent.v1.LogStream
-	30, // 12: jobagent.v1.StreamLogsRequest.since:type_name -> google.protobuf.Timestamp
-	34, // 13: jobagent.v1.WatchEventsRequest.types:type_name -> jobagent.v1.EventType
-	32, // 14: jobagent.v1.WatchEventsRequest.bookmark_interval:type_name -> google.protobuf.Duration
-	35, // 15: jobagent.v1.WatchEventsResponse.event:type_name -> jobagent.v1.ExecutionEvent
-	21, // 16: jobagent.v1.WatchEventsResponse.bookmark:type_name -> jobagent.v1.Bookmark
-	36, // 17: jobagent.v1.WatchEventsResponse.job_event:type_name -> jobagent.v1.JobEvent
-	1,  // 18: jobagent.v1.JobService.RegisterJob:input_type -> jobagent.v1.RegisterJobRequest
-	3,  // 19: jobagent.v1.JobService.GetJob:input_type -> jobagent.v1.GetJobRequest
-	4,  // 20: jobagent.v1.JobService.ListJobs:input_type -> jobagent.v1.ListJobsRequest
-	6,  // 21: jobagent.v1.JobService.UnregisterJob:input_type -> jobagent.v1.UnregisterJobRequest
-	8,  // 22: jobagent.v1.JobService.TriggerJob:input_type -> jobagent.v1.TriggerJobRequest
-	9,  // 23: jobagent.v1.JobService.GetExecution:input_type -> jobagent.v1.GetExecutionRequest
-	10, // 24: jobagent.v1.JobService.ListExecutions:input_type -> jobagent.v1.ListExecutionsRequest
-	12, // 25: jobagent.v1.JobService.CancelExecution:input_type -> jobagent.v1.CancelExecutionRequest
-	13, // 26: jobagent.v1.JobService.WatchExecution:input_type -> jobagent.v1.WatchExecutionRequest
-	14, // 27: jobagent.v1.JobService.StreamLogs:input_type -> jobagent.v1.StreamLogsRequest
-	20, // 28: jobagent.v1.JobService.WatchEvents:input_type -> jobagent.v1.WatchEventsRequest
-	16, // 29: jobagent.v1.JobService.PruneImages:input_type -> jobagent.v1.PruneImagesRequest
-	23, // 30: jobagent.v1.JobService.GetNodeInfo:input_type -> jobagent.v1.GetNodeInfoRequest
-	18, // 31: jobagent.v1.JobService.SuspendJob:input_type -> jobagent.v1.SuspendJobRequest
-	19, // 32: jobagent.v1.JobService.ResumeJob:input_type -> jobagent.v1.ResumeJobRequest
-	15, // 33: jobagent.v1.JobService.DownloadLogs:input_type -> jobagent.v1.DownloadLogsRequest
-	2,  // 34: jobagent.v1.JobService.RegisterJob:output_type -> jobagent.v1.RegisterJobResponse
-	27, // 35: jobagent.v1.JobService.GetJob:output_type -> jobagent.v1.Job
-	5,  // 36: jobagent.v1.JobService.ListJobs:output_type -> jobagent.v1.ListJobsResponse
-	7,  // 37: jobagent.v1.JobService.UnregisterJob:output_type -> jobagent.v1.UnregisterJobResponse
-	31, // 38: jobagent.v1.JobService.TriggerJob:output_type -> jobagent.v1.Execution
-	31, // 39: jobagent.v1.JobService.GetExecution:output_type -> jobagent.v1.Execution
-	11, // 40: jobagent.v1.JobService.ListExecutions:output_type -> jobagent.v1.ListExecutionsResponse
-	31, // 41: jobagent.v1.JobService.CancelExecution:output_type -> jobagent.v1.Execution
-	35, // 42: jobagent.v1.JobService.WatchExecution:output_type -> jobagent.v1.ExecutionEvent
-	37, // 43: jobagent.v1.JobService.StreamLogs:output_type -> jobagent.v1.LogLine
-	22, // 44: jobagent.v1.JobService.WatchEvents:output_type -> jobagent.v1.WatchEventsResponse
-	17, // 45: jobagent.v1.JobService.PruneImages:output_type -> jobagent.v1.PruneImagesResponse
-	24, // 46: jobagent.v1.JobService.GetNodeInfo:output_type -> jobagent.v1.NodeInfo
-	27, // 47: jobagent.v1.JobService.SuspendJob:output_type -> jobagent.v1.Job
-	27, // 48: jobagent.v1.JobService.ResumeJob:output_type -> jobagent.v1.Job
-	38, // 49: jobagent.v1.JobService.DownloadLogs:output_type -> jobagent.v1.LogChunk
-	34, // [34:50] is the sub-list for method output_type
-	18, // [18:34] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	27, // 4: jobagent.v1.TriggerJobRequest.env:type_name -> jobagent.v1.TriggerJobRequest.EnvEntry
+	30, // 5: jobagent.v1.ListExecutionsRequest.statuses:type_name -> jobagent.v1.ExecutionStatus
+	31, // 6: jobagent.v1.ListExecutionsRequest.trigger_kinds:type_name -> jobagent.v1.TriggerKind
+	32, // 7: jobagent.v1.ListExecutionsRequest.created_after:type_name -> google.protobuf.Timestamp
+	32, // 8: jobagent.v1.ListExecutionsRequest.created_before:type_name -> google.protobuf.Timestamp
+	33, // 9: jobagent.v1.ListExecutionsResponse.executions:type_name -> jobagent.v1.Execution
+	34, // 10: jobagent.v1.CancelExecutionRequest.grace_period:type_name -> google.protobuf.Duration
+	35, // 11: jobagent.v1.StreamLogsRequest.stream:type_name -> jobagent.v1.LogStream
+	32, // 12: jobagent.v1.StreamLogsRequest.since:type_name -> google.protobuf.Timestamp
+	35, // 13: jobagent.v1.StreamLogBatchesRequest.stream:type_name -> jobagent.v1.LogStream
+	32, // 14: jobagent.v1.StreamLogBatchesRequest.since:type_name -> google.protobuf.Timestamp
+	35, // 15: jobagent.v1.StreamLogBatchesResponse.streams:type_name -> jobagent.v1.LogStream
+	36, // 16: jobagent.v1.WatchEventsRequest.types:type_name -> jobagent.v1.EventType
+	34, // 17: jobagent.v1.WatchEventsRequest.bookmark_interval:type_name -> google.protobuf.Duration
+	37, // 18: jobagent.v1.WatchEventsResponse.event:type_name -> jobagent.v1.ExecutionEvent
+	23, // 19: jobagent.v1.WatchEventsResponse.bookmark:type_name -> jobagent.v1.Bookmark
+	38, // 20: jobagent.v1.WatchEventsResponse.job_event:type_name -> jobagent.v1.JobEvent
+	1,  // 21: jobagent.v1.JobService.RegisterJob:input_type -> jobagent.v1.RegisterJobRequest
+	3,  // 22: jobagent.v1.JobService.GetJob:input_type -> jobagent.v1.GetJobRequest
+	4,  // 23: jobagent.v1.JobService.ListJobs:input_type -> jobagent.v1.ListJobsRequest
+	6,  // 24: jobagent.v1.JobService.UnregisterJob:input_type -> jobagent.v1.UnregisterJobRequest
+	8,  // 25: jobagent.v1.JobService.TriggerJob:input_type -> jobagent.v1.TriggerJobRequest
+	9,  // 26: jobagent.v1.JobService.GetExecution:input_type -> jobagent.v1.GetExecutionRequest
+	10, // 27: jobagent.v1.JobService.ListExecutions:input_type -> jobagent.v1.ListExecutionsRequest
+	12, // 28: jobagent.v1.JobService.CancelExecution:input_type -> jobagent.v1.CancelExecutionRequest
+	13, // 29: jobagent.v1.JobService.WatchExecution:input_type -> jobagent.v1.WatchExecutionRequest
+	14, // 30: jobagent.v1.JobService.StreamLogs:input_type -> jobagent.v1.StreamLogsRequest
+	22, // 31: jobagent.v1.JobService.WatchEvents:input_type -> jobagent.v1.WatchEventsRequest
+	18, // 32: jobagent.v1.JobService.PruneImages:input_type -> jobagent.v1.PruneImagesRequest
+	25, // 33: jobagent.v1.JobService.GetNodeInfo:input_type -> jobagent.v1.GetNodeInfoRequest
+	20, // 34: jobagent.v1.JobService.SuspendJob:input_type -> jobagent.v1.SuspendJobRequest
+	21, // 35: jobagent.v1.JobService.ResumeJob:input_type -> jobagent.v1.ResumeJobRequest
+	17, // 36: jobagent.v1.JobService.DownloadLogs:input_type -> jobagent.v1.DownloadLogsRequest
+	15, // 37: jobagent.v1.JobService.StreamLogBatches:input_type -> jobagent.v1.StreamLogBatchesRequest
+	2,  // 38: jobagent.v1.JobService.RegisterJob:output_type -> jobagent.v1.RegisterJobResponse
+	29, // 39: jobagent.v1.JobService.GetJob:output_type -> jobagent.v1.Job
+	5,  // 40: jobagent.v1.JobService.ListJobs:output_type -> jobagent.v1.ListJobsResponse
+	7,  // 41: jobagent.v1.JobService.UnregisterJob:output_type -> jobagent.v1.UnregisterJobResponse
+	33, // 42: jobagent.v1.JobService.TriggerJob:output_type -> jobagent.v1.Execution
+	33, // 43: jobagent.v1.JobService.GetExecution:output_type -> jobagent.v1.Execution
+	11, // 44: jobagent.v1.JobService.ListExecutions:output_type -> jobagent.v1.ListExecutionsResponse
+	33, // 45: jobagent.v1.JobService.CancelExecution:output_type -> jobagent.v1.Execution
+	37, // 46: jobagent.v1.JobService.WatchExecution:output_type -> jobagent.v1.ExecutionEvent
+	39, // 47: jobagent.v1.JobService.StreamLogs:output_type -> jobagent.v1.LogLine
+	24, // 48: jobagent.v1.JobService.WatchEvents:output_type -> jobagent.v1.WatchEventsResponse
+	19, // 49: jobagent.v1.JobService.PruneImages:output_type -> jobagent.v1.PruneImagesResponse
+	26, // 50: jobagent.v1.JobService.GetNodeInfo:output_type -> jobagent.v1.NodeInfo
+	29, // 51: jobagent.v1.JobService.SuspendJob:output_type -> jobagent.v1.Job
+	29, // 52: jobagent.v1.JobService.ResumeJob:output_type -> jobagent.v1.Job
+	40, // 53: jobagent.v1.JobService.DownloadLogs:output_type -> jobagent.v1.LogChunk
+	16, // 54: jobagent.v1.JobService.StreamLogBatches:output_type -> jobagent.v1.StreamLogBatchesResponse
+	38, // [38:55] is the sub-list for method output_type
+	21, // [21:38] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_jobagent_v1_job_service_proto_init() }
@@ -1810,7 +2007,7 @@ func file_jobagent_v1_job_service_proto_init() {
 		(*RegisterJobRequest_SpecYaml)(nil),
 		(*RegisterJobRequest_Spec)(nil),
 	}
-	file_jobagent_v1_job_service_proto_msgTypes[21].OneofWrappers = []any{
+	file_jobagent_v1_job_service_proto_msgTypes[23].OneofWrappers = []any{
 		(*WatchEventsResponse_Event)(nil),
 		(*WatchEventsResponse_Bookmark)(nil),
 		(*WatchEventsResponse_JobEvent)(nil),
@@ -1821,7 +2018,7 @@ func file_jobagent_v1_job_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobagent_v1_job_service_proto_rawDesc), len(file_jobagent_v1_job_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,22 +19,23 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	JobService_RegisterJob_FullMethodName     = "/jobagent.v1.JobService/RegisterJob"
-	JobService_GetJob_FullMethodName          = "/jobagent.v1.JobService/GetJob"
-	JobService_ListJobs_FullMethodName        = "/jobagent.v1.JobService/ListJobs"
-	JobService_UnregisterJob_FullMethodName   = "/jobagent.v1.JobService/UnregisterJob"
-	JobService_TriggerJob_FullMethodName      = "/jobagent.v1.JobService/TriggerJob"
-	JobService_GetExecution_FullMethodName    = "/jobagent.v1.JobService/GetExecution"
-	JobService_ListExecutions_FullMethodName  = "/jobagent.v1.JobService/ListExecutions"
-	JobService_CancelExecution_FullMethodName = "/jobagent.v1.JobService/CancelExecution"
-	JobService_WatchExecution_FullMethodName  = "/jobagent.v1.JobService/WatchExecution"
-	JobService_StreamLogs_FullMethodName      = "/jobagent.v1.JobService/StreamLogs"
-	JobService_WatchEvents_FullMethodName     = "/jobagent.v1.JobService/WatchEvents"
-	JobService_PruneImages_FullMethodName     = "/jobagent.v1.JobService/PruneImages"
-	JobService_GetNodeInfo_FullMethodName     = "/jobagent.v1.JobService/GetNodeInfo"
-	JobService_SuspendJob_FullMethodName      = "/jobagent.v1.JobService/SuspendJob"
-	JobService_ResumeJob_FullMethodName       = "/jobagent.v1.JobService/ResumeJob"
-	JobService_DownloadLogs_FullMethodName    = "/jobagent.v1.JobService/DownloadLogs"
+	JobService_RegisterJob_FullMethodName      = "/jobagent.v1.JobService/RegisterJob"
+	JobService_GetJob_FullMethodName           = "/jobagent.v1.JobService/GetJob"
+	JobService_ListJobs_FullMethodName         = "/jobagent.v1.JobService/ListJobs"
+	JobService_UnregisterJob_FullMethodName    = "/jobagent.v1.JobService/UnregisterJob"
+	JobService_TriggerJob_FullMethodName       = "/jobagent.v1.JobService/TriggerJob"
+	JobService_GetExecution_FullMethodName     = "/jobagent.v1.JobService/GetExecution"
+	JobService_ListExecutions_FullMethodName   = "/jobagent.v1.JobService/ListExecutions"
+	JobService_CancelExecution_FullMethodName  = "/jobagent.v1.JobService/CancelExecution"
+	JobService_WatchExecution_FullMethodName   = "/jobagent.v1.JobService/WatchExecution"
+	JobService_StreamLogs_FullMethodName       = "/jobagent.v1.JobService/StreamLogs"
+	JobService_WatchEvents_FullMethodName      = "/jobagent.v1.JobService/WatchEvents"
+	JobService_PruneImages_FullMethodName      = "/jobagent.v1.JobService/PruneImages"
+	JobService_GetNodeInfo_FullMethodName      = "/jobagent.v1.JobService/GetNodeInfo"
+	JobService_SuspendJob_FullMethodName       = "/jobagent.v1.JobService/SuspendJob"
+	JobService_ResumeJob_FullMethodName        = "/jobagent.v1.JobService/ResumeJob"
+	JobService_DownloadLogs_FullMethodName     = "/jobagent.v1.JobService/DownloadLogs"
+	JobService_StreamLogBatches_FullMethodName = "/jobagent.v1.JobService/StreamLogBatches"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -88,6 +89,10 @@ type JobServiceClient interface {
 	// `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
 	// record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
 	DownloadLogs(ctx context.Context, in *DownloadLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogChunk], error)
+	// StreamLogs with many lines per message (up to about 64 KiB of text each), column by
+	// column: the same lines, filters, tail, follow and truncation, at a fraction of the cost
+	// per line. What the clients' follow_logs and `jobctl logs` use.
+	StreamLogBatches(ctx context.Context, in *StreamLogBatchesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamLogBatchesResponse], error)
 }
 
 type jobServiceClient struct {
@@ -294,6 +299,25 @@ func (c *jobServiceClient) DownloadLogs(ctx context.Context, in *DownloadLogsReq
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type JobService_DownloadLogsClient = grpc.ServerStreamingClient[LogChunk]
 
+func (c *jobServiceClient) StreamLogBatches(ctx context.Context, in *StreamLogBatchesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamLogBatchesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &JobService_ServiceDesc.Streams[4], JobService_StreamLogBatches_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StreamLogBatchesRequest, StreamLogBatchesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_StreamLogBatchesClient = grpc.ServerStreamingClient[StreamLogBatchesResponse]
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -345,6 +369,10 @@ type JobServiceServer interface {
 	// `<RFC 3339 time> stdout|stderr F|P <text>` (P: a fragment, the text goes on in the next
 	// record of that stream). With follow, until the attempt ends. StreamLogs parses and filters.
 	DownloadLogs(*DownloadLogsRequest, grpc.ServerStreamingServer[LogChunk]) error
+	// StreamLogs with many lines per message (up to about 64 KiB of text each), column by
+	// column: the same lines, filters, tail, follow and truncation, at a fraction of the cost
+	// per line. What the clients' follow_logs and `jobctl logs` use.
+	StreamLogBatches(*StreamLogBatchesRequest, grpc.ServerStreamingServer[StreamLogBatchesResponse]) error
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -402,6 +430,9 @@ func (UnimplementedJobServiceServer) ResumeJob(context.Context, *ResumeJobReques
 }
 func (UnimplementedJobServiceServer) DownloadLogs(*DownloadLogsRequest, grpc.ServerStreamingServer[LogChunk]) error {
 	return status.Error(codes.Unimplemented, "method DownloadLogs not implemented")
+}
+func (UnimplementedJobServiceServer) StreamLogBatches(*StreamLogBatchesRequest, grpc.ServerStreamingServer[StreamLogBatchesResponse]) error {
+	return status.Error(codes.Unimplemented, "method StreamLogBatches not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -684,6 +715,17 @@ func _JobService_DownloadLogs_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type JobService_DownloadLogsServer = grpc.ServerStreamingServer[LogChunk]
 
+func _JobService_StreamLogBatches_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(StreamLogBatchesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(JobServiceServer).StreamLogBatches(m, &grpc.GenericServerStream[StreamLogBatchesRequest, StreamLogBatchesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_StreamLogBatchesServer = grpc.ServerStreamingServer[StreamLogBatchesResponse]
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -759,6 +801,11 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "DownloadLogs",
 			Handler:       _JobService_DownloadLogs_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "StreamLogBatches",
+			Handler:       _JobService_StreamLogBatches_Handler,
 			ServerStreams: true,
 		},
 	},

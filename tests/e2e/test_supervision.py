@@ -1,0 +1,84 @@
+"""Supervised background work in the real agent: a task that fails is restarted with a
+backoff and counted; while the core one (the cron scheduler) is down health says
+NOT_SERVING; the agent process never exits. Faults come from the test-only fault points
+(agent/faults.py)."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from jobagent_client import JobAgentClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.api.server import SERVICE_NAME
+from tests.e2e.conftest import RUNTIMES, running_agent
+from tests.e2e.harness import AgentProcess, Registry, free_port, wait_until
+
+TICKER = (
+    "version: v1\ndeployment: supervised\nservices:\n  ticker:\n    rtype: cron\n"
+    "    schedule: '* * * * * *'\n    concurrency_policy: forbid\n"
+    "    image: {name: busybox:latest}\n    command: {entrypoint: [/bin/true]}\n"
+)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def restarts(url: str, task: str) -> float:
+    """jobagent_task_restarts_total of `task` (0 before its first restart)."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "jobagent_task_restarts_total" and sample.labels == {"task": task}:
+                return sample.value
+    return 0.0
+
+
+def health(agent: AgentProcess) -> tuple[int, int]:
+    """The health status of the node ("") and of JobService."""
+    with grpc.insecure_channel(agent.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        node, service = (
+            stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=2).status
+            for name in ("", SERVICE_NAME)
+        )
+        return node, service
+
+
+def runs(client: JobAgentClient) -> int:
+    return len(client.list_executions("ticker"))
+
+
+def test_a_failing_scheduler_is_restarted_counted_and_shown_in_health(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Retention fails twice at start (not core: health stays SERVING); the scheduler's first
+    # tick passes, and the three after it (from the registration on) fail: with the
+    # backoff of 1, 2 and 4 seconds it is down for about eight.
+    monkeypatch.setenv("JOBAGENT_FAULTS", "retention:raise:2,scheduler:pass:1,scheduler:raise:3")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    options = {"extra_args": ("--metrics-listen", f"127.0.0.1:{port}")}
+    with running_agent(tmp_path / "agent", RUNTIMES[0], registry, **options) as agent:
+        while restarts(url, "retention") < 2:
+            assert health(agent) == (SERVING, SERVING)
+            time.sleep(0.1)
+        with agent.client() as client:
+            client.register(TICKER)  # wakes the scheduler: its next tick fails
+            wait_until(lambda: health(agent) == (NOT_SERVING, NOT_SERVING), 10, "NOT_SERVING")
+            down_since = time.monotonic()
+            wait_until(lambda: health(agent) == (SERVING, SERVING), 30, "SERVING again")
+            assert time.monotonic() - down_since > 5
+            assert restarts(url, "scheduler") == 3
+            before = runs(client)
+            wait_until(lambda: runs(client) >= before + 2, 15, "the ticker to fire again")
+        assert agent.process is not None and agent.process.poll() is None
+        log = agent.log_file.read_text()
+        assert "background task scheduler failed; restarting it in 4s" in log
+        assert "InjectedFault: injected fault at scheduler" in log  # the traceback
+        assert restarts(url, "retention") == 2
