@@ -296,11 +296,11 @@ class Executor:
                     raise InvalidSpec("request_id", "was already used for another request "
                                       "(another job or other parameters)")  # fmt: skip
                 return self.get_execution(seen[0])
-        if self._disk is not None:
-            self._disk.check()
         job = self._store.get_job(job_name)
         self._refuse_if_invalid(job.name)
         check_dispatch(job.spec.dispatch, request.dispatch)
+        if self._disk is not None:
+            self._disk.check()
         refusal = self._policy_refusal(job.spec)
         # A caller hears the refusal; a scheduled run is recorded as a failed execution.
         if refusal is not None and trigger.kind is not TriggerKind.SCHEDULER:

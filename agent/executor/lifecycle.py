@@ -415,7 +415,7 @@ class ExecutionRun:
             prefix = "the process" if tries == 1 else f"after {tries} attempts, the process"
             message = f"{prefix} {attempt.message}"
             if self._disk is not None and self._disk.low():
-                # What the process's own error said (in its log, if that still fit).
+                # The process's own error (ENOSPC) is in its log only if that had room.
                 message = f"{message}; {self._disk.describe()}"
             self._fail(attempt.failure_reason, message, code, attempt)
 

@@ -136,13 +136,13 @@ def test_a_store_that_cannot_grow_says_disk_full_and_writes_again_once_it_can(
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count = {pages}")
     spec = JobSpec(name="big", image=ImageSpec("busybox:latest"), env={"X": "x" * 100_000})
-    executor_free = Executor(store, FakeRuntime(), tmp_path / "logs")
+    executor = Executor(store, FakeRuntime(), tmp_path / "logs")
     with pytest.raises(DiskFull) as full:
-        executor_free.register_jobs([spec], "", replace_existing=False)
+        executor.register_jobs([spec], "", replace_existing=False)
     assert "database or disk is full" in str(full.value)
     assert not db.in_transaction
     db.execute("PRAGMA max_page_count = 1073741823")
-    executor_free.register_jobs([spec], "", replace_existing=False)
+    executor.register_jobs([spec], "", replace_existing=False)
     assert store.get_job("big").spec == spec
     store.close()
 
