@@ -11,11 +11,16 @@ from pathlib import Path
 import grpc
 import pytest
 from jobagent_client import ClientError, JobAgentClient
+from jobagent_client.models import JobEvent
 
 from tests.e2e.conftest import running_agent
 from tests.e2e.harness import AgentProcess, Registry, wait_until
 
 MiB = 1024**2
+TICKER = (
+    "  ticker:\n    rtype: cron\n    schedule: '* * * * * *'\n    concurrency_policy: forbid\n"
+    "    image: {name: busybox:latest}\n    command: {entrypoint: [/bin/true]}\n"
+)
 MIN_FREE = 16 * MiB
 FILLERS = {
     # dd stops at ENOSPC; the shell then stays (as pid 1 it ignores SIGTERM: killed later).
@@ -61,14 +66,15 @@ def small_disk(tmp_path: Path, registry: Registry) -> Iterator[AgentProcess]:
         ) as agent:
             yield agent
     finally:
-        subprocess.run(["umount", "-l", str(data_dir)], check=False)
+        # The sweep unmounts it already, unless the agent never started.
+        subprocess.run(["umount", "-l", str(data_dir)], check=False, capture_output=True)
 
 
 def answers(agent: AgentProcess, client: JobAgentClient, execution_id: str) -> None:
     """Health, node info, the job list and an execution all still answer."""
     assert agent.serving()
     assert client.node_info()
-    assert {job.name for job in client.list_jobs()} == {"probe", "filler"}
+    assert {"probe", "filler"} <= {job.name for job in client.list_jobs()}
     assert client.get_execution(execution_id).id == execution_id
 
 
@@ -129,11 +135,12 @@ def test_the_agent_records_ends_on_a_disk_someone_else_filled(small_disk: AgentP
     wait_until(reserve.exists, 10, "the disk reserve")
     napper = "command: {entrypoint: [/bin/sleep, '2']}"
     with agent.client() as client:
-        client.register(jobs(napper))
+        client.register(jobs(napper) + TICKER)
         running = client.trigger("filler")
         wait_until(lambda: client.get_execution(running.id).status == "running", 30, "running")
         filler = data_dir / "filler"
         fill(filler)
+        missed = client.get_job("ticker").missed
         assert free(data_dir) < MiB
         # The end of what ran is recorded (with the reserve, if the store needs it).
         ended = client.wait(running.id)
@@ -142,9 +149,18 @@ def test_the_agent_records_ends_on_a_disk_someone_else_filled(small_disk: AgentP
             client.trigger("probe")
         assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         answers(agent, client, running.id)
+        # A cron run due meanwhile is missed, saying why.
+        wait_until(lambda: client.get_job("ticker").missed > missed, 10, "a missed cron run")
+        events = client.watch_events(0, job_name="ticker", types=("schedule_missed",))
+        for event in events:
+            assert isinstance(event, JobEvent)
+            if "was missed: disk is full: the data directory's filesystem has" in event.message:
+                break
 
         filler.unlink()
         wait_until(reserve.exists, 10, "the disk reserve to be made again")
+        runs = len(client.list_executions("ticker"))
+        wait_until(lambda: len(client.list_executions("ticker")) > runs, 10, "the ticker to run")
         # The slot of the napper was freed: with one slot per node, these run in turn.
         for _ in range(2):
             probe = client.wait(client.trigger("probe").id)
