@@ -165,3 +165,19 @@ def test_the_agent_records_ends_on_a_disk_someone_else_filled(small_disk: AgentP
         for _ in range(2):
             probe = client.wait(client.trigger("probe").id)
             assert probe.status == "completed", probe.message
+
+
+def test_a_writer_that_gives_up_at_enospc_fails_saying_the_disk_is_full(
+    small_disk: AgentProcess,
+) -> None:
+    agent = small_disk
+    data_dir = agent.cwd / agent.data_dir
+    gives_up = "command: {entrypoint: [/bin/dd, if=/dev/zero, of=/fill, bs=1M]}"
+    with agent.client() as client:
+        client.register(jobs(gives_up))
+        ended = client.wait(client.trigger("filler").id)
+        assert ended.status == "failed"
+        # dd's own exit (code 1), or stopped by the agent if it saw the full disk first.
+        assert "disk is full: the data directory's filesystem has " in ended.message
+        wait_until(lambda: free(data_dir) >= MIN_FREE, 30, "space to return")
+        assert client.wait(client.trigger("probe").id).status == "completed"
