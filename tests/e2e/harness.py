@@ -202,7 +202,9 @@ class AgentProcess:
         return insecure + ([] if self.target == DEFAULT_LISTEN else ["--listen", self.target])
 
     def start(self) -> None:
-        """Starts the agent and waits until its health service says SERVING."""
+        """Starts the agent and waits until it says it serves and its health service
+        answers SERVING."""
+        since = self.log_file.stat().st_size if self.log_file.exists() else 0
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(
             self.python("serve", "--data-dir", str(self.data_dir), *self.access_flags(),
@@ -213,7 +215,16 @@ class AgentProcess:
             cwd=self.cwd,
             umask=self.umask,
         )  # fmt: skip
-        wait_until(self.serving, 30, f"the agent on {self.target}")
+        wait_until(
+            lambda: self.serving() and self.announced(since), 30, f"the agent on {self.target}"
+        )
+
+    def announced(self, since: int) -> bool:
+        """True once the agent logged, past byte `since` of its log, that it serves: a
+        health answer alone may come from another process that took the port first."""
+        with self.log_file.open("rb") as log:
+            log.seek(since)
+            return b"serving on " in log.read()
 
     def serving(self) -> bool:
         """True when the agent's health check answers SERVING."""
