@@ -702,10 +702,19 @@ class Executor:
     ) -> ExecutionRun:
         if dispatch is None:
             dispatch = self._store.get_request(execution.id).dispatch
-        return ExecutionRun(execution, spec, self._runtime, self._recorder, self._log_dir,
-                            self._stop_grace, lambda: self._closing,
-                            self._log_cap(spec), dispatch,
-                            lambda: self._release(execution.id), self._disk)  # fmt: skip
+        return ExecutionRun(
+            execution,
+            spec,
+            self._runtime,
+            self._recorder,
+            self._log_dir,
+            self._stop_grace,
+            lambda: self._closing,
+            self._log_cap(spec),
+            dispatch,
+            lambda: self._release(execution.id),
+            self._disk,
+        )
 
     def _log_cap(self, spec: JobSpec | None) -> int:
         """The job's log size cap, else the agent's."""
@@ -771,8 +780,8 @@ class Executor:
         error = None if run.task.cancelled() else run.task.exception()
         try:
             if error is not None:
-                log.error("execution %s: %s", execution_id, error, exc_info=error,
-                          extra={"execution_id": execution_id})  # fmt: skip
+                where = {"execution_id": execution_id}
+                log.error("execution %s: %s", execution_id, error, exc_info=error, extra=where)
                 self._fail_unfinished(execution_id, error)
         finally:
             # Whatever recording the end did, the slot is free.
