@@ -18,6 +18,7 @@ from agent.api.auth import TokenTable
 from agent.api.server import AgentServer
 from agent.api.service import NodeFacts
 from agent.config import AgentConfig, is_loopback
+from agent.diskspace import DiskSpace
 from agent.exclusive import DataDirLock
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
@@ -72,6 +73,7 @@ class Agent:
             retention=config.retention,
             host_policy=config.host_policy,
             id_ranges=config.id_ranges,
+            disk=DiskSpace(config.data_dir, config.min_free_bytes),
         )
         self.scheduler = CronScheduler(self.executor, self.store)
         self.metrics = Metrics()
@@ -118,9 +120,11 @@ class Agent:
     def supervise_background_work(self) -> None:
         """Starts the long-lived tasks under the supervisor. The cron scheduler is core:
         while it is down, health says NOT_SERVING. Retention and the image budget are not:
-        while they are down only disk use grows, and every job still runs."""
+        while they are down only disk use grows, and every job still runs; so while the
+        disk watch is (a full disk then stops no writer, but triggers are still refused)."""
         self.supervisor.start("scheduler", self.scheduler.run_forever, core=True)
         self.supervisor.start("retention", self.executor.retain_forever, core=False)
+        self.supervisor.start("disk", self.executor.watch_disk_forever, core=False)
         if self.config.retention.image_budget_bytes is not None:
             self.supervisor.start("image-gc", self.executor.collect_images_forever, core=False)
 

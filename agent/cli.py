@@ -105,6 +105,12 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
         help="newest bytes of output kept per attempt, unless a job says otherwise",
     )
     run.add_argument(
+        "--min-free-space",
+        default="64Mi",
+        help="triggers are refused (RESOURCE_EXHAUSTED) while the data directory's "
+        "filesystem has less free space than this",
+    )
+    run.add_argument(
         "--retention-max-age",
         default="1h",
         help="finished executions older than this are removed (e.g. 7d, 12h)",

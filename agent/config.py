@@ -73,6 +73,8 @@ class AgentConfig:
     # Nice levels the agent's own threads run above the processes it starts (agent.priority).
     priority_boost: int = 10
     max_log_bytes: int = 1024**2
+    # Triggers are refused while the data directory's filesystem has less free space.
+    min_free_bytes: int = 64 * 1024**2
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     host_policy: HostPolicy = field(default_factory=HostPolicy)
     # Per-job defaults (pids, /tmp size) and the parent of the jobs' cgroups.

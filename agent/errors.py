@@ -50,6 +50,10 @@ class ResourceExhausted(AgentError):
     """The caller fell too far behind (a slow watcher); it may resume from its last sequence."""
 
 
+class DiskFull(ResourceExhausted):
+    """The data directory's filesystem is full, or has less free space than the reserve."""
+
+
 class Unauthenticated(AgentError):
     """The call carries no credential the agent knows."""
 

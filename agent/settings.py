@@ -67,6 +67,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         max_concurrent=args.max_concurrent,
         priority_boost=args.priority_boost,
         max_log_bytes=parse_memory(args.max_log_size, "max_log_size", MIN_LOG_BYTES),
+        min_free_bytes=parse_memory(args.min_free_space, "min_free_space", 0),
         host_policy=HostPolicy(
             bind_allowlist=tuple(args.bind_allow),
             allow_host_network=args.allow_host_network,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import hostfs
+from agent.diskspace import is_no_space
 from agent.domain import (
     TERMINAL_STATUSES,
     Attempt,
@@ -57,6 +58,7 @@ from agent.domain import (
 from agent.errors import (
     AlreadyExists,
     DataLoss,
+    DiskFull,
     FailedPrecondition,
     NotFound,
     ResourceExhausted,
@@ -207,13 +209,24 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction; DiskFull when the filesystem has no room for it.
+
+        A failed statement or COMMIT rolls back (SQLite may have done so already), so the
+        connection is always fit for the next transaction.
+        """
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as error:
+            if is_no_space(error):
+                raise DiskFull(f"disk is full: the store cannot write: {error}") from error
             raise
-        self._db.execute("COMMIT")
 
     # Jobs
 

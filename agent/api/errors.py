@@ -17,6 +17,7 @@ from agent.errors import (
     AgentError,
     AlreadyExists,
     DataLoss,
+    DiskFull,
     FailedPrecondition,
     HostPolicyRefused,
     InvalidSpec,
@@ -39,6 +40,8 @@ CODES: list[tuple[type[AgentError], grpc.StatusCode, str]] = [
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION, "FAILED_PRECONDITION"),
     (Unavailable, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE"),
     (OutOfRange, grpc.StatusCode.OUT_OF_RANGE, "OUT_OF_RANGE"),
+    # Before ResourceExhausted, of which it is one: the first match wins.
+    (DiskFull, grpc.StatusCode.RESOURCE_EXHAUSTED, "DISK_FULL"),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import faults
+from agent.diskspace import DiskSpace, format_bytes, usage
 from agent.dispatch import check_dispatch, fingerprint
 from agent.domain import (
     ACTIVE_STATUSES,
@@ -76,6 +77,9 @@ log = logging.getLogger(__name__)
 NODE_WATCH_CAPACITY = 10_000
 WATCH_PAGE = 1000
 STOPPING = "the agent is stopping"
+DISK_CHECK_SECONDS = 1.0
+# A running execution that takes less of a full disk than this is never stopped for it.
+EVICT_MIN_BYTES = 1024**2
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,10 @@ class Executor:
         retention: RetentionPolicy | None = None,
         host_policy: HostPolicy | None = None,
         id_ranges: IdRangePool | None = None,
+        disk: DiskSpace | None = None,
     ) -> None:
+        """`disk` (the data directory's free space) refuses triggers while it is low and
+        stops the biggest writer when it is full; None leaves the disk unwatched."""
         self._store = store
         # The host ids that jobs' user namespaces map to, one range per job.
         self.id_ranges = id_ranges or IdRangePool()
@@ -115,7 +122,8 @@ class Executor:
         self.host_policy = host_policy or HostPolicy()
         self._max_log_bytes = max_log_bytes
         self._bus = EventBus()
-        self._recorder = Recorder(store, self._bus)
+        self._disk = disk
+        self._recorder = Recorder(store, self._bus, disk.release_reserve if disk else None)
         self._runs: dict[str, ExecutionRun] = {}
         self._closing = False
         self._node_limit = node_limit
@@ -316,6 +324,8 @@ class Executor:
         job = self._store.get_job(job_name)
         self._refuse_if_invalid(job.name)
         check_dispatch(job.spec.dispatch, request.dispatch)
+        if self._disk is not None:
+            self._disk.check()
         refusal = self._policy_refusal(job.spec)
         # A caller hears the refusal; a scheduled run is recorded as a failed execution.
         if refusal is not None and trigger.kind is not TriggerKind.SCHEDULER:
@@ -381,7 +391,7 @@ class Executor:
     ) -> Execution:
         """Stops an active execution and returns it once it is terminal; the grace period
         and stop signal of the request win over the job's."""
-        execution = self._store.get_execution(execution_id)
+        execution = self._recorder.latest(self._store.get_execution(execution_id))
         if execution.status.terminal:
             raise FailedPrecondition(
                 f"execution {execution_id} already finished ({execution.status.value})"
@@ -395,7 +405,7 @@ class Executor:
         if run is not None and run.task is not None:
             await run.cancel(grace_seconds, signal)
             await asyncio.wait([run.task])
-        execution = self._store.get_execution(execution_id)
+        execution = self._recorder.latest(self._store.get_execution(execution_id))
         if not execution.status.terminal:
             # The task was cancelled before its first step, so it could record nothing.
             await self._runtime.remove(execution.container_id)
@@ -619,7 +629,52 @@ class Executor:
                 log.warning("image budget: %s", error)
             await asyncio.sleep(policy.interval_seconds)
 
+    async def watch_disk_forever(self) -> None:
+        """Every second, until cancelled (run it supervised: an error ends it): when the
+        data disk is full, stops the biggest writer; while it has room, keeps the reserve
+        file made; writes the ends kept in memory. Returns at once without a disk to watch.
+
+        The reserve is released only when a write of the agent's own fails (the recorder):
+        released earlier, a writer that still runs would take it first.
+        """
+        disk = self._disk
+        if disk is None:
+            return
+        while True:
+            if disk.full():
+                await self._evict_biggest(disk)
+            elif not disk.low():
+                await asyncio.to_thread(disk.make_reserve)
+            if self._recorder.unwritten:
+                self._recorder.flush()
+            await asyncio.sleep(DISK_CHECK_SECONDS)
+
+    async def _evict_biggest(self, disk: DiskSpace) -> None:
+        """Stops the running execution that takes the most of the data disk (its log,
+        writable layer and anonymous volumes), as a kubelet evicts under disk pressure."""
+        runs = [run for run in self._runs.values() if run.running and not run.evicted]
+        if not runs:
+            return
+
+        def measure(run: ExecutionRun) -> int:
+            execution = run.execution
+            return usage(self._log_dir / execution.id) + self._runtime.disk_usage(
+                execution.container_id
+            )
+
+        sizes = await asyncio.to_thread(lambda: [measure(run) for run in runs])
+        size, run = max(zip(sizes, runs, strict=True), key=lambda pair: pair[0])
+        if size < EVICT_MIN_BYTES:
+            return
+        why = (
+            f"stopped by the agent: {disk.describe()}; this execution took the most of it "
+            f"({format_bytes(size)})"
+        )
+        log.warning("%s", why, extra={"execution_id": run.execution.id})
+        await run.evict(why)
+
     def _with_position(self, execution: Execution) -> Execution:
+        execution = self._recorder.latest(execution)
         if execution.status is not Status.PENDING:
             return execution
         return replace(execution, queue_position=self._admission.position(execution.id))
@@ -672,10 +727,20 @@ class Executor:
     ) -> ExecutionRun:
         if dispatch is None:
             dispatch = self._store.get_request(execution.id).dispatch
-        return ExecutionRun(execution, spec, self._runtime, self._recorder, self._log_dir,
-                            self._stop_grace, lambda: self._closing,
-                            self._log_cap(spec), dispatch,
-                            lambda: self._release(execution.id), self.id_range)  # fmt: skip
+        return ExecutionRun(
+            execution,
+            spec,
+            self._runtime,
+            self._recorder,
+            self._log_dir,
+            self._stop_grace,
+            closing=lambda: self._closing,
+            log_cap=self._log_cap(spec),
+            dispatch=dispatch,
+            outcome_recorded=lambda: self._release(execution.id),
+            id_range=self.id_range,
+            disk=self._disk,
+        )
 
     def _log_cap(self, spec: JobSpec | None) -> int:
         """The job's log size cap, else the agent's."""
@@ -714,7 +779,7 @@ class Executor:
 
     def _fail_unfinished(self, execution_id: str, error: BaseException) -> None:
         """An execution whose run died of an agent error still gets a terminal state."""
-        execution = self._store.get_execution(execution_id)
+        execution = self._recorder.latest(self._store.get_execution(execution_id))
         if not execution.status.terminal:
             self._recorder.transition(
                 execution, Status.FAILED, failure_reason=FailureReason.AGENT_ERROR,
@@ -739,11 +804,14 @@ class Executor:
             del self._runs[execution_id]
         assert run.task is not None
         error = None if run.task.cancelled() else run.task.exception()
-        if error is not None:
-            log.error("execution %s: %s", execution_id, error, exc_info=error,
-                      extra={"execution_id": execution_id})  # fmt: skip
-            self._fail_unfinished(execution_id, error)
-        self._release(execution_id)
+        try:
+            if error is not None:
+                where = {"execution_id": execution_id}
+                log.error("execution %s: %s", execution_id, error, exc_info=error, extra=where)
+                self._fail_unfinished(execution_id, error)
+        finally:
+            # Whatever recording the end did, the slot is free.
+            self._release(execution_id)
 
     def _release(self, execution_id: str) -> None:
         """Frees the execution's slot (if it still holds one) for the next in the queue."""

@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.diskspace import DiskSpace
 from agent.domain import (
     Attempt,
     CommandSpec,
@@ -26,7 +27,7 @@ from agent.domain import (
     JobSpec,
     Status,
 )
-from agent.errors import ResourceExhausted
+from agent.errors import DiskFull, ResourceExhausted
 from agent.executor.init_steps import StepFailed, run_steps
 from agent.executor.logs import log_file_limit
 from agent.executor.ports import ContainerRuntime
@@ -83,11 +84,13 @@ class ExecutionRun:
         dispatch: Dispatch | None = None,
         outcome_recorded: Callable[[], None] | None = None,
         id_range: Callable[[JobSpec], IdRange | None] | None = None,
+        disk: DiskSpace | None = None,
     ) -> None:
         """`outcome_recorded` is called once the terminal state is stored, before the
         container is removed: the execution no longer needs its admission slot.
         `id_range` gives the host ids a job's user namespace maps to (None: the host's
-        namespace); it raises ResourceExhausted when the job can have none."""
+        namespace); it raises ResourceExhausted when the job can have none. `disk` tells a
+        failure whether the data directory's filesystem is full."""
         dispatch = dispatch or Dispatch()
         self.execution = execution
         self.spec = spec.with_dispatch(dispatch)
@@ -100,6 +103,9 @@ class ExecutionRun:
         self._closing = closing
         self._outcome_recorded = outcome_recorded
         self._id_range = id_range or (lambda _spec: None)
+        self._disk = disk
+        # Why the agent stopped the process to free the disk, once it did.
+        self._evicted = ""
         self._phase = Phase.PREPARING
         self._cancel_requested = False
         self._deadline_passed = False
@@ -128,9 +134,31 @@ class ExecutionRun:
         elif self._phase not in (Phase.ENDING, Phase.REMOVING) and self.task is not None:
             self.task.cancel()
 
+    async def evict(self, why: str) -> None:
+        """Stops the running process to free the disk; the execution ends Failed saying why."""
+        if self._phase is Phase.RUNNING and not self._evicted:
+            self._evicted = why
+            await self._runtime.stop(self.execution.container_id, self.grace)
+
+    @property
+    def running(self) -> bool:
+        """True while the attempt's process runs (and may be evicted)."""
+        return self._phase is Phase.RUNNING
+
+    @property
+    def evicted(self) -> bool:
+        """True once the agent stopped the process to free the disk."""
+        return bool(self._evicted)
+
     async def run(self) -> None:
         """Pending (or Initializing after a restart) -> ... -> terminal."""
         current_execution.set(self.execution.id)
+        try:
+            await self._run()
+        except DiskFull as error:
+            await self._end_for_disk(error)
+
+    async def _run(self) -> None:
         self._deadline = self._deadline_from(self.execution.created_at)
         image: Image | None = None
         try:
@@ -156,7 +184,20 @@ class ExecutionRun:
         attempts = self._recorder.store.list_attempts(self.execution.id)
         if attempts:
             self._attempt_started = attempts[-1].started_at
-        await self._attempts(None)
+        try:
+            await self._attempts(None)
+        except DiskFull as error:
+            await self._end_for_disk(error)
+
+    async def _end_for_disk(self, error: DiskFull) -> None:
+        """A transition the store had no room for: the run ends Failed (the terminal state
+        is kept until it can be written), its container removed, its slot freed."""
+        await self._remove_current()
+        self._fail(FailureReason.AGENT_ERROR, str(error))
+        self._phase = Phase.REMOVING
+        if self._outcome_recorded is not None:
+            self._outcome_recorded()
+        await self._runtime.forget(self.execution.container_id)
 
     def _deadline_from(self, start: datetime) -> float | None:
         if self.spec.timeout_seconds is None:
@@ -294,13 +335,15 @@ class ExecutionRun:
             retry = (
                 attempt.failure_reason is not None
                 and not self._cancel_requested
+                and not self._evicted
                 and not self._deadline_passed
                 and number <= policy.backoff_limit
                 and policy.retries(exit_status.exit_code)
             )
             if not retry:
                 # The outcome is known: record it first, then remove the container (a crash
-                # in between leaves a bundle that the next start sweeps away).
+                # in between leaves a bundle that the next start sweeps away). A terminal
+                # state is never lost to a full disk (the recorder keeps it).
                 self._finish(exit_status, attempt)
                 self._phase = Phase.REMOVING
                 if self._outcome_recorded is not None:
@@ -375,12 +418,18 @@ class ExecutionRun:
             self._record_cancelled(exit_code=code, attempt=attempt)
         elif self._deadline_passed:
             self._fail(FailureReason.DEADLINE_EXCEEDED, self._deadline_message(), code, attempt)
+        elif self._evicted:
+            self._fail(FailureReason.EXIT_CODE, self._evicted, code, attempt)
         elif attempt.failure_reason is None:
             self._record(Status.COMPLETED, attempt, exit_code=0, finished_at=now())
         else:
             tries = self.execution.attempt
             prefix = "the process" if tries == 1 else f"after {tries} attempts, the process"
-            self._fail(attempt.failure_reason, f"{prefix} {attempt.message}", code, attempt)
+            message = f"{prefix} {attempt.message}"
+            if self._disk is not None and self._disk.low():
+                # The process's own error (ENOSPC) is in its log only if that had room.
+                message = f"{message}; {self._disk.describe()}"
+            self._fail(attempt.failure_reason, message, code, attempt)
 
     def _record(self, status: Status, attempt: Attempt | None = None, **changes: object) -> None:
         self.execution = self._recorder.transition(self.execution, status, attempt, **changes)

@@ -1,12 +1,19 @@
-"""Recording: every change of an execution is checked, stored, then published."""
+"""Recording: every change of an execution is checked, stored, then published.
+
+When the disk is full, a write is tried again once the disk reserve is released; a
+terminal state that still cannot be written is kept here (and shown by reads) until
+`flush` writes it: an execution's end is never lost to a full disk, and never blocks.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.domain import Attempt, EventKind, Execution, Status
+from agent.domain import Attempt, EventKind, Execution, ExecutionEvent, Status
+from agent.errors import DiskFull
 from agent.executor.events import EventBus
 from agent.executor.machine import check_transition
 from agent.store import StaleTransition, Store
@@ -14,12 +21,29 @@ from agent.store import StaleTransition, Store
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Unwritten:
+    """A terminal transition the store had no room for yet."""
+
+    expected: Status
+    execution: Execution
+    kind: EventKind
+    message: str
+    attempt: Attempt | None
+
+
 class Recorder:
     """Writes transitions and events through the store and hands them to the event bus."""
 
-    def __init__(self, store: Store, bus: EventBus) -> None:
+    def __init__(
+        self, store: Store, bus: EventBus, make_room: Callable[[], bool] | None = None
+    ) -> None:
+        """`make_room` frees space for the store when a write found the disk full (the
+        disk reserve); it returns False when it had nothing to free."""
         self.store = store
         self.bus = bus
+        self._make_room = make_room
+        self._unwritten: dict[str, _Unwritten] = {}
 
     def transition(
         self,
@@ -49,8 +73,20 @@ class Recorder:
         return self._write(execution, replace(execution, **changes), kind, message, attempt)
 
     def event(self, execution: Execution, kind: EventKind, step_id: str, message: str) -> None:
-        """Records an event that changes nothing (an init step's progress, a queue wait)."""
-        self.bus.publish(self.store.append_event(execution, kind, step_id, message))
+        """Records an event that changes nothing (an init step's progress, a queue wait);
+        on a full disk it is logged only."""
+        try:
+            self.bus.publish(self.store.append_event(execution, kind, step_id, message))
+        except DiskFull as error:
+            log.warning(
+                "job %s: %s %s not recorded: %s",
+                execution.job_name,
+                kind.value,
+                step_id,
+                error,
+                extra={"execution_id": execution.id},
+            )
+            return
         log.info("job %s: %s %s %s", execution.job_name, kind.value, step_id, message,
                  extra={"execution_id": execution.id})  # fmt: skip
 
@@ -62,11 +98,27 @@ class Recorder:
         message: str,
         attempt: Attempt | None,
     ) -> Execution:
+        if (kept := self._unwritten.get(execution.id)) is not None:
+            log.warning("execution %s: dropped a late %s", execution.id, kind.value)
+            return kept.execution
         try:
-            event = self.store.transition(execution.status, updated, kind, message, attempt)
+            event = self._store_with_room(execution.status, updated, kind, message, attempt)
         except StaleTransition:
             log.warning("execution %s: dropped a late %s", execution.id, kind.value)
             return self.store.get_execution(execution.id)
+        except DiskFull as error:
+            if not updated.status.terminal:
+                raise
+            log.error(
+                "execution %s: %s; its end (%s) is kept until it can be written",
+                execution.id,
+                error,
+                updated.status.value,
+            )
+            self._unwritten[execution.id] = _Unwritten(
+                execution.status, updated, kind, message, attempt
+            )
+            return updated
         self.bus.publish(event)
         detail = updated.message or ("" if updated.exit_code is None else
                                      f"exit code {updated.exit_code}")  # fmt: skip
@@ -74,3 +126,46 @@ class Recorder:
                  if kind is EventKind.TRANSITION else kind.value, detail,
                  extra={"execution_id": updated.id})  # fmt: skip
         return updated
+
+    def _store_with_room(
+        self,
+        expected: Status,
+        updated: Execution,
+        kind: EventKind,
+        message: str,
+        attempt: Attempt | None,
+    ) -> ExecutionEvent:
+        """The store's transition; on a full disk, once more after making room."""
+        try:
+            return self.store.transition(expected, updated, kind, message, attempt)
+        except DiskFull:
+            if self._make_room is None or not self._make_room():
+                raise
+        return self.store.transition(expected, updated, kind, message, attempt)
+
+    def latest(self, execution: Execution) -> Execution:
+        """The execution as recorded: its kept terminal state when that is not written yet."""
+        kept = self._unwritten.get(execution.id)
+        return execution if kept is None else kept.execution
+
+    @property
+    def unwritten(self) -> int:
+        """How many terminal states wait for room in the store."""
+        return len(self._unwritten)
+
+    def flush(self) -> None:
+        """Writes the kept terminal states, oldest first, while the store has room."""
+        for execution_id, kept in list(self._unwritten.items()):
+            try:
+                event = self.store.transition(
+                    kept.expected, kept.execution, kept.kind, kept.message, kept.attempt
+                )
+            except StaleTransition:
+                log.warning("execution %s: its kept end was overtaken", execution_id)
+            except DiskFull:
+                return
+            else:
+                self.bus.publish(event)
+                status = kept.execution.status.value
+                log.info("execution %s: its kept end (%s) is written", execution_id, status)
+            del self._unwritten[execution_id]

@@ -29,7 +29,7 @@ from agent.domain import (
     Trigger,
     TriggerKind,
 )
-from agent.errors import AgentError, InvalidSpec
+from agent.errors import AgentError, DiskFull, InvalidSpec
 from agent.executor.executor import Executor
 from agent.spec import check_time_zone, validate_schedule
 from agent.store import Store
@@ -240,6 +240,14 @@ class CronScheduler:
         execution_id = state.last_execution_id
         try:
             execution_id = (await self._executor.trigger(job.name, trigger)).id
+        except DiskFull as error:
+            note = JobNote(
+                EventKind.SCHEDULE_MISSED,
+                f"the run of {latest.isoformat()} was missed: {error}",
+                latest,
+            )
+            self._save(job, state, latest, missed + 1, note=note)
+            return
         except AgentError as error:
             # Handled all the same: the next try is at the next schedule time.
             log.warning("cron job %s: the run of %s could not start: %s", job.name, latest, error)

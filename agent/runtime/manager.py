@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent import diskspace
 from agent.domain import (
     ID_RANGE_SIZE,
     CommandSpec,
@@ -345,6 +346,11 @@ class ContainerManager:
         left by a crash; after a reboot only the writable layer is left)."""
         return sorted({entry.name for parent in (self.paths.bundles, self.paths.writable)
                        for entry in parent.iterdir() if entry.is_dir()})  # fmt: skip
+
+    def disk_usage(self, container_id: str) -> int:
+        """Bytes the container's writable layer and anonymous volumes take on the data disk
+        (walks the files: call it from a worker thread)."""
+        return diskspace.usage(self.paths.writable / container_id)
 
     def close(self) -> None:
         """Releases what the manager holds (running containers are left alone)."""

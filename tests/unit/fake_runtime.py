@@ -29,6 +29,8 @@ class FakeRuntime:
         self.pruned_with: tuple[frozenset[str], int | None] | None = None
         self.stopped: list[tuple[str, float]] = []
         self.alive: set[str] = set()
+        # Bytes each container writes on the data disk (disk_usage).
+        self.usage: dict[str, int] = {}
         self.exits: dict[str, asyncio.Future[ExitStatus]] = {}
         self.started_event = asyncio.Event()
 
@@ -74,6 +76,9 @@ class FakeRuntime:
 
     def containers(self) -> list[str]:
         return [c for c in self.created if c not in self.removed]
+
+    def disk_usage(self, container_id: str) -> int:
+        return self.usage.get(container_id, 0)
 
     async def is_alive(self, container_id: str) -> bool:
         return container_id in self.alive
