@@ -68,6 +68,8 @@ class Agent:
             max_log_bytes=config.max_log_bytes,
             retention=config.retention,
             host_policy=config.host_policy,
+            max_pending=config.max_pending,
+            max_pending_per_job=config.max_pending_per_job,
         )
         self.scheduler = CronScheduler(self.executor, self.store)
         self.metrics = Metrics()
@@ -90,7 +92,7 @@ class Agent:
         credentials = None if config.tls is None else config.tls.credentials()
         listeners = Listeners(bool(config.tcp_listen), bool(config.sockets), config.tcp_needs_token)
         self.server = AgentServer(
-            self.executor, self.scheduler, node, tokens, self.metrics, listeners
+            self.executor, self.scheduler, node, tokens, self.metrics, listeners, config.api_limits
         )
         await self.executor.start()
         self._scheduling = asyncio.create_task(self.scheduler.run_forever())

@@ -99,6 +99,8 @@ class Executor:
         max_log_bytes: int = 1024**2,
         retention: RetentionPolicy | None = None,
         host_policy: HostPolicy | None = None,
+        max_pending: int = 1000,
+        max_pending_per_job: int = 100,
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -112,6 +114,8 @@ class Executor:
         self._closing = False
         self._node_limit = node_limit
         self._admission = Admission(node_limit)
+        self._max_pending = max_pending
+        self._max_pending_per_job = max_pending_per_job
         self._waiting: dict[str, tuple[Execution, JobSpec, Dispatch]] = {}
         self.retention = Retention(store, log_dir, retention or RetentionPolicy())
         self._pruner: asyncio.Task[None] | None = None
@@ -252,6 +256,8 @@ class Executor:
         # A caller hears the refusal; a scheduled run is recorded as a failed execution.
         if refusal is not None and trigger.kind is not TriggerKind.SCHEDULER:
             raise refusal
+        if refusal is None:
+            self._check_pending(job.name)
         execution_id = uuid.uuid4().hex
         execution = Execution(
             id=execution_id,
@@ -276,6 +282,20 @@ class Executor:
             self._recorder.event(execution, EventKind.QUEUED, "", message)
             return replace(execution, queue_position=position)
         return execution
+
+    def _check_pending(self, job_name: str) -> None:
+        """ResourceExhausted, naming the limit, when the queue has no room for one more."""
+        if self._admission.waiting >= self._max_pending:
+            raise ResourceExhausted(
+                f"the node has {self._max_pending} executions waiting in Pending, its "
+                "limit (--max-pending); trigger again once some have started"
+            )
+        if self._admission.waiting_for(job_name) >= self._max_pending_per_job:
+            raise ResourceExhausted(
+                f"job {job_name!r} has {self._max_pending_per_job} executions waiting in "
+                "Pending, its limit (--max-pending-per-job); trigger again once some have "
+                "started"
+            )
 
     def get_execution(self, execution_id: str) -> Execution:
         """Returns an execution (with its queue position while it waits); raises NotFound."""
