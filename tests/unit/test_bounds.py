@@ -50,7 +50,7 @@ async def test_pending_executions_are_bounded_per_job_and_per_node(
     )
     await executor.trigger("a", TRIGGER)
     waiting = [await executor.trigger("a", TRIGGER) for _ in range(2)]
-    with pytest.raises(ResourceExhausted, match="job 'a' has 2 .*max-pending-per-job"):
+    with pytest.raises(ResourceExhausted, match=r"job 'a' has 2 .*max-pending-per-job"):
         await executor.trigger("a", TRIGGER)
     await executor.trigger("b", TRIGGER)
     with pytest.raises(ResourceExhausted, match=r"node has 3 .*\(--max-pending\)"):
