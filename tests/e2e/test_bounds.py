@@ -21,9 +21,10 @@ TOKENS = {
     "other": "other-token-0123456789",
     "admin": "admin-token-0123456789",
 }
-LIMITS = tuple(
-    "--max-streams-per-caller 2 --max-streams 4 --max-pending-per-job 2 --max-pending 3 "
-    "--max-concurrent 1 --max-request-size 64Ki".split()
+LIMITS = (
+    *("--max-streams-per-caller", "2", "--max-streams", "4"),
+    *("--max-pending-per-job", "2", "--max-pending", "3", "--max-concurrent", "1"),
+    *("--max-request-size", "64Ki"),
 )
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
