@@ -6,6 +6,7 @@ keeps serving the others."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -71,22 +72,25 @@ class Caller:
         self.stub = service_grpc.JobServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {TOKENS[name]}"),)
 
-    def watch(self, since: int = 0) -> grpc.Call:
-        """A WatchEvents stream, once the agent has taken it (its headers came)."""
-        call = self.stub.WatchEvents(
+    def watch(self, since: int = 0) -> Any:
+        """A WatchEvents stream (a grpc call), once the agent has taken it (its headers
+        came); raises grpc.RpcError when refused."""
+        call: Any = self.stub.WatchEvents(
             service_pb.WatchEventsRequest(since_sequence=since), metadata=self.metadata
         )
-        call.initial_metadata()  # type: ignore[attr-defined]
-        return call  # type: ignore[no-any-return]
+        call.initial_metadata()
+        if call.done() and call.code() is not grpc.StatusCode.OK:
+            raise call
+        return call
 
-    def refused(self, since: int = 0) -> grpc.RpcError:
+    def refused(self, since: int = 0) -> ClientError:
         """The error a WatchEvents stream ends with at once."""
         call = self.stub.WatchEvents(
             service_pb.WatchEventsRequest(since_sequence=since), metadata=self.metadata
         )
         with pytest.raises(grpc.RpcError) as raised:
             next(iter(call))
-        return raised.value
+        return ClientError.from_rpc_error(raised.value)
 
     def serves(self) -> bool:
         """True when a unary call answers."""
@@ -104,8 +108,7 @@ def test_streams_are_bounded_per_caller_and_per_node_and_given_back(
     try:
         held = [greedy.watch(), greedy.watch()]
         refusal = greedy.refused()
-        assert refusal.code() == EXHAUSTED  # type: ignore[attr-defined]
-        assert "--max-streams-per-caller" in refusal.details()  # type: ignore[attr-defined]
+        assert refusal.code == EXHAUSTED and "--max-streams-per-caller" in refusal.message
         # Another caller is not held up by the greedy one.
         assert other.serves()
         others = [other.watch(), other.watch()]
@@ -113,8 +116,7 @@ def test_streams_are_bounded_per_caller_and_per_node_and_given_back(
         # Four open on the node: its limit, whoever asks.
         admin = Caller(bounded, "admin")
         refusal = admin.refused()
-        assert refusal.code() == EXHAUSTED  # type: ignore[attr-defined]
-        assert "--max-streams)" in refusal.details()  # type: ignore[attr-defined]
+        assert refusal.code == EXHAUSTED and "--max-streams)" in refusal.message
         assert admin.serves()
         # A client that cancels gives its slot back.
         held.pop().cancel()
@@ -125,7 +127,7 @@ def test_streams_are_bounded_per_caller_and_per_node_and_given_back(
         # the newest event is OUT_OF_RANGE), again and again.
         for _ in range(4):
             error = other.refused(since=10**9)
-            assert error.code() == grpc.StatusCode.OUT_OF_RANGE  # type: ignore[attr-defined]
+            assert error.code == grpc.StatusCode.OUT_OF_RANGE
         wait_until(lambda: _opens(other) and _opens(other), 30, "other's two slots")
         admin.close()
     finally:
@@ -138,7 +140,7 @@ def _opens(caller: Caller) -> bool:
     try:
         caller.watch()
     except grpc.RpcError as error:
-        assert error.code() == EXHAUSTED  # type: ignore[attr-defined]
+        assert ClientError.from_rpc_error(error).code == EXHAUSTED
         return False
     return True
 
