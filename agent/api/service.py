@@ -27,7 +27,13 @@ from agent.executor.logs import LogQuery
 from agent.executor.scheduler import CronScheduler
 from agent.metrics import Metrics
 from agent.runtime.errors import RuntimeLayerError
-from agent.spec import NAME_PATTERN, normalize_signal, parse_document, validate_job_spec
+from agent.spec import (
+    NAME_PATTERN,
+    normalize_signal,
+    parse_document,
+    service_documents,
+    validate_job_spec,
+)
 
 MAX_GRACE_SECONDS = 3600
 MAX_REQUEST_ID = 128
@@ -86,15 +92,17 @@ class JobService(service_grpc.JobServiceServicer):
         self, request: service_pb.RegisterJobRequest, context: Context
     ) -> service_pb.RegisterJobResponse:
         source = request.WhichOneof("source")
+        documents: dict[str, str] = {}
         if source == "spec_yaml":
             specs = parse_document(request.spec_yaml, self._executor.host_policy)
+            documents = service_documents(request.spec_yaml)
         elif source == "spec":
             spec = convert.job_spec_from_proto(request.spec)
             validate_job_spec(spec, self._executor.host_policy)
             specs = [spec]
         else:
             raise InvalidSpec("source", "set spec_yaml or spec")
-        jobs = self._executor.register_jobs(specs, request.spec_yaml, request.replace)
+        jobs = self._executor.register_jobs(specs, documents, request.replace)
         self._scheduler.wake()
         return service_pb.RegisterJobResponse(jobs=[self._job(job) for job in jobs])
 

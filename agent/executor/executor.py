@@ -12,7 +12,7 @@ import base64
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -123,9 +123,11 @@ class Executor:
     # Jobs
 
     def register_jobs(
-        self, specs: Sequence[JobSpec], spec_yaml: str, replace_existing: bool
+        self, specs: Sequence[JobSpec], spec_yaml: str | Mapping[str, str], replace_existing: bool
     ) -> list[Job]:
         """Registers jobs; an existing job with another spec needs `replace_existing`.
+        `spec_yaml` is each job's own document by job name (agent.spec.service_documents),
+        or one text for all of them.
 
         Either every job is registered or none is.
         """
@@ -144,7 +146,8 @@ class Executor:
                 raise AlreadyExists(f"job {spec.name!r} exists with another spec (use replace)")
             created = existing.created_at if existing is not None else at
             updated = at if existing is None or existing.spec != spec else existing.updated_at
-            job = Job(spec=spec, created_at=created, updated_at=updated, spec_yaml=spec_yaml)
+            text = spec_yaml if isinstance(spec_yaml, str) else spec_yaml.get(spec.name, "")
+            job = Job(spec=spec, created_at=created, updated_at=updated, spec_yaml=text)
             note = None
             if existing is None:
                 note = JobNote(EventKind.JOB_REGISTERED)

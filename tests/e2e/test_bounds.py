@@ -5,6 +5,7 @@ keeps serving the others."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -195,3 +196,28 @@ def test_a_request_past_the_size_bound_is_refused(bounded: AgentProcess) -> None
         assert "larger than max" in refused.value.message
         assert admin.node_info().agent_version  # the agent serves on
         admin.register(job("small"), replace=True)
+
+
+def test_a_deployments_document_is_stored_once_not_once_per_service(
+    bounded: AgentProcess,
+) -> None:
+    services = "".join(
+        f"  part-{i}:\n    rtype: job\n    image: {{name: busybox:latest}}\n"
+        f"    env: {{PAD: {'x' * 1024}}}\n    command: {{entrypoint: [/bin/true]}}\n"
+        for i in range(40)
+    )
+    text = "version: v1\ndeployment: parts\nservices:\n" + services
+    with bounded.client(TOKENS["admin"]) as admin:
+        admin.register(text, replace=True)
+    admin_stub = Caller(bounded, "admin")
+    try:
+        request = service_pb.GetJobRequest(name="part-7")
+        shown = admin_stub.stub.GetJob(request, metadata=admin_stub.metadata).spec_yaml
+    finally:
+        admin_stub.close()
+    assert "part-7:" in shown and "part-8:" not in shown and "deployment: parts" in shown
+    database = bounded.cwd / bounded.data_dir / "agent.db"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        query = "SELECT sum(length(spec_yaml)) FROM jobs WHERE name LIKE 'part-%'"
+        (stored,) = db.execute(query).fetchone()
+    assert stored < 2 * len(text)

@@ -13,6 +13,7 @@ from agent.domain import EventKind, ImageSpec, JobEvent, JobKind, JobSpec, Trigg
 from agent.errors import ResourceExhausted
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler
+from agent.spec import parse_document, service_documents
 from tests.unit.fake_runtime import FakeRuntime
 
 TRIGGER = Trigger(TriggerKind.CLI)
@@ -89,3 +90,30 @@ class _Clock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(3600)
+
+
+def test_a_deployments_document_is_stored_once_in_all_not_once_per_service(
+    make_executor: Callable[..., Executor],
+) -> None:
+    services = "".join(
+        f"  job-{i}:\n    rtype: job\n    image: {{name: busybox}}\n"
+        f"    env: {{PAD: {'x' * 1024}}}\n"
+        for i in range(50)
+    )
+    text = "version: v1\ndeployment: big\n# services below\nservices:\n" + services
+    executor = make_executor()
+    specs = parse_document(text)
+    executor.register_jobs(specs, service_documents(text), replace_existing=False)
+    stored = [executor.get_job(spec.name).spec_yaml for spec in specs]
+    assert sum(map(len, stored)) < 2 * len(text)
+    # Each job's part is a document of its own that declares exactly that job.
+    for spec, part in zip(specs, stored, strict=True):
+        assert parse_document(part) == [spec]
+
+
+def test_a_document_of_one_service_is_kept_as_written() -> None:
+    text = (
+        "version: v1  # the seed's\ndeployment: one\nservices:\n"
+        "  only: {rtype: job, image: {name: busybox}}\n"
+    )
+    assert service_documents(text) == {"only": text}
