@@ -6,7 +6,9 @@ keeps serving the others."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -221,3 +223,44 @@ def test_a_deployments_document_is_stored_once_not_once_per_service(
         query = "SELECT sum(length(spec_yaml)) FROM jobs WHERE name LIKE 'part-%'"
         (stored,) = db.execute(query).fetchone()
     assert stored < 2 * len(text)
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of a process (VmRSS in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_slow_reader_of_a_large_log_costs_the_agent_little_memory(
+    bounded: AgentProcess,
+) -> None:
+    lines = (64 << 20) // 100  # 64 MiB of output in lines of 100 bytes
+    program = f'BEGIN {{ for (i = 0; i < {lines}; i++) print sprintf("%099d", i) }}'
+    spec = (
+        "version: v1\ndeployment: bounds\nservices:\n  chatty:\n    rtype: job\n"
+        "    image: {name: busybox:latest}\n    max_log_size: 64Mi\n"
+        f"    command: {{entrypoint: [awk, '{program}']}}\n"
+    )
+    with bounded.client(TOKENS["admin"]) as admin:
+        admin.register(spec, replace=True)
+        done = admin.wait(admin.trigger("chatty").id)
+        assert done.status == "completed", done.message
+    assert bounded.process is not None
+    pid = bounded.process.pid
+    reader = Caller(bounded, "other")
+    try:
+        for name, request in (
+            ("StreamLogs", service_pb.StreamLogsRequest(execution_id=done.id)),
+            ("DownloadLogs", service_pb.DownloadLogsRequest(execution_id=done.id)),
+        ):
+            before = rss_bytes(pid)
+            call: Any = getattr(reader.stub, name)(request, metadata=reader.metadata)
+            next(call)  # the stream runs; its reader then stops reading for a while
+            time.sleep(3)
+            grown = rss_bytes(pid) - before
+            assert grown < 32 << 20, f"{name}: the agent grew by {grown >> 20} MiB"
+            call.cancel()
+    finally:
+        reader.close()
