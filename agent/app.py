@@ -74,6 +74,8 @@ class Agent:
             host_policy=config.host_policy,
             id_ranges=config.id_ranges,
             disk=DiskSpace(config.data_dir, config.min_free_bytes),
+            max_pending=config.max_pending,
+            max_pending_per_job=config.max_pending_per_job,
         )
         self.scheduler = CronScheduler(self.executor, self.store)
         self.metrics = Metrics()
@@ -98,7 +100,7 @@ class Agent:
         credentials = None if config.tls is None else config.tls.credentials()
         listeners = Listeners(bool(config.tcp_listen), bool(config.sockets), config.tcp_needs_token)
         self.server = AgentServer(
-            self.executor, self.scheduler, node, tokens, self.metrics, listeners
+            self.executor, self.scheduler, node, tokens, self.metrics, listeners, config.api_limits
         )
         await self.executor.start()
         self.supervise_background_work()

@@ -93,6 +93,37 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
         help="executions active at once on this node; more wait in Pending",
     )
     run.add_argument(
+        "--max-pending",
+        type=int,
+        default=DEFAULTS.max_pending,
+        help="executions waiting in Pending on this node; a trigger past it is "
+        "RESOURCE_EXHAUSTED and a cron run is skipped",
+    )
+    run.add_argument(
+        "--max-pending-per-job",
+        type=int,
+        default=DEFAULTS.max_pending_per_job,
+        help="executions of one job waiting in Pending; past it as --max-pending",
+    )
+    run.add_argument(
+        "--max-streams",
+        type=int,
+        default=DEFAULTS.api_limits.streams,
+        help="server streams (watches, log streams and downloads) open at once on this node",
+    )
+    run.add_argument(
+        "--max-streams-per-caller",
+        type=int,
+        default=DEFAULTS.api_limits.streams_per_caller,
+        help="server streams open at once per caller (token, certificate subject, or all "
+        "unauthenticated callers together)",
+    )
+    run.add_argument(
+        "--max-request-size",
+        default="1Mi",
+        help="largest request message; a bigger one is RESOURCE_EXHAUSTED",
+    )
+    run.add_argument(
         "--priority-boost",
         type=int,
         default=DEFAULTS.priority_boost,

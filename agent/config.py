@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from agent.api.limits import ApiLimits
 from agent.domain import ID_RANGE_SIZE, HostPolicy, IdRangePool
 from agent.errors import InvalidSpec
 from agent.executor.retention import RetentionPolicy
@@ -20,6 +21,8 @@ UNIX_PREFIX = "unix:"
 DEFAULT_SOCKET = Path("/run/jobagent/jobagent.sock")
 # sockaddr_un's sun_path holds 108 bytes, the last one a NUL.
 MAX_SOCKET_PATH_BYTES = 107
+# A request cap below this would refuse ordinary calls (a trigger with its payload).
+MIN_REQUEST_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,12 @@ class AgentConfig:
     # The seed's JobExecutorConfig: 10 executions at once, 1 MiB of output kept per attempt,
     # finished executions kept for an hour (RetentionPolicy).
     max_concurrent: int = 10
+    # Executions waiting in Pending, node-wide and per job: a trigger past either is
+    # RESOURCE_EXHAUSTED (and a cron run is skipped) rather than queued without end.
+    max_pending: int = 1000
+    max_pending_per_job: int = 100
+    # Open server streams (node-wide and per caller) and the largest request message.
+    api_limits: ApiLimits = field(default_factory=ApiLimits)
     # Nice levels the agent's own threads run above the processes it starts (agent.priority).
     priority_boost: int = 10
     max_log_bytes: int = 1024**2
@@ -148,8 +157,17 @@ class AgentConfig:
 
     def check(self) -> None:
         """Raises InvalidSpec naming the first setting that cannot work."""
-        if self.max_concurrent < 1:
-            raise InvalidSpec("max_concurrent", "must be at least 1")
+        for name, value in (
+            ("max_concurrent", self.max_concurrent),
+            ("max_pending", self.max_pending),
+            ("max_pending_per_job", self.max_pending_per_job),
+            ("max_streams", self.api_limits.streams),
+            ("max_streams_per_caller", self.api_limits.streams_per_caller),
+        ):
+            if value < 1:
+                raise InvalidSpec(name, "must be at least 1")
+        if self.api_limits.request_bytes < MIN_REQUEST_BYTES:
+            raise InvalidSpec("max_request_size", f"must be at least {MIN_REQUEST_BYTES} bytes")
         if not 0 <= self.priority_boost <= 39:
             raise InvalidSpec("priority_boost", "must be between 0 and 39 (nice levels)")
         if self.retention.per_job < 0:

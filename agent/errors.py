@@ -47,7 +47,8 @@ class OutOfRange(AgentError):
 
 
 class ResourceExhausted(AgentError):
-    """The caller fell too far behind (a slow watcher); it may resume from its last sequence."""
+    """A bound was reached: too many open streams or pending executions (the message names
+    the limit), or a watcher fell too far behind (it may resume from its last sequence)."""
 
 
 class DiskFull(ResourceExhausted):

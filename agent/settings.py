@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from agent.api.limits import ApiLimits
 from agent.config import AgentConfig, TlsFiles, parse_id_ranges
 from agent.domain import HostPolicy
 from agent.errors import InvalidSpec
@@ -65,6 +66,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         registry_auth_file=args.registry_auth_file,
         pull_timeout_seconds=parse_duration(args.pull_timeout, "pull_timeout"),
         max_concurrent=args.max_concurrent,
+        max_pending=args.max_pending,
+        max_pending_per_job=args.max_pending_per_job,
+        api_limits=ApiLimits(
+            streams=args.max_streams,
+            streams_per_caller=args.max_streams_per_caller,
+            request_bytes=parse_memory(args.max_request_size, "max_request_size", 0),
+        ),
         priority_boost=args.priority_boost,
         max_log_bytes=parse_memory(args.max_log_size, "max_log_size", MIN_LOG_BYTES),
         min_free_bytes=parse_memory(args.min_free_space, "min_free_space", 0),

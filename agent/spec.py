@@ -133,6 +133,26 @@ def parse_document(text: str, policy: HostPolicy | None = None) -> list[JobSpec]
     return jobs
 
 
+def service_documents(text: str) -> dict[str, str]:
+    """Each service's own document, by name: the document's other top-level fields and that
+    one service. A job keeps (and GetJob shows) its own part, so a deployment of N services
+    is stored once in all rather than N times. A document of one service is kept as it was
+    written; the parts of a larger one are written anew from the parsed YAML, without its
+    comments. Call it on a document that parse_document accepted.
+    """
+    root = yaml.safe_load(text)
+    services = root["services"]
+    if len(services) == 1:
+        return {str(name): text for name in services}
+    common = {key: value for key, value in root.items() if key != "services"}
+    return {
+        str(name): yaml.safe_dump(
+            {**common, "services": {name: body}}, sort_keys=False, allow_unicode=True
+        )
+        for name, body in services.items()
+    }
+
+
 def parse_service(name: str, service: Mapping[str, Any], deployment: str, path: str) -> JobSpec:
     """Parses one service with rtype job or cron; `path` prefixes error fields."""
     if not NAME_PATTERN.fullmatch(name):

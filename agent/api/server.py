@@ -12,6 +12,7 @@ from jobagent.v1 import job_service_pb2, job_service_pb2_grpc
 from agent.api import sockets
 from agent.api.access import Listeners, interceptors
 from agent.api.auth import TokenTable
+from agent.api.limits import ApiLimits, StreamSlots
 from agent.api.service import JobService, NodeFacts
 from agent.exclusive import address_in_use
 from agent.executor import Executor
@@ -32,11 +33,17 @@ class AgentServer:
         tokens: TokenTable | None = None,
         metrics: Metrics | None = None,
         listeners: Listeners | None = None,
+        limits: ApiLimits | None = None,
     ) -> None:
+        limits = limits or ApiLimits()
         checks = () if tokens is None else interceptors(tokens, listeners or Listeners())
-        # No SO_REUSEPORT: a second agent on this address fails to bind instead of
-        # sharing its connections.
-        self.server = grpc.aio.server(interceptors=checks, options=[("grpc.so_reuseport", 0)])
+        options = [
+            # No SO_REUSEPORT: a second agent on this address fails to bind instead of
+            # sharing its connections.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", limits.request_bytes),
+        ]
+        self.server = grpc.aio.server(interceptors=checks, options=options)
         self._sockets: list[tuple[Path, int, int | None]] = []
         self._started = False
         # False while a core background task is down (see agent.supervisor).
@@ -44,7 +51,7 @@ class AgentServer:
         # The stubs of grpcio-health-checking do not declare its aio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobService(executor, scheduler, node, metrics), self.server
+            JobService(executor, scheduler, node, metrics, StreamSlots(limits)), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

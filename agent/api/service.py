@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,6 +19,7 @@ from agent import __version__
 from agent.api import convert
 from agent.api.errors import maps_errors
 from agent.api.identity import caller_identity
+from agent.api.limits import StreamSlots
 from agent.domain import Bookmark, ExecutionFilter, Job, JobEvent, JobKind, NodeEvent
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
@@ -26,7 +27,13 @@ from agent.executor.logs import LogQuery
 from agent.executor.scheduler import CronScheduler
 from agent.metrics import Metrics
 from agent.runtime.errors import RuntimeLayerError
-from agent.spec import NAME_PATTERN, normalize_signal, parse_document, validate_job_spec
+from agent.spec import (
+    NAME_PATTERN,
+    normalize_signal,
+    parse_document,
+    service_documents,
+    validate_job_spec,
+)
 
 MAX_GRACE_SECONDS = 3600
 MAX_REQUEST_ID = 128
@@ -49,17 +56,26 @@ class JobService(service_grpc.JobServiceServicer):
         scheduler: CronScheduler,
         node: NodeFacts | None = None,
         metrics: Metrics | None = None,
+        streams: StreamSlots | None = None,
     ) -> None:
         self._executor = executor
         self._scheduler = scheduler
         self._node = node or NodeFacts()
         self._metrics = metrics
+        self._streams = streams or StreamSlots()
         self._event_messages: OrderedDict[int, service_pb.WatchEventsResponse] = OrderedDict()
 
-    def _open_stream(self, rpc: str) -> AbstractContextManager[object]:
-        """Counts a stream as open while the handler runs (a context, not one more layer
-        of async generator that every item would pass through)."""
-        return nullcontext() if self._metrics is None else self._metrics.open_stream(rpc)
+    @contextmanager
+    def _open_stream(self, rpc: str, context: Context) -> Iterator[None]:
+        """Holds one of the caller's stream slots (ResourceExhausted past a limit) and
+        counts the stream as open while the handler runs (a context, not one more layer
+        of async generator that every item would pass through). The slot is also given
+        back when the call ends, should the handler's generator outlive it."""
+        with self._streams.take(caller_identity(context), rpc) as slot:
+            # The stubs declare the callback as a class of their own, not a callable.
+            context.add_done_callback(slot.release)  # type: ignore[arg-type]
+            with nullcontext() if self._metrics is None else self._metrics.open_stream(rpc):
+                yield
 
     def _job(self, job: Job) -> pb.Job:
         message = convert.job_to_proto(job)
@@ -76,15 +92,17 @@ class JobService(service_grpc.JobServiceServicer):
         self, request: service_pb.RegisterJobRequest, context: Context
     ) -> service_pb.RegisterJobResponse:
         source = request.WhichOneof("source")
+        documents: dict[str, str] = {}
         if source == "spec_yaml":
             specs = parse_document(request.spec_yaml, self._executor.host_policy)
+            documents = service_documents(request.spec_yaml)
         elif source == "spec":
             spec = convert.job_spec_from_proto(request.spec)
             validate_job_spec(spec, self._executor.host_policy)
             specs = [spec]
         else:
             raise InvalidSpec("source", "set spec_yaml or spec")
-        jobs = self._executor.register_jobs(specs, request.spec_yaml, request.replace)
+        jobs = self._executor.register_jobs(specs, documents, request.replace)
         self._scheduler.wake()
         return service_pb.RegisterJobResponse(jobs=[self._job(job) for job in jobs])
 
@@ -190,7 +208,7 @@ class JobService(service_grpc.JobServiceServicer):
         self, request: service_pb.WatchExecutionRequest, context: Context
     ) -> AsyncIterator[pb.ExecutionEvent]:
         _require_id("id", request.id)
-        with self._open_stream("WatchExecution"):
+        with self._open_stream("WatchExecution", context):
             async for event in self._executor.watch(request.id):
                 yield convert.event_to_proto(event)
 
@@ -200,7 +218,7 @@ class JobService(service_grpc.JobServiceServicer):
     ) -> AsyncIterator[pb.LogLine]:
         query = self._log_query(request)
         lines = self._executor.stream_logs(request.execution_id, query, request.attempt)
-        with self._open_stream("StreamLogs"):
+        with self._open_stream("StreamLogs", context):
             async for line in lines:
                 yield convert.log_line_to_proto(line)
 
@@ -210,7 +228,7 @@ class JobService(service_grpc.JobServiceServicer):
     ) -> AsyncIterator[service_pb.StreamLogBatchesResponse]:
         query = self._log_query(request)
         batches = self._executor.stream_log_batches(request.execution_id, query, request.attempt)
-        with self._open_stream("StreamLogBatches"):
+        with self._open_stream("StreamLogBatches", context):
             async for batch in batches:
                 yield convert.log_batch_to_proto(batch)
 
@@ -238,7 +256,7 @@ class JobService(service_grpc.JobServiceServicer):
         self._executor.get_execution(request.execution_id)
         chunks = self._executor.download_logs(request.execution_id, request.offset,
                                               request.follow, request.attempt)  # fmt: skip
-        with self._open_stream("DownloadLogs"):
+        with self._open_stream("DownloadLogs", context):
             async for chunk in chunks:
                 yield convert.log_chunk_to_proto(chunk)
 
@@ -259,9 +277,9 @@ class JobService(service_grpc.JobServiceServicer):
         _require_name("job_name", request.job_name, optional=True)
         items = self._executor.watch_events(request.since_sequence, request.job_name, kinds,
                                             interval)  # fmt: skip
-        # Headers at once: the client knows the watch is in place before any event comes.
-        await context.send_initial_metadata(())
-        with self._open_stream("WatchEvents"):
+        with self._open_stream("WatchEvents", context):
+            # Headers at once: the client knows the watch is in place before any event comes.
+            await context.send_initial_metadata(())
             async for item in items:
                 if isinstance(item, Bookmark):
                     yield service_pb.WatchEventsResponse(

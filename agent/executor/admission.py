@@ -26,18 +26,26 @@ class Admission:
         self._queue: list[_Waiting] = []
         self._holders: dict[str, str] = {}
         self._per_job: Counter[str] = Counter()
+        self._waiting_per_job: Counter[str] = Counter()
 
     def enqueue(self, execution_id: str, job_name: str, job_limit: int | None) -> None:
         """Puts an execution at the end of the queue."""
         self._queue.append(_Waiting(execution_id, job_name, job_limit))
+        self._waiting_per_job[job_name] += 1
 
     def withdraw(self, execution_id: str) -> bool:
         """Takes a waiting execution out of the queue; False if it was not waiting."""
         for index, waiting in enumerate(self._queue):
             if waiting.execution_id == execution_id:
-                del self._queue[index]
+                self._dequeue(index)
                 return True
         return False
+
+    def _dequeue(self, index: int) -> None:
+        job_name = self._queue.pop(index).job_name
+        self._waiting_per_job[job_name] -= 1
+        if not self._waiting_per_job[job_name]:
+            del self._waiting_per_job[job_name]
 
     def occupy(self, execution_id: str, job_name: str) -> None:
         """Gives an execution a slot without queueing (one that was active before a restart)."""
@@ -62,7 +70,7 @@ class Admission:
             ):
                 index += 1
                 continue
-            del self._queue[index]
+            self._dequeue(index)
             self.occupy(waiting.execution_id, waiting.job_name)
             admitted.append(waiting.execution_id)
         return admitted
@@ -83,3 +91,7 @@ class Admission:
     def waiting(self) -> int:
         """How many executions wait in the queue."""
         return len(self._queue)
+
+    def waiting_for(self, job_name: str) -> int:
+        """How many executions of one job wait in the queue."""
+        return self._waiting_per_job[job_name]

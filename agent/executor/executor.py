@@ -12,7 +12,7 @@ import base64
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,8 @@ class Executor:
         host_policy: HostPolicy | None = None,
         id_ranges: IdRangePool | None = None,
         disk: DiskSpace | None = None,
+        max_pending: int = 1000,
+        max_pending_per_job: int = 100,
     ) -> None:
         """`disk` (the data directory's free space) refuses triggers while it is low and
         stops the biggest writer when it is full; None leaves the disk unwatched."""
@@ -128,6 +130,8 @@ class Executor:
         self._closing = False
         self._node_limit = node_limit
         self._admission = Admission(node_limit)
+        self._max_pending = max_pending
+        self._max_pending_per_job = max_pending_per_job
         self._waiting: dict[str, tuple[Execution, JobSpec, Dispatch]] = {}
         self.retention = Retention(store, log_dir, retention or RetentionPolicy())
         # Jobs whose stored spec today's validator refuses: name -> why (until replaced).
@@ -136,9 +140,11 @@ class Executor:
     # Jobs
 
     def register_jobs(
-        self, specs: Sequence[JobSpec], spec_yaml: str, replace_existing: bool
+        self, specs: Sequence[JobSpec], spec_yaml: str | Mapping[str, str], replace_existing: bool
     ) -> list[Job]:
         """Registers jobs; an existing job with another spec needs `replace_existing`.
+        `spec_yaml` is each job's own document by job name (agent.spec.service_documents),
+        or one text for all of them.
 
         Either every job is registered or none is.
         """
@@ -157,7 +163,8 @@ class Executor:
                 raise AlreadyExists(f"job {spec.name!r} exists with another spec (use replace)")
             created = existing.created_at if existing is not None else at
             updated = at if existing is None or existing.spec != spec else existing.updated_at
-            job = Job(spec=spec, created_at=created, updated_at=updated, spec_yaml=spec_yaml)
+            text = spec_yaml if isinstance(spec_yaml, str) else spec_yaml.get(spec.name, "")
+            job = Job(spec=spec, created_at=created, updated_at=updated, spec_yaml=text)
             note = None
             if existing is None:
                 note = JobNote(EventKind.JOB_REGISTERED)
@@ -330,6 +337,8 @@ class Executor:
         # A caller hears the refusal; a scheduled run is recorded as a failed execution.
         if refusal is not None and trigger.kind is not TriggerKind.SCHEDULER:
             raise refusal
+        if refusal is None:
+            self._check_pending(job.name)
         execution_id = uuid.uuid4().hex
         execution = Execution(
             id=execution_id,
@@ -354,6 +363,20 @@ class Executor:
             self._recorder.event(execution, EventKind.QUEUED, "", message)
             return replace(execution, queue_position=position)
         return execution
+
+    def _check_pending(self, job_name: str) -> None:
+        """ResourceExhausted, naming the limit, when the queue has no room for one more."""
+        if self._admission.waiting >= self._max_pending:
+            raise ResourceExhausted(
+                f"the node has {self._max_pending} executions waiting in Pending, its "
+                "limit (--max-pending); trigger again once some have started"
+            )
+        if self._admission.waiting_for(job_name) >= self._max_pending_per_job:
+            raise ResourceExhausted(
+                f"job {job_name!r} has {self._max_pending_per_job} executions waiting in "
+                "Pending, its limit (--max-pending-per-job); trigger again once some have "
+                "started"
+            )
 
     def get_execution(self, execution_id: str) -> Execution:
         """Returns an execution (with its queue position while it waits); raises NotFound."""

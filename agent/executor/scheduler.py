@@ -29,7 +29,7 @@ from agent.domain import (
     Trigger,
     TriggerKind,
 )
-from agent.errors import AgentError, DiskFull, InvalidSpec
+from agent.errors import AgentError, DiskFull, InvalidSpec, ResourceExhausted
 from agent.executor.executor import Executor
 from agent.spec import check_time_zone, validate_schedule
 from agent.store import Store
@@ -247,6 +247,12 @@ class CronScheduler:
                 latest,
             )
             self._save(job, state, latest, missed + 1, note=note)
+            return
+        except ResourceExhausted as error:
+            # A full queue: the run is skipped and says why, rather than queued.
+            message = f"the run of {latest.isoformat()} was skipped: {error}"
+            note = JobNote(EventKind.SCHEDULE_SKIPPED, message, latest)
+            self._save(job, state, latest, missed, skipped=state.skipped + 1, note=note)
             return
         except AgentError as error:
             # Handled all the same: the next try is at the next schedule time.

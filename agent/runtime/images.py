@@ -1,7 +1,9 @@
 """The local image store: one OCI layout of shared blobs, one unpacked rootfs per digest.
 
-skopeo copies images into the layout (tagged by their normalised reference); umoci
-unpacks each manifest digest once into a read-only rootfs that containers overlay.
+skopeo copies images into the layout (tagged by their normalised reference), each through
+a staging layout of its own (agent.runtime.staging) so that a slow registry holds up only
+the pulls of its own images; umoci unpacks each manifest digest once into a read-only
+rootfs that containers overlay.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,11 @@ from typing import Any
 from agent.domain import PullPolicy
 from agent.hostfs import PRIVATE_DIR, make_dir, tighten, write_file
 from agent.runtime.errors import CommandError, ImagePullError
-from agent.runtime.process import run
-from agent.runtime.storelock import StoreLock
+from agent.runtime.process import off_loop, run
+from agent.runtime.staging import REF_NAME, StagingLayout
+from agent.runtime.storelock import KeyedLocks, StoreLock
 
 DEFAULT_REGISTRY = "docker.io"
-REF_NAME = "org.opencontainers.image.ref.name"
 USAGE_RESOLUTION_SECONDS = 60.0
 
 
@@ -100,32 +103,46 @@ class ImageStore:
         self._pulls_file = root / "pulls.json"
         self._usage_file = root / "usage.json"
         self._usage_cache: dict[str, float] | None = None
+        self._staging_dir = root / "staging"
         make_dir(root)
         tighten(root, PRIVATE_DIR)
         make_dir(self._rootfs_dir)
+        # The store-wide lock is held only for short local steps (the index, prune); the
+        # network part of a pull holds its reference's lock, an unpack its digest's.
         self._lock = StoreLock(root / "lock")
+        self._pulls = KeyedLocks(root / "locks", "reference")
+        self._unpacks = KeyedLocks(root / "locks", "digest")
+        StagingLayout.sweep(self._staging_dir)
 
     async def ensure(self, name: str, policy: PullPolicy) -> Image:
-        """Makes the image present (pulling as the policy says) and unpacked; returns it."""
+        """Makes the image present (pulling as the policy says) and unpacked; returns it.
+
+        Pulls of one reference wait for each other; pulls of others do not, however slow
+        their registry is.
+        """
         reference = normalize_reference(name)
-        async with self._lock:
-            present = self._digest_of(reference) is not None
+        source = _source_of(reference)
+        async with self._pulls.hold(reference):
+            async with self._lock:  # umoci (prune) may be rewriting the index
+                present = self._digest_of(reference) is not None
             if policy is PullPolicy.NEVER and not present:
                 raise ImagePullError(f"image {name} is not present and pull_policy is never")
-            source = _source_of(reference)
             if not present or policy is PullPolicy.ALWAYS:
-                await self._copy(source, reference)
+                image = await self._pull(source, reference)
             elif policy is PullPolicy.NEWER and source.startswith("docker://"):
                 # A tag that moved is seen by the registry's digest, not by the name.
                 remote = await self._remote_digest(source)
                 if remote != self._pulled_digests().get(reference):
-                    await self._copy(source, reference)
-                    self._remember_pull(reference, remote)
-            digest = self._digest_of(reference)
-            if digest is None:
-                raise ImagePullError(f"image {name} is missing from the store after the pull")
-            self._note_use(reference)
-            return await self._unpacked(reference, digest)
+                    image = await self._pull(source, reference)
+                    async with self._lock:
+                        self._remember_pull(reference, remote)
+                else:
+                    image = await self._present(name, reference)
+            else:
+                image = await self._present(name, reference)
+            async with self._lock:
+                self._note_use(reference)
+            return image
 
     async def prune(
         self,
@@ -216,11 +233,8 @@ class ImageStore:
     async def import_image(self, source: str, name: str) -> Image:
         """Copies an image from any skopeo source (oci:..., docker://...) under `name`."""
         reference = normalize_reference(name)
-        async with self._lock:
-            await self._copy(source, reference)
-            digest = self._digest_of(reference)
-            assert digest is not None
-            return await self._unpacked(reference, digest)
+        async with self._pulls.hold(reference):
+            return await self._pull(source, reference)
 
     def _source_flags(self, source: str, prefix: str) -> list[str]:
         """skopeo's TLS and credential flags for a source (prefix "src-" for copy)."""
@@ -231,14 +245,48 @@ class ImageStore:
             flags.append(f"--{prefix}authfile={self._auth_file}")
         return flags
 
-    async def _copy(self, source: str, reference: str) -> None:
-        make_dir(self._layout)
+    async def _pull(self, source: str, reference: str) -> Image:
+        """Copies the image into a staging layout without the store's lock, records it in
+        the store under the lock (a short local step), then unpacks it."""
+        staging = await off_loop(StagingLayout.create, self._staging_dir, self._layout)
+        try:
+            await self._copy(source, staging.layout, reference)
+            async with self._lock:
+                make_dir(self._layout)
+                digest = await off_loop(staging.commit, self._layout, _tag_of(reference))
+            return await self._unpacked(reference, digest, staging)
+        finally:
+            await off_loop(staging.remove)
+
+    async def _present(self, name: str, reference: str) -> Image:
+        """An image the store has, unpacked (from a staging snapshot when its rootfs is
+        missing, so that the unpack holds no store-wide lock either)."""
+        async with self._lock:
+            digest = self._digest_of(reference)
+            if digest is None:
+                raise ImagePullError(f"image {name} is missing from the store")
+            target = self._rootfs_dir / digest.replace(":", "-")
+            if (target / "rootfs").is_dir():
+                return Image(reference, digest, target / "rootfs", self._config_of(digest))
+            entry = self._entry_of(reference)
+            assert entry is not None
+            staging = await off_loop(StagingLayout.create, self._staging_dir, self._layout)
+        try:
+            staging.adopt(entry)
+            return await self._unpacked(reference, digest, staging)
+        finally:
+            await off_loop(staging.remove)
+
+    async def _copy(self, source: str, layout: Path, reference: str) -> None:
         argv = [self._skopeo, "copy", "--quiet", *self._source_flags(source, "src-"), source,
-                f"oci:{self._layout}:{_tag_of(reference)}"]  # fmt: skip
+                f"oci:{layout}:{_tag_of(reference)}"]  # fmt: skip
         try:
             await run(argv, timeout=self._pull_timeout)
         except CommandError as error:
-            raise ImagePullError(f"pulling {source}: {error.stderr.strip() or error}") from None
+            detail = error.stderr.strip() or str(error)
+            if error.returncode == -1:
+                detail = f"{detail} (--pull-timeout)"
+            raise ImagePullError(f"pulling {source}: {detail}") from None
 
     async def _remote_digest(self, source: str) -> str:
         argv = [self._skopeo, "inspect", "--format", "{{.Digest}}",
@@ -261,56 +309,62 @@ class ImageStore:
         pulls[reference] = digest
         self._write_json(self._pulls_file, pulls)
 
-    async def _unpacked(self, reference: str, digest: str) -> Image:
+    async def _unpacked(self, reference: str, digest: str, staging: StagingLayout) -> Image:
+        """Unpacks the digest from `staging` once (under the digest's lock: one unpack of
+        it at a time, in any process) and returns the image."""
         target = self._rootfs_dir / digest.replace(":", "-")
-        if not (target / "rootfs").is_dir():
-            work = Path(tempfile.mkdtemp(dir=self._rootfs_dir, prefix=".unpack-"))
-            # `raw unpack`: the root filesystem only. `umoci unpack` also writes a runtime
-            # config, for which it reads the image's /etc/passwd itself, and it blocks for
-            # good on a FIFO there; the agent reads the image's config from its blob and its
-            # accounts inside its root (agent.runtime.imagefiles).
-            try:
-                (work / "bundle").mkdir(mode=0o700)
-                await run(
-                    [
-                        self._umoci,
-                        "raw",
-                        "unpack",
-                        "--image",
-                        f"{self._layout}:{_tag_of(reference)}",
-                        str(work / "bundle" / "rootfs"),
-                    ]
-                )
-                shutil.rmtree(target, ignore_errors=True)
-                (work / "bundle").rename(target)
-            except CommandError as error:
-                raise ImagePullError(f"unpacking {reference}: {error}") from None
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-        return Image(reference, digest, target / "rootfs", self._config_of(digest))
+        async with self._unpacks.hold(digest):
+            if not (target / "rootfs").is_dir():
+                work = Path(tempfile.mkdtemp(dir=self._rootfs_dir, prefix=".unpack-"))
+                # `raw unpack`: the root filesystem only. `umoci unpack` also writes a
+                # runtime config, for which it reads the image's /etc/passwd itself, and it
+                # blocks for good on a FIFO there; the agent reads the image's config from
+                # its blob and its accounts inside its root (agent.runtime.imagefiles).
+                try:
+                    (work / "bundle").mkdir(mode=0o700)
+                    image = f"{staging.layout}:{_tag_of(reference)}"
+                    rootfs = str(work / "bundle" / "rootfs")
+                    await run([self._umoci, "raw", "unpack", "--image", image, rootfs])
+                    shutil.rmtree(target, ignore_errors=True)
+                    (work / "bundle").rename(target)
+                except CommandError as error:
+                    raise ImagePullError(f"unpacking {reference}: {error}") from None
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+        return Image(reference, digest, target / "rootfs", _image_config(staging.blob, digest))
 
-    def _digest_of(self, reference: str) -> str | None:
+    def _entry_of(self, reference: str) -> dict[str, Any] | None:
+        """The store index's entry of a reference, None when absent."""
         tag = _tag_of(reference)
         for manifest in self._manifests():
             if manifest.get("annotations", {}).get(REF_NAME) == tag:
-                return str(manifest["digest"])
+                return manifest
         return None
+
+    def _digest_of(self, reference: str) -> str | None:
+        entry = self._entry_of(reference)
+        return None if entry is None else str(entry["digest"])
 
     def _blob(self, digest: str) -> Any:
         algorithm, _, hex_digest = digest.partition(":")
         return json.loads((self._layout / "blobs" / algorithm / hex_digest).read_text())
 
     def _config_of(self, manifest_digest: str) -> ImageConfig:
-        manifest = self._blob(manifest_digest)
-        config = self._blob(manifest["config"]["digest"]).get("config") or {}
-        return ImageConfig(
-            entrypoint=tuple(config.get("Entrypoint") or ()),
-            cmd=tuple(config.get("Cmd") or ()),
-            env=tuple(config.get("Env") or ()),
-            workdir=config.get("WorkingDir") or "",
-            user=config.get("User") or "",
-            stop_signal=config.get("StopSignal") or "",
-        )
+        return _image_config(self._blob, manifest_digest)
+
+
+def _image_config(blob: Callable[[str], Any], manifest_digest: str) -> ImageConfig:
+    """The image config of a manifest, its JSON blobs read by `blob`."""
+    manifest = blob(manifest_digest)
+    config = blob(manifest["config"]["digest"]).get("config") or {}
+    return ImageConfig(
+        entrypoint=tuple(config.get("Entrypoint") or ()),
+        cmd=tuple(config.get("Cmd") or ()),
+        env=tuple(config.get("Env") or ()),
+        workdir=config.get("WorkingDir") or "",
+        user=config.get("User") or "",
+        stop_signal=config.get("StopSignal") or "",
+    )
 
 
 def _source_of(reference: str) -> str:

@@ -38,7 +38,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[tuple[Executor, Store]]:
     runtime = FakeRuntime()
     runtime.pull_error = "no registry"  # every execution: pending, initializing, failed
     store = Store(tmp_path / "db")
-    executor = Executor(store, runtime, tmp_path / "logs")
+    # 400 triggers at once: a queue longer than the default bound of pending executions.
+    executor = Executor(store, runtime, tmp_path / "logs", max_pending_per_job=400)
     executor.register_jobs([JobSpec("a", ImageSpec("x")), JobSpec("b", ImageSpec("x"))], "", False)
     yield executor, store
     await executor.close()
