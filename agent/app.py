@@ -81,8 +81,11 @@ class Agent:
         self.metrics = Metrics()
         self.executor.add_event_listener(self.metrics.observe)
         self.runtime.observe_pull = self.metrics.observe_pull
-        self.metrics.watch_load(lambda: self.executor.load()[0], lambda: self.executor.load()[1],
-                                self.executor.running_count)  # fmt: skip
+        self.metrics.watch_load(
+            lambda: self.executor.load()[0],
+            lambda: self.executor.load()[1],
+            self.executor.running_count,
+        )
         self.server: AgentServer | None = None
         self.supervisor = Supervisor(
             on_restart=self.metrics.count_restart, on_health=self._report_core_health
@@ -113,11 +116,16 @@ class Agent:
         await self.server.start()
         if config.metrics_listen:
             port = self.metrics.serve(config.metrics_listen)
-            log.info("metrics on http://%s/metrics", config.metrics_listen.rsplit(":", 1)[0]
-                     + f":{port}")  # fmt: skip
-        log.info("serving on %s (runtime %s, tls %s, tokens %s)", ", ".join(config.listen),
-                 config.runtime_name, "on" if credentials else "off",
-                 "on" if tokens else "off")  # fmt: skip
+            log.info(
+                "metrics on http://%s/metrics", config.metrics_listen.rsplit(":", 1)[0] + f":{port}"
+            )
+        log.info(
+            "serving on %s (runtime %s, tls %s, tokens %s)",
+            ", ".join(config.listen),
+            config.runtime_name,
+            "on" if credentials else "off",
+            "on" if tokens else "off",
+        )
 
     def supervise_background_work(self) -> None:
         """Starts the long-lived tasks under the supervisor. The cron scheduler is core:
@@ -153,8 +161,11 @@ class Agent:
                 address,
             )
         if plain and not is_loopback(address.rpartition(":")[0]):
-            log.warning("serving plain text on %s, a non-loopback address (--insecure): "
-                        "anyone on the network can read and forge calls", address)  # fmt: skip
+            log.warning(
+                "serving plain text on %s, a non-loopback address (--insecure): "
+                "anyone on the network can read and forge calls",
+                address,
+            )
 
     async def stop(self) -> None:
         """Stops serving; running containers keep running and are re-adopted at next start.
@@ -216,9 +227,13 @@ async def serve(config: AgentConfig) -> None:
     # Runtime calls, conmon spawns and bundle work run in worker threads (see
     # agent.runtime.process); a few per active execution may be in flight at once.
     asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="jobagent-worker",
-                           initializer=restore_thread_priority, initargs=(base_nice,))
-    )  # fmt: skip
+        ThreadPoolExecutor(
+            max_workers=WORKER_THREADS,
+            thread_name_prefix="jobagent-worker",
+            initializer=restore_thread_priority,
+            initargs=(base_nice,),
+        )
+    )
     agent = Agent(config)
     await agent.start()
     settle_garbage_collector()

@@ -62,8 +62,12 @@ def build_parser(serve_defaults: Mapping[str, Any] | None = None) -> argparse.Ar
         action="store_true",
         help="viewer tokens see env values too (by default their names only)",
     )
-    run.add_argument("--log-format", choices=logsetup.FORMATS, default="text",
-                     help="the agent's own log: text or JSON lines")  # fmt: skip
+    run.add_argument(
+        "--log-format",
+        choices=logsetup.FORMATS,
+        default="text",
+        help="the agent's own log: text or JSON lines",
+    )
     run.add_argument(
         "--metrics-listen", default="", metavar="HOST:PORT", help="serve Prometheus /metrics"
     )

@@ -41,8 +41,9 @@ class TlsFiles:
             ca = None if self.client_ca is None else self.client_ca.read_bytes()
         except OSError as error:
             raise InvalidSpec("tls", f"cannot read {error.filename}: {error.strerror}") from None
-        return grpc.ssl_server_credentials([pair], root_certificates=ca,
-                                           require_client_auth=ca is not None)  # fmt: skip
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=ca, require_client_auth=ca is not None
+        )
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,10 @@ def check_dispatch(policy: DispatchPolicy, dispatch: Dispatch) -> None:
     allowed = {*policy.env, *policy.required_env}
     for name, value in dispatch.env.items():
         if name not in allowed:
-            raise InvalidSpec(f"env.{name}", f"the job does not let a trigger set it "
-                              f"(allowed: {sorted(allowed) or 'none'})")  # fmt: skip
+            raise InvalidSpec(
+                f"env.{name}",
+                f"the job does not let a trigger set it (allowed: {sorted(allowed) or 'none'})",
+            )
         if len(value.encode()) > MAX_VALUE_BYTES or "\0" in value:
             raise InvalidSpec(f"env.{name}", f"at most {MAX_VALUE_BYTES} bytes, no NUL")
     for name in policy.required_env:
@@ -94,9 +96,13 @@ def check_dispatch(policy: DispatchPolicy, dispatch: Dispatch) -> None:
 def fingerprint(job_name: str, dispatch: Dispatch) -> str:
     """A digest of what a trigger asked for: a repeated request_id must ask the same."""
     content = json.dumps(
-        [job_name, list(dispatch.args), sorted(dispatch.env.items()),
-         hashlib.sha256(dispatch.payload).hexdigest()]
-    )  # fmt: skip
+        [
+            job_name,
+            list(dispatch.args),
+            sorted(dispatch.env.items()),
+            hashlib.sha256(dispatch.payload).hexdigest(),
+        ]
+    )
     return hashlib.sha256(content.encode()).hexdigest()
 
 

@@ -24,32 +24,48 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.executions = Counter(
-            "jobagent_executions", "Executions that reached a terminal status.",
-            ["status", "reason"], registry=self.registry,
-        )  # fmt: skip
+            "jobagent_executions",
+            "Executions that reached a terminal status.",
+            ["status", "reason"],
+            registry=self.registry,
+        )
         self.durations = Histogram(
             "jobagent_execution_duration_seconds",
             "Run time of finished executions (start to end, or creation to end).",
-            ["status"], buckets=DURATION_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.transitions = Counter(
-            "jobagent_transitions", "Recorded execution transitions, by new status.",
-            ["status"], registry=self.registry,
-        )  # fmt: skip
-        self.pulls = Histogram(
-            "jobagent_image_pull_seconds", "Time to make an image present (pull or check).",
-            ["outcome"], buckets=PULL_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.streams = Gauge(
-            "jobagent_open_streams", "Server streams open now, by RPC.", ["rpc"],
+            ["status"],
+            buckets=DURATION_BUCKETS,
             registry=self.registry,
-        )  # fmt: skip
-        self.active = Gauge("jobagent_active_executions",
-                            "Executions holding a slot.", registry=self.registry)  # fmt: skip
-        self.queued = Gauge("jobagent_queued_executions",
-                            "Executions waiting for a slot.", registry=self.registry)  # fmt: skip
-        self.running = Gauge("jobagent_running_containers", "Executions whose container "
-                             "runs now.", registry=self.registry)  # fmt: skip
+        )
+        self.transitions = Counter(
+            "jobagent_transitions",
+            "Recorded execution transitions, by new status.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.pulls = Histogram(
+            "jobagent_image_pull_seconds",
+            "Time to make an image present (pull or check).",
+            ["outcome"],
+            buckets=PULL_BUCKETS,
+            registry=self.registry,
+        )
+        self.streams = Gauge(
+            "jobagent_open_streams",
+            "Server streams open now, by RPC.",
+            ["rpc"],
+            registry=self.registry,
+        )
+        self.active = Gauge(
+            "jobagent_active_executions", "Executions holding a slot.", registry=self.registry
+        )
+        self.queued = Gauge(
+            "jobagent_queued_executions", "Executions waiting for a slot.", registry=self.registry
+        )
+        self.running = Gauge(
+            "jobagent_running_containers",
+            "Executions whose container runs now.",
+            registry=self.registry,
+        )
         self.task_restarts = Counter(
             "jobagent_task_restarts",
             "Restarts of the agent's background tasks after a failure, by task.",
@@ -57,8 +73,9 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch_load(self, active: Callable[[], int], queued: Callable[[], int],
-                   running: Callable[[], int]) -> None:  # fmt: skip
+    def watch_load(
+        self, active: Callable[[], int], queued: Callable[[], int], running: Callable[[], int]
+    ) -> None:
         """Reads the gauges from the executor at each scrape."""
         self.active.set_function(lambda: float(active()))
         self.queued.set_function(lambda: float(queued()))

@@ -38,8 +38,9 @@ def raise_thread_priority(boost: int) -> int:
         try:
             os.setpriority(os.PRIO_PROCESS, 0, wanted)
         except PermissionError:
-            log.warning("the agent's threads keep nice %d: raising priority needs "
-                        "CAP_SYS_NICE", base)  # fmt: skip
+            log.warning(
+                "the agent's threads keep nice %d: raising priority needs CAP_SYS_NICE", base
+            )
             return base
         log.info("the agent's threads run at nice %d; what it starts at nice %d", wanted, base)
     return base

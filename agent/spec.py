@@ -61,16 +61,39 @@ SERVICE_ONLY_FIELDS = {
     "wasm_http",
 }
 CRON_FIELDS = (
-    "time_zone", "concurrency_policy", "starting_deadline_seconds", "suspend",
-    "successful_jobs_history_limit", "failed_jobs_history_limit",
-)  # fmt: skip
+    "time_zone",
+    "concurrency_policy",
+    "starting_deadline_seconds",
+    "suspend",
+    "successful_jobs_history_limit",
+    "failed_jobs_history_limit",
+)
 JOB_FIELDS = {
-    "rtype", "schedule", "image", "command", "env", "resources", "user", "labels",
-    "timeout", "stop_signal", "stop_grace_period", "init", "errors", "max_concurrent",
-    "backoff_limit", "retry_policy", "max_log_size", "storage", "host_network", "dispatch",
-    "privileged", "capabilities", "user_namespace",
+    "rtype",
+    "schedule",
+    "image",
+    "command",
+    "env",
+    "resources",
+    "user",
+    "labels",
+    "timeout",
+    "stop_signal",
+    "stop_grace_period",
+    "init",
+    "errors",
+    "max_concurrent",
+    "backoff_limit",
+    "retry_policy",
+    "max_log_size",
+    "storage",
+    "host_network",
+    "dispatch",
+    "privileged",
+    "capabilities",
+    "user_namespace",
     *CRON_FIELDS,
-}  # fmt: skip
+}
 STEP_FIELDS = {"id", "uses", "with", "retry", "timeout", "on_failure"}
 ACTION_PARAMS: dict[InitAction, set[str]] = {
     InitAction.WAIT_TCP: {"host", "port", "timeout"},
@@ -91,9 +114,15 @@ RESOURCE_FIELDS = {"cpu", "memory", "pids_limit", "gpu"}
 MEMORY_PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?")
 MEMORY_UNITS = {
     None: 1,
-    "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
-    "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4,
-}  # fmt: skip
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+    "Ti": 1024**4,
+}
 MIN_MEMORY_BYTES = 4 * 1024**2
 MIN_LOG_BYTES = 1024
 USER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
@@ -228,8 +257,9 @@ def _cron(service: Mapping[str, Any], kind: JobKind, path: str) -> CronPolicy:
             ("failed_jobs_history_limit", defaults.failed_history_limit),
         )
     ]
-    for key, value in zip(("successful_jobs_history_limit", "failed_jobs_history_limit"),
-                          limits, strict=True):  # fmt: skip
+    for key, value in zip(
+        ("successful_jobs_history_limit", "failed_jobs_history_limit"), limits, strict=True
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidSpec(f"{path}.{key}", "must be a non-negative integer")
     return CronPolicy(

@@ -363,10 +363,16 @@ class Store:
                     db.execute(
                         "INSERT INTO trigger_requests (execution_id, request_id, caller, "
                         "fingerprint, args, env, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (execution.id, request.request_id, request.caller, fingerprint,
-                         json.dumps(list(dispatch.args)), json.dumps(dict(dispatch.env)),
-                         dispatch.payload),
-                    )  # fmt: skip
+                        (
+                            execution.id,
+                            request.request_id,
+                            request.caller,
+                            fingerprint,
+                            json.dumps(list(dispatch.args)),
+                            json.dumps(dict(dispatch.env)),
+                            dispatch.payload,
+                        ),
+                    )
                 except sqlite3.IntegrityError:
                     raise AlreadyExists(f"request_id {request.request_id!r} is in use") from None
             return _append_event(db, execution)
@@ -387,8 +393,9 @@ class Store:
         ).fetchone()
         if row is None:
             return TriggerRequest()
-        dispatch = Dispatch(tuple(json.loads(row["args"])), json.loads(row["env"]),
-                            bytes(row["payload"]))  # fmt: skip
+        dispatch = Dispatch(
+            tuple(json.loads(row["args"])), json.loads(row["env"]), bytes(row["payload"])
+        )
         return TriggerRequest(row["request_id"], dispatch, row["caller"])
 
     def transition(
@@ -439,12 +446,13 @@ class Store:
                 started_at=_parse_time(row["started_at"]),
                 finished_at=_optional_time(row["finished_at"]),
                 exit_code=row["exit_code"],
-                failure_reason=None if row["failure_reason"] is None
+                failure_reason=None
+                if row["failure_reason"] is None
                 else FailureReason(row["failure_reason"]),
                 message=row["message"],
             )
             for row in rows
-        ]  # fmt: skip
+        ]
 
     def get_execution(self, execution_id: str) -> Execution:
         """Returns the execution; raises NotFound."""
@@ -544,9 +552,12 @@ class Store:
                 execution_ids,
             ).fetchone()
             _compact_through(db, row["last"])
-            for table, column in (("events", "execution_id"), ("attempts", "execution_id"),
-                                  ("trigger_requests", "execution_id"),
-                                  ("executions", "id")):  # fmt: skip
+            for table, column in (
+                ("events", "execution_id"),
+                ("attempts", "execution_id"),
+                ("trigger_requests", "execution_id"),
+                ("executions", "id"),
+            ):
                 db.executemany(
                     f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in execution_ids]
                 )
@@ -613,9 +624,16 @@ def _append_event(
     cursor = db.execute(
         "INSERT INTO events (time, execution_id, execution, kind, step_id, message, job_name) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (_time(now), execution.id, json.dumps(_execution_to_json(execution)), kind.value,
-         step_id, message, execution.job_name),
-    )  # fmt: skip
+        (
+            _time(now),
+            execution.id,
+            json.dumps(_execution_to_json(execution)),
+            kind.value,
+            step_id,
+            message,
+            execution.job_name,
+        ),
+    )
     assert cursor.lastrowid is not None
     return ExecutionEvent(cursor.lastrowid, now, execution, kind, step_id, message)
 
@@ -700,10 +718,14 @@ def _spec_to_json(spec: JobSpec) -> dict[str, Any]:
     data["env"] = dict(spec.env)
     data["labels"] = dict(spec.labels)
     data["init_steps"] = [
-        {**asdict(step), "action": step.action.value, "on_failure": step.on_failure.value,
-         "params": dict(step.params)}
+        {
+            **asdict(step),
+            "action": step.action.value,
+            "on_failure": step.on_failure.value,
+            "params": dict(step.params),
+        }
         for step in spec.init_steps
-    ]  # fmt: skip
+    ]
     data["on_init_failure"] = spec.on_init_failure.value
     data["storage"] = [{**asdict(mount), "kind": mount.kind.value} for mount in spec.storage]
     data["cron"]["concurrency_policy"] = spec.cron.concurrency_policy.value
@@ -721,32 +743,44 @@ def _spec_from_json(data: dict[str, Any]) -> JobSpec:
     resources = Resources(**fields.pop("resources", {}))
     retry = fields.pop("retry", {})
     retry_policy = RetryPolicy(
-        **{**retry, "fail_exit_codes": tuple(retry.get("fail_exit_codes", ())),
-           "retry_exit_codes": tuple(retry.get("retry_exit_codes", ()))}
-    )  # fmt: skip
+        **{
+            **retry,
+            "fail_exit_codes": tuple(retry.get("fail_exit_codes", ())),
+            "retry_exit_codes": tuple(retry.get("retry_exit_codes", ())),
+        }
+    )
     init_steps = tuple(
         InitStep(
-            **{**step, "action": InitAction(step["action"]),
-               "on_failure": StepFailure(step["on_failure"])}
+            **{
+                **step,
+                "action": InitAction(step["action"]),
+                "on_failure": StepFailure(step["on_failure"]),
+            }
         )
         for step in fields.pop("init_steps", [])
-    )  # fmt: skip
+    )
     on_init_failure = InitFailurePolicy(fields.pop("on_init_failure", "fail"))
     cron_data = fields.pop("cron", {})
-    cron = CronPolicy(**{**cron_data, "concurrency_policy": ConcurrencyPolicy(
-        cron_data.get("concurrency_policy", "allow"))})  # fmt: skip
+    cron = CronPolicy(
+        **{
+            **cron_data,
+            "concurrency_policy": ConcurrencyPolicy(cron_data.get("concurrency_policy", "allow")),
+        }
+    )
     storage = tuple(
         Mount(**{**mount, "kind": MountKind(mount["kind"])}) for mount in fields.pop("storage", [])
     )
     fields["capabilities"] = tuple(fields.get("capabilities", ()))
     fields["user_namespace"] = UserNamespace(fields.get("user_namespace", "private"))
     dispatch_data = fields.pop("dispatch", {})
-    dispatch = DispatchPolicy(**{
-        **dispatch_data,
-        "payload": PayloadRequirement(dispatch_data.get("payload", "forbidden")),
-        "env": tuple(dispatch_data.get("env", ())),
-        "required_env": tuple(dispatch_data.get("required_env", ())),
-    })  # fmt: skip
+    dispatch = DispatchPolicy(
+        **{
+            **dispatch_data,
+            "payload": PayloadRequirement(dispatch_data.get("payload", "forbidden")),
+            "env": tuple(dispatch_data.get("env", ())),
+            "required_env": tuple(dispatch_data.get("required_env", ())),
+        }
+    )
     return JobSpec(
         dispatch=dispatch,
         **fields,

@@ -55,8 +55,14 @@ def load_replay(path: Path) -> list[tuple[float, service_pb.WatchEventsResponse]
 
 def write_replay(path: Path, events: list[tuple[float, bytes]]) -> None:
     """Writes (offset, serialized WatchEventsResponse) pairs as a replay file."""
-    path.write_text(json.dumps([{"offset": offset, "message": base64.b64encode(message).decode()}
-                                for offset, message in events]))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            [
+                {"offset": offset, "message": base64.b64encode(message).decode()}
+                for offset, message in events
+            ]
+        )
+    )
 
 
 class Broadcast:

@@ -154,9 +154,12 @@ def raw_run_ms(
     """Milliseconds of `<runtime> run` (create, start, wait, delete) of a bundle."""
     argv = [runtime, "--root", str(state_root)]
     started = time.perf_counter()
-    process = subprocess.Popen([*argv, "run", "--bundle", str(bundle), container_id],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)  # fmt: skip
+    process = subprocess.Popen(
+        [*argv, "run", "--bundle", str(bundle), container_id],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     zombie_seen = False
     while True:
         try:
@@ -198,9 +201,18 @@ def _has_zombie_child(pid: int) -> bool:
 RESULTS = Path("bench/results")
 
 
-def report(bench: str, title: str, agent: float, baseline: float, unit: str, n: int,
-           baseline_name: str, agent_samples: Sequence[float] = (),
-           baseline_samples: Sequence[float] = (), **extra: object) -> None:  # fmt: skip
+def report(
+    bench: str,
+    title: str,
+    agent: float,
+    baseline: float,
+    unit: str,
+    n: int,
+    baseline_name: str,
+    agent_samples: Sequence[float] = (),
+    baseline_samples: Sequence[float] = (),
+    **extra: object,
+) -> None:
     """Prints both figures, their ratio, and one JSON line a machine can read; keeps the
     samples in bench/results/<bench>.json and draws them in bench/results/<bench>.png."""
     ratio = agent / baseline
@@ -209,16 +221,30 @@ def report(bench: str, title: str, agent: float, baseline: float, unit: str, n: 
     print(f"  baseline {baseline:10.2f} {unit}  ({baseline_name})")
     print(f"  ratio    {ratio:10.2f}")
     # Three significant digits, so that a ratio far below 1 does not print as 0.0.
-    record = {"bench": bench, **extra, "agent": round(agent, 2), "baseline": round(baseline, 2),
-              "ratio": float(f"{ratio:.3g}"), "unit": unit, "n": n}  # fmt: skip
+    record = {
+        "bench": bench,
+        **extra,
+        "agent": round(agent, 2),
+        "baseline": round(baseline, 2),
+        "ratio": float(f"{ratio:.3g}"),
+        "unit": unit,
+        "n": n,
+    }
     print(json.dumps(record))
-    _keep(bench, title, record, {"agent": list(agent_samples),
-                                 baseline_name: list(baseline_samples)})  # fmt: skip
+    _keep(
+        bench, title, record, {"agent": list(agent_samples), baseline_name: list(baseline_samples)}
+    )
 
 
-def report_value(bench: str, title: str, value: float, unit: str, n: int,
-                 samples: Mapping[str, Sequence[float]] | None = None,
-                 **extra: object) -> None:  # fmt: skip
+def report_value(
+    bench: str,
+    title: str,
+    value: float,
+    unit: str,
+    n: int,
+    samples: Mapping[str, Sequence[float]] | None = None,
+    **extra: object,
+) -> None:
     """For a figure with a target rather than a baseline (P6, P7): the value and its JSON
     line, with the samples kept and drawn as for `report`."""
     print(title)
@@ -230,8 +256,9 @@ def report_value(bench: str, title: str, value: float, unit: str, n: int,
     _keep(bench, title, record, {name: list(values) for name, values in (samples or {}).items()})
 
 
-def _keep(bench: str, title: str, record: Mapping[str, object],
-          samples: Mapping[str, list[float]]) -> None:  # fmt: skip
+def _keep(
+    bench: str, title: str, record: Mapping[str, object], samples: Mapping[str, list[float]]
+) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"title": title, "record": record, "machine": machine(), "samples": samples}
     (RESULTS / f"{bench}.json").write_text(json.dumps(result, indent=1))
@@ -241,13 +268,17 @@ def _keep(bench: str, title: str, record: Mapping[str, object],
 def machine() -> dict[str, object]:
     """Where the figures were measured."""
     uname = os.uname()
-    return {"cpus": os.cpu_count(), "kernel": uname.release, "arch": uname.machine,
-            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-                               / 1024**3, 1)}  # fmt: skip
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": uname.release,
+        "arch": uname.machine,
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1),
+    }
 
 
-def chart(path: Path, title: str, record: Mapping[str, object],
-          samples: Mapping[str, list[float]]) -> None:  # fmt: skip
+def chart(
+    path: Path, title: str, record: Mapping[str, object], samples: Mapping[str, list[float]]
+) -> None:
     """A picture of the samples: their distributions side by side, or bars of the figures."""
     import matplotlib
 

@@ -28,14 +28,20 @@ def main() -> int:
         big = bench.root / "big"
         shutil.copytree(bench.layout, big)
         unpacked = bench.root / "big-bundle"
-        subprocess.run(["umoci", "unpack", "--image", f"{big}:latest", str(unpacked)],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["umoci", "unpack", "--image", f"{big}:latest", str(unpacked)],
+            check=True,
+            capture_output=True,
+        )
         with (unpacked / "rootfs" / "payload").open("wb") as payload:
             for _ in range(args.size_mb):
                 # Random bytes, so that the layer is as large compressed as unpacked.
                 payload.write(os.urandom(1 << 20))
-        subprocess.run(["umoci", "repack", "--image", f"{big}:latest", str(unpacked)],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["umoci", "repack", "--image", f"{big}:latest", str(unpacked)],
+            check=True,
+            capture_output=True,
+        )
         bench.agent.import_image(f"oci:{big}:latest", "bench/big:latest")
         bench.register("small")
         bench.register("big", "bench/big:latest")
@@ -46,10 +52,19 @@ def main() -> int:
             if index >= 2:
                 small_ms.append(pair[0])
                 big_ms.append(pair[1])
-    report("P3", f"P3 trigger-to-terminal, {args.size_mb} MB image against a 1 MB image, "
-           f"{args.runtime}, n={args.runs}", statistics.median(big_ms),
-           statistics.median(small_ms), "ms", args.runs, "the same job from the 1 MB image",
-           big_ms, small_ms, runtime=args.runtime)  # fmt: skip
+    report(
+        "P3",
+        f"P3 trigger-to-terminal, {args.size_mb} MB image against a 1 MB image, "
+        f"{args.runtime}, n={args.runs}",
+        statistics.median(big_ms),
+        statistics.median(small_ms),
+        "ms",
+        args.runs,
+        "the same job from the 1 MB image",
+        big_ms,
+        small_ms,
+        runtime=args.runtime,
+    )
     return 0
 
 

@@ -46,10 +46,19 @@ def main() -> int:
             if index > args.warmup:
                 agent_ms.append(agent_time)
                 raw_ms.append(raw_time)
-    report("P1", f"P1 trigger-to-terminal of a `true` job, {args.runtime}, n={args.runs}",
-           statistics.median(agent_ms), statistics.median(raw_ms), "ms", args.runs,
-           f"{args.runtime} run of the same bundle", agent_ms, raw_ms,
-           runtime=args.runtime, raw_hangs=hangs)  # fmt: skip
+    report(
+        "P1",
+        f"P1 trigger-to-terminal of a `true` job, {args.runtime}, n={args.runs}",
+        statistics.median(agent_ms),
+        statistics.median(raw_ms),
+        "ms",
+        args.runs,
+        f"{args.runtime} run of the same bundle",
+        agent_ms,
+        raw_ms,
+        runtime=args.runtime,
+        raw_hangs=hangs,
+    )
     return 0
 
 

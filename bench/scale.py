@@ -44,20 +44,28 @@ def fill(database: Path, executions: int) -> None:
     store = Store(database)
     now = datetime.now(UTC)
     for index in range(JOBS):
-        spec = JobSpec(f"scale-{index}", ImageSpec("busybox:latest"),
-                       command=CommandSpec(("/bin/true",)))  # fmt: skip
+        spec = JobSpec(
+            f"scale-{index}", ImageSpec("busybox:latest"), command=CommandSpec(("/bin/true",))
+        )
         store.put_job(Job(spec, now, now))
     for index in range(executions):
         execution_id = uuid.uuid4().hex
         created = now - timedelta(seconds=executions - index)
         failed = index % 10 == 0
-        store.insert_execution(Execution(
-            id=execution_id, job_name=f"scale-{index % JOBS}",
-            status=Status.FAILED if failed else Status.COMPLETED,
-            trigger=Trigger(TriggerKind.SCHEDULER), container_id=container_id_of(execution_id, 1),
-            created_at=created, started_at=created, finished_at=created + timedelta(seconds=1),
-            exit_code=1 if failed else 0, image="busybox:latest",
-        ))  # fmt: skip
+        store.insert_execution(
+            Execution(
+                id=execution_id,
+                job_name=f"scale-{index % JOBS}",
+                status=Status.FAILED if failed else Status.COMPLETED,
+                trigger=Trigger(TriggerKind.SCHEDULER),
+                container_id=container_id_of(execution_id, 1),
+                created_at=created,
+                started_at=created,
+                finished_at=created + timedelta(seconds=1),
+                exit_code=1 if failed else 0,
+                image="busybox:latest",
+            )
+        )
     store.close()
 
 
@@ -77,8 +85,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=500)
     args = parser.parse_args()
     retain = ("--retention-per-job", str(args.executions), "--retention-max-age", "3650d")
-    with scratch_agent(args.runtime, *retain, before_start=lambda data: fill(
-            data / "agent.db", args.executions)) as bench:  # fmt: skip
+    with scratch_agent(
+        args.runtime, *retain, before_start=lambda data: fill(data / "agent.db", args.executions)
+    ) as bench:
         latencies: list[float] = []
         rng = random.Random(7)
         with grpc.insecure_channel(bench.agent.target) as channel:
@@ -92,7 +101,8 @@ def main() -> int:
                     )
                 elif index % 3 == 2:
                     request = service_pb.ListExecutionsRequest(
-                        page_size=100, statuses=[pb.EXECUTION_STATUS_FAILED])  # fmt: skip
+                        page_size=100, statuses=[pb.EXECUTION_STATUS_FAILED]
+                    )
                 started = time.perf_counter()
                 response = stub.ListExecutions(request)
                 latencies.append((time.perf_counter() - started) * 1000)
@@ -103,11 +113,16 @@ def main() -> int:
         memory = rss_mb(bench.agent.process.pid)
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1]
-    report_value("P6", f"P6 ListExecutions page of 100 among {args.executions} executions, "
-                 f"p99 of {args.requests}", p99, "ms", args.requests,
-                 {"ListExecutions page of 100 (ms)": latencies},
-                 median_ms=round(statistics.median(latencies), 2),
-                 rss_mb=round(memory, 1))  # fmt: skip
+    report_value(
+        "P6",
+        f"P6 ListExecutions page of 100 among {args.executions} executions, p99 of {args.requests}",
+        p99,
+        "ms",
+        args.requests,
+        {"ListExecutions page of 100 (ms)": latencies},
+        median_ms=round(statistics.median(latencies), 2),
+        rss_mb=round(memory, 1),
+    )
     return 0
 
 

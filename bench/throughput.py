@@ -128,8 +128,9 @@ def main() -> int:
                     agent_seconds.append(agent_cpu.measure(agent_round, bench, args.jobs))
                 else:
                     hung_before = len(hangs)
-                    seconds = raw_cpu.measure(raw_round, args.runtime, bench.raw_state,
-                                              bundles, runs, str(number), hangs)  # fmt: skip
+                    seconds = raw_cpu.measure(
+                        raw_round, args.runtime, bench.raw_state, bundles, runs, str(number), hangs
+                    )
                     completed = runs * args.concurrency - (len(hangs) - hung_before)
                     raw_rounds.append((completed, seconds))
     raw_completed = sum(completed for completed, _ in raw_rounds)
@@ -140,18 +141,28 @@ def main() -> int:
         "agent_process_cpu_ms_per_job": round(1000 * agent_cpu.process / agent_jobs, 2),
         "raw_side_cpu_ms_per_job": round(1000 * raw_cpu.machine / max(raw_completed, 1), 2),
     }
-    print("CPU time per job, the whole machine's: agent side "
-          f"{cpu_per_job['agent_side_cpu_ms_per_job']} ms (of which the agent process "
-          f"{cpu_per_job['agent_process_cpu_ms_per_job']} ms), raw side "
-          f"{cpu_per_job['raw_side_cpu_ms_per_job']} ms")  # fmt: skip
-    report("P2", f"P2 throughput of `true` jobs at concurrency {args.concurrency}, "
-           f"{args.runtime}, {args.rounds} rounds of {args.jobs} jobs",
-           agent_jobs / sum(agent_seconds), raw_completed / raw_total, "jobs/s",
-           agent_jobs, f"{args.concurrency} loops of {args.runtime} run",
-           [args.jobs / seconds for seconds in agent_seconds],
-           [completed / seconds for completed, seconds in raw_rounds],
-           runtime=args.runtime, rounds=args.rounds,
-           raw_hangs=len(hangs), **cpu_per_job)  # fmt: skip
+    print(
+        "CPU time per job, the whole machine's: agent side "
+        f"{cpu_per_job['agent_side_cpu_ms_per_job']} ms (of which the agent process "
+        f"{cpu_per_job['agent_process_cpu_ms_per_job']} ms), raw side "
+        f"{cpu_per_job['raw_side_cpu_ms_per_job']} ms"
+    )
+    report(
+        "P2",
+        f"P2 throughput of `true` jobs at concurrency {args.concurrency}, "
+        f"{args.runtime}, {args.rounds} rounds of {args.jobs} jobs",
+        agent_jobs / sum(agent_seconds),
+        raw_completed / raw_total,
+        "jobs/s",
+        agent_jobs,
+        f"{args.concurrency} loops of {args.runtime} run",
+        [args.jobs / seconds for seconds in agent_seconds],
+        [completed / seconds for completed, seconds in raw_rounds],
+        runtime=args.runtime,
+        rounds=args.rounds,
+        raw_hangs=len(hangs),
+        **cpu_per_job,
+    )
     return 0
 
 

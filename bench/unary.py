@@ -27,12 +27,29 @@ GHZ = REPO / ".tools" / "bin" / "ghz"
 def ghz_rps(target: str, execution_id: str, requests: int, concurrency: int) -> float:
     """Requests per second that ghz measured for GetExecution."""
     result = subprocess.run(
-        [str(GHZ), "--insecure", "--proto", str(REPO / "protos/jobagent/v1/job_service.proto"),
-         "--import-paths", str(REPO / "protos"), "--call", "jobagent.v1.JobService/GetExecution",
-         "-d", json.dumps({"id": execution_id}), "-n", str(requests), "-c", str(concurrency),
-         "--format", "json", target],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            str(GHZ),
+            "--insecure",
+            "--proto",
+            str(REPO / "protos/jobagent/v1/job_service.proto"),
+            "--import-paths",
+            str(REPO / "protos"),
+            "--call",
+            "jobagent.v1.JobService/GetExecution",
+            "-d",
+            json.dumps({"id": execution_id}),
+            "-n",
+            str(requests),
+            "-c",
+            str(concurrency),
+            "--format",
+            "json",
+            target,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     summary = json.loads(result.stdout)
     assert not summary.get("errorDistribution"), summary.get("errorDistribution")
     return float(summary["rps"])
@@ -58,8 +75,10 @@ def main() -> int:
         message = bench.root / "answer.bin"
         message.write_bytes(answer.SerializeToString())
         port = free_port()
-        bare = subprocess.Popen([sys.executable, "-m", "bench.bare_server", str(port),
-                                 "--answer", str(message)], cwd=REPO)  # fmt: skip
+        bare = subprocess.Popen(
+            [sys.executable, "-m", "bench.bare_server", str(port), "--answer", str(message)],
+            cwd=REPO,
+        )
         try:
             wait_until(lambda: _answers(f"127.0.0.1:{port}", execution.id), 20, "the bare server")
             agent_rps: list[float] = []
@@ -72,10 +91,18 @@ def main() -> int:
         finally:
             bare.kill()
             bare.wait()
-    report("P5", f"P5 unary GetExecution under ghz (c={args.concurrency}, "
-           f"n={args.requests}), {args.rounds} rounds", statistics.median(agent_rps),
-           statistics.median(bare_rps), "req/s", args.rounds,
-           "bare grpc.aio server, same message", agent_rps, bare_rps)  # fmt: skip
+    report(
+        "P5",
+        f"P5 unary GetExecution under ghz (c={args.concurrency}, "
+        f"n={args.requests}), {args.rounds} rounds",
+        statistics.median(agent_rps),
+        statistics.median(bare_rps),
+        "req/s",
+        args.rounds,
+        "bare grpc.aio server, same message",
+        agent_rps,
+        bare_rps,
+    )
     return 0
 
 

@@ -45,10 +45,20 @@ class Watchers:
         if not WATCHLOAD.exists():
             raise SystemExit(f"bench: {WATCHLOAD} is missing: run `make bench ONLY=P7`")
         self.process = subprocess.Popen(
-            [str(WATCHLOAD), "-target", target, "-streams", str(streams), "-since", str(since),
-             "-expected", str(expected)],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                str(WATCHLOAD),
+                "-target",
+                target,
+                "-streams",
+                str(streams),
+                "-since",
+                str(since),
+                "-expected",
+                str(expected),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.process.stdout is not None
         if self.process.stdout.readline().strip() != "ready":
             self.process.kill()
@@ -96,8 +106,10 @@ def bare_round(replay: Path, streams: int, expected: int) -> list[float]:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.bare_server", str(port), "--replay", str(replay)],
-        stdin=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     assert server.stdin is not None
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -122,8 +134,9 @@ def p99_by_transition(delays: list[float]) -> dict[str, float]:
     one job's four after another, so an arrival's place in its job is its index modulo four.
     The second of a pair that comes together (initializing after pending, completed after
     running) waits on every stream for the first one's write."""
-    return {name: round(p99(delays[place::EVENTS_PER_JOB]), 2)
-            for place, name in enumerate(TRANSITIONS)}  # fmt: skip
+    return {
+        name: round(p99(delays[place::EVENTS_PER_JOB]), 2) for place, name in enumerate(TRANSITIONS)
+    }
 
 
 def main() -> int:
@@ -152,15 +165,23 @@ def main() -> int:
     for delays in (agent_delays, bare_delays):
         assert len(delays) == args.streams * expected * args.rounds, len(delays)
     value, baseline = p99(agent_delays), p99(bare_delays)
-    report_value("P7", f"P7 delay from a transition to its arrival on each of {args.streams} "
-                 f"WatchEvents streams, p99 of {len(agent_delays)} ({args.rounds} rounds "
-                 f"of {args.jobs} jobs)", value, "ms", len(agent_delays),
-                 {"agent": agent_delays, "bare grpc.aio fan-out": bare_delays},
-                 median_ms=round(statistics.median(agent_delays), 2), streams=args.streams,
-                 baseline_ms=round(baseline, 2), ratio=float(f"{value / baseline:.3g}"),
-                 baseline_median_ms=round(statistics.median(bare_delays), 2),
-                 p99_by_transition=p99_by_transition(agent_delays),
-                 baseline_p99_by_transition=p99_by_transition(bare_delays))  # fmt: skip
+    report_value(
+        "P7",
+        f"P7 delay from a transition to its arrival on each of {args.streams} "
+        f"WatchEvents streams, p99 of {len(agent_delays)} ({args.rounds} rounds "
+        f"of {args.jobs} jobs)",
+        value,
+        "ms",
+        len(agent_delays),
+        {"agent": agent_delays, "bare grpc.aio fan-out": bare_delays},
+        median_ms=round(statistics.median(agent_delays), 2),
+        streams=args.streams,
+        baseline_ms=round(baseline, 2),
+        ratio=float(f"{value / baseline:.3g}"),
+        baseline_median_ms=round(statistics.median(bare_delays), 2),
+        p99_by_transition=p99_by_transition(agent_delays),
+        baseline_p99_by_transition=p99_by_transition(bare_delays),
+    )
     return 0
 
 

@@ -187,9 +187,13 @@ class TokenAuth(_Interceptor):
             return _refusal(handler, Unauthenticated(missing))
         if caller.role < needed:
             log.info("refused %s to %s (role %s)", method, caller.name, caller.role.name.lower())
-            return _refusal(handler, PermissionDenied(
-                f"{method.rsplit('/', 1)[-1]} needs role {needed.name.lower()}; "
-                f"{caller.name} has {caller.role.name.lower()}"))  # fmt: skip
+            return _refusal(
+                handler,
+                PermissionDenied(
+                    f"{method.rsplit('/', 1)[-1]} needs role {needed.name.lower()}; "
+                    f"{caller.name} has {caller.role.name.lower()}"
+                ),
+            )
         redact = caller.role is Role.VIEWER and not self._tokens.show_env_to_viewers
         return _as_caller(handler, caller.name, redact)
 

@@ -124,8 +124,10 @@ def timestamp(value: datetime) -> Timestamp:
     calendar.timegm in Python: 1.8 -> 0.5 us, and an execution's message carries several.
     """
     since_epoch = value - EPOCH
-    return Timestamp(seconds=since_epoch.days * 86_400 + since_epoch.seconds,
-                     nanos=since_epoch.microseconds * 1_000)  # fmt: skip
+    return Timestamp(
+        seconds=since_epoch.days * 86_400 + since_epoch.seconds,
+        nanos=since_epoch.microseconds * 1_000,
+    )
 
 
 # The ranges that google/protobuf/{timestamp,duration}.proto define (years 1 to 9999, and
@@ -496,8 +498,9 @@ def trigger_request_from_proto(request: service_pb.TriggerJobRequest) -> Trigger
 
 def dispatch_to_proto(dispatch: Dispatch) -> pb.Dispatch:
     """What a trigger added -> proto (the payload by its size only)."""
-    return pb.Dispatch(args=dispatch.args, env=dict(dispatch.env),
-                       payload_size=len(dispatch.payload))  # fmt: skip
+    return pb.Dispatch(
+        args=dispatch.args, env=dict(dispatch.env), payload_size=len(dispatch.payload)
+    )
 
 
 def trigger_from_request(request: service_pb.TriggerJobRequest, peer: str) -> Trigger:

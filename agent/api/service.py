@@ -116,10 +116,12 @@ class JobService(service_grpc.JobServiceServicer):
         self, request: service_pb.ListJobsRequest, context: Context
     ) -> service_pb.ListJobsResponse:
         _check_page_size(request.page_size)
-        jobs, token = self._executor.page_jobs(request.page_size or DEFAULT_PAGE_SIZE,
-                                               request.page_token)  # fmt: skip
-        return service_pb.ListJobsResponse(jobs=[self._job(job) for job in jobs],
-                                           next_page_token=token)  # fmt: skip
+        jobs, token = self._executor.page_jobs(
+            request.page_size or DEFAULT_PAGE_SIZE, request.page_token
+        )
+        return service_pb.ListJobsResponse(
+            jobs=[self._job(job) for job in jobs], next_page_token=token
+        )
 
     @maps_errors
     async def UnregisterJob(
@@ -171,15 +173,23 @@ class JobService(service_grpc.JobServiceServicer):
         _require_name("job_name", request.job_name, optional=True)
         wanted = ExecutionFilter(
             job_name=request.job_name,
-            statuses=frozenset(convert.STATUS_FROM_PROTO[s] for s in request.statuses
-                               if s in convert.STATUS_FROM_PROTO),
-            triggers=frozenset(convert.TRIGGER_FROM_PROTO[t] for t in request.trigger_kinds
-                               if t in convert.TRIGGER_FROM_PROTO),
+            statuses=frozenset(
+                convert.STATUS_FROM_PROTO[s]
+                for s in request.statuses
+                if s in convert.STATUS_FROM_PROTO
+            ),
+            triggers=frozenset(
+                convert.TRIGGER_FROM_PROTO[t]
+                for t in request.trigger_kinds
+                if t in convert.TRIGGER_FROM_PROTO
+            ),
             created_after=convert.from_timestamp(request.created_after, "created_after")
-            if request.HasField("created_after") else None,
+            if request.HasField("created_after")
+            else None,
             created_before=convert.from_timestamp(request.created_before, "created_before")
-            if request.HasField("created_before") else None,
-        )  # fmt: skip
+            if request.HasField("created_before")
+            else None,
+        )
         executions, token = self._executor.page_executions(
             wanted, request.page_size or DEFAULT_PAGE_SIZE, request.page_token
         )
@@ -254,8 +264,9 @@ class JobService(service_grpc.JobServiceServicer):
         if request.offset < 0:
             raise InvalidSpec("offset", "must not be negative")
         self._executor.get_execution(request.execution_id)
-        chunks = self._executor.download_logs(request.execution_id, request.offset,
-                                              request.follow, request.attempt)  # fmt: skip
+        chunks = self._executor.download_logs(
+            request.execution_id, request.offset, request.follow, request.attempt
+        )
         with self._open_stream("DownloadLogs", context):
             async for chunk in chunks:
                 yield convert.log_chunk_to_proto(chunk)
@@ -264,8 +275,9 @@ class JobService(service_grpc.JobServiceServicer):
     async def WatchEvents(
         self, request: service_pb.WatchEventsRequest, context: Context
     ) -> AsyncIterator[service_pb.WatchEventsResponse]:
-        kinds = frozenset(convert.EVENT_FROM_PROTO[t] for t in request.types
-                          if t in convert.EVENT_FROM_PROTO)  # fmt: skip
+        kinds = frozenset(
+            convert.EVENT_FROM_PROTO[t] for t in request.types if t in convert.EVENT_FROM_PROTO
+        )
         interval = DEFAULT_BOOKMARK_SECONDS
         if request.HasField("bookmark_interval"):
             interval = convert.duration_seconds(request.bookmark_interval, "bookmark_interval")
@@ -275,8 +287,9 @@ class JobService(service_grpc.JobServiceServicer):
             # no watcher can make the agent send more than one bookmark a second.
             interval = max(interval, MIN_BOOKMARK_SECONDS)
         _require_name("job_name", request.job_name, optional=True)
-        items = self._executor.watch_events(request.since_sequence, request.job_name, kinds,
-                                            interval)  # fmt: skip
+        items = self._executor.watch_events(
+            request.since_sequence, request.job_name, kinds, interval
+        )
         with self._open_stream("WatchEvents", context):
             # Headers at once: the client knows the watch is in place before any event comes.
             await context.send_initial_metadata(())
@@ -371,8 +384,9 @@ def _require_name(field: str, value: str, optional: bool = False) -> None:
         return
     _require(field, value)
     if not NAME_PATTERN.fullmatch(value):
-        raise InvalidSpec(field, "must be a job name: lowercase letters, digits and '-', "
-                          "at most 63 characters")  # fmt: skip
+        raise InvalidSpec(
+            field, "must be a job name: lowercase letters, digits and '-', at most 63 characters"
+        )
 
 
 def _require_id(field: str, value: str) -> None:

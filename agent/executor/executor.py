@@ -294,8 +294,12 @@ class Executor:
 
     def load(self) -> tuple[int, int, int, int]:
         """Active executions, queued ones, the node limit, and the newest event sequence."""
-        return (self._admission.active, self._admission.waiting, self._node_limit,
-                self._store.last_sequence())  # fmt: skip
+        return (
+            self._admission.active,
+            self._admission.waiting,
+            self._node_limit,
+            self._store.last_sequence(),
+        )
 
     def cron_state(self, name: str) -> CronState:
         """What the scheduler recorded of a cron job."""
@@ -325,8 +329,10 @@ class Executor:
             seen = self._store.find_request(request.request_id, request.caller)
             if seen is not None:
                 if seen[1] != digest:
-                    raise InvalidSpec("request_id", "was already used for another request "
-                                      "(another job or other parameters)")  # fmt: skip
+                    raise InvalidSpec(
+                        "request_id",
+                        "was already used for another request (another job or other parameters)",
+                    )
                 return self.get_execution(seen[0])
         job = self._store.get_job(job_name)
         self._refuse_if_invalid(job.name)
@@ -350,8 +356,12 @@ class Executor:
             image=job.spec.image.name,
         )
         self._bus.publish(self._store.insert_execution(execution, request, digest))
-        log.info("job %s: pending (trigger %s)", job.name, trigger.kind.value,
-                 extra={"execution_id": execution.id})  # fmt: skip
+        log.info(
+            "job %s: pending (trigger %s)",
+            job.name,
+            trigger.kind.value,
+            extra={"execution_id": execution.id},
+        )
         if refusal is not None:
             self._refuse(execution, refusal)
             return self.get_execution(execution.id)
@@ -530,8 +540,9 @@ class Executor:
         """Yields one attempt's log file (the latest's when 0) from `offset` in chunks of
         whole records; with follow, until the attempt ends. OutOfRange past the end."""
         async with self._attempt_log(execution_id, attempt) as log_:
-            async for chunk in read_log_chunks(log_.path, offset, follow, log_.ended,
-                                               log_.max_bytes):  # fmt: skip
+            async for chunk in read_log_chunks(
+                log_.path, offset, follow, log_.ended, log_.max_bytes
+            ):
                 yield chunk
             self._raise_if_stopping(log_, follow)
 
@@ -563,9 +574,13 @@ class Executor:
 
             watcher = asyncio.create_task(watch_end())
             try:
-                yield AttemptLog(execution_id, number,
-                                 log_file_of(self._log_dir, execution_id, number), ended,
-                                 self._log_cap(job.spec if job else None))  # fmt: skip
+                yield AttemptLog(
+                    execution_id,
+                    number,
+                    log_file_of(self._log_dir, execution_id, number),
+                    ended,
+                    self._log_cap(job.spec if job else None),
+                )
             finally:
                 watcher.cancel()
         finally:
@@ -777,8 +792,9 @@ class Executor:
             container_id = execution.container_id
             known = self._runtime.exit_status(container_id) is not None
             if job is not None and (known or await self._runtime.is_alive(container_id)):
-                log.info("re-adopting execution %s", execution.id,
-                         extra={"execution_id": execution.id})  # fmt: skip
+                log.info(
+                    "re-adopting execution %s", execution.id, extra={"execution_id": execution.id}
+                )
                 self._admission.occupy(execution.id, execution.job_name)
                 run = self._new_run(execution, job.spec)
                 self._spawn(run, run.adopt())
@@ -805,15 +821,21 @@ class Executor:
         execution = self._recorder.latest(self._store.get_execution(execution_id))
         if not execution.status.terminal:
             self._recorder.transition(
-                execution, Status.FAILED, failure_reason=FailureReason.AGENT_ERROR,
-                message=f"the agent failed: {error}", finished_at=now(),
-            )  # fmt: skip
+                execution,
+                Status.FAILED,
+                failure_reason=FailureReason.AGENT_ERROR,
+                message=f"the agent failed: {error}",
+                finished_at=now(),
+            )
 
     def _lost(self, execution: Execution, message: str) -> None:
         self._recorder.transition(
-            execution, Status.FAILED, failure_reason=FailureReason.AGENT_LOST,
-            message=message, finished_at=now(),
-        )  # fmt: skip
+            execution,
+            Status.FAILED,
+            failure_reason=FailureReason.AGENT_LOST,
+            message=message,
+            finished_at=now(),
+        )
 
     def _spawn(self, run: ExecutionRun, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

@@ -129,8 +129,9 @@ class ExecutionRun:
         """Stops the running process (stop signal, grace, SIGKILL) or interrupts the task."""
         self._cancel_requested = True
         if self._phase is Phase.RUNNING:
-            await self._runtime.stop(self.execution.container_id,
-                                     self.grace if grace is None else grace, signal)  # fmt: skip
+            await self._runtime.stop(
+                self.execution.container_id, self.grace if grace is None else grace, signal
+            )
         elif self._phase not in (Phase.ENDING, Phase.REMOVING) and self.task is not None:
             self.task.cancel()
 
@@ -310,8 +311,12 @@ class ExecutionRun:
         self._attempt_started = now()
         attempt = Attempt(number, container_id, self._attempt_started)
         if number == 1:
-            self._record(Status.RUNNING, attempt, started_at=self._attempt_started,
-                         image=f"{image.reference}@{image.digest}")  # fmt: skip
+            self._record(
+                Status.RUNNING,
+                attempt,
+                started_at=self._attempt_started,
+                image=f"{image.reference}@{image.digest}",
+            )
         else:
             self.execution = self._recorder.update(
                 self.execution, EventKind.ATTEMPT_STARTED, f"attempt {number} started", attempt
@@ -354,9 +359,11 @@ class ExecutionRun:
             await self._runtime.remove(container_id)
             delay = policy.delay(number)
             self.execution = self._recorder.update(
-                self.execution, EventKind.ATTEMPT_FAILED,
-                f"attempt {number} {attempt.message}; retrying in {delay:g}s", attempt,
-            )  # fmt: skip
+                self.execution,
+                EventKind.ATTEMPT_FAILED,
+                f"attempt {number} {attempt.message}; retrying in {delay:g}s",
+                attempt,
+            )
             await self._runtime.forget(container_id)
             self._phase = Phase.BACKOFF
             try:
@@ -407,8 +414,15 @@ class ExecutionRun:
             reason, message = FailureReason.OOM_KILLED, "was killed by its memory limit"
         elif code != 0:
             reason, message = FailureReason.EXIT_CODE, f"exited with code {code}"
-        return Attempt(self.execution.attempt, self.execution.container_id,
-                       self._attempt_started, now(), code, reason, message)  # fmt: skip
+        return Attempt(
+            self.execution.attempt,
+            self.execution.container_id,
+            self._attempt_started,
+            now(),
+            code,
+            reason,
+            message,
+        )
 
     # Outcomes.
 
@@ -437,8 +451,13 @@ class ExecutionRun:
     def _record_cancelled(
         self, exit_code: int | None = None, attempt: Attempt | None = None
     ) -> None:
-        self._record(Status.CANCELLED, attempt, exit_code=exit_code,
-                     message="cancelled on request", finished_at=now())  # fmt: skip
+        self._record(
+            Status.CANCELLED,
+            attempt,
+            exit_code=exit_code,
+            message="cancelled on request",
+            finished_at=now(),
+        )
 
     def _fail(
         self,
@@ -447,8 +466,14 @@ class ExecutionRun:
         exit_code: int | None = None,
         attempt: Attempt | None = None,
     ) -> None:
-        self._record(Status.FAILED, attempt, failure_reason=reason, message=message,
-                     exit_code=exit_code, finished_at=now())  # fmt: skip
+        self._record(
+            Status.FAILED,
+            attempt,
+            failure_reason=reason,
+            message=message,
+            exit_code=exit_code,
+            finished_at=now(),
+        )
 
     async def _remove_current(self) -> None:
         await self._runtime.remove(self.execution.container_id)

@@ -58,8 +58,13 @@ class Recorder:
         overwrites a newer state. Returns the execution as stored.
         """
         check_transition(execution.status, status)
-        return self._write(execution, replace(execution, status=status, **changes),
-                           EventKind.TRANSITION, "", attempt)  # fmt: skip
+        return self._write(
+            execution,
+            replace(execution, status=status, **changes),
+            EventKind.TRANSITION,
+            "",
+            attempt,
+        )
 
     def update(
         self,
@@ -87,8 +92,14 @@ class Recorder:
                 extra={"execution_id": execution.id},
             )
             return
-        log.info("job %s: %s %s %s", execution.job_name, kind.value, step_id, message,
-                 extra={"execution_id": execution.id})  # fmt: skip
+        log.info(
+            "job %s: %s %s %s",
+            execution.job_name,
+            kind.value,
+            step_id,
+            message,
+            extra={"execution_id": execution.id},
+        )
 
     def _write(
         self,
@@ -120,11 +131,16 @@ class Recorder:
             )
             return updated
         self.bus.publish(event)
-        detail = updated.message or ("" if updated.exit_code is None else
-                                     f"exit code {updated.exit_code}")  # fmt: skip
-        log.info("job %s: %s %s", updated.job_name, updated.status.value
-                 if kind is EventKind.TRANSITION else kind.value, detail,
-                 extra={"execution_id": updated.id})  # fmt: skip
+        detail = updated.message or (
+            "" if updated.exit_code is None else f"exit code {updated.exit_code}"
+        )
+        log.info(
+            "job %s: %s %s",
+            updated.job_name,
+            updated.status.value if kind is EventKind.TRANSITION else kind.value,
+            detail,
+            extra={"execution_id": updated.id},
+        )
         return updated
 
     def _store_with_room(

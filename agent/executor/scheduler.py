@@ -210,24 +210,39 @@ class CronScheduler:
             many = f"more than {MISSED_REPORT_LIMIT}" if due > MISSED_REPORT_LIMIT else str(due - 1)
             # The missed times are handled up to the one before `latest`, which is still due.
             before_latest = latest_time(job, latest - timedelta(microseconds=1))
-            message = (f"{many} schedule times passed without a run (the agent was down or "
-                       f"behind); at most the latest, {latest.isoformat()}, runs")  # fmt: skip
+            message = (
+                f"{many} schedule times passed without a run (the agent was down or "
+                f"behind); at most the latest, {latest.isoformat()}, runs"
+            )
             note = JobNote(EventKind.SCHEDULE_MISSED, message, before_latest)
             self._save(job, state, before_latest, missed, note=note)
             state = self._store.get_cron_state(job.name)
         deadline = job.spec.cron.starting_deadline_seconds
         if deadline is not None and (now - latest).total_seconds() > deadline:
             message = f"the run of {latest.isoformat()} missed its starting deadline of {deadline}s"
-            self._save(job, state, latest, missed + 1,
-                       note=JobNote(EventKind.SCHEDULE_MISSED, message, latest))  # fmt: skip
+            self._save(
+                job,
+                state,
+                latest,
+                missed + 1,
+                note=JobNote(EventKind.SCHEDULE_MISSED, message, latest),
+            )
             return
         active = self._store.list_executions(job_name=job.name, statuses=ACTIVE_STATUSES)
         policy = job.spec.cron.concurrency_policy
         if active and policy is ConcurrencyPolicy.FORBID:
-            message = (f"the run of {latest.isoformat()} was skipped: execution {active[0].id} "
-                       "is still active (concurrency_policy forbid)")  # fmt: skip
-            self._save(job, state, latest, missed, skipped=state.skipped + 1,
-                       note=JobNote(EventKind.SCHEDULE_SKIPPED, message, latest))  # fmt: skip
+            message = (
+                f"the run of {latest.isoformat()} was skipped: execution {active[0].id} "
+                "is still active (concurrency_policy forbid)"
+            )
+            self._save(
+                job,
+                state,
+                latest,
+                missed,
+                skipped=state.skipped + 1,
+                note=JobNote(EventKind.SCHEDULE_SKIPPED, message, latest),
+            )
             return
         if active and policy is ConcurrencyPolicy.REPLACE:
             for execution in active:
@@ -235,8 +250,9 @@ class CronScheduler:
                     await self._executor.cancel(execution.id)
                 except AgentError as error:
                     log.info("cron job %s: replacing %s: %s", job.name, execution.id, error)
-        trigger = Trigger(TriggerKind.SCHEDULER, reason=f"schedule {job.spec.schedule} at "
-                          f"{latest.isoformat()}")  # fmt: skip
+        trigger = Trigger(
+            TriggerKind.SCHEDULER, reason=f"schedule {job.spec.schedule} at {latest.isoformat()}"
+        )
         execution_id = state.last_execution_id
         try:
             execution_id = (await self._executor.trigger(job.name, trigger)).id
@@ -275,10 +291,9 @@ class CronScheduler:
             job.name,
             CronState(
                 last_schedule_time=handled,
-                last_execution_id=state.last_execution_id if execution_id is None
-                else execution_id,
+                last_execution_id=state.last_execution_id if execution_id is None else execution_id,
                 skipped=state.skipped if skipped is None else skipped,
                 missed=missed,
             ),
             note,
-        )  # fmt: skip
+        )

@@ -152,13 +152,21 @@ def build_config(
     if id_range is not None:
         namespaces.append("user")
         linux.update(id_mappings(id_range))
-    granted = held_capabilities() if privileged else (
-        *DEFAULT_CAPABILITIES, *(c for c in extra_capabilities if c not in DEFAULT_CAPABILITIES)
-    )  # fmt: skip
+    granted = (
+        held_capabilities()
+        if privileged
+        else (
+            *DEFAULT_CAPABILITIES,
+            *(c for c in extra_capabilities if c not in DEFAULT_CAPABILITIES),
+        )
+    )
     capabilities = {name: list(granted) for name in ("bounding", "effective", "permitted")}
     if not privileged:
-        linux |= {"maskedPaths": MASKED_PATHS, "readonlyPaths": READONLY_PATHS,
-                  "seccomp": seccomp.default_profile(granted, runtime)}  # fmt: skip
+        linux |= {
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+            "seccomp": seccomp.default_profile(granted, runtime),
+        }
     standard = _default_mounts(tmp_size, sysfs=id_range is None or not host_network)
     if any(mount.get("destination", "").rstrip("/") == TMP for mount in mounts):
         standard = [mount for mount in standard if mount["destination"] != TMP]
@@ -313,8 +321,9 @@ def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
     for name, target in ((LOWER_LINK, lower), ("upper", upper), ("work", work)):
         _link(links / name, target)
     with syscalls.working_directory(links):
-        syscalls.mount("overlay", merged, "overlay", 0,
-                       f"lowerdir={LOWER_LINK},upperdir=upper,workdir=work")  # fmt: skip
+        syscalls.mount(
+            "overlay", merged, "overlay", 0, f"lowerdir={LOWER_LINK},upperdir=upper,workdir=work"
+        )
 
 
 def mount_idmapped_image(rootfs: Path, directory: Path, userns_fd: int) -> Path:

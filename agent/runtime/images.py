@@ -204,8 +204,11 @@ class ImageStore:
 
     def _references(self) -> list[str]:
         tags = [m.get("annotations", {}).get(REF_NAME) for m in self._manifests()]
-        return [tag.replace("oci/", "oci:/", 1) if tag.startswith("oci/") else tag
-                for tag in tags if tag]  # fmt: skip
+        return [
+            tag.replace("oci/", "oci:/", 1) if tag.startswith("oci/") else tag
+            for tag in tags
+            if tag
+        ]
 
     def _usage(self) -> dict[str, float]:
         """When each reference was last used to run something (epoch seconds)."""
@@ -278,8 +281,14 @@ class ImageStore:
             await off_loop(staging.remove)
 
     async def _copy(self, source: str, layout: Path, reference: str) -> None:
-        argv = [self._skopeo, "copy", "--quiet", *self._source_flags(source, "src-"), source,
-                f"oci:{layout}:{_tag_of(reference)}"]  # fmt: skip
+        argv = [
+            self._skopeo,
+            "copy",
+            "--quiet",
+            *self._source_flags(source, "src-"),
+            source,
+            f"oci:{layout}:{_tag_of(reference)}",
+        ]
         try:
             await run(argv, timeout=self._pull_timeout)
         except CommandError as error:
@@ -289,8 +298,14 @@ class ImageStore:
             raise ImagePullError(f"pulling {source}: {detail}") from None
 
     async def _remote_digest(self, source: str) -> str:
-        argv = [self._skopeo, "inspect", "--format", "{{.Digest}}",
-                *self._source_flags(source, ""), source]  # fmt: skip
+        argv = [
+            self._skopeo,
+            "inspect",
+            "--format",
+            "{{.Digest}}",
+            *self._source_flags(source, ""),
+            source,
+        ]
         try:
             return (await run(argv, timeout=self._pull_timeout)).strip()
         except CommandError as error:

@@ -344,8 +344,14 @@ class ContainerManager:
     def containers(self) -> list[str]:
         """The ids of every container with a bundle or a writable layer here (running, or
         left by a crash; after a reboot only the writable layer is left)."""
-        return sorted({entry.name for parent in (self.paths.bundles, self.paths.writable)
-                       for entry in parent.iterdir() if entry.is_dir()})  # fmt: skip
+        return sorted(
+            {
+                entry.name
+                for parent in (self.paths.bundles, self.paths.writable)
+                for entry in parent.iterdir()
+                if entry.is_dir()
+            }
+        )
 
     def disk_usage(self, container_id: str) -> int:
         """Bytes the container's writable layer and anonymous volumes take on the data disk
@@ -380,8 +386,12 @@ class ContainerManager:
                 options.append(f"size={mount.size_bytes}")
             if mount.mode is not None:
                 options.append(f"mode={mount.mode:o}")
-            return {"destination": mount.target, "type": "tmpfs", "source": "tmpfs",
-                    "options": options}  # fmt: skip
+            return {
+                "destination": mount.target,
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": options,
+            }
         if mount.kind is MountKind.BIND:
             source = self._stage_bind(mount, index, directory)
         else:
@@ -401,8 +411,12 @@ class ContainerManager:
                 self._volume_mount(source, point, ids)
                 source = point
         access = "ro" if mount.readonly else "rw"
-        return {"destination": mount.target, "type": "bind", "source": str(source),
-                "options": ["rbind", access, "nosuid", "nodev"]}  # fmt: skip
+        return {
+            "destination": mount.target,
+            "type": "bind",
+            "source": str(source),
+            "options": ["rbind", access, "nosuid", "nodev"],
+        }
 
     def _stage_bind(self, mount: Mount, index: int, directory: Path) -> Path:
         """Opens the bind source beneath its allowed directory and mounts that descriptor in
@@ -480,5 +494,9 @@ def _file_mount(
     make_dir(source.parent, BUNDLE_PARENT_MODE)
     write_file(source, content, READ_ONLY_FILE)
     os.chown(source, *owner)
-    return {"destination": target, "type": "bind", "source": str(source),
-            "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}  # fmt: skip
+    return {
+        "destination": target,
+        "type": "bind",
+        "source": str(source),
+        "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
+    }

@@ -58,17 +58,33 @@ class ConmonMonitor:
         self.forget(container_id)
         make_dir(self.persist_dir(container_id))
         argv = [
-            self._conmon, "--api-version", "1", "--sync",
-            "--cid", container_id, "--cuuid", container_id, "--name", container_id,
-            "--runtime", self._runtime.executable,
-            "--bundle", str(paths.bundle),
-            "--container-pidfile", str(paths.bundle / "pidfile"),
-            "--exit-dir", str(self._exits_dir),
-            "--persist-dir", str(self.persist_dir(container_id)),
-            "--socket-dir-path", str(self._sockets_dir),
-            "--log-path", f"k8s-file:{paths.log_file}",
-            "--log-level", "error",
-        ]  # fmt: skip
+            self._conmon,
+            "--api-version",
+            "1",
+            "--sync",
+            "--cid",
+            container_id,
+            "--cuuid",
+            container_id,
+            "--name",
+            container_id,
+            "--runtime",
+            self._runtime.executable,
+            "--bundle",
+            str(paths.bundle),
+            "--container-pidfile",
+            str(paths.bundle / "pidfile"),
+            "--exit-dir",
+            str(self._exits_dir),
+            "--persist-dir",
+            str(self.persist_dir(container_id)),
+            "--socket-dir-path",
+            str(self._sockets_dir),
+            "--log-path",
+            f"k8s-file:{paths.log_file}",
+            "--log-level",
+            "error",
+        ]
         if log_size_max is not None:
             argv += ["--log-size-max", str(log_size_max)]
         for arg in self._runtime.global_args(paths.runtime_log):

@@ -44,9 +44,10 @@ async def run(argv: list[str], timeout: float | None = None, executable: str | N
     try:
         async with asyncio.timeout(timeout):
             stdout, stderr, code = await asyncio.gather(
-                read_to_end(process.stdout.fileno()), read_to_end(process.stderr.fileno()),
+                read_to_end(process.stdout.fileno()),
+                read_to_end(process.stderr.fileno()),
                 exited(process),
-            )  # fmt: skip
+            )
     except TimeoutError:
         process.kill()
         await exited(process)

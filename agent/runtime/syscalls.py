@@ -64,8 +64,10 @@ class _MountAttr(ctypes.Structure):
 
 def mount(source: str, target: Path, fstype: str, flags: int, options: str) -> None:
     """Mounts `source` of type `fstype` on `target`; raises OSError."""
-    if _libc.mount(source.encode(), str(target).encode(), fstype.encode(), flags,
-                   options.encode()) != 0:  # fmt: skip
+    if (
+        _libc.mount(source.encode(), str(target).encode(), fstype.encode(), flags, options.encode())
+        != 0
+    ):
         error = ctypes.get_errno()
         raise OSError(error, f"{fstype} mount on {target}: {os.strerror(error)}")
 

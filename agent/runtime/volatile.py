@@ -43,8 +43,9 @@ def ensure_tmpfs(directory: Path = VOLATILE_ROOT) -> bool:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _in_memory(directory):
             return False
-        syscalls.mount("tmpfs", directory, "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV,
-                       TMPFS_OPTIONS)  # fmt: skip
+        syscalls.mount(
+            "tmpfs", directory, "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, TMPFS_OPTIONS
+        )
     log.info("mounted a tmpfs on %s: its filesystem keeps files past a reboot", directory)
     return True
 

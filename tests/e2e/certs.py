@@ -27,22 +27,65 @@ def _openssl(*args: str) -> None:
 
 def _authority(directory: Path, name: str) -> tuple[Path, Path]:
     cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-             "-subj", f"/CN={name}")  # fmt: skip
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+    )
     return cert, key
 
 
 def _issue(directory: Path, name: str, ca: tuple[Path, Path], extensions: str) -> tuple[Path, Path]:
-    cert, key, request = (directory / f"{name}.pem", directory / f"{name}.key",
-                          directory / f"{name}.csr")  # fmt: skip
+    cert, key, request = (
+        directory / f"{name}.pem",
+        directory / f"{name}.key",
+        directory / f"{name}.csr",
+    )
     extfile = directory / f"{name}.ext"
     extfile.write_text(extensions + "\n")
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(key), "-out", str(request), "-subj", f"/CN={name}")  # fmt: skip
-    _openssl("x509", "-req", "-in", str(request), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
-             "-CAcreateserial", "-out", str(cert), "-days", "2",
-             "-extfile", str(extfile))  # fmt: skip
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(request),
+        "-subj",
+        f"/CN={name}",
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(request),
+        "-CA",
+        str(ca[0]),
+        "-CAkey",
+        str(ca[1]),
+        "-CAcreateserial",
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-extfile",
+        str(extfile),
+    )
     return cert, key
 
 
@@ -51,8 +94,9 @@ def make_certificates(directory: Path) -> Certificates:
     directory.mkdir(parents=True, exist_ok=True)
     ca = _authority(directory, "test-ca")
     other_ca = _authority(directory, "other-ca")
-    server = _issue(directory, "server", ca,
-                    "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")  # fmt: skip
+    server = _issue(
+        directory, "server", ca, "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"
+    )
     client = _issue(directory, "client", ca, "extendedKeyUsage=clientAuth")
     stranger = _issue(directory, "stranger", other_ca, "extendedKeyUsage=clientAuth")
     return Certificates(ca[0], *server, *client, *stranger)

@@ -80,9 +80,16 @@ def start_agent(
     umask: int = -1,
 ) -> AgentProcess:
     """An agent whose store has busybox:latest, pulled from the loopback registry."""
-    agent = AgentProcess(data_dir, runtime, registry.host, cwd=cwd or Path.cwd(),
-                         extra_args=extra_args, listen=listen,
-                         credentials=credentials, umask=umask)  # fmt: skip
+    agent = AgentProcess(
+        data_dir,
+        runtime,
+        registry.host,
+        cwd=cwd or Path.cwd(),
+        extra_args=extra_args,
+        listen=listen,
+        credentials=credentials,
+        umask=umask,
+    )
     (agent.cwd / data_dir).mkdir(parents=True, exist_ok=True)
     STARTED.append(agent)
     agent.import_image(f"docker://{registry.host}/busybox:latest", "busybox:latest")

@@ -124,11 +124,18 @@ class Registry:
         reference = f"{self.host}/{name}"
         creds = [f"--dest-creds={self.credentials}"] if self.credentials else []
         subprocess.run(
-            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", *creds,
-             f"oci:{layout}:latest", f"docker://{reference}"],
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                *creds,
+                f"oci:{layout}:latest",
+                f"docker://{reference}",
+            ],
             check=True,
             capture_output=True,
-        )  # fmt: skip
+        )
         return reference
 
     def stop(self) -> None:
@@ -183,13 +190,19 @@ class AgentProcess:
     def import_image(self, source: str, name: str) -> None:
         """Preloads an image into the agent's store."""
         subprocess.run(
-            self.python("image-import", "--data-dir", str(self.data_dir),
-                        *self.registry_flags(), source, name),
+            self.python(
+                "image-import",
+                "--data-dir",
+                str(self.data_dir),
+                *self.registry_flags(),
+                source,
+                name,
+            ),
             check=True,
             capture_output=True,
             cwd=self.cwd,
             umask=self.umask,
-        )  # fmt: skip
+        )
 
     def access_flags(self) -> list[str]:
         """--listen, and --insecure when the agent serves TCP without tokens or client
@@ -207,14 +220,25 @@ class AgentProcess:
         since = self.log_file.stat().st_size if self.log_file.exists() else 0
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(
-            self.python("serve", "--data-dir", str(self.data_dir), *self.access_flags(),
-                        "--runtime", self.runtime, *self.registry_flags(),
-                        "--stop-grace", "5", "--drain", "0s", *self.extra_args),
+            self.python(
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                *self.access_flags(),
+                "--runtime",
+                self.runtime,
+                *self.registry_flags(),
+                "--stop-grace",
+                "5",
+                "--drain",
+                "0s",
+                *self.extra_args,
+            ),
             stdout=log,
             stderr=log,
             cwd=self.cwd,
             umask=self.umask,
-        )  # fmt: skip
+        )
         wait_until(
             lambda: self.serving() and self.announced(since), 30, f"the agent on {self.target}"
         )
@@ -314,8 +338,9 @@ def leftovers(agent: AgentProcess, container_id: str) -> list[str]:
     runtime = shutil.which(agent.runtime)
     state_root = paths.runtime_state
     if runtime is not None:
-        state = subprocess.run([runtime, "--root", str(state_root), "state", container_id],
-                               capture_output=True)  # fmt: skip
+        state = subprocess.run(
+            [runtime, "--root", str(state_root), "state", container_id], capture_output=True
+        )
         if state.returncode == 0:
             found.append("runtime state")
     elif (state_root / container_id).exists():

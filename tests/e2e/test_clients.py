@@ -31,8 +31,13 @@ def secured_agent(home: Path, listen: str, registry: Registry) -> AgentProcess:
     tokens = home / "tokens.yaml"
     tokens.write_text(f"tokens:\n  - {{name: conformance, role: admin, token: {TOKEN}}}\n")
     tokens.chmod(0o600)
-    return start_agent(home / "data", RUNTIMES[0], registry, listen=listen,
-                       extra_args=("--tokens-file", str(tokens)))  # fmt: skip
+    return start_agent(
+        home / "data",
+        RUNTIMES[0],
+        registry,
+        listen=listen,
+        extra_args=("--tokens-file", str(tokens)),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +75,9 @@ def conformance(language: str, target: str, *flags: str, token: str | None) -> s
     env = {name: value for name, value in os.environ.items() if name != "JOBAGENT_TOKEN"}
     if token is not None:
         env["JOBAGENT_TOKEN"] = token
-    result = subprocess.run([*program, *flags, target], capture_output=True, text=True,
-                            env=env, timeout=180)  # fmt: skip
+    result = subprocess.run(
+        [*program, *flags, target], capture_output=True, text=True, env=env, timeout=180
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip()
 

@@ -33,14 +33,18 @@ def output(client: JobAgentClient, execution_id: str) -> list[str]:
 
 def test_args_env_and_payload_reach_the_container(client: JobAgentClient) -> None:
     client.register(PARAMETERIZED, replace=True)
-    execution = client.trigger("greet", args=["one", "two"], env={"WHO": "world"},
-                               payload=b"payload line\n")  # fmt: skip
+    execution = client.trigger(
+        "greet", args=["one", "two"], env={"WHO": "world"}, payload=b"payload line\n"
+    )
     done = client.wait(execution.id)
     assert done.status == "completed", done.message
     assert output(client, execution.id) == ["hello world fixed one two", "payload line"]
     shown = client.get_execution(execution.id)
-    assert (shown.args, dict(shown.env), shown.payload_size) == (("one", "two"),
-                                                                 {"WHO": "world"}, 13)  # fmt: skip
+    assert (shown.args, dict(shown.env), shown.payload_size) == (
+        ("one", "two"),
+        {"WHO": "world"},
+        13,
+    )
 
 
 def test_a_parameter_the_job_does_not_allow_is_invalid_argument_naming_it(
@@ -70,8 +74,10 @@ def test_a_repeated_request_id_returns_the_first_execution(client: JobAgentClien
     assert client.get_execution(first.id).request_id == request_id
     with pytest.raises(ClientError) as caught:
         client.trigger("greet", request_id=request_id, env={"WHO": "twice"})
-    assert (caught.value.code, caught.value.field) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                                       "request_id")  # fmt: skip
+    assert (caught.value.code, caught.value.field) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "request_id",
+    )
 
 
 def test_ids_and_names_that_could_reach_a_path_are_refused(client: JobAgentClient) -> None:
@@ -85,22 +91,26 @@ def test_ids_and_names_that_could_reach_a_path_are_refused(client: JobAgentClien
     ):
         with pytest.raises(ClientError) as caught:
             call()
-        assert (caught.value.code, caught.value.field) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                                           field)  # fmt: skip
+        assert (caught.value.code, caught.value.field) == (grpc.StatusCode.INVALID_ARGUMENT, field)
 
 
 def test_jobs_come_in_pages_by_name_stable_under_registrations(client: JobAgentClient) -> None:
     names = [f"paged-job-{index}" for index in range(5)]
     client.register(
-        "version: v1\ndeployment: paged-jobs\nservices:\n" + "".join(
+        "version: v1\ndeployment: paged-jobs\nservices:\n"
+        + "".join(
             f"  {name}:\n    rtype: job\n    image: {{name: busybox:latest}}\n" for name in names
-        ), replace=True,
-    )  # fmt: skip
+        ),
+        replace=True,
+    )
     every = [job.name for job in client.list_jobs()]
     assert every == sorted(every) and set(names) <= set(every)
     first, token = client.list_jobs_page(page_size=2)
-    client.register("version: v1\ndeployment: paged-jobs-0\nservices:\n  aaa-first:\n"
-                    "    rtype: job\n    image: {name: busybox}\n", replace=True)  # fmt: skip
+    client.register(
+        "version: v1\ndeployment: paged-jobs-0\nservices:\n  aaa-first:\n"
+        "    rtype: job\n    image: {name: busybox}\n",
+        replace=True,
+    )
     rest: list[str] = []
     while token:
         page, token = client.list_jobs_page(page_size=2, page_token=token)

@@ -21,8 +21,10 @@ def test_download_returns_the_stored_log_and_resumes(
     client: JobAgentClient, agent: AgentProcess
 ) -> None:
     # About 1.4 MB of records (1 MB of output, within the default cap): several chunks.
-    script = "i=0; while [ $i -lt 11000 ]; do i=$((i+1)); echo line $i " + "x" * 80 + "; done; " \
-             "echo oops >&2; printf tail"  # fmt: skip
+    script = (
+        "i=0; while [ $i -lt 11000 ]; do i=$((i+1)); echo line $i " + "x" * 80 + "; done; "
+        "echo oops >&2; printf tail"
+    )
     execution = run(client, "bulk", script)
     assert execution.status == "completed"
     chunks = list(client.download_logs(execution.id))
@@ -51,8 +53,7 @@ def test_download_returns_the_stored_log_and_resumes(
 
 
 def test_download_follows_a_running_attempt_to_its_end(client: JobAgentClient) -> None:
-    client.register(job("ticking", "for i in 1 2 3; do echo tick$i; sleep 0.3; done"),
-                    replace=True)  # fmt: skip
+    client.register(job("ticking", "for i in 1 2 3; do echo tick$i; sleep 0.3; done"), replace=True)
     execution = client.trigger("ticking")
     data = b"".join(chunk.data for chunk in client.download_logs(execution.id, follow=True))
     assert [text for _, _, text in records(data)] == ["tick1", "tick2", "tick3"]

@@ -64,8 +64,11 @@ def test_a_bundle_that_cannot_be_made_fails_at_create(
     assert reason == "create"
     assert "'ghost' is not in the image's /etc/passwd" in message
     paths = agent.paths
-    wait_until(lambda: not any(paths.bundles.iterdir()) and not any(paths.writable.iterdir()),
-               10, "no bundle or writable layer left")  # fmt: skip
+    wait_until(
+        lambda: not any(paths.bundles.iterdir()) and not any(paths.writable.iterdir()),
+        10,
+        "no bundle or writable layer left",
+    )
 
 
 @pytest.fixture
@@ -133,8 +136,9 @@ def blackhole() -> Iterator[str]:
 def test_cancel_works_while_pulling(client: JobAgentClient, blackhole: str) -> None:
     client.register(job("stuck-pull", f"{blackhole}/busybox:1"), replace=True)
     execution = client.trigger("stuck-pull")
-    wait_until(lambda: client.get_execution(execution.id).status == "initializing", 10,
-               "initializing")  # fmt: skip
+    wait_until(
+        lambda: client.get_execution(execution.id).status == "initializing", 10, "initializing"
+    )
     cancelled = client.cancel(execution.id)
     assert cancelled.status == "cancelled"
 

@@ -84,15 +84,27 @@ def test_grpcurl_lists_describes_and_calls_every_rpc(
     assert rpc("GetExecution", {"id": execution["id"]})[0]["exit_code"] == 0
     listed_executions = rpc("ListExecutions", {"job_name": "curl-job"})[0]["executions"]
     assert execution["id"] in {item["id"] for item in listed_executions}
-    refused = grpcurl(grpcurl_binary, agent, f"{SERVICE}/CancelExecution",
-                      flags=("-d", json.dumps({"id": execution["id"]})))  # fmt: skip
+    refused = grpcurl(
+        grpcurl_binary,
+        agent,
+        f"{SERVICE}/CancelExecution",
+        flags=("-d", json.dumps({"id": execution["id"]})),
+    )
     called.add("CancelExecution")
     assert refused.returncode != 0 and "FailedPrecondition" in refused.stderr
-    refused = grpcurl(grpcurl_binary, agent, f"{SERVICE}/SuspendJob",
-                      flags=("-d", json.dumps({"name": "curl-job"})))  # fmt: skip
+    refused = grpcurl(
+        grpcurl_binary,
+        agent,
+        f"{SERVICE}/SuspendJob",
+        flags=("-d", json.dumps({"name": "curl-job"})),
+    )
     assert refused.returncode != 0 and "FailedPrecondition" in refused.stderr
-    refused = grpcurl(grpcurl_binary, agent, f"{SERVICE}/ResumeJob",
-                      flags=("-d", json.dumps({"name": "curl-job"})))  # fmt: skip
+    refused = grpcurl(
+        grpcurl_binary,
+        agent,
+        f"{SERVICE}/ResumeJob",
+        flags=("-d", json.dumps({"name": "curl-job"})),
+    )
     assert refused.returncode != 0 and "FailedPrecondition" in refused.stderr
     called.update({"SuspendJob", "ResumeJob"})
     # A watch never ends by itself: grpcurl stops it after two seconds.

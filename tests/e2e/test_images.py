@@ -24,8 +24,16 @@ def variant(example_image: Path, tmp_path: Path, marker: str) -> Path:
     """A copy of the example image whose config (and so digest) differs by one env var."""
     layout = tmp_path / f"busybox-{marker}"
     shutil.copytree(example_image, layout)
-    argv = ["umoci", "config", "--image", f"{layout}:latest", "--tag", "latest",
-            "--config.env", f"VARIANT={marker}"]  # fmt: skip
+    argv = [
+        "umoci",
+        "config",
+        "--image",
+        f"{layout}:latest",
+        "--tag",
+        "latest",
+        "--config.env",
+        f"VARIANT={marker}",
+    ]
     subprocess.run(argv, check=True, capture_output=True)
     return layout
 
@@ -67,10 +75,18 @@ def test_a_digest_pins_the_image(
 ) -> None:
     registry.push(variant(example_image, tmp_path, "pinned"), "busybox:pin-source")
     digest = subprocess.run(
-        ["skopeo", "inspect", "--tls-verify=false", "--format", "{{.Digest}}",
-         f"docker://{registry.host}/busybox:pin-source"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+        [
+            "skopeo",
+            "inspect",
+            "--tls-verify=false",
+            "--format",
+            "{{.Digest}}",
+            f"docker://{registry.host}/busybox:pin-source",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     registry.push(variant(example_image, tmp_path, "later"), "busybox:pin-source")
     image, output = run(client, "pinned", f"{registry.host}/busybox@{digest}", "if_not_present")
     assert output == ["pinned"]
@@ -143,8 +159,12 @@ def test_credentials_come_from_the_auth_file(
                 assert "unauthorized" in refused.message.lower()
         finally:
             without.stop()
-        own = start_agent(tmp_path / "with", agent.runtime, registry,
-                          extra_args=(*plain, "--registry-auth-file", str(auth_file)))  # fmt: skip
+        own = start_agent(
+            tmp_path / "with",
+            agent.runtime,
+            registry,
+            extra_args=(*plain, "--registry-auth-file", str(auth_file)),
+        )
         try:
             with own.client() as client:
                 assert run(client, "unlocked", image, "if_not_present")[1] == ["none"]
@@ -159,8 +179,7 @@ async def test_an_image_under_an_overlay_outlives_its_reference(
 ) -> None:
     paths = RuntimePaths(**{field.name: tmp_path / field.name for field in fields(RuntimePaths)})
     images = ImageStore(paths.images, insecure_registries=frozenset({registry.host}))
-    manager = ContainerManager(paths, shutil.which(agent.runtime) or agent.runtime,
-                               images=images)  # fmt: skip
+    manager = ContainerManager(paths, shutil.which(agent.runtime) or agent.runtime, images=images)
     try:
         image = await manager.pull(
             ImageSpec(f"{registry.host}/busybox:latest", PullPolicy.IF_NOT_PRESENT)

@@ -69,8 +69,10 @@ def test_stdout_and_stderr_keep_their_order_and_stream(client: JobAgentClient) -
         for stream, prefix in (("stdout", "out"), ("stderr", "err"))
     ]
     assert [line.message for line in client.logs(execution.id, stream="stderr")] == [
-        "err1", "err2", "err3"
-    ]  # fmt: skip
+        "err1",
+        "err2",
+        "err3",
+    ]
     assert [line.message for line in client.logs(execution.id, tail_lines=2)] == ["out3", "err3"]
 
 
@@ -142,8 +144,9 @@ def test_watch_sees_every_transition_once_and_in_order(client: JobAgentClient) -
 def test_follow_streams_lines_while_running_and_ends_with_the_job(
     client: JobAgentClient,
 ) -> None:
-    client.register(job("ticker", "for i in 1 2 3 4; do echo tick$i; sleep 0.3; done"),
-                    replace=True)  # fmt: skip
+    client.register(
+        job("ticker", "for i in 1 2 3 4; do echo tick$i; sleep 0.3; done"), replace=True
+    )
     execution = client.trigger("ticker")
     seen: list[tuple[str, str]] = []
     for line in client.logs(execution.id, follow=True):
@@ -199,8 +202,9 @@ def test_a_missing_image_fails_with_image_pull(client: JobAgentClient, registry:
 def test_an_image_is_pulled_from_the_loopback_registry(
     client: JobAgentClient, registry: Registry
 ) -> None:
-    document = job("pulled", "echo pulled", image=f"{registry.host}/busybox:latest",
-                   policy="always")  # fmt: skip
+    document = job(
+        "pulled", "echo pulled", image=f"{registry.host}/busybox:latest", policy="always"
+    )
     client.register(document, replace=True)
     execution = client.wait(client.trigger("pulled").id)
     assert execution.status == "completed"
@@ -233,8 +237,7 @@ def test_records_survive_a_restart_and_running_jobs_are_readopted(
             finished = client.get_execution(run(client, "before", "echo before").id)
             client.register(job("across", "sleep 1; echo survived"), replace=True)
             running = client.trigger("across")
-            wait_until(lambda: client.get_execution(running.id).status == "running", 30,
-                       "running")  # fmt: skip
+            wait_until(lambda: client.get_execution(running.id).status == "running", 30, "running")
             listed = client.list_executions()
         own.stop(stop_signal)
         own.start()

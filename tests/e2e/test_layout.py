@@ -47,8 +47,11 @@ def test_bundles_and_runtime_state_are_in_memory_and_writes_on_the_data_disk(
             assert syscalls.filesystem_magic(volatile) == syscalls.TMPFS_MAGIC, volatile
 
         # The mount table names the layers by the bundle's links, relative to the bundle.
-        [line] = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                  if line.split()[4] == str(bundle / "rootfs")]  # fmt: skip
+        [line] = [
+            line
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4] == str(bundle / "rootfs")
+        ]
         options = line.split(" - ")[1].split()[2]
         assert options.startswith("rw,lowerdir=lower,upperdir=upper,workdir=work"), options
         assert (bundle / "upper").resolve() == (writable / "upper").resolve()

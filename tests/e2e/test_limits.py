@@ -85,8 +85,12 @@ def test_every_job_gets_the_default_pids_limit_and_tmp_size(client: JobAgentClie
 
 
 def test_the_pids_limit_stops_a_fork_storm(client: JobAgentClient) -> None:
-    register(client, "forky", "    resources: {pids_limit: 16}\n",
-             "for i in $(seq 40); do sleep 2 & done; wait")  # fmt: skip
+    register(
+        client,
+        "forky",
+        "    resources: {pids_limit: 16}\n",
+        "for i in $(seq 40); do sleep 2 & done; wait",
+    )
     execution = client.wait(client.trigger("forky").id)
     stderr = [line.message for line in client.logs(execution.id, stream="stderr")]
     assert any("fork" in line.lower() for line in stderr), stderr
@@ -108,8 +112,10 @@ def test_the_agents_threads_run_ahead_of_the_containers_it_starts(
     started_at = os.getpriority(os.PRIO_PROCESS, 0)
     assert [line.message for line in client.logs(execution.id)] == [str(started_at)]
     assert agent.process is not None
-    threads = {int(task.name): nice_of(task / "stat")
-               for task in Path(f"/proc/{agent.process.pid}/task").iterdir()}  # fmt: skip
+    threads = {
+        int(task.name): nice_of(task / "stat")
+        for task in Path(f"/proc/{agent.process.pid}/task").iterdir()
+    }
     # The event loop's thread (the process's first) and gRPC's run the default boost ahead.
     boosted = max(HIGHEST, started_at - DEFAULTS.priority_boost)
     assert threads[agent.process.pid] == boosted
@@ -138,8 +144,12 @@ def test_the_user_of_the_spec_runs_the_process(client: JobAgentClient) -> None:
 def test_the_timeout_stops_the_job_with_deadline_exceeded(
     client: JobAgentClient, agent: AgentProcess
 ) -> None:
-    register(client, "overdue", "    timeout: 1s\n    stop_grace_period: 10s\n",
-             "trap 'exit 143' TERM; sleep 300 & wait")  # fmt: skip
+    register(
+        client,
+        "overdue",
+        "    timeout: 1s\n    stop_grace_period: 10s\n",
+        "trap 'exit 143' TERM; sleep 300 & wait",
+    )
     execution = client.wait(client.trigger("overdue").id)
     assert (execution.status, execution.failure_reason, execution.exit_code) == (
         "failed",
@@ -150,8 +160,7 @@ def test_the_timeout_stops_the_job_with_deadline_exceeded(
 
 
 def test_cancel_sends_the_jobs_stop_signal(client: JobAgentClient) -> None:
-    register(client, "usr1", "    stop_signal: SIGUSR1\n",
-             "trap 'exit 42' USR1; sleep 300 & wait")  # fmt: skip
+    register(client, "usr1", "    stop_signal: SIGUSR1\n", "trap 'exit 42' USR1; sleep 300 & wait")
     execution = client.trigger("usr1")
     wait_until(lambda: client.get_execution(execution.id).status == "running", 30, "running")
     assert client.cancel(execution.id).exit_code == 42
@@ -237,8 +246,12 @@ def output_of(lines: list[LogLine]) -> bytes:
 
 
 def test_the_log_cap_keeps_the_newest_output(client: JobAgentClient, agent: AgentProcess) -> None:
-    register(client, "chatty", "    max_log_size: 2Ki\n",
-             "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line $i; done")  # fmt: skip
+    register(
+        client,
+        "chatty",
+        "    max_log_size: 2Ki\n",
+        "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line $i; done",
+    )
     execution = client.wait(client.trigger("chatty").id)
     assert execution.status == "completed"
     lines = list(client.logs(execution.id))
@@ -290,13 +303,20 @@ def test_a_cron_job_every_second_runs_by_itself_with_overlap_and_history_rules(
     )
     job = client.get_job("every-second")
     assert job.next_run_time is not None
-    wait_until(lambda: client.get_job("every-second").skipped >= 1
-               and len([e for e in client.list_executions("every-second")
-                        if e.status == "completed"]) >= 2, 30, "three runs")  # fmt: skip
+    wait_until(
+        lambda: (
+            client.get_job("every-second").skipped >= 1
+            and len([e for e in client.list_executions("every-second") if e.status == "completed"])
+            >= 2
+        ),
+        30,
+        "three runs",
+    )
     suspended = client.suspend("every-second")
     assert suspended.suspended and suspended.next_run_time is None
-    job_events = client.watch_events(0, job_name="every-second",
-                                     types=("schedule_skipped", "job_suspended"))  # fmt: skip
+    job_events = client.watch_events(
+        0, job_name="every-second", types=("schedule_skipped", "job_suspended")
+    )
     seen = []
     for event in job_events:
         assert isinstance(event, JobEvent)
@@ -310,8 +330,13 @@ def test_a_cron_job_every_second_runs_by_itself_with_overlap_and_history_rules(
     for execution in executions:
         if not execution.terminal:
             client.wait(execution.id)
-    wait_until(lambda: len([e for e in client.list_executions("every-second")
-                            if e.status == "completed"]) == 2, 10, "history limit")  # fmt: skip
+    wait_until(
+        lambda: (
+            len([e for e in client.list_executions("every-second") if e.status == "completed"]) == 2
+        ),
+        10,
+        "history limit",
+    )
     assert client.get_job("every-second").next_run_time is None
     client.unregister("every-second")
     with pytest.raises(ClientError) as caught:
@@ -325,9 +350,11 @@ def status_fields(client: JobAgentClient, execution_id: str) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
-HARDENING_PROBE = ("grep -E '^(Seccomp|NoNewPrivs|CapBnd):' /proc/self/status; "
-                   "unshare -n true && echo unshare-allowed; "
-                   "mount -t tmpfs none /mnt && echo mount-allowed; true")  # fmt: skip
+HARDENING_PROBE = (
+    "grep -E '^(Seccomp|NoNewPrivs|CapBnd):' /proc/self/status; "
+    "unshare -n true && echo unshare-allowed; "
+    "mount -t tmpfs none /mnt && echo mount-allowed; true"
+)
 
 
 def test_jobs_run_hardened_by_default(client: JobAgentClient) -> None:

@@ -14,11 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.conftest import RUNTIMES, start_agent
 from tests.e2e.harness import AgentProcess, Registry, free_port, sweep, wait_until
 
-JOBS = ("version: v1\ndeployment: observed\nservices:\n"
-        "  observed-ok:\n    rtype: job\n    image: {name: busybox:latest}\n"
-        "    command: {entrypoint: [/bin/true]}\n"
-        "  observed-bad:\n    rtype: job\n    image: {name: busybox:latest}\n"
-        "    command: {entrypoint: [/bin/sh, -c, 'exit 3']}\n")  # fmt: skip
+JOBS = (
+    "version: v1\ndeployment: observed\nservices:\n"
+    "  observed-ok:\n    rtype: job\n    image: {name: busybox:latest}\n"
+    "    command: {entrypoint: [/bin/true]}\n"
+    "  observed-bad:\n    rtype: job\n    image: {name: busybox:latest}\n"
+    "    command: {entrypoint: [/bin/sh, -c, 'exit 3']}\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +30,10 @@ def observed(
     port = free_port()
     directory = tmp_path_factory.mktemp("observed")
     settings = directory / "agent.yaml"
-    settings.write_text(f"metrics_listen: 127.0.0.1:{port}\nlog_format: json\n"
-                        "max_concurrent: 7\n")  # fmt: skip
-    agent = start_agent(directory / "data", RUNTIMES[0], registry,
-                        extra_args=("--config", str(settings)))  # fmt: skip
+    settings.write_text(f"metrics_listen: 127.0.0.1:{port}\nlog_format: json\nmax_concurrent: 7\n")
+    agent = start_agent(
+        directory / "data", RUNTIMES[0], registry, extra_args=("--config", str(settings))
+    )
     yield agent, f"http://127.0.0.1:{port}/metrics"
     agent.stop()
     sweep(agent)
@@ -57,12 +59,16 @@ def test_metrics_count_executions_pulls_and_open_streams(
         assert client.wait(client.trigger("observed-ok").id).status == "completed"
         assert client.wait(client.trigger("observed-bad").id).status == "failed"
         metrics = scrape(url)
-        assert metrics[("jobagent_executions_total",
-                        (("reason", ""), ("status", "completed")))] >= 1  # fmt: skip
-        assert metrics[("jobagent_executions_total",
-                        (("reason", "exit_code"), ("status", "failed")))] >= 1  # fmt: skip
-        assert metrics[("jobagent_execution_duration_seconds_count",
-                        (("status", "completed"),))] >= 1  # fmt: skip
+        assert (
+            metrics[("jobagent_executions_total", (("reason", ""), ("status", "completed")))] >= 1
+        )
+        assert (
+            metrics[("jobagent_executions_total", (("reason", "exit_code"), ("status", "failed")))]
+            >= 1
+        )
+        assert (
+            metrics[("jobagent_execution_duration_seconds_count", (("status", "completed"),))] >= 1
+        )
         assert metrics[("jobagent_image_pull_seconds_count", (("outcome", "ok"),))] >= 2
         assert metrics[("jobagent_queued_executions", ())] == 0
         assert metrics[("jobagent_running_containers", ())] == 0
@@ -90,11 +96,17 @@ def test_every_log_line_is_json_and_names_its_execution(
         client.register(JOBS, replace=True)
         execution = client.wait(client.trigger("observed-ok").id)
     lines = agent.log_file.read_text().splitlines
-    wait_until(lambda: any(execution.id in line and "completed" in line for line in lines()),
-               10, "the last log line")  # fmt: skip
+    wait_until(
+        lambda: any(execution.id in line and "completed" in line for line in lines()),
+        10,
+        "the last log line",
+    )
     entries = [json.loads(line) for line in lines()]
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
     mine = [entry for entry in entries if entry.get("execution_id") == execution.id]
     assert [entry["message"].split()[2] for entry in mine] == [
-        "pending", "initializing", "running", "completed",
-    ]  # fmt: skip
+        "pending",
+        "initializing",
+        "running",
+        "completed",
+    ]

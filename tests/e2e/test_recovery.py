@@ -53,15 +53,19 @@ def destroy(agent: AgentProcess, container_id: str) -> None:
     runtime = shutil.which(agent.runtime)
     assert runtime is not None
     state = agent.paths.runtime_state
-    subprocess.run([runtime, "--root", str(state), "delete", "--force", container_id],
-                   check=False, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [runtime, "--root", str(state), "delete", "--force", container_id],
+        check=False,
+        capture_output=True,
+    )
 
 
 def test_a_sigkill_with_a_dozen_jobs_running_loses_no_result_and_runs_nothing_twice(
     tmp_path: Path, registry: Registry, agent: AgentProcess
 ) -> None:
-    own = start_agent(tmp_path / "agent", agent.runtime, registry,
-                      extra_args=("--max-concurrent", str(RUNNING)))  # fmt: skip
+    own = start_agent(
+        tmp_path / "agent", agent.runtime, registry, extra_args=("--max-concurrent", str(RUNNING))
+    )
     try:
         with own.client() as client:
             client.register(FLEET, replace=True)
@@ -72,8 +76,13 @@ def test_a_sigkill_with_a_dozen_jobs_running_loses_no_result_and_runs_nothing_tw
                 )
                 for index in range(RUNNING + QUEUED)
             ]
-            wait_until(lambda: all(client.get_execution(e.id).status == "running"
-                                   for e in fleet[:RUNNING]), 60, "a dozen running")  # fmt: skip
+            wait_until(
+                lambda: all(
+                    client.get_execution(e.id).status == "running" for e in fleet[:RUNNING]
+                ),
+                60,
+                "a dozen running",
+            )
             assert all(client.get_execution(e.id).status == "pending" for e in fleet[RUNNING:])
             lost = fleet[2]
         own.stop(signal.SIGKILL)
@@ -112,23 +121,25 @@ def test_a_graceful_stop_turns_triggers_away_ends_streams_and_leaves_jobs_runnin
         with own.client() as client:
             client.register(LONG, replace=True)
             running = client.trigger("long")
-            wait_until(lambda: client.get_execution(running.id).status == "running", 30,
-                       "running")  # fmt: skip
+            wait_until(lambda: client.get_execution(running.id).status == "running", 30, "running")
             endings: dict[str, grpc.StatusCode | None] = {}
             streams = {
                 "events": lambda: list(client.watch_events(0)),
                 "logs": lambda: list(client.logs(running.id, follow=True)),
                 "watch": lambda: list(client.watch(running.id)),
             }
-            threads = [threading.Thread(target=record_ending, args=(name, call, endings))
-                       for name, call in streams.items()]  # fmt: skip
+            threads = [
+                threading.Thread(target=record_ending, args=(name, call, endings))
+                for name, call in streams.items()
+            ]
             for thread in threads:
                 thread.start()
             time.sleep(0.5)  # the streams are open
             assert own.process is not None
             own.process.send_signal(signal.SIGTERM)
-            wait_until(lambda: health(own) == health_pb2.HealthCheckResponse.NOT_SERVING, 5,
-                       "NOT_SERVING")  # fmt: skip
+            wait_until(
+                lambda: health(own) == health_pb2.HealthCheckResponse.NOT_SERVING, 5, "NOT_SERVING"
+            )
             with pytest.raises(ClientError) as caught:
                 client.trigger("long")
             assert caught.value.code is grpc.StatusCode.UNAVAILABLE
@@ -148,9 +159,11 @@ def test_a_graceful_stop_turns_triggers_away_ends_streams_and_leaves_jobs_runnin
         sweep(own)
 
 
-LONG = ("version: v1\ndeployment: long\nservices:\n  long:\n    rtype: job\n"
-        "    image: {name: busybox:latest}\n"
-        "    command: {entrypoint: [/bin/sh, -c, 'sleep 8; echo kept']}\n")  # fmt: skip
+LONG = (
+    "version: v1\ndeployment: long\nservices:\n  long:\n    rtype: job\n"
+    "    image: {name: busybox:latest}\n"
+    "    command: {entrypoint: [/bin/sh, -c, 'sleep 8; echo kept']}\n"
+)
 
 
 def record_ending(
@@ -167,5 +180,8 @@ def record_ending(
 def health(agent: AgentProcess) -> int:
     """The agent's health status now."""
     with grpc.insecure_channel(agent.target) as channel:
-        return int(health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                             timeout=2).status)  # fmt: skip
+        return int(
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(), timeout=2)
+            .status
+        )

@@ -18,11 +18,16 @@ from tests.e2e.certs import Certificates, make_certificates
 from tests.e2e.conftest import RUNTIMES, start_agent
 from tests.e2e.harness import AgentProcess, Registry, free_port, sweep
 
-TOKENS = {"viewer": "viewer-token-0123456789", "operator": "operator-token-0123456789",
-          "admin": "admin-token-0123456789"}  # fmt: skip
-JOB = ("version: v1\ndeployment: secure\nservices:\n  secured:\n    rtype: job\n"
-       "    image: {name: busybox:latest}\n"
-       "    command: {entrypoint: [/bin/echo, allowed]}\n")  # fmt: skip
+TOKENS = {
+    "viewer": "viewer-token-0123456789",
+    "operator": "operator-token-0123456789",
+    "admin": "admin-token-0123456789",
+}
+JOB = (
+    "version: v1\ndeployment: secure\nservices:\n  secured:\n    rtype: job\n"
+    "    image: {name: busybox:latest}\n"
+    "    command: {entrypoint: [/bin/echo, allowed]}\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +42,38 @@ def guarded(
     """An agent that wants a token and a client certificate, and also listens on a socket."""
     directory = tmp_path_factory.mktemp("guarded")
     tokens = directory / "tokens.yaml"
-    tokens.write_text("tokens:\n" + "".join(
-        f"  - {{name: {role}-caller, role: {role}, token: {token}}}\n"
-        for role, token in TOKENS.items()
-    ))  # fmt: skip
+    tokens.write_text(
+        "tokens:\n"
+        + "".join(
+            f"  - {{name: {role}-caller, role: {role}, token: {token}}}\n"
+            for role, token in TOKENS.items()
+        )
+    )
     socket = directory / "run" / "agent.sock"
-    credentials = tls_credentials(certificates.ca, certificates.client_cert,
-                                  certificates.client_key)  # fmt: skip
+    credentials = tls_credentials(
+        certificates.ca, certificates.client_cert, certificates.client_key
+    )
     agent = start_agent(
-        directory / "data", RUNTIMES[0], registry, credentials=credentials,
-        extra_args=("--tokens-file", str(tokens), "--tls-cert", str(certificates.server_cert),
-                    "--tls-key", str(certificates.server_key),
-                    "--tls-client-ca", str(certificates.ca), "--allow-privileged",
-                    "--allow-capability", "NET_ADMIN", "--listen", f"unix:{socket}"),
-    )  # fmt: skip
+        directory / "data",
+        RUNTIMES[0],
+        registry,
+        credentials=credentials,
+        extra_args=(
+            "--tokens-file",
+            str(tokens),
+            "--tls-cert",
+            str(certificates.server_cert),
+            "--tls-key",
+            str(certificates.server_key),
+            "--tls-client-ca",
+            str(certificates.ca),
+            "--allow-privileged",
+            "--allow-capability",
+            "NET_ADMIN",
+            "--listen",
+            f"unix:{socket}",
+        ),
+    )
     yield agent
     agent.stop()
     sweep(agent)
@@ -97,8 +120,9 @@ def test_no_token_or_a_wrong_one_is_unauthenticated_and_health_stays_open(
             )
     assert guarded.credentials is not None
     with grpc.secure_channel(guarded.target, guarded.credentials) as channel:
-        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                           timeout=5)  # fmt: skip
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -109,8 +133,9 @@ def test_tls_needs_a_client_certificate_from_the_agents_ca(
         tls_credentials(certificates.ca),
         tls_credentials(certificates.ca, certificates.stranger_cert, certificates.stranger_key),
     ):
-        with JobAgentClient.connect(guarded.target, timeout=5, credentials=credentials,
-                                    token=TOKENS["admin"]) as client:  # fmt: skip
+        with JobAgentClient.connect(
+            guarded.target, timeout=5, credentials=credentials, token=TOKENS["admin"]
+        ) as client:
             assert code_of(client.list_jobs) is grpc.StatusCode.UNAVAILABLE
     with JobAgentClient.connect(guarded.target, timeout=5, token=TOKENS["admin"]) as plain:
         assert code_of(plain.list_jobs) is grpc.StatusCode.UNAVAILABLE
@@ -129,10 +154,22 @@ def test_the_unix_socket_is_private_and_serves_the_same_api(guarded: AgentProces
 
 def test_plain_tcp_beyond_loopback_is_refused_without_tls_or_insecure(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "agent", "serve", "--data-dir", str(tmp_path),
-         "--listen", f"0.0.0.0:{free_port()}", "--tokens-file", str(tmp_path / "tokens.yaml")],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            "--listen",
+            f"0.0.0.0:{free_port()}",
+            "--tokens-file",
+            str(tmp_path / "tokens.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "0.0.0.0 is not loopback" in result.stderr and "--insecure" in result.stderr
 
@@ -154,8 +191,9 @@ def test_privileges_the_agent_allows_reach_the_container(guarded: AgentProcess) 
             client.register(
                 "version: v1\ndeployment: privileges-2\nservices:\n  too-much:\n"
                 "    rtype: job\n    image: {name: busybox:latest}\n"
-                "    capabilities: [SYS_ADMIN]\n", replace=True,
-            )  # fmt: skip
+                "    capabilities: [SYS_ADMIN]\n",
+                replace=True,
+            )
         assert caught.value.field == "services.too-much.capabilities[0]"
         seen = {}
         for name in ("net-admin", "privileged"):

@@ -31,8 +31,9 @@ def permissive(
 ) -> Iterator[JobAgentClient]:
     """An agent that allows binds under one directory and host networking."""
     args = ("--bind-allow", str(shared_dir), "--allow-host-network")
-    own = start_agent(tmp_path_factory.mktemp("permissive"), agent.runtime, registry,
-                      extra_args=args)  # fmt: skip
+    own = start_agent(
+        tmp_path_factory.mktemp("permissive"), agent.runtime, registry, extra_args=args
+    )
     with own.client() as client:
         yield client
     own.stop()

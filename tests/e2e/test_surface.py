@@ -28,10 +28,24 @@ from jobagent_client.models import Bookmark, ExecutionEvent
 from tests.e2e.harness import AgentProcess
 
 RPCS = {
-    "RegisterJob", "GetJob", "ListJobs", "UnregisterJob", "TriggerJob", "GetExecution",
-    "ListExecutions", "CancelExecution", "WatchExecution", "StreamLogs", "PruneImages",
-    "SuspendJob", "ResumeJob", "WatchEvents", "GetNodeInfo", "DownloadLogs", "StreamLogBatches",
-}  # fmt: skip
+    "RegisterJob",
+    "GetJob",
+    "ListJobs",
+    "UnregisterJob",
+    "TriggerJob",
+    "GetExecution",
+    "ListExecutions",
+    "CancelExecution",
+    "WatchExecution",
+    "StreamLogs",
+    "PruneImages",
+    "SuspendJob",
+    "ResumeJob",
+    "WatchEvents",
+    "GetNodeInfo",
+    "DownloadLogs",
+    "StreamLogBatches",
+}
 
 
 def test_reflection_describes_and_calls_the_service_without_proto_files(
@@ -70,12 +84,16 @@ def test_bad_input_names_the_field_in_bad_request_details(agent: AgentProcess) -
     with grpc.insecure_channel(agent.target) as channel:
         stub = service_grpc.JobServiceStub(channel)
         cases = [
-            (service_pb.RegisterJobRequest(spec_yaml="version: v1\ndeployment: x\nservices:\n"
-                                           "  a:\n    rtype: job\n    imagee: {name: b}\n"),
-             "services.a.imagee"),
+            (
+                service_pb.RegisterJobRequest(
+                    spec_yaml="version: v1\ndeployment: x\nservices:\n"
+                    "  a:\n    rtype: job\n    imagee: {name: b}\n"
+                ),
+                "services.a.imagee",
+            ),
             (service_pb.RegisterJobRequest(spec=pb.JobSpec(name="Bad Name")), "spec.name"),
             (service_pb.RegisterJobRequest(), "source"),
-        ]  # fmt: skip
+        ]
         for request, field in cases:
             with pytest.raises(grpc.RpcError) as caught:
                 stub.RegisterJob(request, timeout=5)
@@ -149,10 +167,22 @@ def test_jobctl_registers_triggers_follows_and_lists(agent: AgentProcess, tmp_pa
     mine = [event["status"] for event in seen if event.get("id") == executions[0]["id"]]
     assert mine == ["pending", "initializing", "running", "failed"]
     follow = subprocess.Popen(
-        [sys.executable, "-m", "jobagent_client.jobctl", "--target", agent.target,
-         "events", "--job", "from-cli", "--follow", "--since", str(seen[-1]["sequence"])],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "jobagent_client.jobctl",
+            "--target",
+            agent.target,
+            "events",
+            "--job",
+            "from-cli",
+            "--follow",
+            "--since",
+            str(seen[-1]["sequence"]),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         again = jobctl(agent, "trigger", "from-cli", "--wait")
         assert again.returncode == 4
@@ -184,8 +214,9 @@ def test_watch_events_follows_the_node_and_resumes_without_gap(agent: AgentProce
             "    image: {name: busybox:latest}\n    command: {entrypoint: [/bin/true]}\n",
             replace=True,
         )
-        items = client.watch_events(0, job_name="node-watch",
-                                    bookmark_interval=timedelta(milliseconds=200))  # fmt: skip
+        items = client.watch_events(
+            0, job_name="node-watch", bookmark_interval=timedelta(milliseconds=200)
+        )
         bookmark = next(item for item in items if isinstance(item, Bookmark))
         execution = client.trigger("node-watch")
         seen: list[ExecutionEvent] = []
@@ -195,8 +226,11 @@ def test_watch_events_follows_the_node_and_resumes_without_gap(agent: AgentProce
                 if item.execution.terminal:
                     break
         assert [event.execution.status for event in seen] == [
-            "pending", "initializing", "running", "completed",
-        ]  # fmt: skip
+            "pending",
+            "initializing",
+            "running",
+            "completed",
+        ]
         assert bookmark.sequence < seen[0].sequence
         resumed = client.watch_events(seen[1].sequence, job_name="node-watch")
         again = [next(resumed) for _ in range(2)]

@@ -15,8 +15,10 @@ from agent.errors import InvalidSpec
 def test_tokens_are_kept_by_digest_and_matched_with_their_role(tmp_path: Path) -> None:
     digest = hashlib.sha256(b"operator-secret-token").hexdigest()
     path = tmp_path / "tokens.yaml"
-    path.write_text("tokens:\n  - {name: ci, role: operator, sha256: " + digest + "}\n"
-                    "  - {name: root, role: admin, token: admin-secret-token}\n")  # fmt: skip
+    path.write_text(
+        "tokens:\n  - {name: ci, role: operator, sha256: " + digest + "}\n"
+        "  - {name: root, role: admin, token: admin-secret-token}\n"
+    )
     table = TokenTable.load(path)
     assert table.caller("operator-secret-token") is not None
     assert table.caller("operator-secret-token").role is Role.OPERATOR  # type: ignore[union-attr]

@@ -171,13 +171,24 @@ def test_a_stream_error_becomes_a_client_error(channel: Any) -> None:
 
 def test_jobctl_has_a_command_for_every_rpc() -> None:
     covered = {
-        "RegisterJob": "register", "GetJob": "job", "ListJobs": "jobs",
-        "UnregisterJob": "unregister", "SuspendJob": "suspend", "ResumeJob": "resume",
-        "TriggerJob": "trigger", "GetExecution": "get", "ListExecutions": "list",
-        "CancelExecution": "cancel", "WatchExecution": "watch", "WatchEvents": "events",
-        "StreamLogs": "logs", "StreamLogBatches": "logs", "DownloadLogs": "download",
-        "PruneImages": "prune-images", "GetNodeInfo": "node",
-    }  # fmt: skip
+        "RegisterJob": "register",
+        "GetJob": "job",
+        "ListJobs": "jobs",
+        "UnregisterJob": "unregister",
+        "SuspendJob": "suspend",
+        "ResumeJob": "resume",
+        "TriggerJob": "trigger",
+        "GetExecution": "get",
+        "ListExecutions": "list",
+        "CancelExecution": "cancel",
+        "WatchExecution": "watch",
+        "WatchEvents": "events",
+        "StreamLogs": "logs",
+        "StreamLogBatches": "logs",
+        "DownloadLogs": "download",
+        "PruneImages": "prune-images",
+        "GetNodeInfo": "node",
+    }
     assert set(covered) == set(SERVICE.methods_by_name)
     assert set(covered.values()) <= set(COMMANDS)
 

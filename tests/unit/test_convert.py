@@ -18,8 +18,13 @@ ZONES = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
 )
 
 
-@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
-                    timezones=st.just(UTC) | ZONES))  # fmt: skip
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.just(UTC) | ZONES,
+    )
+)
 def test_a_timestamp_is_the_instant_protobuf_makes_of_it_and_reads_back(moment: datetime) -> None:
     reference = Timestamp()
     reference.FromDatetime(moment.astimezone(UTC))

@@ -27,11 +27,16 @@ from agent.store import Store
 from tests.unit.fake_runtime import FakeRuntime
 
 TRIGGER = Trigger(TriggerKind.ENDPOINT)
-POLICY = DispatchPolicy(payload=PayloadRequirement.OPTIONAL, env=("REGION",),
-                        required_env=("DATE",), args=True)  # fmt: skip
-PARAMETERIZED = JobSpec("report", ImageSpec("busybox"), env={"REGION": "eu", "KEEP": "1"},
-                        command=CommandSpec(("/bin/report",), ("--verbose",)),
-                        dispatch=POLICY)  # fmt: skip
+POLICY = DispatchPolicy(
+    payload=PayloadRequirement.OPTIONAL, env=("REGION",), required_env=("DATE",), args=True
+)
+PARAMETERIZED = JobSpec(
+    "report",
+    ImageSpec("busybox"),
+    env={"REGION": "eu", "KEEP": "1"},
+    command=CommandSpec(("/bin/report",), ("--verbose",)),
+    dispatch=POLICY,
+)
 
 
 @pytest.fixture
@@ -64,8 +69,11 @@ def test_what_the_job_does_not_allow_is_refused_naming_the_field(
 
 
 def test_a_job_without_a_dispatch_section_takes_nothing() -> None:
-    for dispatch, field in ((Dispatch(args=("x",)), "args"), (Dispatch(env={"A": "1"}), "env.A"),
-                            (Dispatch(payload=b"x"), "payload")):  # fmt: skip
+    for dispatch, field in (
+        (Dispatch(args=("x",)), "args"),
+        (Dispatch(env={"A": "1"}), "env.A"),
+        (Dispatch(payload=b"x"), "payload"),
+    ):
         with pytest.raises(InvalidSpec) as caught:
             check_dispatch(DispatchPolicy(), dispatch)
         assert caught.value.field == field
@@ -81,11 +89,16 @@ def test_the_dispatch_section_of_a_deployment_document() -> None:
         " env: [REGION], required_env: [DATE], args: true}\n"
     )
     [spec] = parse_document(document)
-    assert spec.dispatch == DispatchPolicy(PayloadRequirement.REQUIRED, "/in/data", ("REGION",),
-                                           ("DATE",), True)  # fmt: skip
-    for bad, field in (({"payload": "maybe"}, "d.payload"), ({"payload_path": "rel"},
-                       "d.payload_path"), ({"payload_path": "/a/../b"}, "d.payload_path"),
-                       ({"env": ["1X"]}, "d.env[0]"), ({"argz": True}, "d.argz")):  # fmt: skip
+    assert spec.dispatch == DispatchPolicy(
+        PayloadRequirement.REQUIRED, "/in/data", ("REGION",), ("DATE",), True
+    )
+    for bad, field in (
+        ({"payload": "maybe"}, "d.payload"),
+        ({"payload_path": "rel"}, "d.payload_path"),
+        ({"payload_path": "/a/../b"}, "d.payload_path"),
+        ({"env": ["1X"]}, "d.env[0]"),
+        ({"argz": True}, "d.argz"),
+    ):
         with pytest.raises(InvalidSpec) as caught:
             parse_dispatch_policy(bad, "d")
         assert caught.value.field == field
@@ -112,12 +125,13 @@ async def test_a_repeated_request_id_returns_the_first_execution_and_runs_nothin
     executor, runtime, _ = rig
     request = TriggerRequest("8d3c-request", Dispatch(env={"DATE": "d"}))
     first = await executor.trigger("report", TRIGGER, request)
-    again = await asyncio.gather(*(executor.trigger("report", TRIGGER, request)
-                                   for _ in range(5)))  # fmt: skip
+    again = await asyncio.gather(*(executor.trigger("report", TRIGGER, request) for _ in range(5)))
     assert {execution.id for execution in again} == {first.id}
     assert len(executor.list_executions("report")) == 1
-    for other in (TriggerRequest("8d3c-request", Dispatch(env={"DATE": "e"})),
-                  TriggerRequest("8d3c-request")):  # fmt: skip
+    for other in (
+        TriggerRequest("8d3c-request", Dispatch(env={"DATE": "e"})),
+        TriggerRequest("8d3c-request"),
+    ):
         with pytest.raises(InvalidSpec) as caught:
             await executor.trigger("report", TRIGGER, other)
         assert caught.value.field == "request_id"

@@ -21,9 +21,11 @@ from tests.unit.live_server import live_server
 
 SERVICE = service_pb.DESCRIPTOR.services_by_name["JobService"]
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-EXAMPLES = settings(max_examples=120, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])  # fmt: skip
+EXAMPLES = settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +77,10 @@ def messages(kind: descriptor.Descriptor, depth: int = 0) -> st.SearchStrategy[A
         seconds, nanos = st.integers(-(10**12), 10**12), st.integers(-999_999_999, 999_999_999)
         return st.builds(lambda s, n: message_class(kind)(seconds=s, nanos=n), seconds, nanos)
     if kind.full_name == "google.protobuf.Timestamp":
-        return st.builds(lambda seconds: message_class(kind)(seconds=seconds),
-                         st.integers(-62135596800, 253402300799))  # fmt: skip
+        return st.builds(
+            lambda seconds: message_class(kind)(seconds=seconds),
+            st.integers(-62135596800, 253402300799),
+        )
     fields = {}
     for field in kind.fields:
         if field.message_type is not None:
@@ -117,8 +121,10 @@ def call(target: str, method: str, request: message.Message) -> grpc.StatusCode:
     spec = SERVICE.methods_by_name[method]
     output = message_class(spec.output_type)
     path = f"/{SERVICE.full_name}/{method}"
-    codec = {"request_serializer": type(request).SerializeToString,
-             "response_deserializer": output.FromString}  # fmt: skip
+    codec = {
+        "request_serializer": type(request).SerializeToString,
+        "response_deserializer": output.FromString,
+    }
     with grpc.insecure_channel(target) as channel:
         try:
             if spec.server_streaming:
@@ -159,22 +165,29 @@ YAML_VALUES = st.recursive(
     max_leaves=8,
 )
 SERVICES = st.fixed_dictionaries(
-    {"rtype": st.sampled_from(["job", "cron", "service", "batch"]),
-     "image": st.one_of(st.fixed_dictionaries({"name": st.sampled_from(["busybox", "", "a b"])}),
-                        YAML_VALUES)},
+    {
+        "rtype": st.sampled_from(["job", "cron", "service", "batch"]),
+        "image": st.one_of(
+            st.fixed_dictionaries({"name": st.sampled_from(["busybox", "", "a b"])}), YAML_VALUES
+        ),
+    },
     optional={key: YAML_VALUES for key in sorted(JOB_FIELDS - {"rtype", "image"})},
-)  # fmt: skip
+)
 DOCUMENTS = st.fixed_dictionaries(
-    {"version": st.sampled_from(["v1", "v2", 1]),
-     "deployment": st.sampled_from(["fuzz", "", "Bad Name"]),
-     "services": st.dictionaries(st.sampled_from(["fuzzed", "x", "UPPER", ""]), SERVICES,
-                                 max_size=2)},
-)  # fmt: skip
+    {
+        "version": st.sampled_from(["v1", "v2", 1]),
+        "deployment": st.sampled_from(["fuzz", "", "Bad Name"]),
+        "services": st.dictionaries(
+            st.sampled_from(["fuzzed", "x", "UPPER", ""]), SERVICES, max_size=2
+        ),
+    },
+)
 
 
 @EXAMPLES
-@given(document=st.one_of(DOCUMENTS.map(yaml.safe_dump), st.text(max_size=200)),
-       replace=st.booleans())  # fmt: skip
+@given(
+    document=st.one_of(DOCUMENTS.map(yaml.safe_dump), st.text(max_size=200)), replace=st.booleans()
+)
 def test_generated_deployment_documents_are_registered_or_refused_cleanly(
     target: str, document: str, replace: bool
 ) -> None:
@@ -183,6 +196,7 @@ def test_generated_deployment_documents_are_registered_or_refused_cleanly(
 
 def alive(target: str) -> bool:
     with grpc.insecure_channel(target) as channel:
-        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                           timeout=5)  # fmt: skip
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
     return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)

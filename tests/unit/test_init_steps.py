@@ -135,8 +135,9 @@ def http_server() -> Iterator[str]:
 
 
 async def test_wait_http_waits_for_the_expected_status(http_server: str) -> None:
-    step = InitStep("ready", InitAction.WAIT_HTTP,
-                    {"url": http_server, "expect_status": 200, "timeout": 10})  # fmt: skip
+    step = InitStep(
+        "ready", InitAction.WAIT_HTTP, {"url": http_server, "expect_status": 200, "timeout": 10}
+    )
     assert await run_steps([step], never_runs, lambda *e: None, host_network=True) is None
 
 
@@ -145,8 +146,9 @@ async def test_run_fails_on_a_nonzero_exit() -> None:
         assert list(argv) == ["/bin/sh", "-c", "migrate"]
         return 2
 
-    step = InitStep("migrate", InitAction.RUN, {"command": ["/bin/sh", "-c", "migrate"],
-                                                 "timeout": 5})  # fmt: skip
+    step = InitStep(
+        "migrate", InitAction.RUN, {"command": ["/bin/sh", "-c", "migrate"], "timeout": 5}
+    )
     failure = await run_steps([step], exits_two, lambda *e: None, host_network=True)
     assert failure is not None and "exited with code 2" in failure
 
@@ -178,8 +180,13 @@ async def test_restart_runs_the_init_steps_again(tmp_path: Path, closed_port: in
     runtime = FakeRuntime()
     store = Store(tmp_path / "db")
     executor = Executor(store, runtime, tmp_path / "logs", host_policy=ON_HOST_NETWORK)
-    spec = JobSpec("again", ImageSpec("busybox"), init_steps=(tcp("db", closed_port),),
-                   on_init_failure=InitFailurePolicy.RESTART, host_network=True)  # fmt: skip
+    spec = JobSpec(
+        "again",
+        ImageSpec("busybox"),
+        init_steps=(tcp("db", closed_port),),
+        on_init_failure=InitFailurePolicy.RESTART,
+        host_network=True,
+    )
     executor.register_jobs([spec], "", replace_existing=False)
     execution = await executor.trigger("again", Trigger(TriggerKind.CLI))
     events = [event async for event in executor.watch(execution.id)]

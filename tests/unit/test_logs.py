@@ -123,8 +123,9 @@ async def test_chunks_are_whole_records_with_contiguous_offsets(tmp_path: Path) 
     assert len(chunks) > 2 and all(len(c.data) <= DOWNLOAD_CHUNK_BYTES for c in chunks)
     assert b"".join(c.data for c in chunks) == path.read_bytes()
     assert all(c.data.endswith(b"\n") and not c.truncated for c in chunks)
-    assert [c.offset for c in chunks] == [sum(len(c.data) for c in chunks[:i])
-                                          for i in range(len(chunks))]  # fmt: skip
+    assert [c.offset for c in chunks] == [
+        sum(len(c.data) for c in chunks[:i]) for i in range(len(chunks))
+    ]
     # Resuming from a chunk boundary gives the rest; from inside a record, the next record.
     resumed = await chunks_of(path, chunks[1].offset)
     assert b"".join(c.data for c in resumed) == b"".join(c.data for c in chunks[1:])
@@ -172,8 +173,11 @@ async def test_following_chunks_sees_new_records_and_a_rotation(tmp_path: Path) 
     await asyncio.sleep(0.1)
     ended.set()
     await asyncio.wait_for(task, 5)
-    assert [c.data for c in seen] == [cri("stdout", "first"), cri("stdout", "second"),
-                                      cri("stdout", "rotated")]  # fmt: skip
+    assert [c.data for c in seen] == [
+        cri("stdout", "first"),
+        cri("stdout", "second"),
+        cri("stdout", "rotated"),
+    ]
     assert [c.truncated for c in seen] == [False, False, True] and seen[2].offset == 0
 
 

@@ -25,8 +25,12 @@ def test_every_storage_type_parses() -> None:
             {"type": "tmpfs", "target": "/scratch", "size": "64Mi", "mode": 0o1777},
         ]
     )
-    assert [m.kind for m in mounts] == [MountKind.BIND, MountKind.NAMED, MountKind.ANONYMOUS,
-                                        MountKind.TMPFS]  # fmt: skip
+    assert [m.kind for m in mounts] == [
+        MountKind.BIND,
+        MountKind.NAMED,
+        MountKind.ANONYMOUS,
+        MountKind.TMPFS,
+    ]
     assert mounts[0].readonly and mounts[1].source == "cache"
     assert (mounts[3].size_bytes, mounts[3].mode) == (64 << 20, 0o1777)
 
@@ -76,11 +80,15 @@ def test_structured_mounts_are_checked_like_yaml() -> None:
 
 
 def test_privileged_and_extra_capabilities_need_the_agents_leave() -> None:
-    document = ("version: v1\ndeployment: d\nservices:\n  p:\n    rtype: job\n"
-                "    image: {name: busybox}\n    privileged: true\n"
-                "    capabilities: [net_admin, CAP_SYS_TIME]\n")  # fmt: skip
-    cases = ((HostPolicy(), "services.p.privileged"),
-             (HostPolicy(allow_privileged=True), "services.p.capabilities[0]"))  # fmt: skip
+    document = (
+        "version: v1\ndeployment: d\nservices:\n  p:\n    rtype: job\n"
+        "    image: {name: busybox}\n    privileged: true\n"
+        "    capabilities: [net_admin, CAP_SYS_TIME]\n"
+    )
+    cases = (
+        (HostPolicy(), "services.p.privileged"),
+        (HostPolicy(allow_privileged=True), "services.p.capabilities[0]"),
+    )
     for policy, field in cases:
         with pytest.raises(InvalidSpec) as caught:
             parse_document(document, policy)

@@ -73,8 +73,9 @@ async def test_a_resumed_watch_sees_every_event_once_in_order(
         await executor.trigger("b", TRIGGER)
     await finish(executor)
     total = store.last_sequence()
-    rest = await take(executor.watch_events(first[-1].sequence, bookmark_seconds=5),
-                      total - len(first))  # fmt: skip
+    rest = await take(
+        executor.watch_events(first[-1].sequence, bookmark_seconds=5), total - len(first)
+    )
     sequences = [event.sequence for event in first + rest]
     assert sequences == list(range(1, total + 1))
     assert total >= 2400
@@ -112,15 +113,15 @@ async def test_filters_and_live_events_after_the_backlog(rig: tuple[Executor, St
     executor, _ = rig
     await executor.trigger("a", TRIGGER)
     await finish(executor)
-    watch = executor.watch_events(0, job_name="b", kinds=frozenset({EventKind.TRANSITION}),
-                                  bookmark_seconds=0.05)  # fmt: skip
+    watch = executor.watch_events(
+        0, job_name="b", kinds=frozenset({EventKind.TRANSITION}), bookmark_seconds=0.05
+    )
     bookmark = await anext(watch)
     assert isinstance(bookmark, Bookmark) and bookmark.sequence == 5  # 2 registrations, 3 of a
     await executor.trigger("b", TRIGGER)
     live = [event for event in await take(watch, 3) if isinstance(event, ExecutionEvent)]
     assert {event.execution.job_name for event in live} == {"b"}
-    assert [event.execution.status.value for event in live] == ["pending", "initializing",
-                                                                "failed"]  # fmt: skip
+    assert [event.execution.status.value for event in live] == ["pending", "initializing", "failed"]
 
 
 async def history_with_its_oldest_removed(executor: Executor, store: Store) -> Execution:
@@ -142,8 +143,9 @@ async def test_a_resume_point_that_retention_removed_is_out_of_range(
     held = store.node_events_after(store.compacted_through())
     remaining = await take(executor.watch_events(store.compacted_through()), len(held))
     assert remaining == held and held
-    assert all(event.execution.id != first.id for event in remaining
-               if isinstance(event, ExecutionEvent))  # fmt: skip
+    assert all(
+        event.execution.id != first.id for event in remaining if isinstance(event, ExecutionEvent)
+    )
 
 
 async def test_since_zero_starts_at_the_oldest_event_still_held(
@@ -156,8 +158,9 @@ async def test_since_zero_starts_at_the_oldest_event_still_held(
     everything = await take(executor.watch_events(0), len(held))
     assert everything == held
     assert [event.sequence for event in everything] == sorted(e.sequence for e in everything)
-    assert not any(isinstance(event, ExecutionEvent) and event.execution.id == first.id
-                   for event in everything)  # fmt: skip
+    assert not any(
+        isinstance(event, ExecutionEvent) and event.execution.id == first.id for event in everything
+    )
 
 
 async def test_job_changes_are_events_on_the_node_stream(rig: tuple[Executor, Store]) -> None:
@@ -172,9 +175,12 @@ async def test_job_changes_are_events_on_the_node_stream(rig: tuple[Executor, St
     events = await take(executor.watch_events(0, job_name="nightly"), 5)
     assert all(isinstance(event, JobEvent) and event.job_name == "nightly" for event in events)
     assert [event.kind for event in events] == [
-        EventKind.JOB_REGISTERED, EventKind.JOB_UPDATED, EventKind.JOB_SUSPENDED,
-        EventKind.JOB_RESUMED, EventKind.JOB_UNREGISTERED,
-    ]  # fmt: skip
+        EventKind.JOB_REGISTERED,
+        EventKind.JOB_UPDATED,
+        EventKind.JOB_SUSPENDED,
+        EventKind.JOB_RESUMED,
+        EventKind.JOB_UNREGISTERED,
+    ]
     assert store.node_events_after(events[-2].sequence) == [events[-1]]
 
 

@@ -156,8 +156,11 @@ async def test_pulls_pass_tls_and_credentials_only_where_configured(tmp_path: Pa
         calls.append(argv)
         return "sha256:" + "1" * 64
 
-    store = ImageStore(tmp_path, insecure_registries=frozenset({"127.0.0.1:5000"}),
-                       auth_file=tmp_path / "auth.json")  # fmt: skip
+    store = ImageStore(
+        tmp_path,
+        insecure_registries=frozenset({"127.0.0.1:5000"}),
+        auth_file=tmp_path / "auth.json",
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("agent.runtime.images.run", fake_run)
         with pytest.raises(ImagePullError):  # the fake copy leaves nothing in the layout

@@ -60,14 +60,22 @@ async def rig(
 
 
 def cron(schedule: str, **policy: object) -> JobSpec:
-    return JobSpec("tick", ImageSpec("busybox"), kind=JobKind.CRON, schedule=schedule,
-                   cron=CronPolicy(**policy))  # type: ignore[arg-type]  # fmt: skip
+    return JobSpec(
+        "tick",
+        ImageSpec("busybox"),
+        kind=JobKind.CRON,
+        schedule=schedule,
+        cron=CronPolicy(**policy),  # type: ignore[arg-type]
+    )
 
 
 def job_events(store: Store, kind: EventKind) -> list[JobEvent]:
     """The job events of one kind that the store holds."""
-    return [event for event in store.node_events_after(0)
-            if isinstance(event, JobEvent) and event.kind is kind]  # fmt: skip
+    return [
+        event
+        for event in store.node_events_after(0)
+        if isinstance(event, JobEvent) and event.kind is kind
+    ]
 
 
 async def settle() -> None:
@@ -94,8 +102,11 @@ async def test_forbid_skips_while_a_run_is_active_and_replace_cancels_it(
     rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
 ) -> None:
     executor, scheduler, clock, runtime, store = rig
-    executor.register_jobs([cron("* * * * * *", concurrency_policy=ConcurrencyPolicy.FORBID)],
-                           "", replace_existing=False)  # fmt: skip
+    executor.register_jobs(
+        [cron("* * * * * *", concurrency_policy=ConcurrencyPolicy.FORBID)],
+        "",
+        replace_existing=False,
+    )
     clock.advance(1)
     await scheduler.tick()
     await asyncio.wait_for(runtime.started_event.wait(), 5)
@@ -107,8 +118,11 @@ async def test_forbid_skips_while_a_run_is_active_and_replace_cancels_it(
     assert skip.job_name == "tick" and skip.schedule_time == clock.now()
     assert "still active" in skip.message
 
-    executor.register_jobs([cron("* * * * * *", concurrency_policy=ConcurrencyPolicy.REPLACE)],
-                           "", replace_existing=True)  # fmt: skip
+    executor.register_jobs(
+        [cron("* * * * * *", concurrency_policy=ConcurrencyPolicy.REPLACE)],
+        "",
+        replace_existing=True,
+    )
     clock.advance(1)
     await scheduler.tick()
     await settle()
@@ -176,8 +190,9 @@ async def test_history_limits_keep_the_newest_runs(
     rig: tuple[Executor, CronScheduler, FakeClock, FakeRuntime, Store],
 ) -> None:
     executor, scheduler, clock, runtime, _ = rig
-    executor.register_jobs([cron("* * * * * *", successful_history_limit=2,
-                                 failed_history_limit=1)], "", False)  # fmt: skip
+    executor.register_jobs(
+        [cron("* * * * * *", successful_history_limit=2, failed_history_limit=1)], "", False
+    )
     for code in (0, 0, 0, 1, 1):
         clock.advance(1)
         await scheduler.tick()
@@ -197,8 +212,13 @@ async def _started(runtime: FakeRuntime, container_id: str) -> None:
 
 
 def test_time_zones_follow_daylight_saving() -> None:
-    spec = JobSpec("report", ImageSpec("busybox"), kind=JobKind.CRON, schedule="0 9 * * *",
-                   cron=CronPolicy(time_zone="Europe/Berlin"))  # fmt: skip
+    spec = JobSpec(
+        "report",
+        ImageSpec("busybox"),
+        kind=JobKind.CRON,
+        schedule="0 9 * * *",
+        cron=CronPolicy(time_zone="Europe/Berlin"),
+    )
     job = Job(spec, datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC))
     before = next(schedule_times(job, datetime(2026, 3, 27, 12, tzinfo=UTC)))
     after = next(schedule_times(job, before))
@@ -243,8 +263,14 @@ async def test_registrations_and_schedule_state_survive_a_restart(tmp_path: Path
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1))
     store = Store(tmp_path / "db")
     executor = Executor(store, FakeRuntime(), tmp_path / "logs")
-    executor.register_jobs([cron("* * * * * *", concurrency_policy=ConcurrencyPolicy.FORBID),
-                            replace(cron("@daily"), name="paused")], "", False)  # fmt: skip
+    executor.register_jobs(
+        [
+            cron("* * * * * *", concurrency_policy=ConcurrencyPolicy.FORBID),
+            replace(cron("@daily"), name="paused"),
+        ],
+        "",
+        False,
+    )
     executor.set_suspended("paused", True)
     clock.advance(1)
     await CronScheduler(executor, store, clock).tick()

@@ -83,10 +83,22 @@ def test_the_runtime_does_not_copy_itself_again(tmp_path: Path, runtime: str) ->
         assert oci.executable == str(tmp_path / "bin" / runtime)
         trace = tmp_path / "trace"
         traced = subprocess.run(
-            ["strace", "-f", "-e", "trace=memfd_create,execve", "-o", str(trace),
-             oci.executable, "--root", str(oci.root), "state", "absent"],
-            capture_output=True, check=False,
-        )  # fmt: skip
+            [
+                "strace",
+                "-f",
+                "-e",
+                "trace=memfd_create,execve",
+                "-o",
+                str(trace),
+                oci.executable,
+                "--root",
+                str(oci.root),
+                "state",
+                "absent",
+            ],
+            capture_output=True,
+            check=False,
+        )
         assert traced.returncode != 0  # no such container; what matters is how it got there
         calls = trace.read_text()
         assert "memfd_create" not in calls, calls

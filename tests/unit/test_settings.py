@@ -35,8 +35,10 @@ def test_the_annotated_deploy_config_is_valid_and_names_every_setting() -> None:
 
 def test_flags_win_over_the_file_and_values_take_the_flags_types(tmp_path: Path) -> None:
     path = tmp_path / "agent.yaml"
-    path.write_text("max_concurrent: 8\nstop_grace: 3\ndata_dir: /srv/agent\n"
-                    "retention_max_age: 2d\nallow_host_network: true\n")  # fmt: skip
+    path.write_text(
+        "max_concurrent: 8\nstop_grace: 3\ndata_dir: /srv/agent\n"
+        "retention_max_age: 2d\nallow_host_network: true\n"
+    )
     config = settings_of(["serve", "--config", str(path), "--max-concurrent", "4"])
     assert config.max_concurrent == 4
     assert config.stop_grace_seconds == 3.0

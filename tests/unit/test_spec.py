@@ -142,9 +142,14 @@ def test_structured_specs_are_validated_like_yaml() -> None:
 
 @pytest.mark.parametrize(
     ("memory", "size"),
-    [("32Mi", 32 << 20), ("1Gi", 1 << 30), ("512M", 512_000_000), (8388608, 8 << 20),
-     ("1.5Gi", 3 << 29)],
-)  # fmt: skip
+    [
+        ("32Mi", 32 << 20),
+        ("1Gi", 1 << 30),
+        ("512M", 512_000_000),
+        (8388608, 8 << 20),
+        ("1.5Gi", 3 << 29),
+    ],
+)
 def test_memory_sizes_parse_with_their_units(memory: object, size: int) -> None:
     (spec,) = parse_document(
         service(f"rtype: job\nimage: {{name: a}}\nresources: {{memory: {memory}}}")

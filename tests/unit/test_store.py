@@ -129,8 +129,9 @@ def test_expired_executions_by_age_and_count_never_active(tmp_path: Path) -> Non
         execution = replace(make_execution(execution_id), job_name=job)
         store.insert_execution(execution)
         at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
-        store.transition(Status.PENDING, replace(execution, status=Status.COMPLETED,
-                                                 finished_at=at))  # fmt: skip
+        store.transition(
+            Status.PENDING, replace(execution, status=Status.COMPLETED, finished_at=at)
+        )
 
     finished("a1", "a", 1)
     finished("a2", "a", 2)
@@ -160,8 +161,9 @@ def test_pages_are_newest_first_and_stable_under_inserts(tmp_path: Path) -> None
     failed = replace(make_execution("f" * 32), trigger=Trigger(TriggerKind.CLI))
     store.insert_execution(failed)
     store.transition(Status.PENDING, replace(failed, status=Status.FAILED))
-    wanted = ExecutionFilter(statuses=frozenset({Status.FAILED}),
-                             triggers=frozenset({TriggerKind.CLI}))  # fmt: skip
+    wanted = ExecutionFilter(
+        statuses=frozenset({Status.FAILED}), triggers=frozenset({TriggerKind.CLI})
+    )
     assert [e.id for e in store.page_executions(wanted, 10)[0]] == ["f" * 32]
     assert store.page_executions(ExecutionFilter(created_after=NOW.replace(year=2030)), 10) == (
         [],

@@ -16,14 +16,22 @@ from tests import tools
 def collect_e2e(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Collects one end-to-end module with a PATH that lacks youki (in /usr/local/bin)."""
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
-         "tests/e2e/test_surface.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--collect-only",
+            "tests/e2e/test_surface.py",
+        ],
         cwd=tools.REPO,
         env={**environment, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=120,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture

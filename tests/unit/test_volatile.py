@@ -23,9 +23,13 @@ def on_disk(tmp_path: Path) -> Iterator[Path]:
     for name in ("lower", "upper", "work", "merged"):
         (tmp_path / name).mkdir()
     merged = tmp_path / "merged"
-    syscalls.mount("overlay", merged, "overlay", 0,
-                   f"lowerdir={tmp_path / 'lower'},upperdir={tmp_path / 'upper'},"
-                   f"workdir={tmp_path / 'work'}")  # fmt: skip
+    syscalls.mount(
+        "overlay",
+        merged,
+        "overlay",
+        0,
+        f"lowerdir={tmp_path / 'lower'},upperdir={tmp_path / 'upper'},workdir={tmp_path / 'work'}",
+    )
     try:
         assert syscalls.filesystem_magic(merged) == OVERLAYFS_MAGIC
         yield merged

@@ -67,17 +67,29 @@ def check_log_reads(client: JobAgentClient) -> None:
     by_batch: list[Line] = []
     for batch in client.log_batches(done.id):
         for index, message in enumerate(batch.messages):
-            by_batch.append((batch.times_unix_nano[index] // 1000, batch.streams[index], message,
-                             index in batch.partial, batch.truncated and index == 0))  # fmt: skip
+            by_batch.append(
+                (
+                    batch.times_unix_nano[index] // 1000,
+                    batch.streams[index],
+                    message,
+                    index in batch.partial,
+                    batch.truncated and index == 0,
+                )
+            )
     check(by_line == by_batch, f"line and batch reads differ: {by_line}, {by_batch}")
     stdout = [line[2] for line in by_line if line[1] == "stdout"]
     stderr = [line[2] for line in by_line if line[1] == "stderr"]
-    check(stdout == ["one", "three", "tail"] and stderr == ["two", "four"],
-          f"lines of each stream: {by_line}")  # fmt: skip
-    check(all(line[3] == (line[2] == "tail") and not line[4] for line in by_line),
-          f"partial only on the fragment: {by_line}")  # fmt: skip
-    tail = [message for batch in client.log_batches(done.id, tail_lines=2)
-            for message in batch.messages]  # fmt: skip
+    check(
+        stdout == ["one", "three", "tail"] and stderr == ["two", "four"],
+        f"lines of each stream: {by_line}",
+    )
+    check(
+        all(line[3] == (line[2] == "tail") and not line[4] for line in by_line),
+        f"partial only on the fragment: {by_line}",
+    )
+    tail = [
+        message for batch in client.log_batches(done.id, tail_lines=2) for message in batch.messages
+    ]
     check(tail == [line[2] for line in by_line[-2:]], f"tail 2: {tail} of {by_line}")
 
 
@@ -112,8 +124,11 @@ def main(target: str, token: str | None) -> None:
                 if item.execution.terminal:
                     break
         check(len(seen) >= 3, "events of the run")
-        resumed = next(item for item in client.watch_events(seen[1], job_name=JOB)
-                       if isinstance(item, ExecutionEvent))  # fmt: skip
+        resumed = next(
+            item
+            for item in client.watch_events(seen[1], job_name=JOB)
+            if isinstance(item, ExecutionEvent)
+        )
         check(resumed.sequence == seen[2], "resume")
     print("conformance ok: python")
 

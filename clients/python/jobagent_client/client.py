@@ -122,10 +122,13 @@ class BearerToken(_UnaryUnary, _UnaryStream):
 
     def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
         return _CallDetails(
-            details.method, details.timeout, (*(details.metadata or ()), self._header),
-            details.credentials, getattr(details, "wait_for_ready", None),
+            details.method,
+            details.timeout,
+            (*(details.metadata or ()), self._header),
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
             getattr(details, "compression", None),
-        )  # fmt: skip
+        )
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         """Unary calls."""
@@ -238,9 +241,13 @@ class JobAgentClient:
             service_pb.TRIGGER_ORIGIN_CLI if from_cli else service_pb.TRIGGER_ORIGIN_UNSPECIFIED
         )
         request = service_pb.TriggerJobRequest(
-            job_name=job_name, origin=origin, request_id=request_id, args=list(args),
-            env=dict(env or {}), payload=payload,
-        )  # fmt: skip
+            job_name=job_name,
+            origin=origin,
+            request_id=request_id,
+            args=list(args),
+            env=dict(env or {}),
+            payload=payload,
+        )
         return Execution.from_proto(self._call(self._stub.TriggerJob, request))
 
     def get_execution(self, execution_id: str) -> Execution:
@@ -395,8 +402,9 @@ class JobAgentClient:
 
     def prune_images(self) -> tuple[list[str], int]:
         """Removes images no job uses; returns the references removed and the bytes freed."""
-        response = self._call(self._stub.PruneImages, service_pb.PruneImagesRequest(),
-                              unbounded=True)  # fmt: skip
+        response = self._call(
+            self._stub.PruneImages, service_pb.PruneImagesRequest(), unbounded=True
+        )
         return list(response.removed), response.freed_bytes
 
     def _call(

@@ -69,8 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--follow", action="store_true", help="print its output while it runs")
     trigger.add_argument("--request-id", default="", help="repeat-safe id (a UUID)")
     trigger.add_argument("--arg", action="append", default=[], help="append an arg (repeat)")
-    trigger.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                         help="set an env variable the job allows (repeat)")  # fmt: skip
+    trigger.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set an env variable the job allows (repeat)",
+    )
     trigger.add_argument("--payload-file", type=Path, help="a file to hand to the job")
 
     commands.add_parser("get", help="show an execution").add_argument("id")
@@ -172,8 +177,10 @@ class Printer:
             if key == "attempts":
                 for attempt in value:
                     code = _cell(attempt["exit_code"])
-                    print(f"{'attempt:':<16}#{attempt['number']} exit_code={code} "
-                          f"{attempt['message']}")  # fmt: skip
+                    print(
+                        f"{'attempt:':<16}#{attempt['number']} exit_code={code} "
+                        f"{attempt['message']}"
+                    )
                 continue
             print(f"{key + ':':<16}{_cell(value)}")
 
@@ -268,8 +275,14 @@ def _unregister(client: JobAgentClient, args: argparse.Namespace, printer: Print
 def _trigger(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
     env = dict(item.partition("=")[::2] for item in args.env)
     payload = args.payload_file.read_bytes() if args.payload_file else b""
-    execution = client.trigger(args.name, from_cli=True, request_id=args.request_id,
-                               args=args.arg, env=env, payload=payload)  # fmt: skip
+    execution = client.trigger(
+        args.name,
+        from_cli=True,
+        request_id=args.request_id,
+        args=args.arg,
+        env=env,
+        payload=payload,
+    )
     if args.follow:
         for batch in client.log_batches(execution.id, follow=True):
             printer.log_batch(batch)
@@ -310,8 +323,9 @@ def _watch(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -
 
 
 def _download(client: JobAgentClient, args: argparse.Namespace, printer: Printer) -> int:
-    chunks = client.download_logs(args.id, follow=args.follow, attempt=args.attempt,
-                                  offset=args.offset)  # fmt: skip
+    chunks = client.download_logs(
+        args.id, follow=args.follow, attempt=args.attempt, offset=args.offset
+    )
     for chunk in chunks:
         sys.stdout.buffer.write(chunk.data)
         if args.follow:
