@@ -103,7 +103,13 @@ class Agent:
         credentials = None if config.tls is None else config.tls.credentials()
         listeners = Listeners(bool(config.tcp_listen), bool(config.sockets), config.tcp_needs_token)
         self.server = AgentServer(
-            self.executor, self.scheduler, node, tokens, self.metrics, listeners, config.api_limits
+            self.executor,
+            self.scheduler,
+            node=node,
+            tokens=tokens,
+            metrics=self.metrics,
+            listeners=listeners,
+            limits=config.api_limits,
         )
         await self.executor.start()
         self.supervise_background_work()

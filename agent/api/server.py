@@ -29,6 +29,7 @@ class AgentServer:
         self,
         executor: Executor,
         scheduler: CronScheduler,
+        *,
         node: NodeFacts | None = None,
         tokens: TokenTable | None = None,
         metrics: Metrics | None = None,
@@ -51,7 +52,10 @@ class AgentServer:
         # The stubs of grpcio-health-checking do not declare its aio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobService(executor, scheduler, node, metrics, StreamSlots(limits)), self.server
+            JobService(
+                executor, scheduler, node=node, metrics=metrics, streams=StreamSlots(limits)
+            ),
+            self.server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

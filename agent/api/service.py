@@ -54,6 +54,7 @@ class JobService(service_grpc.JobServiceServicer):
         self,
         executor: Executor,
         scheduler: CronScheduler,
+        *,
         node: NodeFacts | None = None,
         metrics: Metrics | None = None,
         streams: StreamSlots | None = None,

@@ -77,6 +77,7 @@ class ExecutionRun:
         spec: JobSpec,
         runtime: ContainerRuntime,
         recorder: Recorder,
+        *,
         log_dir: Path,
         default_grace: float,
         closing: Callable[[], bool],

@@ -87,6 +87,7 @@ class ImageStore:
     def __init__(
         self,
         root: Path,
+        *,
         skopeo: str = "skopeo",
         umoci: str = "umoci",
         pull_timeout: float = 300.0,

@@ -144,6 +144,7 @@ class ContainerManager:
         self,
         paths: RuntimePaths,
         runtime_binary: str,
+        *,
         conmon: str = "conmon",
         images: ImageStore | None = None,
         limits: JobLimits | None = None,
