@@ -232,7 +232,8 @@ class IdRangePool:
     `start`, cut into ranges of ID_RANGE_SIZE, one per job."""
 
     start: int = 1 << 20
-    count: int = ID_RANGE_SIZE * 64
+    # 16384 jobs; the last id is below 2^31, which every filesystem stores.
+    count: int = ID_RANGE_SIZE * 16384
 
     @property
     def slots(self) -> int:
