@@ -652,7 +652,7 @@ class Executor:
         an error ends it)."""
         while True:
             faults.hit("retention")
-            self.retention.prune()
+            await self.retention.prune()
             await asyncio.sleep(self.retention.policy.interval_seconds)
 
     async def collect_images_forever(self) -> None:

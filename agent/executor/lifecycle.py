@@ -183,9 +183,9 @@ class ExecutionRun:
         """Follows a container that was running when the agent restarted."""
         current_execution.set(self.execution.id)
         self._deadline = self._deadline_from(self.execution.created_at)
-        attempts = self._recorder.store.list_attempts(self.execution.id)
-        if attempts:
-            self._attempt_started = attempts[-1].started_at
+        started = self._recorder.last_attempt_start(self.execution)
+        if started is not None:
+            self._attempt_started = started
         try:
             await self._attempts(None)
         except DiskFull as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from agent.domain import Attempt, EventKind, Execution, ExecutionEvent, Status
@@ -40,8 +41,8 @@ class Recorder:
     ) -> None:
         """`make_room` frees space for the store when a write found the disk full (the
         disk reserve); it returns False when it had nothing to free."""
-        self.store = store
-        self.bus = bus
+        self._store = store
+        self._bus = bus
         self._make_room = make_room
         self._unwritten: dict[str, _Unwritten] = {}
 
@@ -81,7 +82,7 @@ class Recorder:
         """Records an event that changes nothing (an init step's progress, a queue wait);
         on a full disk it is logged only."""
         try:
-            self.bus.publish(self.store.append_event(execution, kind, step_id, message))
+            self._bus.publish(self._store.append_event(execution, kind, step_id, message))
         except DiskFull as error:
             log.warning(
                 "job %s: %s %s not recorded: %s",
@@ -116,7 +117,7 @@ class Recorder:
             event = self._store_with_room(execution.status, updated, kind, message, attempt)
         except StaleTransition:
             log.warning("execution %s: dropped a late %s", execution.id, kind.value)
-            return self.store.get_execution(execution.id)
+            return self._store.get_execution(execution.id)
         except DiskFull as error:
             if not updated.status.terminal:
                 raise
@@ -130,7 +131,7 @@ class Recorder:
                 execution.status, updated, kind, message, attempt
             )
             return updated
-        self.bus.publish(event)
+        self._bus.publish(event)
         detail = updated.message or (
             "" if updated.exit_code is None else f"exit code {updated.exit_code}"
         )
@@ -153,11 +154,16 @@ class Recorder:
     ) -> ExecutionEvent:
         """The store's transition; on a full disk, once more after making room."""
         try:
-            return self.store.transition(expected, updated, kind, message, attempt)
+            return self._store.transition(expected, updated, kind, message, attempt)
         except DiskFull:
             if self._make_room is None or not self._make_room():
                 raise
-        return self.store.transition(expected, updated, kind, message, attempt)
+        return self._store.transition(expected, updated, kind, message, attempt)
+
+    def last_attempt_start(self, execution: Execution) -> datetime | None:
+        """When the execution's latest recorded attempt started; None before the first."""
+        attempts = self._store.list_attempts(execution.id)
+        return attempts[-1].started_at if attempts else None
 
     def latest(self, execution: Execution) -> Execution:
         """The execution as recorded: its kept terminal state when that is not written yet."""
@@ -173,7 +179,7 @@ class Recorder:
         """Writes the kept terminal states, oldest first, while the store has room."""
         for execution_id, kept in list(self._unwritten.items()):
             try:
-                event = self.store.transition(
+                event = self._store.transition(
                     kept.expected, kept.execution, kept.kind, kept.message, kept.attempt
                 )
             except StaleTransition:
@@ -181,7 +187,7 @@ class Recorder:
             except DiskFull:
                 return
             else:
-                self.bus.publish(event)
+                self._bus.publish(event)
                 status = kept.execution.status.value
                 log.info("execution %s: its kept end (%s) is written", execution_id, status)
             del self._unwritten[execution_id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ class Retention:
         self._log_dir = log_dir
         self.policy = policy
 
-    def prune_history(self, job_name: str, succeeded: int, failed: int) -> list[str]:
+    async def prune_history(self, job_name: str, succeeded: int, failed: int) -> list[str]:
         """Keeps the newest `succeeded` completed and `failed` failed or cancelled runs."""
         kept = {Status.COMPLETED: succeeded, Status.FAILED: failed, Status.CANCELLED: failed}
         seen = {Status.COMPLETED: 0, Status.FAILED: 0}
@@ -46,21 +47,28 @@ class Retention:
             seen[bucket] += 1
             if seen[bucket] > kept[execution.status]:
                 expired.append(execution.id)
-        self._remove(expired)
+        await self._remove(expired)
         return expired
 
-    def _remove(self, expired: list[str]) -> None:
+    async def _remove(self, expired: list[str]) -> None:
+        """Deletes the records, then the log files in a worker thread (a large log tree
+        would hold the event loop)."""
         if expired:
             self._store.delete_executions(expired)
-            for execution_id in expired:
-                shutil.rmtree(self._log_dir / execution_id, ignore_errors=True)
+            directories = [self._log_dir / execution_id for execution_id in expired]
+            await asyncio.to_thread(_remove_trees, directories)
 
-    def prune(self) -> list[str]:
+    async def prune(self) -> list[str]:
         """Removes every expired execution now; returns their ids."""
         older_than = datetime.now(UTC) - timedelta(seconds=self.policy.max_age_seconds)
         expired = self._store.expired_executions(older_than, self.policy.per_job)
-        self._remove(expired)
+        await self._remove(expired)
         if expired:
             log.info("retention removed %d finished executions", len(expired))
         self._store.delete_job_events(older_than)
         return expired
+
+
+def _remove_trees(directories: list[Path]) -> None:
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)

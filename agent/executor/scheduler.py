@@ -183,7 +183,7 @@ class CronScheduler:
                 if not job.spec.cron.suspend and not self._marked(job):
                     await self._handle(job)
                 policy = job.spec.cron
-                self._executor.retention.prune_history(
+                await self._executor.retention.prune_history(
                     job.name, policy.successful_history_limit, policy.failed_history_limit
                 )
             except Exception:
