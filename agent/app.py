@@ -202,8 +202,8 @@ GC_OLDER_THRESHOLDS = (20, 20)
 def settle_garbage_collector() -> None:
     """Keeps the cyclic garbage collector's pauses out of the event loop's way.
 
-    A full collection walks every tracked object: with 1,000 watch streams open that was
-    35-60 ms with the loop stopped, every few seconds, and each one delayed an event's
+    A full collection walks every tracked object with the loop stopped: with many watch
+    streams open it comes every few seconds and lasts long, and each one delayed an event's
     fan-out to every stream (bench P7). What start-up made (modules, descriptors, the
     servicer's tables) lives as long as the process, so it is frozen out of the walk; and
     the thresholds are raised, so that collections come rarer and full ones rarest. Cycles

@@ -2,7 +2,7 @@
 
 On a busy node the event loop competes for CPU with the containers, conmon and the runtime
 calls. Every moment it waits for a CPU delays every RPC and every watch stream behind it:
-with 1,000 WatchEvents streams open, one event's fan-out is ~30 ms of loop time, and each
+with many WatchEvents streams open, one event's fan-out is long, and each
 preemption in the middle lands on all the streams not yet served (bench P7). So the thread
 that runs the loop takes a lower nice value than the agent was started with, and so do the
 threads it makes afterwards (gRPC's I/O threads), while the worker threads, which spawn

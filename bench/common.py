@@ -88,7 +88,7 @@ def scratch_parent() -> Path:
     On an ext4 without a journal, every new inode is searched for past the free inodes of
     its group deleted in the last one to six minutes; the previous runs' removals (thousands
     of inodes: the agent's logs, its store, the unpacked image) put that search on the next
-    run's agent: up to 3 ms of CPU per job (0.1-0.2 ms in a group of its own). Elsewhere
+    run's agent, as CPU time per job that a group of its own avoids. Elsewhere
     the flag is refused or ignored, and changes nothing."""
     parent = Path(tempfile.gettempdir()) / "jobagent-bench"
     parent.mkdir(exist_ok=True)

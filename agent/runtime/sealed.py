@@ -3,8 +3,8 @@
 youki and runc defend their host binary against CVE-2019-5736 (a container overwriting it
 through /proc/self/exe) by copying it into a sealed memfd and re-executing the copy, on
 every invocation, unless they already run from such a copy. That copy and second exec are
-most of a youki call's cost (11 MB copied, the dynamic loader run twice: ~8 ms of 10 for
-`youki state`). The agent makes the sealed copy once and executes it for every call, which
+most of a short youki call's cost (the whole binary copied, the dynamic loader run
+twice). The agent makes the sealed copy once and executes it for every call, which
 keeps the same protection: the binary the containers could reach is immutable.
 
 The copy is taken when the agent starts: a runtime upgraded on disk is used from the next
