@@ -93,6 +93,17 @@ def internal_status(error: BaseException, method: str) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+async def _abort(context: Any, error: Exception, method: str) -> None:
+    """Ends the call with the error's status: an abort already under way goes on, an
+    AgentError gets its code, anything else INTERNAL with an error id."""
+    if isinstance(error, grpc.aio.AbortError):
+        raise error
+    if isinstance(error, AgentError):
+        await context.abort_with_status(to_status(error))
+    else:
+        await context.abort_with_status(internal_status(error, method))
+
+
 def maps_errors(handler: Handler) -> Handler:
     """Wraps a servicer method (coroutine or async generator): AgentErrors get their status
     code, and anything else INTERNAL with an error id (never UNKNOWN)."""
@@ -104,12 +115,8 @@ def maps_errors(handler: Handler) -> Handler:
             try:
                 async for item in handler(self, request, context):
                     yield item
-            except AgentError as error:
-                await context.abort_with_status(to_status(error))
-            except grpc.aio.AbortError:
-                raise
             except Exception as error:
-                await context.abort_with_status(internal_status(error, method))
+                await _abort(context, error, method)
 
         return cast(Handler, stream)
 
@@ -117,11 +124,7 @@ def maps_errors(handler: Handler) -> Handler:
     async def unary(self: Any, request: Any, context: Any) -> Any:
         try:
             return await handler(self, request, context)
-        except AgentError as error:
-            await context.abort_with_status(to_status(error))
-        except grpc.aio.AbortError:
-            raise
         except Exception as error:
-            await context.abort_with_status(internal_status(error, method))
+            await _abort(context, error, method)
 
     return cast(Handler, unary)

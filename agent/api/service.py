@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from jobagent.v1 import job_service_pb2 as service_pb
@@ -45,6 +45,8 @@ EXECUTION_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 Context = grpc.aio.ServicerContext[Any, Any]
+Item = TypeVar("Item")
+Message = TypeVar("Message")
 
 
 class JobService(service_grpc.JobServiceServicer):
@@ -77,6 +79,19 @@ class JobService(service_grpc.JobServiceServicer):
             context.add_done_callback(slot.release)  # type: ignore[arg-type]
             with nullcontext() if self._metrics is None else self._metrics.open_stream(rpc):
                 yield
+
+    async def _stream(
+        self,
+        rpc: str,
+        context: Context,
+        items: AsyncIterator[Item],
+        to_message: Callable[[Item], Message],
+    ) -> AsyncIterator[Message]:
+        """The messages of `items`, sent in one of the caller's stream slots (for streams
+        of large messages: each passes through this generator too)."""
+        with self._open_stream(rpc, context):
+            async for item in items:
+                yield to_message(item)
 
     def _job(self, job: Job) -> pb.Job:
         message = convert.job_to_proto(job)
@@ -227,21 +242,23 @@ class JobService(service_grpc.JobServiceServicer):
     async def StreamLogs(
         self, request: service_pb.StreamLogsRequest, context: Context
     ) -> AsyncIterator[pb.LogLine]:
-        query = self._log_query(request)
-        lines = self._executor.stream_logs(request.execution_id, query, request.attempt)
-        with self._open_stream("StreamLogs", context):
-            async for line in lines:
-                yield convert.log_line_to_proto(line)
+        lines = self._executor.stream_logs(
+            request.execution_id, self._log_query(request), request.attempt
+        )
+        async for message in self._stream("StreamLogs", context, lines, convert.log_line_to_proto):
+            yield message
 
     @maps_errors
     async def StreamLogBatches(
         self, request: service_pb.StreamLogBatchesRequest, context: Context
     ) -> AsyncIterator[service_pb.StreamLogBatchesResponse]:
-        query = self._log_query(request)
-        batches = self._executor.stream_log_batches(request.execution_id, query, request.attempt)
-        with self._open_stream("StreamLogBatches", context):
-            async for batch in batches:
-                yield convert.log_batch_to_proto(batch)
+        batches = self._executor.stream_log_batches(
+            request.execution_id, self._log_query(request), request.attempt
+        )
+        async for message in self._stream(
+            "StreamLogBatches", context, batches, convert.log_batch_to_proto
+        ):
+            yield message
 
     def _log_query(
         self, request: service_pb.StreamLogsRequest | service_pb.StreamLogBatchesRequest
