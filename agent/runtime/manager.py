@@ -353,10 +353,12 @@ class ContainerManager:
             await self.monitor.wait(container_id)
 
     async def remove(self, container_id: str) -> None:
-        """Deletes the container, its bundle and what it wrote; keeps its log and exit files.
-        Safe to repeat."""
+        """Deletes the container (and waits for its conmon to exit), its bundle and what it
+        wrote; keeps its log and exit files. Safe to repeat."""
         await self.runtime.delete(container_id)
         faults.hit("removing")
+        if not await self.monitor.gone(container_id):
+            log.warning("container %s: its conmon has not exited", container_id)
         await off_loop(self._remove_bundle, container_id)
 
     def containers(self) -> list[str]:
