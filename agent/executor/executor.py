@@ -789,6 +789,8 @@ class Executor:
 
     async def _recover(self, execution: Execution) -> None:
         job = self._find_job(execution.job_name)
+        if execution.status is Status.INITIALIZING:
+            execution = await self._started_meanwhile(execution)
         if execution.status is Status.RUNNING:
             container_id = execution.container_id
             known = self._runtime.exit_status(container_id) is not None
@@ -803,9 +805,11 @@ class Executor:
             await self._runtime.remove(container_id)
             self._lost(execution, "the container was gone when the agent restarted")
             return
-        # Pending or initializing: nothing of the job's process ran yet, so start afresh.
+        # Pending or initializing: nothing of the job's process ran yet, so start afresh
+        # (a container created but not started goes, and its monitor's exit record too).
         if execution.status is Status.INITIALIZING:
             await self._runtime.remove(execution.container_id)
+            await self._runtime.forget(execution.container_id)
         if job is None:
             self._lost(execution, "the job was unregistered while the agent was down")
         elif execution.status is Status.PENDING:
@@ -816,6 +820,22 @@ class Executor:
             self._admission.occupy(execution.id, execution.job_name)
             run = self._new_run(execution, job.spec)
             self._spawn(run, run.run())
+
+    async def _started_meanwhile(self, execution: Execution) -> Execution:
+        """An Initializing execution whose first attempt's process was started before the
+        agent went down (it died before recording RUNNING) is recorded Running then, so
+        that it is followed to its end and never started again."""
+        container_id = execution.container_id
+        started = await self._runtime.started_at(container_id)
+        if started is None:
+            return execution
+        log.info(
+            "execution %s: its process started before the agent went down",
+            execution.id,
+            extra={"execution_id": execution.id},
+        )
+        attempt = Attempt(1, container_id, started)
+        return self._recorder.transition(execution, Status.RUNNING, attempt, started_at=started)
 
     def _fail_unfinished(self, execution_id: str, error: BaseException) -> None:
         """An execution whose run died of an agent error still gets a terminal state."""

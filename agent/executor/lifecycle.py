@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent import faults
 from agent.diskspace import DiskSpace
 from agent.domain import (
     Attempt,
@@ -303,12 +304,14 @@ class ExecutionRun:
         except ContainerCreateError as error:
             self._fail(FailureReason.CREATE, str(error))
             return False
+        faults.hit("created")
         try:
             await self._runtime.start(container_id)
         except ContainerStartError as error:
             await self._runtime.remove(container_id)
             self._fail(FailureReason.START, str(error))
             return False
+        faults.hit("started")
         self._attempt_started = now()
         attempt = Attempt(number, container_id, self._attempt_started)
         if number == 1:

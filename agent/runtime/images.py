@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import faults
 from agent.domain import PullPolicy
 from agent.hostfs import PRIVATE_DIR, make_dir, tighten, write_file
 from agent.runtime.errors import CommandError, ImagePullError
@@ -255,6 +256,7 @@ class ImageStore:
         staging = await off_loop(StagingLayout.create, self._staging_dir, self._layout)
         try:
             await self._copy(source, staging.layout, reference)
+            faults.hit("pull")
             async with self._lock:
                 make_dir(self._layout)
                 digest = await off_loop(staging.commit, self._layout, _tag_of(reference))

@@ -16,10 +16,11 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent import diskspace
+from agent import diskspace, faults
 from agent.domain import (
     ID_RANGE_SIZE,
     CommandSpec,
@@ -317,6 +318,21 @@ class ContainerManager:
             return True
         return self.monitor.oom_killed(container_id)
 
+    async def started_at(self, container_id: str) -> datetime | None:
+        """When the container's process was started (the runtime's record of its creation,
+        a moment before), or None when it never was: the runtime does not know it, or it
+        is created and not started. A stopped container counts as started: only a start
+        or a kill stops one, and the kill cannot be told apart."""
+        recorded = self.monitor.exit_code(container_id) is not None
+        document = await self.runtime.describe(container_id)
+        status = None if document is None else document.get("status")
+        if not recorded and status not in ("running", "stopped"):
+            return None
+        try:
+            return datetime.fromisoformat(str((document or {})["created"])).astimezone(UTC)
+        except (KeyError, ValueError):
+            return datetime.now(UTC)
+
     async def is_alive(self, container_id: str) -> bool:
         """True when the runtime knows the container and it has not stopped."""
         return await self.runtime.state(container_id) in ("created", "running")
@@ -337,9 +353,12 @@ class ContainerManager:
             await self.monitor.wait(container_id)
 
     async def remove(self, container_id: str) -> None:
-        """Deletes the container, its bundle and what it wrote; keeps its log and exit files.
-        Safe to repeat."""
+        """Deletes the container (and waits for its conmon to exit), its bundle and what it
+        wrote; keeps its log and exit files. Safe to repeat."""
         await self.runtime.delete(container_id)
+        faults.hit("removing")
+        if not await self.monitor.gone(container_id):
+            log.warning("container %s: its conmon has not exited", container_id)
         await off_loop(self._remove_bundle, container_id)
 
     def containers(self) -> list[str]:

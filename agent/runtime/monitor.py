@@ -22,6 +22,8 @@ from agent.runtime.oci import OciRuntime
 from agent.runtime.process import exited, read_to_end
 
 EXIT_POLL_SECONDS = 0.05
+# How long a conmon whose container is deleted may take to write its records and exit.
+CONMON_EXIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class ConmonMonitor:
             str(paths.bundle),
             "--container-pidfile",
             str(paths.bundle / "pidfile"),
+            "--conmon-pidfile",
+            str(self.conmon_pid_file(container_id)),
             "--exit-dir",
             str(self._exits_dir),
             "--persist-dir",
@@ -123,6 +127,39 @@ class ConmonMonitor:
         """Where conmon keeps what outlives the container besides the exit file (oom)."""
         return self._exits_dir / f"{container_id}.d"
 
+    def conmon_pid_file(self, container_id: str) -> Path:
+        """Where conmon writes its own pid (kept with the exit records, across restarts)."""
+        return self.persist_dir(container_id) / "conmon.pid"
+
+    async def gone(self, container_id: str, timeout: float = CONMON_EXIT_SECONDS) -> bool:
+        """Waits, up to `timeout`, until the container's conmon has exited (call it once
+        the container is deleted: conmon then has nothing left to hold); False if it is
+        still there. A record it wrote late would be taken for that of the next container
+        of the same id (a run started afresh after a restart)."""
+        process = self._processes.get(container_id)
+        if process is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await exited(process)
+            return process.poll() is not None
+        try:
+            pid = int(self.conmon_pid_file(container_id).read_text().strip())
+            pidfd = os.pidfd_open(pid)
+        except (OSError, ValueError):
+            return True
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            cmdline = b""
+        try:
+            # Opened before its command line was read: a pid given to another process
+            # since is not waited for.
+            if container_id.encode() not in cmdline:
+                return True
+            return await _readable(pidfd, timeout)
+        finally:
+            os.close(pidfd)
+
     def exit_file(self, container_id: str) -> Path:
         """The file conmon writes the container's exit code to."""
         return self._exits_dir / container_id
@@ -158,6 +195,25 @@ class ConmonMonitor:
     def oom_killed(self, container_id: str) -> bool:
         """True when conmon saw the container's memory cgroup kill a process."""
         return (self.persist_dir(container_id) / "oom").exists()
+
+
+async def _readable(fd: int, timeout: float) -> bool:
+    """True once `fd` (a pidfd: its process exited) turns readable within `timeout`."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await asyncio.wait_for(ready, timeout)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+    return True
 
 
 async def _read_sync_pipe(fd: int) -> bytes:

@@ -67,9 +67,15 @@ class OciRuntime:
 
     async def state(self, container_id: str) -> str | None:
         """Returns the container's status (created, running, stopped...) or None if unknown."""
+        document = await self.describe(container_id)
+        return None if document is None else str(document.get("status"))
+
+    async def describe(self, container_id: str) -> dict[str, Any] | None:
+        """The runtime's state document of the container (status, pid, created...), or
+        None if it does not know the container."""
         try:
             output = await self.call(*self.global_args(), "state", container_id, timeout=30)
         except CommandError:
             return None
         document: dict[str, Any] = json.loads(output)
-        return str(document.get("status"))
+        return document

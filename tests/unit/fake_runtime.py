@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.domain import ImageSpec
 from agent.runtime.errors import ContainerCreateError, ContainerStartError, ImagePullError
 from agent.runtime.images import Image, ImageConfig, PruneResult
 from agent.runtime.manager import ContainerRequest, ExitStatus
+
+# When every container the fake started was started, as the runtime reports it.
+STARTED_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 class FakeRuntime:
@@ -79,6 +83,11 @@ class FakeRuntime:
 
     def disk_usage(self, container_id: str) -> int:
         return self.usage.get(container_id, 0)
+
+    async def started_at(self, container_id: str) -> datetime | None:
+        if container_id in self.started and container_id not in self.removed:
+            return STARTED_AT
+        return None
 
     async def is_alive(self, container_id: str) -> bool:
         return container_id in self.alive

@@ -25,7 +25,7 @@ from agent.executor.events import EventBus
 from agent.executor.recorder import Recorder
 from agent.executor.retention import RetentionPolicy
 from agent.store import Store
-from tests.unit.fake_runtime import FakeRuntime
+from tests.unit.fake_runtime import STARTED_AT, FakeRuntime
 
 SPEC = JobSpec(name="backup", image=ImageSpec("busybox:latest"))
 TRIGGER = Trigger(TriggerKind.ENDPOINT, remote_address="ipv4:127.0.0.1:1")
@@ -286,6 +286,63 @@ async def test_shutdown_while_initializing_takes_back_the_container_and_restarts
     await asyncio.wait_for(runtime.started_event.wait(), 5)
     runtime.exit(execution.container_id, 0)
     assert (await statuses_until_terminal(second, execution.id))[-1] is Status.COMPLETED
+    await second.close()
+    store.close()
+
+
+async def initializing_when_the_agent_died(
+    tmp_path: Path, runtime: FakeRuntime, store: Store
+) -> Execution:
+    """An execution left Initializing by an agent that went down during its pull."""
+    first = Executor(store, runtime, tmp_path / "logs")
+    first.register_jobs([SPEC], "", replace_existing=False)
+    runtime.pull_gate = asyncio.Event()
+    execution = await first.trigger("backup", TRIGGER)
+    await asyncio.sleep(0.01)
+    await first.close()
+    runtime.pull_gate = None
+    runtime.removed.clear()
+    assert store.get_execution(execution.id).status is Status.INITIALIZING
+    return execution
+
+
+async def test_a_process_started_before_running_was_recorded_is_followed_not_run_again(
+    tmp_path: Path, runtime: FakeRuntime
+) -> None:
+    store = Store(tmp_path / "agent.db")
+    execution = await initializing_when_the_agent_died(tmp_path, runtime, store)
+    # The dead agent had created and started the container, and died before recording it.
+    runtime.created.append(execution.container_id)
+    await runtime.start(execution.container_id)
+
+    second = Executor(store, runtime, tmp_path / "logs")
+    await second.start()
+    adopted = second.get_execution(execution.id)
+    assert (adopted.status, adopted.started_at) == (Status.RUNNING, STARTED_AT)
+    runtime.exit(execution.container_id, 4)
+    assert (await statuses_until_terminal(second, execution.id))[-1] is Status.FAILED
+    final = second.get_execution(execution.id)
+    assert (final.exit_code, final.failure_reason) == (4, FailureReason.EXIT_CODE)
+    assert [attempt.exit_code for attempt in store.list_attempts(execution.id)] == [4]
+    assert runtime.created == runtime.started == [execution.container_id]
+    await second.close()
+    store.close()
+
+
+async def test_a_container_created_and_never_started_is_removed_and_the_run_starts_afresh(
+    tmp_path: Path, runtime: FakeRuntime
+) -> None:
+    store = Store(tmp_path / "agent.db")
+    execution = await initializing_when_the_agent_died(tmp_path, runtime, store)
+    runtime.created.append(execution.container_id)
+
+    second = Executor(store, runtime, tmp_path / "logs")
+    await second.start()
+    assert runtime.removed == runtime.forgotten == [execution.container_id]
+    await asyncio.wait_for(runtime.started_event.wait(), 5)
+    runtime.exit(execution.container_id, 0)
+    assert (await statuses_until_terminal(second, execution.id))[-1] is Status.COMPLETED
+    assert runtime.started == [execution.container_id]
     await second.close()
     store.close()
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -192,3 +196,21 @@ BAD_SCRIPTS = ["scheduler", "scheduler:explode:1", "scheduler:raise:x", ":raise:
 def test_a_bad_fault_script_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="JOBAGENT_FAULTS"):
         faults.parse(text)
+
+
+def test_a_kill_step_ends_the_process_with_sigkill_at_once() -> None:
+    program = (
+        "import sys\n"
+        "from agent import faults\n"
+        "faults.load('pull:pass:1,pull:kill:1')\n"
+        "faults.hit('pull'); print('passed', flush=True)\n"
+        "faults.hit('pull'); print('survived', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert (done.returncode, done.stdout) == (-signal.SIGKILL, "passed\n")

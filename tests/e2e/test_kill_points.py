@@ -1,0 +1,114 @@
+"""The agent killed (SIGKILL) at each step of a run where a crash leaves the most behind.
+
+A test-only fault point (JOBAGENT_FAULTS=<point>:kill:1, agent/faults.py) kills the agent
+during a pull, after a container's create before its start, after its start before
+RUNNING is recorded, and during its removal. The agent is started again on the same data
+directory without it: the execution ends with its true outcome, its process ran exactly
+once, and nothing of it (container, mount, cgroup, conmon) is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from pathlib import Path
+
+import pytest
+from jobagent_client import ClientError
+
+from tests.e2e.conftest import RUNTIMES, STARTED
+from tests.e2e.harness import AgentProcess, Registry, settled_leftovers, sweep, wait_until
+from tests.e2e.test_recovery import conmon_pids
+
+POINTS = ("pull", "created", "started", "removing")
+EXIT_CODE = 3
+
+
+def marking_job(registry: Registry) -> str:
+    """A job that leaves one line in a named volume and one in its log for each time its
+    process runs, then exits with EXIT_CODE; its image is pulled at every run."""
+    return (
+        "version: v1\ndeployment: kills\nservices:\n  marks:\n    rtype: job\n"
+        f"    image: {{name: '{registry.host}/busybox:latest', pull_policy: always}}\n"
+        "    storage: [{type: named, name: marks, target: /marks}]\n"
+        "    command: {entrypoint: [/bin/sh, -c, "
+        f"'echo ran >> /marks/count; sleep 2; echo out; exit {EXIT_CODE}']}}\n"
+    )
+
+
+def marks(agent: AgentProcess) -> list[str]:
+    """The lines the job's processes wrote to the volume."""
+    count = agent.paths.volumes / "marks" / "count"
+    return count.read_text().splitlines() if count.exists() else []
+
+
+def mounts_under(agent: AgentProcess) -> list[str]:
+    """Mount points under the agent's data directory or its volatile directory."""
+    places = (f"{(agent.cwd / agent.data_dir).resolve()}/", f"{agent.paths.volatile}/")
+    targets = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    return [target for target in targets if target.startswith(places)]
+
+
+def cgroups_of(execution_id: str) -> list[str]:
+    """The cgroups of an execution's containers, in every hierarchy."""
+    root = Path("/sys/fs/cgroup")
+    found = []
+    for hierarchy in (root, *(entry for entry in root.iterdir() if entry.is_dir())):
+        parent = hierarchy / "jobagent"
+        if parent.is_dir():
+            found += [str(path) for path in parent.glob(f"ja-{execution_id}*")]
+    return found
+
+
+@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_sigkill_at_any_step_runs_the_process_once_and_leaves_nothing(
+    tmp_path: Path,
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    runtime: str,
+    point: str,
+) -> None:
+    own = AgentProcess(tmp_path / "agent", runtime, registry.host)
+    own.data_dir.mkdir()
+    STARTED.append(own)
+    monkeypatch.setenv("JOBAGENT_FAULTS", f"{point}:kill:1")
+    own.start()
+    try:
+        with own.client() as client:
+            client.register(marking_job(registry))
+            # The agent may die before it answers; the execution is stored all the same.
+            with contextlib.suppress(ClientError):
+                client.trigger("marks")
+        assert own.process is not None
+        assert own.process.wait(60) == -signal.SIGKILL
+        if point in ("started", "removing"):
+            wait_until(lambda: marks(own) == ["ran"], 10, "the mark of the started process")
+        else:
+            assert marks(own) == [], "no process had started before the kill"
+
+        monkeypatch.delenv("JOBAGENT_FAULTS")
+        own.start()
+        with own.client() as client:
+            (execution,) = client.list_executions("marks")
+            client.wait(execution.id)
+            final = client.get_execution(execution.id)
+            assert (final.status, final.failure_reason, final.exit_code) == (
+                "failed",
+                "exit_code",
+                EXIT_CODE,
+            ), final.message
+            assert len(final.attempts) == 1
+            assert [line.message for line in client.logs(execution.id)] == ["out"]
+        assert marks(own) == ["ran"]
+
+        assert settled_leftovers(own, final.container_id) == []
+        assert conmon_pids(final.container_id) == []
+        assert cgroups_of(execution.id) == []
+        assert mounts_under(own) == []
+        assert list(own.paths.runtime_state.iterdir()) == []
+        staging = own.cwd / own.data_dir / "images" / "staging"
+        assert not staging.exists() or not any(staging.iterdir())
+    finally:
+        own.stop()
+        sweep(own)

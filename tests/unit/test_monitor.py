@@ -1,0 +1,69 @@
+"""The conmon monitor's wait for a conmon to go: the next container of an id must not
+take the records of the last one's conmon."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from agent.runtime.monitor import ConmonMonitor
+from agent.runtime.oci import OciRuntime
+
+CONTAINER = "ja-0123"
+
+
+def monitor_of(tmp_path: Path) -> ConmonMonitor:
+    runtime = OciRuntime("true", tmp_path / "state")
+    return ConmonMonitor("conmon", runtime, tmp_path / "exits", tmp_path / "attach")
+
+
+def fake_conmon(
+    monitor: ConmonMonitor, seconds: float, container_id: str
+) -> subprocess.Popen[bytes]:
+    """A process that is not the monitor's child handle, whose command line names the
+    container (as conmon's does), with its pid where conmon writes its own."""
+    process = subprocess.Popen(["sh", "-c", f"sleep {seconds}; exit 0", container_id])
+    # Read in the midst of its exec, the command line is empty for a moment.
+    while container_id.encode() not in Path(f"/proc/{process.pid}/cmdline").read_bytes():
+        time.sleep(0.001)
+    monitor.persist_dir(CONTAINER).mkdir(parents=True)
+    monitor.conmon_pid_file(CONTAINER).write_text(f"{process.pid}\n")
+    return process
+
+
+async def test_gone_waits_for_the_conmon_of_a_deleted_container(tmp_path: Path) -> None:
+    monitor = monitor_of(tmp_path)
+    process = fake_conmon(monitor, 0.3, CONTAINER)
+    try:
+        started = time.monotonic()
+        assert await monitor.gone(CONTAINER, timeout=10)
+        assert time.monotonic() - started >= 0.2
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_gone_says_when_the_conmon_stays(tmp_path: Path) -> None:
+    monitor = monitor_of(tmp_path)
+    process = fake_conmon(monitor, 30, CONTAINER)
+    try:
+        assert not await monitor.gone(CONTAINER, timeout=0.1)
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_gone_waits_for_no_process_that_took_the_pid_since(tmp_path: Path) -> None:
+    monitor = monitor_of(tmp_path)
+    process = fake_conmon(monitor, 30, "another-container")
+    try:
+        assert await monitor.gone(CONTAINER, timeout=10)
+        assert process.poll() is None
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_gone_without_a_pid_file_has_nothing_to_wait_for(tmp_path: Path) -> None:
+    assert await monitor_of(tmp_path).gone(CONTAINER, timeout=10)
