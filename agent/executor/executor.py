@@ -606,7 +606,10 @@ class Executor:
         validator refuses are suspended first."""
         self.suspend_invalid_jobs()
         active = self._store.list_executions(statuses=ACTIVE_STATUSES)
-        owned = {execution.container_id for execution in active}
+        # The next attempt's container too: a crash before its start was recorded.
+        owned = {execution.container_id for execution in active} | {
+            container_id_of(execution.id, execution.attempt + 1) for execution in active
+        }
         for container_id in self._runtime.containers():
             if container_id not in owned:
                 log.info("removing container %s: no active execution owns it", container_id)
@@ -802,6 +805,8 @@ class Executor:
                 run = self._new_run(execution, job.spec)
                 self._spawn(run, run.adopt())
                 return
+            if job is not None and await self._resume_retry(execution, job.spec):
+                return
             await self._runtime.remove(container_id)
             self._lost(execution, "the container was gone when the agent restarted")
             return
@@ -820,6 +825,41 @@ class Executor:
             self._admission.occupy(execution.id, execution.job_name)
             run = self._new_run(execution, job.spec)
             self._spawn(run, run.run())
+
+    async def _resume_retry(self, execution: Execution, spec: JobSpec) -> bool:
+        """A Running execution whose recorded attempt had ended and was to be retried: the
+        agent went down in the backoff or while starting the next attempt. That attempt's
+        process is followed when it had started, else the attempt starts afresh. False
+        when the recorded attempt had not ended (its container is lost)."""
+        attempts = self._store.list_attempts(execution.id)
+        last = attempts[-1] if attempts else None
+        if last is None or last.finished_at is None or last.number != execution.attempt:
+            return False
+        number = last.number + 1
+        container_id = container_id_of(execution.id, number)
+        started = await self._runtime.started_at(container_id)
+        self._admission.occupy(execution.id, execution.job_name)
+        if started is None:
+            log.info(
+                "execution %s: attempt %d starts again after the agent went down",
+                execution.id,
+                number,
+                extra={"execution_id": execution.id},
+            )
+            await self._runtime.remove(container_id)
+            await self._runtime.forget(container_id)
+            run = self._new_run(execution, spec)
+            self._spawn(run, run.resume(number, last.finished_at))
+            return True
+        execution = self._recorder.update(
+            replace(execution, container_id=container_id, attempt=number),
+            EventKind.ATTEMPT_STARTED,
+            f"attempt {number} started before the agent went down",
+            Attempt(number, container_id, started),
+        )
+        run = self._new_run(execution, spec)
+        self._spawn(run, run.adopt())
+        return True
 
     async def _started_meanwhile(self, execution: Execution) -> Execution:
         """An Initializing execution whose first attempt's process was started before the

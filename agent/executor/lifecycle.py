@@ -192,6 +192,27 @@ class ExecutionRun:
         except DiskFull as error:
             await self._end_for_disk(error)
 
+    async def resume(self, number: int, previous_ended: datetime) -> None:
+        """Starts attempt `number` of an execution whose previous attempt ended at
+        `previous_ended` and was to be retried when the agent went down (in the backoff,
+        or before the next attempt's process started), after what is left of the backoff,
+        and follows it to the end."""
+        current_execution.set(self.execution.id)
+        self._deadline = self._deadline_from(self.execution.created_at)
+        waited = (now() - previous_ended).total_seconds()
+        delay = max(0.0, self.spec.retry.delay(number - 1) - waited)
+        self._phase = Phase.BACKOFF
+        try:
+            try:
+                image = await self._retry(delay, None, number)
+            except asyncio.CancelledError:
+                await self._take_back()
+                return
+            if image is not None:
+                await self._attempts(image)
+        except DiskFull as error:
+            await self._end_for_disk(error)
+
     async def _end_for_disk(self, error: DiskFull) -> None:
         """A transition the store had no room for: the run ends Failed (the terminal state
         is kept until it can be written), its container removed, its slot freed."""

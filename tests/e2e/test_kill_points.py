@@ -112,3 +112,63 @@ def test_a_sigkill_at_any_step_runs_the_process_once_and_leaves_nothing(
     finally:
         own.stop()
         sweep(own)
+
+
+RETRY_KILLS = {
+    # The first attempt's container being removed, its failure not yet recorded.
+    "first-removal": "removing:kill:1",
+    # The second attempt's container created, its process not started.
+    "second-created": "created:pass:1,created:kill:1",
+    # The second attempt's process started, its start not yet recorded.
+    "second-started": "started:pass:1,started:kill:1",
+}
+
+
+@pytest.mark.parametrize("kill", RETRY_KILLS, ids=str)
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_sigkill_between_attempts_runs_each_attempt_once(
+    tmp_path: Path,
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    runtime: str,
+    kill: str,
+) -> None:
+    own = AgentProcess(tmp_path / "agent", runtime, registry.host)
+    own.data_dir.mkdir()
+    STARTED.append(own)
+    monkeypatch.setenv("JOBAGENT_FAULTS", RETRY_KILLS[kill])
+    own.start()
+    try:
+        with own.client() as client:
+            client.register(
+                marking_job(registry).replace("pull_policy: always", "pull_policy: if_not_present")
+                + "    backoff_limit: 1\n    retry_policy: {initial_delay: 1s}\n"
+            )
+            client.trigger("marks")
+        assert own.process is not None
+        assert own.process.wait(90) == -signal.SIGKILL
+
+        monkeypatch.delenv("JOBAGENT_FAULTS")
+        own.start()
+        with own.client() as client:
+            (execution,) = client.list_executions("marks")
+            client.wait(execution.id)
+            final = client.get_execution(execution.id)
+            assert (final.status, final.failure_reason, final.exit_code) == (
+                "failed",
+                "exit_code",
+                EXIT_CODE,
+            ), final.message
+            assert [attempt.exit_code for attempt in final.attempts] == [EXIT_CODE, EXIT_CODE]
+            for number in (1, 2):
+                logged = client.logs(execution.id, attempt=number)
+                assert [line.message for line in logged] == ["out"]
+        assert marks(own) == ["ran", "ran"]
+        assert settled_leftovers(own, final.container_id) == []
+        assert conmon_pids(final.container_id) == []
+        assert cgroups_of(execution.id) == []
+        assert mounts_under(own) == []
+        assert list(own.paths.runtime_state.iterdir()) == []
+    finally:
+        own.stop()
+        sweep(own)
