@@ -9,51 +9,30 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent import hostfs
 from agent.diskspace import is_no_space
 from agent.domain import (
     TERMINAL_STATUSES,
     Attempt,
-    CommandSpec,
-    ConcurrencyPolicy,
-    CronPolicy,
     CronState,
     Dispatch,
-    DispatchPolicy,
     EventKind,
     Execution,
     ExecutionEvent,
     ExecutionFilter,
-    FailureReason,
-    ImageSpec,
-    InitAction,
-    InitFailurePolicy,
-    InitStep,
     Job,
     JobEvent,
-    JobKind,
     JobNote,
     JobSpec,
-    Mount,
-    MountKind,
     NodeEvent,
-    PayloadRequirement,
-    PullPolicy,
-    Resources,
-    RetryPolicy,
     Status,
-    StepFailure,
-    Trigger,
-    TriggerKind,
     TriggerRequest,
-    UserNamespace,
 )
 from agent.errors import (
     AlreadyExists,
@@ -63,16 +42,20 @@ from agent.errors import (
     NotFound,
     ResourceExhausted,
 )
+from agent.records import field_names, format_time, from_record, parse_time, to_record
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+T = TypeVar("T")
+# Today's tables. Migration 1 creates them in a new database, and brings a database
+# written before migrations were numbered (user_version 0 with tables) to the same layout.
+TABLES = (
+    """CREATE TABLE IF NOT EXISTS jobs (
     name TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
     spec_yaml TEXT NOT NULL,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS executions (
+)""",
+    """CREATE TABLE IF NOT EXISTS executions (
     id TEXT PRIMARY KEY,
     job_name TEXT NOT NULL,
     status TEXT NOT NULL,
@@ -87,10 +70,10 @@ CREATE TABLE IF NOT EXISTS executions (
     image TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 1,
     trigger_kind TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS executions_by_job ON executions (job_name, created_at);
-CREATE INDEX IF NOT EXISTS executions_by_status ON executions (status);
-CREATE TABLE IF NOT EXISTS events (
+)""",
+    "CREATE INDEX IF NOT EXISTS executions_by_job ON executions (job_name, created_at)",
+    "CREATE INDEX IF NOT EXISTS executions_by_status ON executions (status)",
+    """CREATE TABLE IF NOT EXISTS events (
     sequence INTEGER PRIMARY KEY AUTOINCREMENT,
     time TEXT NOT NULL,
     execution_id TEXT NOT NULL,
@@ -100,20 +83,20 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL,
     job_name TEXT NOT NULL DEFAULT '',
     schedule_time TEXT
-);
-CREATE INDEX IF NOT EXISTS events_by_execution ON events (execution_id, sequence);
-CREATE TABLE IF NOT EXISTS meta (
+)""",
+    "CREATE INDEX IF NOT EXISTS events_by_execution ON events (execution_id, sequence)",
+    """CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cron_state (
+)""",
+    """CREATE TABLE IF NOT EXISTS cron_state (
     job_name TEXT PRIMARY KEY,
     last_schedule_time TEXT,
     last_execution_id TEXT NOT NULL DEFAULT '',
     skipped INTEGER NOT NULL DEFAULT 0,
     missed INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS trigger_requests (
+)""",
+    """CREATE TABLE IF NOT EXISTS trigger_requests (
     execution_id TEXT PRIMARY KEY,
     request_id TEXT NOT NULL,
     caller TEXT NOT NULL DEFAULT '',
@@ -121,8 +104,8 @@ CREATE TABLE IF NOT EXISTS trigger_requests (
     args TEXT NOT NULL,
     env TEXT NOT NULL,
     payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS attempts (
+)""",
+    """CREATE TABLE IF NOT EXISTS attempts (
     execution_id TEXT NOT NULL,
     number INTEGER NOT NULL,
     container_id TEXT NOT NULL,
@@ -132,17 +115,18 @@ CREATE TABLE IF NOT EXISTS attempts (
     failure_reason TEXT,
     message TEXT NOT NULL,
     PRIMARY KEY (execution_id, number)
-);
-CREATE TABLE IF NOT EXISTS user_ranges (
+)""",
+    """CREATE TABLE IF NOT EXISTS user_ranges (
     job_name TEXT PRIMARY KEY,
     slot INTEGER NOT NULL UNIQUE
-);
-"""
-
-log = logging.getLogger(__name__)
-EVENT_COLUMNS = (
-    "sequence, time, execution_id, execution, kind, step_id, message, job_name, schedule_time"
+)""",
 )
+# A request_id is unique per caller (it was unique node-wide once: trigger_requests_by_id).
+REQUESTS_BY_CALLER = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS trigger_requests_by_caller "
+    "ON trigger_requests (caller, request_id) WHERE request_id != ''"
+)
+# Columns that tables written by still older agents lack.
 ADDED_COLUMNS = {
     "events": {
         "kind": f"TEXT NOT NULL DEFAULT '{EventKind.TRANSITION.value}'",
@@ -159,10 +143,92 @@ ADDED_COLUMNS = {
         "trigger_kind": "TEXT NOT NULL DEFAULT ''",
     },
 }
-EXECUTION_COLUMNS = (
-    "id, job_name, status, trigger, container_id, created_at, started_at, finished_at, "
-    "exit_code, failure_reason, message, image, attempt"
+
+log = logging.getLogger(__name__)
+EVENT_COLUMNS = (
+    "sequence, time, execution_id, execution, kind, step_id, message, job_name, schedule_time"
 )
+# An execution's row and its snapshot in an event hold its fields by name; the queue
+# position is derived when read, never stored.
+EXECUTION_FIELDS = tuple(name for name in field_names(Execution) if name != "queue_position")
+EXECUTION_COLUMNS = ", ".join(EXECUTION_FIELDS)
+# What a transition may change of an execution's row.
+CHANGING_FIELDS = (
+    "status",
+    "container_id",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "failure_reason",
+    "message",
+    "image",
+    "attempt",
+)
+ATTEMPT_COLUMNS = ", ".join(field_names(Attempt))
+# The layout of a stored spec: {"schema_version": SPEC_VERSION, "spec": its record}.
+SPEC_VERSION = 1
+
+
+def _tables(db: sqlite3.Connection) -> None:
+    """today's tables (a database from before numbered migrations: the columns it lacks)"""
+    for statement in TABLES:
+        db.execute(statement)
+    for table, added in ADDED_COLUMNS.items():
+        columns = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, definition in added.items():
+            if name not in columns:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+    db.execute("DROP INDEX IF EXISTS trigger_requests_by_id")
+    db.execute(REQUESTS_BY_CALLER)
+
+
+def _records_by_name(db: sqlite3.Connection) -> None:
+    """specs in their versioned layout, execution snapshots by field name"""
+    for row in db.execute("SELECT name, spec FROM jobs").fetchall():
+        spec = _json_or_none(row["spec"])
+        # A row that is not JSON stays as it is: reading it says DataLoss, as before.
+        if isinstance(spec, dict) and "schema_version" not in spec:
+            stored = json.dumps({"schema_version": SPEC_VERSION, "spec": spec})
+            db.execute("UPDATE jobs SET spec = ? WHERE name = ?", (stored, row["name"]))
+    query = "SELECT sequence, execution FROM events WHERE execution_id != ''"
+    for row in db.execute(query).fetchall():
+        snapshot = _json_or_none(row["execution"])
+        if isinstance(snapshot, list):
+            record = dict(zip(POSITIONAL_EXECUTION, snapshot, strict=False))
+            record["trigger"] = _json_or_none(record["trigger"])
+            db.execute(
+                "UPDATE events SET execution = ? WHERE sequence = ?",
+                (json.dumps(record), row["sequence"]),
+            )
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+# The order in which agents before migration 2 wrote an execution's snapshot (as a JSON list,
+# the trigger as JSON text); the oldest ones end before attempt.
+POSITIONAL_EXECUTION = (
+    "id",
+    "job_name",
+    "status",
+    "trigger",
+    "container_id",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "failure_reason",
+    "message",
+    "image",
+    "attempt",
+)
+# Numbered by position: migration N brings a database from user_version N-1 to N. Each
+# docstring says, for the log, what it did.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_tables, _records_by_name)
 
 
 class StaleTransition(FailedPrecondition):
@@ -184,24 +250,27 @@ class Store:
             hostfs.tighten(path.with_name(path.name + suffix), hostfs.PRIVATE_FILE)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
         self._migrate()
         # Names of job rows found unreadable (each is logged once).
         self._unreadable: set[str] = set()
 
     def _migrate(self) -> None:
-        """Adds the columns that a database written by an older agent lacks."""
-        for table, added in ADDED_COLUMNS.items():
-            columns = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            for name, definition in added.items():
-                if name not in columns:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
-        # A request_id was unique node-wide; it is unique per caller.
-        self._db.execute("DROP INDEX IF EXISTS trigger_requests_by_id")
-        self._db.execute(
-            "CREATE UNIQUE INDEX IF NOT EXISTS trigger_requests_by_caller "
-            "ON trigger_requests (caller, request_id) WHERE request_id != ''"
-        )
+        """Applies the migrations after the database's user_version, each in a transaction
+        that records its number. A database from before numbered migrations has version 0,
+        as a new one does: migration 1 brings either to the first numbered layout."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()["user_version"])
+        written = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone()
+        if version > len(MIGRATIONS):
+            raise FailedPrecondition(
+                f"the database has schema version {version}, written by a newer agent; "
+                f"this agent reads up to {len(MIGRATIONS)}"
+            )
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self._transaction() as db:
+                migration(db)
+                db.execute(f"PRAGMA user_version = {number}")
+            if written:
+                log.info("store migrated to schema version %d: %s", number, migration.__doc__)
 
     def close(self) -> None:
         """Closes the database."""
@@ -245,10 +314,10 @@ class Store:
                 "updated_at = excluded.updated_at",
                 (
                     job.name,
-                    json.dumps(_spec_to_json(job.spec)),
+                    write_spec(job.spec),
                     job.spec_yaml,
-                    _time(job.created_at),
-                    _time(job.updated_at),
+                    format_time(job.created_at),
+                    format_time(job.updated_at),
                 ),
             )
             return None if note is None else _append_job_event(db, job.name, note)
@@ -282,14 +351,7 @@ class Store:
     def get_cron_state(self, name: str) -> CronState:
         """What the scheduler recorded of a cron job (empty before its first schedule)."""
         row = self._db.execute("SELECT * FROM cron_state WHERE job_name = ?", (name,)).fetchone()
-        if row is None:
-            return CronState()
-        return CronState(
-            last_schedule_time=_optional_time(row["last_schedule_time"]),
-            last_execution_id=row["last_execution_id"],
-            skipped=row["skipped"],
-            missed=row["missed"],
-        )
+        return CronState() if row is None else _from_row(CronState, row)
 
     def put_cron_state(
         self, name: str, state: CronState, note: JobNote | None = None
@@ -352,11 +414,7 @@ class Store:
         """Records a new execution and its first event, with the trigger's request if it has
         a request_id or parameters (raises AlreadyExists for a request_id in use)."""
         with self._transaction() as db:
-            db.execute(
-                f"INSERT INTO executions ({EXECUTION_COLUMNS}, trigger_kind) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*_execution_row(execution), execution.trigger.kind.value),
-            )
+            _insert(db, "executions", _execution_columns(execution))
             if request is not None and (request.request_id or not request.dispatch.empty):
                 dispatch = request.dispatch
                 try:
@@ -411,12 +469,10 @@ class Store:
         Raises StaleTransition otherwise: a late writer can never overwrite a newer state.
         """
         with self._transaction() as db:
-            row = _execution_row(execution)
+            changes = ", ".join(f"{name} = :{name}" for name in CHANGING_FIELDS)
             updated = db.execute(
-                "UPDATE executions SET status = ?, container_id = ?, started_at = ?, "
-                "finished_at = ?, exit_code = ?, failure_reason = ?, message = ?, image = ?, "
-                "attempt = ? WHERE id = ? AND status = ?",
-                (row[2], row[4], *row[6:], execution.id, expected.value),
+                f"UPDATE executions SET {changes} WHERE id = :id AND status = :expected",
+                {**_execution_columns(execution), "expected": expected.value},
             ).rowcount
             if updated == 0:
                 current = self.get_execution(execution.id)
@@ -424,35 +480,17 @@ class Store:
                     f"execution {execution.id} is {current.status.value}, not {expected.value}"
                 )
             if attempt is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO attempts (execution_id, number, container_id, "
-                    "started_at, finished_at, exit_code, failure_reason, message) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    _attempt_row(execution.id, attempt),
-                )
+                row = {"execution_id": execution.id, **to_record(attempt)}
+                _insert(db, "attempts", row, "INSERT OR REPLACE")
             return _append_event(db, execution, kind, "", message)
 
     def list_attempts(self, execution_id: str) -> list[Attempt]:
         """The execution's attempts, first to last."""
         rows = self._db.execute(
-            "SELECT number, container_id, started_at, finished_at, exit_code, failure_reason, "
-            "message FROM attempts WHERE execution_id = ? ORDER BY number",
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE execution_id = ? ORDER BY number",
             (execution_id,),
         ).fetchall()
-        return [
-            Attempt(
-                number=row["number"],
-                container_id=row["container_id"],
-                started_at=_parse_time(row["started_at"]),
-                finished_at=_optional_time(row["finished_at"]),
-                exit_code=row["exit_code"],
-                failure_reason=None
-                if row["failure_reason"] is None
-                else FailureReason(row["failure_reason"]),
-                message=row["message"],
-            )
-            for row in rows
-        ]
+        return [_from_row(Attempt, row) for row in rows]
 
     def get_execution(self, execution_id: str) -> Execution:
         """Returns the execution; raises NotFound."""
@@ -491,10 +529,10 @@ class Store:
                 params.extend(value.value for value in values)
         if wanted.created_after is not None:
             clauses.append("created_at >= ?")
-            params.append(_time(wanted.created_after))
+            params.append(format_time(wanted.created_after))
         if wanted.created_before is not None:
             clauses.append("created_at < ?")
-            params.append(_time(wanted.created_before))
+            params.append(format_time(wanted.created_before))
         if after is not None:
             clauses.append("rowid < ?")
             params.append(after)
@@ -506,7 +544,7 @@ class Store:
         ).fetchall()
         more = limit is not None and len(rows) > limit
         rows = rows[:limit] if limit is not None else rows
-        page = [_execution_from_row(tuple(row)[1:]) for row in rows]
+        page = [_execution_from_row(row) for row in rows]
         return page, (rows[-1]["cursor"] if more else None)
 
     def append_event(
@@ -526,7 +564,7 @@ class Store:
             "    PARTITION BY job_name ORDER BY finished_at DESC, rowid DESC) AS newer"
             "  FROM executions WHERE status IN (?, ?, ?)"
             ") WHERE finished_at < ? OR newer > ?",
-            (*terminal, _time(older_than), keep_per_job),
+            (*terminal, format_time(older_than), keep_per_job),
         ).fetchall()
         return [row["id"] for row in rows]
 
@@ -567,11 +605,12 @@ class Store:
         with self._transaction() as db:
             row = db.execute(
                 "SELECT MAX(sequence) AS last FROM events WHERE execution_id = '' AND time < ?",
-                (_time(older_than),),
+                (format_time(older_than),),
             ).fetchone()
             _compact_through(db, row["last"])
             return db.execute(
-                "DELETE FROM events WHERE execution_id = '' AND time < ?", (_time(older_than),)
+                "DELETE FROM events WHERE execution_id = '' AND time < ?",
+                (format_time(older_than),),
             ).rowcount
 
     def node_events_after(self, sequence: int, limit: int = 1000) -> list[NodeEvent]:
@@ -625,9 +664,9 @@ def _append_event(
         "INSERT INTO events (time, execution_id, execution, kind, step_id, message, job_name) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
-            _time(now),
+            format_time(now),
             execution.id,
-            json.dumps(_execution_to_json(execution)),
+            json.dumps(_execution_record(execution)),
             kind.value,
             step_id,
             message,
@@ -641,28 +680,30 @@ def _append_event(
 def _append_job_event(db: sqlite3.Connection, job_name: str, note: JobNote) -> JobEvent:
     """Job events have no execution: execution_id is empty."""
     now = datetime.now(UTC)
-    schedule_time = None if note.schedule_time is None else _time(note.schedule_time)
+    schedule_time = None if note.schedule_time is None else format_time(note.schedule_time)
     cursor = db.execute(
         "INSERT INTO events (time, execution_id, execution, kind, step_id, message, job_name, "
         "schedule_time) VALUES (?, '', '', ?, '', ?, ?, ?)",
-        (_time(now), note.kind.value, note.message, job_name, schedule_time),
+        (format_time(now), note.kind.value, note.message, job_name, schedule_time),
     )
     assert cursor.lastrowid is not None
     return JobEvent(cursor.lastrowid, now, job_name, note.kind, note.message, note.schedule_time)
 
 
 def _put_cron_state(db: sqlite3.Connection, name: str, state: CronState) -> None:
-    db.execute(
-        "INSERT OR REPLACE INTO cron_state (job_name, last_schedule_time, "
-        "last_execution_id, skipped, missed) VALUES (?, ?, ?, ?, ?)",
-        (
-            name,
-            None if state.last_schedule_time is None else _time(state.last_schedule_time),
-            state.last_execution_id,
-            state.skipped,
-            state.missed,
-        ),
-    )
+    _insert(db, "cron_state", {"job_name": name, **to_record(state)}, "INSERT OR REPLACE")
+
+
+def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any], verb: str = "INSERT") -> None:
+    """Writes a row given by column name."""
+    columns = ", ".join(row)
+    values = ", ".join(f":{name}" for name in row)
+    db.execute(f"{verb} INTO {table} ({columns}) VALUES ({values})", row)
+
+
+def _from_row(cls: type[T], row: sqlite3.Row) -> T:
+    """The dataclass whose fields are the row's columns of the same names."""
+    return from_record(cls, {name: row[name] for name in field_names(cls)})
 
 
 def _compact_through(db: sqlite3.Connection, sequence: int | None) -> None:
@@ -676,137 +717,35 @@ def _compact_through(db: sqlite3.Connection, sequence: int | None) -> None:
 
 
 def _node_event_from_row(row: sqlite3.Row) -> NodeEvent:
-    if row["execution_id"]:
-        return _event_from_row(row)
-    return JobEvent(
-        sequence=row["sequence"],
-        time=_parse_time(row["time"]),
-        job_name=row["job_name"],
-        kind=EventKind(row["kind"]),
-        message=row["message"],
-        schedule_time=_optional_time(row["schedule_time"]),
-    )
+    return _event_from_row(row) if row["execution_id"] else _from_row(JobEvent, row)
 
 
 def _event_from_row(row: sqlite3.Row) -> ExecutionEvent:
-    return ExecutionEvent(
-        sequence=row["sequence"],
-        time=_parse_time(row["time"]),
-        execution=_execution_from_json(json.loads(row["execution"])),
-        kind=EventKind(row["kind"]),
-        step_id=row["step_id"],
-        message=row["message"],
-    )
+    record = {name: row[name] for name in field_names(ExecutionEvent)}
+    return from_record(ExecutionEvent, {**record, "execution": json.loads(row["execution"])})
 
 
-def _time(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
+def write_spec(spec: JobSpec) -> str:
+    """A spec as stored: its record by field name, with the layout's version."""
+    return json.dumps({"schema_version": SPEC_VERSION, "spec": to_record(spec)})
 
 
-def _parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def _optional_time(value: str | None) -> datetime | None:
-    return None if value is None else _parse_time(value)
-
-
-def _spec_to_json(spec: JobSpec) -> dict[str, Any]:
-    data = asdict(spec)
-    data["kind"] = spec.kind.value
-    data["image"]["pull_policy"] = spec.image.pull_policy.value
-    data["env"] = dict(spec.env)
-    data["labels"] = dict(spec.labels)
-    data["init_steps"] = [
-        {
-            **asdict(step),
-            "action": step.action.value,
-            "on_failure": step.on_failure.value,
-            "params": dict(step.params),
-        }
-        for step in spec.init_steps
-    ]
-    data["on_init_failure"] = spec.on_init_failure.value
-    data["storage"] = [{**asdict(mount), "kind": mount.kind.value} for mount in spec.storage]
-    data["cron"]["concurrency_policy"] = spec.cron.concurrency_policy.value
-    data["dispatch"]["payload"] = spec.dispatch.payload.value
-    data["user_namespace"] = spec.user_namespace.value
-    return data
-
-
-def _spec_from_json(data: dict[str, Any]) -> JobSpec:
-    """The inverse of _spec_to_json; fields added since a row was written take defaults."""
-    fields = dict(data)
-    command = fields.pop("command")
-    image = fields.pop("image")
-    kind = JobKind(fields.pop("kind"))
-    resources = Resources(**fields.pop("resources", {}))
-    retry = fields.pop("retry", {})
-    retry_policy = RetryPolicy(
-        **{
-            **retry,
-            "fail_exit_codes": tuple(retry.get("fail_exit_codes", ())),
-            "retry_exit_codes": tuple(retry.get("retry_exit_codes", ())),
-        }
-    )
-    init_steps = tuple(
-        InitStep(
-            **{
-                **step,
-                "action": InitAction(step["action"]),
-                "on_failure": StepFailure(step["on_failure"]),
-            }
-        )
-        for step in fields.pop("init_steps", [])
-    )
-    on_init_failure = InitFailurePolicy(fields.pop("on_init_failure", "fail"))
-    cron_data = fields.pop("cron", {})
-    cron = CronPolicy(
-        **{
-            **cron_data,
-            "concurrency_policy": ConcurrencyPolicy(cron_data.get("concurrency_policy", "allow")),
-        }
-    )
-    storage = tuple(
-        Mount(**{**mount, "kind": MountKind(mount["kind"])}) for mount in fields.pop("storage", [])
-    )
-    fields["capabilities"] = tuple(fields.get("capabilities", ()))
-    fields["user_namespace"] = UserNamespace(fields.get("user_namespace", "private"))
-    dispatch_data = fields.pop("dispatch", {})
-    dispatch = DispatchPolicy(
-        **{
-            **dispatch_data,
-            "payload": PayloadRequirement(dispatch_data.get("payload", "forbidden")),
-            "env": tuple(dispatch_data.get("env", ())),
-            "required_env": tuple(dispatch_data.get("required_env", ())),
-        }
-    )
-    return JobSpec(
-        dispatch=dispatch,
-        **fields,
-        kind=kind,
-        init_steps=init_steps,
-        on_init_failure=on_init_failure,
-        retry=retry_policy,
-        storage=storage,
-        cron=cron,
-        image=ImageSpec(image["name"], PullPolicy(image["pull_policy"])),
-        command=CommandSpec(
-            entrypoint=tuple(command["entrypoint"]),
-            args=tuple(command["args"]),
-            workdir=command["workdir"],
-        ),
-        resources=resources,
-    )
+def read_spec(text: str) -> JobSpec:
+    """The one reader of a stored spec; ValueError, TypeError or KeyError when the text is
+    not a spec this agent writes (or wrote: fields added since take their defaults)."""
+    stored = json.loads(text)
+    if stored["schema_version"] != SPEC_VERSION:
+        raise ValueError(f"spec layout {stored['schema_version']!r} is not {SPEC_VERSION}")
+    return from_record(JobSpec, stored["spec"])
 
 
 def _job_from_row(row: sqlite3.Row) -> Job:
     """A stored job; DataLoss when its row is not what this agent writes."""
     try:
         return Job(
-            spec=_spec_from_json(json.loads(row["spec"])),
-            created_at=_parse_time(row["created_at"]),
-            updated_at=_parse_time(row["updated_at"]),
+            spec=read_spec(row["spec"]),
+            created_at=parse_time(row["created_at"]),
+            updated_at=parse_time(row["updated_at"]),
             spec_yaml=row["spec_yaml"],
         )
     except (ValueError, TypeError, KeyError, AttributeError) as error:
@@ -815,73 +754,24 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         raise DataLoss(f"the stored job {row['name']!r} cannot be read: {error!r}") from None
 
 
-def _trigger_to_json(trigger: Trigger) -> str:
-    return json.dumps(
-        {
-            "kind": trigger.kind.value,
-            "remote_address": trigger.remote_address,
-            "reason": trigger.reason,
-        }
-    )
+def _execution_record(execution: Execution) -> dict[str, Any]:
+    """An execution by field name, as an event's snapshot holds it."""
+    record: dict[str, Any] = to_record(execution)
+    del record["queue_position"]
+    return record
 
 
-def _trigger_from_json(text: str) -> Trigger:
-    data = json.loads(text)
-    return Trigger(TriggerKind(data["kind"]), data["remote_address"], data["reason"])
+def _execution_columns(execution: Execution) -> dict[str, Any]:
+    """An execution's row: its record with the trigger as JSON text, and the trigger's kind
+    in a column of its own for filters."""
+    record = _execution_record(execution)
+    return {
+        **record,
+        "trigger": json.dumps(record["trigger"]),
+        "trigger_kind": record["trigger"]["kind"],
+    }
 
 
-def _attempt_row(execution_id: str, attempt: Attempt) -> tuple[Any, ...]:
-    return (
-        execution_id,
-        attempt.number,
-        attempt.container_id,
-        _time(attempt.started_at),
-        None if attempt.finished_at is None else _time(attempt.finished_at),
-        attempt.exit_code,
-        None if attempt.failure_reason is None else attempt.failure_reason.value,
-        attempt.message,
-    )
-
-
-def _execution_row(execution: Execution) -> tuple[Any, ...]:
-    return (
-        execution.id,
-        execution.job_name,
-        execution.status.value,
-        _trigger_to_json(execution.trigger),
-        execution.container_id,
-        _time(execution.created_at),
-        None if execution.started_at is None else _time(execution.started_at),
-        None if execution.finished_at is None else _time(execution.finished_at),
-        execution.exit_code,
-        None if execution.failure_reason is None else execution.failure_reason.value,
-        execution.message,
-        execution.image,
-        execution.attempt,
-    )
-
-
-def _execution_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Execution:
-    return Execution(
-        id=row[0],
-        job_name=row[1],
-        status=Status(row[2]),
-        trigger=_trigger_from_json(row[3]),
-        container_id=row[4],
-        created_at=_parse_time(row[5]),
-        started_at=_optional_time(row[6]),
-        finished_at=_optional_time(row[7]),
-        exit_code=row[8],
-        failure_reason=None if row[9] is None else FailureReason(row[9]),
-        message=row[10],
-        image=row[11],
-        attempt=row[12] if len(row) > 12 else 1,
-    )
-
-
-def _execution_to_json(execution: Execution) -> list[Any]:
-    return list(_execution_row(execution))
-
-
-def _execution_from_json(data: list[Any]) -> Execution:
-    return _execution_from_row(tuple(data))
+def _execution_from_row(row: sqlite3.Row) -> Execution:
+    record = {name: row[name] for name in EXECUTION_FIELDS}
+    return from_record(Execution, {**record, "trigger": json.loads(row["trigger"])})

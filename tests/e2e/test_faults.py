@@ -208,12 +208,16 @@ def test_a_bad_stored_job_stops_no_other_cron_job_and_no_listing(
         database = sqlite3.connect(own.cwd / own.data_dir / "agent.db")
         with contextlib.closing(database), database as db:
             (text,) = db.execute("SELECT spec FROM jobs WHERE name = 'ticker'").fetchone()
-            spec = json.loads(text)
+            spec = json.loads(text)["spec"]
             spec.update(name="badtz")
             spec["cron"]["time_zone"] = "No/Such"
-            plain = json.loads(text)
+            plain = json.loads(text)["spec"]
             plain.update(name="badenv", kind="job", schedule="", env={"1-BAD": "x"})
-            rows = {"badtz": json.dumps(spec), "badenv": json.dumps(plain), "garbled": "{not"}
+            rows = {
+                name: json.dumps({**json.loads(text), "spec": changed})
+                for name, changed in (("badtz", spec), ("badenv", plain))
+            }
+            rows["garbled"] = "{not"
             for name, text in rows.items():
                 db.execute(
                     "INSERT INTO jobs (name, spec, spec_yaml, created_at, updated_at) "

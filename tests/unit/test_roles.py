@@ -138,6 +138,8 @@ def test_a_store_of_node_wide_request_ids_is_migrated_to_per_caller(tmp_path: Pa
             "ALTER TABLE trigger_requests DROP COLUMN caller;"
             "CREATE UNIQUE INDEX trigger_requests_by_id ON trigger_requests (request_id) "
             "WHERE request_id != '';"
+            # As every database of an agent before numbered migrations.
+            "PRAGMA user_version = 0;"
         )
     db.close()
     store = Store(path)

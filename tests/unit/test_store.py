@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,8 +25,12 @@ from agent.domain import (
     Trigger,
     TriggerKind,
 )
-from agent.errors import NotFound
-from agent.store import StaleTransition, Store
+from agent.errors import DataLoss, FailedPrecondition, NotFound
+from agent.spec import parse_document
+from agent.store import MIGRATIONS, SPEC_VERSION, StaleTransition, Store
+from tests.e2e.previous_release import DOCUMENT
+
+RELEASE_SQL = Path(__file__).parents[1] / "e2e" / "previous_release.sql"
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -169,3 +175,89 @@ def test_pages_are_newest_first_and_stable_under_inserts(tmp_path: Path) -> None
         [],
         None,
     )
+
+
+def release_database(path: Path) -> Path:
+    """The previous release's database (tests/e2e/previous_release.sql) at `path`."""
+    with sqlite3.connect(path) as db:
+        db.executescript(RELEASE_SQL.read_text())
+    db.close()
+    return path
+
+
+def user_version(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    db.close()
+    return version
+
+
+def test_a_database_of_the_previous_release_is_migrated_and_read(tmp_path: Path) -> None:
+    path = release_database(tmp_path / "agent.db")
+    assert user_version(path) == 0
+    store = Store(path)
+    assert user_version(path) == len(MIGRATIONS)
+    specs = parse_document(DOCUMENT)
+    assert [job.spec for job in store.list_jobs()] == sorted(specs, key=lambda s: s.name)
+    assert store.get_cron_state("nightly").missed == 1
+    hello, params = store.get_execution("1" * 32), store.get_execution("2" * 32)
+    assert (hello.status, hello.trigger.kind, hello.attempt) == (
+        Status.COMPLETED,
+        TriggerKind.CLI,
+        1,
+    )
+    assert (params.failure_reason, params.attempt) == (FailureReason.EXIT_CODE, 2)
+    assert [attempt.exit_code for attempt in store.list_attempts(params.id)] == [3, 3]
+    assert store.get_request(params.id).dispatch.payload == b"payload bytes"
+    snapshots = [event.execution for event in store.events_since(hello.id, 0)]
+    assert [s.status for s in snapshots] == [
+        Status.PENDING,
+        Status.INITIALIZING,
+        Status.RUNNING,
+        Status.RUNNING,
+        Status.COMPLETED,
+    ]
+    assert snapshots[-1] == hello
+    events = store.node_events_after(0)
+    assert len(events) == store.last_sequence()
+    store.close()
+    # Reopening applies nothing again.
+    assert Store(path).node_events_after(0) == events
+
+
+def test_a_damaged_row_of_the_previous_release_stays_unreadable_alone(tmp_path: Path) -> None:
+    path = release_database(tmp_path / "agent.db")
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE jobs SET spec = '{not json' WHERE name = 'params'")
+    db.close()
+    store = Store(path)
+    assert [job.name for job in store.list_jobs()] == ["hello", "nightly"]
+    with pytest.raises(DataLoss):
+        store.get_job("params")
+
+
+def test_a_database_of_a_newer_agent_is_refused(tmp_path: Path) -> None:
+    Store(tmp_path / "agent.db").close()
+    with sqlite3.connect(tmp_path / "agent.db") as db:
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.close()
+    with pytest.raises(FailedPrecondition, match="written by a newer agent"):
+        Store(tmp_path / "agent.db")
+
+
+def test_a_spec_is_stored_with_its_layout_version_and_an_unknown_one_is_data_loss(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "agent.db")
+    store.put_job(Job(JobSpec("a", ImageSpec("busybox")), NOW, NOW))
+    store.close()
+    with sqlite3.connect(tmp_path / "agent.db") as db:
+        [text] = db.execute("SELECT spec FROM jobs").fetchone()
+        assert json.loads(text)["schema_version"] == SPEC_VERSION
+        db.execute(
+            "UPDATE jobs SET spec = ?",
+            (text.replace('"schema_version": 1', '"schema_version": 9'),),
+        )
+    db.close()
+    with pytest.raises(DataLoss, match="spec layout 9"):
+        Store(tmp_path / "agent.db").get_job("a")
