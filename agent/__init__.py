@@ -24,6 +24,7 @@ Packages and modules, one job each:
 - mounts: a job's storage list and the host policy it is checked against
 - priority: the agent's own threads run ahead of the processes it starts
 - privileges: what a job may hold beyond the default container
+- records: domain records to JSON by field name and back, from their declarations
 - reference: image references (the distribution grammar, local OCI layouts)
 - settings: the `serve` flags and the YAML settings file, turned into a config
 - spec: the seed's deployment YAML, parsed into JobSpecs
