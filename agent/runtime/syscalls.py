@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import threading
 from collections.abc import Iterator
@@ -118,6 +119,10 @@ def _syscall(what: str, number: int, *args: object) -> int:
     return result
 
 
+# How many times openat2 is tried while renames or mounts elsewhere race its resolution.
+OPENAT2_RETRIES = 100
+
+
 def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     """openat(2) with `resolve` flags (RESOLVE_BENEATH, ...); returns the new descriptor,
     always close-on-exec. Raises OSError (EXDEV: the path left the directory; ELOOP: a
@@ -125,9 +130,21 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
     size = ctypes.c_size_t(ctypes.sizeof(how))
     path_bytes = os.fsencode(path)
-    return _syscall(
-        f"openat2 {path}", _SYS_OPENAT2, ctypes.c_int(dirfd), path_bytes, ctypes.byref(how), size
-    )
+    for _ in range(OPENAT2_RETRIES):
+        try:
+            return _syscall(
+                f"openat2 {path}",
+                _SYS_OPENAT2,
+                ctypes.c_int(dirfd),
+                path_bytes,
+                ctypes.byref(how),
+                size,
+            )
+        except BlockingIOError:
+            # EAGAIN: a rename or a mount anywhere on the host raced a ".." under
+            # RESOLVE_BENEATH or RESOLVE_IN_ROOT; the kernel asks the caller to try again.
+            continue
+    raise OSError(errno.EAGAIN, f"openat2 {path}: raced by renames or mounts, try again")
 
 
 def open_tree(dirfd: int, path: str, flags: int) -> int:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
+
+import pytest
 
 from agent.runtime import syscalls
 
@@ -28,3 +31,29 @@ def test_a_threads_working_directory_moves_neither_the_process_nor_itself_for_go
     thread.join()
     assert seen == {"inside": str(tmp_path), "process": start, "after": start}
     assert (tmp_path / "made-here").exists() and os.getcwd() == start
+
+
+def test_openat2_tries_again_when_a_rename_or_mount_races_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "file").write_text("x")
+    real = syscalls._syscall
+    raced = iter([True, True])
+
+    def racing(what: str, number: int, *args: object) -> int:
+        if next(raced, False):
+            raise BlockingIOError(errno.EAGAIN, "raced")
+        return real(what, number, *args)
+
+    monkeypatch.setattr(syscalls, "_syscall", racing)
+    root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        found = syscalls.openat2(root, "file", os.O_RDONLY, syscalls.RESOLVE_IN_ROOT)
+        assert os.read(found, 1) == b"x"
+        os.close(found)
+        raced = iter([True] * syscalls.OPENAT2_RETRIES)
+        with pytest.raises(OSError) as refused:
+            syscalls.openat2(root, "file", os.O_RDONLY, syscalls.RESOLVE_IN_ROOT)
+        assert refused.value.errno == errno.EAGAIN
+    finally:
+        os.close(root)
