@@ -157,7 +157,7 @@ class ImageStore:
         the rootfs trees that containers' overlays stand on, which stay until they end."""
         keep = {normalize_reference(name) for name in in_use}
         async with self._lock:
-            before = self.size_bytes()
+            before = await off_loop(self.size_bytes)
             usage = self._usage()
             unused = sorted(
                 (ref for ref in self._references() if ref not in keep),
@@ -165,11 +165,11 @@ class ImageStore:
             )
             removed: list[str] = []
             for reference in unused:
-                if budget_bytes is not None and self.size_bytes() <= budget_bytes:
+                if budget_bytes is not None and await off_loop(self.size_bytes) <= budget_bytes:
                     break
                 await self._remove(reference, mounted)
                 removed.append(reference)
-            return PruneResult(tuple(removed), max(0, before - self.size_bytes()))
+            return PruneResult(tuple(removed), max(0, before - await off_loop(self.size_bytes)))
 
     async def _remove(self, reference: str, mounted: frozenset[Path]) -> None:
         tag = _tag_of(reference)
@@ -181,7 +181,7 @@ class ImageStore:
         referenced = {d.replace(":", "-") for d in map(self._digest_of, self._references()) if d}
         for unpacked in self._rootfs_dir.glob("sha256-*"):
             if unpacked.name not in referenced and unpacked / "rootfs" not in mounted:
-                shutil.rmtree(unpacked, ignore_errors=True)
+                await off_loop(shutil.rmtree, unpacked, ignore_errors=True)
         usage = self._usage()
         usage.pop(reference, None)
         self._write_json(self._usage_file, usage)
@@ -343,12 +343,12 @@ class ImageStore:
                     image = f"{staging.layout}:{_tag_of(reference)}"
                     rootfs = str(work / "bundle" / "rootfs")
                     await run([self._umoci, "raw", "unpack", "--image", image, rootfs])
-                    shutil.rmtree(target, ignore_errors=True)
+                    await off_loop(shutil.rmtree, target, ignore_errors=True)
                     (work / "bundle").rename(target)
                 except CommandError as error:
                     raise ImagePullError(f"unpacking {reference}: {error}") from None
                 finally:
-                    shutil.rmtree(work, ignore_errors=True)
+                    await off_loop(shutil.rmtree, work, ignore_errors=True)
         return Image(reference, digest, target / "rootfs", _image_config(staging.blob, digest))
 
     def _entry_of(self, reference: str) -> dict[str, Any] | None:
