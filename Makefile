@@ -197,17 +197,18 @@ unit: venv
 e2e: deps grpcurl
 	$(VENV)/bin/pytest -q tests/e2e
 
-# P1..P7 of the performance issue (and P3U, P3 with and without a user namespace), each a
-# module of bench/ (`make bench ONLY=P3`).
+# P1..P7 of the performance issue (and P3c, a cold start; P3U, P3 with and without a user
+# namespace), each a module of bench/ (`make bench ONLY=P3`).
 BENCH_P1 := latency
 BENCH_P2 := throughput
 BENCH_P3 := image_size
+BENCH_P3c := cold_start
 BENCH_P4 := logs
 BENCH_P5 := unary
 BENCH_P6 := scale
 BENCH_P7 := watchers
 BENCH_P3U := userns
-BENCHES := P1 P2 P3 P3U P4 P5 P6 P7
+BENCHES := P1 P2 P3 P3c P3U P4 P5 P6 P7
 
 $(VENV)/.bench: $(VENV)/.installed requirements/bench.txt
 	$(PY) -m pip install -q --require-hashes -r requirements/bench.txt
