@@ -137,7 +137,15 @@ def main() -> int:
     raw_rounds: list[tuple[int, float]] = []
     hangs: list[str] = []
     with (
-        scratch_agent(args.runtime, "--max-concurrent", str(args.concurrency)) as bench,
+        scratch_agent(
+            args.runtime,
+            "--max-concurrent",
+            str(args.concurrency),
+            # A round's triggers all come at once: past the agent's default per-job bound
+            # of Pending executions.
+            "--max-pending-per-job",
+            str(args.jobs),
+        ) as bench,
         removal_watch(bench) as removals,
     ):
         assert bench.agent.process is not None
