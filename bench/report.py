@@ -178,7 +178,7 @@ FIGURES = (
     ),
     Figure(
         "P4",
-        "StreamLogBatches of a 100 MB log, against `cat` into a reader",
+        "StreamLogBatches of a 100 MB output, against `cat` of its log into a reader",
         "ratio",
         bar=(">=", 0.05),
         shown="agent",
@@ -197,7 +197,7 @@ FIGURES = (
         versus="baseline",
     ),
     Figure(
-        "P4c", "`jobctl logs` of a 10.5 MiB log to /dev/null", "value", bar=("<", 1.0), unit="s"
+        "P4c", "`jobctl logs` of a 185,000-line log to /dev/null", "value", bar=("<", 1.0), unit="s"
     ),
     Figure(
         "P5",
