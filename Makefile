@@ -197,17 +197,12 @@ unit: venv
 e2e: deps grpcurl
 	$(VENV)/bin/pytest -q tests/e2e
 
-# P1..P7 of the performance issue (and P3U, P3 with and without a user namespace), each a
-# module of bench/ (`make bench ONLY=P3`).
-BENCH_P1 := latency
-BENCH_P2 := throughput
-BENCH_P3 := image_size
-BENCH_P4 := logs
-BENCH_P5 := unary
-BENCH_P6 := scale
-BENCH_P7 := watchers
-BENCH_P3U := userns
-BENCHES := P1 P2 P3 P3U P4 P5 P6 P7
+# P1..P7 of the performance issue (and P3c, a cold start; P3U, P3 with and without a user
+# namespace), each a module of bench/ run in turn by bench/report.py, which ends with one
+# table of every figure against its bar (`make bench ONLY="P1 P3c"`; BENCH_ARGS for
+# bench.report, e.g. --set 'P2=--rounds 1').
+ONLY ?=
+BENCH_ARGS ?=
 
 $(VENV)/.bench: $(VENV)/.installed requirements/bench.txt
 	$(PY) -m pip install -q --require-hashes -r requirements/bench.txt
@@ -221,8 +216,7 @@ $(TOOLS)/watchload: bench/watchload/main.go bench/watchload/go.mod $(wildcard $(
 	cd bench/watchload && go build -o $(abspath $(TOOLS))/watchload .
 
 bench: deps image $(VENV)/.bench $(TOOLS)/ghz $(TOOLS)/watchload
-	@set -e; $(foreach b,$(if $(ONLY),$(ONLY),$(BENCHES)),\
-	  $(PY) -m bench.$(BENCH_$(b)) --runtime $(RUNTIME);)
+	$(PY) -m bench.report --runtime $(RUNTIME) $(BENCH_ARGS) $(ONLY)
 
 clean:
 	rm -rf build $(DATA_DIR) $(RUN_DIR)

@@ -1,9 +1,11 @@
 """What every benchmark shares: a scratch agent with the example image, the raw runtime's
-bundle of the same rootfs, and the report (both figures, their ratio, one JSON line)."""
+bundle of the same rootfs, the moments the agent's containers are removed, and the report
+(both figures, their ratio, one JSON line)."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
@@ -11,8 +13,9 @@ import signal
 import struct
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +39,12 @@ class Bench:
     client: JobAgentClient
     layout: Path
 
-    def register(self, name: str, image: str = "busybox:latest") -> None:
-        """Registers a job `name` that runs /bin/true from `image` (already in the store)."""
+    def register(self, name: str, image: str = "busybox:latest", pull: str = "never") -> None:
+        """Registers a job `name` that runs /bin/true from `image` (already in the store,
+        unless `pull` says otherwise)."""
         self.client.register(
             f"version: v1\ndeployment: bench\nservices:\n  {name}:\n    rtype: job\n"
-            f"    image: {{name: '{image}', pull_policy: never}}\n"
+            f"    image: {{name: '{image}', pull_policy: {pull}}}\n"
             "    command: {entrypoint: [/bin/true]}\n",
             replace=True,
         )
@@ -137,6 +141,113 @@ def agent_run_ms(client: JobAgentClient, job: str) -> float:
     return elapsed
 
 
+def container_of(execution_id: str) -> str:
+    """The container of an execution's first attempt, as the agent names it."""
+    return f"ja-{execution_id}"
+
+
+# inotify(7): a directory's entry deleted, the watch gone; struct inotify_event's head.
+IN_DELETE, IN_IGNORED, IN_CLOEXEC = 0x200, 0x8000, 0o2000000
+EVENT_HEAD = struct.Struct("iIII")
+
+
+class RemovalWatch:
+    """When each of the agent's containers was removed, as this process's clock saw it.
+
+    The API gives no moment of a container's removal: the terminal event comes before it
+    (the outcome is recorded first), the slot is freed then too, and the running gauge
+    counts executions by status. The agent's last step of a removal is deleting the
+    container's writable layer (`<data dir>/containers/<container id>`, after the runtime's
+    `delete` and the bundle's unmount and removal), so a thread here waits on inotify for
+    that directory's deletion and notes the moment each one is read."""
+
+    def __init__(self, directory: Path) -> None:
+        """Watches `directory` (the agent's writable layers) until `close`."""
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = self._libc.inotify_init1(IN_CLOEXEC)
+        if self._fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self._wd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), IN_DELETE)
+        if self._wd < 0:
+            os.close(self._fd)
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {directory}")
+        self._removed: dict[str, float] = {}
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, name="removals", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except OSError:
+                return
+            now = time.perf_counter()
+            names: list[str] = []
+            offset, ended = 0, False
+            while offset < len(data):
+                _, mask, _, length = EVENT_HEAD.unpack_from(data, offset)
+                start = offset + EVENT_HEAD.size
+                name = data[start : start + length].rstrip(b"\0")
+                offset = start + length
+                ended = ended or bool(mask & IN_IGNORED)
+                if mask & IN_DELETE:
+                    names.append(os.fsdecode(name))
+            with self._changed:
+                self._removed.update(dict.fromkeys(names, now))
+                self._changed.notify_all()
+            if ended:
+                return
+
+    def removed_at(self, container_id: str, timeout: float = 30.0) -> float:
+        """The perf_counter moment `container_id` was removed (waiting for it)."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: container_id in self._removed, timeout):
+                raise TimeoutError(f"container {container_id} was not removed in {timeout} s")
+            return self._removed.pop(container_id)
+
+    def last_removed_at(self, container_ids: Iterable[str], timeout: float = 60.0) -> float:
+        """The moment the last of `container_ids` was removed (waiting for all of them)."""
+        return max(self.removed_at(container_id, timeout) for container_id in container_ids)
+
+    def close(self) -> None:
+        """Ends the watch (its IN_IGNORED ends the thread) and closes the descriptor."""
+        self._libc.inotify_rm_watch(self._fd, self._wd)
+        self._thread.join(5)
+        os.close(self._fd)
+
+
+@contextmanager
+def removal_watch(bench: Bench) -> Iterator[RemovalWatch]:
+    """A RemovalWatch of the agent's writable layers for the length of a `with`."""
+    watch = RemovalWatch(bench.agent.paths.writable)
+    try:
+        yield watch
+    finally:
+        watch.close()
+
+
+@dataclass(frozen=True)
+class AgentRun:
+    """One execution's milliseconds from TriggerJob to its terminal event, and to its
+    container's removal."""
+
+    terminal_ms: float
+    removed_ms: float
+
+
+def agent_run(client: JobAgentClient, job: str, removals: RemovalWatch) -> AgentRun:
+    """Runs `job` once: TriggerJob, the terminal event on WatchExecution, then the removal
+    of its container (the raw runtime's `run` includes its `delete`)."""
+    started = time.perf_counter()
+    execution = client.trigger(job)
+    final = client.wait(execution.id)
+    terminal = time.perf_counter()
+    assert final.status == "completed", final
+    removed = removals.removed_at(container_of(execution.id))
+    return AgentRun((terminal - started) * 1000, (removed - started) * 1000)
+
+
 class RawRunHung(Exception):
     """`<runtime> run` did not return, even with its lost SIGCHLD sent again."""
 
@@ -211,15 +322,25 @@ def report(
     baseline_name: str,
     agent_samples: Sequence[float] = (),
     baseline_samples: Sequence[float] = (),
+    beside: Mapping[str, tuple[str, float]] | None = None,
     **extra: object,
 ) -> None:
     """Prints both figures, their ratio, and one JSON line a machine can read; keeps the
-    samples in bench/results/<bench>.json and draws them in bench/results/<bench>.png."""
+    samples in bench/results/<bench>.json and draws them in bench/results/<bench>.png.
+
+    `beside` holds the agent's other figures in the same unit, printed under its own with
+    their ratio to the baseline: key -> (what it measures, value). The JSON line has each
+    as `<key>` and `<key>_ratio`."""
     ratio = agent / baseline
     print(title)
     print(f"  agent    {agent:10.2f} {unit}")
     print(f"  baseline {baseline:10.2f} {unit}  ({baseline_name})")
     print(f"  ratio    {ratio:10.2f}")
+    figures: dict[str, float] = {}
+    for key, (what, value) in (beside or {}).items():
+        print(f"  beside   {value:10.2f} {unit}  ratio {value / baseline:.2f}  ({what})")
+        figures[key] = round(value, 2)
+        figures[f"{key}_ratio"] = float(f"{value / baseline:.3g}")
     # Three significant digits, so that a ratio far below 1 does not print as 0.0.
     record = {
         "bench": bench,
@@ -227,6 +348,7 @@ def report(
         "agent": round(agent, 2),
         "baseline": round(baseline, 2),
         "ratio": float(f"{ratio:.3g}"),
+        **figures,
         "unit": unit,
         "n": n,
     }

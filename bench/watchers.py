@@ -150,7 +150,11 @@ def main() -> int:
     expected = EVENTS_PER_JOB * args.jobs
     agent_delays: list[float] = []
     bare_delays: list[float] = []
-    with scratch_agent(args.runtime) as bench:
+    # One watcher process opens every stream: past the agent's per-caller (and node)
+    # limit of streams, which guard against one caller taking them all.
+    room = str(args.streams + 64)
+    limits = ("--max-streams-per-caller", room, "--max-streams", room)
+    with scratch_agent(args.runtime, *limits) as bench:
         bench.register("bench-true")
         replay = bench.root / "replay.json"
         for round_ in range(args.rounds):
