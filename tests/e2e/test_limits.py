@@ -44,6 +44,17 @@ def cgroup_value(container_id: str, controller: str, v1_file: str, v2_file: str)
     raise AssertionError(f"no {controller} cgroup for {container_id}")
 
 
+def wait_for_output(client: JobAgentClient, execution_id: str, lines: list[str]) -> None:
+    """Waits until the execution has logged `lines`: a script's trap is set once it prints.
+    (The container's init ignores a signal it has no handler for, so a cancel that comes
+    before the trap would wait out the grace period.)"""
+    wait_until(
+        lambda: [line.message for line in client.logs(execution_id)] == lines,
+        30,
+        f"the output {lines}",
+    )
+
+
 def test_limits_are_set_on_the_cgroup_and_labels_on_the_bundle(
     client: JobAgentClient, agent: AgentProcess
 ) -> None:
@@ -75,7 +86,7 @@ def test_every_job_gets_the_default_pids_limit_and_tmp_size(client: JobAgentClie
         "trap 'exit 0' TERM; df -k /tmp | awk 'NR == 2 {print $2}'; sleep 30 & wait",
     )
     execution = client.trigger("defaults")
-    wait_until(lambda: client.get_execution(execution.id).status == "running", 30, "running")
+    wait_for_output(client, execution.id, [str(64 * 1024)])
     try:
         pids = cgroup_value(execution.container_id, "pids", "pids.max", "pids.max")
         assert pids == str(DEFAULTS.limits.pids_limit) == "4096"
@@ -160,9 +171,10 @@ def test_the_timeout_stops_the_job_with_deadline_exceeded(
 
 
 def test_cancel_sends_the_jobs_stop_signal(client: JobAgentClient) -> None:
-    register(client, "usr1", "    stop_signal: SIGUSR1\n", "trap 'exit 42' USR1; sleep 300 & wait")
+    script = "trap 'exit 42' USR1; echo trapped; sleep 300 & wait"
+    register(client, "usr1", "    stop_signal: SIGUSR1\n", script)
     execution = client.trigger("usr1")
-    wait_until(lambda: client.get_execution(execution.id).status == "running", 30, "running")
+    wait_for_output(client, execution.id, ["trapped"])
     assert client.cancel(execution.id).exit_code == 42
 
 
@@ -275,9 +287,9 @@ def test_the_default_log_cap_is_the_newest_mebibyte_of_output(client: JobAgentCl
 
 
 def test_the_cancel_request_can_name_the_stop_signal(client: JobAgentClient) -> None:
-    register(client, "interruptible", "", "trap 'exit 21' INT; sleep 300 & wait")
+    register(client, "interruptible", "", "trap 'exit 21' INT; echo trapped; sleep 300 & wait")
     execution = client.trigger("interruptible")
-    wait_until(lambda: client.get_execution(execution.id).status == "running", 30, "running")
+    wait_for_output(client, execution.id, ["trapped"])
     assert client.cancel(execution.id, signal="SIGINT").exit_code == 21
 
 
