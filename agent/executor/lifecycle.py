@@ -173,6 +173,7 @@ class ExecutionRun:
         except TimeoutError:
             await self._remove_current()
             self._fail(FailureReason.DEADLINE_EXCEEDED, self._deadline_message())
+            await self._forget_current()
             return
         except asyncio.CancelledError:
             await self._take_back()
@@ -302,12 +303,14 @@ class ExecutionRun:
             await self._runtime.create(request, image)
         except ContainerCreateError as error:
             self._fail(FailureReason.CREATE, str(error))
+            await self._forget_current()
             return False
         try:
             await self._runtime.start(container_id)
         except ContainerStartError as error:
             await self._runtime.remove(container_id)
             self._fail(FailureReason.START, str(error))
+            await self._forget_current()
             return False
         self._attempt_started = now()
         attempt = Attempt(number, container_id, self._attempt_started)
@@ -387,6 +390,7 @@ class ExecutionRun:
         except TimeoutError:
             await self._remove_current()
             self._fail(FailureReason.DEADLINE_EXCEEDED, self._deadline_message())
+            await self._forget_current()
             return None
         except ImagePullError as error:
             self._fail(FailureReason.IMAGE_PULL, str(error))
@@ -479,6 +483,13 @@ class ExecutionRun:
     async def _remove_current(self) -> None:
         await self._runtime.remove(self.execution.container_id)
 
+    async def _forget_current(self) -> None:
+        """Drops the current container's exit record once the outcome is stored. A
+        container made but not run to its end by the attempt loop (cancelled or failed
+        before it ran, stopped at the deadline while starting) has one too: conmon
+        writes it when the container goes."""
+        await self._runtime.forget(self.execution.container_id)
+
     async def _take_back(self) -> None:
         """After a cancel while no process ran: remove what was prepared and record it.
 
@@ -489,3 +500,4 @@ class ExecutionRun:
         if self._closing():
             raise asyncio.CancelledError
         self._record_cancelled()
+        await self._forget_current()

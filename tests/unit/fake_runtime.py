@@ -20,6 +20,7 @@ class FakeRuntime:
         self.start_error: str | None = None
         self.pull_gate: asyncio.Event | None = None
         self.remove_gate: asyncio.Event | None = None
+        self.start_gate: asyncio.Event | None = None
         self.created: list[str] = []
         self.requests: list[ContainerRequest] = []
         self.started: list[str] = []
@@ -61,6 +62,8 @@ class FakeRuntime:
         self._future(request.container_id)
 
     async def start(self, container_id: str) -> None:
+        if self.start_gate is not None:
+            await self.start_gate.wait()
         if self.start_error:
             raise ContainerStartError(self.start_error)
         self.started.append(container_id)
