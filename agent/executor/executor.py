@@ -801,6 +801,20 @@ class Executor:
                 self._spawn(run, run.adopt())
                 return
             await self._runtime.remove(container_id)
+            if job is not None and self._between_attempts(execution):
+                # Its attempt failed and was to be retried: no process of it ran at the stop.
+                log.info(
+                    "resuming the retries of execution %s",
+                    execution.id,
+                    extra={"execution_id": execution.id},
+                )
+                if (refusal := self._policy_refusal(job.spec)) is not None:
+                    self._refuse(execution, refusal)
+                    return
+                self._admission.occupy(execution.id, execution.job_name)
+                run = self._new_run(execution, job.spec)
+                self._spawn(run, run.resume_retries())
+                return
             self._lost(execution, "the container was gone when the agent restarted")
             return
         # Pending or initializing: nothing of the job's process ran yet, so start afresh.
@@ -816,6 +830,15 @@ class Executor:
             self._admission.occupy(execution.id, execution.job_name)
             run = self._new_run(execution, job.spec)
             self._spawn(run, run.run())
+
+    def _between_attempts(self, execution: Execution) -> bool:
+        """True when the execution's current attempt is recorded as finished: it failed,
+        a retry was decided (an attempt that ends the execution ends it in the same
+        write), and the next attempt was not recorded as started."""
+        attempts = self._store.list_attempts(execution.id)
+        return bool(attempts) and (
+            attempts[-1].number == execution.attempt and attempts[-1].finished_at is not None
+        )
 
     def _fail_unfinished(self, execution_id: str, error: BaseException) -> None:
         """An execution whose run died of an agent error still gets a terminal state."""

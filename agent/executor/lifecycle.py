@@ -192,6 +192,25 @@ class ExecutionRun:
         except DiskFull as error:
             await self._end_for_disk(error)
 
+    async def resume_retries(self) -> None:
+        """Goes on with an execution whose attempt had failed, to be retried, when the
+        agent stopped: its next attempt had not started (or was taken back at the stop),
+        so it starts after the backoff, as if the failure had just happened."""
+        current_execution.set(self.execution.id)
+        self._deadline = self._deadline_from(self.execution.created_at)
+        number = self.execution.attempt
+        try:
+            self._phase = Phase.BACKOFF
+            try:
+                image = await self._retry(self.spec.retry.delay(number), None, number + 1)
+            except asyncio.CancelledError:
+                await self._take_back()
+                return
+            if image is not None:
+                await self._attempts(image)
+        except DiskFull as error:
+            await self._end_for_disk(error)
+
     async def _end_for_disk(self, error: DiskFull) -> None:
         """A transition the store had no room for: the run ends Failed (the terminal state
         is kept until it can be written), its container removed, its slot freed."""
@@ -498,6 +517,9 @@ class ExecutionRun:
         """
         await self._remove_current()
         if self._closing():
+            # The store never named this container as started: nothing reads its exit
+            # record again.
+            await self._forget_current()
             raise asyncio.CancelledError
         self._record_cancelled()
         await self._forget_current()

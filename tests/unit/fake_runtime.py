@@ -100,7 +100,11 @@ class FakeRuntime:
         self.alive.discard(container_id)
 
     async def forget(self, container_id: str) -> None:
+        # As the real one drops conmon's exit file: a restarted agent no longer knows it.
         self.forgotten.append(container_id)
+        future = self.exits.get(container_id)
+        if future is not None and future.done():
+            del self.exits[container_id]
 
     async def prune_images(self, in_use: set[str], budget_bytes: int | None) -> PruneResult:
         self.pruned_with = (frozenset(in_use), budget_bytes)
