@@ -321,6 +321,10 @@ class Soak:
         """Samples every --interval seconds and prints one line each."""
         last: Sample | None = None
         while not self.stopping.wait(self.args.interval):
+            # While the agent restarts, the process may be the next one starting up: its
+            # first sample is taken once it serves.
+            if not self.serving.is_set():
+                continue
             item = self.sample()
             if item is None:
                 continue
@@ -593,10 +597,13 @@ def explain(agent: AgentProcess, found: dict[str, list[str]]) -> None:
 
 def summary(samples: Sequence[Sample], warmup: float) -> list[dict[str, object]]:
     """Per incarnation: start and end of each figure and its slope per minute (least
-    squares over the samples after `warmup` seconds of the incarnation)."""
+    squares over the samples after `warmup` seconds of the incarnation), and the slope
+    over its second half alone (`late`): a leak keeps its slope, a cache filling up
+    flattens."""
     result: list[dict[str, object]] = []
     for incarnation in sorted({item.incarnation for item in samples}):
         own = [item for item in samples if item.incarnation == incarnation]
+        own = [item for item in own if item.pid == own[0].pid]
         settled = [item for item in own if item.seconds - own[0].seconds >= warmup]
         fitted = settled if len(settled) >= 3 else own
         record: dict[str, object] = {
@@ -612,6 +619,8 @@ def summary(samples: Sequence[Sample], warmup: float) -> list[dict[str, object]]
             record[name] = [values[0], values[-1]]
             points = [(item.seconds, float(getattr(item, name))) for item in fitted]
             record[f"{name}_slope_per_min"] = round(slope_per_minute(points), 3)
+            late = points[len(points) // 2 :]
+            record[f"{name}_late_slope_per_min"] = round(slope_per_minute(late), 3)
         busy = own[-1].cpu_seconds - own[0].cpu_seconds
         record["cpu_ms_per_job"] = round(1000 * busy / max(own[-1].done - own[0].done, 1), 2)
         result.append(record)
@@ -625,8 +634,10 @@ def print_summary(incarnations: Sequence[dict[str, object]]) -> None:
         for name, unit in (("rss_mb", " MB"), ("fds", ""), ("threads", "")):
             start, end = cast("list[float]", record[name])
             slope = record[f"{name}_slope_per_min"]
+            late = record[f"{name}_late_slope_per_min"]
             parts.append(
-                f"{name.removesuffix('_mb')} {start:g} -> {end:g}{unit} ({slope:+.2f}/min)"
+                f"{name.removesuffix('_mb')} {start:g} -> {end:g}{unit} "
+                f"({slope:+.2f}/min, late {late:+.2f})"
             )
         print(
             f"  #{record['incarnation']} {record['from_s']:.0f}-{record['to_s']:.0f} s, "
