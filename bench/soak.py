@@ -276,7 +276,8 @@ class Soak:
 
     def call(self, action: Callable[[Connection], T]) -> T:
         """`action` on the current connection, repeated while the agent restarts (or has
-        too many streams open), for up to RETRY_SECONDS."""
+        too many streams open), for up to RETRY_SECONDS. A call that ends CANCELLED while
+        the agent restarts is repeated too, and counted (`calls_cancelled_by_restart`)."""
         deadline = time.monotonic() + RETRY_SECONDS
         while True:
             self.serving.wait(RETRY_SECONDS)
@@ -284,13 +285,25 @@ class Soak:
             try:
                 return action(connection)
             except ClientError as error:
-                if error.code not in RETRIED or time.monotonic() > deadline:
+                code = error.code
+                if not self._repeats(code, connection, deadline):
                     raise
             except grpc.RpcError as error:
-                if error.code() not in RETRIED or time.monotonic() > deadline:
+                code = error.code()
+                if not self._repeats(code, connection, deadline):
                     raise
             self.tally.add("calls_repeated")
             time.sleep(0.2 + random.random() * 0.3)
+
+    def _repeats(self, code: grpc.StatusCode, connection: Connection, deadline: float) -> bool:
+        if time.monotonic() > deadline:
+            return False
+        if code is grpc.StatusCode.CANCELLED and (
+            not self.serving.is_set() or connection is not self.connection
+        ):
+            self.tally.add("calls_cancelled_by_restart")
+            return True
+        return code in RETRIED
 
     # Samples.
 
