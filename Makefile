@@ -32,7 +32,7 @@ GEN_DIR := clients/python/jobagent/v1
 PROTOS := $(wildcard protos/jobagent/v1/*.proto)
 
 .PHONY: help deps apt youki grpcurl venv lock fresh-check proto proto-check image run test lint unit e2e \
-  bench clean tools clients clients-check clients-build clients-lint clients-unit buf-lint buf-breaking \
+  bench soak clean tools clients clients-check clients-build clients-lint clients-unit buf-lint buf-breaking \
   release-api
 
 help:
@@ -43,6 +43,7 @@ help:
 	@echo "make proto  regenerate the Python code from protos/"
 	@echo "make clients  regenerate the Go and TypeScript code from protos/ (Rust: at build time)"
 	@echo "make bench  run the benchmarks"
+	@echo "make soak   about 10 minutes of mixed work: the agent's memory, fds, threads, leftovers"
 
 deps: apt youki venv
 
@@ -217,6 +218,13 @@ $(TOOLS)/watchload: bench/watchload/main.go bench/watchload/go.mod $(wildcard $(
 
 bench: deps image $(VENV)/.bench $(TOOLS)/ghz $(TOOLS)/watchload
 	$(PY) -m bench.report --runtime $(RUNTIME) $(BENCH_ARGS) $(ONLY)
+
+# About ten minutes of mixed work with two agent restarts (bench/soak.py): the agent's RSS,
+# open fds and threads over time, and what is left at the end (`make soak SOAK_ARGS="--minutes
+# 2 --jobs 1000"` for a shorter one).
+SOAK_ARGS ?=
+soak: deps image
+	$(PY) -m bench.soak --runtime $(RUNTIME) $(SOAK_ARGS)
 
 clean:
 	rm -rf build $(DATA_DIR) $(RUN_DIR)

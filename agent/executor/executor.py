@@ -829,8 +829,9 @@ class Executor:
     async def _resume_retry(self, execution: Execution, spec: JobSpec) -> bool:
         """A Running execution whose recorded attempt had ended and was to be retried: the
         agent went down in the backoff or while starting the next attempt. That attempt's
-        process is followed when it had started, else the attempt starts afresh. False
-        when the recorded attempt had not ended (its container is lost)."""
+        process is followed when it had started, else the attempt starts afresh (if the
+        host policy still allows the job). False when the recorded attempt had not ended
+        (its container is lost)."""
         attempts = self._store.list_attempts(execution.id)
         last = attempts[-1] if attempts else None
         if last is None or last.finished_at is None or last.number != execution.attempt:
@@ -838,27 +839,31 @@ class Executor:
         number = last.number + 1
         container_id = container_id_of(execution.id, number)
         started = await self._runtime.started_at(container_id)
-        self._admission.occupy(execution.id, execution.job_name)
-        if started is None:
-            log.info(
-                "execution %s: attempt %d starts again after the agent went down",
-                execution.id,
-                number,
-                extra={"execution_id": execution.id},
+        if started is not None:
+            execution = self._recorder.update(
+                replace(execution, container_id=container_id, attempt=number),
+                EventKind.ATTEMPT_STARTED,
+                f"attempt {number} started before the agent went down",
+                Attempt(number, container_id, started),
             )
-            await self._runtime.remove(container_id)
-            await self._runtime.forget(container_id)
+            self._admission.occupy(execution.id, execution.job_name)
             run = self._new_run(execution, spec)
-            self._spawn(run, run.resume(number, last.finished_at))
+            self._spawn(run, run.adopt())
             return True
-        execution = self._recorder.update(
-            replace(execution, container_id=container_id, attempt=number),
-            EventKind.ATTEMPT_STARTED,
-            f"attempt {number} started before the agent went down",
-            Attempt(number, container_id, started),
+        await self._runtime.remove(container_id)
+        await self._runtime.forget(container_id)
+        if (refusal := self._policy_refusal(spec)) is not None:
+            self._refuse(execution, refusal)
+            return True
+        log.info(
+            "execution %s: attempt %d starts after the agent went down",
+            execution.id,
+            number,
+            extra={"execution_id": execution.id},
         )
+        self._admission.occupy(execution.id, execution.job_name)
         run = self._new_run(execution, spec)
-        self._spawn(run, run.adopt())
+        self._spawn(run, run.resume(number, last.finished_at))
         return True
 
     async def _started_meanwhile(self, execution: Execution) -> Execution:

@@ -174,6 +174,7 @@ class ExecutionRun:
         except TimeoutError:
             await self._remove_current()
             self._fail(FailureReason.DEADLINE_EXCEEDED, self._deadline_message())
+            await self._forget_current()
             return
         except asyncio.CancelledError:
             await self._take_back()
@@ -324,6 +325,7 @@ class ExecutionRun:
             await self._runtime.create(request, image)
         except ContainerCreateError as error:
             self._fail(FailureReason.CREATE, str(error))
+            await self._forget_current()
             return False
         faults.hit("created")
         try:
@@ -331,6 +333,7 @@ class ExecutionRun:
         except ContainerStartError as error:
             await self._runtime.remove(container_id)
             self._fail(FailureReason.START, str(error))
+            await self._forget_current()
             return False
         faults.hit("started")
         self._attempt_started = now()
@@ -411,6 +414,7 @@ class ExecutionRun:
         except TimeoutError:
             await self._remove_current()
             self._fail(FailureReason.DEADLINE_EXCEEDED, self._deadline_message())
+            await self._forget_current()
             return None
         except ImagePullError as error:
             self._fail(FailureReason.IMAGE_PULL, str(error))
@@ -503,6 +507,13 @@ class ExecutionRun:
     async def _remove_current(self) -> None:
         await self._runtime.remove(self.execution.container_id)
 
+    async def _forget_current(self) -> None:
+        """Drops the current container's exit record once the outcome is stored. A
+        container made but not run to its end by the attempt loop (cancelled or failed
+        before it ran, stopped at the deadline while starting) has one too: conmon
+        writes it when the container goes."""
+        await self._runtime.forget(self.execution.container_id)
+
     async def _take_back(self) -> None:
         """After a cancel while no process ran: remove what was prepared and record it.
 
@@ -511,5 +522,9 @@ class ExecutionRun:
         """
         await self._remove_current()
         if self._closing():
+            # The store never named this container as started: nothing reads its exit
+            # record again.
+            await self._forget_current()
             raise asyncio.CancelledError
         self._record_cancelled()
+        await self._forget_current()

@@ -186,11 +186,18 @@ class ConmonMonitor:
         """Drops the monitor's handle on a container's conmon."""
         self._processes.pop(container_id, None)
 
+    def attach_link(self, container_id: str) -> Path:
+        """The link conmon makes to the container's bundle (its attach socket's short
+        path); conmon never removes it."""
+        return self._sockets_dir / container_id
+
     def forget(self, container_id: str) -> None:
-        """Drops what the monitor holds for a container: its process, exit and oom files."""
+        """Drops what the monitor holds for a container: its process, exit and oom files
+        and the link to its attach socket."""
         self.release(container_id)
         self.exit_file(container_id).unlink(missing_ok=True)
         shutil.rmtree(self.persist_dir(container_id), ignore_errors=True)
+        self.attach_link(container_id).unlink(missing_ok=True)
 
     def oom_killed(self, container_id: str) -> bool:
         """True when conmon saw the container's memory cgroup kill a process."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,15 @@ from agent.hostfs import make_dir
 from agent.runtime.errors import CommandError
 from agent.runtime.process import run
 from agent.runtime.sealed import SealedBinary
+
+log = logging.getLogger(__name__)
+
+# A delete that fails while the container still exists is tried again, this many times in
+# all, waiting DELETE_BACKOFF seconds before the second and twice as long before each next.
+DELETE_TRIES = 6
+DELETE_BACKOFF = 0.25
+# What `state` answers when the runtime printed something that is not its JSON document.
+UNREADABLE_STATE = "unknown"
 
 
 class OciRuntime:
@@ -58,12 +69,31 @@ class OciRuntime:
         return True
 
     async def delete(self, container_id: str) -> None:
-        """Deletes the container (force: kills it first); a missing container is fine."""
-        try:
-            await self.call(*self.global_args(), "delete", "--force", container_id, timeout=60)
-        except CommandError:
-            if await self.state(container_id) is not None:
-                raise
+        """Deletes the container (force: kills it first); a missing container is fine.
+
+        A delete that fails while the container still exists is tried again, backing off
+        (about 8 s in all): on a loaded host the killed processes can take longer to leave
+        the container's cgroups than the runtime waits for them (youki: "failed to remove
+        cgroup ... could not delete"), and a container given up on at once would leave its
+        mounts, cgroups, state and bundle behind."""
+        delay = DELETE_BACKOFF
+        for attempt in range(1, DELETE_TRIES + 1):
+            try:
+                await self.call(*self.global_args(), "delete", "--force", container_id, timeout=60)
+                return
+            except CommandError as error:
+                if await self.state(container_id) is None:
+                    return
+                if attempt == DELETE_TRIES:
+                    raise
+                log.warning(
+                    "deleting container %s failed (%s); trying again in %gs",
+                    container_id,
+                    str(error).splitlines()[0][:300],
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            delay *= 2
 
     async def state(self, container_id: str) -> str | None:
         """Returns the container's status (created, running, stopped...) or None if unknown."""
@@ -77,5 +107,9 @@ class OciRuntime:
             output = await self.call(*self.global_args(), "state", container_id, timeout=30)
         except CommandError:
             return None
-        document: dict[str, Any] = json.loads(output)
+        try:
+            document: dict[str, Any] = json.loads(output)
+        except ValueError:
+            # Seen while a delete was under way on a loaded host: nothing on stdout.
+            return {"status": UNREADABLE_STATE}
         return document

@@ -32,6 +32,11 @@ from agent.runtime.errors import ImagePullError
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = b'{"imageLayoutVersion": "1.0.0"}'
 HEX = re.compile(r"[0-9a-f]+")
+# Blobs below this size (manifests, configs, indexes) are copied into a staging layout
+# rather than linked: skopeo rewrites a manifest blob it copies again in place (truncating
+# the file, then writing it), and through a hard link a reader of the store's layout would
+# see it empty meanwhile.
+COPIED_BLOB_SIZE = 64 * 1024
 EMPTY_INDEX: dict[str, Any] = {"schemaVersion": 2, "manifests": []}
 
 
@@ -52,7 +57,9 @@ class StagingLayout:
         fcntl.flock(fd, fcntl.LOCK_EX)
         staging = cls(path, fd)
         try:
-            link_blobs(store_layout / "blobs", staging.layout / "blobs")
+            link_blobs(
+                store_layout / "blobs", staging.layout / "blobs", copy_below=COPIED_BLOB_SIZE
+            )
         except BaseException:
             staging.remove()
             raise
@@ -116,10 +123,11 @@ class StagingLayout:
             self._fd = -1
 
 
-def link_blobs(source: Path, target: Path) -> None:
-    """Hard-links every blob of `source` (blobs/ALGORITHM/HEX) that `target` lacks; a blob
-    removed meanwhile is skipped (the pull downloads it again), and so are the temporary
-    files of a copy (not named by a hex digest)."""
+def link_blobs(source: Path, target: Path, copy_below: int = 0) -> None:
+    """Hard-links every blob of `source` (blobs/ALGORITHM/HEX) that `target` lacks (copies
+    it when smaller than `copy_below` bytes); a blob removed meanwhile is skipped (the pull
+    downloads it again), and so are the temporary files of a copy (not named by a hex
+    digest)."""
     if not source.is_dir():
         return
     for algorithm in source.iterdir():
@@ -128,7 +136,11 @@ def link_blobs(source: Path, target: Path) -> None:
             if not HEX.fullmatch(blob.name):
                 continue
             with contextlib.suppress(FileExistsError, FileNotFoundError):
-                os.link(blob, directory / blob.name)
+                if copy_below and blob.stat().st_size < copy_below:
+                    with blob.open("rb") as source_file, (directory / blob.name).open("xb") as copy:
+                        shutil.copyfileobj(source_file, copy)
+                else:
+                    os.link(blob, directory / blob.name)
 
 
 def read_index(layout: Path) -> dict[str, Any]:

@@ -153,7 +153,7 @@ def test_a_staged_bind_is_read_only_on_the_host_and_goes_with_the_container(
     assert line.split()[3] == str(allowed / "held")
     assert {"ro", "nosuid", "nodev"} <= set(line.split()[5].split(","))
     ended = client.cancel(execution.id, grace=timedelta(0))
-    assert ended.status == "cancelled"
+    assert ended.status == "cancelled", ended.message
     assert settled_leftovers(allowing.agent, ended.container_id) == []
     assert mounts_under(staged) == []
 

@@ -24,6 +24,7 @@ class FakeRuntime:
         self.start_error: str | None = None
         self.pull_gate: asyncio.Event | None = None
         self.remove_gate: asyncio.Event | None = None
+        self.start_gate: asyncio.Event | None = None
         self.created: list[str] = []
         self.requests: list[ContainerRequest] = []
         self.started: list[str] = []
@@ -65,6 +66,8 @@ class FakeRuntime:
         self._future(request.container_id)
 
     async def start(self, container_id: str) -> None:
+        if self.start_gate is not None:
+            await self.start_gate.wait()
         if self.start_error:
             raise ContainerStartError(self.start_error)
         self.started.append(container_id)
@@ -106,7 +109,11 @@ class FakeRuntime:
         self.alive.discard(container_id)
 
     async def forget(self, container_id: str) -> None:
+        # As the real one drops conmon's exit file: a restarted agent no longer knows it.
         self.forgotten.append(container_id)
+        future = self.exits.get(container_id)
+        if future is not None and future.done():
+            del self.exits[container_id]
 
     async def prune_images(self, in_use: set[str], budget_bytes: int | None) -> PruneResult:
         self.pruned_with = (frozenset(in_use), budget_bytes)

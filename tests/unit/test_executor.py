@@ -335,6 +335,8 @@ async def test_a_container_created_and_never_started_is_removed_and_the_run_star
     store = Store(tmp_path / "agent.db")
     execution = await initializing_when_the_agent_died(tmp_path, runtime, store)
     runtime.created.append(execution.container_id)
+    runtime.removed.clear()
+    runtime.forgotten.clear()
 
     second = Executor(store, runtime, tmp_path / "logs")
     await second.start()

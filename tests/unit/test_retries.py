@@ -128,6 +128,54 @@ async def test_cancel_during_the_backoff_ends_cancelled(
     assert f"{execution.container_id}-2" not in runtime.created
 
 
+@pytest.mark.parametrize("stopped_while", ["backoff", "next-start"])
+async def test_a_restart_between_attempts_goes_on_with_the_retries(
+    tmp_path: Path, stopped_while: str
+) -> None:
+    """Found by the soak: an agent stopped while a failed attempt waited for its retry
+    (or while the retry's container was being started) ended the execution AGENT_LOST at
+    its next start, and left the retry's exit record behind."""
+    runtime = FakeRuntime()
+    store = Store(tmp_path / "db")
+    first = Executor(store, runtime, tmp_path / "logs")
+    delay = 0.3 if stopped_while == "backoff" else 0.01
+    policy = RetryPolicy(backoff_limit=2, initial_delay_seconds=delay, max_delay_seconds=delay)
+    first.register_jobs([JobSpec("flaky", ImageSpec("busybox"), retry=policy)], "", True)
+    execution = await first.trigger("flaky", Trigger(TriggerKind.CLI))
+    retry = f"{execution.container_id}-2"
+    await started(runtime, execution.container_id)
+    if stopped_while == "next-start":
+        runtime.start_gate = asyncio.Event()
+    runtime.exit(execution.container_id, 1)
+    for _ in range(500):
+        if stopped_while == "backoff" and first.list_attempts(execution.id)[0].finished_at:
+            break
+        if stopped_while == "next-start" and retry in runtime.created:
+            break
+        await asyncio.sleep(0.01)
+    await first.close()
+    assert store.get_execution(execution.id).status is Status.RUNNING
+    assert retry not in runtime.started
+    assert set(runtime.removed) <= set(runtime.forgotten)
+
+    runtime.start_gate = None
+    second = Executor(store, runtime, tmp_path / "logs")
+    await second.start()
+    await started(runtime, retry)
+    runtime.exit(retry, 0)
+    async for _ in second.watch(execution.id):
+        pass
+    final = second.get_execution(execution.id)
+    assert (final.status, final.attempt, final.failure_reason) == (Status.COMPLETED, 2, None)
+    for _ in range(100):
+        if retry in runtime.forgotten:
+            break
+        await asyncio.sleep(0.01)
+    assert set(runtime.removed) <= set(runtime.forgotten)
+    await second.close()
+    store.close()
+
+
 def test_the_delay_doubles_up_to_the_maximum() -> None:
     policy = RetryPolicy(initial_delay_seconds=1, max_delay_seconds=5)
     assert [policy.delay(retry) for retry in (1, 2, 3, 4)] == [1, 2, 4, 5]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.runtime.errors import ImagePullError
-from agent.runtime.staging import REF_NAME, StagingLayout, read_index
+from agent.runtime.staging import COPIED_BLOB_SIZE, REF_NAME, StagingLayout, read_index
 from agent.runtime.storelock import KeyedLocks
 
 
@@ -61,6 +61,31 @@ def test_a_staging_layout_reuses_the_stores_blobs_and_commits_into_its_index(
     finally:
         staging.remove()
     assert not staging.path.exists()
+
+
+def test_a_manifest_rewritten_in_place_by_a_pull_leaves_the_stores_intact(
+    tmp_path: Path,
+) -> None:
+    """Found by the soak: skopeo, copying an image again (pull_policy: always), rewrites
+    the manifest blob in place; through a hard link the store's manifest was empty for a
+    moment, and a job starting from the store then failed (AGENT_ERROR, "Expecting
+    value"). Small blobs are copied into the staging layout; layers are still linked."""
+    store = tmp_path / "oci"
+    manifest = put_blob(store, b'{"layers": []}')
+    layer = put_blob(store, b"x" * (COPIED_BLOB_SIZE + 1))
+    staging = StagingLayout.create(tmp_path / "staging", store)
+    try:
+        blobs = staging.layout / "blobs" / "sha256"
+        name = manifest.split(":")[1]
+        with (blobs / name).open("r+b") as rewritten:
+            rewritten.truncate(0)
+            assert (store / "blobs" / "sha256" / name).read_bytes() == b'{"layers": []}'
+        layer_name = layer.split(":")[1]
+        assert (blobs / layer_name).stat().st_ino == (
+            store / "blobs" / "sha256" / layer_name
+        ).stat().st_ino
+    finally:
+        staging.remove()
 
 
 def test_a_prune_meanwhile_cannot_take_a_pulls_blobs(tmp_path: Path) -> None:
