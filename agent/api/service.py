@@ -172,10 +172,9 @@ class JobService(service_grpc.JobServiceServicer):
         self, request: service_pb.GetExecutionRequest, context: Context
     ) -> pb.Execution:
         _require_id("id", request.id)
-        message = convert.execution_to_proto(self._executor.get_execution(request.id))
-        attempts = self._executor.list_attempts(request.id)
+        execution, attempts, trigger_request = self._executor.describe_execution(request.id)
+        message = convert.execution_to_proto(execution)
         message.attempts.extend(convert.attempt_to_proto(attempt) for attempt in attempts)
-        trigger_request = self._executor.trigger_request(request.id)
         message.request_id = trigger_request.request_id
         if not trigger_request.dispatch.empty:
             message.dispatch.CopyFrom(convert.dispatch_to_proto(trigger_request.dispatch))

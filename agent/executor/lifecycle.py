@@ -425,6 +425,8 @@ class ExecutionRun:
         self, container_id: str, timeout: float | None, deadline: bool = False
     ) -> ExitStatus:
         """Waits for the container's end; past `timeout` stops it (and notes the deadline)."""
+        if timeout is None:
+            return await self._runtime.wait(container_id)
         waiting = asyncio.ensure_future(self._runtime.wait(container_id))
         try:
             done, _ = await asyncio.wait([waiting], timeout=timeout)

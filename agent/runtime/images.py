@@ -96,6 +96,11 @@ class ImageStore:
         auth_file: Path | None = None,
     ) -> None:
         self._layout = root / "oci"
+        self._index_path = self._layout / "index.json"
+        self._index_cache: tuple[tuple[int, int, int, int], tuple[dict[str, Any], ...]] | None
+        self._index_cache = None
+        # Image configs by manifest digest: a blob's content never changes under its digest.
+        self._configs: dict[str, ImageConfig] = {}
         self._rootfs_dir = root / "rootfs"
         self._skopeo = skopeo
         self._umoci = umoci
@@ -178,6 +183,7 @@ class ImageStore:
             await run([self._umoci, "gc", "--layout", str(self._layout)])
         except CommandError as error:
             raise ImagePullError(f"removing {reference}: {error}") from None
+        self._configs.clear()
         referenced = {d.replace(":", "-") for d in map(self._digest_of, self._references()) if d}
         for unpacked in self._rootfs_dir.glob("sha256-*"):
             if unpacked.name not in referenced and unpacked / "rootfs" not in mounted:
@@ -198,11 +204,20 @@ class ImageStore:
 
     def _manifests(self) -> list[dict[str, Any]]:
         """The layout's index entries (none before the first pull and after the last
-        removal, when umoci leaves `"manifests": null`)."""
-        index_path = self._layout / "index.json"
-        if not index_path.exists():
+        removal, when umoci leaves `"manifests": null`).
+
+        The parsed index is kept while the file's identity and times stay the same: every
+        job reads it, and it changes only at a pull, an import or a prune (by this process
+        or another)."""
+        try:
+            status = os.stat(self._index_path)
+        except FileNotFoundError:
             return []
-        return list(json.loads(index_path.read_text()).get("manifests") or [])
+        key = (status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+        if self._index_cache is None or self._index_cache[0] != key:
+            manifests = json.loads(self._index_path.read_text()).get("manifests") or []
+            self._index_cache = (key, tuple(manifests))
+        return list(self._index_cache[1])
 
     def _references(self) -> list[str]:
         tags = [m.get("annotations", {}).get(REF_NAME) for m in self._manifests()]
@@ -368,7 +383,10 @@ class ImageStore:
         return json.loads((self._layout / "blobs" / algorithm / hex_digest).read_text())
 
     def _config_of(self, manifest_digest: str) -> ImageConfig:
-        return _image_config(self._blob, manifest_digest)
+        config = self._configs.get(manifest_digest)
+        if config is None:
+            config = self._configs[manifest_digest] = _image_config(self._blob, manifest_digest)
+        return config
 
 
 def _image_config(blob: Callable[[str], Any], manifest_digest: str) -> ImageConfig:

@@ -19,7 +19,7 @@ from pathlib import Path
 from agent.hostfs import CHILD_UMASK, make_dir
 from agent.runtime.errors import ContainerCreateError
 from agent.runtime.oci import OciRuntime
-from agent.runtime.process import exited, read_to_end
+from agent.runtime.process import exited, off_loop, read_to_end
 
 EXIT_POLL_SECONDS = 0.05
 # How long a conmon whose container is deleted may take to write its records and exit.
@@ -109,7 +109,7 @@ class ConmonMonitor:
         conmon_log = paths.bundle / "conmon.log"
         read_end, write_end = os.pipe()
         try:
-            process = await asyncio.to_thread(_spawn_conmon, argv, conmon_log, write_end)
+            process = await off_loop(_spawn_conmon, argv, conmon_log, write_end)
         except OSError as error:
             os.close(read_end)
             raise ContainerCreateError(f"cannot start conmon: {error}") from None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import os
 import subprocess
 from collections.abc import Callable
@@ -19,7 +21,9 @@ async def off_loop(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) 
     """Runs blocking work (mounts, tree removals, forks) in a worker thread, so that the
     event loop serves other executions meanwhile. A cancelled caller still waits for the
     work to end, so that its cleanup never races a half-done mount or spawn."""
-    work = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
+    # As asyncio.to_thread, without a task around the executor's future.
+    call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
+    work = asyncio.get_running_loop().run_in_executor(None, call)
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
@@ -43,11 +47,7 @@ async def run(argv: list[str], timeout: float | None = None, executable: str | N
     assert process.stdout is not None and process.stderr is not None
     try:
         async with asyncio.timeout(timeout):
-            stdout, stderr, code = await asyncio.gather(
-                read_to_end(process.stdout.fileno()),
-                read_to_end(process.stderr.fileno()),
-                exited(process),
-            )
+            stdout, stderr, code = await _outputs_and_exit(process)
     except TimeoutError:
         process.kill()
         await exited(process)
@@ -62,6 +62,54 @@ async def run(argv: list[str], timeout: float | None = None, executable: str | N
     if code != 0:
         raise CommandError(argv, code, stderr.decode(errors="replace"))
     return stdout.decode(errors="replace")
+
+
+async def _outputs_and_exit(process: subprocess.Popen[bytes]) -> tuple[bytes, bytes, int]:
+    """A child's stdout and stderr, each read on the event loop as it arrives until EOF,
+    and its exit status once its pidfd turns readable: what gathering read_to_end twice
+    and exited gives, with one future for the three instead of a task for each."""
+    assert process.stdout is not None and process.stderr is not None
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    chunks: dict[int, list[bytes]] = {process.stdout.fileno(): [], process.stderr.fileno(): []}
+    pending = set(chunks)
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except ProcessLookupError:
+        # Reaped already: process.wait() below has its status.
+        pidfd = -1
+
+    def finished(fd: int) -> None:
+        loop.remove_reader(fd)
+        pending.discard(fd)
+        if not pending and not done.done():
+            done.set_result(None)
+
+    def readable(fd: int) -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if chunk:
+            chunks[fd].append(chunk)
+        else:
+            finished(fd)
+
+    for fd in chunks:
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, readable, fd)
+    if pidfd >= 0:
+        pending.add(pidfd)
+        loop.add_reader(pidfd, finished, pidfd)
+    try:
+        await done
+    finally:
+        for fd in pending:
+            loop.remove_reader(fd)
+        if pidfd >= 0:
+            os.close(pidfd)
+    stdout, stderr = (b"".join(chunks[fd]) for fd in chunks)
+    return stdout, stderr, process.wait()
 
 
 def _spawn(argv: list[str], executable: str | None) -> subprocess.Popen[bytes]:

@@ -1,0 +1,121 @@
+"""The agent process's own CPU time per job on a P2-like run: `true` jobs at concurrency 8,
+triggered at once and followed on one event stream (bench.throughput's agent round), after
+a warm-up round. Prints user and system time per job, and the split between the event
+loop's thread and the others (worker threads: bundles, spawns, removals).
+
+With --profile FILE the agent runs under pyinstrument (the bench extra), which samples the
+event loop thread's CPU time rather than wall time; FILE gets the text profile and
+FILE.pyisession the session (`pyinstrument --load FILE.pyisession` renders it anew).
+
+    python -m bench.agent_cpu [--runtime youki] [--jobs 200] [--rounds 2] [--profile FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from unittest import mock
+
+from bench.common import scratch_agent
+from bench.throughput import agent_round
+from tests.e2e.harness import AgentProcess
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SERVE_PROFILED = "--serve-profiled"
+
+
+def thread_ticks(pid: int) -> dict[int, int]:
+    """User plus system clock ticks of each live thread of a process, by thread id."""
+    ticks = {}
+    for name in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{name}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks[int(name)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def process_ticks(pid: int) -> tuple[int, int]:
+    """User and system clock ticks of a process (all its threads, live or ended)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return int(fields[11]), int(fields[12])
+
+
+def serve_profiled(output: Path, argv: list[str]) -> int:
+    """Runs `agent ARGV` under pyinstrument, timed by the thread's CPU clock; writes the
+    profile when the agent returns."""
+    pyinstrument = importlib.import_module("pyinstrument")
+    sampler = importlib.import_module("pyinstrument.stack_sampler")
+    sampler.get_stack_sampler().timer_func = time.thread_time
+    from agent.cli import main
+
+    profiler = pyinstrument.Profiler(interval=0.001, async_mode="disabled")
+    profiler.start()
+    try:
+        return main(argv)
+    finally:
+        profiler.stop()
+        profiler.last_session.save(f"{output}.pyisession")
+        output.write_text(profiler.output_text(unicode=False, color=False))
+
+
+def main() -> int:
+    """Runs the measurement; returns the exit status."""
+    if len(sys.argv) > 2 and sys.argv[1] == SERVE_PROFILED:
+        return serve_profiled(Path(sys.argv[2]), sys.argv[3:])
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runtime", default="youki")
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--profile", type=Path)
+    args = parser.parse_args()
+    plain = AgentProcess.python
+
+    def python(agent: AgentProcess, *argv: str) -> list[str]:
+        if argv[:1] != ("serve",) or args.profile is None:
+            return plain(agent, *argv)
+        profile = str(args.profile.resolve())
+        return [sys.executable, "-m", "bench.agent_cpu", SERVE_PROFILED, profile, *argv]
+
+    # Room for every job of a round in Pending at once.
+    agent_args = ("--max-concurrent", str(args.concurrency), "--max-pending-per-job", "100000")
+    with (
+        mock.patch.object(AgentProcess, "python", python),
+        scratch_agent(args.runtime, *agent_args) as bench,
+    ):
+        assert bench.agent.process is not None
+        pid = bench.agent.process.pid
+        bench.register("bench-true")
+        agent_round(bench, 2 * args.concurrency)
+        (user, system), threads = process_ticks(pid), thread_ticks(pid)
+        load = os.getloadavg()[0]
+        seconds = sum(agent_round(bench, args.jobs) for _ in range(args.rounds))
+        (user_after, system_after), threads_after = process_ticks(pid), thread_ticks(pid)
+    jobs: int = args.jobs * args.rounds
+
+    def per_job(ticks: int) -> float:
+        return round(1000 * ticks / CLOCK_TICKS / jobs, 2)
+
+    split: Counter[str] = Counter()
+    for thread, ticks in threads_after.items():
+        split["loop" if thread == pid else "other"] += ticks - threads.get(thread, 0)
+    print(
+        f"{jobs} jobs, {jobs / seconds:.1f} jobs/s, load average {load:.1f}: agent CPU "
+        f"{per_job(user_after - user + system_after - system)} ms/job (user "
+        f"{per_job(user_after - user)}, system {per_job(system_after - system)}); live "
+        f"threads: event loop {per_job(split['loop'])}, others {per_job(split['other'])}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
