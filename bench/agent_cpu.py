@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from unittest import mock
 
-from bench.common import scratch_agent
+from bench.common import removal_watch, scratch_agent
 from bench.throughput import agent_round
 from tests.e2e.harness import AgentProcess
 
@@ -91,14 +91,16 @@ def main() -> int:
     with (
         mock.patch.object(AgentProcess, "python", python),
         scratch_agent(args.runtime, *agent_args) as bench,
+        removal_watch(bench) as removals,
     ):
         assert bench.agent.process is not None
         pid = bench.agent.process.pid
         bench.register("bench-true")
-        agent_round(bench, 2 * args.concurrency)
+        agent_round(bench, 2 * args.concurrency, removals)
         (user, system), threads = process_ticks(pid), thread_ticks(pid)
         load = os.getloadavg()[0]
-        seconds = sum(agent_round(bench, args.jobs) for _ in range(args.rounds))
+        # To the last container's removal: the agent's CPU for a job includes removing it.
+        seconds = sum(agent_round(bench, args.jobs, removals)[1] for _ in range(args.rounds))
         (user_after, system_after), threads_after = process_ticks(pid), thread_ticks(pid)
     jobs: int = args.jobs * args.rounds
 
