@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from tests.e2e.harness import (
     AgentProcess,
     Registry,
     build_example_image,
+    free_port,
     sweep,
 )
 
@@ -95,6 +96,31 @@ def start_agent(
     agent.import_image(f"docker://{registry.host}/busybox:latest", "busybox:latest")
     agent.start()
     return agent
+
+
+def start_agent_with_tokens(
+    directory: Path,
+    registry: Registry,
+    tokens: Mapping[str, tuple[str, str]],
+    extra_args: tuple[str, ...] = (),
+) -> AgentProcess:
+    """An agent (the first runtime) on a loopback port whose tokens file names `tokens`:
+    name -> (role, token)."""
+    tokens_file = directory / "tokens.yaml"
+    tokens_file.write_text(
+        "tokens:\n"
+        + "".join(
+            f"  - {{name: {name}, role: {role}, token: {token}}}\n"
+            for name, (role, token) in tokens.items()
+        )
+    )
+    return start_agent(
+        directory / "data",
+        RUNTIMES[0],
+        registry,
+        listen=f"127.0.0.1:{free_port()}",
+        extra_args=("--tokens-file", str(tokens_file), *extra_args),
+    )
 
 
 @contextmanager

@@ -17,8 +17,8 @@ from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import job_service_pb2_grpc as service_grpc
 from jobagent_client import ClientError, JobAgentClient, JobEvent
 
-from tests.e2e.conftest import RUNTIMES, start_agent
-from tests.e2e.harness import AgentProcess, Registry, free_port, sweep, wait_until
+from tests.e2e.conftest import start_agent_with_tokens
+from tests.e2e.harness import AgentProcess, Registry, sweep, wait_until
 
 TOKENS = {
     "greedy": "greedy-token-0123456789",
@@ -45,23 +45,10 @@ def job(name: str, script: str = "sleep 60") -> str:
 @pytest.fixture(scope="module")
 def bounded(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iterator[AgentProcess]:
     """An agent with small bounds and three callers (tokens)."""
-    directory = tmp_path_factory.mktemp("bounds")
-    tokens = directory / "tokens.yaml"
-    tokens.write_text(
-        "tokens:\n"
-        + "".join(
-            f"  - {{name: {name}, role: {'admin' if name == 'admin' else 'operator'}, "
-            f"token: {token}}}\n"
-            for name, token in TOKENS.items()
-        )
-    )
-    agent = start_agent(
-        directory / "data",
-        RUNTIMES[0],
-        registry,
-        listen=f"127.0.0.1:{free_port()}",
-        extra_args=("--tokens-file", str(tokens), *LIMITS),
-    )
+    roles = {
+        name: ("admin" if name == "admin" else "operator", token) for name, token in TOKENS.items()
+    }
+    agent = start_agent_with_tokens(tmp_path_factory.mktemp("bounds"), registry, roles, LIMITS)
     yield agent
     agent.stop()
     sweep(agent)

@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from jobagent_client import ClientError
+from jobagent_client import ClientError, Execution
 
 from tests.e2e.conftest import RUNTIMES, STARTED
 from tests.e2e.harness import AgentProcess, Registry, settled_leftovers, sweep, wait_until
@@ -60,6 +60,38 @@ def cgroups_of(execution_id: str) -> list[str]:
     return found
 
 
+def outcome_after_a_restart(
+    own: AgentProcess, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Execution, list[list[str]]]:
+    """Starts the agent again without the fault, and returns the job's one execution once
+    it ended (failed with the job's exit code) and the log of each of its attempts."""
+    monkeypatch.delenv("JOBAGENT_FAULTS")
+    own.start()
+    with own.client() as client:
+        (execution,) = client.list_executions("marks")
+        client.wait(execution.id)
+        final = client.get_execution(execution.id)
+        assert (final.status, final.failure_reason, final.exit_code) == (
+            "failed",
+            "exit_code",
+            EXIT_CODE,
+        ), final.message
+        logs = [
+            [line.message for line in client.logs(execution.id, attempt=attempt.number)]
+            for attempt in final.attempts
+        ]
+    return final, logs
+
+
+def assert_nothing_left(own: AgentProcess, final: Execution) -> None:
+    """No container, conmon, cgroup, mount or runtime state of the execution is left."""
+    assert settled_leftovers(own, final.container_id) == []
+    assert conmon_pids(final.container_id) == []
+    assert cgroups_of(final.id) == []
+    assert mounts_under(own) == []
+    assert list(own.paths.runtime_state.iterdir()) == []
+
+
 @pytest.mark.parametrize("point", POINTS)
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_a_sigkill_at_any_step_runs_the_process_once_and_leaves_nothing(
@@ -87,26 +119,11 @@ def test_a_sigkill_at_any_step_runs_the_process_once_and_leaves_nothing(
         else:
             assert marks(own) == [], "no process had started before the kill"
 
-        monkeypatch.delenv("JOBAGENT_FAULTS")
-        own.start()
-        with own.client() as client:
-            (execution,) = client.list_executions("marks")
-            client.wait(execution.id)
-            final = client.get_execution(execution.id)
-            assert (final.status, final.failure_reason, final.exit_code) == (
-                "failed",
-                "exit_code",
-                EXIT_CODE,
-            ), final.message
-            assert len(final.attempts) == 1
-            assert [line.message for line in client.logs(execution.id)] == ["out"]
+        final, logs = outcome_after_a_restart(own, monkeypatch)
+        assert len(final.attempts) == 1
+        assert logs == [["out"]]
         assert marks(own) == ["ran"]
-
-        assert settled_leftovers(own, final.container_id) == []
-        assert conmon_pids(final.container_id) == []
-        assert cgroups_of(execution.id) == []
-        assert mounts_under(own) == []
-        assert list(own.paths.runtime_state.iterdir()) == []
+        assert_nothing_left(own, final)
         staging = own.cwd / own.data_dir / "images" / "staging"
         assert not staging.exists() or not any(staging.iterdir())
     finally:
@@ -148,27 +165,11 @@ def test_a_sigkill_between_attempts_runs_each_attempt_once(
         assert own.process is not None
         assert own.process.wait(90) == -signal.SIGKILL
 
-        monkeypatch.delenv("JOBAGENT_FAULTS")
-        own.start()
-        with own.client() as client:
-            (execution,) = client.list_executions("marks")
-            client.wait(execution.id)
-            final = client.get_execution(execution.id)
-            assert (final.status, final.failure_reason, final.exit_code) == (
-                "failed",
-                "exit_code",
-                EXIT_CODE,
-            ), final.message
-            assert [attempt.exit_code for attempt in final.attempts] == [EXIT_CODE, EXIT_CODE]
-            for number in (1, 2):
-                logged = client.logs(execution.id, attempt=number)
-                assert [line.message for line in logged] == ["out"]
+        final, logs = outcome_after_a_restart(own, monkeypatch)
+        assert [attempt.exit_code for attempt in final.attempts] == [EXIT_CODE, EXIT_CODE]
+        assert logs == [["out"], ["out"]]
         assert marks(own) == ["ran", "ran"]
-        assert settled_leftovers(own, final.container_id) == []
-        assert conmon_pids(final.container_id) == []
-        assert cgroups_of(execution.id) == []
-        assert mounts_under(own) == []
-        assert list(own.paths.runtime_state.iterdir()) == []
+        assert_nothing_left(own, final)
     finally:
         own.stop()
         sweep(own)

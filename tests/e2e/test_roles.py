@@ -16,8 +16,8 @@ from jobagent.v1 import job_service_pb2_grpc as service_grpc
 from jobagent.v1 import jobs_pb2 as pb
 from jobagent_client import ClientError
 
-from tests.e2e.conftest import RUNTIMES, start_agent
-from tests.e2e.harness import AgentProcess, Registry, free_port, host_user, sweep
+from tests.e2e.conftest import start_agent_with_tokens
+from tests.e2e.harness import AgentProcess, Registry, host_user, sweep
 
 TOKENS = {
     "viewer": "viewer-token-0123456789",
@@ -36,22 +36,8 @@ REDACTED = "<redacted>"
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iterator[AgentProcess]:
     """An agent on a loopback port that wants a token of a role."""
-    directory = tmp_path_factory.mktemp("roles")
-    tokens = directory / "tokens.yaml"
-    tokens.write_text(
-        "tokens:\n"
-        + "".join(
-            f"  - {{name: {name}, role: {name.rstrip('2')}, token: {token}}}\n"
-            for name, token in TOKENS.items()
-        )
-    )
-    agent = start_agent(
-        directory / "data",
-        RUNTIMES[0],
-        registry,
-        listen=f"127.0.0.1:{free_port()}",
-        extra_args=("--tokens-file", str(tokens)),
-    )
+    roles = {name: (name.rstrip("2"), token) for name, token in TOKENS.items()}
+    agent = start_agent_with_tokens(tmp_path_factory.mktemp("roles"), registry, roles)
     with agent.client(TOKENS["admin"]) as admin:
         admin.register(JOB, replace=True)
     yield agent
