@@ -128,6 +128,8 @@ class Executor:
         self._disk = disk
         self._recorder = Recorder(store, self._bus, disk.release_reserve if disk else None)
         self._runs: dict[str, ExecutionRun] = {}
+        # Removals of containers that runs dying of an agent error left (held until done).
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._closing = False
         self._node_limit = node_limit
         self._admission = Admission(node_limit)
@@ -626,10 +628,23 @@ class Executor:
         for container_id in self._runtime.containers():
             if container_id not in owned:
                 log.info("removing container %s: no active execution owns it", container_id)
-                await self._runtime.remove(container_id)
-                await self._runtime.forget(container_id)
+                try:
+                    await self._runtime.remove(container_id)
+                    await self._runtime.forget(container_id)
+                except RuntimeLayerError as error:
+                    log.warning("container %s stays for the next start: %s", container_id, error)
         for execution in reversed(active):
-            await self._recover(execution)
+            try:
+                await self._recover(execution)
+            except Exception as error:
+                # One execution that cannot be recovered ends; the others and the agent go on.
+                log.exception(
+                    "execution %s could not be recovered",
+                    execution.id,
+                    extra={"execution_id": execution.id},
+                )
+                self._admission.release(execution.id)
+                self._fail_unfinished(execution.id, error)
         self._admit()
 
     def begin_stop(self) -> None:
@@ -793,6 +808,7 @@ class Executor:
             log_cap=self._log_cap(spec),
             dispatch=dispatch,
             outcome_recorded=lambda: self._release(execution.id),
+            policy_refusal=self._policy_refusal,
             id_range=self.id_range,
             disk=self._disk,
         )
@@ -895,6 +911,17 @@ class Executor:
         attempt = Attempt(1, container_id, started)
         return self._recorder.transition(execution, Status.RUNNING, attempt, started_at=started)
 
+    async def _remove_left(self, run: ExecutionRun) -> None:
+        """Removes the container a run that died of an agent error left (the next start's
+        sweep does it when this cannot)."""
+        container_id = run.execution.container_id
+        try:
+            if container_id:
+                await self._runtime.remove(container_id)
+                await self._runtime.forget(container_id)
+        except RuntimeLayerError as error:
+            log.warning("container %s stays for the next start: %s", container_id, error)
+
     def _fail_unfinished(self, execution_id: str, error: BaseException) -> None:
         """An execution whose run died of an agent error still gets a terminal state."""
         execution = self._recorder.latest(self._store.get_execution(execution_id))
@@ -933,6 +960,10 @@ class Executor:
                 where = {"execution_id": execution_id}
                 log.error("execution %s: %s", execution_id, error, exc_info=error, extra=where)
                 self._fail_unfinished(execution_id, error)
+                # Its process must not run on untracked.
+                cleanup = asyncio.create_task(self._remove_left(run))
+                self._cleanups.add(cleanup)
+                cleanup.add_done_callback(self._cleanups.discard)
         finally:
             # Whatever recording the end did, the slot is free.
             self._release(execution_id)

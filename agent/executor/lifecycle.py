@@ -7,6 +7,7 @@ cancel stops the container while a process runs and interrupts the task otherwis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -87,12 +88,14 @@ class ExecutionRun:
         outcome_recorded: Callable[[], None] | None = None,
         id_range: Callable[[JobSpec], IdRange | None] | None = None,
         disk: DiskSpace | None = None,
+        policy_refusal: Callable[[JobSpec], Exception | None] | None = None,
     ) -> None:
         """`outcome_recorded` is called once the terminal state is stored, before the
         container is removed: the execution no longer needs its admission slot.
         `id_range` gives the host ids a job's user namespace maps to (None: the host's
         namespace); it raises ResourceExhausted when the job can have none. `disk` tells a
-        failure whether the data directory's filesystem is full."""
+        failure whether the data directory's filesystem is full. `policy_refusal` says why
+        the agent's host policy refuses a new attempt now (None: it allows it)."""
         dispatch = dispatch or Dispatch()
         self.execution = execution
         self.spec = spec.with_dispatch(dispatch)
@@ -106,6 +109,8 @@ class ExecutionRun:
         self._outcome_recorded = outcome_recorded
         self._id_range = id_range or (lambda _spec: None)
         self._disk = disk
+        # Why the agent's host policy refuses a new attempt of the job now, if it does.
+        self._policy_refusal = policy_refusal or (lambda _spec: None)
         # Why the agent stopped the process to free the disk, once it did.
         self._evicted = ""
         self._phase = Phase.PREPARING
@@ -329,7 +334,7 @@ class ExecutionRun:
             return False
         faults.hit("created")
         try:
-            await self._runtime.start(container_id)
+            await self._start_whole(container_id)
         except ContainerStartError as error:
             await self._runtime.remove(container_id)
             self._fail(FailureReason.START, str(error))
@@ -351,6 +356,18 @@ class ExecutionRun:
             )
         self._phase = Phase.RUNNING
         return True
+
+    async def _start_whole(self, container_id: str) -> None:
+        """Starts the container; a cancel waits for the start to end, never cutting the
+        runtime's call short, so that whether the process runs is known (a started one is
+        left for the next agent to follow when the agent stops, see _take_back)."""
+        starting = asyncio.ensure_future(self._runtime.start(container_id))
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(ContainerStartError):
+                await starting
+            raise
 
     async def _attempts(self, image: Image | None) -> None:
         """Waits for each attempt; retries as the policy allows; records the outcome."""
@@ -409,6 +426,11 @@ class ExecutionRun:
                 await asyncio.sleep(delay)
                 if self._cancel_requested:
                     raise asyncio.CancelledError
+                refusal = self._policy_refusal(self.spec)
+                if refusal is not None:
+                    message = f"the agent's host policy refuses attempt {number}: {refusal}"
+                    self._fail(FailureReason.CREATE, message)
+                    return None
                 image = image or await self._runtime.pull(self.spec.image)
                 started = await self._start_attempt(image, number)
         except TimeoutError:
@@ -522,11 +544,15 @@ class ExecutionRun:
         On shutdown the execution stays as it is (re-raising the cancel), and starts
         afresh or is found lost when the agent comes back.
         """
-        await self._remove_current()
         if self._closing():
+            if await self._runtime.started_at(self.execution.container_id) is not None:
+                # Its process runs: the next start records it Running and follows it.
+                raise asyncio.CancelledError
+            await self._remove_current()
             # The store never named this container as started: nothing reads its exit
             # record again.
             await self._forget_current()
             raise asyncio.CancelledError
+        await self._remove_current()
         self._record_cancelled()
         await self._forget_current()

@@ -37,11 +37,12 @@ from agent.runtime.errors import (
     CommandError,
     ContainerCreateError,
     ContainerStartError,
+    RuntimeLayerError,
 )
 from agent.runtime.images import Image, ImageStore, PruneResult
 from agent.runtime.limits import JobLimits
 from agent.runtime.monitor import ConmonMonitor, MonitorPaths
-from agent.runtime.oci import OciRuntime
+from agent.runtime.oci import UNREADABLE_STATE, OciRuntime
 from agent.runtime.process import off_loop
 from agent.runtime.shifted import ShiftedCopies
 from agent.runtime.userns import IdMapping, NamespaceCache, shift_tree
@@ -53,6 +54,9 @@ KILL_SIGNAL = "SIGKILL"
 # A container does not start when its log disk has less room than this: its output would be lost.
 MIN_LOG_SPACE = 1 << 20
 DEFAULT_STOP_SIGNAL = "SIGTERM"
+# How often, and from what first pause (doubling), an unreadable runtime state is asked again.
+STATE_TRIES = 6
+STATE_RETRY_SECONDS = 0.25
 # Where the stop signal is kept, so that a restarted agent stops a container the same way.
 STOP_SIGNAL_ANNOTATION = "org.opencontainers.image.stopSignal"
 # The bundles and their parent in the volatile directory: searchable, not listable, so that
@@ -324,7 +328,7 @@ class ContainerManager:
         is created and not started. A stopped container counts as started: only a start
         or a kill stops one, and the kill cannot be told apart."""
         recorded = self.monitor.exit_code(container_id) is not None
-        document = await self.runtime.describe(container_id)
+        document = await self._readable_state(container_id)
         status = None if document is None else document.get("status")
         if not recorded and status not in ("running", "stopped"):
             return None
@@ -335,7 +339,22 @@ class ContainerManager:
 
     async def is_alive(self, container_id: str) -> bool:
         """True when the runtime knows the container and it has not stopped."""
-        return await self.runtime.state(container_id) in ("created", "running")
+        document = await self._readable_state(container_id)
+        return document is not None and document.get("status") in ("created", "running")
+
+    async def _readable_state(self, container_id: str) -> dict[str, Any] | None:
+        """The runtime's state document, asked again while the runtime keeps a state it
+        cannot report (a loaded host). Raises RuntimeLayerError when it stays unreadable:
+        whether a process started is never guessed, since a wrong guess runs it twice or
+        kills a live one."""
+        delay = STATE_RETRY_SECONDS
+        for _ in range(STATE_TRIES):
+            document = await self.runtime.describe(container_id)
+            if document is None or document.get("status") != UNREADABLE_STATE:
+                return document
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise RuntimeLayerError(f"the runtime cannot report the state of {container_id}")
 
     async def stop(
         self, container_id: str, grace_seconds: float, signal: str | None = None

@@ -102,10 +102,15 @@ class OciRuntime:
 
     async def describe(self, container_id: str) -> dict[str, Any] | None:
         """The runtime's state document of the container (status, pid, created...), or
-        None if it does not know the container."""
+        None if it does not know the container. A state the runtime keeps but could not
+        report (a failed or timed-out call, no output) has the status UNREADABLE_STATE."""
+        if not container_id:
+            return None
         try:
             output = await self.call(*self.global_args(), "state", container_id, timeout=30)
         except CommandError:
+            if (self.root / container_id).exists():
+                return {"status": UNREADABLE_STATE}
             return None
         try:
             document: dict[str, Any] = json.loads(output)

@@ -69,7 +69,12 @@ async def test_a_cancel_while_the_container_starts_forgets_it(
     runtime.start_gate = asyncio.Event()
     execution = await executor.trigger("sleepy", TRIGGER)
     await created(runtime)
-    final = await executor.cancel(execution.id)
+    # The cancel waits for the runtime's start to end: whether the process runs is known.
+    cancelling = asyncio.ensure_future(executor.cancel(execution.id))
+    await asyncio.sleep(0.01)
+    assert not cancelling.done()
+    runtime.start_gate.set()
+    final = await cancelling
     assert final.status is Status.CANCELLED
     await ended(executor, runtime, execution.id)
     assert execution.container_id in runtime.removed
@@ -109,6 +114,10 @@ async def test_a_deadline_while_the_container_starts_forgets_it(
     executor = make(JobSpec("stuck", ImageSpec("busybox"), timeout_seconds=0.1))
     runtime.start_gate = asyncio.Event()
     execution = await executor.trigger("stuck", TRIGGER)
+    # Past the deadline, the runtime's start (cut short by its own timeout) ends.
+    await asyncio.sleep(0.3)
+    assert not executor.get_execution(execution.id).status.terminal
+    runtime.start_gate.set()
     final = await ended(executor, runtime, execution.id)
     assert final.failure_reason is FailureReason.DEADLINE_EXCEEDED
     assert runtime.created == [execution.container_id]
