@@ -466,6 +466,16 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class ExecutionDetails:
+    """An execution with its attempts (first to last) and the request that triggered it:
+    what GetExecution answers."""
+
+    execution: Execution
+    attempts: tuple[Attempt, ...]
+    request: TriggerRequest
+
+
+@dataclass(frozen=True)
 class ExecutionEvent:
     """One recorded event of an execution, with its node-wide sequence number.
 

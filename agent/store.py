@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from agent.domain import (
     Dispatch,
     EventKind,
     Execution,
+    ExecutionDetails,
     ExecutionEvent,
     ExecutionFilter,
     Job,
@@ -45,6 +47,9 @@ from agent.errors import (
 from agent.records import field_names, format_time, from_record, parse_time, to_record
 
 T = TypeVar("T")
+# Executions whose details (execution, attempts, request) are kept in memory after a read:
+# schedulers poll the same few executions while they run and just after they finish.
+DETAILS_CACHE = 1024
 # Today's tables. Migration 1 creates them in a new database, and brings a database
 # written before migrations were numbered (user_version 0 with tables) to the same layout.
 TABLES = (
@@ -152,18 +157,9 @@ EVENT_COLUMNS = (
 # position is derived when read, never stored.
 EXECUTION_FIELDS = tuple(name for name in field_names(Execution) if name != "queue_position")
 EXECUTION_COLUMNS = ", ".join(EXECUTION_FIELDS)
-# What a transition may change of an execution's row.
-CHANGING_FIELDS = (
-    "status",
-    "container_id",
-    "started_at",
-    "finished_at",
-    "exit_code",
-    "failure_reason",
-    "message",
-    "image",
-    "attempt",
-)
+# What a transition may change of an execution's row: all but what names it and its start.
+FIXED_FIELDS = frozenset({"id", "job_name", "trigger", "created_at"})
+CHANGING_FIELDS = tuple(name for name in EXECUTION_FIELDS if name not in FIXED_FIELDS)
 ATTEMPT_COLUMNS = ", ".join(field_names(Attempt))
 # The layout of a stored spec: {"schema_version": SPEC_VERSION, "spec": its record}.
 SPEC_VERSION = 1
@@ -253,6 +249,10 @@ class Store:
         self._migrate()
         # Names of job rows found unreadable (each is logged once).
         self._unreadable: set[str] = set()
+        # Details of executions read lately, least recently read first. Every write that
+        # touches an execution (insert_execution, transition, delete_executions) drops its
+        # entry, so an entry is what the database holds.
+        self._details: OrderedDict[str, ExecutionDetails] = OrderedDict()
 
     def _migrate(self) -> None:
         """Applies the migrations after the database's user_version, each in a transaction
@@ -413,6 +413,7 @@ class Store:
     ) -> ExecutionEvent:
         """Records a new execution and its first event, with the trigger's request if it has
         a request_id or parameters (raises AlreadyExists for a request_id in use)."""
+        self._details.pop(execution.id, None)
         with self._transaction() as db:
             _insert(db, "executions", _execution_columns(execution))
             if request is not None and (request.request_id or not request.dispatch.empty):
@@ -468,6 +469,7 @@ class Store:
 
         Raises StaleTransition otherwise: a late writer can never overwrite a newer state.
         """
+        self._details.pop(execution.id, None)
         with self._transaction() as db:
             changes = ", ".join(f"{name} = :{name}" for name in CHANGING_FIELDS)
             updated = db.execute(
@@ -491,6 +493,22 @@ class Store:
             (execution_id,),
         ).fetchall()
         return [_from_row(Attempt, row) for row in rows]
+
+    def describe_execution(self, execution_id: str) -> ExecutionDetails:
+        """The execution, its attempts and its trigger's request; raises NotFound. They are
+        read once, then the same object is handed out until a write touches the execution
+        (for DETAILS_CACHE executions at most)."""
+        details = self._details.pop(execution_id, None)
+        if details is None:
+            details = ExecutionDetails(
+                self.get_execution(execution_id),
+                tuple(self.list_attempts(execution_id)),
+                self.get_request(execution_id),
+            )
+        self._details[execution_id] = details
+        if len(self._details) > DETAILS_CACHE:
+            self._details.popitem(last=False)
+        return details
 
     def get_execution(self, execution_id: str) -> Execution:
         """Returns the execution; raises NotFound."""
@@ -583,6 +601,8 @@ class Store:
         """Removes executions with their events and attempts."""
         if not execution_ids:
             return
+        for execution_id in execution_ids:
+            self._details.pop(execution_id, None)
         with self._transaction() as db:
             placeholders = ", ".join("?" for _ in execution_ids)
             row = db.execute(

@@ -208,6 +208,13 @@ FIGURES = (
         versus="baseline",
     ),
     Figure(
+        "P5",
+        "the same, of an execution still running (beside)",
+        "agent_running_ratio",
+        shown="agent_running",
+        versus="baseline",
+    ),
+    Figure(
         "P6", "ListExecutions page of 100 among 100,000, p99", "value", bar=("<", 10.0), unit="ms"
     ),
     Figure("P6", "the agent's RSS with 100,000 executions", "rss_mb", bar=("<", 150.0), unit="MB"),

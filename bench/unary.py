@@ -1,5 +1,6 @@
 """P5: unary GetExecution requests per second under ghz, against a bare grpc.aio server
-answering the same message (bench/bare_server.py), in the same run, alternating.
+answering the same message (bench/bare_server.py), in the same run, alternating. The figure
+held to the bar asks for a finished execution; beside it, one that is still running.
 
     python -m bench.unary [--runtime youki] [--requests 20000] [--concurrency 16] [--rounds 3]
 """
@@ -13,12 +14,13 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import grpc
 from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import job_service_pb2_grpc as service_grpc
 
-from bench.common import report, scratch_agent
+from bench.common import Bench, report, scratch_agent
 from tests.e2e.harness import REPO, free_port, wait_until
 
 GHZ = REPO / ".tools" / "bin" / "ghz"
@@ -68,6 +70,7 @@ def main() -> int:
     with scratch_agent(args.runtime) as bench:
         bench.register("bench-true")
         execution = bench.client.wait(bench.client.trigger("bench-true").id)
+        running = _running_execution(bench)
         with grpc.insecure_channel(bench.agent.target) as channel:
             answer = service_grpc.JobServiceStub(channel).GetExecution(
                 service_pb.GetExecutionRequest(id=execution.id)
@@ -82,15 +85,21 @@ def main() -> int:
         try:
             wait_until(lambda: _answers(f"127.0.0.1:{port}", execution.id), 20, "the bare server")
             agent_rps: list[float] = []
+            running_rps: list[float] = []
             bare_rps: list[float] = []
+            sides = [
+                (agent_rps, bench.agent.target, execution.id),
+                (running_rps, bench.agent.target, running),
+                (bare_rps, f"127.0.0.1:{port}", execution.id),
+            ]
             for round_ in range(args.rounds):
-                pair = [(agent_rps, bench.agent.target), (bare_rps, f"127.0.0.1:{port}")]
-                for samples, target in pair if round_ % 2 == 0 else pair[::-1]:
-                    samples.append(ghz_rps(target, execution.id, args.requests, args.concurrency))
+                for samples, target, wanted in sides if round_ % 2 == 0 else sides[::-1]:
+                    samples.append(ghz_rps(target, wanted, args.requests, args.concurrency))
                     time.sleep(0.5)
         finally:
             bare.kill()
             bare.wait()
+            bench.client.cancel(running, timedelta(0))
     report(
         "P5",
         f"P5 unary GetExecution under ghz (c={args.concurrency}, "
@@ -102,8 +111,29 @@ def main() -> int:
         "bare grpc.aio server, same message",
         agent_rps,
         bare_rps,
+        beside={
+            "agent_running": (
+                "an execution still running",
+                statistics.median(running_rps),
+            )
+        },
     )
     return 0
+
+
+def _running_execution(bench: Bench) -> str:
+    """The id of an execution of a job that sleeps, once it runs."""
+    bench.client.register(
+        "version: v1\ndeployment: bench\nservices:\n  bench-sleep:\n    rtype: job\n"
+        "    image: {name: 'busybox:latest', pull_policy: never}\n"
+        "    command: {entrypoint: [/bin/sleep, '3600']}\n",
+        replace=True,
+    )
+    execution_id = bench.client.trigger("bench-sleep").id
+    wait_until(
+        lambda: bench.client.get_execution(execution_id).status == "running", 30, "a running job"
+    )
+    return execution_id
 
 
 def _answers(target: str, execution_id: str) -> bool:

@@ -21,6 +21,7 @@ from agent.domain import (
     DispatchPolicy,
     EventKind,
     Execution,
+    ExecutionDetails,
     ExecutionEvent,
     FailureReason,
     ImageSpec,
@@ -433,6 +434,17 @@ def execution_to_proto(execution: Execution) -> pb.Execution:
     duration = execution.duration
     if duration is not None:
         message.duration.FromTimedelta(duration)
+    return message
+
+
+def execution_details_to_proto(details: ExecutionDetails) -> pb.Execution:
+    """Domain ExecutionDetails -> proto: the execution with its attempts, request_id and
+    dispatch parameters."""
+    message = execution_to_proto(details.execution)
+    message.attempts.extend(attempt_to_proto(attempt) for attempt in details.attempts)
+    message.request_id = details.request.request_id
+    if not details.request.dispatch.empty:
+        message.dispatch.CopyFrom(dispatch_to_proto(details.request.dispatch))
     return message
 
 

@@ -20,7 +20,15 @@ from agent.api import convert
 from agent.api.errors import maps_errors
 from agent.api.identity import caller_identity
 from agent.api.limits import StreamSlots
-from agent.domain import Bookmark, ExecutionFilter, Job, JobEvent, JobKind, NodeEvent
+from agent.domain import (
+    Bookmark,
+    ExecutionDetails,
+    ExecutionFilter,
+    Job,
+    JobEvent,
+    JobKind,
+    NodeEvent,
+)
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.executor import Executor
 from agent.executor.logs import LogQuery
@@ -41,6 +49,8 @@ DEFAULT_BOOKMARK_SECONDS = 30.0
 MIN_BOOKMARK_SECONDS = 1.0
 # Recent events' wire messages, shared by every watcher (the newest few thousand).
 EVENT_MESSAGE_CACHE = 4096
+# GetExecution's answers of the executions read lately (as many as the store keeps).
+EXECUTION_MESSAGE_CACHE = 1024
 EXECUTION_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -67,6 +77,9 @@ class JobService(service_grpc.JobServiceServicer):
         self._metrics = metrics
         self._streams = streams or StreamSlots()
         self._event_messages: OrderedDict[int, service_pb.WatchEventsResponse] = OrderedDict()
+        self._execution_messages: OrderedDict[str, tuple[ExecutionDetails, pb.Execution]] = (
+            OrderedDict()
+        )
 
     @contextmanager
     def _open_stream(self, rpc: str, context: Context) -> Iterator[None]:
@@ -172,12 +185,17 @@ class JobService(service_grpc.JobServiceServicer):
         self, request: service_pb.GetExecutionRequest, context: Context
     ) -> pb.Execution:
         _require_id("id", request.id)
-        execution, attempts, trigger_request = self._executor.describe_execution(request.id)
-        message = convert.execution_to_proto(execution)
-        message.attempts.extend(convert.attempt_to_proto(attempt) for attempt in attempts)
-        message.request_id = trigger_request.request_id
-        if not trigger_request.dispatch.empty:
-            message.dispatch.CopyFrom(convert.dispatch_to_proto(trigger_request.dispatch))
+        details = self._executor.describe_execution(request.id)
+        made = self._execution_messages.get(request.id)
+        if made is not None and made[0] is details:
+            return made[1]
+        # The store hands out the same details until the execution changes (agent.store):
+        # the message made of them stands as long. Nothing changes a message once made.
+        message = convert.execution_details_to_proto(details)
+        self._execution_messages[request.id] = (details, message)
+        self._execution_messages.move_to_end(request.id)
+        if len(self._execution_messages) > EXECUTION_MESSAGE_CACHE:
+            self._execution_messages.popitem(last=False)
         return message
 
     @maps_errors

@@ -28,6 +28,7 @@ from agent.domain import (
     Dispatch,
     EventKind,
     Execution,
+    ExecutionDetails,
     ExecutionEvent,
     ExecutionFilter,
     FailureReason,
@@ -422,18 +423,12 @@ class Executor:
         self._store.get_execution(execution_id)
         return self._store.list_attempts(execution_id)
 
-    def describe_execution(
-        self, execution_id: str
-    ) -> tuple[Execution, list[Attempt], TriggerRequest]:
+    def describe_execution(self, execution_id: str) -> ExecutionDetails:
         """The execution (as get_execution gives it), its attempts first to last, and its
-        trigger's request_id and dispatch parameters; raises NotFound. The execution is
-        read once for all three."""
-        execution = self.get_execution(execution_id)
-        return (
-            execution,
-            self._store.list_attempts(execution_id),
-            self._store.get_request(execution_id),
-        )
+        trigger's request_id and dispatch parameters; raises NotFound."""
+        details = self._store.describe_execution(execution_id)
+        execution = self._with_position(details.execution)
+        return details if execution is details.execution else replace(details, execution=execution)
 
     async def cancel(
         self, execution_id: str, grace_seconds: float | None = None, signal: str | None = None

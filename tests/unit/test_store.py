@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from agent.domain import (
+    Attempt,
     CommandSpec,
+    Dispatch,
     Execution,
+    ExecutionDetails,
     ExecutionFilter,
     FailureReason,
     ImageSpec,
@@ -24,6 +27,7 @@ from agent.domain import (
     Status,
     Trigger,
     TriggerKind,
+    TriggerRequest,
 )
 from agent.errors import DataLoss, FailedPrecondition, NotFound
 from agent.spec import parse_document
@@ -87,6 +91,48 @@ def test_a_transition_from_a_stale_status_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StaleTransition):
         store.transition(Status.PENDING, replace(execution, status=Status.INITIALIZING))
     assert store.get_execution(execution.id).status is Status.CANCELLED
+
+
+def test_details_are_read_once_and_follow_every_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "db")
+    execution = make_execution()
+    request = TriggerRequest("req-1", Dispatch(("--fast",), {"A": "1"}, b"payload"), "token:ci")
+    store.insert_execution(execution, request)
+    pending = store.describe_execution(execution.id)
+    assert pending == ExecutionDetails(execution, (), request)
+    assert store.describe_execution(execution.id) is pending
+
+    running = replace(execution, status=Status.RUNNING, started_at=NOW)
+    attempt = Attempt(1, execution.container_id, NOW)
+    store.transition(Status.PENDING, running, attempt=attempt)
+    assert store.describe_execution(execution.id) == ExecutionDetails(running, (attempt,), request)
+
+    done = replace(running, status=Status.COMPLETED, exit_code=0, finished_at=NOW)
+    ended = replace(attempt, exit_code=0, finished_at=NOW)
+    store.transition(Status.RUNNING, done, attempt=ended)
+    assert store.describe_execution(execution.id) == ExecutionDetails(done, (ended,), request)
+    # A transition refused still reads anew: what is kept never runs ahead of the database.
+    with pytest.raises(StaleTransition):
+        store.transition(Status.RUNNING, running)
+    assert store.describe_execution(execution.id).execution == done
+
+    store.delete_executions([execution.id])
+    with pytest.raises(NotFound):
+        store.describe_execution(execution.id)
+    # An id reused after its deletion is read as what it now is.
+    store.insert_execution(execution)
+    assert store.describe_execution(execution.id) == ExecutionDetails(
+        execution, (), TriggerRequest()
+    )
+
+    monkeypatch.setattr("agent.store.DETAILS_CACHE", 2)
+    others = [make_execution(letter * 32) for letter in "bcd"]
+    for other in others:
+        store.insert_execution(other)
+        store.describe_execution(other.id)
+    assert len(store._details) == 2
 
 
 def test_events_have_increasing_sequences_and_replay(tmp_path: Path) -> None:
