@@ -35,7 +35,12 @@ from agent.executor.logs import log_file_limit
 from agent.executor.ports import ContainerRuntime
 from agent.executor.recorder import Recorder
 from agent.logsetup import current_execution
-from agent.runtime.errors import ContainerCreateError, ContainerStartError, ImagePullError
+from agent.runtime.errors import (
+    ContainerCreateError,
+    ContainerStartError,
+    ImagePullError,
+    MonitorLost,
+)
 from agent.runtime.images import Image
 from agent.runtime.manager import ContainerRequest, ExitStatus
 
@@ -378,7 +383,13 @@ class ExecutionRun:
             remaining = None
             if self._deadline is not None:
                 remaining = max(0.0, self._deadline - asyncio.get_running_loop().time())
-            exit_status = await self._wait(container_id, remaining, deadline=True)
+            try:
+                exit_status = await self._wait(container_id, remaining, deadline=True)
+            except MonitorLost as error:
+                self._phase = Phase.ENDING
+                self._fail(FailureReason.AGENT_LOST, str(error), attempt=self._lost_attempt(error))
+                await self._remove_after_outcome(container_id)
+                return
             self._phase = Phase.ENDING
             attempt = self._finished_attempt(exit_status)
             number = self.execution.attempt
@@ -395,11 +406,7 @@ class ExecutionRun:
                 # in between leaves a bundle that the next start sweeps away). A terminal
                 # state is never lost to a full disk (the recorder keeps it).
                 self._finish(exit_status, attempt)
-                self._phase = Phase.REMOVING
-                if self._outcome_recorded is not None:
-                    self._outcome_recorded()
-                await self._runtime.remove(container_id)
-                await self._runtime.forget(container_id)
+                await self._remove_after_outcome(container_id)
                 return
             await self._runtime.remove(container_id)
             delay = policy.delay(number)
@@ -418,6 +425,16 @@ class ExecutionRun:
                 return
             if image is None:
                 return
+
+    async def _remove_after_outcome(self, container_id: str) -> None:
+        """Removes the container of the attempt whose outcome is recorded (a crash in
+        between leaves a bundle that the next start sweeps away); a lost monitor's
+        process is killed on the way."""
+        self._phase = Phase.REMOVING
+        if self._outcome_recorded is not None:
+            self._outcome_recorded()
+        await self._runtime.remove(container_id)
+        await self._runtime.forget(container_id)
 
     async def _retry(self, delay: float, image: Image | None, number: int) -> Image | None:
         """Waits out the backoff and starts the next attempt; None when the execution ended."""
@@ -458,6 +475,16 @@ class ExecutionRun:
             return await waiting
         finally:
             waiting.cancel()
+
+    def _lost_attempt(self, error: MonitorLost) -> Attempt:
+        return Attempt(
+            self.execution.attempt,
+            self.execution.container_id,
+            self._attempt_started,
+            now(),
+            failure_reason=FailureReason.AGENT_LOST,
+            message=str(error),
+        )
 
     def _finished_attempt(self, exit_status: ExitStatus) -> Attempt:
         code = exit_status.exit_code

@@ -19,6 +19,10 @@ class ContainerStartError(RuntimeLayerError):
     """The container was created but its process could not be started."""
 
 
+class MonitorLost(RuntimeLayerError):
+    """The container's conmon exited without recording its exit: the exit code is lost."""
+
+
 class CommandError(RuntimeLayerError):
     """A helper command (skopeo, umoci, the OCI runtime) failed."""
 

@@ -7,6 +7,7 @@ waits for it, stops it and removes it, keeping the log file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import json
@@ -37,6 +38,7 @@ from agent.runtime.errors import (
     CommandError,
     ContainerCreateError,
     ContainerStartError,
+    MonitorLost,
     RuntimeLayerError,
 )
 from agent.runtime.images import Image, ImageStore, PruneResult
@@ -365,11 +367,13 @@ class ContainerManager:
             return
         if not await self.runtime.kill(container_id, signal or self._stop_signal(container_id)):
             return
-        try:
-            await asyncio.wait_for(self.monitor.wait(container_id), grace_seconds)
-        except TimeoutError:
-            await self.runtime.kill(container_id, KILL_SIGNAL)
-            await self.monitor.wait(container_id)
+        # A lost monitor leaves nothing to wait for; the run's own wait reports the loss.
+        with contextlib.suppress(MonitorLost):
+            try:
+                await asyncio.wait_for(self.monitor.wait(container_id), grace_seconds)
+            except TimeoutError:
+                await self.runtime.kill(container_id, KILL_SIGNAL)
+                await self.monitor.wait(container_id)
 
     async def remove(self, container_id: str) -> None:
         """Deletes the container (and waits for its conmon to exit), its bundle and what it

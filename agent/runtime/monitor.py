@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.hostfs import CHILD_UMASK, make_dir
-from agent.runtime.errors import ContainerCreateError
+from agent.runtime.errors import ContainerCreateError, MonitorLost
 from agent.runtime.oci import OciRuntime
 from agent.runtime.process import exited, off_loop, read_to_end
 
@@ -76,8 +76,6 @@ class ConmonMonitor:
             str(paths.bundle),
             "--container-pidfile",
             str(paths.bundle / "pidfile"),
-            "--conmon-pidfile",
-            str(self.conmon_pid_file(container_id)),
             "--exit-dir",
             str(self._exits_dir),
             "--persist-dir",
@@ -109,7 +107,9 @@ class ConmonMonitor:
         conmon_log = paths.bundle / "conmon.log"
         read_end, write_end = os.pipe()
         try:
-            process = await off_loop(_spawn_conmon, argv, conmon_log, write_end)
+            process = await off_loop(
+                _spawn_conmon, argv, conmon_log, write_end, self.conmon_pid_file(container_id)
+            )
         except OSError as error:
             os.close(read_end)
             raise ContainerCreateError(f"cannot start conmon: {error}") from None
@@ -142,23 +142,33 @@ class ConmonMonitor:
                 async with asyncio.timeout(timeout):
                     await exited(process)
             return process.poll() is not None
+        pidfd = self._adopted_conmon(container_id)
+        if pidfd is None:
+            return True
+        try:
+            return await _readable(pidfd, timeout)
+        finally:
+            os.close(pidfd)
+
+    def _adopted_conmon(self, container_id: str) -> int | None:
+        """A pidfd of the container's conmon when it is not the agent's child (a container
+        adopted after a restart), or None when that conmon has exited or its pid was
+        never recorded."""
         try:
             pid = int(self.conmon_pid_file(container_id).read_text().strip())
             pidfd = os.pidfd_open(pid)
         except (OSError, ValueError):
-            return True
+            return None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             cmdline = b""
-        try:
-            # Opened before its command line was read: a pid given to another process
-            # since is not waited for.
-            if container_id.encode() not in cmdline:
-                return True
-            return await _readable(pidfd, timeout)
-        finally:
+        # Opened before its command line was read: a pid given to another process since
+        # is not taken for the conmon.
+        if container_id.encode() not in cmdline:
             os.close(pidfd)
+            return None
+        return pidfd
 
     def exit_file(self, container_id: str) -> Path:
         """The file conmon writes the container's exit code to."""
@@ -173,13 +183,28 @@ class ConmonMonitor:
         return int(text) if text else None
 
     async def wait(self, container_id: str) -> int:
-        """Waits until conmon has recorded the container's exit; returns the exit code."""
+        """Waits until the container's conmon has exited; returns the exit code it
+        recorded. Raises MonitorLost when it exited without recording one (it was killed):
+        nobody is left to record the container's end."""
         process = self._processes.get(container_id)
         if process is not None:
             await exited(process)
-        while (code := self.exit_code(container_id)) is None:
-            # Re-adopted containers are not our children: watch the exit file instead.
-            await asyncio.sleep(EXIT_POLL_SECONDS)
+        elif (pidfd := self._adopted_conmon(container_id)) is not None:
+            try:
+                await _readable(pidfd, None)
+            finally:
+                os.close(pidfd)
+        elif not self.conmon_pid_file(container_id).exists():
+            # A container of an agent that did not keep conmon's pid: only its exit file
+            # tells.
+            while self.exit_code(container_id) is None:
+                await asyncio.sleep(EXIT_POLL_SECONDS)
+        code = self.exit_code(container_id)
+        if code is None:
+            raise MonitorLost(
+                f"the container's monitor (conmon) exited without recording its exit: "
+                f"{container_id} is lost"
+            )
         return code
 
     def release(self, container_id: str) -> None:
@@ -204,8 +229,9 @@ class ConmonMonitor:
         return (self.persist_dir(container_id) / "oom").exists()
 
 
-async def _readable(fd: int, timeout: float) -> bool:
-    """True once `fd` (a pidfd: its process exited) turns readable within `timeout`."""
+async def _readable(fd: int, timeout: float | None) -> bool:
+    """True once `fd` (a pidfd: its process exited) turns readable within `timeout`
+    (None: however long it takes)."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
 
@@ -263,13 +289,17 @@ def _runtime_error(detail: str, runtime_log: Path, conmon_log: Path) -> str:
     return f"conmon: {said[-1]}" if said else "conmon exited without reporting the container"
 
 
-def _spawn_conmon(argv: list[str], conmon_log: Path, sync_fd: int) -> subprocess.Popen[bytes]:
-    """Starts conmon in its own session with its sync pipe, logging to `conmon_log`."""
+def _spawn_conmon(
+    argv: list[str], conmon_log: Path, sync_fd: int, pid_file: Path
+) -> subprocess.Popen[bytes]:
+    """Starts conmon in its own session with its sync pipe, logging to `conmon_log`, and
+    records its pid in `pid_file` (conmon writes its --conmon-pidfile only when it
+    daemonizes, which it does not with --sync): the next agent waits on it by that pid."""
     log_fd = os.open(conmon_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with open(log_fd, "wb") as log:
         # Its umask reaches the log file it makes, the runtime and its files (the
         # container's process gets its own, from the bundle).
-        return subprocess.Popen(
+        process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -282,3 +312,10 @@ def _spawn_conmon(argv: list[str], conmon_log: Path, sync_fd: int) -> subprocess
             # container is OOM-killed: the bundle's, which goes with the container.
             cwd=conmon_log.parent,
         )
+    try:
+        pid_file.write_text(str(process.pid))
+    except OSError:
+        process.kill()
+        process.wait()
+        raise
+    return process

@@ -185,3 +185,45 @@ def health(agent: AgentProcess) -> int:
             .Check(health_pb2.HealthCheckRequest(), timeout=2)
             .status
         )
+
+
+SLEEPER = (
+    "version: v1\ndeployment: sleeper\nservices:\n  sleeper:\n    rtype: job\n"
+    "    image: {name: busybox:latest}\n"
+    "    command: {entrypoint: [/bin/sh, -c, 'echo up; sleep 300']}\n"
+)
+
+
+@pytest.mark.parametrize("agent_down", [False, True], ids=["agent-up", "agent-down"])
+def test_a_job_whose_monitor_is_killed_ends_lost_and_leaves_nothing(
+    tmp_path: Path, registry: Registry, agent: AgentProcess, agent_down: bool
+) -> None:
+    """conmon holds a job's output and writes its exit code: once it is SIGKILLed (the OOM
+    killer, an operator), nobody will record that exit. The run ends Failed as lost, its
+    process is killed and its container removed; it never waits for ever."""
+    own = start_agent(tmp_path / "agent", agent.runtime, registry)
+    try:
+        with own.client() as client:
+            client.register(SLEEPER, replace=True)
+            execution = client.trigger("sleeper")
+            wait_until(lambda: client.get_execution(execution.id).status == "running", 30, "up")
+            container_id = client.get_execution(execution.id).container_id
+            if agent_down:
+                own.stop(signal.SIGKILL)
+            (monitor,) = conmon_pids(container_id)
+            os.kill(monitor, signal.SIGKILL)
+            wait_until(lambda: not conmon_pids(container_id), 10, "conmon gone")
+        if agent_down:
+            own.start()
+        with own.client() as client:
+            wait_until(lambda: client.get_execution(execution.id).status == "failed", 30, "the end")
+            final = client.get_execution(execution.id)
+            assert final.failure_reason == "agent_lost", final
+            assert "monitor" in final.message and final.exit_code is None, final
+            assert settled_leftovers(own, container_id) == []
+            # The agent goes on: the next run of the job completes as usual.
+            client.register(LONG.replace("sleep 8", "true"), replace=True)
+            assert client.wait(client.trigger("long").id).status == "completed"
+    finally:
+        own.stop()
+        sweep(own)

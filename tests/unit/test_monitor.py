@@ -1,12 +1,17 @@
-"""The conmon monitor's wait for a conmon to go: the next container of an id must not
-take the records of the last one's conmon."""
+"""The conmon monitor's waits on a conmon that is not its child (a container adopted after
+a restart): for it to go (the next container of an id must not take the records of the
+last one's conmon), and for the exit it records (or the news that it never will)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
+from agent.runtime.errors import MonitorLost
 from agent.runtime.monitor import ConmonMonitor
 from agent.runtime.oci import OciRuntime
 
@@ -19,11 +24,12 @@ def monitor_of(tmp_path: Path) -> ConmonMonitor:
 
 
 def fake_conmon(
-    monitor: ConmonMonitor, seconds: float, container_id: str
+    monitor: ConmonMonitor, seconds: float, container_id: str, then: str = "exit 0"
 ) -> subprocess.Popen[bytes]:
     """A process that is not the monitor's child handle, whose command line names the
-    container (as conmon's does), with its pid where conmon writes its own."""
-    process = subprocess.Popen(["sh", "-c", f"sleep {seconds}; exit 0", container_id])
+    container (as conmon's does), with its pid where the agent records it; it runs the
+    shell command `then` after `seconds`."""
+    process = subprocess.Popen(["sh", "-c", f"sleep {seconds}; {then}", container_id])
     # Read in the midst of its exec, the command line is empty for a moment.
     while container_id.encode() not in Path(f"/proc/{process.pid}/cmdline").read_bytes():
         time.sleep(0.001)
@@ -67,3 +73,40 @@ async def test_gone_waits_for_no_process_that_took_the_pid_since(tmp_path: Path)
 
 async def test_gone_without_a_pid_file_has_nothing_to_wait_for(tmp_path: Path) -> None:
     assert await monitor_of(tmp_path).gone(CONTAINER, timeout=10)
+
+
+async def test_wait_on_an_adopted_conmon_returns_the_exit_it_recorded(tmp_path: Path) -> None:
+    monitor = monitor_of(tmp_path)
+    exit_file = monitor.exit_file(CONTAINER)
+    process = fake_conmon(monitor, 0.2, CONTAINER, f"echo 3 > {exit_file}; exit 0")
+    try:
+        assert await asyncio.wait_for(monitor.wait(CONTAINER), 10) == 3
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_wait_on_an_adopted_conmon_killed_before_recording_says_lost(
+    tmp_path: Path,
+) -> None:
+    monitor = monitor_of(tmp_path)
+    process = fake_conmon(monitor, 30, CONTAINER)
+    try:
+        waiting = asyncio.ensure_future(monitor.wait(CONTAINER))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        process.kill()
+        with pytest.raises(MonitorLost, match=CONTAINER):
+            await asyncio.wait_for(waiting, 10)
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_wait_without_a_recorded_conmon_follows_the_exit_file(tmp_path: Path) -> None:
+    """A container of an agent that did not record conmon's pid."""
+    monitor = monitor_of(tmp_path)
+    monitor.exit_file(CONTAINER).parent.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.2, monitor.exit_file(CONTAINER).write_text, "0")
+    assert await asyncio.wait_for(monitor.wait(CONTAINER), 10) == 0
