@@ -711,7 +711,9 @@ class Executor:
             elif not disk.low():
                 await asyncio.to_thread(disk.make_reserve)
             if self._recorder.unwritten:
-                self._recorder.flush()
+                for execution in self._recorder.flush():
+                    # The exit record a run kept while its end was unwritten (ExecutionRun).
+                    await self._runtime.forget(execution.container_id)
             await asyncio.sleep(DISK_CHECK_SECONDS)
 
     async def _evict_biggest(self, disk: DiskSpace) -> None:

@@ -232,7 +232,7 @@ class ExecutionRun:
         self._phase = Phase.REMOVING
         if self._outcome_recorded is not None:
             self._outcome_recorded()
-        await self._runtime.forget(self.execution.container_id)
+        await self._forget_current()
 
     def _deadline_from(self, start: datetime) -> float | None:
         if self.spec.timeout_seconds is None:
@@ -416,7 +416,7 @@ class ExecutionRun:
                 f"attempt {number} {attempt.message}; retrying in {delay:g}s",
                 attempt,
             )
-            await self._runtime.forget(container_id)
+            await self._forget(container_id)
             self._phase = Phase.BACKOFF
             try:
                 image = await self._retry(delay, image, number + 1)
@@ -434,7 +434,7 @@ class ExecutionRun:
         if self._outcome_recorded is not None:
             self._outcome_recorded()
         await self._runtime.remove(container_id)
-        await self._runtime.forget(container_id)
+        await self._forget(container_id)
 
     async def _retry(self, delay: float, image: Image | None, number: int) -> Image | None:
         """Waits out the backoff and starts the next attempt; None when the execution ended."""
@@ -563,7 +563,14 @@ class ExecutionRun:
         container made but not run to its end by the attempt loop (cancelled or failed
         before it ran, stopped at the deadline while starting) has one too: conmon
         writes it when the container goes."""
-        await self._runtime.forget(self.execution.container_id)
+        await self._forget(self.execution.container_id)
+
+    async def _forget(self, container_id: str) -> None:
+        """Drops a container's exit record, unless the execution's end waits in memory for
+        room in the store: should the agent die before it is written, the next agent reads
+        the outcome from that record (the executor drops it once the end is written)."""
+        if not self._recorder.keeps(self.execution.id):
+            await self._runtime.forget(container_id)
 
     async def _take_back(self) -> None:
         """After a cancel while no process ran: remove what was prepared and record it.

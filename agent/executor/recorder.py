@@ -175,8 +175,14 @@ class Recorder:
         """How many terminal states wait for room in the store."""
         return len(self._unwritten)
 
-    def flush(self) -> None:
-        """Writes the kept terminal states, oldest first, while the store has room."""
+    def keeps(self, execution_id: str) -> bool:
+        """True while the execution's terminal state waits in memory for room in the store."""
+        return execution_id in self._unwritten
+
+    def flush(self) -> list[Execution]:
+        """Writes the kept terminal states, oldest first, while the store has room; returns
+        the executions whose kept state is no longer kept (written, or overtaken)."""
+        settled: list[Execution] = []
         for execution_id, kept in list(self._unwritten.items()):
             try:
                 event = self._store.transition(
@@ -185,9 +191,11 @@ class Recorder:
             except StaleTransition:
                 log.warning("execution %s: its kept end was overtaken", execution_id)
             except DiskFull:
-                return
+                return settled
             else:
                 self._bus.publish(event)
                 status = kept.execution.status.value
                 log.info("execution %s: its kept end (%s) is written", execution_id, status)
             del self._unwritten[execution_id]
+            settled.append(kept.execution)
+        return settled

@@ -192,6 +192,9 @@ async def test_an_end_the_store_has_no_room_for_is_kept_frees_its_slot_and_is_wr
     await until(lambda: executor.get_execution(first.id).status is Status.COMPLETED)
     assert not disk.reserve_file.exists()
     assert store.get_execution(first.id).status is Status.RUNNING
+    # Its container goes; its exit record stays while the end is unwritten, for the next
+    # agent to read should this one die now.
+    await until(lambda: first.container_id in runtime.removed)
     # Its slot went to the next one, which the full store ends as well: nothing is stuck.
     await until(lambda: executor.get_execution(second.id).status.terminal)
     ended = executor.get_execution(second.id)
@@ -199,9 +202,11 @@ async def test_an_end_the_store_has_no_room_for_is_kept_frees_its_slot_and_is_wr
     assert "disk is full" in ended.message
     assert executor.load()[:2] == (0, 0)
 
+    assert not {first.container_id, second.container_id} & set(runtime.forgotten)
     store_full.full = False
     await until(lambda: store.get_execution(second.id).status is Status.FAILED)
     assert store.get_execution(first.id).status is Status.COMPLETED
+    await until(lambda: {first.container_id, second.container_id} <= set(runtime.forgotten))
     # And the reserve is made again, since the disk has room.
     await until(disk.reserve_file.exists)
     third = await executor.trigger("filler", TRIGGER)
