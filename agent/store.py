@@ -170,12 +170,17 @@ def _tables(db: sqlite3.Connection) -> None:
     for statement in TABLES:
         db.execute(statement)
     for table, added in ADDED_COLUMNS.items():
-        columns = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
-        for name, definition in added.items():
-            if name not in columns:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+        _add_columns(db, table, added)
     db.execute("DROP INDEX IF EXISTS trigger_requests_by_id")
     db.execute(REQUESTS_BY_CALLER)
+
+
+def _add_columns(db: sqlite3.Connection, table: str, added: dict[str, str]) -> None:
+    """Adds the columns (name: definition) that the table lacks."""
+    columns = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+    for name, definition in added.items():
+        if name not in columns:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
 
 def _records_by_name(db: sqlite3.Connection) -> None:
@@ -222,9 +227,29 @@ POSITIONAL_EXECUTION = (
     "image",
     "attempt",
 )
+
+
 # Numbered by position: migration N brings a database from user_version N-1 to N. Each
 # docstring says, for the log, what it did.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_tables, _records_by_name)
+def _spec_per_execution(db: sqlite3.Connection) -> None:
+    """each execution names the version of its job's spec it was triggered with (one
+    written before runs its job's spec as registered)"""
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS job_specs (
+    job_name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    PRIMARY KEY (job_name, version)
+)"""
+    )
+    _add_columns(db, "executions", {"spec_version": "TEXT NOT NULL DEFAULT ''"})
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _tables,
+    _records_by_name,
+    _spec_per_execution,
+)
 
 
 class StaleTransition(FailedPrecondition):
@@ -302,7 +327,9 @@ class Store:
     def put_job(
         self, job: Job, note: JobNote | None = None, cron_state: CronState | None = None
     ) -> JobEvent | None:
-        """Inserts or replaces a job (and its cron state) and records the job event if any."""
+        """Inserts or replaces a job (and its cron state) and records the job event if any.
+        A job's updated_at names the version of its spec: a changed spec needs a new one
+        (executions keep the version they were triggered with)."""
         self._unreadable.discard(job.name)
         with self._transaction() as db:
             if cron_state is not None:
@@ -416,6 +443,18 @@ class Store:
         self._details.pop(execution.id, None)
         with self._transaction() as db:
             _insert(db, "executions", _execution_columns(execution))
+            # The job's spec as it is now, kept for this execution (a job's updated_at
+            # names the version of its spec).
+            db.execute(
+                "INSERT OR IGNORE INTO job_specs (job_name, version, spec) "
+                "SELECT name, updated_at, spec FROM jobs WHERE name = ?",
+                (execution.job_name,),
+            )
+            db.execute(
+                "UPDATE executions SET spec_version = "
+                "COALESCE((SELECT updated_at FROM jobs WHERE name = ?), '') WHERE id = ?",
+                (execution.job_name, execution.id),
+            )
             if request is not None and (request.request_id or not request.dispatch.empty):
                 dispatch = request.dispatch
                 try:
@@ -493,6 +532,25 @@ class Store:
             (execution_id,),
         ).fetchall()
         return [_from_row(Attempt, row) for row in rows]
+
+    def execution_spec(self, execution_id: str) -> JobSpec | None:
+        """The job's spec as it was when the execution was triggered; None for an execution
+        recorded before specs were kept per execution. Raises DataLoss for a spec it
+        cannot read."""
+        row = self._db.execute(
+            "SELECT job_specs.spec FROM executions JOIN job_specs "
+            "ON job_specs.job_name = executions.job_name "
+            "AND job_specs.version = executions.spec_version WHERE executions.id = ?",
+            (execution_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return read_spec(row["spec"])
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            raise DataLoss(
+                f"the spec kept for execution {execution_id} cannot be read: {error!r}"
+            ) from None
 
     def describe_execution(self, execution_id: str) -> ExecutionDetails:
         """The execution, its attempts and its trigger's request; raises NotFound. They are
@@ -619,6 +677,11 @@ class Store:
                 db.executemany(
                     f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in execution_ids]
                 )
+            db.execute(
+                "DELETE FROM job_specs WHERE NOT EXISTS (SELECT 1 FROM executions "
+                "WHERE executions.job_name = job_specs.job_name "
+                "AND executions.spec_version = job_specs.version)"
+            )
 
     def delete_job_events(self, older_than: datetime) -> int:
         """Removes job events recorded before `older_than`; returns how many."""

@@ -818,6 +818,10 @@ class Executor:
 
     async def _recover(self, execution: Execution) -> None:
         job = self._find_job(execution.job_name)
+        if job is not None:
+            # What it was triggered with, as it would run had the agent not gone down; the
+            # job may have been registered again since.
+            job = replace(job, spec=self._store.execution_spec(execution.id) or job.spec)
         if execution.status is Status.INITIALIZING:
             execution = await self._started_meanwhile(execution)
         if execution.status is Status.RUNNING:

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -224,6 +225,46 @@ def test_a_job_whose_monitor_is_killed_ends_lost_and_leaves_nothing(
             # The agent goes on: the next run of the job completes as usual.
             client.register(LONG.replace("sleep 8", "true"), replace=True)
             assert client.wait(client.trigger("long").id).status == "completed"
+    finally:
+        own.stop()
+        sweep(own)
+
+
+def versioned(word: str) -> str:
+    """A job that prints `word`."""
+    return (
+        "version: v1\ndeployment: versioned\nservices:\n  versioned:\n    rtype: job\n"
+        "    image: {name: busybox:latest}\n"
+        f"    command: {{entrypoint: [/bin/echo, {word}]}}\n"
+    )
+
+
+def test_a_queued_run_keeps_its_spec_across_a_restart_when_the_job_changed(
+    tmp_path: Path, registry: Registry, agent: AgentProcess
+) -> None:
+    """A run waits for a slot; its job is registered again with another spec; the agent
+    dies and comes back. The run is what was triggered, as it would have been with no
+    restart; a trigger after the change runs the new spec."""
+    own = start_agent(
+        tmp_path / "agent", agent.runtime, registry, extra_args=("--max-concurrent", "1")
+    )
+    try:
+        with own.client() as client:
+            client.register(SLEEPER, replace=True)
+            client.register(versioned("first"), replace=True)
+            blocker = client.trigger("sleeper")
+            wait_until(lambda: client.get_execution(blocker.id).status == "running", 30, "up")
+            queued = client.trigger("versioned")
+            client.register(versioned("second"), replace=True)
+            assert client.get_execution(queued.id).status == "pending"
+        own.stop(signal.SIGKILL)
+        own.start()
+        with own.client() as client:
+            client.cancel(blocker.id, grace=timedelta(seconds=1))
+            assert client.wait(queued.id).status == "completed"
+            assert [line.message for line in client.logs(queued.id)] == ["first"]
+            after = client.wait(client.trigger("versioned").id)
+            assert [line.message for line in client.logs(after.id)] == ["second"]
     finally:
         own.stop()
         sweep(own)

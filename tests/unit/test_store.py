@@ -135,6 +135,30 @@ def test_details_are_read_once_and_follow_every_write(
     assert len(store._details) == 2
 
 
+def test_an_execution_keeps_the_spec_it_was_triggered_with(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    first_spec = JobSpec(name="backup", image=ImageSpec("busybox:1"))
+    store.put_job(Job(first_spec, NOW, NOW, "v1"))
+    first = make_execution("a" * 32)
+    store.insert_execution(first)
+    later = NOW + timedelta(seconds=1)
+    second_spec = replace(first_spec, image=ImageSpec("busybox:2"))
+    store.put_job(Job(second_spec, NOW, later, "v2"))
+    second = make_execution("b" * 32)
+    store.insert_execution(second)
+    assert store.execution_spec(first.id) == first_spec
+    assert store.execution_spec(second.id) == second_spec
+    # One of a job gone meanwhile, or of a store before specs were kept: none.
+    orphan = replace(make_execution("c" * 32), job_name="gone")
+    store.insert_execution(orphan)
+    assert store.execution_spec(orphan.id) is None
+
+    store.delete_executions([first.id])
+    versions = store._db.execute("SELECT version FROM job_specs").fetchall()
+    assert [row["version"] for row in versions] == [later.isoformat(timespec="microseconds")]
+    assert store.execution_spec(second.id) == second_spec
+
+
 def test_events_have_increasing_sequences_and_replay(tmp_path: Path) -> None:
     store = Store(tmp_path / "db")
     first = store.insert_execution(make_execution("a" * 32))
