@@ -274,7 +274,12 @@ class ExecutionRun:
                 await self._runtime.create(request, image)
                 await self._runtime.start(container_id)
                 return (await self._wait(container_id, timeout)).exit_code
-            except (ContainerCreateError, ContainerStartError, ResourceExhausted) as error:
+            except (
+                ContainerCreateError,
+                ContainerStartError,
+                MonitorLost,
+                ResourceExhausted,
+            ) as error:
                 raise StepFailed(str(error)) from None
             finally:
                 await self._runtime.remove(container_id)
@@ -387,7 +392,9 @@ class ExecutionRun:
                 exit_status = await self._wait(container_id, remaining, deadline=True)
             except MonitorLost as error:
                 self._phase = Phase.ENDING
-                self._fail(FailureReason.AGENT_LOST, str(error), attempt=self._lost_attempt(error))
+                attempt = self._lost_attempt(error)
+                if not self._end_as_asked(None, attempt):
+                    self._fail(FailureReason.AGENT_LOST, str(error), attempt=attempt)
                 await self._remove_after_outcome(container_id)
                 return
             self._phase = Phase.ENDING
@@ -405,8 +412,10 @@ class ExecutionRun:
                 # The outcome is known: record it first, then remove the container (a crash
                 # in between leaves a bundle that the next start sweeps away). A terminal
                 # state is never lost to a full disk (the recorder keeps it).
+                asked = self._cancel_requested or self._deadline_passed or bool(self._evicted)
                 self._finish(exit_status, attempt)
-                await self._remove_after_outcome(container_id)
+                # An end read from the exit record alone is read the same way again from it.
+                await self._remove_after_outcome(container_id, keep_exit_record=not asked)
                 return
             await self._runtime.remove(container_id)
             delay = policy.delay(number)
@@ -416,7 +425,7 @@ class ExecutionRun:
                 f"attempt {number} {attempt.message}; retrying in {delay:g}s",
                 attempt,
             )
-            await self._forget(container_id)
+            await self._runtime.forget(container_id)
             self._phase = Phase.BACKOFF
             try:
                 image = await self._retry(delay, image, number + 1)
@@ -426,15 +435,23 @@ class ExecutionRun:
             if image is None:
                 return
 
-    async def _remove_after_outcome(self, container_id: str) -> None:
+    async def _remove_after_outcome(
+        self, container_id: str, keep_exit_record: bool = False
+    ) -> None:
         """Removes the container of the attempt whose outcome is recorded (a crash in
         between leaves a bundle that the next start sweeps away); a lost monitor's
-        process is killed on the way."""
+        process is killed on the way. With `keep_exit_record`, the container's exit
+        record stays while the end waits in memory for room in the store: should the
+        agent die before it is written, the next agent reads the same outcome from that
+        record (the executor drops it once the end is written). An end that a cancel, the
+        deadline or an eviction decided is not in the record: a next agent would take the
+        record for a plain exit, and could retry it."""
         self._phase = Phase.REMOVING
         if self._outcome_recorded is not None:
             self._outcome_recorded()
         await self._runtime.remove(container_id)
-        await self._forget(container_id)
+        if not (keep_exit_record and self._recorder.keeps(self.execution.id)):
+            await self._runtime.forget(container_id)
 
     async def _retry(self, delay: float, image: Image | None, number: int) -> Image | None:
         """Waits out the backoff and starts the next attempt; None when the execution ended."""
@@ -506,15 +523,24 @@ class ExecutionRun:
 
     # Outcomes.
 
-    def _finish(self, exit_status: ExitStatus, attempt: Attempt) -> None:
-        code = exit_status.exit_code
+    def _end_as_asked(self, code: int | None, attempt: Attempt) -> bool:
+        """Records the end that a cancel, the deadline or an eviction asked for, if one
+        did; False when none did."""
         if self._cancel_requested:
             self._record_cancelled(exit_code=code, attempt=attempt)
         elif self._deadline_passed:
             self._fail(FailureReason.DEADLINE_EXCEEDED, self._deadline_message(), code, attempt)
         elif self._evicted:
             self._fail(FailureReason.EXIT_CODE, self._evicted, code, attempt)
-        elif attempt.failure_reason is None:
+        else:
+            return False
+        return True
+
+    def _finish(self, exit_status: ExitStatus, attempt: Attempt) -> None:
+        code = exit_status.exit_code
+        if self._end_as_asked(code, attempt):
+            return
+        if attempt.failure_reason is None:
             self._record(Status.COMPLETED, attempt, exit_code=0, finished_at=now())
         else:
             tries = self.execution.attempt
@@ -563,14 +589,7 @@ class ExecutionRun:
         container made but not run to its end by the attempt loop (cancelled or failed
         before it ran, stopped at the deadline while starting) has one too: conmon
         writes it when the container goes."""
-        await self._forget(self.execution.container_id)
-
-    async def _forget(self, container_id: str) -> None:
-        """Drops a container's exit record, unless the execution's end waits in memory for
-        room in the store: should the agent die before it is written, the next agent reads
-        the outcome from that record (the executor drops it once the end is written)."""
-        if not self._recorder.keeps(self.execution.id):
-            await self._runtime.forget(container_id)
+        await self._runtime.forget(self.execution.container_id)
 
     async def _take_back(self) -> None:
         """After a cancel while no process ran: remove what was prepared and record it.

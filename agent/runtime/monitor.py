@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import os
 import shutil
@@ -24,6 +25,13 @@ from agent.runtime.process import exited, off_loop, read_to_end
 EXIT_POLL_SECONDS = 0.05
 # How long a conmon whose container is deleted may take to write its records and exit.
 CONMON_EXIT_SECONDS = 5.0
+
+
+class Conmon(enum.Enum):
+    """What is known of an adopted container's conmon, besides a pidfd of it."""
+
+    GONE = "gone"
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -142,33 +150,52 @@ class ConmonMonitor:
                 async with asyncio.timeout(timeout):
                     await exited(process)
             return process.poll() is not None
-        pidfd = self._adopted_conmon(container_id)
-        if pidfd is None:
+        found = self._adopted_conmon(container_id)
+        if not isinstance(found, int):
             return True
         try:
-            return await _readable(pidfd, timeout)
+            return await _readable(found, timeout)
         finally:
-            os.close(pidfd)
+            os.close(found)
 
-    def _adopted_conmon(self, container_id: str) -> int | None:
+    def _adopted_conmon(self, container_id: str) -> int | Conmon:
         """A pidfd of the container's conmon when it is not the agent's child (a container
-        adopted after a restart), or None when that conmon has exited or its pid was
-        never recorded."""
+        adopted after a restart); GONE when that conmon has exited; UNKNOWN when that
+        cannot be told (no pid recorded, as by an older agent, or an error such as no fd
+        left): never taken for an exit, since a live container would then be killed."""
         try:
             pid = int(self.conmon_pid_file(container_id).read_text().strip())
-            pidfd = os.pidfd_open(pid)
         except (OSError, ValueError):
-            return None
+            return Conmon.UNKNOWN
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return Conmon.GONE
+        except OSError:
+            return Conmon.UNKNOWN
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             cmdline = b""
         # Opened before its command line was read: a pid given to another process since
-        # is not taken for the conmon.
+        # (or a zombie, whose command line is empty) is not taken for the conmon.
         if container_id.encode() not in cmdline:
             os.close(pidfd)
-            return None
+            return Conmon.GONE
         return pidfd
+
+    async def _adopted_exit(self, container_id: str) -> None:
+        """Returns once an adopted container's conmon has exited (at once when it has);
+        when that cannot be told, once its exit file is written."""
+        found = self._adopted_conmon(container_id)
+        if isinstance(found, int):
+            try:
+                await _readable(found, None)
+            finally:
+                os.close(found)
+        elif found is Conmon.UNKNOWN:
+            while self.exit_code(container_id) is None:
+                await asyncio.sleep(EXIT_POLL_SECONDS)
 
     def exit_file(self, container_id: str) -> Path:
         """The file conmon writes the container's exit code to."""
@@ -189,16 +216,8 @@ class ConmonMonitor:
         process = self._processes.get(container_id)
         if process is not None:
             await exited(process)
-        elif (pidfd := self._adopted_conmon(container_id)) is not None:
-            try:
-                await _readable(pidfd, None)
-            finally:
-                os.close(pidfd)
-        elif not self.conmon_pid_file(container_id).exists():
-            # A container of an agent that did not keep conmon's pid: only its exit file
-            # tells.
-            while self.exit_code(container_id) is None:
-                await asyncio.sleep(EXIT_POLL_SECONDS)
+        else:
+            await self._adopted_exit(container_id)
         code = self.exit_code(container_id)
         if code is None:
             raise MonitorLost(
@@ -313,7 +332,12 @@ def _spawn_conmon(
             cwd=conmon_log.parent,
         )
     try:
-        pid_file.write_text(str(process.pid))
+        # Whole or not at all: a reader never finds it half written.
+        partial = pid_file.with_name(pid_file.name + ".new")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        with open(os.open(partial, flags, 0o600), "w") as written:
+            written.write(str(process.pid))
+        partial.replace(pid_file)
     except OSError:
         process.kill()
         process.wait()

@@ -7,7 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.domain import ImageSpec
-from agent.runtime.errors import ContainerCreateError, ContainerStartError, ImagePullError
+from agent.runtime.errors import (
+    ContainerCreateError,
+    ContainerStartError,
+    ImagePullError,
+    MonitorLost,
+)
 from agent.runtime.images import Image, ImageConfig, PruneResult
 from agent.runtime.manager import ContainerRequest, ExitStatus
 
@@ -50,6 +55,12 @@ class FakeRuntime:
         future = self._future(container_id)
         if not future.done():
             future.set_result(ExitStatus(code, oom))
+
+    def lose(self, container_id: str) -> None:
+        """Makes the container's monitor die without recording its exit."""
+        future = self._future(container_id)
+        if not future.done():
+            future.set_exception(MonitorLost(f"{container_id} is lost"))
 
     async def pull(self, image: ImageSpec) -> Image:
         if self.pull_gate is not None:

@@ -7,6 +7,7 @@ import errno
 import sqlite3
 import stat
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from agent.domain import (
     JobEvent,
     JobKind,
     JobSpec,
+    RetryPolicy,
     Status,
     Trigger,
     TriggerKind,
@@ -202,11 +204,13 @@ async def test_an_end_the_store_has_no_room_for_is_kept_frees_its_slot_and_is_wr
     assert "disk is full" in ended.message
     assert executor.load()[:2] == (0, 0)
 
-    assert not {first.container_id, second.container_id} & set(runtime.forgotten)
+    # The first's end is its exit alone: read again from the record, it is the same. The
+    # second's (the agent's failure) is not in its record: that one goes.
+    assert runtime.forgotten == [second.container_id]
     store_full.full = False
     await until(lambda: store.get_execution(second.id).status is Status.FAILED)
     assert store.get_execution(first.id).status is Status.COMPLETED
-    await until(lambda: {first.container_id, second.container_id} <= set(runtime.forgotten))
+    await until(lambda: first.container_id in runtime.forgotten)
     # And the reserve is made again, since the disk has room.
     await until(disk.reserve_file.exists)
     third = await executor.trigger("filler", TRIGGER)
@@ -305,3 +309,32 @@ async def test_a_cron_run_on_a_low_disk_is_missed_with_the_reason(
     finally:
         await executor.close()
         store.close()
+
+
+async def test_a_cancel_kept_in_memory_is_never_run_again_by_the_next_agent(
+    tmp_path: Path, runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end of a cancelled run cannot be written; the agent dies before it can. The
+    next agent must not read the killed process's exit record as a plain failure and
+    retry it."""
+    store = Store(tmp_path / "agent.db")
+    first = Executor(store, runtime, tmp_path / "logs", disk=TightDisk(tmp_path))
+    retried = replace(SPEC, retry=RetryPolicy(backoff_limit=3, initial_delay_seconds=0.0))
+    first.register_jobs([retried], "", replace_existing=False)
+    execution = await first.trigger("filler", TRIGGER)
+    await until(lambda: first.get_execution(execution.id).status is Status.RUNNING)
+    FullStore(store, monkeypatch).full = True
+    await first.cancel(execution.id)
+    assert first.get_execution(execution.id).status is Status.CANCELLED
+    assert store.get_execution(execution.id).status is Status.RUNNING
+    await first.close()
+
+    second = Executor(store, runtime, tmp_path / "logs")
+    monkeypatch.undo()
+    await second.start()
+    await until(lambda: second.get_execution(execution.id).status.terminal)
+    await asyncio.sleep(0.1)
+    assert runtime.created == [execution.container_id]
+    assert second.get_execution(execution.id).status is not Status.COMPLETED
+    await second.close()
+    store.close()

@@ -519,3 +519,29 @@ async def test_an_unreadable_job_row_hides_no_other_job_and_can_be_replaced_or_r
     assert [job.name for job in executor.list_jobs()] == ["a-job", "b-job", "d-job"]
     await executor.close()
     store.close()
+
+
+async def test_a_lost_monitor_ends_the_run_lost_or_as_a_cancel_asked(
+    executor: Executor, runtime: FakeRuntime
+) -> None:
+    lost = await running(executor, runtime)
+    runtime.lose(lost.container_id)
+    await statuses_until_terminal(executor, lost.id)
+    final = executor.get_execution(lost.id)
+    assert (final.status, final.failure_reason) == (Status.FAILED, FailureReason.AGENT_LOST)
+    assert final.exit_code is None and "is lost" in final.message
+    assert runtime.removed == [lost.container_id]
+
+    runtime.started_event.clear()
+    cancelled = await running(executor, runtime)
+
+    async def stop_losing(
+        container_id: str, grace_seconds: float, signal: str | None = None
+    ) -> None:
+        # conmon dies as the stop signal reaches the process.
+        runtime.lose(container_id)
+
+    runtime.stop = stop_losing  # type: ignore[method-assign]
+    await executor.cancel(cancelled.id)
+    final = executor.get_execution(cancelled.id)
+    assert (final.status, final.message) == (Status.CANCELLED, "cancelled on request")

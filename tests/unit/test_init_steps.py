@@ -195,3 +195,25 @@ async def test_restart_runs_the_init_steps_again(tmp_path: Path, closed_port: in
     assert executor.get_execution(execution.id).failure_reason is FailureReason.INIT
     await executor.close()
     store.close()
+
+
+async def test_a_lost_monitor_of_a_step_container_fails_the_step(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    store = Store(tmp_path / "db")
+    executor = Executor(store, runtime, tmp_path / "logs")
+    step = InitStep("migrate", InitAction.RUN, {"command": ["/bin/true"], "timeout": 5})
+    executor.register_jobs(
+        [JobSpec("stepped", ImageSpec("busybox"), init_steps=(step,))], "", replace_existing=False
+    )
+    execution = await executor.trigger("stepped", Trigger(TriggerKind.CLI))
+    async with asyncio.timeout(5):
+        while not runtime.created:
+            await asyncio.sleep(0.01)
+    runtime.lose(runtime.created[0])
+    events = [event async for event in executor.watch(execution.id)]
+    assert EventKind.INIT_STEP_FAILED in [event.kind for event in events]
+    final = executor.get_execution(execution.id)
+    assert (final.status, final.failure_reason) == (Status.FAILED, FailureReason.INIT)
+    assert "is lost" in final.message
+    await executor.close()
+    store.close()

@@ -5,6 +5,8 @@ last one's conmon), and for the exit it records (or the news that it never will)
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -110,3 +112,30 @@ async def test_wait_without_a_recorded_conmon_follows_the_exit_file(tmp_path: Pa
     loop = asyncio.get_running_loop()
     loop.call_later(0.2, monitor.exit_file(CONTAINER).write_text, "0")
     assert await asyncio.wait_for(monitor.wait(CONTAINER), 10) == 0
+
+
+@pytest.mark.parametrize("fault", ["empty pid file", "no fd left"])
+async def test_wait_never_takes_an_unknown_conmon_for_a_dead_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """A pid file cut short by a crash, or an error such as EMFILE: the conmon may be alive,
+    so the wait goes on (by the exit file) instead of declaring the container lost."""
+    monitor = monitor_of(tmp_path)
+    process = fake_conmon(monitor, 30, CONTAINER)
+    try:
+        if fault == "empty pid file":
+            monitor.conmon_pid_file(CONTAINER).write_text("")
+        else:
+
+            def no_fd(pid: int) -> int:
+                raise OSError(errno.EMFILE, "Too many open files")
+
+            monkeypatch.setattr(os, "pidfd_open", no_fd)
+        waiting = asyncio.ensure_future(monitor.wait(CONTAINER))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        monitor.exit_file(CONTAINER).write_text("5")
+        assert await asyncio.wait_for(waiting, 10) == 5
+    finally:
+        process.kill()
+        process.wait()
