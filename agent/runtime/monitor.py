@@ -20,7 +20,7 @@ from pathlib import Path
 from agent.hostfs import CHILD_UMASK, make_dir
 from agent.runtime.errors import ContainerCreateError, MonitorLost
 from agent.runtime.oci import OciRuntime
-from agent.runtime.process import exited, off_loop, read_to_end
+from agent.runtime.process import exited, off_loop, pidfd_exited, read_to_end
 
 EXIT_POLL_SECONDS = 0.05
 # How long a conmon whose container is deleted may take to write its records and exit.
@@ -151,12 +151,7 @@ class ConmonMonitor:
                     await exited(process)
             return process.poll() is not None
         found = self._adopted_conmon(container_id)
-        if not isinstance(found, int):
-            return True
-        try:
-            return await _readable(found, timeout)
-        finally:
-            os.close(found)
+        return await _exited_within(found, timeout) if isinstance(found, int) else True
 
     def _adopted_conmon(self, container_id: str) -> int | Conmon:
         """A pidfd of the container's conmon when it is not the agent's child (a container
@@ -189,10 +184,7 @@ class ConmonMonitor:
         when that cannot be told, once its exit file is written."""
         found = self._adopted_conmon(container_id)
         if isinstance(found, int):
-            try:
-                await _readable(found, None)
-            finally:
-                os.close(found)
+            await _exited_within(found, None)
         elif found is Conmon.UNKNOWN:
             while self.exit_code(container_id) is None:
                 await asyncio.sleep(EXIT_POLL_SECONDS)
@@ -248,24 +240,12 @@ class ConmonMonitor:
         return (self.persist_dir(container_id) / "oom").exists()
 
 
-async def _readable(fd: int, timeout: float | None) -> bool:
-    """True once `fd` (a pidfd: its process exited) turns readable within `timeout`
-    (None: however long it takes)."""
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(fd, wake)
+async def _exited_within(pidfd: int, timeout: float | None) -> bool:
+    """pidfd_exited, closing the pidfd after."""
     try:
-        await asyncio.wait_for(ready, timeout)
-    except TimeoutError:
-        return False
+        return await pidfd_exited(pidfd, timeout)
     finally:
-        loop.remove_reader(fd)
-    return True
+        os.close(pidfd)
 
 
 async def _read_sync_pipe(fd: int) -> bytes:

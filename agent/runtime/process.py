@@ -153,23 +153,34 @@ async def exited(process: subprocess.Popen[bytes]) -> int:
     Several may wait for the same child."""
     if process.poll() is not None:
         return process.returncode
-    loop = asyncio.get_running_loop()
     try:
         pidfd = os.pidfd_open(process.pid)
     except ProcessLookupError:
         # Another waiter reaped it between the poll and here.
         return process.wait()
-    ended: asyncio.Future[None] = loop.create_future()
+    try:
+        if process.poll() is None:
+            await pidfd_exited(pidfd)
+    finally:
+        os.close(pidfd)
+    return process.wait()
+
+
+async def pidfd_exited(pidfd: int, timeout: float | None = None) -> bool:
+    """True once the process of `pidfd` has exited (the pidfd turns readable) within
+    `timeout` (None: however long it takes); False past it. The caller closes the pidfd."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
 
     def wake() -> None:
-        if not ended.done():
-            ended.set_result(None)
+        if not ready.done():
+            ready.set_result(None)
 
     loop.add_reader(pidfd, wake)
     try:
-        if process.poll() is None:
-            await ended
+        await asyncio.wait_for(ready, timeout)
+    except TimeoutError:
+        return False
     finally:
         loop.remove_reader(pidfd)
-        os.close(pidfd)
-    return process.wait()
+    return True
