@@ -192,7 +192,10 @@ class Agent:
         self.data_lock.release()
 
 
-WORKER_THREADS = 32
+# Helper commands (the runtime's calls, pulls) each hold a worker thread while they run
+# (agent.runtime.process.run), and a pull may take minutes: room for every active
+# execution's, plus bundle work and removals. Threads are made only when all are busy.
+WORKER_THREADS = 128
 # Objects allocated (less freed) between young collections; CPython's default is 700.
 GC_YOUNG_THRESHOLD = 10_000
 # Young collections per middle one, and middle ones per full collection (defaults 10, 10).
@@ -231,7 +234,7 @@ async def serve(config: AgentConfig) -> None:
     # give it back, and so does everything they start.
     base_nice = raise_thread_priority(config.priority_boost)
     # Runtime calls, conmon spawns and bundle work run in worker threads (see
-    # agent.runtime.process); a few per active execution may be in flight at once.
+    # agent.runtime.process); one or two per active execution may be in flight at once.
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(
             max_workers=WORKER_THREADS,

@@ -7,7 +7,6 @@ cancel stops the container while a process runs and interrupts the task otherwis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -271,8 +270,7 @@ class ExecutionRun:
             log_file = self._log_dir / self.execution.id / f"init-{step.id}.log"
             try:
                 request = self._request(container_id, CommandSpec(entrypoint=tuple(argv)), log_file)
-                await self._runtime.create(request, image)
-                await self._runtime.start(container_id)
+                await self._runtime.run(request, image)
                 return (await self._wait(container_id, timeout)).exit_code
             except (
                 ContainerCreateError,
@@ -337,14 +335,13 @@ class ExecutionRun:
         # The new container is the execution's from now on (for a cancel and for cleanup).
         self.execution = replace(self.execution, container_id=container_id, attempt=number)
         try:
-            await self._runtime.create(request, image)
+            # Created and started in one step; a cancel before the start leaves the
+            # container created only, one during the start waits for it (see _take_back).
+            await self._runtime.run(request, image)
         except ContainerCreateError as error:
             self._fail(FailureReason.CREATE, str(error))
             await self._forget_current()
             return False
-        faults.hit("created")
-        try:
-            await self._start_whole(container_id)
         except ContainerStartError as error:
             await self._runtime.remove(container_id)
             self._fail(FailureReason.START, str(error))
@@ -366,18 +363,6 @@ class ExecutionRun:
             )
         self._phase = Phase.RUNNING
         return True
-
-    async def _start_whole(self, container_id: str) -> None:
-        """Starts the container; a cancel waits for the start to end, never cutting the
-        runtime's call short, so that whether the process runs is known (a started one is
-        left for the next agent to follow when the agent stops, see _take_back)."""
-        starting = asyncio.ensure_future(self._runtime.start(container_id))
-        try:
-            await asyncio.shield(starting)
-        except asyncio.CancelledError:
-            with contextlib.suppress(ContainerStartError):
-                await starting
-            raise
 
     async def _attempts(self, image: Image | None) -> None:
         """Waits for each attempt; retries as the policy allows; records the outcome."""

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from agent.runtime.images import Image, ImageStore, PruneResult
 from agent.runtime.limits import JobLimits
 from agent.runtime.monitor import ConmonMonitor, MonitorPaths
 from agent.runtime.oci import UNREADABLE_STATE, OciRuntime
-from agent.runtime.process import off_loop
+from agent.runtime.process import off_loop, off_loop_cancelling
 from agent.runtime.shifted import ShiftedCopies
 from agent.runtime.userns import IdMapping, NamespaceCache, shift_tree
 from agent.runtime.volatile import VOLATILE_ROOT
@@ -209,34 +210,46 @@ class ContainerManager:
         lowers = (bundle.overlay_lower(entry) for entry in self.paths.bundles.iterdir())
         return frozenset(lower for lower in lowers if lower is not None)
 
-    async def create(self, request: ContainerRequest, image: Image) -> None:
-        """Prepares the bundle and creates the container under conmon.
+    async def run(self, request: ContainerRequest, image: Image) -> None:
+        """Prepares the bundle, creates the container under conmon and starts its process,
+        in one worker thread: one hand-off for the whole, where each costs the loop about
+        as much CPU as a spawn. Raises ContainerCreateError, after removing whatever was
+        prepared, or ContainerStartError (the container is left created). A caller
+        cancelled before the start leaves the container created, its process not started;
+        one cancelled during the start waits for it to end, so that whether the process
+        runs is known."""
+        cancelled = threading.Event()
 
-        Raises ContainerCreateError, after removing whatever was prepared.
-        """
+        def create_then_start() -> None:
+            self._create(request, image)
+            faults.hit("created")
+            if not cancelled.is_set():
+                self._start_here(request.container_id)
+
         try:
-            await off_loop(self._prepare_bundle, request, image)
-        except (ValueError, OSError) as error:
+            await off_loop_cancelling(create_then_start, cancelled.set)
+        except ContainerCreateError:
             await self.remove(request.container_id)
+            raise
+
+    def _create(self, request: ContainerRequest, image: Image) -> None:
+        """The bundle, the log file's directory and room, the container under conmon."""
+        try:
+            self._prepare_bundle(request, image)
+        except (ValueError, OSError) as error:
             raise ContainerCreateError(str(error)) from None
         try:
             make_dir(request.log_file.parent)
             free = shutil.disk_usage(request.log_file.parent).free
         except OSError as error:
-            await self.remove(request.container_id)
             raise ContainerCreateError(f"cannot prepare the log file: {error}") from None
         if free < MIN_LOG_SPACE:
-            await self.remove(request.container_id)
             raise ContainerCreateError(
                 f"no space left for the log under {request.log_file.parent} ({free} bytes free)"
             )
-        try:
-            await self.monitor.create(
-                request.container_id, self._monitor_paths(request), request.log_size_max
-            )
-        except ContainerCreateError:
-            await self.remove(request.container_id)
-            raise
+        self.monitor.create_here(
+            request.container_id, self._monitor_paths(request), request.log_size_max
+        )
 
     def _prepare_bundle(self, request: ContainerRequest, image: Image) -> None:
         """Writes the bundle: the overlay rootfs, the mounts' sources and config.json."""
@@ -299,10 +312,10 @@ class ContainerManager:
                 raise
         return self._shifted.get(image.rootfs, ids.start)
 
-    async def start(self, container_id: str) -> None:
+    def _start_here(self, container_id: str) -> None:
         """Starts a created container's process; raises ContainerStartError."""
         try:
-            await self.runtime.start(container_id, self._directory(container_id) / "runtime.log")
+            self.runtime.start_here(container_id, self._directory(container_id) / "runtime.log")
         except CommandError as error:
             raise ContainerStartError(str(error)) from None
 
@@ -377,12 +390,16 @@ class ContainerManager:
 
     async def remove(self, container_id: str) -> None:
         """Deletes the container (and waits for its conmon to exit), its bundle and what it
-        wrote; keeps its log and exit files. Safe to repeat."""
-        await self.runtime.delete(container_id)
+        wrote; keeps its log and exit files. Safe to repeat. One worker thread does it
+        all (one hand-off)."""
+        await off_loop(self._remove, container_id)
+
+    def _remove(self, container_id: str) -> None:
+        self.runtime.delete_here(container_id)
         faults.hit("removing")
-        if not await self.monitor.gone(container_id):
+        if not self.monitor.gone_here(container_id):
             log.warning("container %s: its conmon has not exited", container_id)
-        await off_loop(self._remove_bundle, container_id)
+        self._remove_bundle(container_id)
 
     def containers(self) -> list[str]:
         """The ids of every container with a bundle or a writable layer here (running, or

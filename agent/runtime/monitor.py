@@ -8,7 +8,6 @@ code to <exit-dir>/<container-id>. The container and those files outlive the age
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import json
 import os
@@ -16,11 +15,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from agent.hostfs import CHILD_UMASK, make_dir
 from agent.runtime.errors import ContainerCreateError, MonitorLost
 from agent.runtime.oci import OciRuntime
-from agent.runtime.process import exited, off_loop, pidfd_exited, read_to_end
+from agent.runtime.process import exited, pidfd_exited, pidfd_exited_here
 
 EXIT_POLL_SECONDS = 0.05
 # How long a conmon whose container is deleted may take to write its records and exit.
@@ -61,10 +61,12 @@ class ConmonMonitor:
         make_dir(exits_dir)
         make_dir(sockets_dir)
 
-    async def create(
+    def create_here(
         self, container_id: str, paths: MonitorPaths, log_size_max: int | None = None
     ) -> int:
-        """Creates the container under a new conmon; returns the container's pid."""
+        """Creates the container under a new conmon; returns the container's pid. Starts
+        conmon and reads the pid, or the runtime's error, from its sync pipe: blocking,
+        call it from a worker thread."""
         self.forget(container_id)
         make_dir(self.persist_dir(container_id))
         argv = [
@@ -99,34 +101,21 @@ class ConmonMonitor:
             argv += ["--log-size-max", str(log_size_max)]
         for arg in self._runtime.global_args(paths.runtime_log):
             argv += ["--runtime-arg", arg]
-        creation = asyncio.ensure_future(self._run_conmon(container_id, argv, paths))
-        try:
-            return await asyncio.shield(creation)
-        except asyncio.CancelledError:
-            # conmon goes on creating the container: let it finish, so that the caller's
-            # cleanup deletes a container that exists instead of racing its creation.
-            with contextlib.suppress(ContainerCreateError):
-                await creation
-            raise
-
-    async def _run_conmon(self, container_id: str, argv: list[str], paths: MonitorPaths) -> int:
-        """Starts conmon (forking in a worker thread, off the event loop) and reads the
-        container's pid, or the runtime's error, from its sync pipe."""
         conmon_log = paths.bundle / "conmon.log"
         read_end, write_end = os.pipe()
-        try:
-            process = await off_loop(
-                _spawn_conmon, argv, conmon_log, write_end, self.conmon_pid_file(container_id)
-            )
-        except OSError as error:
-            os.close(read_end)
-            raise ContainerCreateError(f"cannot start conmon: {error}") from None
-        finally:
-            os.close(write_end)
-        self._processes[container_id] = process
-        pid, detail = _parse_sync(await _read_sync_pipe(read_end))
+        with open(read_end, "rb", buffering=0) as sync_pipe:
+            try:
+                process = _spawn_conmon(
+                    argv, conmon_log, write_end, self.conmon_pid_file(container_id)
+                )
+            except OSError as error:
+                raise ContainerCreateError(f"cannot start conmon: {error}") from None
+            finally:
+                os.close(write_end)
+            self._processes[container_id] = process
+            pid, detail = _parse_sync(_read_line(sync_pipe))
         if pid <= 0:
-            await exited(process)
+            process.wait()
             self._processes.pop(container_id, None)
             raise ContainerCreateError(_runtime_error(detail, paths.runtime_log, conmon_log))
         return pid
@@ -139,19 +128,34 @@ class ConmonMonitor:
         """Where conmon writes its own pid (kept with the exit records, across restarts)."""
         return self.persist_dir(container_id) / "conmon.pid"
 
-    async def gone(self, container_id: str, timeout: float = CONMON_EXIT_SECONDS) -> bool:
+    def gone_here(self, container_id: str, timeout: float = CONMON_EXIT_SECONDS) -> bool:
         """Waits, up to `timeout`, until the container's conmon has exited (call it once
         the container is deleted: conmon then has nothing left to hold); False if it is
         still there. A record it wrote late would be taken for that of the next container
-        of the same id (a run started afresh after a restart)."""
+        of the same id (a run started afresh after a restart). Blocking: call it from a
+        worker thread."""
         process = self._processes.get(container_id)
         if process is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await exited(process)
+            if process.poll() is not None:
+                return True
+            try:
+                pidfd = os.pidfd_open(process.pid)
+            except ProcessLookupError:
+                # Reaped by another waiter between the poll and here.
+                return True
+            try:
+                if process.poll() is None:
+                    pidfd_exited_here(pidfd, timeout)
+            finally:
+                os.close(pidfd)
             return process.poll() is not None
         found = self._adopted_conmon(container_id)
-        return await _exited_within(found, timeout) if isinstance(found, int) else True
+        if not isinstance(found, int):
+            return True
+        try:
+            return pidfd_exited_here(found, timeout)
+        finally:
+            os.close(found)
 
     def _adopted_conmon(self, container_id: str) -> int | Conmon:
         """A pidfd of the container's conmon when it is not the agent's child (a container
@@ -248,12 +252,14 @@ async def _exited_within(pidfd: int, timeout: float | None) -> bool:
         os.close(pidfd)
 
 
-async def _read_sync_pipe(fd: int) -> bytes:
-    """conmon's one-line report, read on the event loop as it arrives (or at EOF)."""
-    try:
-        return await read_to_end(fd, until=lambda chunk: chunk.endswith(b"\n"))
-    finally:
-        os.close(fd)
+def _read_line(pipe: BinaryIO) -> bytes:
+    """conmon's one-line report on its sync pipe, read as it arrives (or to EOF)."""
+    chunks = []
+    while chunk := pipe.read(4096):
+        chunks.append(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return b"".join(chunks)
 
 
 def _parse_sync(message: bytes) -> tuple[int, str]:

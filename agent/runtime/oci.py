@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from agent.hostfs import make_dir
 from agent.runtime.errors import CommandError
-from agent.runtime.process import run
+from agent.runtime.process import run, run_here
 from agent.runtime.sealed import SealedBinary
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 # all, waiting DELETE_BACKOFF seconds before the second and twice as long before each next.
 DELETE_TRIES = 6
 DELETE_BACKOFF = 0.25
+# How long one start or delete may take.
+START_SECONDS = 60
+DELETE_SECONDS = 60
 # What `state` answers when the runtime printed something that is not its JSON document.
 UNREADABLE_STATE = "unknown"
 
@@ -47,6 +50,10 @@ class OciRuntime:
         """Runs `<runtime> ARGS` (argv[0] stays the binary's path); returns its stdout."""
         return await run([self.binary, *args], timeout=timeout, executable=self.executable)
 
+    def call_here(self, *args: str, timeout: float) -> str:
+        """call, blocking the calling thread (a worker thread)."""
+        return run_here([self.binary, *args], timeout=timeout, executable=self.executable)
+
     def global_args(self, log_file: Path | None = None) -> list[str]:
         """Arguments that go before the subcommand: state root, and JSON logs to `log_file`."""
         args = ["--root", str(self.root)]
@@ -54,9 +61,9 @@ class OciRuntime:
             args += ["--log", str(log_file), "--log-format", "json"]
         return args
 
-    async def start(self, container_id: str, log_file: Path) -> None:
-        """Starts the process of a created container."""
-        await self.call(*self.global_args(log_file), "start", container_id, timeout=60)
+    def start_here(self, container_id: str, log_file: Path) -> None:
+        """Starts the process of a created container (blocking: from a worker thread)."""
+        self.call_here(*self.global_args(log_file), "start", container_id, timeout=START_SECONDS)
 
     async def kill(self, container_id: str, signal: str) -> bool:
         """Sends a signal to the container's process; False when the container is gone."""
@@ -68,8 +75,9 @@ class OciRuntime:
             return False
         return True
 
-    async def delete(self, container_id: str) -> None:
+    def delete_here(self, container_id: str) -> None:
         """Deletes the container (force: kills it first); a missing container is fine.
+        Blocking: call it from a worker thread.
 
         A delete that fails while the container still exists is tried again, backing off
         (about 8 s in all): on a loaded host the killed processes can take longer to leave
@@ -79,10 +87,12 @@ class OciRuntime:
         delay = DELETE_BACKOFF
         for attempt in range(1, DELETE_TRIES + 1):
             try:
-                await self.call(*self.global_args(), "delete", "--force", container_id, timeout=60)
+                self.call_here(
+                    *self.global_args(), "delete", "--force", container_id, timeout=DELETE_SECONDS
+                )
                 return
             except CommandError as error:
-                if await self.state(container_id) is None:
+                if self._document(container_id, self._state_output_here(container_id)) is None:
                     return
                 if attempt == DELETE_TRIES:
                     raise
@@ -92,7 +102,7 @@ class OciRuntime:
                     str(error).splitlines()[0][:300],
                     delay,
                 )
-            await asyncio.sleep(delay)
+            time.sleep(delay)
             delay *= 2
 
     async def state(self, container_id: str) -> str | None:
@@ -109,6 +119,19 @@ class OciRuntime:
         try:
             output = await self.call(*self.global_args(), "state", container_id, timeout=30)
         except CommandError:
+            output = None
+        return self._document(container_id, output)
+
+    def _state_output_here(self, container_id: str) -> str | None:
+        """What `state` prints (None when it failed), blocking."""
+        try:
+            return self.call_here(*self.global_args(), "state", container_id, timeout=30)
+        except CommandError:
+            return None
+
+    def _document(self, container_id: str, output: str | None) -> dict[str, Any] | None:
+        """The state document in `state`'s output (None: the call failed)."""
+        if output is None:
             if (self.root / container_id).exists():
                 return {"status": UNREADABLE_STATE}
             return None

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import os
+import select
 import subprocess
+import threading
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -21,95 +24,89 @@ async def off_loop(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) 
     """Runs blocking work (mounts, tree removals, forks) in a worker thread, so that the
     event loop serves other executions meanwhile. A cancelled caller still waits for the
     work to end, so that its cleanup never races a half-done mount or spawn."""
+    return await off_loop_cancelling(functools.partial(function, *args, **kwargs), None)
+
+
+async def off_loop_cancelling(work: Callable[[], T], on_cancel: Callable[[], None] | None) -> T:
+    """off_loop, calling `on_cancel` (on the loop) when the caller is cancelled, before
+    waiting for the work to end: it tells the work to cut itself short."""
     # As asyncio.to_thread, without a task around the executor's future.
-    call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
-    work = asyncio.get_running_loop().run_in_executor(None, call)
+    call = functools.partial(contextvars.copy_context().run, work)
+    done = asyncio.get_running_loop().run_in_executor(None, call)
     try:
-        return await asyncio.shield(work)
+        return await asyncio.shield(done)
     except asyncio.CancelledError:
-        await asyncio.wait([work])
-        work.exception()  # seen: the caller's cancellation is what it gets
+        if on_cancel is not None:
+            on_cancel()
+        await asyncio.wait([done])
+        done.exception()  # seen: the caller's cancellation is what it gets
         raise
 
 
 async def run(argv: list[str], timeout: float | None = None, executable: str | None = None) -> str:
     """Runs a command and returns its stdout; raises CommandError when it fails or times out.
 
-    The fork happens in a worker thread (on a busy machine the parent waits for the child
-    to be scheduled and exec, which on the event loop stalled every other execution); the
-    output and the exit are awaited on the loop. A cancelled caller kills the command.
+    The command is started and waited for in one worker thread, blocked on its pipes and
+    its exit: a hand-off to a thread and back costs the loop about as much CPU as a spawn,
+    so a call makes one (and the fork stays off the loop: on a busy machine the parent
+    waits for the child to be scheduled and exec, which on the event loop stalled every
+    other execution). A cancelled caller kills the command and waits for its end.
     `executable` is the file to execute when it is not argv[0].
     """
-    try:
-        process = await off_loop(_spawn, argv, executable)
-    except OSError as error:
-        raise CommandError(argv, -1, f"cannot run {argv[0]}: {error.strerror}") from None
-    assert process.stdout is not None and process.stderr is not None
-    try:
-        async with asyncio.timeout(timeout):
-            stdout, stderr, code = await _outputs_and_exit(process)
-    except TimeoutError:
-        process.kill()
-        await exited(process)
-        raise CommandError(argv, -1, f"timed out after {timeout:g}s") from None
-    except asyncio.CancelledError:
-        process.kill()
-        await exited(process)
-        raise
-    finally:
-        process.stdout.close()
-        process.stderr.close()
-    if code != 0:
-        raise CommandError(argv, code, stderr.decode(errors="replace"))
-    return stdout.decode(errors="replace")
+    command = _Command(argv, timeout, executable)
+    return await off_loop_cancelling(command.output, command.cancel)
 
 
-async def _outputs_and_exit(process: subprocess.Popen[bytes]) -> tuple[bytes, bytes, int]:
-    """A child's stdout and stderr, each read on the event loop as it arrives until EOF,
-    and its exit status once its pidfd turns readable: what gathering read_to_end twice
-    and exited gives, with one future for the three instead of a task for each."""
-    assert process.stdout is not None and process.stderr is not None
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    chunks: dict[int, list[bytes]] = {process.stdout.fileno(): [], process.stderr.fileno(): []}
-    pending = set(chunks)
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except ProcessLookupError:
-        # Reaped already: process.wait() below has its status.
-        pidfd = -1
+def run_here(argv: list[str], timeout: float | None = None, executable: str | None = None) -> str:
+    """run, blocking the calling thread: for work already in a worker thread."""
+    return _Command(argv, timeout, executable).output()
 
-    def finished(fd: int) -> None:
-        loop.remove_reader(fd)
-        pending.discard(fd)
-        if not pending and not done.done():
-            done.set_result(None)
 
-    def readable(fd: int) -> None:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if chunk:
-            chunks[fd].append(chunk)
-        else:
-            finished(fd)
+class _Command:
+    """One command run to its end in the calling thread; `cancel`, from another thread,
+    kills it or keeps it from starting."""
 
-    for fd in chunks:
-        os.set_blocking(fd, False)
-        loop.add_reader(fd, readable, fd)
-    if pidfd >= 0:
-        pending.add(pidfd)
-        loop.add_reader(pidfd, finished, pidfd)
-    try:
-        await done
-    finally:
-        for fd in pending:
-            loop.remove_reader(fd)
-        if pidfd >= 0:
-            os.close(pidfd)
-    stdout, stderr = (b"".join(chunks[fd]) for fd in chunks)
-    return stdout, stderr, process.wait()
+    def __init__(
+        self, argv: list[str], timeout: float | None = None, executable: str | None = None
+    ) -> None:
+        self._argv = argv
+        self._executable = executable
+        self._timeout = timeout
+        # Held while the process is started, so that a cancel never falls between the
+        # check and the start.
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def cancel(self) -> None:
+        """Kills the command (its thread still waits for it), or keeps it from starting."""
+        with self._lock:
+            self._cancelled = True
+            if self._process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+
+    def output(self) -> str:
+        """Starts the command and waits for it; its stdout. Raises CommandError when it
+        cannot start, fails or times out (or was cancelled before it started)."""
+        argv = self._argv
+        with self._lock:
+            if self._cancelled:
+                raise CommandError(argv, -1, "cancelled")
+            try:
+                process = self._process = _spawn(argv, self._executable)
+            except OSError as error:
+                raise CommandError(argv, -1, f"cannot run {argv[0]}: {error.strerror}") from None
+        with process:
+            try:
+                stdout, stderr = process.communicate(timeout=self._timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+                raise CommandError(argv, -1, f"timed out after {self._timeout:g}s") from None
+        if process.returncode != 0:
+            raise CommandError(argv, process.returncode, stderr.decode(errors="replace"))
+        return stdout.decode(errors="replace")
 
 
 def _spawn(argv: list[str], executable: str | None) -> subprocess.Popen[bytes]:
@@ -121,31 +118,6 @@ def _spawn(argv: list[str], executable: str | None) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
         umask=CHILD_UMASK,
     )
-
-
-async def read_to_end(fd: int, until: Callable[[bytes], bool] | None = None) -> bytes:
-    """What a pipe gives, read on the event loop as it arrives: until EOF, or until a chunk
-    for which `until` is true."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    chunks: list[bytes] = []
-    os.set_blocking(fd, False)
-
-    def readable() -> None:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        chunks.append(chunk)
-        if (not chunk or (until is not None and until(chunk))) and not done.done():
-            done.set_result(None)
-
-    loop.add_reader(fd, readable)
-    try:
-        await done
-    finally:
-        loop.remove_reader(fd)
-    return b"".join(chunks)
 
 
 async def exited(process: subprocess.Popen[bytes]) -> int:
@@ -184,3 +156,10 @@ async def pidfd_exited(pidfd: int, timeout: float | None = None) -> bool:
     finally:
         loop.remove_reader(pidfd)
     return True
+
+
+def pidfd_exited_here(pidfd: int, timeout: float | None = None) -> bool:
+    """pidfd_exited, blocking the calling thread (a worker thread)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))

@@ -318,8 +318,7 @@ async def test_where_the_image_cannot_be_idmapped_a_shifted_copy_serves_each_ran
                 ),
                 id_range=ids,
             )
-            await manager.create(request, image)
-            await manager.start(container_id)
+            await manager.run(request, image)
             assert (await manager.wait(container_id)).exit_code == 0
             mine = os.stat(paths.writable / container_id / "upper" / "mine").st_uid
             await manager.remove(container_id)

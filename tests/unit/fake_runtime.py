@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -84,6 +85,18 @@ class FakeRuntime:
         self.started.append(container_id)
         self.alive.add(container_id)
         self.started_event.set()
+
+    async def run(self, request: ContainerRequest, image: Image) -> None:
+        # As the real one: a cancel before the start leaves the container created, one
+        # during the start waits for it to end.
+        await self.create(request, image)
+        starting = asyncio.ensure_future(self.start(request.container_id))
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(ContainerStartError):
+                await starting
+            raise
 
     async def wait(self, container_id: str) -> ExitStatus:
         return await asyncio.shield(self._future(container_id))

@@ -45,7 +45,7 @@ async def test_gone_waits_for_the_conmon_of_a_deleted_container(tmp_path: Path) 
     process = fake_conmon(monitor, 0.3, CONTAINER)
     try:
         started = time.monotonic()
-        assert await monitor.gone(CONTAINER, timeout=10)
+        assert monitor.gone_here(CONTAINER, timeout=10)
         assert time.monotonic() - started >= 0.2
     finally:
         process.kill()
@@ -56,7 +56,7 @@ async def test_gone_says_when_the_conmon_stays(tmp_path: Path) -> None:
     monitor = monitor_of(tmp_path)
     process = fake_conmon(monitor, 30, CONTAINER)
     try:
-        assert not await monitor.gone(CONTAINER, timeout=0.1)
+        assert not monitor.gone_here(CONTAINER, timeout=0.1)
     finally:
         process.kill()
         process.wait()
@@ -66,7 +66,7 @@ async def test_gone_waits_for_no_process_that_took_the_pid_since(tmp_path: Path)
     monitor = monitor_of(tmp_path)
     process = fake_conmon(monitor, 30, "another-container")
     try:
-        assert await monitor.gone(CONTAINER, timeout=10)
+        assert monitor.gone_here(CONTAINER, timeout=10)
         assert process.poll() is None
     finally:
         process.kill()
@@ -74,7 +74,7 @@ async def test_gone_waits_for_no_process_that_took_the_pid_since(tmp_path: Path)
 
 
 async def test_gone_without_a_pid_file_has_nothing_to_wait_for(tmp_path: Path) -> None:
-    assert await monitor_of(tmp_path).gone(CONTAINER, timeout=10)
+    assert monitor_of(tmp_path).gone_here(CONTAINER, timeout=10)
 
 
 async def test_wait_on_an_adopted_conmon_returns_the_exit_it_recorded(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ async def test_a_delete_that_fails_while_the_container_exists_is_tried_again(
     runtime: OciRuntime, tmp_path: Path
 ) -> None:
     (tmp_path / "fails").write_text(str(oci.DELETE_TRIES - 1))
-    await runtime.delete("ja-1")
+    runtime.delete_here("ja-1")
     assert (tmp_path / "deleted").exists()
     assert await runtime.state("ja-1") is None
 
@@ -54,7 +54,7 @@ async def test_a_delete_that_fails_while_the_container_exists_is_tried_again(
 async def test_a_delete_that_keeps_failing_is_an_error(runtime: OciRuntime, tmp_path: Path) -> None:
     (tmp_path / "fails").write_text(str(oci.DELETE_TRIES))
     with pytest.raises(CommandError, match="could not delete"):
-        await runtime.delete("ja-1")
+        runtime.delete_here("ja-1")
 
 
 async def test_a_state_that_is_not_json_is_unknown_not_an_agent_error(
@@ -64,4 +64,4 @@ async def test_a_state_that_is_not_json_is_unknown_not_an_agent_error(
     assert await runtime.state("ja-1") == oci.UNREADABLE_STATE
     (tmp_path / "fails").write_text(str(oci.DELETE_TRIES))
     with pytest.raises(CommandError):
-        await runtime.delete("ja-1")
+        runtime.delete_here("ja-1")

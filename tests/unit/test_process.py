@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from agent.runtime.errors import CommandError
-from agent.runtime.process import off_loop, run
+from agent.runtime.process import off_loop, pidfd_exited_here, run, run_here
 
 marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="")
 
@@ -80,3 +81,21 @@ async def test_a_cancelled_off_loop_caller_waits_for_the_work() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert finished == [True]
+
+
+def test_run_here_blocks_the_calling_thread_for_the_output() -> None:
+    assert run_here(["sh", "-c", "echo out; echo err >&2"]) == "out\n"
+    with pytest.raises(CommandError, match="timed out"):
+        run_here(["sleep", "30"], timeout=0.1)
+
+
+def test_pidfd_exited_here_says_whether_the_process_ended_in_time() -> None:
+    process = subprocess.Popen(["sleep", "30"])
+    pidfd = os.pidfd_open(process.pid)
+    try:
+        assert not pidfd_exited_here(pidfd, 0.05)
+        process.kill()
+        assert pidfd_exited_here(pidfd, 10)
+    finally:
+        os.close(pidfd)
+        process.wait()
