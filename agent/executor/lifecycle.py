@@ -434,9 +434,8 @@ class ExecutionRun:
         self._phase = Phase.REMOVING
         if self._outcome_recorded is not None:
             self._outcome_recorded()
-        await self._runtime.remove(container_id)
-        if not (keep_exit_record and self._recorder.keeps(self.execution.id)):
-            await self._runtime.forget(container_id)
+        keep = keep_exit_record and self._recorder.keeps(self.execution.id)
+        await self._runtime.remove(container_id, forget=not keep)
 
     async def _retry(self, delay: float, image: Image | None, number: int) -> Image | None:
         """Waits out the backoff and starts the next attempt; None when the execution ended."""

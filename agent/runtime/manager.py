@@ -388,18 +388,20 @@ class ContainerManager:
                 await self.runtime.kill(container_id, KILL_SIGNAL)
                 await self.monitor.wait(container_id)
 
-    async def remove(self, container_id: str) -> None:
+    async def remove(self, container_id: str, forget: bool = False) -> None:
         """Deletes the container (and waits for its conmon to exit), its bundle and what it
-        wrote; keeps its log and exit files. Safe to repeat. One worker thread does it
-        all (one hand-off)."""
-        await off_loop(self._remove, container_id)
+        wrote; keeps its log and, unless `forget` (see forget), its exit record. Safe to
+        repeat. One worker thread does it all (one hand-off)."""
+        await off_loop(self._remove, container_id, forget)
 
-    def _remove(self, container_id: str) -> None:
+    def _remove(self, container_id: str, forget: bool) -> None:
         self.runtime.delete_here(container_id)
         faults.hit("removing")
         if not self.monitor.gone_here(container_id):
             log.warning("container %s: its conmon has not exited", container_id)
         self._remove_bundle(container_id)
+        if forget:
+            self.monitor.forget(container_id)
 
     def containers(self) -> list[str]:
         """The ids of every container with a bundle or a writable layer here (running, or

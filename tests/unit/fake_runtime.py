@@ -126,11 +126,13 @@ class FakeRuntime:
         self.stop_signals.append(signal)
         self.exit(container_id, 143)
 
-    async def remove(self, container_id: str) -> None:
+    async def remove(self, container_id: str, forget: bool = False) -> None:
         if self.remove_gate is not None:
             await self.remove_gate.wait()
         self.removed.append(container_id)
         self.alive.discard(container_id)
+        if forget:
+            await self.forget(container_id)
 
     async def forget(self, container_id: str) -> None:
         # As the real one drops conmon's exit file: a restarted agent no longer knows it.
