@@ -160,6 +160,10 @@ EXECUTION_COLUMNS = ", ".join(EXECUTION_FIELDS)
 # What a transition may change of an execution's row: all but what names it and its start.
 FIXED_FIELDS = frozenset({"id", "job_name", "trigger", "created_at"})
 CHANGING_FIELDS = tuple(name for name in EXECUTION_FIELDS if name not in FIXED_FIELDS)
+TRANSITION_UPDATE = (
+    f"UPDATE executions SET {', '.join(f'{name} = :{name}' for name in CHANGING_FIELDS)} "
+    "WHERE id = :id AND status = :expected"
+)
 ATTEMPT_COLUMNS = ", ".join(field_names(Attempt))
 # The layout of a stored spec: {"schema_version": SPEC_VERSION, "spec": its record}.
 SPEC_VERSION = 1
@@ -441,8 +445,9 @@ class Store:
         """Records a new execution and its first event, with the trigger's request if it has
         a request_id or parameters (raises AlreadyExists for a request_id in use)."""
         self._details.pop(execution.id, None)
+        record = _execution_record(execution)
         with self._transaction() as db:
-            _insert(db, "executions", _execution_columns(execution))
+            _insert(db, "executions", _execution_columns(record))
             # The job's spec as it is now, kept for this execution (a job's updated_at
             # names the version of its spec).
             db.execute(
@@ -473,7 +478,7 @@ class Store:
                     )
                 except sqlite3.IntegrityError:
                     raise AlreadyExists(f"request_id {request.request_id!r} is in use") from None
-            return _append_event(db, execution)
+            return _append_event(db, execution, snapshot=record)
 
     def find_request(self, request_id: str, caller: str = "") -> tuple[str, str] | None:
         """The execution id and fingerprint recorded for a caller's request_id, if any."""
@@ -509,11 +514,10 @@ class Store:
         Raises StaleTransition otherwise: a late writer can never overwrite a newer state.
         """
         self._details.pop(execution.id, None)
+        record = _execution_record(execution)
         with self._transaction() as db:
-            changes = ", ".join(f"{name} = :{name}" for name in CHANGING_FIELDS)
             updated = db.execute(
-                f"UPDATE executions SET {changes} WHERE id = :id AND status = :expected",
-                {**_execution_columns(execution), "expected": expected.value},
+                TRANSITION_UPDATE, {**_execution_columns(record), "expected": expected.value}
             ).rowcount
             if updated == 0:
                 current = self.get_execution(execution.id)
@@ -523,7 +527,7 @@ class Store:
             if attempt is not None:
                 row = {"execution_id": execution.id, **to_record(attempt)}
                 _insert(db, "attempts", row, "INSERT OR REPLACE")
-            return _append_event(db, execution, kind, "", message)
+            return _append_event(db, execution, kind, "", message, record)
 
     def list_attempts(self, execution_id: str) -> list[Attempt]:
         """The execution's attempts, first to last."""
@@ -741,7 +745,10 @@ def _append_event(
     kind: EventKind = EventKind.TRANSITION,
     step_id: str = "",
     message: str = "",
+    snapshot: dict[str, Any] | None = None,
 ) -> ExecutionEvent:
+    """Appends an event of the execution, with its snapshot (its record, when the caller
+    has it already)."""
     now = datetime.now(UTC)
     cursor = db.execute(
         "INSERT INTO events (time, execution_id, execution, kind, step_id, message, job_name) "
@@ -749,7 +756,7 @@ def _append_event(
         (
             format_time(now),
             execution.id,
-            json.dumps(_execution_record(execution)),
+            json.dumps(_execution_record(execution) if snapshot is None else snapshot),
             kind.value,
             step_id,
             message,
@@ -844,10 +851,9 @@ def _execution_record(execution: Execution) -> dict[str, Any]:
     return record
 
 
-def _execution_columns(execution: Execution) -> dict[str, Any]:
-    """An execution's row: its record with the trigger as JSON text, and the trigger's kind
-    in a column of its own for filters."""
-    record = _execution_record(execution)
+def _execution_columns(record: dict[str, Any]) -> dict[str, Any]:
+    """An execution's row of its record (_execution_record): the trigger as JSON text, and
+    the trigger's kind in a column of its own for filters."""
     return {
         **record,
         "trigger": json.dumps(record["trigger"]),
