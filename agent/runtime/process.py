@@ -101,8 +101,9 @@ class _Command:
             try:
                 stdout, stderr = process.communicate(timeout=self._timeout)
             except subprocess.TimeoutExpired:
+                # Waited for, not read to EOF: a child it left may hold its pipes open.
                 process.kill()
-                process.communicate()
+                process.wait()
                 raise CommandError(argv, -1, f"timed out after {self._timeout:g}s") from None
         if process.returncode != 0:
             raise CommandError(argv, process.returncode, stderr.decode(errors="replace"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -99,3 +100,15 @@ def test_pidfd_exited_here_says_whether_the_process_ended_in_time() -> None:
     finally:
         os.close(pidfd)
         process.wait()
+
+
+async def test_a_timed_out_command_is_not_waited_for_past_its_own_end(tmp_path: Path) -> None:
+    # The command's child keeps its pipes open after the command is killed.
+    pid_file = tmp_path / "child"
+    started = time.monotonic()
+    try:
+        with pytest.raises(CommandError, match="timed out"):
+            await run(["sh", "-c", f"sleep 30 & echo $! > {pid_file}; exec sleep 30"], timeout=0.2)
+        assert time.monotonic() - started < 10
+    finally:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
