@@ -192,10 +192,14 @@ class Agent:
         self.data_lock.release()
 
 
-# Helper commands (the runtime's calls, pulls) each hold a worker thread while they run
-# (agent.runtime.process.run), and a pull may take minutes: room for every active
-# execution's, plus bundle work and removals. Threads are made only when all are busy.
-WORKER_THREADS = 128
+# Helper commands (the runtime's calls, pulls) hold a worker thread while they run, and a
+# pull may take minutes. An execution holding a slot uses at most one thread at a time (its
+# pull, or its container's preparation and start), and so does each removal, which runs
+# after its execution gave the slot back: two per slot, a third for margin, plus SPARE for
+# the rest (disk usage walks, pruning, sweeps), so that pulls stuck on a registry never
+# starve the runs. Threads are made only when all are busy.
+WORKER_THREADS_PER_SLOT = 3
+WORKER_THREADS_SPARE = 32
 # Objects allocated (less freed) between young collections; CPython's default is 700.
 GC_YOUNG_THRESHOLD = 10_000
 # Young collections per middle one, and middle ones per full collection (defaults 10, 10).
@@ -237,7 +241,7 @@ async def serve(config: AgentConfig) -> None:
     # agent.runtime.process); one or two per active execution may be in flight at once.
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(
-            max_workers=WORKER_THREADS,
+            max_workers=WORKER_THREADS_PER_SLOT * config.max_concurrent + WORKER_THREADS_SPARE,
             thread_name_prefix="jobagent-worker",
             initializer=restore_thread_priority,
             initargs=(base_nice,),

@@ -131,6 +131,8 @@ class OciRuntime:
 
     def _document(self, container_id: str, output: str | None) -> dict[str, Any] | None:
         """The state document in `state`'s output (None: the call failed)."""
+        if not container_id:
+            return None
         if output is None:
             if (self.root / container_id).exists():
                 return {"status": UNREADABLE_STATE}

@@ -9,7 +9,6 @@ import functools
 import os
 import select
 import subprocess
-import threading
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -64,7 +63,8 @@ def run_here(argv: list[str], timeout: float | None = None, executable: str | No
 
 class _Command:
     """One command run to its end in the calling thread; `cancel`, from another thread,
-    kills it or keeps it from starting."""
+    kills it or keeps it from starting, without waiting for a spawn under way: the loop
+    calls it."""
 
     def __init__(
         self, argv: list[str], timeout: float | None = None, executable: str | None = None
@@ -72,31 +72,34 @@ class _Command:
         self._argv = argv
         self._executable = executable
         self._timeout = timeout
-        # Held while the process is started, so that a cancel never falls between the
-        # check and the start.
-        self._lock = threading.Lock()
         self._cancelled = False
         self._process: subprocess.Popen[bytes] | None = None
 
     def cancel(self) -> None:
         """Kills the command (its thread still waits for it), or keeps it from starting."""
-        with self._lock:
-            self._cancelled = True
-            if self._process is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    self._process.kill()
+        # The flag is set before the process is looked at, and `output` sets the process
+        # before it looks at the flag: one of the two sees the other's write and kills it.
+        self._cancelled = True
+        self._kill()
+
+    def _kill(self) -> None:
+        process = self._process
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
 
     def output(self) -> str:
         """Starts the command and waits for it; its stdout. Raises CommandError when it
         cannot start, fails or times out (or was cancelled before it started)."""
         argv = self._argv
-        with self._lock:
-            if self._cancelled:
-                raise CommandError(argv, -1, "cancelled")
-            try:
-                process = self._process = _spawn(argv, self._executable)
-            except OSError as error:
-                raise CommandError(argv, -1, f"cannot run {argv[0]}: {error.strerror}") from None
+        if self._cancelled:
+            raise CommandError(argv, -1, "cancelled")
+        try:
+            process = self._process = _spawn(argv, self._executable)
+        except OSError as error:
+            raise CommandError(argv, -1, f"cannot run {argv[0]}: {error.strerror}") from None
+        if self._cancelled:
+            self._kill()
         with process:
             try:
                 stdout, stderr = process.communicate(timeout=self._timeout)
