@@ -186,10 +186,11 @@ SPECS_DIR ?= $(abspath ../shared/specs)
 fresh-check:
 	@set -e; scratch=$$(mktemp -d); trap 'rm -rf "$$scratch"' EXIT; \
 	git clone --quiet "$(CURDIR)" "$$scratch/jobagent"; \
+	revision=$$(git -C "$$scratch/jobagent" rev-parse --short HEAD); \
 	start=$$(date +%s); \
 	if PIP_NO_CACHE_DIR=1 JOBAGENT_SPECS_DIR="$(SPECS_DIR)" $(MAKE) -C "$$scratch/jobagent" test; \
 	then verdict=passed; else verdict=failed; fi; \
-	echo "fresh-check: make test $$verdict in $$(( $$(date +%s) - start )) s (clone of $$(git rev-parse --short HEAD))"; \
+	echo "fresh-check: make test $$verdict in $$(( $$(date +%s) - start )) s (clone of $$revision)"; \
 	test $$verdict = passed
 
 unit: venv
