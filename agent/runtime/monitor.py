@@ -20,7 +20,7 @@ from typing import BinaryIO
 from agent.hostfs import CHILD_UMASK, make_dir
 from agent.runtime.errors import ContainerCreateError, MonitorLost
 from agent.runtime.oci import OciRuntime
-from agent.runtime.process import exited, pidfd_exited, pidfd_exited_here
+from agent.runtime.process import exited, exited_here, pidfd_exited, pidfd_exited_here
 
 EXIT_POLL_SECONDS = 0.05
 # How long a conmon whose container is deleted may take to write its records and exit.
@@ -136,19 +136,7 @@ class ConmonMonitor:
         worker thread."""
         process = self._processes.get(container_id)
         if process is not None:
-            if process.poll() is not None:
-                return True
-            try:
-                pidfd = os.pidfd_open(process.pid)
-            except ProcessLookupError:
-                # Reaped by another waiter between the poll and here.
-                return True
-            try:
-                if process.poll() is None:
-                    pidfd_exited_here(pidfd, timeout)
-            finally:
-                os.close(pidfd)
-            return process.poll() is not None
+            return exited_here(process, timeout)
         found = self._adopted_conmon(container_id)
         if not isinstance(found, int):
             return True

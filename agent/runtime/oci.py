@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 # all, waiting DELETE_BACKOFF seconds before the second and twice as long before each next.
 DELETE_TRIES = 6
 DELETE_BACKOFF = 0.25
-# How long one start or delete may take.
+# How long one start, delete or state may take.
 START_SECONDS = 60
 DELETE_SECONDS = 60
+STATE_SECONDS = 30
 # What `state` answers when the runtime printed something that is not its JSON document.
 UNREADABLE_STATE = "unknown"
 
@@ -117,15 +118,18 @@ class OciRuntime:
         if not container_id:
             return None
         try:
-            output = await self.call(*self.global_args(), "state", container_id, timeout=30)
+            output = await self.call(*self._state_args(container_id), timeout=STATE_SECONDS)
         except CommandError:
             output = None
         return self._document(container_id, output)
 
+    def _state_args(self, container_id: str) -> list[str]:
+        return [*self.global_args(), "state", container_id]
+
     def _state_output_here(self, container_id: str) -> str | None:
         """What `state` prints (None when it failed), blocking."""
         try:
-            return self.call_here(*self.global_args(), "state", container_id, timeout=30)
+            return self.call_here(*self._state_args(container_id), timeout=STATE_SECONDS)
         except CommandError:
             return None
 

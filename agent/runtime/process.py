@@ -142,6 +142,24 @@ async def exited(process: subprocess.Popen[bytes]) -> int:
     return process.wait()
 
 
+def exited_here(process: subprocess.Popen[bytes], timeout: float | None) -> bool:
+    """exited, blocking the calling thread (a worker thread) up to `timeout`: True once the
+    child has ended."""
+    if process.poll() is not None:
+        return True
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except ProcessLookupError:
+        # Another waiter reaped it between the poll and here.
+        return True
+    try:
+        if process.poll() is None:
+            pidfd_exited_here(pidfd, timeout)
+    finally:
+        os.close(pidfd)
+    return process.poll() is not None
+
+
 async def pidfd_exited(pidfd: int, timeout: float | None = None) -> bool:
     """True once the process of `pidfd` has exited (the pidfd turns readable) within
     `timeout` (None: however long it takes); False past it. The caller closes the pidfd."""
