@@ -3,11 +3,15 @@ triggered at once and followed on one event stream (bench.throughput's agent rou
 a warm-up round. Prints user and system time per job, and the split between the event
 loop's thread and the others (worker threads: bundles, spawns, removals).
 
+With --steps the agent's per-job steps are timed (bench.cpu_steps): the CPU time of each,
+in ms per job, and what no step covers.
+
 With --profile FILE the agent runs under pyinstrument (the bench extra), which samples the
 event loop thread's CPU time rather than wall time; FILE gets the text profile and
 FILE.pyisession the session (`pyinstrument --load FILE.pyisession` renders it anew).
 
-    python -m bench.agent_cpu [--runtime youki] [--jobs 200] [--rounds 2] [--profile FILE]
+    python -m bench.agent_cpu [--runtime youki] [--jobs 200] [--rounds 2] [--steps]
+        [--profile FILE]
 """
 
 from __future__ import annotations
@@ -16,17 +20,20 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from unittest import mock
 
+from bench import cpu_steps
 from bench.common import removal_watch, scratch_agent
 from bench.throughput import agent_round
 from tests.e2e.harness import AgentProcess
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVE_PROFILED = "--serve-profiled"
+SERVE_TIMED = "--serve-timed"
 
 
 def thread_ticks(pid: int) -> dict[int, int]:
@@ -71,18 +78,25 @@ def main() -> int:
     """Runs the measurement; returns the exit status."""
     if len(sys.argv) > 2 and sys.argv[1] == SERVE_PROFILED:
         return serve_profiled(Path(sys.argv[2]), sys.argv[3:])
+    if len(sys.argv) > 2 and sys.argv[1] == SERVE_TIMED:
+        return cpu_steps.serve_timed(Path(sys.argv[2]), sys.argv[3:])
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runtime", default="youki")
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--profile", type=Path)
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--steps", action="store_true")
+    choice.add_argument("--profile", type=Path)
     args = parser.parse_args()
     plain = AgentProcess.python
+    totals = Path(tempfile.mkdtemp(prefix="agent-cpu-")) / "steps.json"
 
     def python(agent: AgentProcess, *argv: str) -> list[str]:
-        if argv[:1] != ("serve",) or args.profile is None:
+        if argv[:1] != ("serve",) or not (args.profile or args.steps):
             return plain(agent, *argv)
+        if args.steps:
+            return [sys.executable, "-m", "bench.agent_cpu", SERVE_TIMED, str(totals), *argv]
         profile = str(args.profile.resolve())
         return [sys.executable, "-m", "bench.agent_cpu", SERVE_PROFILED, profile, *argv]
 
@@ -97,11 +111,13 @@ def main() -> int:
         pid = bench.agent.process.pid
         bench.register("bench-true")
         agent_round(bench, 2 * args.concurrency, removals)
+        steps_before = cpu_steps.snapshot(pid, totals) if args.steps else {}
         (user, system), threads = process_ticks(pid), thread_ticks(pid)
         load = os.getloadavg()[0]
         # To the last container's removal: the agent's CPU for a job includes removing it.
         seconds = sum(agent_round(bench, args.jobs, removals)[1] for _ in range(args.rounds))
         (user_after, system_after), threads_after = process_ticks(pid), thread_ticks(pid)
+        steps_after = cpu_steps.snapshot(pid, totals) if args.steps else {}
     jobs: int = args.jobs * args.rounds
 
     def per_job(ticks: int) -> float:
@@ -116,6 +132,12 @@ def main() -> int:
         f"{per_job(user_after - user)}, system {per_job(system_after - system)}); live "
         f"threads: event loop {per_job(split['loop'])}, others {per_job(split['other'])}"
     )
+    if args.steps:
+        threads_ms = {
+            cpu_steps.LOOP: per_job(split["loop"]),
+            cpu_steps.WORKER: per_job(split["other"]),
+        }
+        print("\n".join(cpu_steps.report(steps_before, steps_after, threads_ms, jobs)))
     return 0
 
 

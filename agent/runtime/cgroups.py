@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.hostfs import read_small_file
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -14,19 +16,19 @@ def oom_kill_count(cgroups_path: str, root: Path = CGROUP_ROOT) -> int:
     may put the memory controller on either hierarchy.
     """
     relative = cgroups_path.lstrip("/")
-    candidates = [
-        (root / relative / "memory.events", "oom_kill"),
-        (root / "unified" / relative / "memory.events", "oom_kill"),
-        (root / "memory" / relative / "memory.oom_control", "oom_kill"),
-    ]
+    candidates = (
+        f"{root}/{relative}/memory.events",
+        f"{root}/unified/{relative}/memory.events",
+        f"{root}/memory/{relative}/memory.oom_control",
+    )
     count = 0
-    for path, key in candidates:
+    for path in candidates:
         try:
-            lines = path.read_text().splitlines()
+            lines = read_small_file(path).splitlines()
         except OSError:
             continue
         for line in lines:
             name, _, value = line.partition(" ")
-            if name == key and value.strip().isdigit():
+            if name == "oom_kill" and value.strip().isdigit():
                 count = max(count, int(value))
     return count

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from agent.hostfs import CHILD_UMASK, make_dir
+from agent.hostfs import CHILD_UMASK, make_dir, read_small_file
 from agent.runtime.errors import ContainerCreateError, MonitorLost
 from agent.runtime.oci import OciRuntime
 from agent.runtime.process import exited, exited_here, pidfd_exited, pidfd_exited_here
@@ -188,7 +188,7 @@ class ConmonMonitor:
     def exit_code(self, container_id: str) -> int | None:
         """The recorded exit code, or None while the container runs."""
         try:
-            text = self.exit_file(container_id).read_text().strip()
+            text = read_small_file(self.exit_file(container_id)).strip()
         except FileNotFoundError:
             return None
         return int(text) if text else None

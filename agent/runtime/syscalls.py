@@ -19,6 +19,9 @@ MS_NODEV = 0x4
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 0x8
+# unmount gives up on a mount point with more mounts stacked on it than this.
+STACKED_MOUNTS_MAX = 16
 CLONE_FS = 0x200
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
@@ -74,10 +77,20 @@ def mount(source: str, target: Path, fstype: str, flags: int, options: str) -> N
 
 
 def unmount(path: Path) -> None:
-    """Lazily unmounts `path` if something is mounted there."""
-    if os.path.ismount(path) and _libc.umount2(str(path).encode(), MNT_DETACH) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, f"unmount {path}: {os.strerror(error)}")
+    """Lazily unmounts whatever is mounted at `path`, each of a stack of mounts in turn,
+    until the kernel answers that nothing is (EINVAL); a missing path is left alone, and a
+    symlink there is not followed. Raises OSError when a mount stays.
+
+    Asking the kernel, rather than comparing the devices of the path and its parent, also
+    finds a bind mount from the same filesystem, and costs a system call per mount."""
+    target = os.fsencode(path)
+    for _ in range(STACKED_MOUNTS_MAX):
+        if _libc.umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW) != 0:
+            error = ctypes.get_errno()
+            if error in (errno.EINVAL, errno.ENOENT):
+                return
+            raise OSError(error, f"unmount {path}: {os.strerror(error)}")
+    raise OSError(errno.EBUSY, f"still mounted: {path} (over {STACKED_MOUNTS_MAX} mounts)")
 
 
 def filesystem_magic(path: Path) -> int:

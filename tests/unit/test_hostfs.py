@@ -82,3 +82,13 @@ def test_the_store_and_its_journal_are_the_owners_only(tmp_path: Path) -> None:
             assert mode_of(tmp_path / "state" / name) == 0o600, name
     finally:
         store.close()
+
+
+def test_read_small_file_reads_to_the_end_and_raises_for_a_missing_file(tmp_path: Path) -> None:
+    record = tmp_path / "record"
+    text = "0123456789" * 10_000  # past one read's worth
+    record.write_text(text)
+    assert hostfs.read_small_file(record) == text
+    assert hostfs.read_small_file(str(record)) == text
+    with pytest.raises(FileNotFoundError):
+        hostfs.read_small_file(tmp_path / "missing")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import threading
@@ -57,3 +58,64 @@ def test_openat2_tries_again_when_a_rename_or_mount_races_it(
         assert refused.value.errno == errno.EAGAIN
     finally:
         os.close(root)
+
+
+def _mounted_at(path: Path) -> int:
+    """How many mounts /proc/self/mountinfo shows at `path`."""
+    with open("/proc/self/mountinfo") as table:
+        return sum(line.split()[4] == str(path) for line in table)
+
+
+def test_unmount_takes_off_every_mount_stacked_on_a_point_a_same_filesystem_bind_included(
+    tmp_path: Path,
+) -> None:
+    source, point = tmp_path / "source", tmp_path / "point"
+    source.mkdir()
+    point.mkdir()
+    # A bind from the same filesystem: the point's device is its parent's, so comparing
+    # devices (os.path.ismount) does not see it.
+    syscalls.mount(str(source), point, "", syscalls.MS_BIND, "")
+    assert not os.path.ismount(point)
+    syscalls.mount("tmpfs", point, "tmpfs", 0, "size=1m")
+    syscalls.mount("tmpfs", point, "tmpfs", 0, "size=1m")
+    assert _mounted_at(point) == 3
+    syscalls.unmount(point)
+    assert _mounted_at(point) == 0
+    syscalls.unmount(point)  # nothing left: done
+    syscalls.unmount(tmp_path / "missing")
+
+
+def test_unmount_does_not_follow_a_symlink_to_a_mount(tmp_path: Path) -> None:
+    point, link = tmp_path / "point", tmp_path / "link"
+    point.mkdir()
+    link.symlink_to(point)
+    syscalls.mount("tmpfs", point, "tmpfs", 0, "size=1m")
+    try:
+        syscalls.unmount(link)
+        assert _mounted_at(point) == 1
+    finally:
+        syscalls.unmount(point)
+    assert _mounted_at(point) == 0
+
+
+def test_unmount_reports_a_mount_that_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Refusing:
+        @staticmethod
+        def umount2(target: bytes, flags: int) -> int:
+            ctypes.set_errno(errno.EPERM)
+            return -1
+
+    class Endless:
+        @staticmethod
+        def umount2(target: bytes, flags: int) -> int:
+            return 0
+
+    monkeypatch.setattr(syscalls, "_libc", Refusing)
+    with pytest.raises(OSError) as refused:
+        syscalls.unmount(tmp_path)
+    assert refused.value.errno == errno.EPERM
+    monkeypatch.setattr(syscalls, "_libc", Endless)
+    with pytest.raises(OSError, match="still mounted"):
+        syscalls.unmount(tmp_path)
