@@ -291,15 +291,18 @@ class ImageStore:
             await off_loop(staging.remove)
 
     def _known_present(self, reference: str) -> Image | None:
-        """The image of `reference` when what the store holds is known without a lock: the
-        index read last is still the file (same identity and times) and names it, its
-        rootfs is unpacked, its config read and its use recorded within the usage record's
-        resolution. None when any of that is not so: the locked path then reads, unpacks
-        or records what is missing. A job's image is found this way at every trigger but
-        the first (and one a minute): the locks and their files cost the event loop more
-        than the rest of the lookup."""
+        """The image of `reference` when what the store holds is known without a lock: no
+        task of this agent holds the store (a prune, an index write), the index read last
+        names it and is still the file (same inode, size and times: checked last, after
+        the rootfs, so that a rewrite and a removal meanwhile are seen), its rootfs is
+        unpacked, its config read and its use recorded within the usage record's
+        resolution. None when any of that is not so: the locked path then waits, reads,
+        unpacks or records what is needed. Another process only adds to the store
+        (`image-import`), which rewrites the index. A job's image is found this way at
+        every trigger but the first (and one a minute): the locks and their files cost
+        the event loop more than the rest of the lookup."""
         cached = self._index_cache
-        if cached is None or cached[0] != self._index_key():
+        if cached is None or self._lock.locked():
             return None
         entry = _entry_named(cached[1], reference)
         if entry is None:
@@ -310,6 +313,8 @@ class ImageStore:
         if config is None or not rootfs.is_dir():
             return None
         if time.time() - self._usage().get(reference, 0.0) >= USAGE_RESOLUTION_SECONDS:
+            return None
+        if cached[0] != self._index_key():
             return None
         return Image(reference, digest, rootfs, config)
 

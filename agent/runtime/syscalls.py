@@ -82,14 +82,20 @@ def unmount(path: Path) -> None:
     symlink there is not followed. Raises OSError when a mount stays.
 
     Asking the kernel, rather than comparing the devices of the path and its parent, also
-    finds a bind mount from the same filesystem, and costs a system call per mount."""
+    finds a bind mount from the same filesystem. EINVAL also answers for a mount that may
+    not be unmounted here (one locked in a user namespace's copy of the mounts): a path on
+    a device other than its parent's is still reported as mounted."""
     target = os.fsencode(path)
     for _ in range(STACKED_MOUNTS_MAX):
         if _libc.umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW) != 0:
             error = ctypes.get_errno()
-            if error in (errno.EINVAL, errno.ENOENT):
+            if error == errno.ENOENT:
                 return
-            raise OSError(error, f"unmount {path}: {os.strerror(error)}")
+            if error != errno.EINVAL:
+                raise OSError(error, f"unmount {path}: {os.strerror(error)}")
+            if os.path.ismount(path):
+                raise OSError(error, f"still mounted: {path}: {os.strerror(error)}")
+            return
     raise OSError(errno.EBUSY, f"still mounted: {path} (over {STACKED_MOUNTS_MAX} mounts)")
 
 

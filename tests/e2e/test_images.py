@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -244,6 +245,13 @@ async def test_a_present_image_is_found_without_the_stores_locks_until_something
     shutil.rmtree(first.rootfs.parent)
     assert await locks_taken(PullPolicy.IF_NOT_PRESENT) > 0
     assert await images.ensure(name, PullPolicy.IF_NOT_PRESENT) == first
+    # While a task holds the store (a prune removing unused images does, from its first
+    # look at what is in use to its last removal), a lookup waits for it on the locked path.
+    async with images._lock:
+        waiting = asyncio.create_task(images.ensure(name, PullPolicy.IF_NOT_PRESENT))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+    assert await waiting == first
     # A use to record in the usage file: written under the store's lock.
     monkeypatch.setattr(images_module, "USAGE_RESOLUTION_SECONDS", 0.0)
     assert await locks_taken(PullPolicy.IF_NOT_PRESENT) > 0

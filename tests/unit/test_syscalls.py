@@ -119,3 +119,29 @@ def test_unmount_reports_a_mount_that_stays(
     monkeypatch.setattr(syscalls, "_libc", Endless)
     with pytest.raises(OSError, match="still mounted"):
         syscalls.unmount(tmp_path)
+
+
+def test_unmount_reports_a_mount_the_kernel_will_not_take_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # EINVAL is also the answer for a mount locked in a user namespace's copy of the
+    # mounts: one on another device than its parent's is reported, never taken for gone.
+    class Locked:
+        @staticmethod
+        def umount2(target: bytes, flags: int) -> int:
+            ctypes.set_errno(errno.EINVAL)
+            return -1
+
+    point = tmp_path / "point"
+    point.mkdir()
+    syscalls.mount("tmpfs", point, "tmpfs", 0, "size=1m")
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(syscalls, "_libc", Locked)
+            with pytest.raises(OSError, match="still mounted") as kept:
+                syscalls.unmount(point)
+            assert kept.value.errno == errno.EINVAL
+            syscalls.unmount(tmp_path / "plain")  # not mounted: nothing to say
+    finally:
+        syscalls.unmount(point)
+    assert _mounted_at(point) == 0
