@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,10 +128,6 @@ class ImageStore:
         their registry is.
         """
         reference = normalize_reference(name)
-        if policy in (PullPolicy.IF_NOT_PRESENT, PullPolicy.NEVER):
-            known = self._known_present(reference)
-            if known is not None:
-                return known
         source = _source_of(reference)
         async with self._pulls.hold(reference):
             async with self._lock:  # umoci (prune) may be rewriting the index
@@ -213,22 +209,15 @@ class ImageStore:
         The parsed index is kept while the file's identity and times stay the same: every
         job reads it, and it changes only at a pull, an import or a prune (by this process
         or another)."""
-        key = self._index_key()
-        if key is None:
+        try:
+            status = os.stat(self._index_path)
+        except FileNotFoundError:
             return []
+        key = (status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
         if self._index_cache is None or self._index_cache[0] != key:
             manifests = json.loads(self._index_path.read_text()).get("manifests") or []
             self._index_cache = (key, tuple(manifests))
         return list(self._index_cache[1])
-
-    def _index_key(self) -> tuple[int, int, int, int] | None:
-        """The index file's inode, size and times (None when there is none yet): while they
-        stay the same, so does what it holds."""
-        try:
-            status = os.stat(self._index_path)
-        except FileNotFoundError:
-            return None
-        return (status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
     def _references(self) -> list[str]:
         tags = [m.get("annotations", {}).get(REF_NAME) for m in self._manifests()]
@@ -289,34 +278,6 @@ class ImageStore:
             return await self._unpacked(reference, digest, staging)
         finally:
             await off_loop(staging.remove)
-
-    def _known_present(self, reference: str) -> Image | None:
-        """The image of `reference` when what the store holds is known without a lock: no
-        task of this agent holds the store (a prune, an index write), the index read last
-        names it and is still the file (same inode, size and times: checked last, after
-        the rootfs, so that a rewrite and a removal meanwhile are seen), its rootfs is
-        unpacked, its config read and its use recorded within the usage record's
-        resolution. None when any of that is not so: the locked path then waits, reads,
-        unpacks or records what is needed. Another process only adds to the store
-        (`image-import`), which rewrites the index. A job's image is found this way at
-        every trigger but the first (and one a minute): the locks and their files cost
-        the event loop more than the rest of the lookup."""
-        cached = self._index_cache
-        if cached is None or self._lock.locked():
-            return None
-        entry = _entry_named(cached[1], reference)
-        if entry is None:
-            return None
-        digest = str(entry["digest"])
-        config = self._configs.get(digest)
-        rootfs = self._rootfs_dir / digest.replace(":", "-") / "rootfs"
-        if config is None or not rootfs.is_dir():
-            return None
-        if time.time() - self._usage().get(reference, 0.0) >= USAGE_RESOLUTION_SECONDS:
-            return None
-        if cached[0] != self._index_key():
-            return None
-        return Image(reference, digest, rootfs, config)
 
     async def _present(self, name: str, reference: str) -> Image:
         """An image the store has, unpacked (from a staging snapshot when its rootfs is
@@ -407,7 +368,11 @@ class ImageStore:
 
     def _entry_of(self, reference: str) -> dict[str, Any] | None:
         """The store index's entry of a reference, None when absent."""
-        return _entry_named(self._manifests(), reference)
+        tag = _tag_of(reference)
+        for manifest in self._manifests():
+            if manifest.get("annotations", {}).get(REF_NAME) == tag:
+                return manifest
+        return None
 
     def _digest_of(self, reference: str) -> str | None:
         entry = self._entry_of(reference)
@@ -422,15 +387,6 @@ class ImageStore:
         if config is None:
             config = self._configs[manifest_digest] = _image_config(self._blob, manifest_digest)
         return config
-
-
-def _entry_named(manifests: Iterable[dict[str, Any]], reference: str) -> dict[str, Any] | None:
-    """The index entry of `reference` among `manifests`, None when absent."""
-    tag = _tag_of(reference)
-    for manifest in manifests:
-        if manifest.get("annotations", {}).get(REF_NAME) == tag:
-            return manifest
-    return None
 
 
 def _image_config(blob: Callable[[str], Any], manifest_digest: str) -> ImageConfig:

@@ -56,10 +56,6 @@ class StoreLock:
         finally:
             self._local.release()
 
-    def locked(self) -> bool:
-        """True while a task of this process holds the lock (or waits for it)."""
-        return self._local.locked()
-
     def close(self) -> None:
         """Closes the lock file (the lock must not be held)."""
         if self._fd >= 0:

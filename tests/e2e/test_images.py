@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import os
 import shutil
 import subprocess
 from dataclasses import fields
 from pathlib import Path
 
-import pytest
 from jobagent_client import JobAgentClient
 
 from agent.domain import ImageSpec, PullPolicy
-from agent.runtime import images as images_module
 from agent.runtime import syscalls
 from agent.runtime.bundle import mount_overlay
 from agent.runtime.images import ImageStore
 from agent.runtime.manager import ContainerManager, RuntimePaths
-from agent.runtime.storelock import StoreLock
 from tests.e2e.conftest import start_agent
 from tests.e2e.harness import AgentProcess, Registry, sweep
 
@@ -204,54 +199,3 @@ async def test_an_image_under_an_overlay_outlives_its_reference(
         assert again.digest == image.digest and (again.rootfs / "bin").is_dir()
     finally:
         manager.close()
-
-
-async def test_a_present_image_is_found_without_the_stores_locks_until_something_changes(
-    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    images = ImageStore(tmp_path / "images", insecure_registries=frozenset({registry.host}))
-    name = f"{registry.host}/busybox:latest"
-    entered = 0
-    enter = StoreLock.__aenter__
-
-    async def counted(lock: StoreLock) -> None:
-        nonlocal entered
-        entered += 1
-        await enter(lock)
-
-    monkeypatch.setattr(StoreLock, "__aenter__", counted)
-
-    async def locks_taken(policy: PullPolicy) -> int:
-        before = entered
-        image = await images.ensure(name, policy)
-        assert (image.rootfs / "bin").is_dir()
-        return entered - before
-
-    assert await locks_taken(PullPolicy.IF_NOT_PRESENT) > 0  # the pull
-    first = await images.ensure(name, PullPolicy.IF_NOT_PRESENT)
-    assert await locks_taken(PullPolicy.IF_NOT_PRESENT) == 0
-    assert await locks_taken(PullPolicy.NEVER) == 0
-    # Always asks the registry, under the reference's lock; its pull rewrites the index.
-    assert await locks_taken(PullPolicy.ALWAYS) > 0
-    assert await locks_taken(PullPolicy.IF_NOT_PRESENT) > 0
-    assert await locks_taken(PullPolicy.IF_NOT_PRESENT) == 0
-    # Another process's write to the index (its times move): read again under the lock.
-    index = tmp_path / "images" / "oci" / "index.json"
-    later = index.stat().st_mtime_ns + 1_000_000_000
-    os.utime(index, ns=(later, later))
-    assert await locks_taken(PullPolicy.IF_NOT_PRESENT) > 0
-    assert await locks_taken(PullPolicy.IF_NOT_PRESENT) == 0
-    # The unpacked tree gone: unpacked again, under the locks.
-    shutil.rmtree(first.rootfs.parent)
-    assert await locks_taken(PullPolicy.IF_NOT_PRESENT) > 0
-    assert await images.ensure(name, PullPolicy.IF_NOT_PRESENT) == first
-    # While a task holds the store (a prune removing unused images does, from its first
-    # look at what is in use to its last removal), a lookup waits for it on the locked path.
-    async with images._lock:
-        waiting = asyncio.create_task(images.ensure(name, PullPolicy.IF_NOT_PRESENT))
-        await asyncio.sleep(0.3)
-        assert not waiting.done()
-    assert await waiting == first
-    # A use to record in the usage file: written under the store's lock.
-    monkeypatch.setattr(images_module, "USAGE_RESOLUTION_SECONDS", 0.0)
-    assert await locks_taken(PullPolicy.IF_NOT_PRESENT) > 0

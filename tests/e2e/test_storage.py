@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import grpc
 import pytest
 from jobagent_client import ClientError, JobAgentClient
 
+from agent.runtime.volatile import VOLATILE_ROOT
 from tests.e2e.conftest import start_agent
 from tests.e2e.harness import AgentProcess, Registry, sweep
 
@@ -108,3 +111,25 @@ def test_networking_is_loopback_only_unless_the_host_network_is_allowed(
     with pytest.raises(ClientError) as caught:
         run(client, "hostnet", "    host_network: true\n", interfaces)
     assert caught.value.field == "services.hostnet.host_network"
+
+
+def test_a_named_volume_keeps_its_files_when_it_shares_the_bundles_filesystem(
+    registry: Registry, agent: AgentProcess
+) -> None:
+    # A data directory on the volatile tmpfs (as on a host whose data lives under /run):
+    # the volume's bind into the bundle is a mount on the bundle's own filesystem, which
+    # comparing devices does not see. The bundle's removal must still take it off first,
+    # or removing the bundle removes the volume's files.
+    data_dir = Path(tempfile.mkdtemp(prefix="same-filesystem-", dir=VOLATILE_ROOT))
+    own = start_agent(data_dir, agent.runtime, registry)
+    try:
+        with own.client() as client:
+            volume = "    storage:\n      - {type: named, name: kept, target: /data}\n"
+            script = "n=$(cat /data/n 2>/dev/null || echo 0); echo $((n+1)) > /data/n; cat /data/n"
+            assert run(client, "count", volume, script) == ["1"]
+            assert run(client, "count", volume, script) == ["2"]
+        assert (data_dir / "volumes" / "kept" / "n").read_text() == "2\n"
+    finally:
+        own.stop()
+        sweep(own)
+        shutil.rmtree(data_dir, ignore_errors=True)
