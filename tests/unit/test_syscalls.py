@@ -98,21 +98,26 @@ def test_unmount_does_not_follow_a_symlink_to_a_mount(tmp_path: Path) -> None:
     assert _mounted_at(point) == 0
 
 
+class _FailingLibc:
+    """A stand-in libc whose umount2 fails with `code` (leaving the mount where it is)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def umount2(self, target: bytes, flags: int) -> int:
+        ctypes.set_errno(self.code)
+        return -1
+
+
 def test_unmount_reports_a_mount_that_stays(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class Refusing:
-        @staticmethod
-        def umount2(target: bytes, flags: int) -> int:
-            ctypes.set_errno(errno.EPERM)
-            return -1
-
     class Endless:
         @staticmethod
         def umount2(target: bytes, flags: int) -> int:
             return 0
 
-    monkeypatch.setattr(syscalls, "_libc", Refusing)
+    monkeypatch.setattr(syscalls, "_libc", _FailingLibc(errno.EPERM))
     with pytest.raises(OSError) as refused:
         syscalls.unmount(tmp_path)
     assert refused.value.errno == errno.EPERM
@@ -126,18 +131,12 @@ def test_unmount_reports_a_mount_the_kernel_will_not_take_off(
 ) -> None:
     # EINVAL is also the answer for a mount locked in a user namespace's copy of the
     # mounts: one on another device than its parent's is reported, never taken for gone.
-    class Locked:
-        @staticmethod
-        def umount2(target: bytes, flags: int) -> int:
-            ctypes.set_errno(errno.EINVAL)
-            return -1
-
     point = tmp_path / "point"
     point.mkdir()
     syscalls.mount("tmpfs", point, "tmpfs", 0, "size=1m")
     try:
         with monkeypatch.context() as patched:
-            patched.setattr(syscalls, "_libc", Locked)
+            patched.setattr(syscalls, "_libc", _FailingLibc(errno.EINVAL))
             with pytest.raises(OSError, match="still mounted") as kept:
                 syscalls.unmount(point)
             assert kept.value.errno == errno.EINVAL
