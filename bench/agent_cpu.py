@@ -90,7 +90,8 @@ def main() -> int:
     choice.add_argument("--profile", type=Path)
     args = parser.parse_args()
     plain = AgentProcess.python
-    totals = Path(tempfile.mkdtemp(prefix="agent-cpu-")) / "steps.json"
+    scratch = tempfile.TemporaryDirectory(prefix="agent-cpu-")
+    totals = Path(scratch.name) / "steps.json"
 
     def python(agent: AgentProcess, *argv: str) -> list[str]:
         if argv[:1] != ("serve",) or not (args.profile or args.steps):
@@ -103,6 +104,7 @@ def main() -> int:
     # Room for every job of a round in Pending at once.
     agent_args = ("--max-concurrent", str(args.concurrency), "--max-pending-per-job", "100000")
     with (
+        scratch,
         mock.patch.object(AgentProcess, "python", python),
         scratch_agent(args.runtime, *agent_args) as bench,
         removal_watch(bench) as removals,
