@@ -68,19 +68,28 @@ async def wait_for(event: threading.Event) -> None:
     assert await asyncio.to_thread(event.wait, 10)
 
 
+async def cancel_while_blocked(
+    manager: ContainerManager, reached: threading.Event, release: threading.Event
+) -> None:
+    """Runs a container, cancels the run once its worker has `reached` a step, checks that
+    the caller still waits for that step, then lets it go on (`release`); the run ends
+    cancelled."""
+    running = asyncio.ensure_future(manager.run(*request()))
+    await wait_for(reached)
+    running.cancel()
+    await asyncio.sleep(0.05)
+    assert not running.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
 async def test_a_cancel_during_the_create_leaves_the_container_unstarted(
     steps: tuple[ContainerManager, Steps],
 ) -> None:
     manager, fake = steps
-    running = asyncio.ensure_future(manager.run(*request()))
-    await wait_for(fake.creating)
-    running.cancel()
-    await asyncio.sleep(0.05)
     # The caller waits for the creation it cut short: its cleanup removes what exists.
-    assert not running.done()
-    fake.created.set()
-    with pytest.raises(asyncio.CancelledError):
-        await running
+    await cancel_while_blocked(manager, fake.creating, fake.created)
     assert not fake.starting.is_set()
     assert fake.started == []
 
@@ -90,14 +99,7 @@ async def test_a_cancel_during_the_start_waits_for_the_start(
 ) -> None:
     manager, fake = steps
     fake.created.set()
-    running = asyncio.ensure_future(manager.run(*request()))
-    await wait_for(fake.starting)
-    running.cancel()
-    await asyncio.sleep(0.05)
-    assert not running.done()
-    fake.start_released.set()
-    with pytest.raises(asyncio.CancelledError):
-        await running
+    await cancel_while_blocked(manager, fake.starting, fake.start_released)
     assert fake.started == [CONTAINER]
 
 
