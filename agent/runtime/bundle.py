@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import stat
@@ -24,6 +25,8 @@ LOWER_LINK = "lower"
 # its idmapped view (the overlay's lower layer then).
 IMAGE_LINK = "image"
 IDMAPPED_IMAGE = "image-idmapped"
+# overlayfs's option for an upper layer that need not survive a crash (Linux 5.10).
+OVERLAY_VOLATILE = "volatile"
 # In a bundle with a user namespace: where the job's volumes are mounted for the runtime to
 # bind (the range's root reaches them there; their place in the data directory is root's).
 VOLUME_MOUNTS = "volumes"
@@ -305,6 +308,12 @@ def _find_entry(rootfs: Path, table: str, name: str) -> list[str]:
 def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
     """Mounts a writable overlay of the read-only image rootfs for one container.
 
+    The overlay is volatile: its upper layer goes with the container, so nothing is synced
+    to the upper's filesystem for it. Otherwise its unmount, at every container's end,
+    would syncfs(2) the data directory's filesystem: write back and wait for every dirty
+    page there, other jobs' writes included (a job writing gigabytes would hold up every
+    other container's removal), and so would a syncfs(2) or fsync(2) in the container.
+
     The overlay's root directory is its upper directory, which therefore gets the mode and
     owner of the image's root rather than what the agent's umask gives a new directory.
 
@@ -321,10 +330,15 @@ def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
     links = merged.parent
     for name, target in ((LOWER_LINK, lower), ("upper", upper), ("work", work)):
         _link(links / name, target)
+    layers = f"lowerdir={LOWER_LINK},upperdir=upper,workdir=work"
     with syscalls.working_directory(links):
-        syscalls.mount(
-            "overlay", merged, "overlay", 0, f"lowerdir={LOWER_LINK},upperdir=upper,workdir=work"
-        )
+        try:
+            syscalls.mount("overlay", merged, "overlay", 0, f"{layers},{OVERLAY_VOLATILE}")
+        except OSError as error:
+            # A kernel before 5.10 knows no such option; any other refusal comes again.
+            if error.errno != errno.EINVAL:
+                raise
+            syscalls.mount("overlay", merged, "overlay", 0, layers)
 
 
 def mount_idmapped_image(rootfs: Path, directory: Path, userns_fd: int) -> Path:

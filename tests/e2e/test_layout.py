@@ -3,11 +3,14 @@ directory on a tmpfs, what the container writes on the data directory's disk."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import stat
 from pathlib import Path
 
+import pytest
 from jobagent_client import JobAgentClient
 
 from agent.runtime import syscalls
@@ -54,6 +57,9 @@ def test_bundles_and_runtime_state_are_in_memory_and_writes_on_the_data_disk(
         ]
         options = line.split(" - ")[1].split()[2]
         assert options.startswith("rw,lowerdir=lower,upperdir=upper,workdir=work"), options
+        # Nothing of the upper layer is synced: it goes with the container.
+        # (Linux 6.15 and later show the option as fsync=volatile.)
+        assert {"volatile", "fsync=volatile"} & set(options.split(",")), options
         assert (bundle / "upper").resolve() == (writable / "upper").resolve()
         # The lower layer is the image seen through an idmapped mount in the bundle.
         assert (bundle / "lower").resolve() == bundle / "image-idmapped"
@@ -97,3 +103,74 @@ def test_the_root_directory_is_the_images_whatever_the_agents_umask(
     finally:
         own.stop()
         sweep(own)
+
+
+NEIGHBOURS = """\
+version: v1
+deployment: neighbours
+services:
+  writer:
+    rtype: job
+    image: {name: busybox:latest}
+    command:
+      entrypoint: [/bin/sh, -c, 'dd if=/dev/zero of=/unsynced bs=1M count=32 && sleep 60']
+  quick:
+    rtype: job
+    image: {name: busybox:latest}
+    command: {entrypoint: [/bin/true]}
+"""
+# cachestat(2) (Linux 6.5), one number on every architecture.
+SYS_CACHESTAT = 451
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _CacheStatRange(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _CacheStat(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in ("cache", "dirty", "writeback", "evicted", "recently_evicted")
+    ]
+
+
+def dirty_pages(path: Path) -> int:
+    """How many of the file's pages in the page cache are not yet written to its disk."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        found = _CacheStat()
+        whole = _CacheStatRange(0, 0)
+        if _libc.syscall(SYS_CACHESTAT, descriptor, ctypes.byref(whole), ctypes.byref(found), 0):
+            error = ctypes.get_errno()
+            if error == errno.ENOSYS:
+                pytest.skip("the kernel has no cachestat(2) (Linux 6.5) to count dirty pages")
+            raise OSError(error, os.strerror(error))
+        return int(found.dirty + found.writeback)
+    finally:
+        os.close(descriptor)
+
+
+def test_a_containers_end_does_not_flush_what_its_neighbours_wrote(
+    client: JobAgentClient, agent: AgentProcess
+) -> None:
+    """Another container's removal leaves the data disk's writeback alone: unmounting a
+    non-volatile overlay would sync the whole filesystem, and so wait for every job's
+    unwritten data (seconds, for gigabytes)."""
+    client.register(NEIGHBOURS, replace=True)
+    writer = client.trigger("writer")
+    wait_until(lambda: client.get_execution(writer.id).status == "running", 30, "running")
+    cid = client.get_execution(writer.id).container_id
+    try:
+        written = agent.paths.writable / cid / "upper" / "unsynced"
+        wait_until(lambda: written.exists() and written.stat().st_size == 32 << 20, 10, "the write")
+        # Well under the kernel's own writeback thresholds (30 s, a tenth of memory).
+        assert dirty_pages(written) > 0
+        quick = client.wait(client.trigger("quick").id)
+        assert quick.status == "completed", quick.message
+        assert settled_leftovers(agent, quick.container_id) == []
+        assert dirty_pages(written) > 0
+    finally:
+        client.cancel(writer.id)
+    assert client.wait(writer.id).status == "cancelled"
+    assert settled_leftovers(agent, cid) == []
