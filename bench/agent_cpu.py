@@ -1,7 +1,8 @@
 """The agent process's own CPU time per job on a P2-like run: `true` jobs at concurrency 8,
 triggered at once and followed on one event stream (bench.throughput's agent round), after
-a warm-up round. Prints user and system time per job, and the split between the event
-loop's thread and the others (worker threads: bundles, spawns, removals).
+a warm-up round. Prints user and system time per job, the split between the event loop's
+thread and the others (worker threads: bundles, spawns, removals), and the threads' context
+switches per job (each hand-off of the GIL between threads is one or two).
 
 With --steps the agent's per-job steps are timed (bench.cpu_steps): the CPU time of each,
 in ms per job, and what no step covers.
@@ -47,6 +48,35 @@ def thread_ticks(pid: int) -> dict[int, int]:
             continue
         ticks[int(name)] = int(fields[11]) + int(fields[12])
     return ticks
+
+
+def thread_switches(pid: int) -> dict[int, tuple[int, int]]:
+    """Voluntary and involuntary context switches of each live thread of a process, by
+    thread id: a thread that waits (for the GIL, a lock, a child, I/O) switches
+    voluntarily, one that is preempted involuntarily."""
+    switches = {}
+    for name in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{name}/status") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+        except OSError:
+            continue
+        voluntary = int(fields["voluntary_ctxt_switches"])
+        switches[int(name)] = (voluntary, int(fields["nonvoluntary_ctxt_switches"]))
+    return switches
+
+
+def switches_between(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
+) -> tuple[int, int]:
+    """The voluntary and involuntary switches that threads live at `after` made since
+    `before` (a thread started in between counts from zero)."""
+    voluntary = involuntary = 0
+    for thread, (now_voluntary, now_involuntary) in after.items():
+        then_voluntary, then_involuntary = before.get(thread, (0, 0))
+        voluntary += now_voluntary - then_voluntary
+        involuntary += now_involuntary - then_involuntary
+    return voluntary, involuntary
 
 
 def process_ticks(pid: int) -> tuple[int, int]:
@@ -115,10 +145,12 @@ def main() -> int:
         agent_round(bench, 2 * args.concurrency, removals)
         steps_before = cpu_steps.snapshot(pid, totals) if args.steps else {}
         (user, system), threads = process_ticks(pid), thread_ticks(pid)
+        switches = thread_switches(pid)
         load = os.getloadavg()[0]
         # To the last container's removal: the agent's CPU for a job includes removing it.
         seconds = sum(agent_round(bench, args.jobs, removals)[1] for _ in range(args.rounds))
         (user_after, system_after), threads_after = process_ticks(pid), thread_ticks(pid)
+        switches_after = thread_switches(pid)
         steps_after = cpu_steps.snapshot(pid, totals) if args.steps else {}
     jobs: int = args.jobs * args.rounds
 
@@ -133,6 +165,11 @@ def main() -> int:
         f"{per_job(user_after - user + system_after - system)} ms/job (user "
         f"{per_job(user_after - user)}, system {per_job(system_after - system)}); live "
         f"threads: event loop {per_job(split['loop'])}, others {per_job(split['other'])}"
+    )
+    voluntary, involuntary = switches_between(switches, switches_after)
+    print(
+        f"context switches of the live threads per job: {voluntary / jobs:.1f} voluntary, "
+        f"{involuntary / jobs:.1f} involuntary"
     )
     if args.steps:
         threads_ms = {
