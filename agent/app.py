@@ -137,10 +137,13 @@ class Agent:
         """Starts the long-lived tasks under the supervisor. The cron scheduler is core:
         while it is down, health says NOT_SERVING. Retention and the image budget are not:
         while they are down only disk use grows, and every job still runs; so while the
-        disk watch is (a full disk then stops no writer, but triggers are still refused)."""
+        disk watch is (a full disk then stops no writer, but triggers are still refused),
+        and so is the store's sync (commits then reach the disk as the kernel writes them
+        back, within about 30 seconds)."""
         self.supervisor.start("scheduler", self.scheduler.run_forever, core=True)
         self.supervisor.start("retention", self.executor.retain_forever, core=False)
         self.supervisor.start("disk", self.executor.watch_disk_forever, core=False)
+        self.supervisor.start("store-sync", self.executor.sync_store_forever, core=False)
         if self.config.retention.image_budget_bytes is not None:
             self.supervisor.start("image-gc", self.executor.collect_images_forever, core=False)
 

@@ -79,6 +79,8 @@ NODE_WATCH_CAPACITY = 10_000
 WATCH_PAGE = 1000
 STOPPING = "the agent is stopping"
 DISK_CHECK_SECONDS = 1.0
+# How long a commit may wait to reach the disk (sync_store_forever).
+STORE_SYNC_SECONDS = 1.0
 # A running execution that takes less of a full disk than this is never stopped for it.
 EVICT_MIN_BYTES = 1024**2
 
@@ -693,6 +695,20 @@ class Executor:
             except RuntimeLayerError as error:
                 log.warning("image budget: %s", error)
             await asyncio.sleep(policy.interval_seconds)
+
+    async def sync_store_forever(self) -> None:
+        """Every STORE_SYNC_SECONDS, until cancelled (run it supervised: an error ends it):
+        makes what the store committed since the last pass durable, in a worker thread.
+        Commits do not wait for the disk, so that no transition stops the event loop for
+        it; this bounds what a power loss can take back to about that long (an execution
+        whose end is taken back is found lost at the next start)."""
+        synced = self._store.commits
+        while True:
+            await asyncio.sleep(STORE_SYNC_SECONDS)
+            committed = self._store.commits
+            if committed != synced:
+                await asyncio.to_thread(self._store.sync_to_disk)
+                synced = committed
 
     async def watch_disk_forever(self) -> None:
         """Every second, until cancelled (run it supervised: an error ends it): when the

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import os
+import shutil
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from agent.privileges import ALL_CAPABILITIES
 from agent.runtime import seccomp, syscalls
 from agent.runtime.imagefiles import ImageFileError, check_image_file, read_image_file
 from agent.runtime.images import ImageConfig
+
+log = logging.getLogger(__name__)
 
 # The link, in a container's bundle, to the image rootfs under its overlay.
 LOWER_LINK = "lower"
@@ -308,11 +312,13 @@ def _find_entry(rootfs: Path, table: str, name: str) -> list[str]:
 def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
     """Mounts a writable overlay of the read-only image rootfs for one container.
 
-    The overlay is volatile: its upper layer goes with the container, so nothing is synced
-    to the upper's filesystem for it. Otherwise its unmount, at every container's end,
-    would syncfs(2) the data directory's filesystem: write back and wait for every dirty
-    page there, other jobs' writes included (a job writing gigabytes would hold up every
-    other container's removal), and so would a syncfs(2) or fsync(2) in the container.
+    The overlay is volatile where the kernel has the option (Linux 5.10): its upper layer
+    goes with the container, so no sync waits for it. Otherwise its unmount, at every
+    container's end, would syncfs(2) the data directory's filesystem: write back and wait
+    for every dirty page there, other jobs' writes included (a job writing gigabytes would
+    hold up every other container's removal), as would a syncfs(2) in the container. The
+    kernel marks a volatile overlay's work directory so that it is never mounted again: a
+    writable layer is used once, and a work directory that is not empty is refused here.
 
     The overlay's root directory is its upper directory, which therefore gets the mode and
     owner of the image's root rather than what the agent's umask gives a new directory.
@@ -324,6 +330,9 @@ def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
     options stay far from the page-size limit on mount data whatever the data directory."""
     for directory in (upper, work, merged):
         make_dir(directory)
+    with os.scandir(work) as entries:
+        if next(entries, None) is not None:
+            raise OSError(errno.EEXIST, f"{work} holds an earlier overlay's work: not reused")
     root = os.stat(lower)
     os.chown(upper, root.st_uid, root.st_gid)
     os.chmod(upper, stat.S_IMODE(root.st_mode))
@@ -332,13 +341,47 @@ def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
         _link(links / name, target)
     layers = f"lowerdir={LOWER_LINK},upperdir=upper,workdir=work"
     with syscalls.working_directory(links):
+        if _volatile.refused:
+            syscalls.mount("overlay", merged, "overlay", 0, layers)
+            return
         try:
             syscalls.mount("overlay", merged, "overlay", 0, f"{layers},{OVERLAY_VOLATILE}")
         except OSError as error:
-            # A kernel before 5.10 knows no such option; any other refusal comes again.
             if error.errno != errno.EINVAL:
                 raise
+            # Maybe the option (a kernel before 5.10), maybe the overlay itself: a plain
+            # mount tells, on a work directory as it was (the refused one may have begun it).
+            _empty_directory(work)
             syscalls.mount("overlay", merged, "overlay", 0, layers)
+            _volatile.refuse()
+
+
+class _VolatileOption:
+    """Whether the kernel refused overlayfs' volatile option (once it did, every overlay is
+    plain: one mount call each, and one warning in all)."""
+
+    def __init__(self) -> None:
+        self.refused = False
+
+    def refuse(self) -> None:
+        """Records the refusal, and warns of what it costs."""
+        self.refused = True
+        log.warning(
+            "the kernel refuses overlayfs' volatile option (Linux 5.10): each container's "
+            "overlay is plain, and its unmount syncs the data directory's filesystem"
+        )
+
+
+_volatile = _VolatileOption()
+
+
+def _empty_directory(directory: Path) -> None:
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
 
 
 def mount_idmapped_image(rootfs: Path, directory: Path, userns_fd: int) -> Path:

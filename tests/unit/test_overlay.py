@@ -1,31 +1,50 @@
 """A container's overlay: volatile where the kernel has the option, plain where it has not,
-and any other refusal reported as it is."""
+any other refusal reported as it is, and a writable layer never mounted twice."""
 
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.runtime import bundle, syscalls
+from tests.e2e.harness import kernel_release
 
 REAL_MOUNT = syscalls.mount
+Layers = tuple[Path, Path, Path, Path]
+
+
+needs_volatile = pytest.mark.skipif(
+    kernel_release() < (5, 10), reason="overlayfs has the volatile option from Linux 5.10"
+)
+
+
+@pytest.fixture(autouse=True)
+def fresh_volatile_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from a kernel not yet known to refuse the option."""
+    monkeypatch.setattr(bundle, "_volatile", bundle._VolatileOption())
+
+
+def layers_under(root: Path) -> Layers:
+    """An image rootfs and the places of a container's upper, work and merged directories."""
+    lower = root / "image"
+    lower.mkdir(parents=True)
+    (lower / "file").write_text("from the image\n")
+    merged = root / "bundle" / "rootfs"
+    merged.parent.mkdir()
+    writable = root / "writable"
+    return lower, writable / "upper", writable / "work", merged
 
 
 @pytest.fixture
-def layers(tmp_path: Path) -> Iterator[tuple[Path, Path, Path, Path]]:
-    """An image rootfs and the places of a container's upper, work and merged directories;
-    whatever is mounted on merged is unmounted afterwards."""
-    lower = tmp_path / "image"
-    lower.mkdir()
-    (lower / "file").write_text("from the image\n")
-    merged = tmp_path / "bundle" / "rootfs"
-    merged.parent.mkdir()
-    writable = tmp_path / "writable"
-    yield lower, writable / "upper", writable / "work", merged
-    syscalls.unmount(merged)
+def layers(tmp_path: Path) -> Iterator[Layers]:
+    """layers_under(tmp_path); whatever is mounted on merged is unmounted afterwards."""
+    made = layers_under(tmp_path)
+    yield made
+    syscalls.unmount(made[3])
 
 
 def mount_options(point: Path) -> list[str]:
@@ -44,7 +63,8 @@ def volatile(options: list[str]) -> bool:
     return "volatile" in options or "fsync=volatile" in options
 
 
-def test_a_containers_overlay_is_volatile(layers: tuple[Path, Path, Path, Path]) -> None:
+@needs_volatile
+def test_a_containers_overlay_is_volatile(layers: Layers) -> None:
     lower, upper, work, merged = layers
     bundle.mount_overlay(lower, upper, work, merged)
     assert volatile(mount_options(merged))
@@ -53,8 +73,20 @@ def test_a_containers_overlay_is_volatile(layers: tuple[Path, Path, Path, Path])
     assert (upper / "written").read_text() == "by the job\n"
 
 
-def test_a_kernel_without_volatile_overlays_gets_a_plain_one(
-    layers: tuple[Path, Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+def test_a_writable_layer_is_never_mounted_twice(layers: Layers) -> None:
+    lower, upper, work, merged = layers
+    bundle.mount_overlay(lower, upper, work, merged)
+    (merged / "written").write_text("by the job\n")
+    syscalls.unmount(merged)
+    with pytest.raises(OSError) as raised:
+        bundle.mount_overlay(lower, upper, work, merged)
+    assert raised.value.errno == errno.EEXIST
+    assert "earlier overlay's work" in str(raised.value)
+    assert not merged.is_mount()
+
+
+def test_a_kernel_without_volatile_overlays_gets_plain_ones_and_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls: list[str] = []
 
@@ -63,20 +95,32 @@ def test_a_kernel_without_volatile_overlays_gets_a_plain_one(
     ) -> None:
         calls.append(options)
         if "volatile" in options.split(","):
+            # As a kernel may have begun the work directory before it refused.
+            (Path("work") / "work").mkdir()
             raise OSError(errno.EINVAL, "overlay mount: Invalid argument")
         REAL_MOUNT(source, target, fstype, flags, options)
 
     monkeypatch.setattr(syscalls, "mount", mount_as_before_5_10)
-    lower, upper, work, merged = layers
-    bundle.mount_overlay(lower, upper, work, merged)
-    assert len(calls) == 2
-    assert not volatile(mount_options(merged))
-    assert (merged / "file").read_text() == "from the image\n"
+    first, second = layers_under(tmp_path / "first"), layers_under(tmp_path / "second")
+    try:
+        with caplog.at_level(logging.WARNING, logger="agent.runtime.bundle"):
+            bundle.mount_overlay(*first)
+            bundle.mount_overlay(*second)
+        for _, _, _, merged in (first, second):
+            assert not volatile(mount_options(merged))
+            assert (merged / "file").read_text() == "from the image\n"
+    finally:
+        syscalls.unmount(first[3])
+        syscalls.unmount(second[3])
+    # Asked once: the second overlay is plain at once.
+    assert ["volatile" in options for options in calls] == [True, False, False]
+    warnings = [record for record in caplog.records if "volatile option" in record.message]
+    assert len(warnings) == 1
 
 
 @pytest.mark.parametrize("refusal", [errno.EPERM, errno.ENOSPC, errno.ENOENT])
 def test_any_other_refusal_is_reported_without_a_second_try(
-    layers: tuple[Path, Path, Path, Path], monkeypatch: pytest.MonkeyPatch, refusal: int
+    layers: Layers, monkeypatch: pytest.MonkeyPatch, refusal: int
 ) -> None:
     calls: list[str] = []
 
@@ -93,8 +137,8 @@ def test_any_other_refusal_is_reported_without_a_second_try(
     assert not merged.is_mount()
 
 
-def test_an_einval_that_is_not_the_option_is_reported(
-    layers: tuple[Path, Path, Path, Path],
+def test_an_einval_that_is_not_the_option_is_reported_and_the_option_kept(
+    layers: Layers,
 ) -> None:
     # The work directory inside the upper one: the kernel refuses the overlay itself,
     # with or without the option.
@@ -103,3 +147,4 @@ def test_an_einval_that_is_not_the_option_is_reported(
         bundle.mount_overlay(lower, upper, upper / "work", merged)
     assert raised.value.errno == errno.EINVAL
     assert not merged.is_mount()
+    assert not bundle._volatile.refused
