@@ -139,7 +139,7 @@ class Agent:
         while they are down only disk use grows, and every job still runs; so while the
         disk watch is (a full disk then stops no writer, but triggers are still refused),
         and so is the store's sync (commits then reach the disk as the kernel writes them
-        back, within about 30 seconds)."""
+        back, within about 30-40 seconds)."""
         self.supervisor.start("scheduler", self.scheduler.run_forever, core=True)
         self.supervisor.start("retention", self.executor.retain_forever, core=False)
         self.supervisor.start("disk", self.executor.watch_disk_forever, core=False)

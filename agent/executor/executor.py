@@ -120,6 +120,8 @@ class Executor:
         """`disk` (the data directory's free space) refuses triggers while it is low and
         stops the biggest writer when it is full; None leaves the disk unwatched."""
         self._store = store
+        # The store's commit count at its last sync (sync_store_forever): none yet.
+        self._synced_commits = -1
         # The host ids that jobs' user namespaces map to, one range per job.
         self.id_ranges = id_ranges or IdRangePool()
         self._runtime = runtime
@@ -701,14 +703,24 @@ class Executor:
         makes what the store committed since the last pass durable, in a worker thread.
         Commits do not wait for the disk, so that no transition stops the event loop for
         it; this bounds what a power loss can take back to about that long (an execution
-        whose end is taken back is found lost at the next start)."""
-        synced = self._store.commits
+        whose end is taken back is found lost at the next start). The first pass syncs
+        what the start wrote; a pass that fails is tried again by the next one."""
         while True:
-            await asyncio.sleep(STORE_SYNC_SECONDS)
             committed = self._store.commits
-            if committed != synced:
-                await asyncio.to_thread(self._store.sync_to_disk)
-                synced = committed
+            if committed != self._synced_commits:
+                try:
+                    await asyncio.to_thread(self._store.sync_to_disk)
+                except OSError as error:
+                    # The kernel reports a writeback error once: a later sync may succeed
+                    # without the lost pages.
+                    log.error(
+                        "the store's log could not be made durable (%s): the records of the "
+                        "last seconds may be lost if the machine loses power",
+                        error,
+                    )
+                    raise
+                self._synced_commits = committed
+            await asyncio.sleep(STORE_SYNC_SECONDS)
 
     async def watch_disk_forever(self) -> None:
         """Every second, until cancelled (run it supervised: an error ends it): when the

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,10 +363,15 @@ class _VolatileOption:
 
     def __init__(self) -> None:
         self.refused = False
+        self._lock = threading.Lock()
 
     def refuse(self) -> None:
-        """Records the refusal, and warns of what it costs."""
-        self.refused = True
+        """Records the refusal, and warns of what it costs (once, whichever of the worker
+        threads that mount overlays meanwhile records it first)."""
+        with self._lock:
+            if self.refused:
+                return
+            self.refused = True
         log.warning(
             "the kernel refuses overlayfs' volatile option (Linux 5.10): each container's "
             "overlay is plain, and its unmount syncs the data directory's filesystem"

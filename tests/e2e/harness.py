@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -347,9 +346,3 @@ def leftovers(agent: AgentProcess, container_id: str) -> list[str]:
     elif (state_root / container_id).exists():
         found.append("runtime state")
     return found
-
-
-def kernel_release() -> tuple[int, int]:
-    """The running kernel's major and minor version."""
-    major, minor = re.findall(r"\d+", os.uname().release)[:2]
-    return int(major), int(minor)

@@ -18,11 +18,11 @@ from tests.e2e.conftest import start_agent
 from tests.e2e.harness import (
     AgentProcess,
     Registry,
-    kernel_release,
     settled_leftovers,
     sweep,
     wait_until,
 )
+from tests.kernel import kernel_release
 
 DOCUMENT = """\
 version: v1

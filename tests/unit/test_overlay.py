@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.runtime import bundle, syscalls
-from tests.e2e.harness import kernel_release
+from tests.kernel import kernel_release
 
 REAL_MOUNT = syscalls.mount
 Layers = tuple[Path, Path, Path, Path]
@@ -95,8 +95,11 @@ def test_a_kernel_without_volatile_overlays_gets_plain_ones_and_one_warning(
     ) -> None:
         calls.append(options)
         if "volatile" in options.split(","):
-            # As a kernel may have begun the work directory before it refused.
-            (Path("work") / "work").mkdir()
+            # As a kernel may have marked the work directory before it refused: a mark
+            # that refuses any later mount there, plain or not.
+            mark = Path("work") / "work" / "incompat" / "volatile"
+            mark.mkdir(parents=True)
+            (mark / "dirty").touch()
             raise OSError(errno.EINVAL, "overlay mount: Invalid argument")
         REAL_MOUNT(source, target, fstype, flags, options)
 

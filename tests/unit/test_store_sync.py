@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,27 +64,74 @@ def test_a_sync_fdatasyncs_the_write_ahead_log(
         store.close()
 
 
-async def test_commits_are_synced_within_the_interval_and_an_idle_store_is_left_alone(
+async def wait_for(condition: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+async def quick_syncs(
     tmp_path: Path, runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> AsyncIterator[tuple[Executor, Store]]:
+    """An executor whose store sync passes come every 10 ms."""
     monkeypatch.setattr(executor_module, "STORE_SYNC_SECONDS", 0.01)
     store = Store(tmp_path / "agent.db")
     executor = Executor(store, runtime, tmp_path / "logs", stop_grace=2.0)
+    yield executor, store
+    await executor.close()
+    store.close()
+
+
+async def test_the_start_then_each_commit_is_synced_and_an_idle_store_is_left_alone(
+    quick_syncs: tuple[Executor, Store], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor, store = quick_syncs
+    store.insert_execution(make_execution())  # as the agent's start writes, before the task
     inodes = synced_files(monkeypatch)
     syncing = asyncio.create_task(executor.sync_store_forever())
     try:
+        await wait_for(lambda: len(inodes) == 1)
         await asyncio.sleep(0.1)
-        assert inodes == []  # nothing committed since it started
-        store.insert_execution(make_execution())
-        for _ in range(100):
-            if inodes:
-                break
-            await asyncio.sleep(0.01)
-        assert inodes == [os.stat(tmp_path / "agent.db-wal").st_ino]
+        assert len(inodes) == 1  # nothing committed since: no sync
+        store.insert_execution(make_execution("b" * 32))
+        await wait_for(lambda: len(inodes) == 2)
+        assert set(inodes) == {os.stat(tmp_path / "agent.db-wal").st_ino}
         await asyncio.sleep(0.1)
-        assert len(inodes) == 1  # no commit since: no sync
+        assert len(inodes) == 2
     finally:
         syncing.cancel()
         await asyncio.gather(syncing, return_exceptions=True)
-        await executor.close()
-        store.close()
+
+
+async def test_a_failed_sync_is_logged_and_tried_again_when_the_task_restarts(
+    quick_syncs: tuple[Executor, Store],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    executor, store = quick_syncs
+    store.insert_execution(make_execution())
+    attempts: list[bool] = []
+    real = store.sync_to_disk
+
+    def failing_once() -> None:
+        attempts.append(True)
+        if len(attempts) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        real()
+
+    monkeypatch.setattr(store, "sync_to_disk", failing_once)
+    with pytest.raises(OSError):
+        await executor.sync_store_forever()
+    assert any("could not be made durable" in record.message for record in caplog.records)
+    # As the supervisor restarts it: the commit not yet synced is tried again.
+    syncing = asyncio.create_task(executor.sync_store_forever())
+    try:
+        await wait_for(lambda: len(attempts) == 2)
+        await asyncio.sleep(0.1)
+        assert len(attempts) == 2
+    finally:
+        syncing.cancel()
+        await asyncio.gather(syncing, return_exceptions=True)
