@@ -239,9 +239,16 @@ class AgentProcess:
             cwd=self.cwd,
             umask=self.umask,
         )
-        wait_until(
-            lambda: self.serving() and self.announced(since), 30, f"the agent on {self.target}"
-        )
+        try:
+            wait_until(
+                lambda: self.serving() and self.announced(since), 30, f"the agent on {self.target}"
+            )
+        except AssertionError:
+            # Not left running: the caller has no started agent to stop.
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(10)
+            raise
 
     def announced(self, since: int) -> bool:
         """True once the agent logged, past byte `since` of its log, that it serves: a
