@@ -352,7 +352,8 @@ def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
                 raise
             # Maybe the option (a kernel before 5.10), maybe the overlay itself: a plain
             # mount tells, on a work directory as it was (the refused one may have begun it).
-            _empty_directory(work)
+            shutil.rmtree(work)
+            make_dir(work)
             syscalls.mount("overlay", merged, "overlay", 0, layers)
             _volatile.refuse()
 
@@ -379,15 +380,6 @@ class _VolatileOption:
 
 
 _volatile = _VolatileOption()
-
-
-def _empty_directory(directory: Path) -> None:
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
 
 
 def mount_idmapped_image(rootfs: Path, directory: Path, userns_fd: int) -> Path:

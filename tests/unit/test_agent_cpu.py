@@ -16,9 +16,8 @@ def test_a_thread_that_waits_counts_voluntary_switches() -> None:
         time.sleep(0.001)
     after = thread_switches(os.getpid())
     assert this_thread in before and this_thread in after
-    voluntary, involuntary = switches_between(before, after)
+    voluntary, _ = switches_between(before, after)
     assert voluntary >= 5
-    assert involuntary >= 0
 
 
 def test_a_thread_started_in_between_counts_from_zero_and_an_ended_one_not_at_all() -> None:
