@@ -66,6 +66,12 @@ class Metrics:
             "Executions whose container runs now.",
             registry=self.registry,
         )
+        self.store_durable = Gauge(
+            "jobagent_store_durable_timestamp_seconds",
+            "When every record the store had committed was last known to be on disk "
+            "(checked each second; 0 before the first check).",
+            registry=self.registry,
+        )
         self.task_restarts = Counter(
             "jobagent_task_restarts",
             "Restarts of the agent's background tasks after a failure, by task.",
@@ -80,6 +86,10 @@ class Metrics:
         self.active.set_function(lambda: float(active()))
         self.queued.set_function(lambda: float(queued()))
         self.running.set_function(lambda: float(running()))
+
+    def watch_store(self, durable_at: Callable[[], float]) -> None:
+        """Reads the store's durable time from the executor at each scrape."""
+        self.store_durable.set_function(durable_at)
 
     def observe(self, event: NodeEvent) -> None:
         """Counts a recorded event (an EventBus listener)."""

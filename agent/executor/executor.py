@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -122,6 +123,8 @@ class Executor:
         self._store = store
         # The store's commit count at its last sync (sync_store_forever): none yet.
         self._synced_commits = -1
+        # When sync_store_forever last found every commit durable (time.time(); 0: never).
+        self.store_durable_at = 0.0
         # The host ids that jobs' user namespaces map to, one range per job.
         self.id_ranges = id_ranges or IdRangePool()
         self._runtime = runtime
@@ -700,12 +703,15 @@ class Executor:
 
     async def sync_store_forever(self) -> None:
         """Every STORE_SYNC_SECONDS, until cancelled (run it supervised: an error ends it):
-        makes what the store committed since the last pass durable, in a worker thread.
+        makes what the store committed since the last pass durable, and checkpoints its log
+        (Store.sync_to_disk), in a worker thread; then sets store_durable_at.
         Commits do not wait for the disk, so that no transition stops the event loop for
         it; this bounds what a power loss can take back to about that long (an execution
         whose end is taken back is found lost at the next start). The first pass syncs
         what the start wrote; a pass that fails is tried again by the next one."""
         while True:
+            faults.hit("store-sync")
+            checked_at = time.time()
             committed = self._store.commits
             if committed != self._synced_commits:
                 try:
@@ -714,12 +720,13 @@ class Executor:
                     # The kernel reports a writeback error once: a later sync may succeed
                     # without the lost pages.
                     log.error(
-                        "the store's log could not be made durable (%s): the records of the "
-                        "last seconds may be lost if the machine loses power",
+                        "the store's records could not be made durable (%s): until a pass "
+                        "succeeds, the last seconds' may be lost if the machine loses power",
                         error,
                     )
                     raise
                 self._synced_commits = committed
+            self.store_durable_at = checked_at
             await asyncio.sleep(STORE_SYNC_SECONDS)
 
     async def watch_disk_forever(self) -> None:

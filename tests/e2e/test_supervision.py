@@ -1,6 +1,7 @@
 """Supervised background work in the real agent: a task that fails is restarted with a
 backoff and counted; while the core one (the cron scheduler) is down health says
-NOT_SERVING; the agent process never exits. Faults come from the test-only fault points
+NOT_SERVING; the agent process never exits; the store's sync, restarted, makes the records
+durable and checkpoints the store's log. Faults come from the test-only fault points
 (agent/faults.py)."""
 
 from __future__ import annotations
@@ -18,25 +19,36 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.api.server import SERVICE_NAME
 from tests.e2e.conftest import RUNTIMES, running_agent
 from tests.e2e.harness import AgentProcess, Registry, free_port, wait_until
+from tests.walindex import wal_state
 
 TICKER = (
     "version: v1\ndeployment: supervised\nservices:\n  ticker:\n    rtype: cron\n"
     "    schedule: '* * * * * *'\n    concurrency_policy: forbid\n"
     "    image: {name: busybox:latest}\n    command: {entrypoint: [/bin/true]}\n"
 )
+QUICK = (
+    "version: v1\ndeployment: quick\nservices:\n  quick:\n    rtype: job\n"
+    "    image: {name: busybox:latest}\n    command: {entrypoint: [/bin/true]}\n"
+)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def restarts(url: str, task: str) -> float:
-    """jobagent_task_restarts_total of `task` (0 before its first restart)."""
+def metric(url: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """The sample `name` with `labels` (none by default) from the agent's metrics; 0 when
+    there is none yet."""
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "jobagent_task_restarts_total" and sample.labels == {"task": task}:
+            if sample.name == name and sample.labels == (labels or {}):
                 return sample.value
     return 0.0
+
+
+def restarts(url: str, task: str) -> float:
+    """jobagent_task_restarts_total of `task` (0 before its first restart)."""
+    return metric(url, "jobagent_task_restarts_total", {"task": task})
 
 
 def health(agent: AgentProcess) -> tuple[int, int]:
@@ -82,3 +94,37 @@ def test_a_failing_scheduler_is_restarted_counted_and_shown_in_health(
         assert "background task scheduler failed; restarting it in 4s" in log
         assert "InjectedFault: injected fault at scheduler" in log  # the traceback
         assert restarts(url, "retention") == 2
+
+
+def test_the_store_sync_restarted_after_failures_makes_the_records_durable(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOBAGENT_FAULTS", "store-sync:raise:2")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    options = {"extra_args": ("--metrics-listen", f"127.0.0.1:{port}")}
+    with running_agent(tmp_path / "agent", RUNTIMES[0], registry, **options) as agent:
+        second_failure = "background task store-sync failed; restarting it in 2s"
+        wait_until(lambda: second_failure in agent.log_file.read_text(), 10, "two failures")
+        # It waits 2 s before its third try: nothing was found durable yet.
+        assert metric(url, "jobagent_store_durable_timestamp_seconds") == 0
+        with agent.client() as client:
+            client.register(QUICK)
+            execution = client.wait(client.trigger("quick").id)
+            assert execution.status == "completed", execution.message
+            ended = time.time()
+            wait_until(
+                lambda: metric(url, "jobagent_store_durable_timestamp_seconds") >= ended,
+                10,
+                "the records durable",
+            )
+            # The pass checkpointed the log too: commits on the loop never do, short of
+            # 64 MiB of log.
+            database = agent.cwd / agent.data_dir / "agent.db"
+            wait_until(
+                lambda: wal_state(database).checkpointed == wal_state(database).frames > 0,
+                5,
+                "the log checkpointed",
+            )
+        assert restarts(url, "store-sync") == 2
+        assert agent.process is not None and agent.process.poll() is None
