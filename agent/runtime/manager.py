@@ -421,9 +421,27 @@ class ContainerManager:
         return diskspace.usage(self.paths.writable / container_id)
 
     def close(self) -> None:
-        """Releases what the manager holds (running containers are left alone)."""
+        """Releases what the manager holds (running containers are left alone), and removes
+        its volatile directories that nothing lives in: a data directory not used again
+        leaves nothing under /run."""
         self.runtime.close()
         self._namespaces.close()
+        paths = self.paths
+        inner = (
+            paths.runtime_state,
+            paths.runtime_state.parent,
+            paths.bundles,
+            paths.exits,
+            paths.sockets,
+            paths.binaries,
+        )
+        for directory in (*inner, paths.volatile):
+            if directory != paths.volatile and paths.volatile not in directory.parents:
+                continue
+            # Not empty: a container still running, or an exit not yet recorded, needs it
+            # at the next start (and so its parents).
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
 
     async def forget(self, container_id: str) -> None:
         """Drops the exit record of a removed container once its outcome is stored (a file

@@ -230,7 +230,8 @@ def test_a_missing_executable_fails_at_create_with_the_runtime_message(
 def test_records_survive_a_restart_and_running_jobs_are_readopted(
     tmp_path: Path, registry: Registry, agent: AgentProcess, stop_signal: signal.Signals
 ) -> None:
-    """A crash (SIGKILL) or a graceful stop (SIGTERM) leaves the job running under conmon."""
+    """A crash (SIGKILL) or a graceful stop (SIGTERM) leaves the job running under conmon,
+    and its bundle; a graceful stop with nothing running leaves nothing under /run."""
     own = start_agent(tmp_path / "agent", agent.runtime, registry)
     try:
         with own.client() as client:
@@ -240,6 +241,7 @@ def test_records_survive_a_restart_and_running_jobs_are_readopted(
             wait_until(lambda: client.get_execution(running.id).status == "running", 30, "running")
             listed = client.list_executions()
         own.stop(stop_signal)
+        assert (own.paths.bundles / running.container_id / "config.json").is_file()
         own.start()
         with own.client() as client:
             assert client.get_execution(finished.id) == finished
@@ -248,6 +250,8 @@ def test_records_survive_a_restart_and_running_jobs_are_readopted(
             assert (final.status, final.exit_code) == ("completed", 0)
             assert [line.message for line in client.logs(running.id)] == ["survived"]
             assert settled_leftovers(own, running.container_id) == []
+        own.stop()
+        assert not own.paths.volatile.exists()
     finally:
         own.stop()
         sweep(own)
