@@ -30,6 +30,7 @@ Packages and modules, one job each:
 - spec: the seed's deployment YAML, parsed into JobSpecs
 - store: SQLite: jobs, executions and events, with a node-wide event sequence
 - supervisor: the agent's long-lived tasks, kept running
+- walcheckpoint: the store's log checkpointed from a worker thread, off the event loop
 """
 
 __version__ = "0.1.0"

@@ -6,12 +6,10 @@ resumes from a sequence number sees every later change once and in order.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import sqlite3
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,16 +46,17 @@ from agent.errors import (
     ResourceExhausted,
 )
 from agent.records import field_names, format_time, from_record, parse_time, to_record
+from agent.walcheckpoint import LogCheckpointer
 
 T = TypeVar("T")
 # Executions whose details (execution, attempts, request) are kept in memory after a read:
 # schedulers poll the same few executions while they run and just after they finish.
 DETAILS_CACHE = 1024
 # The write-ahead log's length, in pages, past which a commit checkpoints it itself: a
-# safety net. Store.sync_to_disk checkpoints it every second from a worker thread, so that
-# no commit on the event loop waits for the checkpoint's fsyncs (7-25 ms each on an idle
-# or writing local disk, far longer on a slow one). 16,384 pages of 4 KiB: 64 MiB.
-COMMIT_CHECKPOINT_PAGES = 16384
+# safety net. Store.checkpoint, called each second from a worker thread, keeps it short
+# (see agent.walcheckpoint); under a steady stream of commits its passes may never copy the
+# whole log, and then a commit here copies the rest: 16 MiB of 4 KiB pages.
+COMMIT_CHECKPOINT_PAGES = 4096
 # Today's tables. Migration 1 creates them in a new database, and brings a database
 # written before migrations were numbered (user_version 0 with tables) to the same layout.
 TABLES = (
@@ -297,12 +296,8 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(f"PRAGMA wal_autocheckpoint={COMMIT_CHECKPOINT_PAGES}")
         self._db.execute("PRAGMA foreign_keys=ON")
-        # sync_to_disk's own connection (opened at its first call), and what keeps close()
-        # from closing it under a checkpoint.
-        self._checkpointer: sqlite3.Connection | None = None
-        self._checkpoint_lock = threading.Lock()
-        self._closed = False
         self._migrate()
+        self._checkpointer = LogCheckpointer(path)
         # Names of job rows found unreadable (each is logged once).
         self._unreadable: set[str] = set()
         # Details of executions read lately, least recently read first. Every write that
@@ -329,30 +324,14 @@ class Store:
                 log.info("store migrated to schema version %d: %s", number, migration.__doc__)
 
     def close(self) -> None:
-        """Closes the database (after a checkpoint under way, if any)."""
-        with self._checkpoint_lock:
-            self._closed = True
-            if self._checkpointer is not None:
-                self._checkpointer.close()
+        """Closes the database (never waiting for a checkpoint under way)."""
+        self._checkpointer.close()
         self._db.close()
 
     def sync_to_disk(self) -> None:
-        """Makes every transaction committed so far durable, then checkpoints the log.
-
-        First fdatasync(2) of the write-ahead log: a commit does not wait for the disk
-        (synchronous=NORMAL). Then a passive checkpoint copies the log into the database
-        file, which SQLite syncs, so that the next commit starts the log again and commits
-        never checkpoint it themselves (COMMIT_CHECKPOINT_PAGES). It uses a connection of
-        its own, not the event loop's: call it from a worker thread. Does nothing once the
-        store is closed. Raises OSError.
-        """
-        with self._checkpoint_lock:
-            if self._closed:
-                return
-            self._sync_log()
-            self._checkpoint()
-
-    def _sync_log(self) -> None:
+        """Makes every transaction committed so far durable: fdatasync(2) of the write-ahead
+        log (a commit does not wait for the disk: synchronous=NORMAL). It touches the file,
+        not a connection: call it from a worker thread. Raises OSError."""
         log_path = self._path.with_name(self._path.name + "-wal")
         try:
             descriptor = os.open(log_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -363,23 +342,11 @@ class Store:
         finally:
             os.close(descriptor)
 
-    def _checkpoint(self) -> None:
-        try:
-            if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(
-                    self._path, isolation_level=None, check_same_thread=False
-                )
-                # In WAL mode, NORMAL syncs the log before a checkpoint and the database
-                # file after it.
-                self._checkpointer.execute("PRAGMA synchronous=NORMAL")
-            # PASSIVE waits for no reader or writer: it copies what it can. A busy result
-            # (the safety net's checkpoint under way) is left to the next pass.
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as error:
-            code = errno.ENOSPC if is_no_space(error) else errno.EIO
-            raise OSError(
-                code, f"its log is on disk, but the checkpoint into the database failed: {error}"
-            ) from error
+    def checkpoint(self) -> None:
+        """Copies the write-ahead log into the database file and starts it again, on a
+        connection of its own (agent.walcheckpoint): call it from a worker thread, so that
+        commits on the loop never do it. Raises OSError."""
+        self._checkpointer.checkpoint()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -125,6 +125,8 @@ class Executor:
         self._synced_commits = -1
         # When sync_store_forever last found every commit durable (time.time(); 0: never).
         self.store_durable_at = 0.0
+        # Whether the store's last checkpoint failed (each failure is not logged).
+        self._checkpoint_failing = False
         # The host ids that jobs' user namespaces map to, one range per job.
         self.id_ranges = id_ranges or IdRangePool()
         self._runtime = runtime
@@ -703,17 +705,22 @@ class Executor:
 
     async def sync_store_forever(self) -> None:
         """Every STORE_SYNC_SECONDS, until cancelled (run it supervised: an error ends it):
-        makes what the store committed since the last pass durable, and checkpoints its log
-        (Store.sync_to_disk), in a worker thread; then sets store_durable_at.
+        checkpoints the store's log and makes what the store committed since the last pass
+        durable, in worker threads, and sets store_durable_at.
+
         Commits do not wait for the disk, so that no transition stops the event loop for
         it; this bounds what a power loss can take back to about that long (an execution
         whose end is taken back is found lost at the next start). The first pass syncs
-        what the start wrote; a pass that fails is tried again by the next one."""
+        what the start wrote; a pass that fails is tried again by the next one. A failed
+        checkpoint loses nothing and ends nothing: the log grows until one succeeds."""
         while True:
             faults.hit("store-sync")
             checked_at = time.time()
             committed = self._store.commits
             if committed != self._synced_commits:
+                # First, since starting the log again writes a frame that the sync then
+                # takes along: a pass leaves nothing of the store's unwritten.
+                await self._checkpoint_store()
                 try:
                     await asyncio.to_thread(self._store.sync_to_disk)
                 except OSError as error:
@@ -728,6 +735,24 @@ class Executor:
                 self._synced_commits = committed
             self.store_durable_at = checked_at
             await asyncio.sleep(STORE_SYNC_SECONDS)
+
+    async def _checkpoint_store(self) -> None:
+        """Checkpoints the store's log in a worker thread; says so when checkpoints start
+        failing and when they work again, not at every pass."""
+        try:
+            await asyncio.to_thread(self._store.checkpoint)
+        except OSError as error:
+            if not self._checkpoint_failing:
+                log.warning(
+                    "%s: the store's log grows until a checkpoint succeeds (past 16 MiB, "
+                    "each commit tries one itself)",
+                    error,
+                )
+            self._checkpoint_failing = True
+            return
+        if self._checkpoint_failing:
+            log.info("the store's log is checkpointed again")
+        self._checkpoint_failing = False
 
     async def watch_disk_forever(self) -> None:
         """Every second, until cancelled (run it supervised: an error ends it): when the

@@ -1,28 +1,27 @@
-"""The store's commits reach the disk within a second: what is synced, and when; its log
-is checkpointed by that sync, in a worker thread, and not by the commits on the loop."""
+"""The store's commits reach the disk within a second: what is synced, and when; then the
+pass checkpoints the store's log (tests/unit/test_wal_checkpoint.py), whose failures end
+nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
+import logging
 import os
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from agent import store as store_module
 from agent.domain import Status
 from agent.executor import Executor
 from agent.executor import executor as executor_module
-from agent.runtime import syscalls
 from agent.store import StaleTransition, Store
 from tests.unit.fake_runtime import FakeRuntime
 from tests.unit.test_store import make_execution
-from tests.walindex import wal_state
 
 
 def synced_files(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -66,143 +65,6 @@ def test_a_sync_fdatasyncs_the_write_ahead_log(
         inodes = synced_files(monkeypatch)
         store.sync_to_disk()
         assert inodes == [os.stat(tmp_path / "agent.db-wal").st_ino]
-    finally:
-        store.close()
-
-
-def write_log_pages(store: Store, database: Path, pages: int) -> list[str]:
-    """Commits executions, each its own transaction, until the log of the store (at
-    `database`) holds more than `pages` pages; their ids."""
-    ids: list[str] = []
-    while wal_state(database).frames <= pages:
-        if len(ids) > 10 * pages:
-            raise AssertionError(f"the log never held {pages} pages: it was checkpointed")
-        execution = make_execution(f"{len(ids):032x}")
-        store.insert_execution(execution)
-        ids.append(execution.id)
-    return ids
-
-
-def test_commits_leave_the_log_to_the_sync_and_it_checkpoints_it(tmp_path: Path) -> None:
-    store = Store(tmp_path / "agent.db")
-    try:
-        # The default (1,000 pages) would have had a commit checkpoint it on the loop.
-        ids = write_log_pages(store, tmp_path / "agent.db", 1500)
-        assert wal_state(tmp_path / "agent.db").checkpointed == 0
-        store.sync_to_disk()
-        state = wal_state(tmp_path / "agent.db")
-        assert state.checkpointed == state.frames > 1500
-        # Every frame is in the database file now: the next commit starts the log again.
-        store.insert_execution(make_execution("f" * 32))
-        assert 0 < wal_state(tmp_path / "agent.db").frames < 100
-        assert store.get_execution(ids[0]).id == ids[0]
-    finally:
-        store.close()
-    reopened = Store(tmp_path / "agent.db")
-    try:
-        assert len(reopened.list_executions()) == len(ids) + 1
-    finally:
-        reopened.close()
-
-
-def test_past_the_safety_net_a_commit_checkpoints_the_log_itself(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(store_module, "COMMIT_CHECKPOINT_PAGES", 200)
-    store = Store(tmp_path / "agent.db")
-    try:
-        for number in range(2000):
-            store.insert_execution(make_execution(f"{number:032x}"))
-            state = wal_state(tmp_path / "agent.db")
-            if state.checkpointed:
-                break
-        else:
-            raise AssertionError("no commit checkpointed the log")
-        # The commit that took the log past the net checkpointed all of it.
-        assert 200 <= state.checkpointed == state.frames < 300
-    finally:
-        store.close()
-
-
-def test_syncs_in_a_thread_beside_commits_lose_nothing(tmp_path: Path) -> None:
-    store = Store(tmp_path / "agent.db")
-    done = threading.Event()
-    failures: list[BaseException] = []
-    passes = 0
-
-    def sync_until_done() -> None:
-        nonlocal passes
-        try:
-            while not done.is_set():
-                store.sync_to_disk()
-                passes += 1
-        except BaseException as error:
-            failures.append(error)
-
-    syncer = threading.Thread(target=sync_until_done)
-    syncer.start()
-    try:
-        ids = write_log_pages(store, tmp_path / "agent.db", 3000)
-    finally:
-        done.set()
-        syncer.join()
-    try:
-        assert failures == []
-        assert passes > 10
-        assert len(store.list_executions()) == len(ids)
-    finally:
-        store.close()
-
-
-def test_a_sync_waits_for_nothing_once_the_store_is_closed(tmp_path: Path) -> None:
-    store = Store(tmp_path / "agent.db")
-    store.insert_execution(make_execution())
-    store.sync_to_disk()
-    store.close()
-    store.sync_to_disk()
-    assert not (tmp_path / "agent.db-wal").exists()  # the last connection closed: folded in
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB filesystem of its own."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a filesystem needs root")
-    directory = tmp_path / "small"
-    directory.mkdir()
-    syscalls.mount("tmpfs", directory, "tmpfs", 0, "size=1m")
-    try:
-        yield directory
-    finally:
-        syscalls.unmount(directory)
-
-
-def test_a_checkpoint_on_a_full_disk_says_so_and_the_next_one_catches_up(
-    small_disk: Path,
-) -> None:
-    store = Store(small_disk / "agent.db")
-    try:
-        ids = write_log_pages(store, small_disk / "agent.db", 60)
-        filler = small_disk / "filler"
-        descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            with pytest.raises(OSError) as full:
-                while True:
-                    os.write(descriptor, bytes(4096))
-        finally:
-            os.close(descriptor)
-        assert full.value.errno == errno.ENOSPC
-        with pytest.raises(OSError) as refused:
-            store.sync_to_disk()
-        assert refused.value.errno == errno.ENOSPC
-        assert "its log is on disk, but the checkpoint into the database failed" in str(
-            refused.value
-        )
-        filler.unlink()
-        store.sync_to_disk()
-        state = wal_state(small_disk / "agent.db")
-        assert state.checkpointed == state.frames > 60
-        assert len(store.list_executions()) == len(ids)
     finally:
         store.close()
 
@@ -279,6 +141,79 @@ async def test_a_failed_sync_is_logged_and_tried_again_when_the_task_restarts(
         assert len(attempts) == 2
         # Passes with nothing to sync still find every commit durable.
         assert executor.store_durable_at > restarted_at + 0.05
+    finally:
+        syncing.cancel()
+        await asyncio.gather(syncing, return_exceptions=True)
+
+
+def tried(attempts: list[bool], count: int) -> bool:
+    return len(attempts) == count
+
+
+def durable_since(executor: Executor, moment: float) -> bool:
+    return executor.store_durable_at >= moment
+
+
+async def test_a_failing_checkpoint_is_told_once_and_ends_nothing(
+    quick_syncs: tuple[Executor, Store],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.executor")
+    executor, store = quick_syncs
+    failing = True
+    checkpoints: list[bool] = []
+    real = store.checkpoint
+
+    def checkpoint() -> None:
+        checkpoints.append(failing)
+        if failing:
+            raise OSError(errno.ENOSPC, "the checkpoint of the store's log failed: full")
+        real()
+
+    monkeypatch.setattr(store, "checkpoint", checkpoint)
+    syncing = asyncio.create_task(executor.sync_store_forever())
+    try:
+        for number in range(3):
+            started = time.time()
+            store.insert_execution(make_execution(f"{number:032x}"))
+            await wait_for(functools.partial(tried, checkpoints, number + 1))
+            # The log was synced all the same: the records are durable.
+            await wait_for(functools.partial(durable_since, executor, started))
+        failing = False
+        store.insert_execution(make_execution("f" * 32))
+        await wait_for(lambda: len(checkpoints) == 4)
+        await asyncio.sleep(0.05)
+        assert not syncing.done()
+    finally:
+        syncing.cancel()
+        await asyncio.gather(syncing, return_exceptions=True)
+    told = [record for record in caplog.records if "log grows" in record.message]
+    assert [record.levelname for record in told] == ["WARNING"]
+    assert "the checkpoint of the store's log failed: full" in told[0].message
+    assert any("checkpointed again" in record.message for record in caplog.records)
+
+
+async def test_the_durable_time_is_taken_before_the_commits_it_covers_are_counted(
+    quick_syncs: tuple[Executor, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor, store = quick_syncs
+    clock = [100.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    real = store.sync_to_disk
+
+    def sync_while_a_commit_lands() -> None:
+        real()
+        # After the pass counted the commits it syncs: this one is not covered.
+        clock[0] = 200.0
+        store.insert_execution(make_execution("c" * 32))
+
+    store.insert_execution(make_execution())
+    monkeypatch.setattr(store, "sync_to_disk", sync_while_a_commit_lands)
+    syncing = asyncio.create_task(executor.sync_store_forever())
+    try:
+        await wait_for(lambda: executor.store_durable_at > 0)
+        assert executor.store_durable_at == 100.0
     finally:
         syncing.cancel()
         await asyncio.gather(syncing, return_exceptions=True)
