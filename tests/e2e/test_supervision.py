@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -62,6 +64,19 @@ def health(agent: AgentProcess) -> tuple[int, int]:
         return node, service
 
 
+@contextmanager
+def agent_with_faults(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch, faults: str
+) -> Iterator[tuple[AgentProcess, str]]:
+    """An agent of the test's own playing the fault script `faults` (agent/faults.py), and
+    the URL of its metrics."""
+    monkeypatch.setenv("JOBAGENT_FAULTS", faults)
+    port = free_port()
+    options = {"extra_args": ("--metrics-listen", f"127.0.0.1:{port}")}
+    with running_agent(tmp_path / "agent", RUNTIMES[0], registry, **options) as agent:
+        yield agent, f"http://127.0.0.1:{port}/metrics"
+
+
 def runs(client: JobAgentClient) -> int:
     return len(client.list_executions("ticker"))
 
@@ -72,11 +87,8 @@ def test_a_failing_scheduler_is_restarted_counted_and_shown_in_health(
     # Retention fails twice at start (not core: health stays SERVING); the scheduler's first
     # tick passes, and the three after it (from the registration on) fail: with the
     # backoff of 1, 2 and 4 seconds it is down for about eight.
-    monkeypatch.setenv("JOBAGENT_FAULTS", "retention:raise:2,scheduler:pass:1,scheduler:raise:3")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
-    options = {"extra_args": ("--metrics-listen", f"127.0.0.1:{port}")}
-    with running_agent(tmp_path / "agent", RUNTIMES[0], registry, **options) as agent:
+    faults = "retention:raise:2,scheduler:pass:1,scheduler:raise:3"
+    with agent_with_faults(tmp_path, registry, monkeypatch, faults) as (agent, url):
         while restarts(url, "retention") < 2:
             assert health(agent) == (SERVING, SERVING)
             time.sleep(0.1)
@@ -99,11 +111,8 @@ def test_a_failing_scheduler_is_restarted_counted_and_shown_in_health(
 def test_the_store_sync_restarted_after_failures_makes_the_records_durable(
     tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("JOBAGENT_FAULTS", "store-sync:raise:3")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
-    options = {"extra_args": ("--metrics-listen", f"127.0.0.1:{port}")}
-    with running_agent(tmp_path / "agent", RUNTIMES[0], registry, **options) as agent:
+    faults = "store-sync:raise:3"
+    with agent_with_faults(tmp_path, registry, monkeypatch, faults) as (agent, url):
         second_failure = "background task store-sync failed; restarting it in 2s"
         wait_until(lambda: second_failure in agent.log_file.read_text(), 10, "two failures")
         # Its next try, 2 s on, fails too, and the one after waits 4 s more: nothing was
