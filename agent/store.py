@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -296,8 +297,13 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(f"PRAGMA wal_autocheckpoint={COMMIT_CHECKPOINT_PAGES}")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # Held around each write transaction of _db's, and by the checkpointer's own write.
+        self._write_lock = threading.Lock()
         self._migrate()
-        self._checkpointer = LogCheckpointer(path)
+        self._checkpointer = LogCheckpointer(path, self._write_lock)
+        # Copies in what recovery found and starts the log here, before any commit of the
+        # event loop's would.
+        self._checkpointer.checkpoint()
         # Names of job rows found unreadable (each is logged once).
         self._unreadable: set[str] = set()
         # Details of executions read lately, least recently read first. Every write that
@@ -355,16 +361,20 @@ class Store:
         A failed statement or COMMIT rolls back (SQLite may have done so already), so the
         connection is always fit for the next transaction.
         """
+        # No read of _db's may be left open across a write (a cursor not run to its end):
+        # after another connection's write, its BEGIN IMMEDIATE would fail at once
+        # (SQLITE_BUSY_SNAPSHOT). Every read here runs to its end before returning.
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-                self.commits += 1
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+            with self._write_lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                    self.commits += 1
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as error:
             if is_no_space(error):
                 raise DiskFull(f"disk is full: the store cannot write: {error}") from error

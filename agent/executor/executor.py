@@ -72,7 +72,7 @@ from agent.executor.stored_jobs import stored_spec_problem
 from agent.privileges import check_host_policy
 from agent.runtime.errors import RuntimeLayerError
 from agent.runtime.images import PruneResult
-from agent.store import Store
+from agent.store import COMMIT_CHECKPOINT_PAGES, Store
 
 log = logging.getLogger(__name__)
 # A node watcher this many events behind is cut off (RESOURCE_EXHAUSTED) and resumes.
@@ -744,9 +744,10 @@ class Executor:
         except OSError as error:
             if not self._checkpoint_failing:
                 log.warning(
-                    "%s: the store's log grows until a checkpoint succeeds (past 16 MiB, "
+                    "%s: the store's log grows until a checkpoint succeeds (past %d pages, "
                     "each commit tries one itself)",
                     error,
+                    COMMIT_CHECKPOINT_PAGES,
                 )
             self._checkpoint_failing = True
             return

@@ -9,6 +9,7 @@ import errno
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -217,3 +218,32 @@ async def test_the_durable_time_is_taken_before_the_commits_it_covers_are_counte
     finally:
         syncing.cancel()
         await asyncio.gather(syncing, return_exceptions=True)
+
+
+async def test_a_pass_checkpoints_then_syncs_and_both_off_the_event_loop(
+    quick_syncs: tuple[Executor, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor, store = quick_syncs
+    calls: list[tuple[str, int]] = []
+
+    def recorded(name: str) -> Callable[[], None]:
+        real = getattr(store, name)
+
+        def call() -> None:
+            calls.append((name, threading.get_ident()))
+            real()
+
+        return call
+
+    for name in ("checkpoint", "sync_to_disk"):
+        monkeypatch.setattr(store, name, recorded(name))
+    store.insert_execution(make_execution())
+    syncing = asyncio.create_task(executor.sync_store_forever())
+    try:
+        await wait_for(lambda: len(calls) == 2)
+    finally:
+        syncing.cancel()
+        await asyncio.gather(syncing, return_exceptions=True)
+    # The checkpoint first: the frame its write adds is synced with the rest.
+    assert [name for name, _ in calls] == ["checkpoint", "sync_to_disk"]
+    assert threading.get_ident() not in {thread for _, thread in calls}

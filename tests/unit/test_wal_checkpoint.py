@@ -21,7 +21,7 @@ from agent.store import Store
 from agent.walcheckpoint import LogCheckpointer
 from tests.kernel import dirty_pages
 from tests.unit.test_store import make_execution
-from tests.walindex import wal_state
+from tests.walindex import WalState, wal_state
 
 
 def write_log_pages(store: Store, database: Path, pages: int) -> list[str]:
@@ -175,18 +175,108 @@ def test_closing_never_waits_for_a_checkpoint_under_way(tmp_path: Path) -> None:
 
 def test_the_checkpointer_never_makes_a_database(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError):
-        LogCheckpointer(tmp_path / "agent.db")
+        LogCheckpointer(tmp_path / "agent.db", threading.Lock())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_while_the_store_writes_the_log_is_not_started_again_beside_it(tmp_path: Path) -> None:
+    database = tmp_path / "agent.db"
+    store = Store(database)
+    try:
+        store.insert_execution(make_execution())
+        frames = wal_state(database).frames
+        with store._write_lock:  # as during a write transaction of the loop's
+            store.checkpoint()
+        # Copied, but not started again: that is left to the loop's next commit (or the
+        # next pass), rather than waited for.
+        assert wal_state(database) == WalState(frames, frames)
+        store.checkpoint()
+        assert wal_state(database).frames == 1
+    finally:
+        store.close()
+
+
+class CommitAfterCheckpoint:
+    """Stands in for the checkpointer's connection: once, right after a checkpoint, the
+    store commits, as the loop may before the checkpointer takes the write lock."""
+
+    def __init__(self, real: sqlite3.Connection, store: Store) -> None:
+        self.real = real
+        self.store = store
+        self.committed = False
+
+    def execute(self, sql: str) -> Any:
+        cursor = self.real.execute(sql)
+        if "wal_checkpoint" in sql and not self.committed:
+            result = cursor.fetchone()
+            self.committed = True
+            self.store.insert_execution(make_execution("e" * 32))
+            return FixedCursor(result)
+        return cursor
+
+    def close(self) -> None:
+        self.real.close()
+
+
+class FixedCursor:
+    def __init__(self, row: tuple[int, int, int]) -> None:
+        self.row = row
+
+    def fetchone(self) -> tuple[int, int, int]:
+        return self.row
+
+
+def test_a_commit_after_the_checkpoint_sends_it_round_again_before_the_write(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "agent.db"
+    store = Store(database)
+    try:
+        store.insert_execution(make_execution())
+        checkpointer: LogCheckpointer = store._checkpointer
+        injecting = CommitAfterCheckpoint(checkpointer._db, store)
+        checkpointer._db = injecting  # type: ignore[assignment]
+        store.checkpoint()
+        assert injecting.committed
+        # Written after the commit's frames were copied in too: the log started again.
+        # (Written at once, it would have gone after them, and the loop's next commit
+        # would start the log.)
+        assert wal_state(database).frames == 1
+        assert len(store.list_executions()) == 2
+    finally:
+        store.close()
+
+
+def test_a_checkpoint_while_another_runs_returns_at_once(tmp_path: Path) -> None:
+    database = tmp_path / "agent.db"
+    store = Store(database)
+    store.insert_execution(make_execution())
+    checkpointer: LogCheckpointer = store._checkpointer
+    held = HeldConnection(checkpointer._db)
+    checkpointer._db = held  # type: ignore[assignment]
+    running = threading.Thread(target=store.checkpoint)
+    running.start()
+    try:
+        assert held.entered.wait(10)
+        second = threading.Thread(target=store.checkpoint)
+        second.start()
+        second.join(10)
+        assert not second.is_alive()
+    finally:
+        held.release.set()
+        running.join(10)
+        store.close()
+    assert held.closed
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB filesystem of its own."""
+    """A 2 MiB filesystem of its own."""
     if os.geteuid() != 0:
         pytest.skip("mounting a filesystem needs root")
     directory = tmp_path / "small"
     directory.mkdir()
-    syscalls.mount("tmpfs", directory, "tmpfs", 0, "size=1m")
+    syscalls.mount("tmpfs", directory, "tmpfs", 0, "size=2m")
     try:
         yield directory
     finally:
@@ -199,7 +289,8 @@ def test_a_checkpoint_on_a_full_disk_says_so_and_the_next_one_catches_up(
     database = small_disk / "agent.db"
     store = Store(database)
     try:
-        ids = write_log_pages(store, database, 60)
+        # Enough rows that copying them in makes the database file grow.
+        ids = write_log_pages(store, database, 200)
         filler = small_disk / "filler"
         descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
