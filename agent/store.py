@@ -302,8 +302,12 @@ class Store:
         self._migrate()
         self._checkpointer = LogCheckpointer(path, self._write_lock)
         # Copies in what recovery found and starts the log here, before any commit of the
-        # event loop's would.
-        self._checkpointer.checkpoint()
+        # event loop's would. A failure (a full disk) is the sync pass's to retry: the
+        # agent still starts, and refuses what the disk cannot take.
+        try:
+            self._checkpointer.checkpoint()
+        except OSError as error:
+            log.warning("the store's log was not checkpointed at start: %s", error)
         # Names of job rows found unreadable (each is logged once).
         self._unreadable: set[str] = set()
         # Details of executions read lately, least recently read first. Every write that

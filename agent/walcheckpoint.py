@@ -98,7 +98,7 @@ class LogCheckpointer:
             return False
         try:
             if not self._checkpointed_whole():
-                return True  # the log is as the last commit left it: no restart is due
+                return True  # a reader's snapshot held part of it back: the next pass
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 (version,) = self._db.execute("PRAGMA user_version").fetchone()

@@ -292,14 +292,7 @@ def test_a_checkpoint_on_a_full_disk_says_so_and_the_next_one_catches_up(
         # Enough rows that copying them in makes the database file grow.
         ids = write_log_pages(store, database, 200)
         filler = small_disk / "filler"
-        descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            with pytest.raises(OSError) as full:
-                while True:
-                    os.write(descriptor, bytes(4096))
-        finally:
-            os.close(descriptor)
-        assert full.value.errno == errno.ENOSPC
+        fill(filler)
         store.sync_to_disk()  # the log itself is still synced
         with pytest.raises(OSError) as refused:
             store.checkpoint()
@@ -311,3 +304,36 @@ def test_a_checkpoint_on_a_full_disk_says_so_and_the_next_one_catches_up(
         assert len(store.list_executions()) == len(ids)
     finally:
         store.close()
+
+
+def test_a_store_opens_on_a_full_disk_with_its_log_not_yet_copied(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = small_disk / "agent.db"
+    writer = Store(database)  # kept open: its log stays, as after a crash
+    try:
+        ids = write_log_pages(writer, database, 200)
+        fill(small_disk / "filler")
+        reopened = Store(database)
+        try:
+            assert len(reopened.list_executions()) == len(ids)
+        finally:
+            reopened.close()
+    finally:
+        writer.close()
+    assert any(
+        "not checkpointed at start" in record.message and "failed" in record.message
+        for record in caplog.records
+    )
+
+
+def fill(filler: Path) -> None:
+    """Writes `filler` until its filesystem is full."""
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError) as full:
+            while True:
+                os.write(descriptor, bytes(4096))
+    finally:
+        os.close(descriptor)
+    assert full.value.errno == errno.ENOSPC
