@@ -11,11 +11,10 @@ Actions: `pass` (nothing happens), `raise` (InjectedFault) and `kill` (SIGKILL t
 agent's own process at once, as a crash or the OOM killer would: the tests then restart
 it on the same data directory). Points: `scheduler` (each cron tick), `retention` (each
 retention round), `image-gc` (each image budget round), `store-sync` (each pass of the
-store's sync), and the steps of a run where a
-crash leaves the most to clean up: `pull` (an image copied into its staging layout, not
-yet in the store), `created` (a container created, its process not started),
-`started` (its process started, RUNNING not yet recorded) and `removing` (a container
-deleted from the runtime, its bundle still mounted).
+store's sync), and the steps of a run where a crash leaves the most to clean up: `pull`
+(an image copied into its staging layout, not yet in the store), `created` (a container
+created, its process not started), `started` (its process started, RUNNING not yet
+recorded) and `removing` (a container deleted from the runtime, its bundle still mounted).
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ class Executor:
         self._synced_commits = -1
         # When sync_store_forever last found every commit durable (time.time(); 0: never).
         self.store_durable_at = 0.0
-        # Whether the store's last checkpoint failed (each failure is not logged).
+        # Whether the store's last checkpoint failed (only the first of a run is logged).
         self._checkpoint_failing = False
         # The host ids that jobs' user namespaces map to, one range per job.
         self.id_ranges = id_ranges or IdRangePool()
@@ -728,7 +728,7 @@ class Executor:
                     # without the lost pages.
                     log.error(
                         "the store's records could not be made durable (%s): until a pass "
-                        "succeeds, the last seconds' may be lost if the machine loses power",
+                        "succeeds, a power loss may take back the last seconds of records",
                         error,
                     )
                     raise
