@@ -355,7 +355,7 @@ class Store:
     def checkpoint(self) -> None:
         """Copies the write-ahead log into the database file and starts it again, on a
         connection of its own (agent.walcheckpoint): call it from a worker thread, so that
-        commits on the loop never do it. Raises OSError."""
+        commits on the loop seldom do either. Raises OSError."""
         self._checkpointer.checkpoint()
 
     @contextmanager
