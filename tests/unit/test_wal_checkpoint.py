@@ -149,8 +149,9 @@ class HeldConnection:
         self.real.close()
 
 
-def test_closing_never_waits_for_a_checkpoint_under_way(tmp_path: Path) -> None:
-    database = tmp_path / "agent.db"
+def held_checkpoint(database: Path) -> tuple[Store, HeldConnection, threading.Thread]:
+    """A store of one execution whose checkpoint runs in a thread, held at its first
+    statement until the test releases it."""
     store = Store(database)
     store.insert_execution(make_execution())
     checkpointer: LogCheckpointer = store._checkpointer
@@ -159,6 +160,12 @@ def test_closing_never_waits_for_a_checkpoint_under_way(tmp_path: Path) -> None:
     running = threading.Thread(target=store.checkpoint)
     running.start()
     assert held.entered.wait(10)
+    return store, held, running
+
+
+def test_closing_never_waits_for_a_checkpoint_under_way(tmp_path: Path) -> None:
+    database = tmp_path / "agent.db"
+    store, held, running = held_checkpoint(database)
     closing = threading.Thread(target=store.close)
     closing.start()
     closing.join(10)
@@ -248,16 +255,8 @@ def test_a_commit_after_the_checkpoint_sends_it_round_again_before_the_write(
 
 
 def test_a_checkpoint_while_another_runs_returns_at_once(tmp_path: Path) -> None:
-    database = tmp_path / "agent.db"
-    store = Store(database)
-    store.insert_execution(make_execution())
-    checkpointer: LogCheckpointer = store._checkpointer
-    held = HeldConnection(checkpointer._db)
-    checkpointer._db = held  # type: ignore[assignment]
-    running = threading.Thread(target=store.checkpoint)
-    running.start()
+    store, held, running = held_checkpoint(tmp_path / "agent.db")
     try:
-        assert held.entered.wait(10)
         second = threading.Thread(target=store.checkpoint)
         second.start()
         second.join(10)
