@@ -1,6 +1,7 @@
 """The store's log is checkpointed, and started again, from a worker thread on a connection
-of its own: commits on the event loop's connection never do either short of the safety
-net. Real SQLite files; the log's state is read from its wal-index (tests/walindex.py)."""
+of its own: commits on the event loop's connection never checkpoint it short of the safety
+net, and start it again only when one was under way as a checkpoint ended. Real SQLite
+files; the log's state is read from its wal-index (tests/walindex.py)."""
 
 from __future__ import annotations
 
