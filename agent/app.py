@@ -86,7 +86,7 @@ class Agent:
             lambda: self.executor.load()[1],
             self.executor.running_count,
         )
-        self.metrics.watch_store(lambda: self.executor.store_durable_at)
+        self.metrics.watch_store(lambda: self.executor.store_durable_at, lambda: self.store.stalled)
         self.server: AgentServer | None = None
         self.supervisor = Supervisor(
             on_restart=self.metrics.count_restart, on_health=self._report_core_health

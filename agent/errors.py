@@ -39,7 +39,12 @@ class HostPolicyRefused(FailedPrecondition):
 
 
 class Unavailable(AgentError):
-    """The agent cannot take the request now (shutting down)."""
+    """The agent cannot take the request now (shutting down, or its store is stalled)."""
+
+
+class StoreUnwritable(AgentError):
+    """The store cannot take a write now, and a later one may: the recorder keeps an
+    execution's end in memory until it can be written."""
 
 
 class OutOfRange(AgentError):
@@ -51,8 +56,13 @@ class ResourceExhausted(AgentError):
     the limit), or a watcher fell too far behind (it may resume from its last sequence)."""
 
 
-class DiskFull(ResourceExhausted):
+class DiskFull(ResourceExhausted, StoreUnwritable):
     """The data directory's filesystem is full, or has less free space than the reserve."""
+
+
+class StoreStalled(Unavailable, StoreUnwritable):
+    """A write of the store waited too long for its database: a disk that does not finish
+    a write, or another process holding a write transaction open."""
 
 
 class Unauthenticated(AgentError):

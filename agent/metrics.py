@@ -72,6 +72,12 @@ class Metrics:
             "(checked each second; 0 before the first check).",
             registry=self.registry,
         )
+        self.store_stalled = Gauge(
+            "jobagent_store_stalled",
+            "1 while the store refuses writes: a write waited for its database in vain, "
+            "and none has gone through since.",
+            registry=self.registry,
+        )
         self.task_restarts = Counter(
             "jobagent_task_restarts",
             "Restarts of the agent's background tasks after a failure, by task.",
@@ -87,9 +93,10 @@ class Metrics:
         self.queued.set_function(lambda: float(queued()))
         self.running.set_function(lambda: float(running()))
 
-    def watch_store(self, durable_at: Callable[[], float]) -> None:
-        """Reads the store's durable time from the executor at each scrape."""
+    def watch_store(self, durable_at: Callable[[], float], stalled: Callable[[], bool]) -> None:
+        """Reads the store's durable time and whether it is stalled at each scrape."""
         self.store_durable.set_function(durable_at)
+        self.store_stalled.set_function(lambda: float(stalled()))
 
     def observe(self, event: NodeEvent) -> None:
         """Counts a recorded event (an EventBus listener)."""

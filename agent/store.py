@@ -45,9 +45,10 @@ from agent.errors import (
     FailedPrecondition,
     NotFound,
     ResourceExhausted,
+    StoreStalled,
 )
 from agent.records import field_names, format_time, from_record, parse_time, to_record
-from agent.walcheckpoint import LogCheckpointer
+from agent.walcheckpoint import LogCheckpointer, is_busy
 
 T = TypeVar("T")
 # Executions whose details (execution, attempts, request) are kept in memory after a read:
@@ -58,6 +59,18 @@ DETAILS_CACHE = 1024
 # (see agent.walcheckpoint); under a steady stream of commits its passes may never copy the
 # whole log, and then a commit here copies the rest: 16 MiB of 4 KiB pages.
 COMMIT_CHECKPOINT_PAGES = 4096
+# How long a write waits for the database while another holds it: the checkpointer's write,
+# syncing the log's header (7-25 ms here on a working disk, under 3 GB of writeback too),
+# or another process's transaction. A write that waited this long finds the disk hung or
+# failing, or the database held open: it fails (StoreStalled), and so does every write
+# after it, at once, until one goes through. The event loop waits this long once, not
+# once per write.
+STALL_SECONDS = 2.0
+STALLED = (
+    f"the store cannot write now: a write waited {STALL_SECONDS:g} s for its database (a "
+    "disk that does not finish a write, or another process holding a write transaction "
+    "open); until a write goes through, writes are refused without waiting"
+)
 # Today's tables. Migration 1 creates them in a new database, and brings a database
 # written before migrations were numbered (user_version 0 with tables) to the same layout.
 TABLES = (
@@ -289,7 +302,9 @@ class Store:
         # Write transactions committed since the store opened (sync_to_disk's caller
         # compares them to know whether there is anything to make durable).
         self.commits = 0
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=STALL_SECONDS
+        )
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         for suffix in ("-wal", "-shm"):
@@ -299,6 +314,8 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         # Held around each write transaction of _db's, and by the checkpointer's own write.
         self._write_lock = threading.Lock()
+        # True from a write that waited STALL_SECONDS in vain to the next that goes through.
+        self._stalled = False
         self._migrate()
         self._checkpointer = LogCheckpointer(path, self._write_lock)
         # Copies in what recovery found and starts the log here, before any commit of the
@@ -360,7 +377,8 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; DiskFull when the filesystem has no room for it.
+        """One write transaction. DiskFull when the filesystem has no room for it;
+        StoreStalled when the database stays locked (see STALL_SECONDS).
 
         A failed statement or COMMIT rolls back (SQLite may have done so already), so the
         connection is always fit for the next transaction.
@@ -368,21 +386,43 @@ class Store:
         # No read of _db's may be left open across a write (a cursor not run to its end):
         # after another connection's write, its BEGIN IMMEDIATE would fail at once
         # (SQLITE_BUSY_SNAPSHOT). Every read here runs to its end before returning.
+        if not self._write_lock.acquire(timeout=0 if self._stalled else STALL_SECONDS):
+            raise self._stall(None)
         try:
-            with self._write_lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                    self._db.execute("COMMIT")
-                    self.commits += 1
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+                self.commits += 1
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
         except sqlite3.Error as error:
             if is_no_space(error):
                 raise DiskFull(f"disk is full: the store cannot write: {error}") from error
+            if is_busy(error):
+                raise self._stall(error) from error
             raise
+        finally:
+            self._write_lock.release()
+        if self._stalled:
+            self._stalled = False
+            self._db.execute(f"PRAGMA busy_timeout = {int(STALL_SECONDS * 1000)}")
+            log.info("the store writes again")
+
+    @property
+    def stalled(self) -> bool:
+        """True from a write that waited STALL_SECONDS in vain to the next that goes through."""
+        return self._stalled
+
+    def _stall(self, error: sqlite3.Error | None) -> StoreStalled:
+        """Marks the store stalled (the next writes wait for nothing) and says why."""
+        if not self._stalled:
+            self._stalled = True
+            self._db.execute("PRAGMA busy_timeout = 0")
+            log.error("%s%s", STALLED, f" ({error})" if error else "")
+        return StoreStalled(STALLED)
 
     # Jobs
 

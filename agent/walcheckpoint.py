@@ -35,6 +35,11 @@ SQLITE_BUSY = 5
 CHECKPOINT_TRIES = 3
 
 
+def is_busy(error: sqlite3.Error) -> bool:
+    """True when SQLite gave up waiting for a lock of another connection's."""
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF == SQLITE_BUSY
+
+
 class LogCheckpointer:
     """A second connection to a WAL-mode database that checkpoints its log."""
 
@@ -71,7 +76,7 @@ class LogCheckpointer:
                 if self._checkpointed_whole() and self._restart_log():
                     return
         except sqlite3.Error as error:
-            if getattr(error, "sqlite_errorcode", 0) & 0xFF == SQLITE_BUSY:
+            if is_busy(error):
                 return  # the next pass tries again
             code = errno.ENOSPC if is_no_space(error) else errno.EIO
             raise OSError(code, f"the checkpoint of the store's log failed: {error}") from error

@@ -25,6 +25,7 @@ from agent.errors import (
     OutOfRange,
     PermissionDenied,
     ResourceExhausted,
+    StoreStalled,
     Unauthenticated,
     Unavailable,
 )
@@ -38,6 +39,8 @@ CODES: list[tuple[type[AgentError], grpc.StatusCode, str]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION, "FAILED_PRECONDITION"),
+    # Before Unavailable, of which it is one: the first match wins.
+    (StoreStalled, grpc.StatusCode.UNAVAILABLE, "STORE_STALLED"),
     (Unavailable, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE"),
     (OutOfRange, grpc.StatusCode.OUT_OF_RANGE, "OUT_OF_RANGE"),
     # Before ResourceExhausted, of which it is one: the first match wins.

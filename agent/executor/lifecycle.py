@@ -28,7 +28,7 @@ from agent.domain import (
     JobSpec,
     Status,
 )
-from agent.errors import DiskFull, ResourceExhausted
+from agent.errors import ResourceExhausted, StoreUnwritable
 from agent.executor.init_steps import StepFailed, run_steps
 from agent.executor.logs import log_file_limit
 from agent.executor.ports import ContainerRuntime
@@ -167,8 +167,8 @@ class ExecutionRun:
         current_execution.set(self.execution.id)
         try:
             await self._run()
-        except DiskFull as error:
-            await self._end_for_disk(error)
+        except StoreUnwritable as error:
+            await self._end_unwritten(error)
 
     async def _run(self) -> None:
         self._deadline = self._deadline_from(self.execution.created_at)
@@ -199,8 +199,8 @@ class ExecutionRun:
             self._attempt_started = started
         try:
             await self._attempts(None)
-        except DiskFull as error:
-            await self._end_for_disk(error)
+        except StoreUnwritable as error:
+            await self._end_unwritten(error)
 
     async def resume(self, number: int, previous_ended: datetime) -> None:
         """Starts attempt `number` of an execution whose previous attempt ended at
@@ -220,12 +220,13 @@ class ExecutionRun:
                 return
             if image is not None:
                 await self._attempts(image)
-        except DiskFull as error:
-            await self._end_for_disk(error)
+        except StoreUnwritable as error:
+            await self._end_unwritten(error)
 
-    async def _end_for_disk(self, error: DiskFull) -> None:
-        """A transition the store had no room for: the run ends Failed (the terminal state
-        is kept until it can be written), its container removed, its slot freed."""
+    async def _end_unwritten(self, error: StoreUnwritable) -> None:
+        """A transition the store could not take (a full disk, a stalled store): the run
+        ends Failed (the terminal state is kept until it can be written), its container
+        removed, its slot freed."""
         await self._remove_current()
         self._fail(FailureReason.AGENT_ERROR, str(error))
         self._phase = Phase.REMOVING

@@ -1,8 +1,9 @@
 """Recording: every change of an execution is checked, stored, then published.
 
 When the disk is full, a write is tried again once the disk reserve is released; a
-terminal state that still cannot be written is kept here (and shown by reads) until
-`flush` writes it: an execution's end is never lost to a full disk, and never blocks.
+terminal state that still cannot be written, for a full disk or a stalled store, is kept
+here (and shown by reads) until `flush` writes it: an execution's end is never lost to
+either, and never blocks.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from agent.domain import Attempt, EventKind, Execution, ExecutionEvent, Status
-from agent.errors import DiskFull
+from agent.errors import DiskFull, StoreUnwritable
 from agent.executor.events import EventBus
 from agent.executor.machine import check_transition
 from agent.store import StaleTransition, Store
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Unwritten:
-    """A terminal transition the store had no room for yet."""
+    """A terminal transition the store could not take yet."""
 
     expected: Status
     execution: Execution
@@ -80,10 +81,10 @@ class Recorder:
 
     def event(self, execution: Execution, kind: EventKind, step_id: str, message: str) -> None:
         """Records an event that changes nothing (an init step's progress, a queue wait);
-        on a full disk it is logged only."""
+        when the store cannot take it (a full disk, a stalled store) it is logged only."""
         try:
             self._bus.publish(self._store.append_event(execution, kind, step_id, message))
-        except DiskFull as error:
+        except StoreUnwritable as error:
             log.warning(
                 "job %s: %s %s not recorded: %s",
                 execution.job_name,
@@ -118,7 +119,7 @@ class Recorder:
         except StaleTransition:
             log.warning("execution %s: dropped a late %s", execution.id, kind.value)
             return self._store.get_execution(execution.id)
-        except DiskFull as error:
+        except StoreUnwritable as error:
             if not updated.status.terminal:
                 raise
             log.error(
@@ -180,7 +181,7 @@ class Recorder:
         return execution_id in self._unwritten
 
     def flush(self) -> list[Execution]:
-        """Writes the kept terminal states, oldest first, while the store has room; returns
+        """Writes the kept terminal states, oldest first, while the store takes them; returns
         the executions whose kept state is no longer kept (written, or overtaken)."""
         settled: list[Execution] = []
         for execution_id, kept in list(self._unwritten.items()):
@@ -190,7 +191,7 @@ class Recorder:
                 )
             except StaleTransition:
                 log.warning("execution %s: its kept end was overtaken", execution_id)
-            except DiskFull:
+            except StoreUnwritable:
                 return settled
             else:
                 self._bus.publish(event)

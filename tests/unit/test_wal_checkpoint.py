@@ -130,17 +130,18 @@ def test_checkpoints_in_a_thread_beside_commits_lose_nothing(tmp_path: Path) -> 
 
 
 class HeldConnection:
-    """Stands in for the checkpointer's connection: its first statement waits until the
-    test releases it; closing it is recorded."""
+    """Stands in for the checkpointer's connection: its first statement (the first that
+    starts with `at`) waits until the test releases it; closing it is recorded."""
 
-    def __init__(self, real: sqlite3.Connection) -> None:
+    def __init__(self, real: sqlite3.Connection, at: str = "") -> None:
         self.real = real
+        self.at = at
         self.entered = threading.Event()
         self.release = threading.Event()
         self.closed = False
 
     def execute(self, sql: str) -> Any:
-        if not self.entered.is_set():
+        if not self.entered.is_set() and sql.startswith(self.at):
             self.entered.set()
             assert self.release.wait(10)
         return self.real.execute(sql)

@@ -1,0 +1,168 @@
+"""A stalled store: a write that waits STALL_SECONDS in vain for the database fails with
+StoreStalled, every write after it fails at once until one goes through, reads go on, and
+an execution's end is kept until it can be written. Real SQLite files; the stall is the
+checkpointer's write held in its COMMIT (where a hung disk holds it, syncing the log's
+header) or another process's write transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agent import store as store_module
+from agent.api.errors import to_status
+from agent.domain import FailureReason, Status
+from agent.errors import StoreStalled, StoreUnwritable, Unavailable
+from agent.executor import Executor
+from agent.store import Store
+from tests.unit.fake_runtime import FakeRuntime
+from tests.unit.test_disk_full import SPEC, TRIGGER, TightDisk, until
+from tests.unit.test_store import make_execution
+from tests.unit.test_wal_checkpoint import HeldConnection, rows
+
+LIMIT = 1.0
+
+
+@pytest.fixture
+def limit(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A shorter STALL_SECONDS for the stores the test opens."""
+    monkeypatch.setattr(store_module, "STALL_SECONDS", LIMIT)
+    return LIMIT
+
+
+@contextmanager
+def held_write(database: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's view: a write transaction on the database, open until the end of
+    the block."""
+    other = sqlite3.connect(database, isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield other
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+def timed(write: Callable[[], object]) -> float:
+    """Seconds `write` took to fail with StoreStalled."""
+    began = time.monotonic()
+    with pytest.raises(StoreStalled):
+        write()
+    return time.monotonic() - began
+
+
+def test_a_hung_checkpoint_write_stalls_writes_once_then_refuses_them_at_once(
+    tmp_path: Path, limit: float
+) -> None:
+    database = tmp_path / "agent.db"
+    store = Store(database)
+    store.insert_execution(first := make_execution("1" * 32))
+    held = HeldConnection(store._checkpointer._db, at="COMMIT")
+    store._checkpointer._db = held  # type: ignore[assignment]
+    running = threading.Thread(target=store.checkpoint)
+    running.start()
+    try:
+        assert held.entered.wait(10)
+        # The checkpointer holds the write lock and SQLite's, as in a sync that never ends.
+        waited = timed(lambda: store.insert_execution(make_execution("2" * 32)))
+        assert waited >= limit * 0.9
+        # The next ones do not wait again; reads go on.
+        assert timed(lambda: store.insert_execution(make_execution("3" * 32))) < limit / 2
+        assert timed(lambda: store.transition(Status.PENDING, first)) < limit / 2
+        assert store.get_execution(first.id).status is Status.PENDING
+        assert [e.id for e in store.list_executions()] == [first.id]
+    finally:
+        held.release.set()
+        running.join(10)
+    # Once the disk answers, writes go through and wait again when they must.
+    store.insert_execution(make_execution("4" * 32))
+    with held_write(database):
+        assert timed(lambda: store.insert_execution(make_execution("5" * 32))) >= limit * 0.9
+    store.insert_execution(make_execution("6" * 32))
+    store.close()
+    assert rows(database) == 3
+
+
+def test_another_process_holding_the_database_stalls_writes_not_reads(
+    tmp_path: Path, limit: float
+) -> None:
+    database = tmp_path / "agent.db"
+    store = Store(database)
+    store.insert_execution(first := make_execution("1" * 32))
+    with held_write(database):
+        assert timed(lambda: store.insert_execution(make_execution("2" * 32))) >= limit * 0.9
+        assert timed(lambda: store.insert_execution(make_execution("3" * 32))) < limit / 2
+        assert store.get_execution(first.id).id == first.id
+    store.insert_execution(make_execution("4" * 32))
+
+    # Writing again, a write waits for a transaction that ends within the limit.
+    other = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(limit / 4, other.execute, ("COMMIT",)).start()
+    store.insert_execution(make_execution("5" * 32))
+    other.close()
+    store.close()
+    assert rows(database) == 3
+
+
+def test_a_stall_is_unavailable_to_callers_and_names_its_causes() -> None:
+    error = StoreStalled(store_module.STALLED)
+    assert isinstance(error, Unavailable) and isinstance(error, StoreUnwritable)
+    status = to_status(error)
+    assert status.code is grpc.StatusCode.UNAVAILABLE
+    assert status.details == (
+        "the store cannot write now: a write waited 2 s for its database (a disk that does "
+        "not finish a write, or another process holding a write transaction open); until a "
+        "write goes through, writes are refused without waiting"
+    )
+    assert b"STORE_STALLED" in status.trailing_metadata[0][1]
+
+
+async def test_a_run_the_stall_meets_ends_failed_and_its_end_is_written_once_the_store_writes(
+    tmp_path: Path, runtime: FakeRuntime, limit: float
+) -> None:
+    database = tmp_path / "agent.db"
+    store = Store(database)
+    executor = Executor(store, runtime, tmp_path / "logs", node_limit=2, disk=TightDisk(tmp_path))
+    executor.register_jobs([SPEC], "", replace_existing=False)
+    await executor.start()
+    watching = asyncio.create_task(executor.watch_disk_forever())
+    try:
+        running = await executor.trigger("filler", TRIGGER)
+        await until(lambda: executor.get_execution(running.id).status is Status.RUNNING)
+        runtime.start_gate = asyncio.Event()
+        starting = await executor.trigger("filler", TRIGGER)
+        await until(lambda: starting.container_id in runtime.created)
+        with held_write(database):
+            # RUNNING cannot be written: that run ends, its container removed.
+            runtime.start_gate.set()
+            await until(lambda: executor.get_execution(starting.id).status.terminal)
+            # The other's end, meanwhile, is kept as it is.
+            runtime.exit(running.container_id, 0)
+            await until(lambda: executor.get_execution(running.id).status.terminal)
+            with pytest.raises(StoreStalled):
+                await executor.trigger("filler", TRIGGER)
+            assert store.get_execution(running.id).status is Status.RUNNING
+            assert store.get_execution(starting.id).status is Status.INITIALIZING
+            assert executor.load()[:2] == (0, 0)
+        failed = executor.get_execution(starting.id)
+        assert (failed.status, failed.failure_reason) == (Status.FAILED, FailureReason.AGENT_ERROR)
+        assert failed.message.startswith("the store cannot write now: ")
+        assert starting.container_id in runtime.removed
+        # Once the store writes, the disk watch writes both ends.
+        await until(lambda: store.get_execution(running.id).status is Status.COMPLETED, 10)
+        await until(lambda: store.get_execution(starting.id).status is Status.FAILED, 10)
+        assert store.get_execution(starting.id).message == failed.message
+        assert (await executor.trigger("filler", TRIGGER)).status is Status.PENDING
+    finally:
+        watching.cancel()
+        await executor.close()
+        store.close()
