@@ -59,6 +59,7 @@ from agent.errors import (
     NotFound,
     OutOfRange,
     ResourceExhausted,
+    StoreUnwritable,
     Unavailable,
 )
 from agent.executor.admission import Admission
@@ -194,11 +195,10 @@ class Executor:
                 f"no user id range is left for {', '.join(needing)}: each registered job "
                 f"holds one of {self.id_ranges.slots} (--userns-range)"
             )
-        for job, note in changes:
+        for event in self._store.put_jobs(changes, needing, self.id_ranges.slots):
+            self._publish(event)
+        for job, _ in changes:
             self._invalid.pop(job.name, None)
-            self._publish(self._store.put_job(job, note))
-            if job.name in needing:
-                self._store.user_range_slot(job.name, self.id_ranges.slots)
         return [job for job, _ in changes]
 
     def id_range(self, spec: JobSpec) -> IdRange | None:
@@ -687,7 +687,10 @@ class Executor:
         an error ends it)."""
         while True:
             faults.hit("retention")
-            await self.retention.prune()
+            try:
+                await self.retention.prune()
+            except StoreUnwritable as error:
+                log.warning("retention skipped a pass: %s", error)
             await asyncio.sleep(self.retention.policy.interval_seconds)
 
     async def collect_images_forever(self) -> None:
@@ -758,7 +761,9 @@ class Executor:
     async def watch_disk_forever(self) -> None:
         """Every second, until cancelled (run it supervised: an error ends it): when the
         data disk is full, stops the biggest writer; while it has room, keeps the reserve
-        file made; writes the ends kept in memory. Returns at once without a disk to watch.
+        file made; while the store is stalled, tries a write, and once one goes through
+        starts the queue again; writes the ends kept in memory. Returns at once without a
+        disk to watch.
 
         The reserve is released only when a write of the agent's own fails (the recorder):
         released earlier, a writer that still runs would take it first.
@@ -771,6 +776,8 @@ class Executor:
                 await self._evict_biggest(disk)
             elif not disk.low():
                 await asyncio.to_thread(disk.make_reserve)
+            if self._store.stalled and self._store.try_write():
+                self._admit()
             if self._recorder.unwritten:
                 for execution in self._recorder.flush():
                     # The exit record a run kept while its end was unwritten (ExecutionRun).
@@ -813,8 +820,10 @@ class Executor:
         self._admit()
 
     def _admit(self) -> None:
-        """Starts every waiting execution that a free slot now allows, in FIFO order."""
-        if self._closing:
+        """Starts every waiting execution that a free slot now allows, in FIFO order.
+        While the store is stalled, none: each would fail at its first write, and they
+        wait in the queue instead (the disk watch admits them once it writes again)."""
+        if self._closing or self._store.stalled:
             return
         refused = False
         for execution_id in self._admission.admit():

@@ -29,7 +29,7 @@ from agent.domain import (
     Trigger,
     TriggerKind,
 )
-from agent.errors import AgentError, DiskFull, InvalidSpec, ResourceExhausted
+from agent.errors import AgentError, InvalidSpec, ResourceExhausted, StoreUnwritable
 from agent.executor.executor import Executor
 from agent.spec import check_time_zone, validate_schedule
 from agent.store import Store
@@ -186,6 +186,9 @@ class CronScheduler:
                 await self._executor.retention.prune_history(
                     job.name, policy.successful_history_limit, policy.failed_history_limit
                 )
+            except StoreUnwritable as error:
+                # Not marked: the time stays unhandled and is tried again at the next tick.
+                log.warning("cron job %s: its schedule waits for the store: %s", job.name, error)
             except Exception:
                 # Not marked: the time stays unhandled and is tried again at the next tick.
                 log.exception("cron job %s: handling its schedule failed", job.name)
@@ -256,7 +259,9 @@ class CronScheduler:
         execution_id = state.last_execution_id
         try:
             execution_id = (await self._executor.trigger(job.name, trigger)).id
-        except DiskFull as error:
+        except StoreUnwritable as error:
+            # Before ResourceExhausted, of which a full disk is one. When the store cannot
+            # take this note either, the time stays unhandled for the next tick.
             note = JobNote(
                 EventKind.SCHEDULE_MISSED,
                 f"the run of {latest.isoformat()} was missed: {error}",

@@ -10,8 +10,10 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -19,9 +21,19 @@ import pytest
 
 from agent import store as store_module
 from agent.api.errors import to_status
-from agent.domain import FailureReason, Status
-from agent.errors import StoreStalled, StoreUnwritable, Unavailable
+from agent.domain import (
+    CronPolicy,
+    EventKind,
+    Execution,
+    FailureReason,
+    ImageSpec,
+    JobKind,
+    JobSpec,
+    Status,
+)
+from agent.errors import DiskFull, NotFound, StoreStalled, StoreUnwritable, Unavailable
 from agent.executor import Executor
+from agent.executor.scheduler import CronScheduler, schedule_times
 from agent.store import Store
 from tests.unit.fake_runtime import FakeRuntime
 from tests.unit.test_disk_full import SPEC, TRIGGER, TightDisk, until
@@ -126,43 +138,195 @@ def test_a_stall_is_unavailable_to_callers_and_names_its_causes() -> None:
     assert b"STORE_STALLED" in status.trailing_metadata[0][1]
 
 
-async def test_a_run_the_stall_meets_ends_failed_and_its_end_is_written_once_the_store_writes(
+@pytest.fixture
+async def rig(
     tmp_path: Path, runtime: FakeRuntime, limit: float
-) -> None:
+) -> AsyncIterator[tuple[Executor, Store, Path]]:
+    """An executor of two slots over a real store, its disk watched; and the database."""
     database = tmp_path / "agent.db"
     store = Store(database)
     executor = Executor(store, runtime, tmp_path / "logs", node_limit=2, disk=TightDisk(tmp_path))
     executor.register_jobs([SPEC], "", replace_existing=False)
     await executor.start()
     watching = asyncio.create_task(executor.watch_disk_forever())
+    yield executor, store, database
+    watching.cancel()
+    await executor.close()
+    store.close()
+
+
+class StoppedClock:
+    """A clock for the cron scheduler that stays at `at`."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(3600)
+
+
+async def ends_completed(execution: Execution, store: Store, runtime: FakeRuntime) -> None:
+    """Waits for the execution's container to start, ends it, and waits for its end to be
+    stored."""
+    await until(lambda: execution.container_id in runtime.started, 10)
+    runtime.exit(execution.container_id, 0)
+    await until(lambda: store.get_execution(execution.id).status is Status.COMPLETED)
+
+
+async def test_a_stall_keeps_ends_fails_only_the_start_it_meets_and_holds_the_queue(
+    rig: tuple[Executor, Store, Path], runtime: FakeRuntime
+) -> None:
+    executor, store, database = rig
+    running = await executor.trigger("filler", TRIGGER)
+    await until(lambda: executor.get_execution(running.id).status is Status.RUNNING)
+    runtime.start_gate = asyncio.Event()
+    starting = await executor.trigger("filler", TRIGGER)
+    await until(lambda: starting.container_id in runtime.created)
+    queued = [await executor.trigger("filler", TRIGGER) for _ in range(3)]
+    with held_write(database):
+        # RUNNING cannot be written: that run ends, its container removed.
+        runtime.start_gate.set()
+        await until(lambda: executor.get_execution(starting.id).status.terminal)
+        # The other's end, meanwhile, is kept as it is.
+        runtime.exit(running.container_id, 0)
+        await until(lambda: executor.get_execution(running.id).status.terminal)
+        with pytest.raises(StoreStalled):
+            await executor.trigger("filler", TRIGGER)
+        assert store.get_execution(running.id).status is Status.RUNNING
+        assert store.get_execution(starting.id).status is Status.INITIALIZING
+        # Two slots are free, and the queue waits for the store rather than fail there.
+        await asyncio.sleep(0.3)
+        assert executor.load()[:2] == (0, 3)
+        assert {executor.get_execution(e.id).status for e in queued} == {Status.PENDING}
+    failed = executor.get_execution(starting.id)
+    assert (failed.status, failed.failure_reason) == (Status.FAILED, FailureReason.AGENT_ERROR)
+    assert failed.message.startswith("the store cannot write now: ")
+    assert starting.container_id in runtime.removed
+    # Once the store writes, the disk watch writes both ends and starts the queue.
+    await until(lambda: store.get_execution(running.id).status is Status.COMPLETED, 10)
+    await until(lambda: store.get_execution(starting.id).status is Status.FAILED, 10)
+    assert store.get_execution(starting.id).message == failed.message
+    for execution in queued:
+        await ends_completed(execution, store, runtime)
+    assert not store.stalled
+
+
+async def test_an_idle_store_is_seen_writing_again_by_the_disk_watch(
+    rig: tuple[Executor, Store, Path],
+) -> None:
+    _, store, database = rig
+    with held_write(database), pytest.raises(StoreStalled):
+        store.insert_execution(make_execution())
+    assert store.stalled
+    await until(lambda: not store.stalled, 5)
+
+
+def test_a_write_that_reached_the_database_ends_the_stall_whatever_its_body_did(
+    tmp_path: Path, limit: float
+) -> None:
+    database = tmp_path / "agent.db"
+    store = Store(database)
+    with held_write(database), pytest.raises(StoreStalled):
+        store.insert_execution(make_execution())
+    assert store.stalled
+    with pytest.raises(NotFound):
+        store.delete_job("nobody")
+    assert not store.stalled
+    # And it waits again for a transaction that ends within the limit.
+    other = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(limit / 4, other.execute, ("COMMIT",)).start()
+    store.insert_execution(make_execution())
+    other.close()
+    store.close()
+
+
+def test_a_deployment_is_registered_whole_or_not_at_all(
+    tmp_path: Path, runtime: FakeRuntime
+) -> None:
+    store = Store(tmp_path / "agent.db")
+    executor = Executor(store, runtime, tmp_path / "logs")
+    db: sqlite3.Connection = store._db
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0] + 2}")
+    small = replace(SPEC, name="small")
+    big = replace(SPEC, name="big", env={"X": "x" * 100_000})
+    with pytest.raises(DiskFull):
+        executor.register_jobs([small, big], "", replace_existing=False)
+    assert store.list_jobs() == []
+    assert store.node_events_after(0) == []
+    store.close()
+
+
+async def test_retention_skips_its_pass_while_the_store_is_stalled(
+    rig: tuple[Executor, Store, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    executor, _, database = rig
+    executor.retention.policy = replace(executor.retention.policy, interval_seconds=0.05)
+    with held_write(database):
+        retaining = asyncio.create_task(executor.retain_forever())
+        await until(lambda: "retention skipped a pass: the store cannot write now" in caplog.text)
+        await asyncio.sleep(0.2)
+        assert not retaining.done()
+    retaining.cancel()
+
+
+async def test_a_cron_time_the_stall_meets_is_handled_once_the_store_writes(
+    tmp_path: Path, runtime: FakeRuntime, limit: float
+) -> None:
+    database = tmp_path / "agent.db"
+    store = Store(database)
+    executor = Executor(store, runtime, tmp_path / "logs")
+    spec = JobSpec(
+        "tick", ImageSpec("busybox"), kind=JobKind.CRON, schedule="* * * * * *", cron=CronPolicy()
+    )
+    executor.register_jobs([spec], "", replace_existing=False)
+    job = executor.get_job("tick")
+    due = next(schedule_times(job, job.updated_at))
+
+    scheduler = CronScheduler(executor, store, StoppedClock(due))
     try:
-        running = await executor.trigger("filler", TRIGGER)
-        await until(lambda: executor.get_execution(running.id).status is Status.RUNNING)
-        runtime.start_gate = asyncio.Event()
-        starting = await executor.trigger("filler", TRIGGER)
-        await until(lambda: starting.container_id in runtime.created)
         with held_write(database):
-            # RUNNING cannot be written: that run ends, its container removed.
-            runtime.start_gate.set()
-            await until(lambda: executor.get_execution(starting.id).status.terminal)
-            # The other's end, meanwhile, is kept as it is.
-            runtime.exit(running.container_id, 0)
-            await until(lambda: executor.get_execution(running.id).status.terminal)
-            with pytest.raises(StoreStalled):
-                await executor.trigger("filler", TRIGGER)
-            assert store.get_execution(running.id).status is Status.RUNNING
-            assert store.get_execution(starting.id).status is Status.INITIALIZING
-            assert executor.load()[:2] == (0, 0)
-        failed = executor.get_execution(starting.id)
-        assert (failed.status, failed.failure_reason) == (Status.FAILED, FailureReason.AGENT_ERROR)
-        assert failed.message.startswith("the store cannot write now: ")
-        assert starting.container_id in runtime.removed
-        # Once the store writes, the disk watch writes both ends.
-        await until(lambda: store.get_execution(running.id).status is Status.COMPLETED, 10)
-        await until(lambda: store.get_execution(starting.id).status is Status.FAILED, 10)
-        assert store.get_execution(starting.id).message == failed.message
-        assert (await executor.trigger("filler", TRIGGER)).status is Status.PENDING
+            await scheduler.tick()
+            assert store.stalled
+            await scheduler.tick()
+        assert executor.list_executions("tick") == []
+        assert store.get_cron_state("tick").last_schedule_time is None
+        await scheduler.tick()
+        [run] = executor.list_executions("tick")
+        assert store.get_cron_state("tick") == replace(
+            store.get_cron_state("tick"), last_schedule_time=due, last_execution_id=run.id
+        )
     finally:
-        watching.cancel()
+        await executor.close()
+        store.close()
+
+
+async def test_a_cron_run_whose_trigger_met_a_stall_is_recorded_as_missed(
+    tmp_path: Path, runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trigger's write waited in vain, and the stall ended before the note's."""
+    store = Store(tmp_path / "agent.db")
+    executor = Executor(store, runtime, tmp_path / "logs")
+    spec = JobSpec(
+        "tick", ImageSpec("busybox"), kind=JobKind.CRON, schedule="* * * * * *", cron=CronPolicy()
+    )
+    executor.register_jobs([spec], "", replace_existing=False)
+    job = executor.get_job("tick")
+    due = next(schedule_times(job, job.updated_at))
+
+    async def stalled(*_: object) -> Execution:
+        raise StoreStalled(store_module.STALLED)
+
+    monkeypatch.setattr(executor, "trigger", stalled)
+    try:
+        await CronScheduler(executor, store, StoppedClock(due)).tick()
+        state = store.get_cron_state("tick")
+        assert (state.last_schedule_time, state.missed) == (due, 1)
+        [miss] = [e for e in store.node_events_after(0) if e.kind is EventKind.SCHEDULE_MISSED]
+        assert miss.message == f"the run of {due.isoformat()} was missed: {store_module.STALLED}"
+    finally:
         await executor.close()
         store.close()
