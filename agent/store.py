@@ -537,13 +537,20 @@ class Store:
     # Executions
 
     def insert_execution(
-        self, execution: Execution, request: TriggerRequest | None = None, fingerprint: str = ""
+        self,
+        execution: Execution,
+        request: TriggerRequest | None = None,
+        fingerprint: str = "",
+        cron_state: CronState | None = None,
     ) -> ExecutionEvent:
         """Records a new execution and its first event, with the trigger's request if it has
-        a request_id or parameters (raises AlreadyExists for a request_id in use)."""
+        a request_id or parameters (raises AlreadyExists for a request_id in use), and the
+        cron state of the schedule time it runs for, if any: one never without the other."""
         self._details.pop(execution.id, None)
         record = _execution_record(execution)
         with self._transaction() as db:
+            if cron_state is not None:
+                _put_cron_state(db, execution.job_name, cron_state)
             _insert(db, "executions", _execution_columns(record))
             # The job's spec as it is now, kept for this execution (a job's updated_at
             # names the version of its spec).

@@ -327,12 +327,18 @@ class Executor:
     # Executions
 
     async def trigger(
-        self, job_name: str, trigger: Trigger, request: TriggerRequest | None = None
+        self,
+        job_name: str,
+        trigger: Trigger,
+        request: TriggerRequest | None = None,
+        cron_state: CronState | None = None,
     ) -> Execution:
         """Creates a Pending execution of the job; it starts as soon as a slot allows.
 
         A request_id seen before returns the execution it created (the same request) or
         raises InvalidSpec (another request); parameters must be what the job allows.
+        `cron_state` (the scheduler's) is recorded with the execution, which it names as
+        the last one.
         """
         if self._closing:
             raise Unavailable("the agent is shutting down")
@@ -368,7 +374,9 @@ class Executor:
             created_at=now(),
             image=job.spec.image.name,
         )
-        self._bus.publish(self._store.insert_execution(execution, request, digest))
+        if cron_state is not None:
+            cron_state = replace(cron_state, last_execution_id=execution_id)
+        self._bus.publish(self._store.insert_execution(execution, request, digest, cron_state))
         log.info(
             "job %s: pending (trigger %s)",
             job.name,
@@ -649,6 +657,8 @@ class Executor:
                 )
                 self._admission.release(execution.id)
                 self._fail_unfinished(execution.id, error)
+                # Its process must not run on untracked.
+                await self._remove_left(execution.container_id)
         self._admit()
 
     def begin_stop(self) -> None:
@@ -761,9 +771,9 @@ class Executor:
     async def watch_disk_forever(self) -> None:
         """Every second, until cancelled (run it supervised: an error ends it): when the
         data disk is full, stops the biggest writer; while it has room, keeps the reserve
-        file made; while the store is stalled, tries a write, and once one goes through
-        starts the queue again; writes the ends kept in memory. Returns at once without a
-        disk to watch.
+        file made; while the store is stalled, tries a write; once it is not, starts what
+        the queue holds that a slot allows; writes the ends kept in memory. Returns at once
+        without a disk to watch.
 
         The reserve is released only when a write of the agent's own fails (the recorder):
         released earlier, a writer that still runs would take it first.
@@ -776,7 +786,10 @@ class Executor:
                 await self._evict_biggest(disk)
             elif not disk.low():
                 await asyncio.to_thread(disk.make_reserve)
-            if self._store.stalled and self._store.try_write():
+            if self._store.stalled:
+                self._store.try_write()
+            # Whichever write ended a stall, the queue it held starts here.
+            if self._admission.waiting:
                 self._admit()
             if self._recorder.unwritten:
                 for execution in self._recorder.flush():
@@ -822,7 +835,8 @@ class Executor:
     def _admit(self) -> None:
         """Starts every waiting execution that a free slot now allows, in FIFO order.
         While the store is stalled, none: each would fail at its first write, and they
-        wait in the queue instead (the disk watch admits them once it writes again)."""
+        wait in the queue instead (the disk watch admits them once it writes again, within
+        a second)."""
         if self._closing or self._store.stalled:
             return
         refused = False
@@ -982,10 +996,9 @@ class Executor:
         attempt = Attempt(1, container_id, started)
         return self._recorder.transition(execution, Status.RUNNING, attempt, started_at=started)
 
-    async def _remove_left(self, run: ExecutionRun) -> None:
-        """Removes the container a run that died of an agent error left (the next start's
-        sweep does it when this cannot)."""
-        container_id = run.execution.container_id
+    async def _remove_left(self, container_id: str) -> None:
+        """Removes the container that an execution ended by an agent error left (the next
+        start's sweep does it when this cannot)."""
         try:
             if container_id:
                 await self._runtime.remove(container_id)
@@ -1032,7 +1045,7 @@ class Executor:
                 log.error("execution %s: %s", execution_id, error, exc_info=error, extra=where)
                 self._fail_unfinished(execution_id, error)
                 # Its process must not run on untracked.
-                cleanup = asyncio.create_task(self._remove_left(run))
+                cleanup = asyncio.create_task(self._remove_left(run.execution.container_id))
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)
         finally:

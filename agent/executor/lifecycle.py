@@ -405,12 +405,20 @@ class ExecutionRun:
                 return
             await self._runtime.remove(container_id)
             delay = policy.delay(number)
-            self.execution = self._recorder.update(
-                self.execution,
-                EventKind.ATTEMPT_FAILED,
-                f"attempt {number} {attempt.message}; retrying in {delay:g}s",
-                attempt,
-            )
+            try:
+                self.execution = self._recorder.update(
+                    self.execution,
+                    EventKind.ATTEMPT_FAILED,
+                    f"attempt {number} {attempt.message}; retrying in {delay:g}s",
+                    attempt,
+                )
+            except StoreUnwritable as error:
+                # No retry that cannot be recorded: the attempt's outcome ends the run.
+                reason = attempt.failure_reason or FailureReason.EXIT_CODE
+                message = f"the process {attempt.message}; not retried: {error}"
+                self._fail(reason, message, exit_status.exit_code, attempt)
+                await self._remove_after_outcome(container_id, keep_exit_record=True)
+                return
             await self._runtime.forget(container_id)
             self._phase = Phase.BACKOFF
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -23,6 +24,7 @@ from agent.domain import (
     ConcurrencyPolicy,
     CronState,
     EventKind,
+    Execution,
     Job,
     JobKind,
     JobNote,
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 # More missed times than this are reported, never replayed.
 MISSED_REPORT_LIMIT = 100
 IDLE_SECONDS = 60.0
+# How soon a tick comes again after one that left a time for the store (stalled or full).
+STORE_RETRY_SECONDS = 1.0
 
 
 class Clock(Protocol):
@@ -103,6 +107,8 @@ class CronScheduler:
         self._broken: dict[str, datetime] = {}
         # Jobs whose schedule and time zone were found good: name -> spec version.
         self._checked: dict[str, datetime] = {}
+        # True when the last tick left a time unhandled because the store could not write.
+        self._left_for_store = False
 
     def next_run(self, job: Job) -> datetime | None:
         """When the job runs next (None when suspended, not a cron job, or unschedulable)."""
@@ -165,6 +171,8 @@ class CronScheduler:
             delay = IDLE_SECONDS
             if upcoming:
                 delay = max(0.0, (min(upcoming) - self._clock.now()).total_seconds())
+            if self._left_for_store:
+                delay = min(delay, STORE_RETRY_SECONDS)
             self._wake.clear()
             sleeper = asyncio.ensure_future(self._clock.sleep(delay))
             waker = asyncio.ensure_future(self._wake.wait())
@@ -178,6 +186,7 @@ class CronScheduler:
         """Handles every schedule time that is due now, job by job: one job's failure is
         logged, and the others are handled all the same."""
         faults.hit("scheduler")
+        self._left_for_store = False
         for job in self._cron_jobs():
             try:
                 if not job.spec.cron.suspend and not self._marked(job):
@@ -187,7 +196,8 @@ class CronScheduler:
                     job.name, policy.successful_history_limit, policy.failed_history_limit
                 )
             except StoreUnwritable as error:
-                # Not marked: the time stays unhandled and is tried again at the next tick.
+                # Not marked: the time stays unhandled and is tried again within a second.
+                self._left_for_store = True
                 log.warning("cron job %s: its schedule waits for the store: %s", job.name, error)
             except Exception:
                 # Not marked: the time stays unhandled and is tried again at the next tick.
@@ -247,18 +257,17 @@ class CronScheduler:
                 note=JobNote(EventKind.SCHEDULE_SKIPPED, message, latest),
             )
             return
-        if active and policy is ConcurrencyPolicy.REPLACE:
-            for execution in active:
-                try:
-                    await self._executor.cancel(execution.id)
-                except AgentError as error:
-                    log.info("cron job %s: replacing %s: %s", job.name, execution.id, error)
         trigger = Trigger(
             TriggerKind.SCHEDULER, reason=f"schedule {job.spec.schedule} at {latest.isoformat()}"
         )
-        execution_id = state.last_execution_id
+        # Recorded with the execution, in one transaction: a time is never run twice.
+        handled = replace(state, last_schedule_time=latest, missed=missed)
         try:
-            execution_id = (await self._executor.trigger(job.name, trigger)).id
+            await self._executor.trigger(job.name, trigger, cron_state=handled)
+            if active and policy is ConcurrencyPolicy.REPLACE:
+                # After the new run is recorded: nothing is stopped for a run that could
+                # not be. A job's own concurrency limit holds the new one until then.
+                await self._replace(job, active)
         except StoreUnwritable as error:
             # Before ResourceExhausted, of which a full disk is one. When the store cannot
             # take this note either, the time stays unhandled for the next tick.
@@ -268,17 +277,23 @@ class CronScheduler:
                 latest,
             )
             self._save(job, state, latest, missed + 1, note=note)
-            return
         except ResourceExhausted as error:
             # A full queue: the run is skipped and says why, rather than queued.
             message = f"the run of {latest.isoformat()} was skipped: {error}"
             note = JobNote(EventKind.SCHEDULE_SKIPPED, message, latest)
             self._save(job, state, latest, missed, skipped=state.skipped + 1, note=note)
-            return
         except AgentError as error:
             # Handled all the same: the next try is at the next schedule time.
             log.warning("cron job %s: the run of %s could not start: %s", job.name, latest, error)
-        self._save(job, state, latest, missed, execution_id=execution_id)
+            self._save(job, state, latest, missed)
+
+    async def _replace(self, job: Job, active: list[Execution]) -> None:
+        """Cancels the job's active executions (concurrency_policy replace)."""
+        for execution in active:
+            try:
+                await self._executor.cancel(execution.id)
+            except AgentError as error:
+                log.info("cron job %s: replacing %s: %s", job.name, execution.id, error)
 
     def _save(
         self,

@@ -26,7 +26,7 @@ JOBS = (
 
 def stored_status(database: Path, execution_id: str) -> str:
     """The execution's status in the database, read by a connection of the test's own."""
-    db = sqlite3.connect(database, timeout=0)
+    db = sqlite3.connect(database, timeout=5)
     try:
         row = db.execute("SELECT status FROM executions WHERE id = ?", (execution_id,)).fetchone()
         return str(row[0])
@@ -44,7 +44,8 @@ def test_a_store_held_by_another_process(
             napper = client.trigger("napper")
             wait_until(lambda: client.get_execution(napper.id).status == "running", 30, "running")
 
-            holder = sqlite3.connect(database, isolation_level=None, timeout=0)
+            # Its own wait: the agent's writes are short.
+            holder = sqlite3.connect(database, isolation_level=None, timeout=5)
             holder.execute("BEGIN IMMEDIATE")
             try:
                 for _ in range(2):  # the first waits for the database, the second does not

@@ -1,4 +1,5 @@
-"""Fixtures of the unit tests: the fake runtime, and executors over one store."""
+"""Fixtures of the unit tests: the fake runtime, executors over one store, and a short
+stall limit."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from agent import store as store_module
 from agent.domain import JobSpec
 from agent.executor import Executor
 from agent.store import Store
@@ -40,3 +42,10 @@ async def make_executor(
     for executor in made:
         await executor.close()
     store.close()
+
+
+@pytest.fixture
+def short_stall(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A STALL_SECONDS of one second for the stores the test opens; that second."""
+    monkeypatch.setattr(store_module, "STALL_SECONDS", 1.0)
+    return 1.0

@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -21,40 +20,22 @@ import pytest
 
 from agent import store as store_module
 from agent.api.errors import to_status
-from agent.domain import (
-    CronPolicy,
-    EventKind,
-    Execution,
-    FailureReason,
-    ImageSpec,
-    JobKind,
-    JobSpec,
-    Status,
-)
+from agent.domain import Execution, FailureReason, RetryPolicy, Status
 from agent.errors import DiskFull, NotFound, StoreStalled, StoreUnwritable, Unavailable
 from agent.executor import Executor
-from agent.executor.scheduler import CronScheduler, schedule_times
 from agent.store import Store
 from tests.unit.fake_runtime import FakeRuntime
 from tests.unit.test_disk_full import SPEC, TRIGGER, TightDisk, until
 from tests.unit.test_store import make_execution
 from tests.unit.test_wal_checkpoint import HeldConnection, rows
 
-LIMIT = 1.0
-
-
-@pytest.fixture
-def limit(monkeypatch: pytest.MonkeyPatch) -> float:
-    """A shorter STALL_SECONDS for the stores the test opens."""
-    monkeypatch.setattr(store_module, "STALL_SECONDS", LIMIT)
-    return LIMIT
-
 
 @contextmanager
 def held_write(database: Path) -> Iterator[sqlite3.Connection]:
     """Another process's view: a write transaction on the database, open until the end of
     the block."""
-    other = sqlite3.connect(database, isolation_level=None, timeout=0)
+    # Its own wait: the agent's writes are short.
+    other = sqlite3.connect(database, isolation_level=None, timeout=5, check_same_thread=False)
     try:
         other.execute("BEGIN IMMEDIATE")
         yield other
@@ -72,7 +53,7 @@ def timed(write: Callable[[], object]) -> float:
 
 
 def test_a_hung_checkpoint_write_stalls_writes_once_then_refuses_them_at_once(
-    tmp_path: Path, limit: float
+    tmp_path: Path, short_stall: float
 ) -> None:
     database = tmp_path / "agent.db"
     store = Store(database)
@@ -85,10 +66,10 @@ def test_a_hung_checkpoint_write_stalls_writes_once_then_refuses_them_at_once(
         assert held.entered.wait(10)
         # The checkpointer holds the write lock and SQLite's, as in a sync that never ends.
         waited = timed(lambda: store.insert_execution(make_execution("2" * 32)))
-        assert waited >= limit * 0.9
+        assert waited >= short_stall * 0.9
         # The next ones do not wait again; reads go on.
-        assert timed(lambda: store.insert_execution(make_execution("3" * 32))) < limit / 2
-        assert timed(lambda: store.transition(Status.PENDING, first)) < limit / 2
+        assert timed(lambda: store.insert_execution(make_execution("3" * 32))) < short_stall / 2
+        assert timed(lambda: store.transition(Status.PENDING, first)) < short_stall / 2
         assert store.get_execution(first.id).status is Status.PENDING
         assert [e.id for e in store.list_executions()] == [first.id]
     finally:
@@ -97,28 +78,28 @@ def test_a_hung_checkpoint_write_stalls_writes_once_then_refuses_them_at_once(
     # Once the disk answers, writes go through and wait again when they must.
     store.insert_execution(make_execution("4" * 32))
     with held_write(database):
-        assert timed(lambda: store.insert_execution(make_execution("5" * 32))) >= limit * 0.9
+        assert timed(lambda: store.insert_execution(make_execution("5" * 32))) >= short_stall * 0.9
     store.insert_execution(make_execution("6" * 32))
     store.close()
     assert rows(database) == 3
 
 
 def test_another_process_holding_the_database_stalls_writes_not_reads(
-    tmp_path: Path, limit: float
+    tmp_path: Path, short_stall: float
 ) -> None:
     database = tmp_path / "agent.db"
     store = Store(database)
     store.insert_execution(first := make_execution("1" * 32))
     with held_write(database):
-        assert timed(lambda: store.insert_execution(make_execution("2" * 32))) >= limit * 0.9
-        assert timed(lambda: store.insert_execution(make_execution("3" * 32))) < limit / 2
+        assert timed(lambda: store.insert_execution(make_execution("2" * 32))) >= short_stall * 0.9
+        assert timed(lambda: store.insert_execution(make_execution("3" * 32))) < short_stall / 2
         assert store.get_execution(first.id).id == first.id
     store.insert_execution(make_execution("4" * 32))
 
     # Writing again, a write waits for a transaction that ends within the limit.
     other = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
-    threading.Timer(limit / 4, other.execute, ("COMMIT",)).start()
+    threading.Timer(short_stall / 4, other.execute, ("COMMIT",)).start()
     store.insert_execution(make_execution("5" * 32))
     other.close()
     store.close()
@@ -140,7 +121,7 @@ def test_a_stall_is_unavailable_to_callers_and_names_its_causes() -> None:
 
 @pytest.fixture
 async def rig(
-    tmp_path: Path, runtime: FakeRuntime, limit: float
+    tmp_path: Path, runtime: FakeRuntime, short_stall: float
 ) -> AsyncIterator[tuple[Executor, Store, Path]]:
     """An executor of two slots over a real store, its disk watched; and the database."""
     database = tmp_path / "agent.db"
@@ -153,19 +134,6 @@ async def rig(
     watching.cancel()
     await executor.close()
     store.close()
-
-
-class StoppedClock:
-    """A clock for the cron scheduler that stays at `at`."""
-
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def now(self) -> datetime:
-        return self.at
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(3600)
 
 
 async def ends_completed(execution: Execution, store: Store, runtime: FakeRuntime) -> None:
@@ -225,7 +193,7 @@ async def test_an_idle_store_is_seen_writing_again_by_the_disk_watch(
 
 
 def test_a_write_that_reached_the_database_ends_the_stall_whatever_its_body_did(
-    tmp_path: Path, limit: float
+    tmp_path: Path, short_stall: float
 ) -> None:
     database = tmp_path / "agent.db"
     store = Store(database)
@@ -238,7 +206,7 @@ def test_a_write_that_reached_the_database_ends_the_stall_whatever_its_body_did(
     # And it waits again for a transaction that ends within the limit.
     other = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
-    threading.Timer(limit / 4, other.execute, ("COMMIT",)).start()
+    threading.Timer(short_stall / 4, other.execute, ("COMMIT",)).start()
     store.insert_execution(make_execution())
     other.close()
     store.close()
@@ -273,60 +241,68 @@ async def test_retention_skips_its_pass_while_the_store_is_stalled(
     retaining.cancel()
 
 
-async def test_a_cron_time_the_stall_meets_is_handled_once_the_store_writes(
-    tmp_path: Path, runtime: FakeRuntime, limit: float
+@pytest.mark.parametrize("first_write", ["register", "unregister"])
+async def test_the_queue_starts_whichever_write_ends_the_stall(
+    rig: tuple[Executor, Store, Path], runtime: FakeRuntime, first_write: str
 ) -> None:
+    executor, store, database = rig
+    executor.register_jobs([replace(SPEC, name="other")], "", replace_existing=False)
+    running = [await executor.trigger("filler", TRIGGER) for _ in range(2)]
+    await until(lambda: set(runtime.started) == {e.container_id for e in running})
+    queued = await executor.trigger("filler", TRIGGER)
+    with held_write(database):
+        runtime.exit(running[0].container_id, 0)
+        await until(lambda: executor.get_execution(running[0].id).status.terminal)
+        assert store.stalled
+    # An RPC's write comes before the disk watch's next pass, and ends the stall.
+    if first_write == "register":
+        executor.register_jobs([replace(SPEC, name="third")], "", replace_existing=False)
+    else:
+        executor.unregister_job("other")
+    assert not store.stalled
+    await ends_completed(queued, store, runtime)
+
+
+async def test_a_retry_the_stall_keeps_from_being_recorded_ends_the_run_with_its_attempt(
+    rig: tuple[Executor, Store, Path], runtime: FakeRuntime
+) -> None:
+    executor, store, database = rig
+    retried = replace(SPEC, name="retried", retry=RetryPolicy(backoff_limit=2))
+    executor.register_jobs([retried], "", replace_existing=False)
+    execution = await executor.trigger("retried", TRIGGER)
+    await until(lambda: execution.container_id in runtime.started)
+    with held_write(database):
+        runtime.exit(execution.container_id, 3)
+        await until(lambda: executor.get_execution(execution.id).status.terminal)
+    await until(lambda: store.get_execution(execution.id).status is Status.FAILED)
+    ended = store.get_execution(execution.id)
+    assert (ended.failure_reason, ended.exit_code) == (FailureReason.EXIT_CODE, 3)
+    assert ended.message.startswith("the process exited with code 3; not retried: the store ")
+    [attempt] = store.list_attempts(execution.id)
+    assert (attempt.exit_code, attempt.finished_at is not None) == (3, True)
+    assert runtime.started == [execution.container_id]
+
+
+async def test_an_execution_whose_recovery_the_stall_fails_leaves_nothing_running(
+    tmp_path: Path, runtime: FakeRuntime, short_stall: float
+) -> None:
+    """Its process started while the agent was down: RUNNING is written at the start."""
     database = tmp_path / "agent.db"
     store = Store(database)
-    executor = Executor(store, runtime, tmp_path / "logs")
-    spec = JobSpec(
-        "tick", ImageSpec("busybox"), kind=JobKind.CRON, schedule="* * * * * *", cron=CronPolicy()
-    )
-    executor.register_jobs([spec], "", replace_existing=False)
-    job = executor.get_job("tick")
-    due = next(schedule_times(job, job.updated_at))
-
-    scheduler = CronScheduler(executor, store, StoppedClock(due))
+    executor = Executor(store, runtime, tmp_path / "logs", disk=TightDisk(tmp_path))
+    executor.register_jobs([SPEC], "", replace_existing=False)
+    execution = replace(make_execution(), job_name=SPEC.name)
+    store.insert_execution(execution)
+    store.transition(Status.PENDING, replace(execution, status=Status.INITIALIZING))
+    runtime.created.append(execution.container_id)
+    runtime.started.append(execution.container_id)
+    runtime.alive.add(execution.container_id)
     try:
         with held_write(database):
-            await scheduler.tick()
-            assert store.stalled
-            await scheduler.tick()
-        assert executor.list_executions("tick") == []
-        assert store.get_cron_state("tick").last_schedule_time is None
-        await scheduler.tick()
-        [run] = executor.list_executions("tick")
-        assert store.get_cron_state("tick") == replace(
-            store.get_cron_state("tick"), last_schedule_time=due, last_execution_id=run.id
-        )
-    finally:
-        await executor.close()
-        store.close()
-
-
-async def test_a_cron_run_whose_trigger_met_a_stall_is_recorded_as_missed(
-    tmp_path: Path, runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The trigger's write waited in vain, and the stall ended before the note's."""
-    store = Store(tmp_path / "agent.db")
-    executor = Executor(store, runtime, tmp_path / "logs")
-    spec = JobSpec(
-        "tick", ImageSpec("busybox"), kind=JobKind.CRON, schedule="* * * * * *", cron=CronPolicy()
-    )
-    executor.register_jobs([spec], "", replace_existing=False)
-    job = executor.get_job("tick")
-    due = next(schedule_times(job, job.updated_at))
-
-    async def stalled(*_: object) -> Execution:
-        raise StoreStalled(store_module.STALLED)
-
-    monkeypatch.setattr(executor, "trigger", stalled)
-    try:
-        await CronScheduler(executor, store, StoppedClock(due)).tick()
-        state = store.get_cron_state("tick")
-        assert (state.last_schedule_time, state.missed) == (due, 1)
-        [miss] = [e for e in store.node_events_after(0) if e.kind is EventKind.SCHEDULE_MISSED]
-        assert miss.message == f"the run of {due.isoformat()} was missed: {store_module.STALLED}"
+            await executor.start()
+        shown = executor.get_execution(execution.id)
+        assert (shown.status, shown.failure_reason) == (Status.FAILED, FailureReason.AGENT_ERROR)
+        assert execution.container_id in runtime.removed
     finally:
         await executor.close()
         store.close()
