@@ -52,12 +52,28 @@ def timed(write: Callable[[], object]) -> float:
     return time.monotonic() - began
 
 
-def test_a_hung_checkpoint_write_stalls_writes_once_then_refuses_them_at_once(
-    tmp_path: Path, short_stall: float
-) -> None:
+def store_of_one(tmp_path: Path) -> tuple[Store, Path, Execution]:
+    """A store holding one execution; its database; that execution."""
     database = tmp_path / "agent.db"
     store = Store(database)
     store.insert_execution(first := make_execution("1" * 32))
+    return store, database, first
+
+
+def write_beside_a_short_transaction(store: Store, database: Path, seconds: float) -> None:
+    """A write of the store's while another connection holds a write transaction for
+    `seconds`: it must wait, not fail."""
+    other = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(seconds, other.execute, ("COMMIT",)).start()
+    store.insert_execution(make_execution("5" * 32))
+    other.close()
+
+
+def test_a_hung_checkpoint_write_stalls_writes_once_then_refuses_them_at_once(
+    tmp_path: Path, short_stall: float
+) -> None:
+    store, database, first = store_of_one(tmp_path)
     held = HeldConnection(store._checkpointer._db, at="COMMIT")
     store._checkpointer._db = held  # type: ignore[assignment]
     running = threading.Thread(target=store.checkpoint)
@@ -87,21 +103,14 @@ def test_a_hung_checkpoint_write_stalls_writes_once_then_refuses_them_at_once(
 def test_another_process_holding_the_database_stalls_writes_not_reads(
     tmp_path: Path, short_stall: float
 ) -> None:
-    database = tmp_path / "agent.db"
-    store = Store(database)
-    store.insert_execution(first := make_execution("1" * 32))
+    store, database, first = store_of_one(tmp_path)
     with held_write(database):
         assert timed(lambda: store.insert_execution(make_execution("2" * 32))) >= short_stall * 0.9
         assert timed(lambda: store.insert_execution(make_execution("3" * 32))) < short_stall / 2
         assert store.get_execution(first.id).id == first.id
     store.insert_execution(make_execution("4" * 32))
-
     # Writing again, a write waits for a transaction that ends within the limit.
-    other = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")
-    threading.Timer(short_stall / 4, other.execute, ("COMMIT",)).start()
-    store.insert_execution(make_execution("5" * 32))
-    other.close()
+    write_beside_a_short_transaction(store, database, short_stall / 4)
     store.close()
     assert rows(database) == 3
 
@@ -204,11 +213,7 @@ def test_a_write_that_reached_the_database_ends_the_stall_whatever_its_body_did(
         store.delete_job("nobody")
     assert not store.stalled
     # And it waits again for a transaction that ends within the limit.
-    other = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")
-    threading.Timer(short_stall / 4, other.execute, ("COMMIT",)).start()
-    store.insert_execution(make_execution())
-    other.close()
+    write_beside_a_short_transaction(store, database, short_stall / 4)
     store.close()
 
 
