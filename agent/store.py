@@ -66,6 +66,8 @@ COMMIT_CHECKPOINT_PAGES = 4096
 # after it, at once, until one goes through. The event loop waits this long once, not
 # once per write.
 STALL_SECONDS = 2.0
+# How soon what waits for a stalled store (a run's start, a cron time) tries again.
+STALL_RETRY_SECONDS = 1.0
 STALLED = (
     f"the store cannot write now: a write waited {STALL_SECONDS:g} s for its database (a "
     "disk that does not finish a write, or another process holding a write transaction "

@@ -28,7 +28,7 @@ from agent.domain import (
     JobSpec,
     Status,
 )
-from agent.errors import ResourceExhausted, StoreUnwritable
+from agent.errors import ResourceExhausted, StoreStalled, StoreUnwritable
 from agent.executor.init_steps import StepFailed, run_steps
 from agent.executor.logs import log_file_limit
 from agent.executor.ports import ContainerRuntime
@@ -42,6 +42,7 @@ from agent.runtime.errors import (
 )
 from agent.runtime.images import Image
 from agent.runtime.manager import ContainerRequest, ExitStatus
+from agent.store import STALL_RETRY_SECONDS
 
 # errors.on_init_failure restart and backoff run the init steps at most this many times.
 INIT_RUN_LIMIT = 3
@@ -175,7 +176,7 @@ class ExecutionRun:
         image: Image | None = None
         try:
             if self.execution.status is Status.PENDING:
-                self._record(Status.INITIALIZING)
+                await self._record_start()
             async with asyncio.timeout_at(self._deadline):
                 image = await self._prepare()
                 if image is None or not await self._start_attempt(image, 1):
@@ -189,6 +190,17 @@ class ExecutionRun:
             await self._take_back()
             return
         await self._attempts(image)
+
+    async def _record_start(self) -> None:
+        """Records Initializing. While the store is stalled, tries again every
+        STALL_RETRY_SECONDS, holding its slot: nothing is done yet, so nothing is lost by
+        waiting (the queue behind it waits for the store in any case)."""
+        while True:
+            try:
+                self._record(Status.INITIALIZING)
+                return
+            except StoreStalled:
+                await asyncio.sleep(STALL_RETRY_SECONDS)
 
     async def adopt(self) -> None:
         """Follows a container that was running when the agent restarted."""

@@ -34,14 +34,12 @@ from agent.domain import (
 from agent.errors import AgentError, InvalidSpec, ResourceExhausted, StoreUnwritable
 from agent.executor.executor import Executor
 from agent.spec import check_time_zone, validate_schedule
-from agent.store import Store
+from agent.store import STALL_RETRY_SECONDS, Store
 
 log = logging.getLogger(__name__)
 # More missed times than this are reported, never replayed.
 MISSED_REPORT_LIMIT = 100
 IDLE_SECONDS = 60.0
-# How soon a tick comes again after one that left a time for the store (stalled or full).
-STORE_RETRY_SECONDS = 1.0
 
 
 class Clock(Protocol):
@@ -172,7 +170,7 @@ class CronScheduler:
             if upcoming:
                 delay = max(0.0, (min(upcoming) - self._clock.now()).total_seconds())
             if self._left_for_store:
-                delay = min(delay, STORE_RETRY_SECONDS)
+                delay = min(delay, STALL_RETRY_SECONDS)
             self._wake.clear()
             sleeper = asyncio.ensure_future(self._clock.sleep(delay))
             waker = asyncio.ensure_future(self._wake.wait())
@@ -196,7 +194,7 @@ class CronScheduler:
                     job.name, policy.successful_history_limit, policy.failed_history_limit
                 )
             except StoreUnwritable as error:
-                # Not marked: the time stays unhandled and is tried again within a second.
+                # Not marked: the time stays unhandled and is tried again soon (run_forever).
                 self._left_for_store = True
                 log.warning("cron job %s: its schedule waits for the store: %s", job.name, error)
             except Exception:

@@ -30,8 +30,8 @@ from agent.domain import (
 )
 from agent.errors import StoreStalled
 from agent.executor import Executor
-from agent.executor.scheduler import STORE_RETRY_SECONDS, CronScheduler, schedule_times
-from agent.store import Store
+from agent.executor.scheduler import CronScheduler, schedule_times
+from agent.store import STALL_RETRY_SECONDS, Store
 from tests.unit.fake_runtime import FakeRuntime
 from tests.unit.test_disk_full import until
 from tests.unit.test_store_stall import held_write
@@ -127,7 +127,7 @@ async def test_a_daily_time_the_stall_meets_is_tried_again_within_a_second(
         await until(lambda: bool(clock.sleeps), 10)
     try:
         # Not the next schedule time, a day later.
-        assert clock.sleeps == [STORE_RETRY_SECONDS]
+        assert clock.sleeps == [STALL_RETRY_SECONDS]
         assert rig.runs() == []
     finally:
         running.cancel()

@@ -20,7 +20,14 @@ import pytest
 
 from agent import store as store_module
 from agent.api.errors import to_status
-from agent.domain import Execution, FailureReason, RetryPolicy, Status
+from agent.domain import (
+    Execution,
+    ExecutionEvent,
+    FailureReason,
+    NodeEvent,
+    RetryPolicy,
+    Status,
+)
 from agent.errors import DiskFull, NotFound, StoreStalled, StoreUnwritable, Unavailable
 from agent.executor import Executor
 from agent.store import Store
@@ -311,3 +318,37 @@ async def test_an_execution_whose_recovery_the_stall_fails_leaves_nothing_runnin
     finally:
         await executor.close()
         store.close()
+
+
+async def test_a_start_that_meets_the_stall_waits_for_the_store_and_then_runs(
+    rig: tuple[Executor, Store, Path], runtime: FakeRuntime
+) -> None:
+    executor, store, database = rig
+    running = [await executor.trigger("filler", TRIGGER) for _ in range(2)]
+    await until(lambda: set(runtime.started) == {e.container_id for e in running})
+    queued = [await executor.trigger("filler", TRIGGER) for _ in range(2)]
+    other = sqlite3.connect(database, isolation_level=None, timeout=5)
+
+    def hold_once_the_end_is_recorded(event: NodeEvent) -> None:
+        # Another process takes the database as the slot frees: the first write to meet it
+        # is the next execution's start.
+        if not isinstance(event, ExecutionEvent) or event.execution.id != running[0].id:
+            return
+        if event.execution.status.terminal and not other.in_transaction:
+            other.execute("BEGIN IMMEDIATE")
+
+    executor.add_event_listener(hold_once_the_end_is_recorded)
+    try:
+        runtime.exit(running[0].container_id, 0)
+        await until(lambda: store.stalled, 10)
+        await asyncio.sleep(1.5)  # more than one try of its start
+        assert [executor.get_execution(e.id).status for e in queued] == [Status.PENDING] * 2
+        assert executor.load()[:2] == (2, 1)
+        assert store.list_attempts(queued[0].id) == []
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await ends_completed(queued[0], store, runtime)
+    assert store.get_execution(queued[0].id).attempt == 1
+    runtime.exit(running[1].container_id, 0)
+    await ends_completed(queued[1], store, runtime)
