@@ -332,13 +332,16 @@ class Executor:
         trigger: Trigger,
         request: TriggerRequest | None = None,
         cron_state: CronState | None = None,
+        replacing: Sequence[str] = (),
     ) -> Execution:
         """Creates a Pending execution of the job; it starts as soon as a slot allows.
 
         A request_id seen before returns the execution it created (the same request) or
         raises InvalidSpec (another request); parameters must be what the job allows.
         `cron_state` (the scheduler's) is recorded with the execution, which it names as
-        the last one.
+        the last one. The executions named in `replacing` (concurrency_policy replace) are
+        cancelled once it is recorded, and before it may start: nothing is stopped for a
+        run that cannot be recorded, and the two never run side by side.
         """
         if self._closing:
             raise Unavailable("the agent is shutting down")
@@ -363,7 +366,7 @@ class Executor:
         if refusal is not None and trigger.kind is not TriggerKind.SCHEDULER:
             raise refusal
         if refusal is None:
-            self._check_pending(job.name)
+            self._check_pending(job.name, leaving=sum(i in self._waiting for i in replacing))
         execution_id = uuid.uuid4().hex
         execution = Execution(
             id=execution_id,
@@ -386,6 +389,11 @@ class Executor:
         if refusal is not None:
             self._refuse(execution, refusal)
             return self.get_execution(execution.id)
+        if replacing:
+            await self._cancel_replaced(replacing, job.name)
+            # Cancelled itself meanwhile (CancelExecution), it never starts.
+            if self._recorder.latest(self._store.get_execution(execution_id)).status.terminal:
+                return self.get_execution(execution_id)
         self._enqueue(execution, job.spec, request.dispatch)
         position = self._admission.position(execution.id)
         if position:
@@ -395,14 +403,24 @@ class Executor:
             return replace(execution, queue_position=position)
         return execution
 
-    def _check_pending(self, job_name: str) -> None:
-        """ResourceExhausted, naming the limit, when the queue has no room for one more."""
-        if self._admission.waiting >= self._max_pending:
+    async def _cancel_replaced(self, execution_ids: Sequence[str], job_name: str) -> None:
+        """Cancels each execution a new one replaces; one that cannot be is logged, and
+        the others are cancelled all the same."""
+        for execution_id in execution_ids:
+            try:
+                await self.cancel(execution_id)
+            except Exception as error:
+                log.warning("job %s: replacing %s: %s", job_name, execution_id, error)
+
+    def _check_pending(self, job_name: str, leaving: int = 0) -> None:
+        """ResourceExhausted, naming the limit, when the queue has no room for one more
+        (once `leaving` of the job's waiting executions have left it)."""
+        if self._admission.waiting - leaving >= self._max_pending:
             raise ResourceExhausted(
                 f"the node has {self._max_pending} executions waiting in Pending, its "
                 "limit (--max-pending); trigger again once some have started"
             )
-        if self._admission.waiting_for(job_name) >= self._max_pending_per_job:
+        if self._admission.waiting_for(job_name) - leaving >= self._max_pending_per_job:
             raise ResourceExhausted(
                 f"job {job_name!r} has {self._max_pending_per_job} executions waiting in "
                 "Pending, its limit (--max-pending-per-job); trigger again once some have "
@@ -657,8 +675,14 @@ class Executor:
                 )
                 self._admission.release(execution.id)
                 self._fail_unfinished(execution.id, error)
-                # Its process must not run on untracked.
-                await self._remove_left(execution.container_id)
+                # Its process must not run on untracked: nor the next attempt's, if that
+                # one started while the agent was down (the sweep above counts both).
+                attempts = {
+                    execution.container_id,
+                    container_id_of(execution.id, execution.attempt + 1),
+                }
+                for container_id in attempts & set(self._runtime.containers()):
+                    await self._remove_left(container_id)
         self._admit()
 
     def begin_stop(self) -> None:

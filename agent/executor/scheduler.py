@@ -24,7 +24,6 @@ from agent.domain import (
     ConcurrencyPolicy,
     CronState,
     EventKind,
-    Execution,
     Job,
     JobKind,
     JobNote,
@@ -260,12 +259,9 @@ class CronScheduler:
         )
         # Recorded with the execution, in one transaction: a time is never run twice.
         handled = replace(state, last_schedule_time=latest, missed=missed)
+        replacing = [e.id for e in active] if policy is ConcurrencyPolicy.REPLACE else []
         try:
-            await self._executor.trigger(job.name, trigger, cron_state=handled)
-            if active and policy is ConcurrencyPolicy.REPLACE:
-                # After the new run is recorded: nothing is stopped for a run that could
-                # not be. A job's own concurrency limit holds the new one until then.
-                await self._replace(job, active)
+            await self._executor.trigger(job.name, trigger, cron_state=handled, replacing=replacing)
         except StoreUnwritable as error:
             # Before ResourceExhausted, of which a full disk is one. When the store cannot
             # take this note either, the time stays unhandled for the next tick.
@@ -284,14 +280,6 @@ class CronScheduler:
             # Handled all the same: the next try is at the next schedule time.
             log.warning("cron job %s: the run of %s could not start: %s", job.name, latest, error)
             self._save(job, state, latest, missed)
-
-    async def _replace(self, job: Job, active: list[Execution]) -> None:
-        """Cancels the job's active executions (concurrency_policy replace)."""
-        for execution in active:
-            try:
-                await self._executor.cancel(execution.id)
-            except AgentError as error:
-                log.info("cron job %s: replacing %s: %s", job.name, execution.id, error)
 
     def _save(
         self,

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from jobagent_client import ClientError, JobAgentClient, JobEvent
-from jobagent_client.models import LogLine
+from jobagent_client.models import ExecutionEvent, LogLine
 
 from agent.executor.logs import LOG_FILE_FACTOR
 from agent.priority import HIGHEST
@@ -383,3 +383,46 @@ def test_jobs_run_hardened_by_default(client: JobAgentClient) -> None:
         register(client, "wants-privileges", "    privileged: true\n", "true")
     assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.field == "services.wants-privileges.privileged"
+
+
+def test_a_replacing_cron_run_starts_only_once_the_one_it_replaces_has_ended(
+    client: JobAgentClient,
+) -> None:
+    client.register(
+        "version: v1\ndeployment: cron\nservices:\n  replacer:\n    rtype: cron\n"
+        "    schedule: '*/2 * * * * *'\n    concurrency_policy: replace\n"
+        "    failed_jobs_history_limit: 10\n    stop_grace_period: 1s\n"
+        "    image: {name: busybox:latest}\n"
+        "    command: {entrypoint: [/bin/sleep, '60']}\n",
+        replace=True,
+    )
+    try:
+        wait_until(
+            lambda: (
+                len([e for e in client.list_executions("replacer") if e.status == "cancelled"]) >= 2
+            ),
+            60,
+            "two runs replaced",
+        )
+    finally:
+        client.suspend("replacer")
+    for execution in client.list_executions("replacer"):
+        if not execution.terminal:
+            client.cancel(execution.id, grace=timedelta(seconds=1))
+    # Each run's process starts only once the one before it ended: never side by side.
+    active: set[str] = set()
+    for event in client.watch_events(0, job_name="replacer"):
+        if isinstance(event, JobEvent):
+            if event.type == "job_suspended":
+                break
+            continue
+        if not isinstance(event, ExecutionEvent) or event.type != "transition":
+            continue
+        execution = event.execution
+        if execution.status == "initializing":
+            assert not active, f"{execution.id} started beside {active}"
+            active.add(execution.id)
+        elif execution.terminal:
+            active.discard(execution.id)
+    replaced = [e for e in client.list_executions("replacer") if e.status == "cancelled"]
+    assert len(replaced) >= 2

@@ -21,6 +21,7 @@ from agent.domain import (
     CronPolicy,
     EventKind,
     Execution,
+    ExecutionEvent,
     ImageSpec,
     JobKind,
     JobSpec,
@@ -77,11 +78,14 @@ async def cron(
     made: list[Cron] = []
 
     def make(
-        schedule: str = "* * * * * *", policy: ConcurrencyPolicy = ConcurrencyPolicy.ALLOW
+        schedule: str = "* * * * * *",
+        policy: ConcurrencyPolicy = ConcurrencyPolicy.ALLOW,
+        **options: Any,
     ) -> Cron:
+        """`options` go to the Executor."""
         database = tmp_path / "agent.db"
         store = Store(database)
-        executor = Executor(store, runtime, tmp_path / "logs")
+        executor = Executor(store, runtime, tmp_path / "logs", **options)
         spec = JobSpec(
             "tick",
             ImageSpec("busybox"),
@@ -174,10 +178,43 @@ async def test_replace_stops_nothing_for_a_run_the_stall_keeps_from_being_record
         await asyncio.sleep(0.2)
     assert runtime.stopped == []
     assert rig.executor.get_execution(earlier.id).status is Status.RUNNING
-    # Once the store writes, the time is handled as the policy says.
+    # Once the store writes, the time is handled as the policy says: the earlier run is
+    # stopped before the new one starts.
     await scheduler.tick()
-    await until(lambda: rig.executor.get_execution(earlier.id).status is Status.CANCELLED)
-    assert len(rig.runs()) == 2
+    [new] = [run for run in rig.runs() if run.id != earlier.id]
+    await until(lambda: new.container_id in runtime.started)
+    assert sequence_of(rig, earlier.id, Status.CANCELLED) < sequence_of(
+        rig, new.id, Status.INITIALIZING
+    )
+
+
+def sequence_of(rig: Cron, execution_id: str, status: Status) -> int:
+    """The sequence number of the execution's transition to `status`."""
+    return next(
+        event.sequence
+        for event in rig.store.node_events_after(0)
+        if isinstance(event, ExecutionEvent)
+        and event.execution.id == execution_id
+        and event.kind is EventKind.TRANSITION
+        and event.execution.status is status
+    )
+
+
+async def test_replace_makes_room_in_a_full_queue_of_its_own(cron: Callable[..., Cron]) -> None:
+    rig = cron("0 2 * * *", ConcurrencyPolicy.REPLACE, node_limit=1, max_pending_per_job=1)
+    await rig.executor.start()
+    earlier = [
+        await rig.executor.trigger("tick", Trigger(TriggerKind.SCHEDULER, reason="earlier"))
+        for _ in range(2)
+    ]
+    await until(lambda: rig.executor.get_execution(earlier[0].id).status is Status.RUNNING)
+    scheduler, _ = rig.scheduler()
+    await scheduler.tick()
+    assert rig.store.get_cron_state("tick").skipped == 0
+    [new] = [run for run in rig.runs() if run.id not in {e.id for e in earlier}]
+    await until(lambda: rig.executor.get_execution(new.id).status is Status.RUNNING)
+    # The earlier ones were cancelled (and the history limit may have removed them).
+    assert [run.id for run in rig.runs() if not run.status.terminal] == [new.id]
 
 
 async def test_a_cron_run_whose_trigger_met_a_stall_is_recorded_as_missed(

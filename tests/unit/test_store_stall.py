@@ -30,6 +30,7 @@ from agent.domain import (
 )
 from agent.errors import DiskFull, NotFound, StoreStalled, StoreUnwritable, Unavailable
 from agent.executor import Executor
+from agent.executor.lifecycle import container_id_of
 from agent.store import Store
 from tests.unit.fake_runtime import FakeRuntime
 from tests.unit.test_disk_full import SPEC, TRIGGER, TightDisk, until
@@ -352,3 +353,37 @@ async def test_a_start_that_meets_the_stall_waits_for_the_store_and_then_runs(
     assert store.get_execution(queued[0].id).attempt == 1
     runtime.exit(running[1].container_id, 0)
     await ends_completed(queued[1], store, runtime)
+
+
+async def test_a_retry_that_started_while_the_agent_was_down_goes_with_a_failed_recovery(
+    tmp_path: Path, runtime: FakeRuntime, short_stall: float
+) -> None:
+    """Attempt 2's process started, its start unrecorded, when the agent went down; at the
+    next start the stall keeps the recovery from recording it."""
+    database = tmp_path / "agent.db"
+    store = Store(database)
+    first = Executor(store, runtime, tmp_path / "logs")
+    policy = RetryPolicy(backoff_limit=2, initial_delay_seconds=0.01, max_delay_seconds=0.01)
+    first.register_jobs([replace(SPEC, retry=policy)], "", replace_existing=False)
+    execution = await first.trigger("filler", TRIGGER)
+    retry = container_id_of(execution.id, 2)
+    await until(lambda: execution.container_id in runtime.started)
+    gate = runtime.start_gate = asyncio.Event()
+    runtime.exit(execution.container_id, 1)
+    await until(lambda: retry in runtime.created)
+    closing = asyncio.ensure_future(first.close())
+    await asyncio.sleep(0.05)
+    gate.set()
+    await closing
+    runtime.start_gate = None
+    assert retry in runtime.alive
+    second = Executor(store, runtime, tmp_path / "logs")
+    try:
+        with held_write(database):
+            await second.start()
+        shown = second.get_execution(execution.id)
+        assert (shown.status, shown.failure_reason) == (Status.FAILED, FailureReason.AGENT_ERROR)
+        assert retry in runtime.removed and retry not in runtime.alive
+    finally:
+        await second.close()
+        store.close()
