@@ -51,6 +51,7 @@ from agent.domain import (
     event_job_name,
 )
 from agent.errors import (
+    AgentError,
     AlreadyExists,
     DataLoss,
     FailedPrecondition,
@@ -409,6 +410,8 @@ class Executor:
         for execution_id in execution_ids:
             try:
                 await self.cancel(execution_id)
+            except AgentError as error:  # it ended meanwhile, say
+                log.info("job %s: replacing %s: %s", job_name, execution_id, error)
             except Exception as error:
                 log.warning("job %s: replacing %s: %s", job_name, execution_id, error)
 

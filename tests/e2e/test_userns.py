@@ -18,16 +18,19 @@ import grpc
 import pytest
 from jobagent_client import ClientError, JobAgentClient
 
-from agent.domain import CommandSpec, IdRange, ImageSpec, PullPolicy
+from agent.domain import CommandSpec, IdRange, IdRangePool, ImageSpec, PullPolicy
 from agent.runtime import bundle
 from agent.runtime.images import ImageStore
 from agent.runtime.manager import ContainerManager, ContainerRequest, RuntimePaths
 from tests.e2e.conftest import start_agent
 from tests.e2e.harness import AgentProcess, Registry, sweep, wait_until
 
-RANGE_START = 1 << 20
+# The agent's default pool (--userns-range): every job's range lies in it, whichever slot
+# it holds among the jobs the shared agent has registered.
+POOL = IdRangePool()
+RANGE_START = POOL.start
 RANGE_SIZE = 65536
-LAST_RANGE_ID = RANGE_START + 64 * RANGE_SIZE - 1
+LAST_RANGE_ID = POOL.start + POOL.count - 1
 
 
 def document(name: str, script: str, extra: str = "") -> str:
