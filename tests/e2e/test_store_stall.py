@@ -18,7 +18,8 @@ from tests.e2e.test_supervision import agent_with_faults, metric
 JOBS = (
     "version: v1\ndeployment: stall\nservices:\n"
     "  napper:\n    rtype: job\n    image: {name: busybox:latest}\n"
-    "    command: {entrypoint: [/bin/sleep, '3']}\n"
+    # Long enough to outlast the first refused trigger's wait (2 s) on a slow host.
+    "    command: {entrypoint: [/bin/sleep, '5']}\n"
     "  probe:\n    rtype: job\n    image: {name: busybox:latest}\n"
     "    command: {entrypoint: [/bin/echo, hi]}\n"
 )
