@@ -31,15 +31,17 @@ from tests.unit.fake_runtime import FakeRuntime
 
 
 class FakeClock:
-    """A clock that moves only when the test says so."""
+    """A clock that moves only when the test says so, and notes each sleep asked of it."""
 
     def __init__(self, start: datetime) -> None:
         self.current = start
+        self.sleeps: list[float] = []
 
     def now(self) -> datetime:
         return self.current
 
     async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
         await asyncio.sleep(3600)
 
     def advance(self, seconds: float) -> None:

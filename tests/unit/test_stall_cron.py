@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,22 +35,8 @@ from agent.executor.scheduler import CronScheduler, schedule_times
 from agent.store import STALL_RETRY_SECONDS, Store
 from tests.unit.fake_runtime import FakeRuntime
 from tests.unit.test_disk_full import until
+from tests.unit.test_scheduler import FakeClock
 from tests.unit.test_store_stall import held_write
-
-
-@dataclass
-class StoppedClock:
-    """A clock for the cron scheduler that stays at `at`, and notes each sleep asked of it."""
-
-    at: datetime
-    sleeps: list[float] = field(default_factory=list)
-
-    def now(self) -> datetime:
-        return self.at
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        await asyncio.sleep(3600)
 
 
 @dataclass
@@ -62,8 +48,8 @@ class Cron:
     database: Path
     due: datetime  # the job's first schedule time
 
-    def scheduler(self, at: datetime | None = None) -> tuple[CronScheduler, StoppedClock]:
-        clock = StoppedClock(at or self.due)
+    def scheduler(self, at: datetime | None = None) -> tuple[CronScheduler, FakeClock]:
+        clock = FakeClock(at or self.due)
         return CronScheduler(self.executor, self.store, clock), clock
 
     def runs(self) -> list[Execution]:
