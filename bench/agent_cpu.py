@@ -37,8 +37,8 @@ SERVE_PROFILED = "--serve-profiled"
 SERVE_TIMED = "--serve-timed"
 
 
-def thread_ticks(pid: int) -> dict[int, int]:
-    """User plus system clock ticks of each live thread of a process, by thread id."""
+def thread_ticks(pid: int) -> dict[int, tuple[int, int]]:
+    """User and system clock ticks of each live thread of a process, by thread id."""
     ticks = {}
     for name in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -46,7 +46,7 @@ def thread_ticks(pid: int) -> dict[int, int]:
                 fields = stat.read().rpartition(")")[2].split()
         except OSError:
             continue
-        ticks[int(name)] = int(fields[11]) + int(fields[12])
+        ticks[int(name)] = int(fields[11]), int(fields[12])
     return ticks
 
 
@@ -157,14 +157,23 @@ def main() -> int:
     def per_job(ticks: int) -> float:
         return round(1000 * ticks / CLOCK_TICKS / jobs, 2)
 
+    # Each thread kind's user and system ticks ("loop user", "other system", ...).
     split: Counter[str] = Counter()
-    for thread, ticks in threads_after.items():
-        split["loop" if thread == pid else "other"] += ticks - threads.get(thread, 0)
+    for thread, (thread_user, thread_system) in threads_after.items():
+        kind = "loop" if thread == pid else "other"
+        user_then, system_then = threads.get(thread, (0, 0))
+        split[f"{kind} user"] += thread_user - user_then
+        split[f"{kind} system"] += thread_system - system_then
+
+    def thread_kind(kind: str) -> str:
+        user_ms, system_ms = per_job(split[f"{kind} user"]), per_job(split[f"{kind} system"])
+        return f"{round(user_ms + system_ms, 2)} (user {user_ms}, system {system_ms})"
+
     print(
         f"{jobs} jobs, {jobs / seconds:.1f} jobs/s, load average {load:.1f}: agent CPU "
         f"{per_job(user_after - user + system_after - system)} ms/job (user "
         f"{per_job(user_after - user)}, system {per_job(system_after - system)}); live "
-        f"threads: event loop {per_job(split['loop'])}, others {per_job(split['other'])}"
+        f"threads: event loop {thread_kind('loop')}, others {thread_kind('other')}"
     )
     voluntary, involuntary = switches_between(switches, switches_after)
     print(
@@ -173,8 +182,8 @@ def main() -> int:
     )
     if args.steps:
         threads_ms = {
-            cpu_steps.LOOP: per_job(split["loop"]),
-            cpu_steps.WORKER: per_job(split["other"]),
+            cpu_steps.LOOP: per_job(split["loop user"] + split["loop system"]),
+            cpu_steps.WORKER: per_job(split["other user"] + split["other system"]),
         }
         print("\n".join(cpu_steps.report(steps_before, steps_after, threads_ms, jobs)))
     return 0
