@@ -12,6 +12,7 @@ from jobagent.v1 import job_service_pb2, job_service_pb2_grpc
 from agent.api import sockets
 from agent.api.access import Listeners, interceptors
 from agent.api.auth import TokenTable
+from agent.api.health import HealthService
 from agent.api.limits import ApiLimits, StreamSlots
 from agent.api.service import JobService, NodeFacts
 from agent.exclusive import address_in_use
@@ -49,12 +50,10 @@ class AgentServer:
         self._started = False
         # False while a core background task is down (see agent.supervisor).
         self._core_healthy = True
-        # The stubs of grpcio-health-checking do not declare its aio servicer.
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        streams = StreamSlots(limits)
+        self.health = HealthService(streams)
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobService(
-                executor, scheduler, node=node, metrics=metrics, streams=StreamSlots(limits)
-            ),
+            JobService(executor, scheduler, node=node, metrics=metrics, streams=streams),
             self.server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -98,11 +97,11 @@ class AgentServer:
         if not self._core_healthy:
             status = health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
-            await self.health.set(name, status)
+            self.health.set(name, status)
 
     async def report_stopping(self) -> None:
         """Health answers NOT_SERVING from now on (load balancers and schedulers look away)."""
-        await self.health.enter_graceful_shutdown()
+        self.health.enter_graceful_shutdown()
 
     async def stop(self, grace: float) -> None:
         """Reports NOT_SERVING, then stops, giving calls `grace` seconds to finish."""

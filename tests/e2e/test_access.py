@@ -12,13 +12,17 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobagent_client import JobAgentClient
 
+from agent.api.limits import DEFAULT_MAX_STREAMS_PER_CALLER
 from agent.api.sockets import clear_stale
 from agent.config import DEFAULT_SOCKET
 from agent.errors import InvalidSpec
@@ -26,6 +30,7 @@ from tests import tools
 from tests.e2e.certs import make_certificates
 from tests.e2e.conftest import RUNTIMES, STARTED, start_agent
 from tests.e2e.harness import DEFAULT_LISTEN, AgentProcess, Registry, free_port, host_user, sweep
+from tests.rawh2 import SilentCaller
 
 JOBCTL = str(Path(sys.executable).parent / "jobctl")
 JOB = (
@@ -225,6 +230,49 @@ def test_tcp_with_tokens_answers_a_caller_without_one_unauthenticated(
         # With a tokens file there is no admin token besides those the file lists.
         assert not (tmp_path / "data" / "admin.token").exists()
         assert "--insecure" not in agent.log_file.read_text()
+    finally:
+        agent.stop()
+        sweep(agent)
+
+
+def test_callers_without_a_token_who_read_no_health_watch_hold_up_no_stop(
+    tmp_path: Path,
+) -> None:
+    """Health is open to all: its watches take the anonymous caller's stream slots, and
+    watchers whose client reads nothing delay neither a status change nor the agent's stop
+    (the health library's watch held a lock while it sent, and SIGTERM waited on it)."""
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(
+        f"tokens:\n  - {{name: ops, role: viewer, token: {secrets.token_urlsafe(32)}}}\n"
+    )
+    agent = AgentProcess(tmp_path / "data", RUNTIMES[0], extra_args=("--tokens-file", str(tokens)))
+    STARTED.append(agent)
+    (tmp_path / "data").mkdir()
+    agent.start()
+    request = health_pb2.HealthCheckRequest(service="")
+    try:
+        assert agent.process is not None
+        with SilentCaller(agent.target) as silent, grpc.insecure_channel(agent.target) as channel:
+            for _ in range(DEFAULT_MAX_STREAMS_PER_CALLER - 1):
+                silent.call("/grpc.health.v1.Health/Watch", request.SerializeToString())
+            watch = health_pb2_grpc.HealthStub(channel).Watch(request, timeout=60)
+            statuses = iter(watch)
+            assert next(statuses).status == health_pb2.HealthCheckResponse.SERVING
+            # The anonymous caller's slots are all taken once the agent has the silent calls.
+            for _ in range(100):
+                beyond = health_pb2_grpc.HealthStub(channel).Watch(request, timeout=10)
+                try:
+                    next(iter(beyond))
+                except grpc.RpcError as refused:
+                    assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                    break
+                beyond.cancel()
+                time.sleep(0.1)
+            else:
+                raise AssertionError("the anonymous caller's watches were never bounded")
+            agent.process.send_signal(signal.SIGTERM)
+            assert next(statuses).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert agent.process.wait(30) == 0
     finally:
         agent.stop()
         sweep(agent)
