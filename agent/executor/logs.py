@@ -11,7 +11,7 @@ from pathlib import Path
 
 from agent.domain import LogBatch, LogLine, LogStream
 from agent.errors import OutOfRange
-from agent.runtime.crilog import datetime_nanos, parse_records
+from agent.runtime.crilog import datetime_nanos, is_shown, parse_records
 
 FOLLOW_POLL_SECONDS = 0.05
 CHUNK_SIZE = 1 << 16
@@ -28,6 +28,9 @@ DOWNLOAD_CHUNK_BYTES = 1 << 20
 # bytes (timestamp, stream, tag) to its line, so 16 times the cap holds the cap's worth of
 # output for lines of 3 bytes or more; past the bound conmon starts the file afresh.
 LOG_FILE_FACTOR = 16
+# The records a search of a log file reads between two turns of the loop (about 1.5 ms of
+# CPU for records of short lines).
+SCAN_RECORDS = 1024
 
 
 def log_file_limit(cap: int) -> int:
@@ -71,7 +74,7 @@ class CapStart:
     truncated: bool = False
 
 
-def cap_start(path: Path, cap: int | None) -> CapStart:
+async def cap_start(path: Path, cap: int | None) -> CapStart:
     """Finds the newest `cap` bytes of output (messages and the newlines that end full
     lines, as the container wrote them; the records' timestamps and tags do not count)."""
     size = _size(path)
@@ -79,7 +82,7 @@ def cap_start(path: Path, cap: int | None) -> CapStart:
     if cap is None or size <= cap:
         return CapStart()
     kept = 0
-    for offset, raw in _records_backwards(path, size):
+    async for offset, raw in _records_backwards_turns(path, size):
         output = _output_bytes(raw)
         if kept + output <= cap:
             kept += output
@@ -92,6 +95,24 @@ def cap_start(path: Path, cap: int | None) -> CapStart:
     return CapStart()
 
 
+async def tail_start(
+    path: Path, end: int, begin: CapStart, lines: int, stream: LogStream | None, since: int | None
+) -> int:
+    """Where the last `lines` records that a reader is shown (of `stream`, not older than
+    `since`) begin, among the complete records before byte `end` and not older than the
+    cap (`begin`). Found newest first, reading the file backwards a chunk at a time: a
+    tail of any length holds no more of the log in memory than that."""
+    shown = 0
+    async for offset, raw in _records_backwards_turns(path, end):
+        if offset < begin.offset:
+            break
+        if is_shown(raw, stream, since):
+            shown += 1
+            if shown == lines:
+                return offset
+    return begin.offset
+
+
 def _output_bytes(raw: bytes) -> int:
     """The container's bytes in one record: its message, and a newline if the line is full."""
     parts = raw.split(b" ", 3)
@@ -99,6 +120,15 @@ def _output_bytes(raw: bytes) -> int:
         return 0
     message = parts[3] if len(parts) == 4 else b""
     return len(message) + (parts[2] != b"P")
+
+
+async def _records_backwards_turns(path: Path, size: int) -> AsyncIterator[tuple[int, bytes]]:
+    """_records_backwards, giving the loop back every SCAN_RECORDS records: a search of a
+    long log (its cap, a tail) never holds up other calls for more than a few of them."""
+    for count, record in enumerate(_records_backwards(path, size), 1):
+        if count % SCAN_RECORDS == 0:
+            await asyncio.sleep(0)
+        yield record
 
 
 def _records_backwards(path: Path, size: int) -> Iterator[tuple[int, bytes]]:
@@ -142,37 +172,43 @@ async def read_log_batches(
     `ended` must be set only once the writer has finished the file (the container's
     monitor has exited), so the final read sees every line. Only the newest
     `query.max_bytes` of output are read; the first line read then says it was truncated.
-    Memory holds one read of the file (READ_BYTES) and, for a tail, the lines kept.
+    A tail is the last `query.tail_lines` lines as the reader comes (then, with follow,
+    every new one). Memory holds one read of the file (READ_BYTES), whatever the tail, and
+    the loop is given back between reads and during the search for the cap and the tail.
     """
-    begin = cap_start(path, query.max_bytes)
+    begin = await cap_start(path, query.max_bytes)
     offset, cut, truncated = begin.offset, begin.cut, begin.truncated
     since = None if query.since is None else datetime_nanos(query.since)
     pending = b""
-    # The lines there are when the reader comes, of which `tail_lines` are kept.
-    catching_up = _size(path)
-    tail: LogBatch | None = LogBatch() if query.tail_lines else None
+    # Without follow, a tail ends where the file ended as the reader came.
+    stop: int | None = None
+    if query.tail_lines:
+        end = _size(path)
+        start = await tail_start(path, end, begin, query.tail_lines, query.stream, since)
+        if start != offset:
+            offset, cut = start, 0
+        stop = None if query.follow else end
     while True:
         finished = ended.is_set()
         if _size(path) < offset:
             # The monitor rotated the file under its size cap: read the new one from its start.
-            offset, pending, cut, truncated = 0, b"", 0, True
-        chunk, offset = _read_from(path, offset, limit=READ_BYTES)
+            offset, pending, cut, truncated, stop = 0, b"", 0, True, None
+        limit = READ_BYTES if stop is None else min(READ_BYTES, stop - offset)
+        chunk, offset = _read_from(path, offset, limit=limit)
         data = pending + chunk
         end = data.rfind(b"\n") + 1
         batch = parse_records(data[:end], cut=cut, stream=query.stream, since=since)
         pending = data[end:]
         cut = cut if end == 0 else 0
-        if tail is not None:
-            tail.extend(batch)
-            if len(tail) > 2 * query.tail_lines:
-                tail = tail.slice(-query.tail_lines, len(tail))
-            if offset < catching_up and chunk:
-                continue
-            batch, tail = tail.slice(-query.tail_lines, len(tail)), None
         for piece in batch.pieces(max_chars):
             piece.truncated, truncated = truncated, False
             yield piece
-        if chunk and len(chunk) == READ_BYTES:
+        if stop is not None and offset >= stop:
+            return
+        if chunk and len(chunk) == limit:
+            # More to read: other calls go first (a reader that is shown nothing of a
+            # chunk sends nothing that would wait).
+            await asyncio.sleep(0)
             continue
         if finished or not query.follow:
             return
@@ -193,7 +229,7 @@ async def read_log_chunks(
     if start > size:
         raise OutOfRange(f"offset: {start} is past the end of the log ({size} bytes)")
     offset, truncated = start, False
-    begin = cap_start(path, max_bytes)
+    begin = await cap_start(path, max_bytes)
     if begin.truncated and offset < begin.whole:
         offset, truncated = begin.whole, True
     offset = _next_record(path, offset)

@@ -88,6 +88,21 @@ def parse_records(
     return batch
 
 
+def is_shown(raw: bytes, stream: LogStream | None = None, since: int | None = None) -> bool:
+    """Whether parse_records keeps the record `raw` (one record, without its newline)."""
+    parts = raw.split(b" ", 3)
+    if len(parts) < 3:
+        return False
+    kind = STREAMS.get(parts[1].decode(errors="replace"))
+    if kind is None or (stream is not None and kind is not stream):
+        return False
+    try:
+        nanos = stamp_nanos(parts[0].decode(errors="replace"))
+    except ValueError:
+        return False
+    return since is None or nanos >= since
+
+
 def stamp_nanos(stamp: str) -> int:
     """Nanoseconds since the epoch of an RFC 3339 timestamp; ValueError if it is none.
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +251,68 @@ def test_a_slow_reader_of_a_large_log_costs_the_agent_little_memory(
             call.cancel()
     finally:
         reader.close()
+
+
+def whole_lines(batches: Iterable[service_pb.StreamLogBatchesResponse]) -> list[str]:
+    """The lines of StreamLogBatches messages, each line's fragments (partial) joined."""
+    lines, fragments = [], ""
+    for batch in batches:
+        partial = set(batch.partial_lines)
+        for index, message in enumerate(batch.messages):
+            fragments += message
+            if index not in partial:
+                lines.append(fragments)
+                fragments = ""
+    return lines
+
+
+def records(batches: Iterable[service_pb.StreamLogBatchesResponse]) -> list[tuple[str, bool]]:
+    """Each record of StreamLogBatches messages: its text, and whether it is a fragment."""
+    return [
+        (message, index in batch.partial_lines)
+        for batch in batches
+        for index, message in enumerate(batch.messages)
+    ]
+
+
+def test_a_tail_of_a_long_log_of_short_lines_is_found_from_its_end(
+    bounded: AgentProcess,
+) -> None:
+    """Tails of a real log of 330,000 short lines: the last five, and one of more lines
+    than the log holds, read whole. Callers that stop reading such tails hold up no other
+    call. (A tail is found reading the file backwards, and an unread stream holds one read
+    of the log: tests/unit/test_logs.py measures both; the agent once parsed every line
+    kept on the loop and held them all until the caller read them.)"""
+    lines = 330_000
+    program = f'BEGIN {{ for (i = 0; i < {lines}; i++) print "l" i }}'
+    spec = (
+        "version: v1\ndeployment: bounds\nservices:\n  terse:\n    rtype: job\n"
+        "    image: {name: busybox:latest}\n    max_log_size: 4Mi\n"
+        f"    command: {{entrypoint: [awk, '{program}']}}\n"
+    )
+    with bounded.client(TOKENS["admin"]) as admin:
+        admin.register(spec, replace=True)
+        done = admin.wait(admin.trigger("terse").id)
+        assert done.status == "completed", done.message
+    reader, other = Caller(bounded, "other"), Caller(bounded, "greedy")
+    try:
+
+        def tail(lines: int) -> list[service_pb.StreamLogBatchesResponse]:
+            request = service_pb.StreamLogBatchesRequest(execution_id=done.id, tail_lines=lines)
+            return list(reader.stub.StreamLogBatches(request, metadata=reader.metadata, timeout=60))
+
+        whole = tail(2**31 - 1)
+        assert whole_lines(whole) == [f"l{number}" for number in range(lines)]
+        # A tail counts records: conmon may have cut a line in fragments.
+        assert records(tail(5)) == records(whole)[-5:]
+        every = service_pb.StreamLogBatchesRequest(execution_id=done.id, tail_lines=2**31 - 1)
+        calls: list[Any] = []
+        for _ in range(2):  # the caller's bound
+            calls.append(reader.stub.StreamLogBatches(every, metadata=reader.metadata))
+            next(calls[-1])  # the stream runs; its reader then stops reading
+        assert other.serves()
+        for call in calls:
+            call.cancel()
+    finally:
+        reader.close()
+        other.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import tracemalloc
 from pathlib import Path
 
 from agent.domain import LogLine, LogStream
@@ -12,6 +13,7 @@ from agent.executor.logs import (
     BATCH_CHARS,
     DOWNLOAD_CHUNK_BYTES,
     READ_BYTES,
+    SCAN_RECORDS,
     LogChunk,
     LogQuery,
     read_log,
@@ -234,3 +236,94 @@ def test_records_parse_as_parse_line_does() -> None:
     assert [x.time for x in batch.lines()] == [x.time for x in expected]
     assert batch.times[1] == stamp_nanos("2026-11-26T10:00:00.123456789Z")
     assert batch.times[1] % 1_000_000_000 == 123_456_789
+
+
+async def test_a_tail_is_the_last_lines_that_the_query_shows(tmp_path: Path) -> None:
+    generator = random.Random(11)
+    records = []
+    for index in range(4000):
+        text = "".join(generator.choice("ab é") for _ in range(generator.randrange(0, 30)))
+        name = generator.choice(("stdout", "stderr"))
+        tag = "P" if generator.random() < 0.2 else "F"
+        records.append(f"2026-11-26T10:00:{index // 100:02d}.{index:09d}Z {name} {tag} {text}\n")
+        if generator.random() < 0.02:
+            records.append(generator.choice(("garbage\n", "not-a-time stdout F x\n")))
+    path = tmp_path / "1.log"
+    path.write_bytes("".join(records).encode() + b"2026-11-26T10:00:59.1Z stdout F unfinished")
+    middle = (await read_all(path, LogQuery()))[2000].time
+    for stream in (None, LogStream.STDERR):
+        for since in (None, middle):
+            for cap in (None, 5000, 40_000):
+                every = await read_all(path, LogQuery(stream=stream, since=since, max_bytes=cap))
+                for lines in (1, 7, 500, len(every) - 1, len(every), len(every) + 1, 2**31 - 1):
+                    query = LogQuery(tail_lines=lines, stream=stream, since=since, max_bytes=cap)
+                    tail = await read_all(path, query)
+                    shown = [(x.message, x.stream, x.time, x.partial) for x in tail]
+                    assert shown == [
+                        (x.message, x.stream, x.time, x.partial) for x in every[-lines:]
+                    ], (stream, since, cap, lines)
+                    assert [x.truncated for x in tail[1:]] == [False] * (len(tail) - 1)
+                    assert not tail or tail[0].truncated is bool(every and every[0].truncated)
+
+
+def short_lines(path: Path, size: int) -> int:
+    """A log of `size` bytes or so of records of two-byte lines; returns their count."""
+    record = cri("stdout", "ab")
+    count = size // len(record)
+    path.write_bytes(record * count)
+    return count
+
+
+async def test_a_tail_of_any_length_holds_one_read_of_the_log_in_memory(tmp_path: Path) -> None:
+    path = tmp_path / "1.log"
+    count = short_lines(path, 8 * READ_BYTES)
+    ended = asyncio.Event()
+    ended.set()
+    tracemalloc.start()
+    try:
+        read = 0
+        async for batch in read_log_batches(path, LogQuery(tail_lines=2**31 - 1), ended):
+            read += len(batch)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert read == count
+    # One read's lines of two bytes take about 11 MiB; the whole log's took 29.
+    assert peak < 20 * READ_BYTES, peak
+
+
+async def test_searching_and_reading_a_long_log_gives_other_calls_turns(tmp_path: Path) -> None:
+    path = tmp_path / "1.log"
+    count = short_lines(path, 8 * READ_BYTES)
+    ended = asyncio.Event()
+    ended.set()
+    turns = 0
+
+    async def other_call() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_call())
+    await asyncio.sleep(0)
+    try:
+        # Shown nothing (no stderr), the reader never waits on a send of its own.
+        for query in (
+            LogQuery(stream=LogStream.STDERR),
+            LogQuery(stream=LogStream.STDERR, tail_lines=10),
+            LogQuery(stream=LogStream.STDERR, max_bytes=READ_BYTES),
+        ):
+            before = turns
+            assert [batch async for batch in read_log_batches(path, query, ended)] == []
+            # A turn after each full read (the last one is short).
+            assert turns - before >= 7, query
+        before = turns
+        # A cap of all the output but a byte: its start is found past every record but one.
+        cap = 3 * count - 1
+        chunks = [chunk async for chunk in read_log_chunks(path, 0, False, ended, cap)]
+        assert chunks[0].truncated
+        # A turn every SCAN_RECORDS records searched, and after each chunk sent.
+        assert turns - before >= count // SCAN_RECORDS
+    finally:
+        other.cancel()
