@@ -7,13 +7,15 @@ with --show-env-to-viewers.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import yaml
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 REDACTED = "<redacted>"
+MERGE_TAG = "tag:yaml.org,2002:merge"
+STRING_TAG = "tag:yaml.org,2002:str"
 Response = TypeVar("Response", bound=Message)
 
 
@@ -54,21 +56,83 @@ def _scrub(message: Message, dry_run: bool) -> bool:
 
 def redacted_yaml(text: str) -> str:
     """A deployment document with each service's env values replaced: the text itself
-    when no service has env, REDACTED when it does not parse."""
+    when no service has env, REDACTED when it does not parse.
+
+    The document's node graph is changed, not the data it loads to: an env value written
+    once with an anchor (`api: {shared: &secrets {PASSWORD: ...}}`, then `env: *secrets`,
+    a `<<` merge, or one value `*pw`) is one node wherever the document names it, so it is
+    hidden everywhere. Values are never compared: a value that merely equals an env value
+    elsewhere stays, so that what is hidden tells nothing of a secret.
+    """
     try:
-        document: Any = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
         return REDACTED
-    services = document.get("services") if isinstance(document, dict) else None
-    if not isinstance(services, dict):
-        return text if isinstance(document, dict) else REDACTED
-    changed = False
-    for service in services.values():
-        env = service.get("env") if isinstance(service, dict) else None
-        if isinstance(env, dict) and env:
-            service["env"] = {key: REDACTED for key in env}
-            changed = True
-    return str(yaml.safe_dump(document, sort_keys=False)) if changed else text
+    if not isinstance(root, yaml.MappingNode):
+        return REDACTED
+    hidden: set[int] = set()
+    for service in _mapping_values(_value_of(root, "services")):
+        for env in _values_named(service, "env", set()):
+            _hide_values(env, hidden)
+    if not hidden:
+        return text
+    return str(yaml.serialize(root, Dumper=yaml.SafeDumper))
+
+
+def _value_of(mapping: yaml.Node | None, key: str) -> yaml.Node | None:
+    found = _values_named(mapping, key, set()) if mapping is not None else []
+    return found[0] if found else None
+
+
+def _mapping_values(node: yaml.Node | None) -> list[yaml.Node]:
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    return [value for _, value in _entries(node, set())]
+
+
+def _values_named(mapping: yaml.Node, key: str, seen: set[int]) -> list[yaml.Node]:
+    """The values of `key` in a mapping node, its `<<` merges included."""
+    if not isinstance(mapping, yaml.MappingNode):
+        return []
+    return [
+        value
+        for name, value in _entries(mapping, seen)
+        if isinstance(name, yaml.ScalarNode) and name.value == key
+    ]
+
+
+def _entries(mapping: yaml.MappingNode, seen: set[int]) -> list[tuple[yaml.Node, yaml.Node]]:
+    """A mapping node's key and value nodes, with those of the mappings it merges (`<<`);
+    a mapping already walked (an alias cycle) adds nothing."""
+    if id(mapping) in seen:
+        return []
+    seen.add(id(mapping))
+    entries: list[tuple[yaml.Node, yaml.Node]] = []
+    for key, value in mapping.value:
+        if key.tag == MERGE_TAG:
+            merged = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            for each in merged:
+                if isinstance(each, yaml.MappingNode):
+                    entries.extend(_entries(each, seen))
+        else:
+            entries.append((key, value))
+    return entries
+
+
+def _hide_values(env: yaml.Node, hidden: set[int]) -> None:
+    """Replaces every scalar value under an env mapping node, in place: each alias of it
+    in the document is the same node."""
+    if id(env) in hidden:
+        return
+    hidden.add(id(env))
+    if isinstance(env, yaml.ScalarNode):
+        env.tag, env.value, env.style = STRING_TAG, REDACTED, None
+    elif isinstance(env, yaml.MappingNode):
+        for _, value in _entries(env, set()):
+            _hide_values(value, hidden)
+    elif isinstance(env, yaml.SequenceNode):
+        for item in env.value:
+            _hide_values(item, hidden)
 
 
 def _is_map(field: FieldDescriptor) -> bool:

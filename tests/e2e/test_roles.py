@@ -70,6 +70,35 @@ def test_viewers_see_env_names_and_operators_their_values(guarded: AgentProcess)
         assert execution.id in [run.id for run in viewer.list_executions("vault")]
 
 
+def test_an_env_written_through_an_anchor_is_hidden_from_viewers_everywhere(
+    guarded: AgentProcess,
+) -> None:
+    """The document's other fields are shown to viewers as written: an env value written
+    there once, and named in the env by an alias or a merge, is hidden there too."""
+    document = (
+        "version: v1\ndeployment: anchors\n"
+        "api: {shared: &secrets {PASSWORD: hunter2}, token: &token s3cret}\n"
+        "services:\n  anchored:\n    rtype: job\n    image: {name: busybox:latest}\n"
+        "    env: {<<: *secrets, TOKEN: *token}\n    command: {entrypoint: [/bin/true]}\n"
+    )
+    with guarded.client(TOKENS["admin"]) as admin:
+        admin.register(document, replace=True)
+    request = service_pb.GetJobRequest(name="anchored")
+    with grpc.insecure_channel(guarded.target) as channel:
+        stub = service_grpc.JobServiceStub(channel)
+        seen = {
+            role: stub.GetJob(
+                request, metadata=(("authorization", f"Bearer {TOKENS[role]}"),), timeout=10
+            )
+            for role in ("operator", "viewer")
+        }
+    assert dict(seen["operator"].spec.env) == {"PASSWORD": "hunter2", "TOKEN": "s3cret"}
+    job = seen["viewer"]
+    assert dict(job.spec.env) == {"PASSWORD": REDACTED, "TOKEN": REDACTED}
+    assert "hunter2" not in job.spec_yaml and "s3cret" not in job.spec_yaml
+    assert "shared" in job.spec_yaml and "PASSWORD" in job.spec_yaml
+
+
 def test_a_request_id_is_the_callers_own(guarded: AgentProcess) -> None:
     with guarded.client(TOKENS["operator"]) as first:
         mine = first.trigger("vault", request_id="nightly-1")

@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 from jobagent.v1 import job_service_pb2, jobs_pb2
 
 from agent.api.auth import METHOD_ROLES, SERVICE_PREFIX, Role, required_role
 from agent.api.identity import TOKEN_NAME, caller_identity
-from agent.api.redact import REDACTED, redacted
+from agent.api.redact import REDACTED, redacted, redacted_yaml
 from agent.domain import (
     Execution,
     ImageSpec,
@@ -157,3 +158,39 @@ def test_a_store_of_node_wide_request_ids_is_migrated_to_per_caller(tmp_path: Pa
         assert store.find_request("r1", "token:b") == (f"{1:032x}", "f")
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        # The env written once under another top-level field, and named by an alias.
+        "api: {shared: &secrets {PASSWORD: hunter2}}\nservices:\n  b:\n    env: *secrets\n",
+        # One value written elsewhere and named by an alias.
+        "api: {p: &pw hunter2}\nservices:\n  b:\n    env: {PASSWORD: *pw}\n",
+        # Merged into the env, or into the service that has the env.
+        "api: {base: &base {PASSWORD: hunter2}}\nservices:\n  b:\n    env: {<<: *base, A: b}\n",
+        "api: {s: &s {env: {PASSWORD: hunter2}}}\nservices:\n  b:\n    <<: *s\n    rtype: job\n",
+        "api: {s: &s {env: {PASSWORD: hunter2}}}\nservices:\n  b: {<<: [{rtype: job}, *s]}\n",
+    ],
+)
+def test_an_env_value_named_through_an_anchor_is_hidden_wherever_it_is_written(
+    document: str,
+) -> None:
+    text = "version: v1\ndeployment: d\n" + document
+    hidden = redacted_yaml(text)
+    assert "hunter2" not in hidden
+    loaded = yaml.safe_load(hidden)
+    assert loaded["services"]["b"]["env"]["PASSWORD"] == REDACTED
+    assert yaml.safe_load(text)["services"]["b"]["env"]["PASSWORD"] == "hunter2"
+
+
+def test_a_value_that_merely_equals_an_env_value_stays_and_cycles_end() -> None:
+    text = (
+        "version: v1\ndeployment: d\napi: {loop: &loop [*loop]}\nservices:\n"
+        "  b: {rtype: job, backoff_limit: 3, env: {RETRIES: '3', N: [*loop]}}\n"
+    )
+    loaded = yaml.safe_load(redacted_yaml(text))
+    assert loaded["services"]["b"]["backoff_limit"] == 3
+    assert loaded["services"]["b"]["env"]["RETRIES"] == REDACTED
+    assert redacted_yaml("services: [") == REDACTED
+    assert redacted_yaml("- a list") == REDACTED
