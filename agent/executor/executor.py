@@ -846,7 +846,16 @@ class Executor:
             f"({format_bytes(size)})"
         )
         log.warning("%s", why, extra={"execution_id": run.execution.id})
-        await run.evict(why)
+        try:
+            await run.evict(why)
+        except Exception:
+            # The next pass chooses it again (it still takes the most): a run that cannot
+            # be stopped never has another one evicted in its place.
+            log.exception(
+                "the execution that took the most of the disk could not be stopped; "
+                "the disk watch tries again",
+                extra={"execution_id": run.execution.id},
+            )
 
     def _with_position(self, execution: Execution) -> Execution:
         execution = self._recorder.latest(execution)

@@ -148,10 +148,18 @@ class ExecutionRun:
             self.task.cancel()
 
     async def evict(self, why: str) -> None:
-        """Stops the running process to free the disk; the execution ends Failed saying why."""
+        """Stops the running process to free the disk; the execution ends Failed saying why.
+        A stop that fails leaves the run unevicted (it raises), so that it stays the one
+        to evict rather than another run taking its place."""
         if self._phase is Phase.RUNNING and not self._evicted:
+            # Noted before the stop: the run's own wait may see the end before the stop
+            # returns, and must read it as the eviction.
             self._evicted = why
-            await self._runtime.stop(self.execution.container_id, self.grace)
+            try:
+                await self._runtime.stop(self.execution.container_id, self.grace)
+            except Exception:
+                self._evicted = ""
+                raise
 
     @property
     def running(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,11 +22,15 @@ from typing import Any
 
 from agent import faults
 from agent.domain import PullPolicy
+from agent.errors import InvalidSpec
 from agent.hostfs import PRIVATE_DIR, make_dir, tighten, write_file
 from agent.runtime.errors import CommandError, ImagePullError
 from agent.runtime.process import off_loop, run
 from agent.runtime.staging import REF_NAME, StagingLayout
 from agent.runtime.storelock import KeyedLocks, StoreLock
+from agent.spec import normalize_signal
+
+log = logging.getLogger(__name__)
 
 DEFAULT_REGISTRY = "docker.io"
 USAGE_RESOLUTION_SECONDS = 60.0
@@ -288,7 +293,8 @@ class ImageStore:
                 raise ImagePullError(f"image {name} is missing from the store")
             target = self._rootfs_dir / digest.replace(":", "-")
             if (target / "rootfs").is_dir():
-                return Image(reference, digest, target / "rootfs", self._config_of(digest))
+                config = self._config_of(reference, digest)
+                return Image(reference, digest, target / "rootfs", config)
             entry = self._entry_of(reference)
             assert entry is not None
             staging = await off_loop(StagingLayout.create, self._staging_dir, self._layout)
@@ -364,7 +370,8 @@ class ImageStore:
                     raise ImagePullError(f"unpacking {reference}: {error}") from None
                 finally:
                     await off_loop(shutil.rmtree, work, ignore_errors=True)
-        return Image(reference, digest, target / "rootfs", _image_config(staging.blob, digest))
+        config = _image_config(staging.blob, reference, digest)
+        return Image(reference, digest, target / "rootfs", config)
 
     def _entry_of(self, reference: str) -> dict[str, Any] | None:
         """The store index's entry of a reference, None when absent."""
@@ -382,14 +389,15 @@ class ImageStore:
         algorithm, _, hex_digest = digest.partition(":")
         return json.loads((self._layout / "blobs" / algorithm / hex_digest).read_text())
 
-    def _config_of(self, manifest_digest: str) -> ImageConfig:
+    def _config_of(self, reference: str, manifest_digest: str) -> ImageConfig:
         config = self._configs.get(manifest_digest)
         if config is None:
-            config = self._configs[manifest_digest] = _image_config(self._blob, manifest_digest)
+            config = _image_config(self._blob, reference, manifest_digest)
+            self._configs[manifest_digest] = config
         return config
 
 
-def _image_config(blob: Callable[[str], Any], manifest_digest: str) -> ImageConfig:
+def _image_config(blob: Callable[[str], Any], reference: str, manifest_digest: str) -> ImageConfig:
     """The image config of a manifest, its JSON blobs read by `blob`."""
     manifest = blob(manifest_digest)
     config = blob(manifest["config"]["digest"]).get("config") or {}
@@ -399,8 +407,26 @@ def _image_config(blob: Callable[[str], Any], manifest_digest: str) -> ImageConf
         env=tuple(config.get("Env") or ()),
         workdir=config.get("WorkingDir") or "",
         user=config.get("User") or "",
-        stop_signal=config.get("StopSignal") or "",
+        stop_signal=_stop_signal(reference, str(config.get("StopSignal") or "")),
     )
+
+
+def _stop_signal(reference: str, value: str) -> str:
+    """The image's StopSignal as the spec's stop_signal is normalised ("" when unset);
+    one that is not a signal is dropped with a warning, leaving SIGTERM: passed on, the
+    runtime's kill would refuse it and no cancel, deadline or eviction could stop the
+    container politely."""
+    if not value:
+        return ""
+    try:
+        return normalize_signal(value, "StopSignal")
+    except InvalidSpec:
+        log.warning(
+            "image %s: its StopSignal %r is not a signal; its containers get SIGTERM",
+            reference,
+            value[:100],
+        )
+        return ""
 
 
 def _source_of(reference: str) -> str:

@@ -375,18 +375,36 @@ class ContainerManager:
         self, container_id: str, grace_seconds: float, signal: str | None = None
     ) -> None:
         """Sends the stop signal (the container's own unless given), waits up to the grace
-        period, then SIGKILL."""
+        period, then SIGKILL. When the runtime refuses the stop signal while the container
+        lives (a bundle an older agent wrote may hold an image's signal unchecked), SIGKILL
+        at once: a stop never leaves the container running because of its signal."""
         if self.monitor.exit_code(container_id) is not None:
             return
-        if not await self.runtime.kill(container_id, signal or self._stop_signal(container_id)):
+        polite = signal or self._stop_signal(container_id)
+        try:
+            if not await self.runtime.kill(container_id, polite):
+                return
+        except CommandError as error:
+            log.warning(
+                "container %s: the stop signal %s failed (%s); sending SIGKILL",
+                container_id,
+                polite[:100],
+                str(error).splitlines()[0][:300],
+            )
+            await self._kill(container_id)
             return
         # A lost monitor leaves nothing to wait for; the run's own wait reports the loss.
         with contextlib.suppress(MonitorLost):
             try:
                 await asyncio.wait_for(self.monitor.wait(container_id), grace_seconds)
             except TimeoutError:
-                await self.runtime.kill(container_id, KILL_SIGNAL)
-                await self.monitor.wait(container_id)
+                await self._kill(container_id)
+
+    async def _kill(self, container_id: str) -> None:
+        """SIGKILL, then waits for the container's end."""
+        await self.runtime.kill(container_id, KILL_SIGNAL)
+        with contextlib.suppress(MonitorLost):
+            await self.monitor.wait(container_id)
 
     async def remove(self, container_id: str, forget: bool = False) -> None:
         """Deletes the container (and waits for its conmon to exit), its bundle and what it

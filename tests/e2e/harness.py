@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobagent_client import JobAgentClient
 
 from agent.config import AgentConfig
-from agent.runtime.manager import RuntimePaths
+from agent.runtime.manager import STOP_SIGNAL_ANNOTATION, RuntimePaths
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRED_BINARIES = ("conmon", "skopeo", "umoci", "docker-registry", "youki", "runc", "busybox")
@@ -67,6 +68,24 @@ def build_example_image(target: Path) -> Path:
         capture_output=True,
     )
     return target
+
+
+def configured_image(example_image: Path, target: Path, *options: str) -> Path:
+    """A copy of the example image at `target` with `umoci config` options applied
+    (--config.stopsignal=SIGBOGUS, say)."""
+    shutil.copytree(example_image, target)
+    argv = ["umoci", "config", "--image", f"{target}:latest", "--tag", "latest", *options]
+    subprocess.run(argv, check=True, capture_output=True)
+    return target
+
+
+def set_stop_signal(agent: AgentProcess, container_id: str, stop_signal: str) -> None:
+    """Writes `stop_signal` into a running container's bundle unchecked, as an agent that
+    copied an image's StopSignal as it was left it (the container is adopted as is)."""
+    config_file = agent.paths.bundles / container_id / "config.json"
+    config = json.loads(config_file.read_text())
+    config["annotations"][STOP_SIGNAL_ANNOTATION] = stop_signal
+    config_file.write_text(json.dumps(config))
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -14,7 +15,13 @@ from jobagent_client import ClientError, JobAgentClient
 from jobagent_client.models import JobEvent
 
 from tests.e2e.conftest import running_agent
-from tests.e2e.harness import AgentProcess, Registry, wait_until
+from tests.e2e.harness import (
+    AgentProcess,
+    Registry,
+    configured_image,
+    set_stop_signal,
+    wait_until,
+)
 
 MiB = 1024**2
 TICKER = (
@@ -181,3 +188,75 @@ def test_a_writer_that_gives_up_at_enospc_fails_saying_the_disk_is_full(
         assert "disk is full: the data directory's filesystem has " in ended.message
         wait_until(lambda: free(data_dir) >= MIN_FREE, 30, "space to return")
         assert client.wait(client.trigger("probe").id).status == "completed"
+
+
+def unstoppable_filler(image: str) -> str:
+    """An innocent job that writes 4 MiB and sleeps, and a filler (of `image`) that fills
+    the disk once the file /go appears in its root."""
+    return (
+        "version: v1\ndeployment: disk\nservices:\n"
+        "  innocent:\n    rtype: job\n    image: {name: busybox:latest}\n"
+        "    command: {entrypoint: [/bin/sh, -c, 'dd if=/dev/zero of=/data bs=1M count=4; "
+        "exec sleep 600']}\n"
+        f"  filler:\n    rtype: job\n    image: {{name: '{image}'}}\n"
+        "    command: {entrypoint: [/bin/sh, -c, 'until [ -e /go ]; do sleep 0.1; done; "
+        "dd if=/dev/zero of=/fill bs=1M; exec sleep 600']}\n"
+    )
+
+
+def status_of(client: JobAgentClient, execution_id: str) -> str:
+    return client.get_execution(execution_id).status
+
+
+@pytest.mark.parametrize("where", ["image", "bundle"])
+def test_a_filler_with_a_bogus_stop_signal_is_evicted_and_no_innocent_job(
+    tmp_path: Path, registry: Registry, example_image: Path, where: str
+) -> None:
+    """A disk filler whose stop signal the runtime refuses: its image's StopSignal is
+    SIGBOGUS, or its bundle holds it (as an agent that copied it unchecked wrote it). The
+    stop raised, the disk watch had marked it evicted and failed, and, restarted, evicted
+    the next biggest writer, an innocent job, while the filler ran on. Now the filler is
+    stopped (by SIGTERM, or by SIGKILL once the signal is refused) and ends saying the disk
+    is full; the innocent job runs on."""
+    image = "busybox:latest"
+    if where == "image":
+        layout = configured_image(example_image, tmp_path / "bogus", "--config.stopsignal=SIGBOGUS")
+        image = registry.push(layout, "busybox:bogus-stop")
+    data_dir = tmp_path / "agent"
+    data_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(data_dir)], check=True)
+    try:
+        with (
+            running_agent(
+                data_dir, "youki", registry, extra_args=("--min-free-space", "16Mi")
+            ) as agent,
+            agent.client() as client,
+        ):
+            client.register(unstoppable_filler(image))
+            innocent = client.trigger("innocent")
+            wait_until(lambda: status_of(client, innocent.id) == "running", 60, "innocent")
+            wait_until(
+                lambda: (
+                    agent.paths.writable.joinpath(innocent.container_id).is_dir()
+                    and free(data_dir) < 90 * MiB
+                ),
+                30,
+                "the innocent job's 4 MiB",
+            )
+            filler = client.trigger("filler")
+            wait_until(lambda: status_of(client, filler.id) == "running", 60, "the filler")
+            container_id = client.get_execution(filler.id).container_id
+            if where == "bundle":
+                set_stop_signal(agent, container_id, "SIGBOGUS")
+            (agent.paths.bundles / container_id / "rootfs" / "go").touch()
+            wait_until(lambda: status_of(client, filler.id) != "running", 60, "the eviction")
+            ended = client.get_execution(filler.id)
+            assert (ended.status, ended.failure_reason) == ("failed", "exit_code")
+            assert ended.message.startswith("stopped by the agent: disk is full: ")
+            assert "this execution took the most of it" in ended.message
+            assert status_of(client, innocent.id) == "running"
+            assert "background task disk failed" not in agent.log_file.read_text()
+            assert client.cancel(innocent.id, grace=timedelta(seconds=1)).status == "cancelled"
+    finally:
+        # The sweep unmounts it already, unless the agent never started.
+        subprocess.run(["umount", "-l", str(data_dir)], check=False, capture_output=True)

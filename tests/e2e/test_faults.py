@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from tests.e2e.conftest import RUNTIMES, running_agent, start_agent
 from tests.e2e.harness import (
     AgentProcess,
     Registry,
+    configured_image,
     free_port,
+    set_stop_signal,
     settled_leftovers,
     sweep,
     wait_until,
@@ -166,6 +169,80 @@ def test_cancel_works_during_init(client: JobAgentClient, agent: AgentProcess) -
     cancelled = client.cancel(execution.id)
     assert cancelled.status == "cancelled"
     assert settled_leftovers(agent, execution.container_id) == []
+
+
+BOGUS_STOP_SIGNAL = "--config.stopsignal=SIGBOGUS"
+
+
+def sleeper(name: str, image: str, extra: str = "") -> str:
+    """A job whose process ignores SIGTERM (pid 1 without a handler) and sleeps on."""
+    return job(name, image, extra).replace("[/bin/echo, hi]", "[/bin/sleep, '600']")
+
+
+def bogus_stop_image(example_image: Path, tmp_path: Path, registry: Registry) -> str:
+    """The example image with StopSignal SIGBOGUS, pushed to the loopback registry."""
+    layout = configured_image(example_image, tmp_path / "bogus", BOGUS_STOP_SIGNAL)
+    return registry.push(layout, "busybox:bogus-stop")
+
+
+def wait_running(client: JobAgentClient, execution_id: str) -> str:
+    """Waits for the execution to run; returns its container's id."""
+    wait_until(
+        lambda: client.get_execution(execution_id).status == "running", 60, "the run to start"
+    )
+    return client.get_execution(execution_id).container_id
+
+
+def test_an_image_stop_signal_that_is_not_a_signal_cannot_defeat_a_cancel(
+    client: JobAgentClient,
+    agent: AgentProcess,
+    registry: Registry,
+    example_image: Path,
+    tmp_path: Path,
+) -> None:
+    """A hostile image sets StopSignal SIGBOGUS: copied into the bundle, the runtime's
+    kill refused it, the cancel answered INTERNAL and the run went on for good. The agent
+    drops it (saying so, naming the image): the cancel sends SIGTERM, then SIGKILL after
+    the grace period, and the run ends Cancelled."""
+    image = bogus_stop_image(example_image, tmp_path, registry)
+    client.register(sleeper("unstoppable", image), replace=True)
+    execution = client.trigger("unstoppable")
+    container_id = wait_running(client, execution.id)
+    cancelled = client.cancel(execution.id, grace=timedelta(seconds=1))
+    assert (cancelled.status, cancelled.message) == ("cancelled", "cancelled on request")
+    assert settled_leftovers(agent, container_id) == []
+    warning = f"image {image}: its StopSignal 'SIGBOGUS' is not a signal; its containers get"
+    assert warning in agent.log_file.read_text()
+
+
+def test_an_image_stop_signal_that_is_not_a_signal_cannot_defeat_the_deadline(
+    client: JobAgentClient, registry: Registry, example_image: Path, tmp_path: Path
+) -> None:
+    """The same image with `timeout: 3s`: the run ended AGENT_ERROR (`invalid signal:
+    SIGBOGUS`) instead of DEADLINE_EXCEEDED; now the deadline stops it as any other."""
+    image = bogus_stop_image(example_image, tmp_path, registry)
+    client.register(sleeper("overtime", image, "    timeout: 3s\n"), replace=True)
+    final = client.wait(client.trigger("overtime").id)
+    assert (final.status, final.failure_reason) == ("failed", "deadline_exceeded")
+
+
+def test_a_stop_signal_the_runtime_refuses_is_followed_by_sigkill(
+    client: JobAgentClient, agent: AgentProcess
+) -> None:
+    """A container whose bundle names a signal the runtime refuses (written by an agent
+    that copied an image's StopSignal unchecked, and adopted as it is): the cancel goes
+    on to SIGKILL at once, however long its grace period, instead of answering INTERNAL
+    and leaving the run going."""
+    client.register(sleeper("adopted", "busybox:latest"), replace=True)
+    execution = client.trigger("adopted")
+    container_id = wait_running(client, execution.id)
+    set_stop_signal(agent, container_id, "SIGBOGUS")
+    cancelled = client.cancel(execution.id, grace=timedelta(seconds=300))
+    assert (cancelled.status, cancelled.message) == ("cancelled", "cancelled on request")
+    assert settled_leftovers(agent, container_id) == []
+    assert f"container {container_id}: the stop signal SIGBOGUS failed" in (
+        agent.log_file.read_text()
+    )
 
 
 TICKER = (

@@ -31,6 +31,7 @@ from agent.domain import (
 from agent.errors import DiskFull, ResourceExhausted
 from agent.executor import Executor
 from agent.executor.scheduler import CronScheduler, schedule_times
+from agent.runtime.errors import CommandError
 from agent.store import Store
 from tests.unit.fake_runtime import FakeRuntime
 
@@ -265,6 +266,53 @@ async def test_on_a_full_disk_the_biggest_writer_is_stopped_and_no_one_else(
         assert final.message.startswith("stopped by the agent: disk is full: ")
         assert final.message.endswith("this execution took the most of it (40.0 MiB)")
         await asyncio.sleep(1.5)
+        assert executor.get_execution(quiet.id).status is Status.RUNNING
+    finally:
+        watching.cancel()
+        await executor.close()
+        store.close()
+
+
+async def test_a_writer_whose_stop_fails_stays_the_one_to_evict_and_no_one_else_is_stopped(
+    tmp_path: Path, runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The biggest writer cannot be stopped at first (the runtime refuses its signals): the
+    disk watch says so and keeps going, never marks it evicted, never evicts a smaller
+    run in its place, and stops the writer at its next pass."""
+    monkeypatch.setattr("agent.executor.executor.DISK_CHECK_SECONDS", 0.05)
+    store = Store(tmp_path / "agent.db")
+    disk = TightDisk(tmp_path)
+    executor = Executor(store, runtime, tmp_path / "logs", disk=disk)
+    quiet_spec = JobSpec(name="quiet", image=ImageSpec("busybox:latest"))
+    executor.register_jobs([SPEC, quiet_spec], "", replace_existing=False)
+    await executor.start()
+    refusals = 2
+    stop = runtime.stop
+
+    async def refusing_stop(
+        container_id: str, grace_seconds: float, signal: str | None = None
+    ) -> None:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise CommandError(["youki", "kill"], 1, "invalid signal: SIGBOGUS")
+        await stop(container_id, grace_seconds, signal)
+
+    runtime.stop = refusing_stop  # type: ignore[method-assign]
+    watching = asyncio.create_task(executor.watch_disk_forever())
+    try:
+        filler = await executor.trigger("filler", TRIGGER)
+        quiet = await executor.trigger("quiet", TRIGGER)
+        await until(lambda: {filler.container_id, quiet.container_id} <= set(runtime.started))
+        runtime.usage[filler.container_id] = 40 * MiB
+        runtime.usage[quiet.container_id] = 4 * MiB
+        disk.free_bytes = 0
+        await until(lambda: executor.get_execution(filler.id).status.terminal, timeout=10)
+        final = executor.get_execution(filler.id)
+        assert (final.status, final.failure_reason) == (Status.FAILED, FailureReason.EXIT_CODE)
+        assert final.message.startswith("stopped by the agent: disk is full: ")
+        assert refusals == 0 and not watching.done()
+        assert [container for container, _ in runtime.stopped] == [filler.container_id]
         assert executor.get_execution(quiet.id).status is Status.RUNNING
     finally:
         watching.cancel()
