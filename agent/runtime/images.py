@@ -398,17 +398,42 @@ class ImageStore:
 
 
 def _image_config(blob: Callable[[str], Any], reference: str, manifest_digest: str) -> ImageConfig:
-    """The image config of a manifest, its JSON blobs read by `blob`."""
-    manifest = blob(manifest_digest)
-    config = blob(manifest["config"]["digest"]).get("config") or {}
-    return ImageConfig(
-        entrypoint=tuple(config.get("Entrypoint") or ()),
-        cmd=tuple(config.get("Cmd") or ()),
-        env=tuple(config.get("Env") or ()),
-        workdir=config.get("WorkingDir") or "",
-        user=config.get("User") or "",
-        stop_signal=_stop_signal(reference, str(config.get("StopSignal") or "")),
-    )
+    """The image config of a manifest, its JSON blobs read by `blob`. ImagePullError when
+    the manifest or the config cannot be read as such: Go's tools take JSON that Python's
+    parser refuses (5,000 levels of nesting in a field they ignore), and a field may have
+    another type than the specification's."""
+    try:
+        manifest = blob(manifest_digest)
+        config = blob(manifest["config"]["digest"]).get("config") or {}
+        return ImageConfig(
+            entrypoint=_strings(config, "Entrypoint"),
+            cmd=_strings(config, "Cmd"),
+            env=_strings(config, "Env"),
+            workdir=_string(config, "WorkingDir"),
+            user=_string(config, "User"),
+            stop_signal=_stop_signal(reference, _string(config, "StopSignal")),
+        )
+    except (ValueError, RecursionError, TypeError, AttributeError, KeyError) as error:
+        problem = f"{type(error).__name__}: {str(error)[:200]}"
+        raise ImagePullError(
+            f"image {reference} has a config or manifest the agent cannot read ({problem})"
+        ) from None
+
+
+def _strings(config: dict[str, Any], key: str) -> tuple[str, ...]:
+    """A list-of-strings field of an image config (() when absent or null)."""
+    value = config.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError(f"{key} is not a list of strings")
+    return tuple(value)
+
+
+def _string(config: dict[str, Any], key: str) -> str:
+    """A string field of an image config ("" when absent or null)."""
+    value = config.get(key) or ""
+    if not isinstance(value, str):
+        raise TypeError(f"{key} is not a string")
+    return value
 
 
 def _stop_signal(reference: str, value: str) -> str:

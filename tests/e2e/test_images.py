@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 import subprocess
@@ -104,6 +105,55 @@ def test_never_refuses_an_image_that_is_not_present(
     execution = client.wait(client.trigger("absent").id)
     assert (execution.status, execution.failure_reason) == ("failed", "image_pull")
     assert "pull_policy is never" in execution.message
+
+
+def deeply_nested_config(example_image: Path, tmp_path: Path) -> Path:
+    """A copy of the example image whose config has an extra field nested 5,000 levels
+    deep: Go's JSON (skopeo, umoci) takes it, Python's parser does not."""
+    layout = tmp_path / "deep"
+    shutil.copytree(example_image, layout)
+    blobs = layout / "blobs" / "sha256"
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_text())
+    config = (blobs / manifest["config"]["digest"].split(":")[1]).read_bytes()
+    hostile = config.rstrip()[:-1] + b', "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+
+    def put(data: bytes) -> tuple[str, int]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}", len(data)
+
+    manifest["config"]["digest"], manifest["config"]["size"] = put(hostile)
+    digest, size = put(json.dumps(manifest).encode())
+    index["manifests"][0].update(digest=digest, size=size)
+    (layout / "index.json").write_text(json.dumps(index))
+    return layout
+
+
+def test_a_config_too_deep_for_the_agent_fails_the_pull_naming_the_image(
+    client: JobAgentClient,
+    agent: AgentProcess,
+    registry: Registry,
+    example_image: Path,
+    tmp_path: Path,
+) -> None:
+    """A hostile image's config nests a field 5,000 levels deep: skopeo and umoci take
+    it, and Python's parser raised RecursionError, so every run ended AGENT_ERROR with a
+    traceback. Each run, the first (the pull) and the next (the image already in the
+    store), now fails IMAGE_PULL naming the image."""
+    image = registry.push(deeply_nested_config(example_image, tmp_path), "busybox:deep")
+    client.register(
+        "version: v1\ndeployment: images\nservices:\n  deep:\n    rtype: job\n"
+        f"    image: {{name: '{image}'}}\n    command: {{entrypoint: [/bin/true]}}\n",
+        replace=True,
+    )
+    for _ in range(2):
+        execution = client.wait(client.trigger("deep").id)
+        assert (execution.status, execution.failure_reason) == ("failed", "image_pull")
+        assert execution.message.startswith(
+            f"image {image} has a config or manifest the agent cannot read (RecursionError: "
+        )
+    assert agent.serving()
 
 
 def test_prune_removes_only_images_no_job_uses(

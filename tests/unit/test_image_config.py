@@ -1,5 +1,7 @@
 """An image's config as the store reads it: a StopSignal normalised as the spec's
-stop_signal is (one that is not a signal leaves SIGTERM, with a warning)."""
+stop_signal is (one that is not a signal leaves SIGTERM, with a warning), and a manifest or
+config the agent cannot read (too deep for Python's parser, ill-typed) an ImagePullError
+naming the image, never an agent error."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 
 from agent.domain import PullPolicy
+from agent.runtime.errors import ImagePullError
 from agent.runtime.images import ImageStore, normalize_reference
 from agent.runtime.staging import REF_NAME
 
@@ -67,3 +70,34 @@ async def test_an_images_stop_signal_that_is_not_a_signal_leaves_sigterm(
         image = await store.ensure(NAME, PullPolicy.NEVER)
     assert image.config.stop_signal == "" and image.config.cmd == ("/x",)
     assert f"image {normalize_reference(NAME)}: its StopSignal 'SIGBOGUS'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        # Go's JSON (skopeo, umoci) takes 5,000 levels in a field it ignores; Python's not.
+        (b'{"config": {}, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "RecursionError"),
+        (b'{"config": {"Cmd": ["/x"]', "JSONDecodeError"),
+        (b"\xff\xfe", "UnicodeDecodeError"),
+        (b"[]", "AttributeError"),
+        (with_config(Entrypoint="/bin/sh"), "Entrypoint is not a list of strings"),
+        (with_config(Env=["A=1", 2]), "Env is not a list of strings"),
+        (with_config(User=1000), "User is not a string"),
+        (json.dumps({"config": ["Cmd"]}).encode(), "AttributeError"),
+    ],
+)
+async def test_a_config_the_agent_cannot_read_is_an_image_pull_error(
+    tmp_path: Path, config: bytes, problem: str
+) -> None:
+    store = stored(tmp_path, config)
+    with pytest.raises(ImagePullError) as raised:
+        await store.ensure(NAME, PullPolicy.NEVER)
+    message = str(raised.value)
+    assert message.startswith(f"image {normalize_reference(NAME)} has a config or manifest")
+    assert problem in message
+
+
+async def test_a_manifest_without_a_config_is_an_image_pull_error(tmp_path: Path) -> None:
+    store = stored(tmp_path, with_config(), manifest={"schemaVersion": 2, "layers": []})
+    with pytest.raises(ImagePullError, match="KeyError: 'config'"):
+        await store.ensure(NAME, PullPolicy.NEVER)
