@@ -86,6 +86,8 @@ DISK_CHECK_SECONDS = 1.0
 STORE_SYNC_SECONDS = 1.0
 # A running execution that takes less of a full disk than this is never stopped for it.
 EVICT_MIN_BYTES = 1024**2
+# The largest row id SQLite stores (a signed 64-bit integer).
+MAX_ROW_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -442,12 +444,7 @@ class Executor:
         self, wanted: ExecutionFilter, page_size: int, page_token: str
     ) -> tuple[list[Execution], str]:
         """A page of executions newest first, and the token of the next page ("" at the end)."""
-        after = None
-        if page_token:
-            try:
-                after = int(_decode_token("e", page_token))
-            except ValueError:
-                raise InvalidSpec("page_token", "is not a token this agent gave out") from None
+        after = _execution_cursor(page_token) if page_token else None
         page, cursor = self._store.page_executions(wanted, page_size, after)
         token = "" if cursor is None else _encode_token("e", str(cursor))
         return [self._with_position(execution) for execution in page], token
@@ -1096,6 +1093,15 @@ class Executor:
 
 def _encode_token(kind: str, cursor: str) -> str:
     return base64.urlsafe_b64encode(f"{kind}:{cursor}".encode()).decode()
+
+
+def _execution_cursor(token: str) -> int:
+    """The cursor of an executions page token: a row id as the agent writes it (decimal
+    digits, within SQLite's integer); InvalidSpec for anything else."""
+    cursor = _decode_token("e", token)
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19 or int(cursor) > MAX_ROW_ID:
+        raise InvalidSpec("page_token", "is not a token this agent gave out")
+    return int(cursor)
 
 
 def _decode_token(kind: str, token: str) -> str:

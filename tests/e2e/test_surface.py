@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import json
 import subprocess
@@ -266,3 +267,18 @@ def test_executions_come_in_pages_with_filters(agent: AgentProcess) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             "page_token",
         )
+
+
+@pytest.mark.parametrize("cursor", ["9" * 30, str(2**63), "-1"])
+def test_a_crafted_page_token_is_invalid_not_internal(agent: AgentProcess, cursor: str) -> None:
+    """A caller crafts an executions page token (base64url of `e:` and a cursor) whose
+    cursor no row id can be: past SQLite's integer it overflowed in the store and
+    answered INTERNAL, with a traceback in the log. It is a bad page_token."""
+    token = base64.urlsafe_b64encode(f"e:{cursor}".encode()).decode()
+    with agent.client() as client, pytest.raises(ClientError) as caught:
+        client.list_executions_page(page_token=token)
+    assert (caught.value.code, caught.value.field) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_token",
+    )
+    assert "is not a token this agent gave out" in caught.value.message

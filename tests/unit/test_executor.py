@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from agent.domain import (
     EventKind,
     Execution,
     ExecutionEvent,
+    ExecutionFilter,
     FailureReason,
     ImageSpec,
     JobSpec,
@@ -19,7 +21,14 @@ from agent.domain import (
     Trigger,
     TriggerKind,
 )
-from agent.errors import AlreadyExists, DataLoss, FailedPrecondition, NotFound, Unavailable
+from agent.errors import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    InvalidSpec,
+    NotFound,
+    Unavailable,
+)
 from agent.executor import Executor
 from agent.executor.events import EventBus
 from agent.executor.recorder import Recorder
@@ -545,3 +554,33 @@ async def test_a_lost_monitor_ends_the_run_lost_or_as_a_cancel_asked(
     await executor.cancel(cancelled.id)
     final = executor.get_execution(cancelled.id)
     assert (final.status, final.message) == (Status.CANCELLED, "cancelled on request")
+
+
+def executions_token(cursor: str) -> str:
+    """An executions page token holding `cursor`, as a caller can craft one."""
+    return base64.urlsafe_b64encode(f"e:{cursor}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["9" * 30, str(2**63), "-1", "+5", " 5", "1_000", "\u0665", "5x", ""],
+)
+async def test_a_page_token_the_agent_never_gave_out_is_invalid_not_internal(
+    executor: Executor, runtime: FakeRuntime, cursor: str
+) -> None:
+    """A caller crafts an executions page token whose cursor is not a row id the agent
+    wrote: one past SQLite's integer (an OverflowError in the store, once INTERNAL), a
+    sign, spaces, underscores or non-ASCII digits that int() takes. Each is refused as a
+    bad page_token."""
+    with pytest.raises(InvalidSpec) as raised:
+        executor.page_executions(ExecutionFilter(), 10, executions_token(cursor))
+    assert raised.value.field == "page_token"
+
+
+async def test_a_page_token_at_the_largest_row_id_is_still_a_cursor(
+    executor: Executor, runtime: FakeRuntime
+) -> None:
+    """The cursor's bound is SQLite's own: a token at 2**63 - 1 pages as usual."""
+    execution = await running(executor, runtime)
+    page, token = executor.page_executions(ExecutionFilter(), 10, executions_token(str(2**63 - 1)))
+    assert [e.id for e in page] == [execution.id] and token == ""
