@@ -7,6 +7,7 @@ Modules, one job each:
 - auth: bearer tokens with roles, checked by an interceptor before any handler
 - convert: protobuf messages to domain types and back; nothing else crosses the layer
 - errors: the one place where domain errors become gRPC status codes
+- health: grpc.health.v1, open to every caller, whose watches never hold each other up
 - identity: who is calling, for what is scoped to a caller
 - limits: the API's bounds (open streams, request size)
 - redact: env values hidden from viewers
