@@ -19,7 +19,12 @@ from agent.domain import CommandSpec, IdRange, Resources
 from agent.hostfs import make_dir
 from agent.privileges import ALL_CAPABILITIES
 from agent.runtime import seccomp, syscalls
-from agent.runtime.imagefiles import ImageFileError, check_image_file, read_image_file
+from agent.runtime.imagefiles import (
+    ImageFileError,
+    check_image_file,
+    mounted_over,
+    read_image_file,
+)
 from agent.runtime.images import ImageConfig
 
 log = logging.getLogger(__name__)
@@ -155,7 +160,9 @@ def build_config(
     network but loopback (unless `host_network`); the job's `mounts` come after the
     standard ones, and replace the /tmp tmpfs (`tmp_size` bytes) when one is at /tmp.
     `runtime` names the OCI runtime, whose reading of the seccomp profile differs. With
-    an `id_range`, the container gets a user namespace whose ids 0.. are that range's."""
+    an `id_range`, the container gets a user namespace whose ids 0.. are that range's.
+    Raises ValueError when an account table of the container's `rootfs` leads under one of
+    its mounts (check_account_tables)."""
     linux: dict[str, Any] = {}
     namespaces = ["pid", "ipc", "uts", "mount"] if host_network else list(NAMESPACES)
     if id_range is not None:
@@ -179,6 +186,8 @@ def build_config(
     standard = _default_mounts(tmp_size, sysfs=id_range is None or not host_network)
     if any(mount.get("destination", "").rstrip("/") == TMP for mount in mounts):
         standard = [mount for mount in standard if mount["destination"] != TMP]
+    all_mounts = [*standard, *(dict(mount) for mount in mounts)]
+    check_account_tables(rootfs, all_mounts)
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -195,7 +204,7 @@ def build_config(
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": hostname,
-        "mounts": [*standard, *(dict(mount) for mount in mounts)],
+        "mounts": all_mounts,
         "annotations": dict(annotations or {}),
         "linux": {
             "cgroupsPath": cgroups_path,
@@ -204,6 +213,27 @@ def build_config(
             **linux,
         },
     }
+
+
+def check_account_tables(rootfs: Path, mounts: Sequence[Mapping[str, Any]]) -> None:
+    """Refuses account tables of the container's `rootfs` that lead (through links, or
+    their directories) under one of its `mounts`: there the runtime would read what is
+    mounted (its /dev's devices, /proc, a job's volume), not the file the image's checks
+    saw, and it reads them before the container is created (an endless device holds the
+    create for good). Raises ValueError naming the table, where it leads and the mount."""
+    destinations = {str(mount.get("destination", "")): mount for mount in mounts}
+    for table in ACCOUNT_TABLES:
+        try:
+            found = mounted_over(rootfs, table, destinations)
+        except ImageFileError as error:
+            raise ValueError(f"{error}: the runtime reads it as the container starts") from None
+        if found is not None:
+            reached, point = found
+            kind = destinations[point].get("type") or "bind"
+            raise ValueError(
+                f"{table} in the image leads to {reached}, under {point}, where the container "
+                f"has a {kind} mount of its own: the runtime reads it as the container starts"
+            )
 
 
 def id_mappings(id_range: IdRange) -> dict[str, Any]:

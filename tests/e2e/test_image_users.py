@@ -1,5 +1,6 @@
 """`user: name` against images that play the attacker: an /etc/passwd that is an endless
-device, a FIFO, or an absolute symlink to a host path."""
+device, a FIFO, an absolute symlink to a host path, or a link to where the container has
+the runtime's devices or a job's volume."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from jobagent_client import Execution, JobAgentClient
 
-from tests.e2e.harness import AgentProcess, Registry
+from tests.e2e.harness import AgentProcess, Registry, settled_leftovers, wait_until
 
 ACCOUNTS = "root:x:0:0::/:/bin/sh\napp:x:4242:4343::/:/bin/sh\n"
 
@@ -55,6 +58,27 @@ def run_as_app(client: JobAgentClient, name: str, image: str) -> tuple[Execution
     return execution, [line.message for line in client.logs(execution.id)]
 
 
+def ended(client: JobAgentClient, execution_id: str, seconds: float) -> Execution:
+    """The execution once terminal; fails the test when it is not within `seconds` (a
+    create that hangs would otherwise hang the test)."""
+    terminal = ("completed", "failed", "cancelled")
+    wait_until(
+        lambda: client.get_execution(execution_id).status in terminal,
+        seconds,
+        f"execution {execution_id} to end",
+    )
+    return client.get_execution(execution_id)
+
+
+def runtime_urandom(rootfs: Path) -> None:
+    """A regular /dev/urandom in the image, and /etc/passwd a link to it: regular as far as
+    the image goes, the runtime's endless device in the container (its /dev a tmpfs)."""
+    (rootfs / "dev").mkdir(exist_ok=True)
+    (rootfs / "dev" / "urandom").write_text(ACCOUNTS)
+    (rootfs / "etc" / "passwd").unlink(missing_ok=True)
+    (rootfs / "etc" / "passwd").symlink_to("/dev/urandom")
+
+
 def resident_bytes(agent: AgentProcess) -> int:
     assert agent.process is not None
     status = Path(f"/proc/{agent.process.pid}/status").read_text()
@@ -71,10 +95,17 @@ def blocked_threads(agent: AgentProcess) -> list[str]:
 
 
 def test_an_absolute_symlink_is_resolved_inside_the_image(
-    client: JobAgentClient, registry: Registry, example_image: Path, tmp_path: Path
+    client: JobAgentClient,
+    registry: Registry,
+    example_image: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
-    # The same path names other accounts on the host: those must not be the ones read.
-    host_accounts = tmp_path / "accounts"
+    # The same path names other accounts on the host: those must not be the ones read. Not
+    # under /tmp: the container has a tmpfs there, and a table that leads under a mount
+    # is refused.
+    host_accounts = Path(tempfile.mkdtemp(dir="/var/tmp")) / "accounts"
+    request.addfinalizer(lambda: shutil.rmtree(host_accounts.parent))
     host_accounts.write_text("app:x:1111:1111::/:/bin/sh\n")
 
     def link_to_an_absolute_path(rootfs: Path) -> None:
@@ -142,3 +173,62 @@ def test_an_endless_or_blocking_passwd_fails_create_and_spares_the_agent(
     fine = image_with(example_image, tmp_path, registry, "passwd-fine", ordinary)
     execution, output = run_as_app(client, "fine", fine)
     assert execution.status == "completed" and output == ["4242", "4343"]
+
+
+def test_a_passwd_linked_to_a_runtime_device_fails_create_and_holds_no_slot(
+    client: JobAgentClient,
+    agent: AgentProcess,
+    registry: Registry,
+    example_image: Path,
+    tmp_path: Path,
+) -> None:
+    """The attack: the image ships a regular file at /dev/urandom and links /etc/passwd to
+    it. The image's check saw a regular file; in the container the link reaches the
+    runtime's /dev/urandom, which youki read for HOME before reporting the container
+    created: the run stayed Initializing past its timeout, held its slot for good, and
+    kept the agent from stopping. Now the run fails at create, naming the mount, and
+    leaves nothing behind."""
+    image = image_with(example_image, tmp_path, registry, "passwd-urandom", runtime_urandom)
+    client.register(
+        "version: v1\ndeployment: users\nservices:\n  urandom:\n    rtype: job\n"
+        f"    image: {{name: '{image}'}}\n    timeout: 5s\n"
+        "    command: {entrypoint: [/bin/echo, ran]}\n",
+        replace=True,
+    )
+    execution = ended(client, client.trigger("urandom").id, 30)
+    assert (execution.status, execution.failure_reason) == ("failed", "create"), execution
+    assert execution.message.startswith(
+        "/etc/passwd in the image leads to /dev/urandom, under /dev, where the container "
+        "has a tmpfs mount of its own"
+    )
+    assert settled_leftovers(agent, execution.container_id) == []
+
+
+def test_a_volume_mounted_over_the_account_tables_fails_create(
+    client: JobAgentClient, agent: AgentProcess
+) -> None:
+    """The attack: a run leaves a FIFO named passwd in its named volume, and the job is
+    registered again with that volume mounted at /etc. The runtime would open the FIFO
+    as /etc/passwd while creating the container, and wait for a writer for good; the
+    image's own /etc/passwd is fine. Now the run fails at create."""
+
+    def register(target: str, script: str) -> None:
+        client.register(
+            "version: v1\ndeployment: users\nservices:\n  tables:\n    rtype: job\n"
+            "    image: {name: busybox:latest}\n    timeout: 5s\n"
+            f"    storage: [{{type: named, name: tables, target: {target}}}]\n"
+            f"    command: {{entrypoint: [/bin/sh, -c, '{script}']}}\n",
+            replace=True,
+        )
+
+    register("/data", "mkfifo /data/passwd")
+    planted = ended(client, client.trigger("tables").id, 30)
+    assert planted.status == "completed", planted.message
+    register("/etc", "echo ran")
+    execution = ended(client, client.trigger("tables").id, 30)
+    assert (execution.status, execution.failure_reason) == ("failed", "create"), execution
+    assert execution.message.startswith(
+        "/etc/passwd in the image leads to /etc/passwd, under /etc, where the container has "
+        "a bind mount of its own"
+    )
+    assert settled_leftovers(agent, execution.container_id) == []

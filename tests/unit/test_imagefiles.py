@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from agent.domain import CommandSpec
-from agent.runtime.bundle import resolve_process
+from agent.runtime.bundle import ProcessSpec, build_config, resolve_process
 from agent.runtime.imagefiles import (
     MAX_IMAGE_FILE_BYTES,
     ImageFileError,
     check_image_file,
+    mounted_over,
     read_image_file,
 )
 from agent.runtime.images import ImageConfig
@@ -109,8 +110,11 @@ def test_a_user_name_resolves_from_the_images_own_tables(rootfs: Path, tmp_path:
     process = resolve_process(image, CommandSpec(), {}, rootfs)
     assert (process.uid, process.gid) == (4242, 77)
     (rootfs / "accounts").write_bytes(b"x" * (MAX_IMAGE_FILE_BYTES + 1))
-    with pytest.raises(ValueError, match=r"look up 'app': /etc/passwd in the image is larger"):
+    # The runtime reads it too: refused whoever the job runs as.
+    with pytest.raises(ValueError, match=r"^/etc/passwd in the image is larger"):
         resolve_process(image, CommandSpec(), {}, rootfs)
+    with pytest.raises(ValueError, match=r"^/etc/passwd in the image is larger"):
+        resolve_process(ImageConfig(cmd=("/x",)), CommandSpec(), {}, rootfs)
 
 
 @pytest.mark.parametrize("user", ["", "0", "app"])
@@ -129,3 +133,90 @@ def test_account_tables_the_runtime_would_block_on_are_refused(rootfs: Path, use
 def test_an_image_without_account_tables_runs_as_a_number(rootfs: Path) -> None:
     process = resolve_process(ImageConfig(cmd=("/x",), user="7:8"), CommandSpec(), {}, rootfs)
     assert (process.uid, process.gid) == (7, 8)
+
+
+def config_for(rootfs: Path, *destinations: str) -> None:
+    """Builds the container's config.json over `rootfs`, with a job's volume at each of
+    `destinations`."""
+    volumes = [
+        {"destination": target, "type": "bind", "source": "/v", "options": ["rbind"]}
+        for target in destinations
+    ]
+    build_config(ProcessSpec(args=("/x",), env=(), cwd="/"), rootfs, "h", "/j/c", mounts=volumes)
+
+
+def test_a_passwd_linked_to_a_runtime_device_beside_a_harmless_file_is_refused(
+    rootfs: Path,
+) -> None:
+    """The attack: the image ships a regular /dev/urandom and links /etc/passwd to it. In
+    the image the link reaches a regular file; in the container /dev is the runtime's
+    tmpfs and the link its endless /dev/urandom, which the runtime reads (for HOME)
+    before the container is created: the create never ends."""
+    (rootfs / "dev").mkdir()
+    (rootfs / "dev" / "urandom").write_text(PASSWD)
+    (rootfs / "etc" / "passwd").symlink_to("/dev/urandom")
+    check_image_file(rootfs, "/etc/passwd")  # a regular file, as far as the image goes
+    with pytest.raises(
+        ValueError,
+        match=r"^/etc/passwd in the image leads to /dev/urandom, under /dev, where the "
+        r"container has a tmpfs mount of its own",
+    ):
+        config_for(rootfs)
+
+
+@pytest.mark.parametrize(
+    ("link", "reached", "point"),
+    [
+        ("../proc/self/fd/0", "/proc/self/fd/0", "/proc"),
+        ("/sys/kernel/x", "/sys/kernel/x", "/sys"),
+        ("../tmp/passwd", "/tmp/passwd", "/tmp"),
+        ("/dev/shm/x", "/dev/shm/x", "/dev"),
+    ],
+)
+def test_account_tables_that_lead_under_the_runtimes_mounts_are_refused(
+    rootfs: Path, link: str, reached: str, point: str
+) -> None:
+    """Links to /proc, /sys, /tmp or below /dev: what the image has there (nothing, here)
+    is not what the runtime reads in the container."""
+    (rootfs / "etc" / "group").symlink_to(link)
+    with pytest.raises(ValueError, match=f"^/etc/group in the image leads to {reached}, "):
+        config_for(rootfs)
+    assert mounted_over(rootfs, "/etc/group", ["/proc", "/dev", "/sys", "/tmp"]) == (
+        reached,
+        point,
+    )
+
+
+def test_account_tables_under_a_jobs_volume_are_refused(rootfs: Path) -> None:
+    """A job that mounts a volume over /etc (or wherever its tables lead) has the runtime
+    read the volume's files: an earlier run may have left a FIFO there."""
+    (rootfs / "etc" / "passwd").write_text(PASSWD)
+    with pytest.raises(ValueError, match=r"leads to /etc/passwd, under /etc/, where the contai"):
+        config_for(rootfs, "/etc/")
+    (rootfs / "etc" / "group").symlink_to("/srv/tables/group")
+    with pytest.raises(ValueError, match=r"^/etc/group in the image leads to /srv/tables/group"):
+        config_for(rootfs, "/srv")
+    # A directory that is itself a link is followed as the kernel would.
+    (rootfs / "etc" / "group").unlink()
+    (rootfs / "opt").mkdir()
+    (rootfs / "opt" / "group").write_text("staff:x:77:\n")
+    (rootfs / "tables").symlink_to("etc/../opt")
+    (rootfs / "etc" / "group").symlink_to("/tables/group")
+    config_for(rootfs, "/srv", "/tables.d")
+    with pytest.raises(ValueError, match=r"^/etc/group in the image leads to /opt/group, under"):
+        config_for(rootfs, "/opt")
+
+
+def test_account_tables_beside_mounts_or_missing_are_accepted(rootfs: Path) -> None:
+    """Mounts elsewhere, even on a path that only begins like the table's, change nothing;
+    neither does an image without tables."""
+    config_for(rootfs, "/etc/ssl", "/devices", "/etc/passwd.d")
+    (rootfs / "etc" / "passwd").write_text(PASSWD)
+    config_for(rootfs, "/etc/ssl", "/devices", "/etc/passwd.d")
+    assert mounted_over(rootfs, "/etc/passwd", ["/etc/ssl", "/"]) is None
+
+
+def test_a_loop_of_links_is_refused_without_hanging(rootfs: Path) -> None:
+    (rootfs / "etc" / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(ValueError, match="/etc/passwd in the image is a loop of symlinks"):
+        config_for(rootfs)
