@@ -81,6 +81,8 @@ MASKED_PATHS = [
 ]
 # What the runtime itself reads in the container's root as the container starts.
 ACCOUNT_TABLES = ("/etc/passwd", "/etc/group")
+# HOME where the image's /etc/passwd names none for the user (as the runtimes default).
+ROOT_HOME = "/"
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 TMP = "/tmp"
 
@@ -106,7 +108,10 @@ def resolve_process(
     """Combines the image's config with the job's command and env, as Docker does.
 
     An entrypoint from the spec replaces the image's and drops the image's CMD; args from
-    the spec replace CMD. The spec's env is layered over the image's.
+    the spec replace CMD. The spec's env is layered over the image's. HOME, unless that
+    env sets it, is the user's home in the image's /etc/passwd (`/` without one): left
+    unset or empty, the runtime would look it up itself, reading the container's
+    /etc/passwd as it creates the container.
     """
     entrypoint = command.entrypoint or image.entrypoint
     if command.args:
@@ -129,7 +134,9 @@ def resolve_process(
             check_image_file(rootfs, table)
         except ImageFileError as error:
             raise ValueError(f"{error}: the runtime reads it as the container starts") from None
-    uid, gid = _resolve_user(user or image.user, rootfs)
+    uid, gid, home = _resolve_user(user or image.user, rootfs)
+    if not merged.get("HOME"):
+        merged["HOME"] = home if home is not None else _home_of_uid(rootfs, uid)
     return ProcessSpec(
         args=argv,
         env=tuple(f"{key}={value}" for key, value in merged.items()),
@@ -308,19 +315,41 @@ def _default_mounts(tmp_size: int | None, sysfs: bool = True) -> list[dict[str, 
     ]
 
 
-def _resolve_user(user: str, rootfs: Path) -> tuple[int, int]:
-    """Resolves an image's User ("1000", "1000:1000", "app", "app:app") against its rootfs."""
+def _resolve_user(user: str, rootfs: Path) -> tuple[int, int, str | None]:
+    """Resolves an image's User ("1000", "1000:1000", "app", "app:app") against its rootfs:
+    uid, gid, and the home of a user given by name (None for a number)."""
     if not user:
-        return 0, 0
+        return 0, 0, None
     name, _, group = user.partition(":")
+    home = None
     if name.isdigit():
         uid, gid = int(name), 0
     else:
         entry = _find_entry(rootfs, "passwd", name)
         uid, gid = int(entry[2]), int(entry[3])
+        home = _home_field(entry)
     if group:
         gid = int(group) if group.isdigit() else int(_find_entry(rootfs, "group", group)[2])
-    return uid, gid
+    return uid, gid, home
+
+
+def _home_of_uid(rootfs: Path, uid: int) -> str:
+    """The home of the first entry for `uid` in the image's /etc/passwd, as the runtimes
+    would find it; `/` when there is none or the file cannot be read."""
+    try:
+        content = read_image_file(rootfs, "/etc/passwd")
+    except (OSError, ImageFileError):
+        return ROOT_HOME
+    for line in content.decode(errors="replace").splitlines():
+        fields = line.split(":")
+        if len(fields) > 5 and fields[2] == str(uid):
+            return _home_field(fields)
+    return ROOT_HOME
+
+
+def _home_field(entry: list[str]) -> str:
+    """The home directory of a passwd entry; `/` where it names none."""
+    return entry[5] if len(entry) > 5 and entry[5] else ROOT_HOME
 
 
 def _find_entry(rootfs: Path, table: str, name: str) -> list[str]:

@@ -232,3 +232,40 @@ def test_a_volume_mounted_over_the_account_tables_fails_create(
         "a bind mount of its own"
     )
     assert settled_leftovers(agent, execution.container_id) == []
+
+
+def test_the_agent_gives_the_process_its_home_so_the_runtime_looks_up_nothing(
+    client: JobAgentClient, registry: Registry, example_image: Path, tmp_path: Path
+) -> None:
+    """Without HOME in the process's env the runtime looks it up itself, reading the
+    container's /etc/passwd before the container is created: the read that an endless
+    passwd turned into a create that never ended. The agent now sets HOME from the entry
+    it read for the user, so the runtime reads nothing: a user named in the spec gets its
+    own entry's home even where an earlier entry shares its uid (the runtime, which
+    looks up the uid, took that earlier entry's)."""
+
+    def shared_uid(rootfs: Path) -> None:
+        (rootfs / "etc" / "passwd").unlink(missing_ok=True)
+        (rootfs / "etc" / "passwd").write_text(
+            "root:x:0:0:root:/root:/bin/sh\n"
+            "other:x:4242:4343::/home/other:/bin/sh\n"
+            "app:x:4242:4343::/home/app:/bin/sh\n"
+        )
+
+    image = image_with(example_image, tmp_path, registry, "passwd-shared-uid", shared_uid)
+    homes = {}
+    for name, extra in (
+        ("as-app", "    user: app\n"),
+        ("as-root", ""),
+        ("own-home", "    env: {HOME: /work}\n"),
+    ):
+        client.register(
+            f"version: v1\ndeployment: users\nservices:\n  {name}:\n    rtype: job\n"
+            f"    image: {{name: '{image}'}}\n{extra}"
+            "    command: {entrypoint: [/bin/sh, -c, 'echo $HOME']}\n",
+            replace=True,
+        )
+        execution = ended(client, client.trigger(name).id, 30)
+        assert execution.status == "completed", execution.message
+        homes[name] = [line.message for line in client.logs(execution.id)]
+    assert homes == {"as-app": ["/home/app"], "as-root": ["/root"], "own-home": ["/work"]}

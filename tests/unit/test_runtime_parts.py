@@ -55,7 +55,8 @@ def test_the_command_falls_back_to_the_image_config(
     process = resolve_process(IMAGE, command, {"A": "spec", "B": "2"}, tmp_path)
     assert process.args == argv
     assert process.cwd == cwd
-    assert process.env == ("PATH=/bin", "A=spec", "B=2")
+    # No /etc/passwd in the image: HOME is /, as the runtimes would have it.
+    assert process.env == ("PATH=/bin", "A=spec", "B=2", "HOME=/")
 
 
 def test_users_resolve_against_the_image(tmp_path: Path) -> None:
@@ -67,6 +68,44 @@ def test_users_resolve_against_the_image(tmp_path: Path) -> None:
         assert (process.uid, process.gid) == ids
     with pytest.raises(ValueError):
         resolve_process(ImageConfig(cmd=("/x",), user="ghost"), CommandSpec(), {}, tmp_path)
+
+
+def home_of(rootfs: Path, user: str, env: dict[str, str] | None = None) -> str:
+    """The HOME that the container's process gets, as config.json gives it."""
+    process = resolve_process(ImageConfig(cmd=("/x",), user=user), CommandSpec(), env or {}, rootfs)
+    homes = [item for item in process.env if item.startswith("HOME=")]
+    assert len(homes) == 1, process.env
+    return homes[0].removeprefix("HOME=")
+
+
+def test_every_process_gets_a_home_so_no_runtime_reads_the_containers_passwd(
+    tmp_path: Path,
+) -> None:
+    """youki, runc and crun each look HOME up in the container's /etc/passwd as they
+    create the container when the process's env has none (youki and runc also when it is
+    empty): a read the agent cannot bound, of a file an image or a volume may make
+    endless. So the agent always sets it, from the image's table read its own way."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\n"
+        "other:x:4242:4343::/home/other:/bin/sh\n"
+        "app:x:4242:4343::/home/app:/bin/sh\n"
+        "nohome:x:77:77:::/bin/sh\n"
+    )
+    assert home_of(tmp_path, "") == "/root"
+    assert home_of(tmp_path, "0:0") == "/root"
+    # A name gets its own entry's home (as Docker gives it), a number the first entry's.
+    assert home_of(tmp_path, "app") == "/home/app"
+    assert home_of(tmp_path, "4242") == "/home/other"
+    assert home_of(tmp_path, "77") == "/"
+    assert home_of(tmp_path, "1234") == "/"
+    # The job's env (or the image's) decides when it names one; empty, it names none.
+    assert home_of(tmp_path, "app", {"HOME": "/work"}) == "/work"
+    assert home_of(tmp_path, "app", {"HOME": ""}) == "/home/app"
+    image = ImageConfig(cmd=("/x",), env=("PATH=/bin", "HOME=/srv"))
+    assert "HOME=/srv" in resolve_process(image, CommandSpec(), {}, tmp_path).env
+    (tmp_path / "etc" / "passwd").unlink()
+    assert home_of(tmp_path, "") == "/"
 
 
 def test_no_command_anywhere_is_an_error(tmp_path: Path) -> None:
