@@ -221,7 +221,7 @@ class ContainerManager:
         cancelled = threading.Event()
 
         def create_then_start() -> None:
-            self._create(request, image)
+            self._create(request, image, cancelled)
             faults.hit("created")
             if not cancelled.is_set():
                 self._start_here(request.container_id)
@@ -232,8 +232,11 @@ class ContainerManager:
             await self.remove(request.container_id)
             raise
 
-    def _create(self, request: ContainerRequest, image: Image) -> None:
-        """The bundle, the log file's directory and room, the container under conmon."""
+    def _create(
+        self, request: ContainerRequest, image: Image, cancelled: threading.Event | None = None
+    ) -> None:
+        """The bundle, the log file's directory and room, the container under conmon (a
+        create under way is killed once `cancelled` is set)."""
         try:
             self._prepare_bundle(request, image)
         except (ValueError, OSError) as error:
@@ -248,7 +251,7 @@ class ContainerManager:
                 f"no space left for the log under {request.log_file.parent} ({free} bytes free)"
             )
         self.monitor.create_here(
-            request.container_id, self._monitor_paths(request), request.log_size_max
+            request.container_id, self._monitor_paths(request), request.log_size_max, cancelled
         )
 
     def _prepare_bundle(self, request: ContainerRequest, image: Image) -> None:

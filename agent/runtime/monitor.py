@@ -10,21 +10,41 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import logging
 import os
+import select
 import shutil
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from agent.hostfs import CHILD_UMASK, make_dir, read_small_file
-from agent.runtime.errors import ContainerCreateError, MonitorLost
+from agent.runtime.errors import CommandError, ContainerCreateError, MonitorLost
 from agent.runtime.oci import OciRuntime
-from agent.runtime.process import exited, exited_here, pidfd_exited, pidfd_exited_here
+from agent.runtime.process import (
+    exited,
+    exited_here,
+    kill_tree,
+    pidfd_exited,
+    pidfd_exited_here,
+)
+
+log = logging.getLogger(__name__)
 
 EXIT_POLL_SECONDS = 0.05
 # How long a conmon whose container is deleted may take to write its records and exit.
 CONMON_EXIT_SECONDS = 5.0
+# How long the runtime's create may take to report the container's init ready (conmon
+# reports it on the sync pipe). A create takes 30-50 ms here, image users and idmapped
+# mounts included, and a few seconds on a host loaded as the soak's was; 60 s is the
+# bound of the runtime's start and delete as well. A create past it is one that will not
+# end (an init blocked on what the container gave it): it is killed and removed.
+CREATE_SECONDS = 60.0
+# How often a create under way looks whether its run was cancelled.
+CREATE_POLL_SECONDS = 0.1
 
 
 class Conmon(enum.Enum):
@@ -62,11 +82,19 @@ class ConmonMonitor:
         make_dir(sockets_dir)
 
     def create_here(
-        self, container_id: str, paths: MonitorPaths, log_size_max: int | None = None
+        self,
+        container_id: str,
+        paths: MonitorPaths,
+        log_size_max: int | None = None,
+        cancelled: threading.Event | None = None,
     ) -> int:
         """Creates the container under a new conmon; returns the container's pid. Starts
         conmon and reads the pid, or the runtime's error, from its sync pipe: blocking,
-        call it from a worker thread."""
+        call it from a worker thread. A create that does not report within
+        CREATE_SECONDS, or whose run is `cancelled` meanwhile, is killed (conmon and the
+        runtime's processes under it) and deleted; it raises ContainerCreateError."""
+        if cancelled is not None and cancelled.is_set():
+            raise ContainerCreateError("cancelled before the container was created")
         self.forget(container_id)
         make_dir(self.persist_dir(container_id))
         argv = [
@@ -113,12 +141,35 @@ class ConmonMonitor:
             finally:
                 os.close(write_end)
             self._processes[container_id] = process
-            pid, detail = _parse_sync(_read_line(sync_pipe))
+            report = _read_line(sync_pipe, CREATE_SECONDS, cancelled)
+        if report is None:
+            self._abandon_create(container_id, process)
+            if cancelled is not None and cancelled.is_set():
+                raise ContainerCreateError("cancelled while the runtime created the container")
+            raise ContainerCreateError(
+                f"the runtime did not report the container created within "
+                f"{CREATE_SECONDS:g}s: its processes were killed and the container removed"
+            )
+        pid, detail = _parse_sync(report)
         if pid <= 0:
             process.wait()
             self._processes.pop(container_id, None)
             raise ContainerCreateError(_runtime_error(detail, paths.runtime_log, conmon_log))
         return pid
+
+    def _abandon_create(self, container_id: str, process: subprocess.Popen[bytes]) -> None:
+        """Ends a create that did not report: kills its conmon and every process under it
+        (the runtime's create, the container's init), then deletes what the runtime
+        recorded of the container."""
+        kill_tree(process.pid)
+        process.wait()
+        self._processes.pop(container_id, None)
+        try:
+            self._runtime.delete_here(container_id)
+        except CommandError as error:
+            log.warning(
+                "container %s: its abandoned create was not deleted: %s", container_id, error
+            )
 
     def persist_dir(self, container_id: str) -> Path:
         """Where conmon keeps what outlives the container besides the exit file (oom)."""
@@ -240,10 +291,27 @@ async def _exited_within(pidfd: int, timeout: float | None) -> bool:
         os.close(pidfd)
 
 
-def _read_line(pipe: BinaryIO) -> bytes:
-    """conmon's one-line report on its sync pipe, read as it arrives (or to EOF)."""
+def _read_line(
+    pipe: BinaryIO, timeout: float, cancelled: threading.Event | None = None
+) -> bytes | None:
+    """conmon's one-line report on its sync pipe, read as it arrives (or to EOF); None when
+    `timeout` passes first, or once `cancelled` is set (looked at every
+    CREATE_POLL_SECONDS)."""
+    poller = select.poll()
+    poller.register(pipe.fileno(), select.POLLIN)
+    deadline = time.monotonic() + timeout
     chunks = []
-    while chunk := pipe.read(4096):
+    while True:
+        if cancelled is not None and cancelled.is_set():
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        if not poller.poll(min(left, CREATE_POLL_SECONDS) * 1000):
+            continue
+        chunk = pipe.read(4096)
+        if not chunk:
+            break
         chunks.append(chunk)
         if chunk.endswith(b"\n"):
             break

@@ -8,7 +8,9 @@ import contextvars
 import functools
 import os
 import select
+import signal
 import subprocess
+import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -17,6 +19,10 @@ from agent.runtime.errors import CommandError
 
 P = ParamSpec("P")
 T = TypeVar("T")
+# kill_tree: how long the processes under the root may take to die and be reaped, and the
+# pause between two passes over them.
+KILL_TREE_SECONDS = 2.0
+KILL_PASS_PAUSE = 0.01
 
 
 async def off_loop(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -185,3 +191,76 @@ def pidfd_exited_here(pidfd: int, timeout: float | None = None) -> bool:
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
     return bool(poller.poll(None if timeout is None else timeout * 1000))
+
+
+def kill_tree(root: int, timeout: float = KILL_TREE_SECONDS) -> None:
+    """SIGKILLs every process under `root` (its children, theirs, ...), then `root`. The
+    root goes last, so that what a killed process leaves to it (a subreaper such as
+    conmon) is still found under it by the next pass. Passes go on until nothing is left
+    under the root, or for `timeout` at most: a process may outlive its SIGKILL for a
+    while (one in a frozen cgroup, one in an uninterruptible wait). Blocking: call it
+    from a worker thread."""
+    deadline = time.monotonic() + timeout
+    while found := _descendants(root):
+        # Children before their parents: a parent killed first would leave its children
+        # to another, and they would no longer be the children found.
+        for pid, parent, zombie in reversed(found):
+            if not zombie:
+                _kill_child(pid, parent)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(KILL_PASS_PAUSE)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(root, signal.SIGKILL)
+
+
+def _descendants(root: int) -> list[tuple[int, int, bool]]:
+    """The processes under `root`, parents first: each with its parent, and whether it is
+    a zombie (dead, not yet reaped)."""
+    children: dict[int, list[tuple[int, bool]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        found = _parent_and_state(int(entry))
+        if found is not None:
+            parent, state = found
+            children.setdefault(parent, []).append((int(entry), state == "Z"))
+    result: list[tuple[int, int, bool]] = []
+    pending = [root]
+    while pending:
+        parent = pending.pop(0)
+        for child, zombie in children.get(parent, []):
+            pending.append(child)
+            result.append((child, parent, zombie))
+    return result
+
+
+def _parent_and_state(pid: int) -> tuple[int, str] | None:
+    """A process's parent pid and state letter, from /proc (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read().decode(errors="replace")
+    except OSError:
+        return None
+    # The command name, in parentheses, may hold spaces and parentheses itself.
+    fields = text.rpartition(")")[2].split()
+    if len(fields) < 2 or not fields[1].isdigit():
+        return None
+    return int(fields[1]), fields[0]
+
+
+def _kill_child(pid: int, parent: int) -> None:
+    """SIGKILLs `pid` if it is still the child of `parent` found in /proc (through a pidfd
+    opened first: a pid given out again since is not killed)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        found = _parent_and_state(pid)
+        if found is not None and found[0] == parent:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        os.close(pidfd)

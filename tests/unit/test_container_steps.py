@@ -27,8 +27,12 @@ class Steps:
         self.starting = threading.Event()
         self.start_released = threading.Event()
         self.started: list[str] = []
+        self.cancels: list[threading.Event | None] = []
 
-    def create(self, request: ContainerRequest, image: Image) -> None:
+    def create(
+        self, request: ContainerRequest, image: Image, cancelled: threading.Event | None = None
+    ) -> None:
+        self.cancels.append(cancelled)
         self.creating.set()
         assert self.created.wait(10)
 
@@ -88,8 +92,10 @@ async def test_a_cancel_during_the_create_leaves_the_container_unstarted(
     steps: tuple[ContainerManager, Steps],
 ) -> None:
     manager, fake = steps
-    # The caller waits for the creation it cut short: its cleanup removes what exists.
+    # The caller waits for the creation it cut short: its cleanup removes what exists. The
+    # create is told, so that one that would never end is killed (ConmonMonitor).
     await cancel_while_blocked(manager, fake.creating, fake.created)
+    assert [event is not None and event.is_set() for event in fake.cancels] == [True]
     assert not fake.starting.is_set()
     assert fake.started == []
 
