@@ -215,9 +215,10 @@ class ContainerManager:
         in one worker thread: one hand-off for the whole, where each costs the loop about
         as much CPU as a spawn. Raises ContainerCreateError, after removing whatever was
         prepared, or ContainerStartError (the container is left created). A caller
-        cancelled before the start leaves the container created, its process not started;
-        one cancelled during the start waits for it to end, so that whether the process
-        runs is known."""
+        cancelled during the create has the create's processes killed and the container
+        removed (ContainerCreateError); one cancelled after the create leaves the container
+        created, its process not started; one cancelled during the start waits for it to
+        end, so that whether the process runs is known."""
         cancelled = threading.Event()
 
         def create_then_start() -> None:
