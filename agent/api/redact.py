@@ -71,17 +71,15 @@ def redacted_yaml(text: str) -> str:
     if not isinstance(root, yaml.MappingNode):
         return REDACTED
     hidden: set[int] = set()
-    for service in _mapping_values(_value_of(root, "services")):
-        for env in _values_named(service, "env", set()):
-            _hide_values(env, hidden)
+    # Every `services`, `env` and service of the name: a key written twice is loaded as
+    # its last, and a merged one gives way to one written out.
+    for services in _values_named(root, "services", set()):
+        for service in _mapping_values(services):
+            for env in _values_named(service, "env", set()):
+                _hide_values(env, hidden)
     if not hidden:
         return text
     return str(yaml.serialize(root, Dumper=yaml.SafeDumper))
-
-
-def _value_of(mapping: yaml.Node | None, key: str) -> yaml.Node | None:
-    found = _values_named(mapping, key, set()) if mapping is not None else []
-    return found[0] if found else None
 
 
 def _mapping_values(node: yaml.Node | None) -> list[yaml.Node]:

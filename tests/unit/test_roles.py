@@ -194,3 +194,16 @@ def test_a_value_that_merely_equals_an_env_value_stays_and_cycles_end() -> None:
     assert loaded["services"]["b"]["env"]["RETRIES"] == REDACTED
     assert redacted_yaml("services: [") == REDACTED
     assert redacted_yaml("- a list") == REDACTED
+
+
+def test_an_env_under_a_key_written_twice_is_hidden_whichever_the_loader_keeps() -> None:
+    for text in (
+        "services: {}\nservices:\n  b: {rtype: job, env: {PASSWORD: hunter2}}\n",
+        "<<: {services: {b: {env: {PASSWORD: decoy}}}}\n"
+        "services:\n  b: {rtype: job, env: {PASSWORD: hunter2}}\n",
+        "services:\n  b: {env: {PASSWORD: decoy}}\n  b: {env: {PASSWORD: hunter2}}\n",
+        "services:\n  b: {env: {PASSWORD: decoy}, env: {PASSWORD: hunter2}}\n",
+    ):
+        assert yaml.safe_load(text)["services"]["b"]["env"]["PASSWORD"] == "hunter2"
+        hidden = redacted_yaml(text)
+        assert "hunter2" not in hidden and "decoy" not in hidden, text
