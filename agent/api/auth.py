@@ -178,10 +178,14 @@ class TokenAuth(_Interceptor):
         method: str = details.method
         needed = required_role(method)
         handler = await continuation(details)
-        if needed is None or handler is None:
+        if handler is None:
             return handler
         token = bearer_token(details.invocation_metadata)
         caller = None if token is None else self._tokens.caller(token)
+        if needed is None:
+            # Open to all; a known token still names its caller, whose stream slots a
+            # health watch takes rather than those all anonymous callers share.
+            return handler if caller is None else _as_caller(handler, caller.name, False)
         if caller is None:
             missing = "a bearer token is required" if token is None else "unknown token"
             return _refusal(handler, Unauthenticated(missing))

@@ -238,13 +238,13 @@ def test_tcp_with_tokens_answers_a_caller_without_one_unauthenticated(
 def test_callers_without_a_token_who_read_no_health_watch_hold_up_no_stop(
     tmp_path: Path,
 ) -> None:
-    """Health is open to all: its watches take the anonymous caller's stream slots, and
-    watchers whose client reads nothing delay neither a status change nor the agent's stop
-    (the health library's watch held a lock while it sent, and SIGTERM waited on it)."""
+    """Health is open to all: its watches take the anonymous caller's stream slots (a
+    caller with a token, its own), and watchers whose client reads nothing delay neither a
+    status change nor the agent's stop (the health library's watch held a lock while it
+    sent, and SIGTERM waited on it)."""
+    token = secrets.token_urlsafe(32)
     tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(
-        f"tokens:\n  - {{name: ops, role: viewer, token: {secrets.token_urlsafe(32)}}}\n"
-    )
+    tokens.write_text(f"tokens:\n  - {{name: ops, role: viewer, token: {token}}}\n")
     agent = AgentProcess(tmp_path / "data", RUNTIMES[0], extra_args=("--tokens-file", str(tokens)))
     STARTED.append(agent)
     (tmp_path / "data").mkdir()
@@ -270,8 +270,14 @@ def test_callers_without_a_token_who_read_no_health_watch_hold_up_no_stop(
                 time.sleep(0.1)
             else:
                 raise AssertionError("the anonymous caller's watches were never bounded")
+            held = health_pb2_grpc.HealthStub(channel).Watch(
+                request, timeout=60, metadata=(("authorization", f"Bearer {token}"),)
+            )
+            held_statuses = iter(held)
+            assert next(held_statuses).status == health_pb2.HealthCheckResponse.SERVING
             agent.process.send_signal(signal.SIGTERM)
             assert next(statuses).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert next(held_statuses).status == health_pb2.HealthCheckResponse.NOT_SERVING
             assert agent.process.wait(30) == 0
     finally:
         agent.stop()
