@@ -76,11 +76,19 @@ class CapStart:
     truncated: bool = False
 
 
+@dataclass
+class _CapSearch:
+    """A search for the cap's start under way, and how many readers wait for it."""
+
+    future: asyncio.Future[CapStart]
+    waiting: int = 0
+
+
 # The searches for the cap's start kept, by file (device, inode, size, modification time)
 # and cap: the start once found, a search still under way before.
 CAP_SEARCHES_KEPT = 64
 CapKey = tuple[int, int, int, int, int]
-_cap_searches: OrderedDict[CapKey, CapStart | asyncio.Future[CapStart]] = OrderedDict()
+_cap_searches: OrderedDict[CapKey, CapStart | _CapSearch] = OrderedDict()
 
 
 async def cap_start(path: Path, cap: int | None) -> CapStart:
@@ -89,7 +97,8 @@ async def cap_start(path: Path, cap: int | None) -> CapStart:
 
     A search is kept for the file as it was (its size and modification time), and shared
     by the readers that come meanwhile: a finished log's never changes, and each reader
-    of it would otherwise search the whole of it again.
+    of it would otherwise search the whole of it again. A search that no reader waits for
+    any more stops.
     """
     try:
         stat = path.stat()
@@ -103,20 +112,26 @@ async def cap_start(path: Path, cap: int | None) -> CapStart:
     if isinstance(found, CapStart):
         _cap_searches.move_to_end(key)
         return found
-    if found is None or found.get_loop() is not asyncio.get_running_loop():
-        found = asyncio.ensure_future(_search_cap_start(path, stat.st_size, cap))
+    if found is None or found.future.get_loop() is not asyncio.get_running_loop():
+        found = _CapSearch(asyncio.ensure_future(_search_cap_start(path, stat.st_size, cap)))
         _keep_cap_search(key, found)
+    found.waiting += 1
     try:
         # Shielded: a reader that goes away leaves the search to the others.
-        start = await asyncio.shield(found)
-    except Exception:
-        _cap_searches.pop(key, None)
+        start = await asyncio.shield(found.future)
+    except BaseException:
+        found.waiting -= 1
+        if found.future.done() or found.waiting == 0:
+            found.future.cancel()
+            if _cap_searches.get(key) is found:
+                del _cap_searches[key]
         raise
+    found.waiting -= 1
     _keep_cap_search(key, start)
     return start
 
 
-def _keep_cap_search(key: CapKey, search: CapStart | asyncio.Future[CapStart]) -> None:
+def _keep_cap_search(key: CapKey, search: CapStart | _CapSearch) -> None:
     _cap_searches[key] = search
     _cap_searches.move_to_end(key)
     if len(_cap_searches) > CAP_SEARCHES_KEPT:

@@ -370,3 +370,35 @@ async def test_readers_of_one_log_share_its_search_for_the_cap(
         file.write(cri("stdout", "ab"))
     assert await read() == count - 1
     assert len(searches) == 2
+
+
+async def test_a_search_for_the_cap_that_no_reader_waits_for_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "1.log"
+    count = short_lines(path, 1 << 20)
+    ended, started = asyncio.Event(), asyncio.Event()
+    ended.set()
+    searches: list[asyncio.Task[Any]] = []
+    search = logs._search_cap_start
+
+    async def noted(*args: Any) -> CapStart:
+        task = asyncio.current_task()
+        assert task is not None
+        searches.append(task)
+        started.set()
+        return await search(*args)
+
+    monkeypatch.setattr(logs, "_search_cap_start", noted)
+    query = LogQuery(max_bytes=3 * count - 3)
+    readers = [
+        asyncio.create_task(anext(read_log_batches(path, query, ended), None)) for _ in range(3)
+    ]
+    await started.wait()
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert len(searches) == 1 and searches[0].cancelled()
+    inode = path.stat().st_ino
+    assert not [key for key in logs._cap_searches if key[1] == inode]
