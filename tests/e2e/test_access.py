@@ -212,9 +212,9 @@ def test_the_socket_group_may_connect_but_needs_a_token(stranger: Stranger) -> N
         shutil.rmtree(parent, ignore_errors=True)
 
 
-def test_tcp_with_tokens_answers_a_caller_without_one_unauthenticated(
-    tmp_path: Path, stranger: Stranger
-) -> None:
+def agent_with_a_viewer_token(tmp_path: Path) -> tuple[AgentProcess, str]:
+    """A started agent on a loopback port whose tokens file has one viewer token, "ops";
+    and that token."""
     token = secrets.token_urlsafe(32)
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(f"tokens:\n  - {{name: ops, role: viewer, token: {token}}}\n")
@@ -222,6 +222,13 @@ def test_tcp_with_tokens_answers_a_caller_without_one_unauthenticated(
     STARTED.append(agent)
     (tmp_path / "data").mkdir()
     agent.start()
+    return agent, token
+
+
+def test_tcp_with_tokens_answers_a_caller_without_one_unauthenticated(
+    tmp_path: Path, stranger: Stranger
+) -> None:
+    agent, token = agent_with_a_viewer_token(tmp_path)
     try:
         anonymous = stranger.call(agent.target)
         assert anonymous.returncode != 0 and "Unauthenticated" in anonymous.stderr
@@ -242,13 +249,7 @@ def test_callers_without_a_token_who_read_no_health_watch_hold_up_no_stop(
     caller with a token, its own), and watchers whose client reads nothing delay neither a
     status change nor the agent's stop (the health library's watch held a lock while it
     sent, and SIGTERM waited on it)."""
-    token = secrets.token_urlsafe(32)
-    tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(f"tokens:\n  - {{name: ops, role: viewer, token: {token}}}\n")
-    agent = AgentProcess(tmp_path / "data", RUNTIMES[0], extra_args=("--tokens-file", str(tokens)))
-    STARTED.append(agent)
-    (tmp_path / "data").mkdir()
-    agent.start()
+    agent, token = agent_with_a_viewer_token(tmp_path)
     request = health_pb2.HealthCheckRequest(service="")
     try:
         assert agent.process is not None

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from jobagent.v1 import job_service_pb2 as service_pb
 from jobagent.v1 import job_service_pb2_grpc as service_grpc
-from jobagent_client import ClientError, JobAgentClient, JobEvent
+from jobagent_client import ClientError, Execution, JobAgentClient, JobEvent
 
 from tests.e2e.conftest import start_agent_with_tokens
 from tests.e2e.harness import AgentProcess, Registry, sweep, wait_until
@@ -220,20 +220,27 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def awk_run(agent: AgentProcess, name: str, program: str, max_log_size: str) -> Execution:
+    """A completed run of a job `name` whose process is awk's `program`, its output kept
+    up to `max_log_size`."""
+    spec = (
+        f"version: v1\ndeployment: bounds\nservices:\n  {name}:\n    rtype: job\n"
+        f"    image: {{name: busybox:latest}}\n    max_log_size: {max_log_size}\n"
+        f"    command: {{entrypoint: [awk, '{program}']}}\n"
+    )
+    with agent.client(TOKENS["admin"]) as admin:
+        admin.register(spec, replace=True)
+        done = admin.wait(admin.trigger(name).id)
+    assert done.status == "completed", done.message
+    return done
+
+
 def test_a_slow_reader_of_a_large_log_costs_the_agent_little_memory(
     bounded: AgentProcess,
 ) -> None:
     lines = (64 << 20) // 100  # 64 MiB of output in lines of 100 bytes
     program = f'BEGIN {{ for (i = 0; i < {lines}; i++) print sprintf("%099d", i) }}'
-    spec = (
-        "version: v1\ndeployment: bounds\nservices:\n  chatty:\n    rtype: job\n"
-        "    image: {name: busybox:latest}\n    max_log_size: 64Mi\n"
-        f"    command: {{entrypoint: [awk, '{program}']}}\n"
-    )
-    with bounded.client(TOKENS["admin"]) as admin:
-        admin.register(spec, replace=True)
-        done = admin.wait(admin.trigger("chatty").id)
-        assert done.status == "completed", done.message
+    done = awk_run(bounded, "chatty", program, "64Mi")
     assert bounded.process is not None
     pid = bounded.process.pid
     reader = Caller(bounded, "other")
@@ -285,15 +292,7 @@ def test_a_tail_of_a_long_log_of_short_lines_is_found_from_its_end(
     kept on the loop and held them all until the caller read them.)"""
     lines = 330_000
     program = f'BEGIN {{ for (i = 0; i < {lines}; i++) print "l" i }}'
-    spec = (
-        "version: v1\ndeployment: bounds\nservices:\n  terse:\n    rtype: job\n"
-        "    image: {name: busybox:latest}\n    max_log_size: 4Mi\n"
-        f"    command: {{entrypoint: [awk, '{program}']}}\n"
-    )
-    with bounded.client(TOKENS["admin"]) as admin:
-        admin.register(spec, replace=True)
-        done = admin.wait(admin.trigger("terse").id)
-        assert done.status == "completed", done.message
+    done = awk_run(bounded, "terse", program, "4Mi")
     reader, other = Caller(bounded, "other"), Caller(bounded, "greedy")
     try:
 

@@ -195,12 +195,23 @@ def test_a_passwd_linked_to_a_runtime_device_fails_create_and_holds_no_slot(
         "    command: {entrypoint: [/bin/echo, ran]}\n",
         replace=True,
     )
-    execution = ended(client, client.trigger("urandom").id, 30)
-    assert (execution.status, execution.failure_reason) == ("failed", "create"), execution
-    assert execution.message.startswith(
+    fails_create_and_leaves_nothing(
+        client,
+        agent,
+        "urandom",
         "/etc/passwd in the image leads to /dev/urandom, under /dev, where the container "
-        "has a tmpfs mount of its own"
+        "has a tmpfs mount of its own",
     )
+
+
+def fails_create_and_leaves_nothing(
+    client: JobAgentClient, agent: AgentProcess, job: str, message: str
+) -> None:
+    """A run of `job` is Failed, CREATE, with a message that starts with `message`, and
+    leaves nothing of its container behind."""
+    execution = ended(client, client.trigger(job).id, 30)
+    assert (execution.status, execution.failure_reason) == ("failed", "create"), execution
+    assert execution.message.startswith(message), execution.message
     assert settled_leftovers(agent, execution.container_id) == []
 
 
@@ -225,13 +236,13 @@ def test_a_volume_mounted_over_the_account_tables_fails_create(
     planted = ended(client, client.trigger("tables").id, 30)
     assert planted.status == "completed", planted.message
     register("/etc", "echo ran")
-    execution = ended(client, client.trigger("tables").id, 30)
-    assert (execution.status, execution.failure_reason) == ("failed", "create"), execution
-    assert execution.message.startswith(
+    fails_create_and_leaves_nothing(
+        client,
+        agent,
+        "tables",
         "/etc/passwd in the image leads to /etc/passwd, under /etc, where the container has "
-        "a bind mount of its own"
+        "a bind mount of its own",
     )
-    assert settled_leftovers(agent, execution.container_id) == []
 
 
 def test_the_agent_gives_the_process_its_home_so_the_runtime_looks_up_nothing(

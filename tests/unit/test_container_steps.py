@@ -5,7 +5,6 @@ start waits for it to end, so that whether the process runs is known."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 from pathlib import Path
 
@@ -13,7 +12,8 @@ import pytest
 
 from agent.domain import ImageSpec
 from agent.runtime.images import Image, ImageConfig
-from agent.runtime.manager import ContainerManager, ContainerRequest, RuntimePaths
+from agent.runtime.manager import ContainerManager, ContainerRequest
+from tests.unit.test_manager_close import manager_on, paths_under
 
 CONTAINER = "ja-0123"
 
@@ -44,19 +44,7 @@ class Steps:
 
 @pytest.fixture
 def steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ContainerManager, Steps]:
-    volatile = tmp_path / "volatile"
-    paths = RuntimePaths(
-        images=tmp_path / "images",
-        writable=tmp_path / "containers",
-        volumes=tmp_path / "volumes",
-        volatile=volatile,
-        bundles=volatile / "bundles",
-        runtime_state=volatile / "state",
-        exits=volatile / "exits",
-        sockets=volatile / "attach",
-        binaries=volatile / "bin",
-    )
-    manager = ContainerManager(paths, shutil.which("true") or "/bin/true")
+    manager = manager_on(paths_under(tmp_path))
     fake = Steps()
     monkeypatch.setattr(manager, "_create", fake.create)
     monkeypatch.setattr(manager, "_start_here", fake.start)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import sqlite3
 import stat
@@ -18,6 +19,7 @@ from agent.diskspace import DiskSpace, format_bytes, is_no_space
 from agent.domain import (
     CronPolicy,
     EventKind,
+    Execution,
     FailureReason,
     ImageSpec,
     JobEvent,
@@ -241,9 +243,12 @@ async def _last_status(executor: Executor, execution_id: str) -> Status:
     return statuses[-1]
 
 
-async def test_on_a_full_disk_the_biggest_writer_is_stopped_and_no_one_else(
-    tmp_path: Path, runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@contextlib.asynccontextmanager
+async def two_running_writers(
+    tmp_path: Path, runtime: FakeRuntime
+) -> AsyncIterator[tuple[Executor, TightDisk, Execution, Execution, asyncio.Task[None]]]:
+    """An executor that watches a tight disk, with runs of "filler" and "quiet" started;
+    and the task of its disk watch."""
     store = Store(tmp_path / "agent.db")
     disk = TightDisk(tmp_path)
     executor = Executor(store, runtime, tmp_path / "logs", disk=disk)
@@ -254,8 +259,18 @@ async def test_on_a_full_disk_the_biggest_writer_is_stopped_and_no_one_else(
     try:
         filler = await executor.trigger("filler", TRIGGER)
         quiet = await executor.trigger("quiet", TRIGGER)
-        both = {filler.container_id, quiet.container_id}
-        await until(lambda: both <= set(runtime.started))
+        await until(lambda: {filler.container_id, quiet.container_id} <= set(runtime.started))
+        yield executor, disk, filler, quiet, watching
+    finally:
+        watching.cancel()
+        await executor.close()
+        store.close()
+
+
+async def test_on_a_full_disk_the_biggest_writer_is_stopped_and_no_one_else(
+    tmp_path: Path, runtime: FakeRuntime
+) -> None:
+    async with two_running_writers(tmp_path, runtime) as (executor, disk, filler, quiet, _):
         runtime.usage[filler.container_id] = 40 * MiB
         (tmp_path / "logs" / quiet.id).mkdir(parents=True)
         (tmp_path / "logs" / quiet.id / "1.log").write_bytes(b"x" * 1024)
@@ -267,10 +282,6 @@ async def test_on_a_full_disk_the_biggest_writer_is_stopped_and_no_one_else(
         assert final.message.endswith("this execution took the most of it (40.0 MiB)")
         await asyncio.sleep(1.5)
         assert executor.get_execution(quiet.id).status is Status.RUNNING
-    finally:
-        watching.cancel()
-        await executor.close()
-        store.close()
 
 
 async def test_a_writer_whose_stop_fails_stays_the_one_to_evict_and_no_one_else_is_stopped(
@@ -280,12 +291,6 @@ async def test_a_writer_whose_stop_fails_stays_the_one_to_evict_and_no_one_else_
     disk watch says so and keeps going, never marks it evicted, never evicts a smaller
     run in its place, and stops the writer at its next pass."""
     monkeypatch.setattr("agent.executor.executor.DISK_CHECK_SECONDS", 0.05)
-    store = Store(tmp_path / "agent.db")
-    disk = TightDisk(tmp_path)
-    executor = Executor(store, runtime, tmp_path / "logs", disk=disk)
-    quiet_spec = JobSpec(name="quiet", image=ImageSpec("busybox:latest"))
-    executor.register_jobs([SPEC, quiet_spec], "", replace_existing=False)
-    await executor.start()
     refusals = 2
     stop = runtime.stop
 
@@ -299,11 +304,7 @@ async def test_a_writer_whose_stop_fails_stays_the_one_to_evict_and_no_one_else_
         await stop(container_id, grace_seconds, signal)
 
     runtime.stop = refusing_stop  # type: ignore[method-assign]
-    watching = asyncio.create_task(executor.watch_disk_forever())
-    try:
-        filler = await executor.trigger("filler", TRIGGER)
-        quiet = await executor.trigger("quiet", TRIGGER)
-        await until(lambda: {filler.container_id, quiet.container_id} <= set(runtime.started))
+    async with two_running_writers(tmp_path, runtime) as (executor, disk, filler, quiet, watching):
         runtime.usage[filler.container_id] = 40 * MiB
         runtime.usage[quiet.container_id] = 4 * MiB
         disk.free_bytes = 0
@@ -314,10 +315,6 @@ async def test_a_writer_whose_stop_fails_stays_the_one_to_evict_and_no_one_else_
         assert refusals == 0 and not watching.done()
         assert [container for container, _ in runtime.stopped] == [filler.container_id]
         assert executor.get_execution(quiet.id).status is Status.RUNNING
-    finally:
-        watching.cancel()
-        await executor.close()
-        store.close()
 
 
 async def test_a_cron_run_on_a_low_disk_is_missed_with_the_reason(

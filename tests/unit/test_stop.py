@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from agent.runtime.errors import CommandError
-from agent.runtime.manager import STOP_SIGNAL_ANNOTATION, ContainerManager, RuntimePaths
+from agent.runtime.manager import STOP_SIGNAL_ANNOTATION, ContainerManager
+from tests.unit.test_manager_close import manager_on, paths_under
 
 CONTAINER = "ja-0123"
 
@@ -42,19 +42,7 @@ class Runtime:
 
 @pytest.fixture
 def manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ContainerManager, Runtime]:
-    volatile = tmp_path / "volatile"
-    paths = RuntimePaths(
-        images=tmp_path / "images",
-        writable=tmp_path / "containers",
-        volumes=tmp_path / "volumes",
-        volatile=volatile,
-        bundles=volatile / "bundles",
-        runtime_state=volatile / "state",
-        exits=volatile / "exits",
-        sockets=volatile / "attach",
-        binaries=volatile / "bin",
-    )
-    manager = ContainerManager(paths, shutil.which("true") or "/bin/true")
+    manager = manager_on(paths_under(tmp_path))
     runtime = Runtime()
 
     async def wait(container_id: str) -> int:
