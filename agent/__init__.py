@@ -27,6 +27,7 @@ Packages and modules, one job each:
 - records: domain records to JSON by field name and back, from their declarations
 - reference: image references (the distribution grammar, local OCI layouts)
 - settings: the `serve` flags and the YAML settings file, turned into a config
+- signals: signals by name or number
 - spec: the seed's deployment YAML, parsed into JobSpecs
 - store: SQLite: jobs, executions and events, with a node-wide event sequence
 - supervisor: the agent's long-lived tasks, kept running

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -39,6 +38,7 @@ from agent.errors import InvalidSpec
 from agent.mounts import check_host_access, check_mounts, parse_storage
 from agent.privileges import check_privileges, parse_capabilities, parse_user_namespace
 from agent.reference import reference_problem
+from agent.signals import signal_name
 
 NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # A label becomes a container annotation: a reverse-DNS style key, as OCI annotations are.
@@ -683,17 +683,12 @@ def _grace(seconds: float | None, path: str) -> float | None:
 
 
 def normalize_signal(value: Any, path: str) -> str:
-    """A signal by name or number ("TERM", "SIGTERM", 15) -> "SIGTERM"."""
-    text = str(value).strip().upper()
-    try:
-        found = (
-            signal.Signals(int(text))
-            if text.isdigit()
-            else signal.Signals[text if text.startswith("SIG") else f"SIG{text}"]
-        )
-    except (KeyError, ValueError):
-        raise InvalidSpec(path, f"{value!r} is not a signal") from None
-    return found.name
+    """A signal by name or number ("TERM", "SIGTERM", 15) -> "SIGTERM"; InvalidSpec at
+    `path` for anything else."""
+    name = signal_name(value)
+    if name is None:
+        raise InvalidSpec(path, f"{value!r} is not a signal")
+    return name
 
 
 def _signal(value: Any, path: str) -> str:

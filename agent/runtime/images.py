@@ -22,13 +22,12 @@ from typing import Any
 
 from agent import faults
 from agent.domain import PullPolicy
-from agent.errors import InvalidSpec
 from agent.hostfs import PRIVATE_DIR, make_dir, tighten, write_file
 from agent.runtime.errors import CommandError, ImagePullError
 from agent.runtime.process import off_loop, run
 from agent.runtime.staging import REF_NAME, StagingLayout
 from agent.runtime.storelock import KeyedLocks, StoreLock
-from agent.spec import normalize_signal
+from agent.signals import signal_name
 
 log = logging.getLogger(__name__)
 
@@ -443,15 +442,15 @@ def _stop_signal(reference: str, value: str) -> str:
     container politely."""
     if not value:
         return ""
-    try:
-        return normalize_signal(value, "StopSignal")
-    except InvalidSpec:
+    name = signal_name(value)
+    if name is None:
         log.warning(
             "image %s: its StopSignal %r is not a signal; its containers get SIGTERM",
             reference,
             value[:100],
         )
         return ""
+    return name
 
 
 def _source_of(reference: str) -> str:
